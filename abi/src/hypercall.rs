@@ -1,0 +1,105 @@
+//! Hypercalls: the guest fills its per-vCPU [`Mailbox`] (at
+//! [`crate::layout::mailbox`]`(cpu)`), then does one `out` to [`HC_PORT`].
+//! The VMM knows which vCPU exited, reads that vCPU's mailbox, acts, writes
+//! `status`/`ret`/`data` back and resumes. One exit per call, like KVM
+//! selftests' `ucall`.
+
+/// Port for hypercalls (any value written; the mailbox carries the request).
+pub const HC_PORT: u16 = 0x0510;
+/// Port whose 32-bit write ends the VM; the value is the exit status.
+pub const EXIT_PORT: u16 = 0x0511;
+/// A port with no handler behind it in the VMM beyond "resume": the bare
+/// port-I/O exit benchmarks compare hypercalls against.
+pub const NOP_PORT: u16 = 0x0512;
+/// 16550 UART (COM1).
+pub const SERIAL_PORT: u16 = 0x03f8;
+
+/// Size of the free-form data area of a mailbox.
+pub const DATA_LEN: usize = 4096 - 16 * 8;
+
+/// Per-vCPU mailbox page. Field offsets are part of the wire format.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Mailbox {
+    /// One of the `op::*` values.
+    pub op: u64,
+    pub args: [u64; 8],
+    /// Filled by the VMM.
+    pub ret: [u64; 4],
+    /// `status::*`, filled by the VMM.
+    pub status: u64,
+    /// Bytes of `data` used (request on entry, reply on return).
+    pub len: u64,
+    pub data: [u8; DATA_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<Mailbox>() == 4096);
+
+pub const OFF_OP: u64 = core::mem::offset_of!(Mailbox, op) as u64;
+pub const OFF_ARGS: u64 = core::mem::offset_of!(Mailbox, args) as u64;
+pub const OFF_RET: u64 = core::mem::offset_of!(Mailbox, ret) as u64;
+pub const OFF_STATUS: u64 = core::mem::offset_of!(Mailbox, status) as u64;
+pub const OFF_LEN: u64 = core::mem::offset_of!(Mailbox, len) as u64;
+pub const OFF_DATA: u64 = core::mem::offset_of!(Mailbox, data) as u64;
+
+/// Hypercall operations.
+pub mod op {
+    /// `ret[i] = !args[i]` for i < 4; `data[..len]` returned reversed.
+    pub const ECHO: u64 = 1;
+    /// A self-test starts: `data` = its name.
+    pub const TEST_BEGIN: u64 = 2;
+    /// A self-test ends: `args[0]` = `report::*`, `data` = "name\0reason".
+    pub const TEST_END: u64 = 3;
+    /// A guest assertion failed: `args[0]` = line, `args[1]` = 1 if fatal
+    /// (the guest then exits), `args[2]` = RIP; `data` = "file\0message".
+    pub const ASSERT_FAIL: u64 = 4;
+    /// An exception reached the guest's handler: `args` = vector, error
+    /// code, RIP, CR2, RSP, CS, 1 if the guest recovers (expected) else 0.
+    pub const EXCEPTION: u64 = 5;
+    /// What the VMM last recorded for this vCPU: `ret` = vector, error
+    /// code, CR2, RIP of the last EXCEPTION; `args[0]` = 1 asks instead for
+    /// the last ASSERT_FAIL: `ret[0]` = line, `data` = "file\0message".
+    pub const LAST_REPORT: u64 = 6;
+    /// Guest log line: `data` = text (printed by the VMM with the vCPU index).
+    pub const LOG: u64 = 7;
+}
+
+/// `Mailbox::status` values.
+pub mod status {
+    pub const OK: u64 = 0;
+    pub const UNKNOWN_OP: u64 = 1;
+    pub const BAD_ARGUMENT: u64 = 2;
+}
+
+/// Self-test outcomes, kvm-unit-tests `report.c` vocabulary.
+pub mod report {
+    pub const PASS: u64 = 0;
+    pub const FAIL: u64 = 1;
+    pub const SKIP: u64 = 2;
+    pub const XFAIL: u64 = 3;
+}
+
+/// Exception vectors the guest reports by name.
+pub fn vector_name(v: u64) -> &'static str {
+    match v {
+        0 => "#DE",
+        1 => "#DB",
+        2 => "NMI",
+        3 => "#BP",
+        4 => "#OF",
+        5 => "#BR",
+        6 => "#UD",
+        7 => "#NM",
+        8 => "#DF",
+        10 => "#TS",
+        11 => "#NP",
+        12 => "#SS",
+        13 => "#GP",
+        14 => "#PF",
+        16 => "#MF",
+        17 => "#AC",
+        18 => "#MC",
+        19 => "#XM",
+        _ => "vector",
+    }
+}

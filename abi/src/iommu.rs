@@ -1,0 +1,1 @@
+//! IOMMU wire format (MMIO registers, descriptors, PASID table). Filled in by the IOMMU issue.

@@ -1,0 +1,63 @@
+//! Guest-physical memory map. The guest runs identity-mapped (VA == GPA) in
+//! the low half set up by the VMM, so these are also the guest's addresses.
+//!
+//! ```text
+//! 0x0000_0000  (reserved, never mapped by the guest's own allocator)
+//! 0x0000_1000  BootInfo
+//! 0x0000_2000  kernel command line (up to 4 KiB)
+//! 0x0000_3000  GDT written by the VMM
+//! 0x0001_0000  boot page tables (PML4, PDPT, 4 PDs: 4 GiB identity, 2 MiB pages)
+//! 0x0020_0000  per-vCPU hypercall mailboxes, one 4 KiB page each
+//! 0x0040_0000  kernel image (ELF linked here), up to KERNEL_MAX bytes
+//! 0x0100_0000  per-vCPU stacks, STACK_SIZE each
+//! 0x0200_0000  shared area (trace ring, kernel words) -- later issues
+//! FREE_START   free memory for the guest's page allocator
+//! ```
+
+pub const PAGE_SIZE: u64 = 4096;
+
+pub const BOOT_INFO: u64 = 0x1000;
+pub const CMDLINE: u64 = 0x2000;
+pub const CMDLINE_MAX: u64 = 0x1000;
+pub const GDT: u64 = 0x3000;
+
+/// Boot page tables: PML4, one PDPT, four PDs of 2 MiB pages (first 4 GiB).
+pub const BOOT_PML4: u64 = 0x1_0000;
+pub const BOOT_PDPT: u64 = 0x1_1000;
+pub const BOOT_PD: u64 = 0x1_2000;
+pub const BOOT_PD_COUNT: u64 = 4;
+
+/// GDT selectors the VMM sets up (and the guest's interrupt frames use).
+pub const SEL_CODE64: u16 = 0x08;
+pub const SEL_DATA: u16 = 0x10;
+
+pub const MAILBOX_BASE: u64 = 0x20_0000;
+/// Hard upper bound on vCPUs this memory map supports.
+pub const MAX_VCPUS: u64 = 256;
+
+pub const KERNEL_BASE: u64 = 0x40_0000;
+pub const KERNEL_MAX: u64 = 0xC0_0000;
+
+pub const STACK_BASE: u64 = 0x100_0000;
+pub const STACK_SIZE: u64 = 0x1_0000;
+
+pub const SHARED_BASE: u64 = 0x200_0000;
+pub const SHARED_SIZE: u64 = 0x100_0000;
+
+pub const FREE_START: u64 = SHARED_BASE + SHARED_SIZE;
+
+/// Smallest guest RAM the map above works with.
+pub const MIN_MEM: u64 = FREE_START + 0x100_0000;
+
+pub const fn mailbox(cpu: u64) -> u64 {
+    MAILBOX_BASE + cpu * PAGE_SIZE
+}
+
+/// Initial stack pointer of `cpu` (16-byte aligned, grows down).
+pub const fn stack_top(cpu: u64) -> u64 {
+    STACK_BASE + (cpu + 1) * STACK_SIZE
+}
+
+const _: () = assert!(MAILBOX_BASE + MAX_VCPUS * PAGE_SIZE <= KERNEL_BASE);
+const _: () = assert!(KERNEL_BASE + KERNEL_MAX <= STACK_BASE);
+const _: () = assert!(STACK_BASE + MAX_VCPUS * STACK_SIZE <= SHARED_BASE);

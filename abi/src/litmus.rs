@@ -1,0 +1,1 @@
+//! Litmus bytecode (host compiler -> guest interpreter). Filled in by the litmus issue.

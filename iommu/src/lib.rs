@@ -1,0 +1,1 @@
+//! iommu (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! litmus (placeholder until its issue lands).
