@@ -1,1 +1,1296 @@
-//! Litmus bytecode (host compiler -> guest interpreter). Filled in by the litmus issue.
+//! Litmus bytecode: the host compiler (crate `litmus`) writes it, the guest
+//! interpreter reads it in place.
+//!
+//! # Why this shape
+//!
+//! The guest has no allocator worth the name and must never trust the blob
+//! blindly, so the format is a flat byte string of fixed-size little-endian
+//! records, addressed by offsets from a fixed header. [`Blob::parse`] checks
+//! every offset, count, index, opcode and nesting once; after that the
+//! accessors are cheap and infallible for in-range indices. Records are decoded
+//! field by field with `from_le_bytes` (no pointer casts, no `unsafe`, no
+//! alignment assumptions about where the VMM put the blob).
+//!
+//! # Layout (all integers little-endian, every section 8-byte aligned)
+//!
+//! ```text
+//! offset 0                 Header            HEADER_LEN (128) bytes, includes the PolicyAbi
+//! header.locs_off          [LocDesc; n_locs]        32 bytes each
+//! header.threads_off       [ThreadDesc; n_threads]  16 bytes each (vCPU threads first, then devices)
+//! header.instrs_off        [Instr; n_instrs]        32 bytes each, threads' code back to back
+//! header.obs_off           [ObsDesc; n_obs]          8 bytes each
+//! header.strings_off       UTF-8 names (locations, threads, test), not NUL-terminated
+//! ```
+//!
+//! # Code structure inside one thread's instruction range
+//!
+//! A *block* is a sequence of *items*. An item is one instruction record
+//! followed by its hook groups: if `instr.nhooks == k`, the next `k` groups
+//! each start with an [`Op::At`] record (`arg` = [`Hook`] id, `len` = number
+//! of sync records that follow) and then `len` sync records
+//! ([`Op::Wait`], [`Op::Signal`], [`Op::Delay`], [`Op::Barrier`]).
+//! An [`Op::Loop`] record (`imm` = iteration count, `len` = body length in
+//! records) is followed by its body, itself a block. So the interpreter walks
+//! a thread linearly, and to "skip" an item it adds `1 + sum(1 + at.len)` or
+//! `1 + loop.len`. Nesting depth is at most [`MAX_DEPTH`].
+//!
+//! # Values
+//!
+//! Registers and observed locations hold `u64`. The top [`RESERVED_VALUES`]
+//! values are sentinels that cannot be written by a test: [`VALUE_FAULT`]
+//! (the access faulted), [`VALUE_STALE_WALK`] (the device walked a freed
+//! page-table page), [`VALUE_TIMEOUT`] (the iteration ran out of time before
+//! the value was produced).
+//!
+//! # What the guest reports per iteration
+//!
+//! One `u64` per [`ObsDesc`], in order: a register's final value, or for a
+//! location the first word of the page read through the kernel's view of its
+//! current mapping (`VALUE_FAULT` if nothing is mapped there at the end), or a
+//! kernel word's value for a `var`.
+
+/// `b"SDLITMUS"`.
+pub const MAGIC: [u8; 8] = *b"SDLITMUS";
+/// Bumped on any incompatible layout change.
+pub const VERSION: u16 = 1;
+/// Bytes of the fixed header, policy included.
+pub const HEADER_LEN: usize = 128;
+pub const LOC_LEN: usize = 32;
+pub const THREAD_LEN: usize = 16;
+pub const INSTR_LEN: usize = 32;
+pub const OBS_LEN: usize = 8;
+/// Registers per thread: `r0` … `r31`.
+pub const MAX_REGS: u8 = 32;
+/// "No register" in [`Instr::dst`], [`Instr::src`], [`Instr::src2`].
+pub const NO_REG: u8 = 0xff;
+/// "No location" in [`Instr::loc`] / [`Instr::loc2`].
+pub const NO_LOC: u16 = 0xffff;
+/// Maximal nesting of blocks (loops, hook groups) including the thread body.
+pub const MAX_DEPTH: usize = 8;
+/// Maximal number of threads (vCPU + device) in one test.
+pub const MAX_THREADS: usize = 64;
+
+/// Number of reserved sentinel values at the top of the `u64` range.
+pub const RESERVED_VALUES: u64 = 16;
+/// Smallest reserved value; test immediates must be below it.
+pub const RESERVED_MIN: u64 = u64::MAX - (RESERVED_VALUES - 1);
+/// The access faulted (primary MMU #PF that the mm could not resolve, or a
+/// device translation fault).
+pub const VALUE_FAULT: u64 = u64::MAX;
+/// A device walk passed through a page-table page the guest had freed.
+pub const VALUE_STALE_WALK: u64 = u64::MAX - 1;
+/// The iteration ran out of time before this value was produced.
+pub const VALUE_TIMEOUT: u64 = u64::MAX - 2;
+
+/// The printed name of a sentinel value (`fault`, `stale-walk`, `timeout`).
+pub const fn special_value_name(v: u64) -> Option<&'static str> {
+    match v {
+        VALUE_FAULT => Some("fault"),
+        VALUE_STALE_WALK => Some("stale-walk"),
+        VALUE_TIMEOUT => Some("timeout"),
+        _ => None,
+    }
+}
+
+/// Inverse of [`special_value_name`].
+pub fn special_value_from_name(s: &str) -> Option<u64> {
+    match s {
+        "fault" => Some(VALUE_FAULT),
+        "stale-walk" => Some(VALUE_STALE_WALK),
+        "timeout" => Some(VALUE_TIMEOUT),
+        _ => None,
+    }
+}
+
+macro_rules! byte_enum {
+    (
+        $(#[$m:meta])*
+        pub enum $name:ident { $( $(#[$vm:meta])* $var:ident = $num:literal => $text:literal ),* $(,)? }
+    ) => {
+        $(#[$m])*
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum $name { $( $(#[$vm])* $var = $num ),* }
+
+        impl $name {
+            /// Every value, in numeric order.
+            pub const ALL: &'static [$name] = &[$($name::$var),*];
+            /// Decode the wire number.
+            pub const fn from_u8(v: u8) -> Option<Self> {
+                match v { $( $num => Some($name::$var), )* _ => None }
+            }
+            /// The name used in litmus files and output.
+            pub const fn name(self) -> &'static str {
+                match self { $( $name::$var => $text ),* }
+            }
+            /// Inverse of [`Self::name`].
+            pub fn from_name(s: &str) -> Option<Self> {
+                match s { $( $text => Some($name::$var), )* _ => None }
+            }
+        }
+    };
+}
+
+byte_enum! {
+    /// Instruction opcodes. Numbers are part of the wire format.
+    pub enum Op {
+        /// Does nothing (padding; never emitted by the compiler).
+        Nop = 0 => "nop",
+        // --- memory ops of vCPU threads (through this vCPU's TLB) ---
+        /// `load L -> r`: dst = *L.
+        Load = 1 => "load",
+        /// `store L V|r`: *L = imm or src.
+        Store = 2 => "store",
+        /// `xchg L V|r -> r`.
+        Xchg = 3 => "xchg",
+        /// `cmpxchg L OLD NEW -> r`: OLD = imm|src, NEW = imm2|src2, dst = old value.
+        Cmpxchg = 4 => "cmpxchg",
+        /// `fetch_add L V|r -> r`.
+        FetchAdd = 5 => "fetch_add",
+        /// `mfence`.
+        Mfence = 6 => "mfence",
+        // --- sync ops (kernel words, always mapped and coherent) ---
+        /// `wait F` (arg = WaitCmp::NonZero) or `wait F == V` (arg = WaitCmp::Eq, imm = V).
+        Wait = 16 => "wait",
+        /// `signal F [V]`: F = imm (default 1).
+        Signal = 17 => "signal",
+        /// `barrier`: all threads and devices meet.
+        Barrier = 18 => "barrier",
+        /// `delay N`: spin imm iterations.
+        Delay = 19 => "delay",
+        // --- mm operations (vCPU threads) ---
+        /// `touch L [write]`: arg = 1 for a write access.
+        Touch = 32 => "touch",
+        /// `mmap L rw|ro`: arg = Perm.
+        Mmap = 33 => "mmap",
+        /// `munmap L`.
+        Munmap = 34 => "munmap",
+        /// `mprotect L rw|ro|none`: arg = Perm.
+        Mprotect = 35 => "mprotect",
+        /// `madvise L dontneed|free`: arg = Advice.
+        Madvise = 36 => "madvise",
+        /// `cow L`: share the page copy-on-write, as after fork.
+        Cow = 37 => "cow",
+        /// `ksm L L2`: write-protect L, compare with L2, replace L by L2's page.
+        Ksm = 38 => "ksm",
+        /// `migrate L`.
+        Migrate = 39 => "migrate",
+        /// `mkclean L -> r`: page_mkclean + writeback; dst = value written back.
+        Mkclean = 40 => "mkclean",
+        /// `reclaim L`: try_to_unmap with batched flush, swap out.
+        Reclaim = 41 => "reclaim",
+        /// `mremap L -> L2`: move the page tables.
+        Mremap = 42 => "mremap",
+        /// `alloc L`: map a fresh page at L (most recently freed page first).
+        Alloc = 43 => "alloc",
+        // --- device ops (DMA engine, test mm's PASID) ---
+        /// `dma_load L -> r`.
+        DmaLoad = 64 => "dma_load",
+        /// `dma_store L V|r`.
+        DmaStore = 65 => "dma_store",
+        /// `dma_xchg L V|r -> r`.
+        DmaXchg = 66 => "dma_xchg",
+        /// `dma_fetch_add L V|r -> r`.
+        DmaFetchAdd = 67 => "dma_fetch_add",
+        /// `prefetch L`: fill the IOTLB only.
+        Prefetch = 68 => "prefetch",
+        /// `loop N { … }`: imm = N, len = body length in records.
+        Loop = 69 => "loop",
+        // --- structure ---
+        /// Hook group header: arg = Hook, len = number of sync records following.
+        At = 96 => "at",
+    }
+}
+
+impl Op {
+    /// Ops allowed in vCPU thread bodies.
+    pub const fn is_vcpu_op(self) -> bool {
+        matches!(self as u8, 1..=6 | 16..=19 | 32..=43)
+    }
+    /// Ops allowed in device thread bodies.
+    pub const fn is_device_op(self) -> bool {
+        matches!(self as u8, 16..=19 | 64..=69)
+    }
+    /// Ops allowed inside a hook group.
+    pub const fn is_sync_op(self) -> bool {
+        matches!(self as u8, 16..=19)
+    }
+    /// Ops that take hook groups: memory ops (their fault path) and mm ops.
+    pub const fn takes_hooks(self) -> bool {
+        matches!(self as u8, 1..=5 | 32..=43)
+    }
+    /// Ops that write [`Instr::dst`].
+    pub const fn writes_dst(self) -> bool {
+        matches!(
+            self,
+            Op::Load
+                | Op::Xchg
+                | Op::Cmpxchg
+                | Op::FetchAdd
+                | Op::Mkclean
+                | Op::DmaLoad
+                | Op::DmaXchg
+                | Op::DmaFetchAdd
+        )
+    }
+}
+
+byte_enum! {
+    /// Hook points in the guest's mm model. `OP at HOOK { … }` runs the sync
+    /// ops when this thread's OP reaches the hook (every time it does).
+    /// Numbers are part of the wire format; [`Hook::description`] is what
+    /// `vmm litmus --list-hooks` prints.
+    pub enum Hook {
+        AfterPtlAcquire = 1 => "after_ptl_acquire",
+        AfterPteClear = 2 => "after_pte_clear",
+        AfterPteSet = 3 => "after_pte_set",
+        BeforeFlush = 4 => "before_flush",
+        AfterFlush = 5 => "after_flush",
+        AfterPtlRelease = 6 => "after_ptl_release",
+        BeforeNotifier = 7 => "before_notifier",
+        AfterNotifier = 8 => "after_notifier",
+        AfterCopy = 9 => "after_copy",
+        BeforeFree = 10 => "before_free",
+        AfterInvalidateStart = 11 => "after_invalidate_start",
+        BeforeInvalidateEnd = 12 => "before_invalidate_end",
+        AfterIncPending = 13 => "after_inc_pending",
+        BeforeDecPending = 14 => "before_dec_pending",
+        AfterPmdClear = 15 => "after_pmd_clear",
+        BeforeFreeTables = 16 => "before_free_tables",
+        AfterMigrationEntry = 17 => "after_migration_entry",
+        AfterCompare = 18 => "after_compare",
+        AfterMkclean = 19 => "after_mkclean",
+        AfterBatchAdd = 20 => "after_batch_add",
+        BeforeBatchFlush = 21 => "before_batch_flush",
+        AfterFault = 22 => "after_fault",
+        AfterPageLock = 23 => "after_page_lock",
+    }
+}
+
+impl Hook {
+    /// One line for `--list-hooks`: where in the Linux mm path the hook sits.
+    pub const fn description(self) -> &'static str {
+        match self {
+            Hook::AfterPtlAcquire => "the page-table lock (split PTL) of the PTE table was just taken",
+            Hook::AfterPteClear => "a PTE was cleared (ptep_get_and_clear / ptep_clear_flush) under the PTL, no flush yet",
+            Hook::AfterPteSet => "a new PTE value was installed (set_pte_at, wrprotect, migration/CoW/KSM replace) under the PTL",
+            Hook::BeforeFlush => "the primary TLB flush (local invlpg + shootdown IPIs) is about to start",
+            Hook::AfterFlush => "the primary TLB flush completed on every CPU it targeted",
+            Hook::AfterPtlRelease => "the PTL was just released; a deferred flush (mmu_gather, pending) may still be queued",
+            Hook::BeforeNotifier => "the secondary-MMU invalidation (mmu_notifier invalidate_range / arch_invalidate_secondary_tlbs) is about to run",
+            Hook::AfterNotifier => "the secondary-MMU invalidation returned (device invalidation queue drained)",
+            Hook::AfterCopy => "page content was copied to the new page (migrate copy, wp_page_copy, KSM compare copy), old PTE still present",
+            Hook::BeforeFree => "the old data page is about to be returned to the allocator (free_page / tlb_remove_page)",
+            Hook::AfterInvalidateStart => "mmu_notifier_invalidate_range_start returned",
+            Hook::BeforeInvalidateEnd => "mmu_notifier_invalidate_range_end is about to run",
+            Hook::AfterIncPending => "inc_tlb_flush_pending raised mm->tlb_flush_pending",
+            Hook::BeforeDecPending => "dec_tlb_flush_pending is about to lower mm->tlb_flush_pending",
+            Hook::AfterPmdClear => "a PMD entry pointing at a PTE table was cleared (free_pgtables / pmd_clear), table not yet freed",
+            Hook::BeforeFreeTables => "page-table pages are about to be freed (tlb_remove_table / free_pgtables)",
+            Hook::AfterMigrationEntry => "a migration entry replaced the PTE (try_to_migrate_one)",
+            Hook::AfterCompare => "KSM compared the two pages (pages_identical) and decided whether to merge",
+            Hook::AfterMkclean => "page_mkclean cleaned and write-protected the PTEs, before the writeback copy",
+            Hook::AfterBatchAdd => "reclaim queued a batched flush (set_tlb_ubc_flush_pending) instead of flushing",
+            Hook::BeforeBatchFlush => "try_to_unmap_flush is about to flush the batched reclaim flushes",
+            Hook::AfterFault => "the page-fault handler finished and the access is about to be retried",
+            Hook::AfterPageLock => "the page lock (lock_page / folio_lock) of the target page was taken",
+        }
+    }
+}
+
+byte_enum! {
+    /// Kind of a location.
+    pub enum LocKind {
+        /// One 4 KiB page of the test mm, mapped at setup.
+        Page = 0 => "page",
+        /// A shared kernel word (flag, counter): always mapped, coherent.
+        Var = 1 => "var",
+        /// A page-sized VA range reserved with nothing mapped.
+        Unmapped = 2 => "unmapped",
+    }
+}
+
+byte_enum! {
+    /// Page permission (`mmap`, `mprotect`, a page location's initial mapping).
+    pub enum Perm {
+        None = 0 => "none",
+        Ro = 1 => "ro",
+        Rw = 2 => "rw",
+    }
+}
+
+byte_enum! {
+    /// `madvise` advice.
+    pub enum Advice {
+        DontNeed = 0 => "dontneed",
+        Free = 1 => "free",
+    }
+}
+
+byte_enum! {
+    /// How `wait` compares (in [`Instr::arg`]).
+    pub enum WaitCmp {
+        /// Until the word is non-zero.
+        NonZero = 0 => "nonzero",
+        /// Until the word equals `imm`.
+        Eq = 1 => "eq",
+    }
+}
+
+byte_enum! {
+    /// Thread kinds.
+    pub enum ThreadKind {
+        Vcpu = 0 => "vcpu",
+        Device = 1 => "device",
+    }
+}
+
+byte_enum! {
+    /// Observation kinds.
+    pub enum ObsKind {
+        Reg = 0 => "reg",
+        Loc = 1 => "loc",
+    }
+}
+
+// ---------------------------------------------------------------- policy
+
+byte_enum! {
+    /// `tlb=`: the vCPU TLB model.
+    pub enum TlbMode { Lazy = 0 => "lazy", Evict = 1 => "evict", Native = 2 => "native" }
+}
+byte_enum! {
+    /// `iotlb=`: the device IOTLB model.
+    pub enum IotlbMode { Lazy = 0 => "lazy", Evict = 1 => "evict" }
+}
+byte_enum! {
+    /// `flush=`: the primary flush scheme.
+    pub enum FlushScheme {
+        Ptl = 0 => "ptl",
+        Gather = 1 => "gather",
+        Pending = 2 => "pending",
+        PerPtl = 3 => "per-ptl",
+        Generation = 4 => "generation",
+    }
+}
+byte_enum! {
+    /// `notifier=`: where the secondary invalidation runs.
+    pub enum NotifierPlacement {
+        Ptl = 0 => "ptl",
+        End = 1 => "end",
+        OnlyEnd = 2 => "only-end",
+        TlbFlush = 3 => "tlb-flush",
+        None = 4 => "none",
+    }
+}
+byte_enum! {
+    /// `on`/`off` switches.
+    pub enum OnOff { Off = 0 => "off", On = 1 => "on" }
+}
+byte_enum! {
+    /// `mremap-flush=`.
+    pub enum MremapFlush { BeforeUnlock = 0 => "before-unlock", AfterUnlock = 1 => "after-unlock" }
+}
+byte_enum! {
+    /// `reset-range=`.
+    pub enum ResetRange { KeepFreedTables = 0 => "keep-freed-tables", ClearFreedTables = 1 => "clear-freed-tables" }
+}
+byte_enum! {
+    /// `nested-range=`.
+    pub enum NestedRange { Full = 0 => "full", Sentinel = 1 => "sentinel" }
+}
+byte_enum! {
+    /// `dirty-shared-flush=`.
+    pub enum DirtySharedFlush { UnderPtl = 0 => "under-ptl", Deferred = 1 => "deferred" }
+}
+byte_enum! {
+    /// `migrc-upgrade=`.
+    pub enum MigrcUpgrade { WpOnly = 0 => "wp-only", All = 1 => "all" }
+}
+
+/// Fixed-point unit of eviction probabilities: parts per million.
+pub const PPM: u32 = 1_000_000;
+
+/// The policy a run uses, one byte per key (values are the `u8` of the enums
+/// above), plus eviction probabilities in parts per million. Lives inside the
+/// header at [`HEADER_POLICY_OFF`]. The host crate `litmus` parses policy
+/// strings; this is only the wire form.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyAbi {
+    pub tlb: u8,
+    pub iotlb: u8,
+    pub pwc: u8,
+    pub flush: u8,
+    pub notifier: u8,
+    pub madv_nested_check: u8,
+    pub batched_pending_check: u8,
+    pub mremap_flush: u8,
+    pub reset_range: u8,
+    pub nested_range: u8,
+    pub dirty_shared_flush: u8,
+    pub migrc: u8,
+    pub migrc_upgrade: u8,
+    pub _pad: [u8; 3],
+    /// `tlb=evict:P`: P in parts per million (0 unless tlb = Evict).
+    pub tlb_evict_ppm: u32,
+    /// `iotlb=evict:P`: P in parts per million.
+    pub iotlb_evict_ppm: u32,
+}
+
+/// Bytes of [`PolicyAbi`] on the wire.
+pub const POLICY_LEN: usize = 24;
+const _: () = assert!(core::mem::size_of::<PolicyAbi>() == POLICY_LEN);
+
+impl Default for PolicyAbi {
+    /// Today's fixed kernel behaviour (see LITMUS.md).
+    fn default() -> Self {
+        PolicyAbi {
+            tlb: TlbMode::Lazy as u8,
+            iotlb: IotlbMode::Lazy as u8,
+            pwc: OnOff::On as u8,
+            flush: FlushScheme::Pending as u8,
+            notifier: NotifierPlacement::TlbFlush as u8,
+            madv_nested_check: OnOff::On as u8,
+            batched_pending_check: OnOff::On as u8,
+            mremap_flush: MremapFlush::BeforeUnlock as u8,
+            reset_range: ResetRange::KeepFreedTables as u8,
+            nested_range: NestedRange::Full as u8,
+            dirty_shared_flush: DirtySharedFlush::UnderPtl as u8,
+            migrc: OnOff::Off as u8,
+            migrc_upgrade: MigrcUpgrade::All as u8,
+            _pad: [0; 3],
+            tlb_evict_ppm: 0,
+            iotlb_evict_ppm: 0,
+        }
+    }
+}
+
+impl PolicyAbi {
+    pub fn to_bytes(&self) -> [u8; POLICY_LEN] {
+        let mut b = [0u8; POLICY_LEN];
+        b[0] = self.tlb;
+        b[1] = self.iotlb;
+        b[2] = self.pwc;
+        b[3] = self.flush;
+        b[4] = self.notifier;
+        b[5] = self.madv_nested_check;
+        b[6] = self.batched_pending_check;
+        b[7] = self.mremap_flush;
+        b[8] = self.reset_range;
+        b[9] = self.nested_range;
+        b[10] = self.dirty_shared_flush;
+        b[11] = self.migrc;
+        b[12] = self.migrc_upgrade;
+        b[16..20].copy_from_slice(&self.tlb_evict_ppm.to_le_bytes());
+        b[20..24].copy_from_slice(&self.iotlb_evict_ppm.to_le_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; POLICY_LEN]) -> Self {
+        PolicyAbi {
+            tlb: b[0],
+            iotlb: b[1],
+            pwc: b[2],
+            flush: b[3],
+            notifier: b[4],
+            madv_nested_check: b[5],
+            batched_pending_check: b[6],
+            mremap_flush: b[7],
+            reset_range: b[8],
+            nested_range: b[9],
+            dirty_shared_flush: b[10],
+            migrc: b[11],
+            migrc_upgrade: b[12],
+            _pad: [0; 3],
+            tlb_evict_ppm: u32::from_le_bytes([b[16], b[17], b[18], b[19]]),
+            iotlb_evict_ppm: u32::from_le_bytes([b[20], b[21], b[22], b[23]]),
+        }
+    }
+
+    /// Every byte holds a known value of its enum and probabilities are ≤ 1.
+    pub fn is_valid(&self) -> bool {
+        TlbMode::from_u8(self.tlb).is_some()
+            && IotlbMode::from_u8(self.iotlb).is_some()
+            && OnOff::from_u8(self.pwc).is_some()
+            && FlushScheme::from_u8(self.flush).is_some()
+            && NotifierPlacement::from_u8(self.notifier).is_some()
+            && OnOff::from_u8(self.madv_nested_check).is_some()
+            && OnOff::from_u8(self.batched_pending_check).is_some()
+            && MremapFlush::from_u8(self.mremap_flush).is_some()
+            && ResetRange::from_u8(self.reset_range).is_some()
+            && NestedRange::from_u8(self.nested_range).is_some()
+            && DirtySharedFlush::from_u8(self.dirty_shared_flush).is_some()
+            && OnOff::from_u8(self.migrc).is_some()
+            && MigrcUpgrade::from_u8(self.migrc_upgrade).is_some()
+            && self.tlb_evict_ppm <= PPM
+            && self.iotlb_evict_ppm <= PPM
+    }
+}
+
+// ---------------------------------------------------------------- records
+
+fn rd_u16(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes([b[o], b[o + 1]])
+}
+fn rd_u32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+fn rd_u64(b: &[u8], o: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Offset of [`PolicyAbi`] inside the header.
+pub const HEADER_POLICY_OFF: usize = 96;
+
+/// The fixed header at offset 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// [`MAGIC`] (bytes 0..8).
+    pub magic: [u8; 8],
+    /// [`VERSION`] (8..10).
+    pub version: u16,
+    /// [`HEADER_LEN`] (10..12).
+    pub header_len: u16,
+    /// Length of the whole blob (12..16).
+    pub total_len: u32,
+    /// Number of [`LocDesc`] (16..18).
+    pub n_locs: u16,
+    /// Number of [`ThreadDesc`] (18..20) = n_vcpu_threads + n_device_threads.
+    pub n_threads: u16,
+    /// vCPU threads (20); they come first in the thread table, thread i runs on test vCPU i.
+    pub n_vcpu_threads: u8,
+    /// Device threads (21).
+    pub n_device_threads: u8,
+    /// Number of [`ObsDesc`] (22..24).
+    pub n_obs: u16,
+    /// Number of [`Instr`] records over all threads (24..28).
+    pub n_instrs: u32,
+    /// Bytes of the string table (28..32).
+    pub strings_len: u32,
+    pub locs_off: u32,    // 32..36
+    pub threads_off: u32, // 36..40
+    pub instrs_off: u32,  // 40..44
+    pub obs_off: u32,     // 44..48
+    pub strings_off: u32, // 48..52
+    /// Test name in the string table (52..56, 56..58).
+    pub name_off: u32,
+    pub name_len: u16,
+    /// Reserved, 0 (58..60).
+    pub flags: u16,
+    /// Iterations the guest should run (60..64).
+    pub iterations: u32,
+    /// Placement seed (64..72): VA/PA choice, eviction randomness.
+    pub seed: u64,
+    /// First 8 bytes of the test's MD5 hash (72..80), for trace records.
+    pub test_hash: u64,
+    /// Per-iteration time limit in milliseconds (80..84); 0 = runner default.
+    pub iteration_timeout_ms: u32,
+    /// Reserved, 0 (84..96).
+    pub reserved: [u32; 3],
+    /// The policy (96..120); 120..128 reserved.
+    pub policy: PolicyAbi,
+}
+
+impl Header {
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(&self.magic);
+        b[8..10].copy_from_slice(&self.version.to_le_bytes());
+        b[10..12].copy_from_slice(&self.header_len.to_le_bytes());
+        b[12..16].copy_from_slice(&self.total_len.to_le_bytes());
+        b[16..18].copy_from_slice(&self.n_locs.to_le_bytes());
+        b[18..20].copy_from_slice(&self.n_threads.to_le_bytes());
+        b[20] = self.n_vcpu_threads;
+        b[21] = self.n_device_threads;
+        b[22..24].copy_from_slice(&self.n_obs.to_le_bytes());
+        b[24..28].copy_from_slice(&self.n_instrs.to_le_bytes());
+        b[28..32].copy_from_slice(&self.strings_len.to_le_bytes());
+        b[32..36].copy_from_slice(&self.locs_off.to_le_bytes());
+        b[36..40].copy_from_slice(&self.threads_off.to_le_bytes());
+        b[40..44].copy_from_slice(&self.instrs_off.to_le_bytes());
+        b[44..48].copy_from_slice(&self.obs_off.to_le_bytes());
+        b[48..52].copy_from_slice(&self.strings_off.to_le_bytes());
+        b[52..56].copy_from_slice(&self.name_off.to_le_bytes());
+        b[56..58].copy_from_slice(&self.name_len.to_le_bytes());
+        b[58..60].copy_from_slice(&self.flags.to_le_bytes());
+        b[60..64].copy_from_slice(&self.iterations.to_le_bytes());
+        b[64..72].copy_from_slice(&self.seed.to_le_bytes());
+        b[72..80].copy_from_slice(&self.test_hash.to_le_bytes());
+        b[80..84].copy_from_slice(&self.iteration_timeout_ms.to_le_bytes());
+        for (i, r) in self.reserved.iter().enumerate() {
+            b[84 + 4 * i..88 + 4 * i].copy_from_slice(&r.to_le_bytes());
+        }
+        b[HEADER_POLICY_OFF..HEADER_POLICY_OFF + POLICY_LEN]
+            .copy_from_slice(&self.policy.to_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; HEADER_LEN]) -> Self {
+        let mut magic = [0u8; 8];
+        magic.copy_from_slice(&b[0..8]);
+        let mut pol = [0u8; POLICY_LEN];
+        pol.copy_from_slice(&b[HEADER_POLICY_OFF..HEADER_POLICY_OFF + POLICY_LEN]);
+        Header {
+            magic,
+            version: rd_u16(b, 8),
+            header_len: rd_u16(b, 10),
+            total_len: rd_u32(b, 12),
+            n_locs: rd_u16(b, 16),
+            n_threads: rd_u16(b, 18),
+            n_vcpu_threads: b[20],
+            n_device_threads: b[21],
+            n_obs: rd_u16(b, 22),
+            n_instrs: rd_u32(b, 24),
+            strings_len: rd_u32(b, 28),
+            locs_off: rd_u32(b, 32),
+            threads_off: rd_u32(b, 36),
+            instrs_off: rd_u32(b, 40),
+            obs_off: rd_u32(b, 44),
+            strings_off: rd_u32(b, 48),
+            name_off: rd_u32(b, 52),
+            name_len: rd_u16(b, 56),
+            flags: rd_u16(b, 58),
+            iterations: rd_u32(b, 60),
+            seed: rd_u64(b, 64),
+            test_hash: rd_u64(b, 72),
+            iteration_timeout_ms: rd_u32(b, 80),
+            reserved: [rd_u32(b, 84), rd_u32(b, 88), rd_u32(b, 92)],
+            policy: PolicyAbi::from_bytes(&pol),
+        }
+    }
+}
+
+/// Location flag: shared file-backed page (`shared = true`).
+pub const LOC_SHARED: u8 = 1;
+/// Location flag: the test pinned its VA (`va = "0x…"`), see [`LocDesc::va`].
+pub const LOC_PINNED: u8 = 2;
+/// Location flag: not declared in `[locations]` (a flag used by wait/signal).
+pub const LOC_IMPLICIT: u8 = 4;
+
+/// One location (32 bytes):
+/// `name_off u32 | name_len u16 | kind u8 | perm u8 | flags u8 | pad[7] | init u64 | va u64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocDesc {
+    pub name_off: u32,
+    pub name_len: u16,
+    /// [`LocKind`].
+    pub kind: u8,
+    /// [`Perm`] of the initial mapping (pages only; 0 otherwise).
+    pub perm: u8,
+    /// `LOC_*` bits.
+    pub flags: u8,
+    /// First 8-byte word of a page, or the var's value.
+    pub init: u64,
+    /// Pinned virtual address, or 0: the runner chooses (seeded).
+    pub va: u64,
+}
+
+impl LocDesc {
+    pub fn to_bytes(&self) -> [u8; LOC_LEN] {
+        let mut b = [0u8; LOC_LEN];
+        b[0..4].copy_from_slice(&self.name_off.to_le_bytes());
+        b[4..6].copy_from_slice(&self.name_len.to_le_bytes());
+        b[6] = self.kind;
+        b[7] = self.perm;
+        b[8] = self.flags;
+        b[16..24].copy_from_slice(&self.init.to_le_bytes());
+        b[24..32].copy_from_slice(&self.va.to_le_bytes());
+        b
+    }
+    pub fn from_bytes(b: &[u8; LOC_LEN]) -> Self {
+        LocDesc {
+            name_off: rd_u32(b, 0),
+            name_len: rd_u16(b, 4),
+            kind: b[6],
+            perm: b[7],
+            flags: b[8],
+            init: rd_u64(b, 16),
+            va: rd_u64(b, 24),
+        }
+    }
+    pub fn kind(&self) -> LocKind {
+        LocKind::from_u8(self.kind).unwrap_or(LocKind::Var)
+    }
+    pub fn perm(&self) -> Perm {
+        Perm::from_u8(self.perm).unwrap_or(Perm::None)
+    }
+    pub fn is_shared(&self) -> bool {
+        self.flags & LOC_SHARED != 0
+    }
+}
+
+/// One thread (16 bytes):
+/// `name_off u32 | name_len u16 | kind u8 | index u8 | first_instr u32 | n_instrs u32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadDesc {
+    pub name_off: u32,
+    pub name_len: u16,
+    /// [`ThreadKind`].
+    pub kind: u8,
+    /// vCPU thread: test vCPU index (0-based); device thread: device thread index.
+    pub index: u8,
+    /// First record of this thread's code in the instruction table.
+    pub first_instr: u32,
+    pub n_instrs: u32,
+}
+
+impl ThreadDesc {
+    pub fn to_bytes(&self) -> [u8; THREAD_LEN] {
+        let mut b = [0u8; THREAD_LEN];
+        b[0..4].copy_from_slice(&self.name_off.to_le_bytes());
+        b[4..6].copy_from_slice(&self.name_len.to_le_bytes());
+        b[6] = self.kind;
+        b[7] = self.index;
+        b[8..12].copy_from_slice(&self.first_instr.to_le_bytes());
+        b[12..16].copy_from_slice(&self.n_instrs.to_le_bytes());
+        b
+    }
+    pub fn from_bytes(b: &[u8; THREAD_LEN]) -> Self {
+        ThreadDesc {
+            name_off: rd_u32(b, 0),
+            name_len: rd_u16(b, 4),
+            kind: b[6],
+            index: b[7],
+            first_instr: rd_u32(b, 8),
+            n_instrs: rd_u32(b, 12),
+        }
+    }
+    pub fn kind(&self) -> ThreadKind {
+        ThreadKind::from_u8(self.kind).unwrap_or(ThreadKind::Vcpu)
+    }
+}
+
+/// One instruction (32 bytes):
+///
+/// ```text
+/// 0 op u8 | 1 dst u8 | 2 src u8 | 3 src2 u8 | 4 loc u16 | 6 loc2 u16
+/// 8 arg u8 | 9 nhooks u8 | 10 pad u16 | 12 len u32 | 16 imm u64 | 24 imm2 u64
+/// ```
+///
+/// Operand meaning per op is in [`Op`]'s docs. A value operand is a register
+/// when `src`/`src2` != [`NO_REG`], else the immediate `imm`/`imm2`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Instr {
+    /// [`Op`].
+    pub op: u8,
+    /// Destination register or [`NO_REG`].
+    pub dst: u8,
+    /// Register holding the (first) value operand, or [`NO_REG`] (then `imm`).
+    pub src: u8,
+    /// Register holding the second value operand (cmpxchg NEW), or [`NO_REG`] (then `imm2`).
+    pub src2: u8,
+    /// Location index or [`NO_LOC`].
+    pub loc: u16,
+    /// Second location (ksm, mremap target) or [`NO_LOC`].
+    pub loc2: u16,
+    /// Small op argument: [`Perm`], [`Advice`], [`WaitCmp`], touch-write flag, [`Hook`] for `At`.
+    pub arg: u8,
+    /// Number of hook groups following this record.
+    pub nhooks: u8,
+    /// Body length in records (`Loop`, `At`), else 0.
+    pub len: u32,
+    pub imm: u64,
+    pub imm2: u64,
+}
+
+impl Default for Instr {
+    fn default() -> Self {
+        Instr {
+            op: Op::Nop as u8,
+            dst: NO_REG,
+            src: NO_REG,
+            src2: NO_REG,
+            loc: NO_LOC,
+            loc2: NO_LOC,
+            arg: 0,
+            nhooks: 0,
+            len: 0,
+            imm: 0,
+            imm2: 0,
+        }
+    }
+}
+
+impl Instr {
+    pub fn to_bytes(&self) -> [u8; INSTR_LEN] {
+        let mut b = [0u8; INSTR_LEN];
+        b[0] = self.op;
+        b[1] = self.dst;
+        b[2] = self.src;
+        b[3] = self.src2;
+        b[4..6].copy_from_slice(&self.loc.to_le_bytes());
+        b[6..8].copy_from_slice(&self.loc2.to_le_bytes());
+        b[8] = self.arg;
+        b[9] = self.nhooks;
+        b[12..16].copy_from_slice(&self.len.to_le_bytes());
+        b[16..24].copy_from_slice(&self.imm.to_le_bytes());
+        b[24..32].copy_from_slice(&self.imm2.to_le_bytes());
+        b
+    }
+    pub fn from_bytes(b: &[u8; INSTR_LEN]) -> Self {
+        Instr {
+            op: b[0],
+            dst: b[1],
+            src: b[2],
+            src2: b[3],
+            loc: rd_u16(b, 4),
+            loc2: rd_u16(b, 6),
+            arg: b[8],
+            nhooks: b[9],
+            len: rd_u32(b, 12),
+            imm: rd_u64(b, 16),
+            imm2: rd_u64(b, 24),
+        }
+    }
+    /// The opcode; [`Op::Nop`] for an unknown byte (cannot happen after [`Blob::parse`]).
+    pub fn op(&self) -> Op {
+        Op::from_u8(self.op).unwrap_or(Op::Nop)
+    }
+    /// The hook of an [`Op::At`] record.
+    pub fn hook(&self) -> Option<Hook> {
+        if self.op == Op::At as u8 {
+            Hook::from_u8(self.arg)
+        } else {
+            None
+        }
+    }
+}
+
+/// One observation (8 bytes): `kind u8 | thread u8 | reg u8 | pad u8 | loc u16 | pad u16`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObsDesc {
+    /// [`ObsKind`].
+    pub kind: u8,
+    /// Thread index (Reg).
+    pub thread: u8,
+    /// Register (Reg).
+    pub reg: u8,
+    /// Location index (Loc), else [`NO_LOC`].
+    pub loc: u16,
+}
+
+impl ObsDesc {
+    pub fn to_bytes(&self) -> [u8; OBS_LEN] {
+        let mut b = [0u8; OBS_LEN];
+        b[0] = self.kind;
+        b[1] = self.thread;
+        b[2] = self.reg;
+        b[4..6].copy_from_slice(&self.loc.to_le_bytes());
+        b
+    }
+    pub fn from_bytes(b: &[u8; OBS_LEN]) -> Self {
+        ObsDesc {
+            kind: b[0],
+            thread: b[1],
+            reg: b[2],
+            loc: rd_u16(b, 4),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- decoder
+
+/// Why a blob was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than the header or than `total_len`.
+    Truncated,
+    BadMagic,
+    /// A version this build does not know.
+    BadVersion(u16),
+    /// `header_len` or a record size disagrees with this build.
+    BadHeader,
+    /// A section lies outside the blob, overlaps the header or is misaligned.
+    BadSection,
+    /// A string is out of bounds or not UTF-8.
+    BadString,
+    BadPolicy,
+    /// A location record is invalid (index of the location).
+    BadLocation(u16),
+    /// A thread record is invalid (index of the thread).
+    BadThread(u16),
+    /// An instruction is invalid (global record index).
+    BadInstr(u32),
+    /// An observation is invalid (its index).
+    BadObservation(u16),
+}
+
+/// A checked, zero-copy view of a litmus blob.
+#[derive(Clone, Copy, Debug)]
+pub struct Blob<'a> {
+    bytes: &'a [u8],
+    header: Header,
+}
+
+fn section(total: usize, off: u32, n: usize, size: usize) -> Result<(), DecodeError> {
+    let off = off as usize;
+    let len = n.checked_mul(size).ok_or(DecodeError::BadSection)?;
+    let end = off.checked_add(len).ok_or(DecodeError::BadSection)?;
+    if off < HEADER_LEN || !off.is_multiple_of(8) || end > total {
+        return Err(DecodeError::BadSection);
+    }
+    Ok(())
+}
+
+impl<'a> Blob<'a> {
+    /// Check everything once: header, sections, strings, policy, every record,
+    /// block structure. Never panics, whatever the input.
+    pub fn parse(bytes: &'a [u8]) -> Result<Blob<'a>, DecodeError> {
+        let hb: &[u8; HEADER_LEN] = bytes
+            .get(..HEADER_LEN)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(DecodeError::Truncated)?;
+        let h = Header::from_bytes(hb);
+        if h.magic != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        if h.version != VERSION {
+            return Err(DecodeError::BadVersion(h.version));
+        }
+        if h.header_len as usize != HEADER_LEN {
+            return Err(DecodeError::BadHeader);
+        }
+        let total = h.total_len as usize;
+        if total > bytes.len() || total < HEADER_LEN {
+            return Err(DecodeError::Truncated);
+        }
+        if h.n_threads as usize != h.n_vcpu_threads as usize + h.n_device_threads as usize
+            || h.n_threads as usize > MAX_THREADS
+        {
+            return Err(DecodeError::BadHeader);
+        }
+        section(total, h.locs_off, h.n_locs as usize, LOC_LEN)?;
+        section(total, h.threads_off, h.n_threads as usize, THREAD_LEN)?;
+        section(total, h.instrs_off, h.n_instrs as usize, INSTR_LEN)?;
+        section(total, h.obs_off, h.n_obs as usize, OBS_LEN)?;
+        let s_end = (h.strings_off as usize)
+            .checked_add(h.strings_len as usize)
+            .ok_or(DecodeError::BadSection)?;
+        if (h.strings_off as usize) < HEADER_LEN || s_end > total {
+            return Err(DecodeError::BadSection);
+        }
+        if !h.policy.is_valid() {
+            return Err(DecodeError::BadPolicy);
+        }
+        let blob = Blob {
+            bytes: &bytes[..total],
+            header: h,
+        };
+        blob.str_at(h.name_off, h.name_len)
+            .ok_or(DecodeError::BadString)?;
+        for i in 0..h.n_locs {
+            let l = blob.location(i).ok_or(DecodeError::BadLocation(i))?;
+            let kind = LocKind::from_u8(l.kind).ok_or(DecodeError::BadLocation(i))?;
+            if Perm::from_u8(l.perm).is_none()
+                || l.flags & !(LOC_SHARED | LOC_PINNED | LOC_IMPLICIT) != 0
+                || (kind != LocKind::Page && l.flags & LOC_SHARED != 0)
+                || blob.str_at(l.name_off, l.name_len).is_none()
+            {
+                return Err(DecodeError::BadLocation(i));
+            }
+        }
+        let mut next_instr: u32 = 0;
+        for i in 0..h.n_threads {
+            let t = blob.thread(i).ok_or(DecodeError::BadThread(i))?;
+            let kind = ThreadKind::from_u8(t.kind).ok_or(DecodeError::BadThread(i))?;
+            let expect_kind = if i < h.n_vcpu_threads as u16 {
+                ThreadKind::Vcpu
+            } else {
+                ThreadKind::Device
+            };
+            // Threads' code is laid out back to back, in thread order.
+            if kind != expect_kind
+                || t.first_instr != next_instr
+                || blob.str_at(t.name_off, t.name_len).is_none()
+            {
+                return Err(DecodeError::BadThread(i));
+            }
+            let end = t
+                .first_instr
+                .checked_add(t.n_instrs)
+                .filter(|&e| e <= h.n_instrs)
+                .ok_or(DecodeError::BadThread(i))?;
+            blob.check_block(kind, t.first_instr, end, 1, false)?;
+            next_instr = end;
+        }
+        if next_instr != h.n_instrs {
+            return Err(DecodeError::BadSection);
+        }
+        for i in 0..h.n_obs {
+            let o = blob.observation(i).ok_or(DecodeError::BadObservation(i))?;
+            let ok = match ObsKind::from_u8(o.kind) {
+                Some(ObsKind::Reg) => (o.thread as u16) < h.n_threads && o.reg < MAX_REGS,
+                Some(ObsKind::Loc) => o.loc < h.n_locs,
+                None => false,
+            };
+            if !ok {
+                return Err(DecodeError::BadObservation(i));
+            }
+        }
+        Ok(blob)
+    }
+
+    /// Check the block `[start, end)` of a thread of `kind`. `sync_only`:
+    /// inside a hook group.
+    fn check_block(
+        &self,
+        kind: ThreadKind,
+        start: u32,
+        end: u32,
+        depth: usize,
+        sync_only: bool,
+    ) -> Result<(), DecodeError> {
+        if depth > MAX_DEPTH {
+            return Err(DecodeError::BadInstr(start));
+        }
+        let mut pc = start;
+        while pc < end {
+            let ins = self.instr(pc).ok_or(DecodeError::BadInstr(pc))?;
+            let bad = DecodeError::BadInstr(pc);
+            let op = Op::from_u8(ins.op).ok_or(bad)?;
+            let allowed = if sync_only {
+                op.is_sync_op()
+            } else {
+                match kind {
+                    ThreadKind::Vcpu => op.is_vcpu_op(),
+                    ThreadKind::Device => op.is_device_op(),
+                }
+            };
+            if !allowed || !self.operands_ok(&ins, op) {
+                return Err(bad);
+            }
+            pc += 1;
+            if op == Op::Loop {
+                let body_end = pc.checked_add(ins.len).filter(|&e| e <= end).ok_or(bad)?;
+                self.check_block(kind, pc, body_end, depth + 1, false)?;
+                pc = body_end;
+            }
+            if ins.nhooks != 0 && !op.takes_hooks() {
+                return Err(bad);
+            }
+            for _ in 0..ins.nhooks {
+                let at = self.instr(pc).filter(|a| a.op == Op::At as u8).ok_or(bad)?;
+                if Hook::from_u8(at.arg).is_none() || at.nhooks != 0 {
+                    return Err(DecodeError::BadInstr(pc));
+                }
+                let g_end = (pc + 1)
+                    .checked_add(at.len)
+                    .filter(|&e| e <= end)
+                    .ok_or(bad)?;
+                self.check_block(kind, pc + 1, g_end, depth + 1, true)?;
+                pc = g_end;
+            }
+        }
+        Ok(())
+    }
+
+    fn operands_ok(&self, i: &Instr, op: Op) -> bool {
+        let n_locs = self.header.n_locs;
+        let reg_ok = |r: u8| r == NO_REG || r < MAX_REGS;
+        let loc_ok = |l: u16| l < n_locs;
+        if !reg_ok(i.dst) || !reg_ok(i.src) || !reg_ok(i.src2) {
+            return false;
+        }
+        if op.writes_dst() != (i.dst != NO_REG) {
+            return false;
+        }
+        if op != Op::Loop && op != Op::At && i.len != 0 {
+            return false;
+        }
+        let needs_loc = !matches!(
+            op,
+            Op::Nop | Op::Mfence | Op::Barrier | Op::Delay | Op::Loop | Op::At
+        );
+        if needs_loc != (i.loc != NO_LOC) || (needs_loc && !loc_ok(i.loc)) {
+            return false;
+        }
+        let needs_loc2 = matches!(op, Op::Ksm | Op::Mremap);
+        if needs_loc2 != (i.loc2 != NO_LOC) || (needs_loc2 && !loc_ok(i.loc2)) {
+            return false;
+        }
+        match op {
+            Op::Mmap | Op::Mprotect => Perm::from_u8(i.arg).is_some(),
+            Op::Madvise => Advice::from_u8(i.arg).is_some(),
+            Op::Wait => WaitCmp::from_u8(i.arg).is_some(),
+            Op::Touch => i.arg <= 1,
+            _ => true,
+        }
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+    pub fn policy(&self) -> PolicyAbi {
+        self.header.policy
+    }
+    /// The raw bytes (exactly `total_len` long).
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+    /// The test's name.
+    pub fn name(&self) -> &'a str {
+        self.str_at(self.header.name_off, self.header.name_len)
+            .unwrap_or("")
+    }
+
+    /// A string of the string table; `None` if out of bounds or not UTF-8.
+    pub fn str_at(&self, off: u32, len: u16) -> Option<&'a str> {
+        let start = (self.header.strings_off as usize).checked_add(off as usize)?;
+        let end = start.checked_add(len as usize)?;
+        let s_end = self.header.strings_off as usize + self.header.strings_len as usize;
+        if end > s_end {
+            return None;
+        }
+        core::str::from_utf8(self.bytes.get(start..end)?).ok()
+    }
+
+    fn record<const N: usize>(&self, off: u32, i: usize, count: usize) -> Option<&'a [u8; N]> {
+        if i >= count {
+            return None;
+        }
+        let start = (off as usize).checked_add(i.checked_mul(N)?)?;
+        self.bytes
+            .get(start..start.checked_add(N)?)?
+            .try_into()
+            .ok()
+    }
+
+    pub fn location(&self, i: u16) -> Option<LocDesc> {
+        self.record::<LOC_LEN>(
+            self.header.locs_off,
+            i as usize,
+            self.header.n_locs as usize,
+        )
+        .map(LocDesc::from_bytes)
+    }
+    pub fn location_name(&self, i: u16) -> Option<&'a str> {
+        let l = self.location(i)?;
+        self.str_at(l.name_off, l.name_len)
+    }
+    pub fn thread(&self, i: u16) -> Option<ThreadDesc> {
+        self.record::<THREAD_LEN>(
+            self.header.threads_off,
+            i as usize,
+            self.header.n_threads as usize,
+        )
+        .map(ThreadDesc::from_bytes)
+    }
+    pub fn thread_name(&self, i: u16) -> Option<&'a str> {
+        let t = self.thread(i)?;
+        self.str_at(t.name_off, t.name_len)
+    }
+    /// Instruction record `i` of the global table.
+    pub fn instr(&self, i: u32) -> Option<Instr> {
+        self.record::<INSTR_LEN>(
+            self.header.instrs_off,
+            i as usize,
+            self.header.n_instrs as usize,
+        )
+        .map(Instr::from_bytes)
+    }
+    /// Record `pc` of thread `t`'s code (`pc` relative to the thread's start).
+    pub fn thread_instr(&self, t: &ThreadDesc, pc: u32) -> Option<Instr> {
+        if pc >= t.n_instrs {
+            return None;
+        }
+        self.instr(t.first_instr.checked_add(pc)?)
+    }
+    pub fn observation(&self, i: u16) -> Option<ObsDesc> {
+        self.record::<OBS_LEN>(self.header.obs_off, i as usize, self.header.n_obs as usize)
+            .map(ObsDesc::from_bytes)
+    }
+
+    /// Number of records an item starting at thread-relative `pc` spans
+    /// (the record, a loop body, its hook groups): the interpreter's "skip".
+    pub fn item_len(&self, t: &ThreadDesc, pc: u32) -> Option<u32> {
+        let ins = self.thread_instr(t, pc)?;
+        let mut n: u32 = 1;
+        if ins.op == Op::Loop as u8 {
+            n = n.checked_add(ins.len)?;
+        }
+        for _ in 0..ins.nhooks {
+            let at = self.thread_instr(t, pc.checked_add(n)?)?;
+            n = n.checked_add(1)?.checked_add(at.len)?;
+        }
+        Some(n)
+    }
+
+    /// The hook group of the item at `pc` for `hook`, as a thread-relative
+    /// range of sync records, if the op has one.
+    pub fn hook_group(&self, t: &ThreadDesc, pc: u32, hook: Hook) -> Option<(u32, u32)> {
+        let ins = self.thread_instr(t, pc)?;
+        let mut at_pc = pc.checked_add(1)?;
+        if ins.op == Op::Loop as u8 {
+            at_pc = at_pc.checked_add(ins.len)?;
+        }
+        for _ in 0..ins.nhooks {
+            let at = self.thread_instr(t, at_pc)?;
+            let body = at_pc.checked_add(1)?;
+            if at.arg == hook as u8 {
+                return Some((body, body.checked_add(at.len)?));
+            }
+            at_pc = body.checked_add(at.len)?;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_sizes_round_trip() {
+        let i = Instr {
+            op: Op::Cmpxchg as u8,
+            dst: 3,
+            src: NO_REG,
+            src2: 4,
+            loc: 7,
+            loc2: NO_LOC,
+            arg: 0,
+            nhooks: 2,
+            len: 0,
+            imm: 0x1122_3344_5566_7788,
+            imm2: 9,
+        };
+        assert_eq!(Instr::from_bytes(&i.to_bytes()), i);
+        let p = PolicyAbi {
+            tlb_evict_ppm: 250_000,
+            ..PolicyAbi::default()
+        };
+        assert_eq!(PolicyAbi::from_bytes(&p.to_bytes()), p);
+        assert!(p.is_valid());
+    }
+
+    #[test]
+    fn names_are_unique_and_round_trip() {
+        for (i, h) in Hook::ALL.iter().enumerate() {
+            assert_eq!(Hook::from_name(h.name()), Some(*h));
+            assert_eq!(Hook::from_u8(*h as u8), Some(*h));
+            assert!(!h.description().is_empty());
+            for h2 in &Hook::ALL[i + 1..] {
+                assert_ne!(h.name(), h2.name());
+            }
+        }
+        for op in Op::ALL {
+            assert_eq!(Op::from_name(op.name()), Some(*op));
+        }
+        for v in [VALUE_FAULT, VALUE_STALE_WALK, VALUE_TIMEOUT] {
+            assert!(v >= RESERVED_MIN);
+            assert_eq!(
+                special_value_from_name(special_value_name(v).unwrap()),
+                Some(v)
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_short_and_garbage() {
+        assert_eq!(Blob::parse(&[]).unwrap_err(), DecodeError::Truncated);
+        assert_eq!(Blob::parse(&[0u8; 200]).unwrap_err(), DecodeError::BadMagic);
+    }
+}
