@@ -1,0 +1,196 @@
+//! Diagnostics: every problem found in a litmus file, with `file:line:col`.
+//!
+//! Positions are byte offsets into the *file* (not into a decoded TOML
+//! string); [`SourceFile`] turns them into 1-based line and column (columns
+//! count characters, as editors do). The rendering's first line is always
+//! `file:line:col: error: message` so editors and CI logs can jump to it; a
+//! caret excerpt and notes follow.
+
+use std::fmt;
+
+/// How bad a diagnostic is. Any error stops the run; warnings do not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One litmus file's text, with a line index.
+#[derive(Clone, Debug)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: String,
+    line_starts: Vec<usize>,
+}
+
+impl SourceFile {
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
+        let text = text.into();
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        SourceFile {
+            name: name.into(),
+            text,
+            line_starts,
+        }
+    }
+
+    /// 1-based (line, column) of byte `offset` (clamped to the text).
+    pub fn line_col(&self, offset: usize) -> (u32, u32) {
+        let offset = offset.min(self.text.len());
+        let line = match self.line_starts.binary_search(&offset) {
+            Ok(l) => l,
+            Err(l) => l - 1,
+        };
+        let start = self.line_starts[line];
+        let mut off = offset;
+        while !self.text.is_char_boundary(off) {
+            off -= 1;
+        }
+        let col = self.text[start..off].chars().count();
+        (line as u32 + 1, col as u32 + 1)
+    }
+
+    /// The text of 1-based line `line`, without its newline.
+    pub fn line_text(&self, line: u32) -> &str {
+        let i = (line as usize).saturating_sub(1);
+        let Some(&start) = self.line_starts.get(i) else {
+            return "";
+        };
+        let end = self
+            .line_starts
+            .get(i + 1)
+            .map(|e| e - 1)
+            .unwrap_or(self.text.len());
+        self.text[start..end].trim_end_matches('\r')
+    }
+
+    /// A diagnostic at the byte range `start..end` of this file.
+    pub fn diag(&self, severity: Severity, start: usize, end: usize, msg: impl Into<String>) -> Diagnostic {
+        let (line, col) = self.line_col(start);
+        let (end_line, end_col) = self.line_col(end.max(start));
+        let width = if end_line == line && end_col > col {
+            end_col - col
+        } else {
+            1
+        };
+        Diagnostic {
+            severity,
+            file: self.name.clone(),
+            line,
+            col,
+            width,
+            message: msg.into(),
+            source_line: self.line_text(line).to_string(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn error(&self, start: usize, end: usize, msg: impl Into<String>) -> Diagnostic {
+        self.diag(Severity::Error, start, end, msg)
+    }
+
+    pub fn warning(&self, start: usize, end: usize, msg: impl Into<String>) -> Diagnostic {
+        self.diag(Severity::Warning, start, end, msg)
+    }
+}
+
+/// A located message about a litmus file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub file: String,
+    /// 1-based line in the file.
+    pub line: u32,
+    /// 1-based column (characters) in the file.
+    pub col: u32,
+    /// Width of the underlined span in characters (at least 1).
+    pub width: u32,
+    /// "what was found, what was expected".
+    pub message: String,
+    /// The file line the diagnostic points into, for the caret display.
+    pub source_line: String,
+    /// Extra lines, e.g. the list of valid names.
+    pub notes: Vec<String>,
+}
+
+impl Diagnostic {
+    pub fn with_note(mut self, note: impl Into<String>) -> Self {
+        self.notes.push(note.into());
+        self
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    /// The first line only: `file:line:col: error: message`.
+    pub fn headline(&self) -> String {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        format!("{}:{}:{}: {}: {}", self.file, self.line, self.col, sev, self.message)
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    /// ```text
+    /// tests/litmus/a.toml:7:1: error: unknown operation `lod`
+    ///    |
+    ///  7 | lod x -> r0
+    ///    | ^^^
+    ///    = expected one of: load, store, …
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.headline())?;
+        let num = self.line.to_string();
+        let pad = " ".repeat(num.len());
+        writeln!(f, "{pad} |")?;
+        writeln!(f, "{num} | {}", self.source_line)?;
+        // Keep tabs so the caret lines up under tab-indented code.
+        let lead: String = self
+            .source_line
+            .chars()
+            .take(self.col.saturating_sub(1) as usize)
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        write!(f, "{pad} | {lead}{}", "^".repeat(self.width.max(1) as usize))?;
+        for n in &self.notes {
+            write!(f, "\n{pad} = {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Render a list of diagnostics, errors and warnings in file order, with a
+/// closing count line.
+pub fn render_all(diags: &[Diagnostic]) -> String {
+    let mut out = String::new();
+    for d in diags {
+        out.push_str(&d.to_string());
+        out.push_str("\n\n");
+    }
+    let errors = diags.iter().filter(|d| d.is_error()).count();
+    let warnings = diags.len() - errors;
+    out.push_str(&format!("{errors} error(s), {warnings} warning(s)\n"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_and_render() {
+        let f = SourceFile::new("t.toml", "a = 1\nbé = 2\n");
+        assert_eq!(f.line_col(0), (1, 1));
+        assert_eq!(f.line_col(6), (2, 1));
+        // 'é' is two bytes; the '=' after it is column 4.
+        assert_eq!(f.line_col(f.text.find("= 2").unwrap()), (2, 4));
+        let d = f.error(6, 9, "bad key").with_note("expected one of: a");
+        let s = d.to_string();
+        assert!(s.starts_with("t.toml:2:1: error: bad key\n"), "{s}");
+        assert!(s.contains("2 | bé = 2\n  | ^^\n  = expected one of: a"), "{s}");
+    }
+}
