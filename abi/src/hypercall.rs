@@ -15,7 +15,7 @@ pub const NOP_PORT: u16 = 0x0512;
 pub const SERIAL_PORT: u16 = 0x03f8;
 
 /// Size of the free-form data area of a mailbox.
-pub const DATA_LEN: usize = 4096 - 16 * 8;
+pub const DATA_LEN: usize = 4096 - 15 * 8;
 
 /// Per-vCPU mailbox page. Field offsets are part of the wire format.
 #[repr(C)]
@@ -50,8 +50,9 @@ pub mod op {
     pub const TEST_BEGIN: u64 = 2;
     /// A self-test ends: `args[0]` = `report::*`, `data` = "name\0reason".
     pub const TEST_END: u64 = 3;
-    /// A guest assertion failed: `args[0]` = line, `args[1]` = 1 if fatal
-    /// (the guest then exits), `args[2]` = RIP; `data` = "file\0message".
+    /// A guest assertion failed: `args[0]` = line, `args[1]` = flags
+    /// (bit 0: fatal, the guest then exits; bit 1: expected, a deliberate
+    /// report by the `assert.report` self-test); `data` = "file\0message".
     pub const ASSERT_FAIL: u64 = 4;
     /// An exception reached the guest's handler: `args` = vector, error
     /// code, RIP, CR2, RSP, CS, 1 if the guest recovers (expected) else 0.
@@ -62,6 +63,25 @@ pub mod op {
     pub const LAST_REPORT: u64 = 6;
     /// Guest log line: `data` = text (printed by the VMM with the vCPU index).
     pub const LOG: u64 = 7;
+    /// A benchmark figure measured in the guest: `args[0]` = `bench::*`
+    /// metric, `args[1]` = median picoseconds per operation, `args[2]` = samples.
+    pub const BENCH_RESULT: u64 = 8;
+}
+
+/// Guest-measured benchmark metrics (`op::BENCH_RESULT`).
+pub mod bench {
+    /// Round trip of a hypercall with an empty payload (ECHO).
+    pub const HYPERCALL_ECHO: u64 = 0;
+    /// A bare port-I/O exit to userspace that the VMM ignores (NOP_PORT).
+    pub const PORT_IO_EXIT: u64 = 1;
+
+    pub fn name(metric: u64) -> &'static str {
+        match metric {
+            HYPERCALL_ECHO => "hypercall round trip (ECHO, empty payload)",
+            PORT_IO_EXIT => "bare port-I/O exit (NOP port)",
+            _ => "unknown metric",
+        }
+    }
 }
 
 /// `Mailbox::status` values.

@@ -1,0 +1,95 @@
+//! The shootdown guest kernel.
+//!
+//! Every vCPU enters `_start` in 64-bit mode on the VMM's identity-mapped
+//! boot page tables, with `rdi` = CPU index, `rsi` = `&BootInfo`, `rsp` = its
+//! own stack. CPU 0 builds the IDT and runs the requested work (self-tests);
+//! the others come online and wait in the idle loop for work or IPIs.
+
+#![no_std]
+#![no_main]
+
+mod apic;
+mod arch;
+mod bench;
+mod console;
+mod hypercall;
+mod misbehave;
+mod percpu;
+mod report;
+mod selftest;
+mod smp;
+mod sync;
+mod time;
+mod trap;
+
+use abi::{BootInfo, BOOT_INFO_MAGIC};
+use core::arch::global_asm;
+
+global_asm!(
+    r#"
+    .section .text._start, "ax"
+    .global _start
+_start:
+    and rsp, -16
+    xor ebp, ebp
+    call {kmain}
+    ud2
+"#,
+    kmain = sym kmain,
+);
+
+extern "C" fn kmain(cpu: u64, boot: *const BootInfo) -> ! {
+    percpu::init(cpu);
+    // SAFETY: the VMM wrote a BootInfo at this address before starting any vCPU.
+    let boot = unsafe { &*boot };
+    if boot.magic != BOOT_INFO_MAGIC {
+        report::fatal(file!(), line!(), format_args!("bad BootInfo magic {:#x}", boot.magic));
+    }
+    if cpu == 0 {
+        time::init(boot.tsc_khz);
+        smp::set_num_cpus(boot.num_vcpus);
+        trap::build_idt();
+    }
+    trap::load_idt();
+    apic::init();
+    let verbose = cmdline(boot).split_ascii_whitespace().any(|w| w == "verbose");
+    if verbose {
+        kprintln!("shootdown guest: vCPU {} online (x2APIC ID {})", cpu, apic::id());
+    }
+    smp::mark_online();
+    if cpu != 0 {
+        smp::idle_loop();
+    }
+    arch::interrupts_enable();
+    // Give every vCPU time to come online (boot.all-vcpus checks they did).
+    time::spin_until(30_000, || smp::online() == boot.num_vcpus);
+    let cmdline = cmdline(boot);
+    let mode = cmdline.split_ascii_whitespace().find_map(|w| w.strip_prefix("mode=")).unwrap_or("selftest");
+    let status = match mode {
+        // Boot benchmark: every vCPU came online, nothing else to do.
+        "boot" => abi::exit::SUCCESS,
+        "bench.exits" => {
+            bench::exits();
+            abi::exit::SUCCESS
+        }
+        "selftest" => selftest::run(boot, cmdline),
+        m if m.starts_with("misbehave.") && misbehave::run(&m["misbehave.".len()..]) => abi::exit::GUEST_PANIC,
+        other => report::fatal(file!(), line!(), format_args!("unknown mode={other} on the command line")),
+    };
+    arch::outl(abi::hypercall::EXIT_PORT, status);
+    arch::halt_forever()
+}
+
+fn cmdline(boot: &BootInfo) -> &'static str {
+    let len = boot.cmdline_len.min(abi::layout::CMDLINE_MAX) as usize;
+    // SAFETY: the VMM wrote `len` bytes of command line at `cmdline_addr`,
+    // identity-mapped and never written again.
+    let bytes = unsafe { core::slice::from_raw_parts(boot.cmdline_addr as *const u8, len) };
+    core::str::from_utf8(bytes).unwrap_or("")
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let (file, line) = info.location().map(|l| (l.file(), l.line())).unwrap_or(("?", 0));
+    report::fatal(file, line, format_args!("panic: {}", info.message()))
+}

@@ -1,0 +1,147 @@
+//! SMP: CPUs coming online, running work on a given CPU, and
+//! `smp_call_function_single` over real IPIs (the path TLB shootdowns reuse).
+
+use abi::layout::MAX_VCPUS;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use crate::{apic, arch, percpu, time};
+
+const N: usize = MAX_VCPUS as usize;
+
+static NUM_CPUS: AtomicU64 = AtomicU64::new(1);
+static ONLINE: AtomicU64 = AtomicU64::new(0);
+
+pub fn set_num_cpus(n: u64) {
+    NUM_CPUS.store(n, Ordering::Relaxed);
+}
+
+pub fn num_cpus() -> u64 {
+    NUM_CPUS.load(Ordering::Relaxed)
+}
+
+pub fn mark_online() {
+    ONLINE.fetch_add(1, Ordering::AcqRel);
+}
+
+pub fn online() -> u64 {
+    ONLINE.load(Ordering::Acquire)
+}
+
+pub type WorkFn = fn(u64);
+
+const IDLE: u64 = 0;
+const POSTED: u64 = 1;
+const RUNNING: u64 = 2;
+const DONE: u64 = 3;
+
+/// One work slot per CPU: the boot CPU posts, the target runs it from its
+/// idle loop with interrupts enabled (so the work itself can take IPIs).
+struct Work {
+    func: AtomicUsize,
+    arg: AtomicU64,
+    state: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const WORK_INIT: Work = Work { func: AtomicUsize::new(0), arg: AtomicU64::new(0), state: AtomicU64::new(IDLE) };
+static WORK: [Work; N] = [WORK_INIT; N];
+
+/// Posts `f(arg)` to `cpu` and kicks it awake. Returns false if the CPU is busy.
+pub fn run_on(cpu: u64, f: WorkFn, arg: u64) -> bool {
+    let w = &WORK[cpu as usize];
+    if w.state.load(Ordering::Acquire) != IDLE {
+        return false;
+    }
+    w.func.store(f as usize, Ordering::Relaxed);
+    w.arg.store(arg, Ordering::Relaxed);
+    w.state.store(POSTED, Ordering::Release);
+    apic::send_ipi(cpu, apic::RESCHEDULE_VECTOR);
+    true
+}
+
+/// Waits until the work posted to `cpu` finished; false on timeout.
+pub fn wait_done(cpu: u64, timeout_ms: u64) -> bool {
+    let w = &WORK[cpu as usize];
+    let ok = time::spin_until(timeout_ms, || w.state.load(Ordering::Acquire) == DONE);
+    if ok {
+        w.state.store(IDLE, Ordering::Release);
+    }
+    ok
+}
+
+/// Runs `f(arg)` on every online CPU (the caller's included) and waits for all.
+/// Returns the CPUs that did not finish in time as a count.
+pub fn run_on_all(f: WorkFn, arg: u64, timeout_ms: u64) -> u64 {
+    let me = percpu::cpu();
+    let n = num_cpus();
+    for cpu in (0..n).filter(|&c| c != me) {
+        while !run_on(cpu, f, arg) {
+            arch::pause();
+        }
+    }
+    f(arg);
+    (0..n).filter(|&c| c != me).filter(|&c| !wait_done(c, timeout_ms)).count() as u64
+}
+
+/// The idle loop of every CPU but the boot CPU: halt until work is posted.
+pub fn idle_loop() -> ! {
+    let w = &WORK[percpu::cpu() as usize];
+    loop {
+        arch::interrupts_disable();
+        if w.state.load(Ordering::Acquire) == POSTED {
+            w.state.store(RUNNING, Ordering::Relaxed);
+            arch::interrupts_enable();
+            let func = w.func.load(Ordering::Relaxed);
+            // SAFETY: `func` was stored from a `WorkFn` by `run_on`.
+            let f: WorkFn = unsafe { core::mem::transmute::<usize, WorkFn>(func) };
+            f(w.arg.load(Ordering::Relaxed));
+            w.state.store(DONE, Ordering::Release);
+        } else {
+            arch::safe_halt();
+        }
+    }
+}
+
+/// Call-single-data, one slot per (target, sender) pair, like Linux's `csd`.
+struct Csd {
+    func: AtomicUsize,
+    arg: AtomicU64,
+    pending: AtomicBool,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const CSD_INIT: Csd = Csd { func: AtomicUsize::new(0), arg: AtomicU64::new(0), pending: AtomicBool::new(false) };
+#[allow(clippy::declare_interior_mutable_const)]
+const CSD_ROW: [Csd; N] = [CSD_INIT; N];
+static CSD: [[Csd; N]; N] = [CSD_ROW; N];
+
+/// Runs `f(arg)` on `target` in interrupt context (a real IPI, also when
+/// `target` is this CPU) and waits until it has run. Must be called with
+/// interrupts enabled, as Linux requires, or two CPUs calling each other
+/// would deadlock. Returns false if the target did not answer in time.
+pub fn call_function_single(target: u64, f: WorkFn, arg: u64, timeout_ms: u64) -> bool {
+    let me = percpu::cpu();
+    let csd = &CSD[target as usize][me as usize];
+    if !time::spin_until(timeout_ms, || !csd.pending.load(Ordering::Acquire)) {
+        return false;
+    }
+    csd.func.store(f as usize, Ordering::Relaxed);
+    csd.arg.store(arg, Ordering::Relaxed);
+    csd.pending.store(true, Ordering::Release);
+    apic::send_ipi(target, apic::CALL_FUNCTION_VECTOR);
+    time::spin_until(timeout_ms, || !csd.pending.load(Ordering::Acquire))
+}
+
+/// `CALL_FUNCTION_VECTOR` handler: run every pending request addressed to us.
+pub fn handle_call_function_ipi() {
+    let me = percpu::cpu() as usize;
+    for csd in CSD[me].iter().take(num_cpus() as usize) {
+        if csd.pending.load(Ordering::Acquire) {
+            let func = csd.func.load(Ordering::Relaxed);
+            // SAFETY: stored from a `WorkFn` by `call_function_single`.
+            let f: WorkFn = unsafe { core::mem::transmute::<usize, WorkFn>(func) };
+            f(csd.arg.load(Ordering::Relaxed));
+            csd.pending.store(false, Ordering::Release);
+        }
+    }
+}

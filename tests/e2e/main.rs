@@ -1,0 +1,207 @@
+//! End-to-end tests: boot the real guest on real KVM through the `vmm`
+//! binary, and check bad input is refused with a clear message and status 2.
+//!
+//! A custom harness (libtest-mimic) so that, where `/dev/kvm` is missing or
+//! not usable, the KVM tests are reported as *ignored* with the reason
+//! printed loudly — never as passed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+const VMM: &str = env!("CARGO_BIN_EXE_vmm");
+
+fn vmm(args: &[&str]) -> Output {
+    Command::new(VMM).args(args).output().expect("cannot run the vmm binary")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Why KVM tests cannot run here, if they cannot.
+fn kvm_unavailable() -> Option<String> {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => None,
+        Err(e) => Some(format!("/dev/kvm not usable: {e}")),
+    }
+}
+
+fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg().into())
+    }
+}
+
+/// The self-tests pass on `vcpus` vCPUs: only PASS lines, a SUMMARY with 0
+/// failures, exit status 0, and every expected test present.
+fn selftest_passes(vcpus: u32, extra: &[&str]) -> Result<(), Failed> {
+    let n = vcpus.to_string();
+    let mut args = vec!["--vcpus", &n, "selftest"];
+    args.extend_from_slice(extra);
+    let o = vmm(&args);
+    let (out, err) = text(&o);
+    let ctx = || format!("vmm {args:?}\nstatus: {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
+    ensure(o.status.code() == Some(0), || format!("non-zero exit\n{}", ctx()))?;
+    let lines: Vec<&str> = out.lines().collect();
+    let summary = lines.last().copied().unwrap_or("");
+    ensure(summary.starts_with("SUMMARY: ") && summary.contains(" 0 failures"), || format!("bad summary\n{}", ctx()))?;
+    for l in &lines[..lines.len() - 1] {
+        ensure(l.starts_with("PASS "), || format!("non-PASS line {l:?}\n{}", ctx()))?;
+    }
+    for t in ["boot.all-vcpus", "ipi.all-pairs", "hypercall.echo", "exception.report", "assert.report"] {
+        ensure(lines.contains(&format!("PASS {t}").as_str()), || format!("missing PASS {t}\n{}", ctx()))?;
+    }
+    Ok(())
+}
+
+fn bad_input(args: &[&str], want_in_stderr: &[&str]) -> Result<(), Failed> {
+    let o = vmm(args);
+    let (out, err) = text(&o);
+    let ctx = || format!("vmm {args:?}\nstatus: {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
+    ensure(o.status.code() == Some(2), || format!("expected exit status 2\n{}", ctx()))?;
+    ensure(err.lines().count() == 1, || format!("expected exactly one line on stderr\n{}", ctx()))?;
+    for w in want_in_stderr {
+        ensure(err.contains(w), || format!("stderr lacks {w:?}\n{}", ctx()))?;
+    }
+    ensure(!out.contains("PASS") && !out.contains("SUMMARY"), || {
+        format!("the guest must not have started\n{}", ctx())
+    })?;
+    Ok(())
+}
+
+/// The guest misbehaves on its last vCPU; the VMM reports vCPU, RIP and
+/// cause on stderr and exits with `status`, without panicking.
+fn misbehaviour(kind: &str, status: i32, want: &[&str]) -> Result<(), Failed> {
+    let mode = format!("mode=misbehave.{kind}");
+    let o = vmm(&["--vcpus", "3", "--timeout", "3", "run", "--cmdline", &mode]);
+    let (out, err) = text(&o);
+    let ctx = || format!("{mode}\nstatus: {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
+    ensure(o.status.code() == Some(status), || format!("expected exit status {status}\n{}", ctx()))?;
+    ensure(!err.contains("panicked"), || format!("the VMM panicked\n{}", ctx()))?;
+    for w in want {
+        ensure(err.contains(w), || format!("stderr lacks {w:?}\n{}", ctx()))?;
+    }
+    Ok(())
+}
+
+fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shootdown-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// A minimal ELF64 header with the given class/machine/type and one PT_LOAD.
+fn fake_elf(class: u8, machine: u16, etype: u16, paddr: u64, memsz: u64) -> Vec<u8> {
+    let mut b = vec![0u8; 64 + 56];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = class;
+    b[5] = 1;
+    b[6] = 1;
+    b[16..18].copy_from_slice(&etype.to_le_bytes());
+    b[18..20].copy_from_slice(&machine.to_le_bytes());
+    b[24..32].copy_from_slice(&paddr.to_le_bytes()); // entry
+    b[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+    b[54..56].copy_from_slice(&56u16.to_le_bytes());
+    b[56..58].copy_from_slice(&1u16.to_le_bytes());
+    let ph = &mut b[64..];
+    ph[..4].copy_from_slice(&1u32.to_le_bytes());
+    ph[16..24].copy_from_slice(&paddr.to_le_bytes());
+    ph[24..32].copy_from_slice(&paddr.to_le_bytes());
+    ph[40..48].copy_from_slice(&memsz.to_le_bytes());
+    b
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let no_kvm = kvm_unavailable();
+    if let Some(reason) = &no_kvm {
+        eprintln!("\n!!!! SKIPPING the KVM end-to-end tests: {reason} !!!!\n");
+    }
+    let kvm_trial = |name: &str, f: fn() -> Result<(), Failed>| {
+        Trial::test(name.to_string(), f).with_ignored_flag(no_kvm.is_some())
+    };
+    let mut trials = vec![
+        kvm_trial("boot::selftest_1_vcpu", || selftest_passes(1, &[])),
+        kvm_trial("boot::selftest_2_vcpus", || selftest_passes(2, &[])),
+        kvm_trial("boot::selftest_4_vcpus", || selftest_passes(4, &[])),
+        kvm_trial("boot::default_command_runs_selftests", || {
+            let o = vmm(&[]);
+            let (out, err) = text(&o);
+            ensure(
+                o.status.code() == Some(0) && out.contains("PASS ipi.all-pairs") && out.contains(" 0 failures"),
+                || format!("status {:?}\n{out}\n{err}", o.status.code()),
+            )
+        }),
+        kvm_trial("boot::filter_selects_tests", || {
+            let o = vmm(&["selftest", "ipi."]);
+            let (out, _) = text(&o);
+            ensure(out.trim() == "PASS ipi.all-pairs\nSUMMARY: 1 tests, 0 failures, 0 skipped", || out.clone())
+        }),
+        kvm_trial("boot::failed_check_is_reported", || {
+            let o = vmm(&["--cmdline", "selftest.inject-failure", "selftest"]);
+            let (out, err) = text(&o);
+            let ctx = || format!("status {:?}\n{out}\n{err}", o.status.code());
+            ensure(o.status.code() == Some(1), || format!("expected exit status 1\n{}", ctx()))?;
+            ensure(out.contains("\nFAIL selftest.injected-failure: src/selftest.rs:"), ctx)?;
+            ensure(out.contains(": injected failure: answer is 41\n"), ctx)?;
+            ensure(out.contains("PASS ipi.all-pairs"), ctx)?;
+            ensure(out.trim_end().ends_with("SUMMARY: 6 tests, 1 failures, 0 skipped"), ctx)
+        }),
+        kvm_trial("misbehave::hang_dumps_every_vcpu", || {
+            misbehaviour("hang", 4, &["watchdog", "vCPU   0: RIP 0x", "vCPU   1: RIP 0x", "vCPU   2: RIP 0x", "CR3 0x"])
+        }),
+        kvm_trial("misbehave::triple_fault", || misbehaviour("triple-fault", 3, &["vCPU 2 at RIP 0x", "triple fault"])),
+        kvm_trial("misbehave::bad_hypercall", || {
+            misbehaviour("bad-hypercall", 3, &["vCPU 2 at RIP 0x", "bad hypercall: unknown op 0xdead"])
+        }),
+        kvm_trial("misbehave::stray_mmio", || {
+            misbehaviour("stray-mmio", 3, &["vCPU 2 at RIP 0x", "stray 8-byte write of 0x5a5a", "0xd0000000"])
+        }),
+        kvm_trial("misbehave::unhandled_page_fault", || {
+            misbehaviour("page-fault", 3, &["vCPU 2 at RIP 0x", "#PF (vector 14)", "CR2 0x8000000040"])
+        }),
+        kvm_trial("misbehave::guest_panic_has_file_line", || {
+            misbehaviour("panic", 3, &["vCPU 2 at RIP 0x", "src/misbehave.rs:", "deliberate panic"])
+        }),
+        kvm_trial("bad_input::vcpus_zero", || bad_input(&["--vcpus", "0"], &["--vcpus 0", "at least 1"])),
+        kvm_trial("bad_input::vcpus_too_many", || bad_input(&["--vcpus", "100000"], &["--vcpus 100000", "at most"])),
+        kvm_trial("bad_input::mem_too_small", || bad_input(&["--mem", "8"], &["--mem 8 MiB", "between"])),
+        kvm_trial("bad_input::not_elf", || {
+            let p = scratch("not-elf", b"#!/bin/sh\necho hi\n");
+            bad_input(&["--guest", p.to_str().unwrap()], &["not an ELF file"])
+        }),
+        kvm_trial("bad_input::elf32", || {
+            let p = scratch("elf32", &fake_elf(1, 3, 2, 0x40_0000, 0x1000));
+            bad_input(&["--guest", p.to_str().unwrap()], &["32-bit ELF"])
+        }),
+        kvm_trial("bad_input::not_x86_64", || {
+            let p = scratch("aarch64", &fake_elf(2, 183, 2, 0x40_0000, 0x1000));
+            bad_input(&["--guest", p.to_str().unwrap()], &["AArch64", "not x86-64"])
+        }),
+        kvm_trial("bad_input::does_not_fit", || {
+            let p = scratch("huge", &fake_elf(2, 62, 2, 0x40_0000, 1 << 30));
+            bad_input(&["--guest", p.to_str().unwrap(), "--mem", "64"], &["does not fit in guest memory of 64 MiB"])
+        }),
+        kvm_trial("bad_input::outside_kernel_window", || {
+            let p = scratch("low", &fake_elf(2, 62, 2, 0x1000, 0x1000));
+            bad_input(&["--guest", p.to_str().unwrap()], &["outside the kernel window"])
+        }),
+        // The image is read before /dev/kvm is opened, so this runs everywhere.
+        Trial::test("bad_input::missing_file", || {
+            bad_input(&["--guest", "/nonexistent/guest.elf"], &["/nonexistent/guest.elf", "No such file"])
+        }),
+    ];
+    if Path::new("/dev/kvm").exists() {
+        trials.push(kvm_trial("bad_input::exit_status_is_2_not_panic", || {
+            let p = scratch("empty", b"");
+            bad_input(&["--guest", p.to_str().unwrap()], &["not an ELF file"])
+        }));
+    }
+    libtest_mimic::run(&args, trials).exit();
+}

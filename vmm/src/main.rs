@@ -1,0 +1,148 @@
+//! `vmm`: boot the shootdown guest on KVM and run its self-tests (and, as the
+//! project grows, its litmus catalogue). See README.md for the CLI.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use vmm::error::Error;
+use vmm::status;
+use vmm::vstate::vm::{self, EndReason, VmConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vmm",
+    version,
+    about = "shootdown: TLB-shootdown and mmu_notifier correctness on a KVM-booted model of the Linux mm"
+)]
+struct Cli {
+    /// Boot this ELF image instead of the embedded shootdown guest.
+    #[arg(long, global = true, value_name = "PATH")]
+    guest: Option<PathBuf>,
+    /// Number of vCPUs, each on its own host thread.
+    #[arg(long, global = true, default_value_t = 2, value_name = "N")]
+    vcpus: u64,
+    /// Guest RAM in MiB.
+    #[arg(long, global = true, default_value_t = 256, value_name = "MiB")]
+    mem: u64,
+    /// Extra kernel command line, passed to the guest.
+    #[arg(long, global = true, default_value = "", value_name = "STR")]
+    cmdline: String,
+    /// Watchdog: if the guest has not ended after this many seconds, print
+    /// every vCPU's RIP/RSP/CR3 and exit with status 4.
+    #[arg(long, global = true, default_value_t = 300, value_name = "SECS")]
+    timeout: u64,
+    /// Show the guest's serial console (boot messages).
+    #[arg(long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the guest self-tests (the default): one PASS/FAIL/SKIP line each, then a SUMMARY.
+    Selftest {
+        /// Run only tests whose names start with one of these (e.g. `ipi.` or `boot.all-vcpus`).
+        filter: Vec<String>,
+    },
+    /// Boot the guest with only --cmdline and exit with its status.
+    Run,
+    /// Print benchmark figures: boot-to-exit time, hypercall and exit costs.
+    Bench {
+        /// Boots per boot-time figure.
+        #[arg(long, default_value_t = 11)]
+        runs: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("vmm: error: {e}");
+            ExitCode::from(status::SETUP_ERROR as u8)
+        }
+    }
+}
+
+fn load_image(cli: &Cli) -> Result<(Arc<[u8]>, PathBuf), Error> {
+    match &cli.guest {
+        None => Ok((Arc::from(vmm::DEFAULT_GUEST), PathBuf::from("<embedded guest>"))),
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|err| Error::ReadImage { path: p.clone(), err })?;
+            Ok((Arc::from(bytes), p.clone()))
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<i32, Error> {
+    let (image, image_path) = load_image(&cli)?;
+    let mut cmdline = cli.cmdline.clone();
+    let command = cli.command.unwrap_or(Command::Selftest { filter: vec![] });
+    match &command {
+        Command::Selftest { filter } => {
+            cmdline = format!("mode=selftest {cmdline}");
+            if !filter.is_empty() {
+                cmdline += &format!(" selftest.filter={}", filter.join(","));
+            }
+        }
+        Command::Run => {}
+        Command::Bench { .. } => {}
+    }
+    if cli.verbose {
+        cmdline += " verbose";
+    }
+    let cfg = VmConfig {
+        vcpus: cli.vcpus,
+        mem_mib: cli.mem,
+        cmdline,
+        timeout: Duration::from_secs(cli.timeout),
+        image,
+        image_path,
+        quiet: false,
+    };
+    if let Command::Bench { runs } = command {
+        vmm::bench::run(&cfg, runs.max(1))?;
+        return Ok(status::OK);
+    }
+    let out = vm::run(&cfg)?;
+    let results = &out.results;
+    let code = match &out.end {
+        EndReason::GuestExit(s) => match *s {
+            abi::exit::SUCCESS if results.failed == 0 => status::OK,
+            abi::exit::SUCCESS | abi::exit::TESTS_FAILED => status::TESTS_FAILED,
+            other => {
+                eprintln!("vmm: guest exited with status {other}");
+                status::GUEST_ERROR
+            }
+        },
+        EndReason::GuestError { vcpu, rip, cause } => {
+            eprintln!("vmm: guest error on vCPU {vcpu} at RIP {rip:#x}: {cause}");
+            status::GUEST_ERROR
+        }
+        EndReason::Timeout { dumps } => {
+            eprintln!("vmm: watchdog: the guest did not finish within {} s; vCPU state:", cli.timeout);
+            for d in dumps {
+                let hex = |v: Option<u64>| v.map(|v| format!("{v:#018x}")).unwrap_or_else(|| "?".into());
+                eprintln!(
+                    "vmm:   vCPU {:>3}: RIP {} RSP {} CR3 {}{}",
+                    d.vcpu,
+                    hex(d.rip),
+                    hex(d.rsp),
+                    hex(d.cr3),
+                    if d.halted { " (halted)" } else { "" }
+                );
+            }
+            status::TIMEOUT
+        }
+    };
+    if results.total() > 0 || matches!(command, Command::Selftest { .. }) {
+        println!("{}", results.summary());
+    }
+    // Tests failed but the guest itself was fine: still non-zero.
+    Ok(if code == status::OK && results.failed > 0 { status::TESTS_FAILED } else { code })
+}
