@@ -10,5 +10,7 @@
 
 pub mod ast;
 pub mod code;
+pub mod cond;
 pub mod diag;
+pub mod file;
 pub mod policy;

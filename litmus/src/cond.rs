@@ -1,0 +1,289 @@
+//! Conditions of `[final]`: `forbidden = "P2:r1 == 1 && x != 0"`.
+//!
+//! Atoms compare a register (`THREAD:rN`) or a location (`x`) with a number
+//! or one of the outcome names `fault`, `stale-walk`, `timeout`. Connectives:
+//! `&&` / `/\`, `||` / `\/`, `!` / `~`, parentheses; `=` and `<>` are accepted
+//! as herdtools spellings of `==` and `!=`. `!` binds tighter than `&&`,
+//! which binds tighter than `||`.
+
+use crate::code::{parse_number, TextMap};
+use crate::diag::{Diagnostic, SourceFile};
+use abi::litmus::{special_value_from_name, RESERVED_MIN};
+use winnow::combinator::{alt, peek, repeat};
+use winnow::prelude::*;
+use winnow::stream::{LocatingSlice, Location};
+use winnow::token::{any, one_of, take_while};
+
+/// A condition before its names are resolved. Spans are file byte offsets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RawExpr {
+    True,
+    False,
+    Cmp {
+        /// `P2:r1` or `x`.
+        lhs: String,
+        span: (usize, usize),
+        eq: bool,
+        value: u64,
+    },
+    Not(Box<RawExpr>),
+    And(Box<RawExpr>, Box<RawExpr>),
+    Or(Box<RawExpr>, Box<RawExpr>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Tok {
+    Ident(String),
+    Num(Option<u64>),
+    Colon,
+    Eq,
+    Ne,
+    And,
+    Or,
+    Not,
+    LParen,
+    RParen,
+    Bad(char),
+    Eof,
+}
+
+type In<'a> = LocatingSlice<&'a str>;
+
+fn ident<'a>(i: &mut In<'a>) -> ModalResult<&'a str> {
+    (
+        one_of(|c: char| c.is_ascii_alphabetic() || c == '_'),
+        repeat::<_, _, (), _, _>(
+            0..,
+            alt((
+                take_while(1.., |c: char| c.is_ascii_alphanumeric() || c == '_').void(),
+                ('-', peek(one_of(|c: char| c.is_ascii_alphanumeric()))).void(),
+            )),
+        ),
+    )
+        .take()
+        .parse_next(i)
+}
+
+fn token(i: &mut In<'_>) -> ModalResult<Tok> {
+    alt((
+        alt(("==", "=")).value(Tok::Eq),
+        alt(("!=", "<>")).value(Tok::Ne),
+        alt(("&&", "/\\")).value(Tok::And),
+        alt(("||", "\\/")).value(Tok::Or),
+        one_of(['!', '~']).value(Tok::Not),
+        ':'.value(Tok::Colon),
+        '('.value(Tok::LParen),
+        ')'.value(Tok::RParen),
+        alt((
+            (alt(("0x", "0X")), take_while(1.., |c: char| c.is_ascii_hexdigit() || c == '_')).take(),
+            take_while(1.., |c: char| c.is_ascii_digit() || c == '_'),
+        ))
+        .map(|s| Tok::Num(parse_number(s))),
+        ident.map(|s: &str| Tok::Ident(s.to_string())),
+    ))
+    .parse_next(i)
+}
+
+fn lex(src: &str) -> Vec<(Tok, usize, usize)> {
+    let mut input = LocatingSlice::new(src);
+    let mut out = Vec::new();
+    loop {
+        let _ = take_while::<_, _, winnow::error::ContextError>(0.., char::is_whitespace).parse_next(&mut input);
+        if input.is_empty() {
+            break;
+        }
+        let start = input.current_token_start();
+        match token(&mut input) {
+            Ok(t) => out.push((t, start, input.current_token_start())),
+            Err(_) => {
+                let c: char = any::<_, winnow::error::ContextError>(&mut input).unwrap_or('?');
+                out.push((Tok::Bad(c), start, start + c.len_utf8()));
+            }
+        }
+    }
+    out.push((Tok::Eof, src.len(), src.len()));
+    out
+}
+
+struct P<'a> {
+    toks: Vec<(Tok, usize, usize)>,
+    pos: usize,
+    file: &'a SourceFile,
+    map: &'a TextMap,
+}
+
+impl P<'_> {
+    fn peek(&self) -> &Tok {
+        &self.toks[self.pos].0
+    }
+    fn bump(&mut self) -> (Tok, usize, usize) {
+        let t = self.toks[self.pos].clone();
+        if self.pos + 1 < self.toks.len() {
+            self.pos += 1;
+        }
+        t
+    }
+    fn span(&self) -> (usize, usize) {
+        let (_, s, e) = &self.toks[self.pos];
+        (self.map.file_offset(*s), self.map.file_offset(*e))
+    }
+    fn expected(&self, what: &str) -> Diagnostic {
+        let found = match self.peek() {
+            Tok::Ident(s) => format!("`{s}`"),
+            Tok::Num(_) => "a number".into(),
+            Tok::Colon => "`:`".into(),
+            Tok::Eq => "`==`".into(),
+            Tok::Ne => "`!=`".into(),
+            Tok::And => "`&&`".into(),
+            Tok::Or => "`||`".into(),
+            Tok::Not => "`!`".into(),
+            Tok::LParen => "`(`".into(),
+            Tok::RParen => "`)`".into(),
+            Tok::Bad(c) => format!("`{}`", c.escape_default()),
+            Tok::Eof => "end of condition".into(),
+        };
+        let (s, e) = self.span();
+        self.file.error(s, e, format!("expected {what}, found {found}"))
+    }
+
+    fn or(&mut self) -> Result<RawExpr, Diagnostic> {
+        let mut l = self.and()?;
+        while *self.peek() == Tok::Or {
+            self.bump();
+            let r = self.and()?;
+            l = RawExpr::Or(Box::new(l), Box::new(r));
+        }
+        Ok(l)
+    }
+    fn and(&mut self) -> Result<RawExpr, Diagnostic> {
+        let mut l = self.unary()?;
+        while *self.peek() == Tok::And {
+            self.bump();
+            let r = self.unary()?;
+            l = RawExpr::And(Box::new(l), Box::new(r));
+        }
+        Ok(l)
+    }
+    fn unary(&mut self) -> Result<RawExpr, Diagnostic> {
+        match self.peek() {
+            Tok::Not => {
+                self.bump();
+                Ok(RawExpr::Not(Box::new(self.unary()?)))
+            }
+            Tok::LParen => {
+                self.bump();
+                let e = self.or()?;
+                if *self.peek() != Tok::RParen {
+                    return Err(self.expected("`)`"));
+                }
+                self.bump();
+                Ok(e)
+            }
+            Tok::Ident(s) if s == "true" => {
+                self.bump();
+                Ok(RawExpr::True)
+            }
+            Tok::Ident(s) if s == "false" => {
+                self.bump();
+                Ok(RawExpr::False)
+            }
+            Tok::Ident(_) => self.atom(),
+            _ => Err(self.expected("a comparison such as `P0:r0 == 1` or `x != 0`, `!` or `(`")),
+        }
+    }
+    fn atom(&mut self) -> Result<RawExpr, Diagnostic> {
+        let (t, s, mut e) = self.bump();
+        let Tok::Ident(mut lhs) = t else {
+            unreachable!("atom starts with an identifier")
+        };
+        if *self.peek() == Tok::Colon {
+            self.bump();
+            match self.bump() {
+                (Tok::Ident(r), _, e2) => {
+                    lhs = format!("{lhs}:{r}");
+                    e = e2;
+                }
+                _ => {
+                    self.pos -= 1;
+                    return Err(self.expected("a register after `:`"));
+                }
+            }
+        }
+        let span = (self.map.file_offset(s), self.map.file_offset(e));
+        let eq = match self.peek() {
+            Tok::Eq => true,
+            Tok::Ne => false,
+            _ => return Err(self.expected("`==` or `!=`")),
+        };
+        self.bump();
+        let value = match self.peek().clone() {
+            Tok::Num(Some(v)) if v < RESERVED_MIN => v,
+            Tok::Num(_) => {
+                let (s, e) = self.span();
+                return Err(self.file.error(s, e, "number out of range (the top 16 values are reserved)"));
+            }
+            Tok::Ident(n) => match special_value_from_name(&n) {
+                Some(v) => v,
+                None => {
+                    return Err(self
+                        .expected("a number or an outcome name")
+                        .with_note("outcome names: fault, stale-walk, timeout"))
+                }
+            },
+            _ => return Err(self.expected("a number or one of fault, stale-walk, timeout")),
+        };
+        self.bump();
+        Ok(RawExpr::Cmp { lhs, span, eq, value })
+    }
+}
+
+/// Parse a condition string; `map` maps its offsets to file offsets.
+pub fn parse_condition(file: &SourceFile, map: &TextMap, src: &str) -> Result<RawExpr, Diagnostic> {
+    let mut p = P {
+        toks: lex(src),
+        pos: 0,
+        file,
+        map,
+    };
+    let e = p.or()?;
+    if *p.peek() != Tok::Eof {
+        return Err(p.expected("`&&`, `||` or the end of the condition"));
+    }
+    Ok(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi::litmus::VALUE_STALE_WALK;
+
+    fn parse(s: &str) -> Result<RawExpr, Diagnostic> {
+        let f = SourceFile::new("c", s);
+        parse_condition(&f, &TextMap::identity(0, s.len()), s)
+    }
+
+    #[test]
+    fn precedence_and_spellings() {
+        let e = parse("P0:r0 == 1 || !x != 0 && (D0:r1 = stale-walk)").unwrap();
+        let RawExpr::Or(l, r) = e else { panic!() };
+        assert!(matches!(*l, RawExpr::Cmp { ref lhs, eq: true, value: 1, .. } if lhs == "P0:r0"));
+        let RawExpr::And(a, b) = *r else { panic!() };
+        assert!(matches!(*a, RawExpr::Not(_)));
+        assert!(matches!(*b, RawExpr::Cmp { value: VALUE_STALE_WALK, .. }));
+        assert!(parse("P0:r0=1 /\\ ~(x<>0x10) \\/ true").is_ok());
+    }
+
+    #[test]
+    fn errors_point_at_the_problem() {
+        let d = parse("P0:r0 == 1 &&").unwrap_err();
+        assert_eq!(d.col, 14);
+        assert!(d.message.starts_with("expected a comparison"));
+        let d = parse("P0:r0 == flt").unwrap_err();
+        assert_eq!(d.col, 10);
+        assert_eq!(d.notes, vec!["outcome names: fault, stale-walk, timeout"]);
+        let d = parse("(x == 1").unwrap_err();
+        assert_eq!(d.message, "expected `)`, found end of condition");
+        let d = parse("x 1").unwrap_err();
+        assert_eq!(d.message, "expected `==` or `!=`, found a number");
+    }
+}

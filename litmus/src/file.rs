@@ -1,0 +1,848 @@
+//! Litmus files: TOML → checked [`Test`].
+//!
+//! serde + `toml::Spanned` give the byte span of every key and value, so
+//! each diagnostic, even one about the third line inside a `code = """…"""`
+//! string or about an `[expect]` key, points at the file position. Checking
+//! goes on after an error wherever that still makes sense, so one run shows
+//! every problem of every file; nothing runs unless all files are clean.
+
+use crate::ast::{
+    CondKind, Condition, Expectation, Expr, Location, Observable, Operand, Stmt, Test, Thread, Verdict,
+};
+use crate::code::{looks_like_register, parse_code, register_index, TextMap};
+use crate::cond::{parse_condition, RawExpr};
+use crate::diag::{Diagnostic, SourceFile};
+use crate::policy::Policy;
+use abi::litmus::{LocKind, Op, Perm, ThreadKind, WaitCmp, MAX_THREADS, RESERVED_MIN};
+use md5::{Digest, Md5};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    name: Spanned<String>,
+    #[serde(default)]
+    doc: Option<String>,
+    #[serde(default)]
+    locations: BTreeMap<Spanned<String>, Spanned<RawLoc>>,
+    #[serde(default)]
+    thread: BTreeMap<Spanned<String>, Spanned<RawThread>>,
+    #[serde(default)]
+    device: BTreeMap<Spanned<String>, Spanned<RawThread>>,
+    #[serde(rename = "final")]
+    fin: Option<Spanned<RawFinal>>,
+    #[serde(default)]
+    expect: BTreeMap<Spanned<String>, Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoc {
+    page: Option<Spanned<String>>,
+    value: Option<Spanned<i64>>,
+    var: Option<Spanned<i64>>,
+    va: Option<Spanned<String>>,
+    shared: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThread {
+    code: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFinal {
+    #[serde(default)]
+    observe: Vec<Spanned<String>>,
+    forbidden: Option<Spanned<String>>,
+    exists: Option<Spanned<String>>,
+}
+
+/// The result of checking one file.
+#[derive(Clone, Debug)]
+pub struct CheckedFile {
+    /// `None` if the file has errors.
+    pub test: Option<Test>,
+    /// Errors and warnings in file order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Names the language reserves (outcome names, condition literals).
+const RESERVED_NAMES: &[&str] = &["fault", "stale-walk", "timeout", "true", "false", "at"];
+
+fn valid_name(s: &str) -> bool {
+    let mut cs = s.chars();
+    matches!(cs.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+fn span<T>(s: &Spanned<T>) -> (usize, usize) {
+    let r = s.span();
+    (r.start, r.end)
+}
+
+/// Map for a TOML string value or key at `sp`: exact for quoted strings,
+/// identity for bare keys.
+fn text_map(file: &SourceFile, sp: (usize, usize), value: &str) -> TextMap {
+    let raw = file.text.get(sp.0..sp.1).unwrap_or("");
+    if raw.starts_with('"') || raw.starts_with('\'') {
+        TextMap::for_literal(&file.text, sp.0, sp.1, value)
+    } else {
+        TextMap::identity(sp.0, value.len())
+    }
+}
+
+struct Checker<'a> {
+    file: &'a SourceFile,
+    diags: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, sp: (usize, usize), msg: impl Into<String>) -> &mut Diagnostic {
+        self.diags.push(self.file.error(sp.0, sp.1, msg));
+        self.diags.last_mut().expect("just pushed")
+    }
+    fn warning(&mut self, sp: (usize, usize), msg: impl Into<String>) -> &mut Diagnostic {
+        self.diags.push(self.file.warning(sp.0, sp.1, msg));
+        self.diags.last_mut().expect("just pushed")
+    }
+}
+
+/// Check one litmus file.
+pub fn check_source(file_name: &str, text: &str) -> CheckedFile {
+    let file = SourceFile::new(file_name, text);
+    let mut c = Checker {
+        file: &file,
+        diags: Vec::new(),
+    };
+    let test = check_inner(&mut c);
+    let mut diagnostics = c.diags;
+    diagnostics.sort_by_key(|d| (d.line, d.col));
+    let ok = !diagnostics.iter().any(|d| d.is_error());
+    CheckedFile {
+        test: if ok { test } else { None },
+        diagnostics,
+    }
+}
+
+/// Check several files. `Ok` only if no file has an error; the warnings of
+/// every file come along either way.
+pub fn check_all(sources: &[(String, String)]) -> Result<(Vec<Test>, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let mut tests = Vec::new();
+    let mut diags = Vec::new();
+    let mut failed = false;
+    for (name, text) in sources {
+        let r = check_source(name, text);
+        diags.extend(r.diagnostics);
+        match r.test {
+            Some(t) => tests.push(t),
+            None => failed = true,
+        }
+    }
+    if failed {
+        Err(diags)
+    } else {
+        Ok((tests, diags))
+    }
+}
+
+/// Read and check files from disk (an unreadable file is an error at 1:1).
+pub fn load_files<P: AsRef<std::path::Path>>(paths: &[P]) -> Result<(Vec<Test>, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let mut sources = Vec::new();
+    let mut io_errors = Vec::new();
+    for p in paths {
+        let name = p.as_ref().display().to_string();
+        match std::fs::read_to_string(p) {
+            Ok(t) => sources.push((name, t)),
+            Err(e) => io_errors.push(SourceFile::new(name, "").error(0, 0, format!("cannot read file: {e}"))),
+        }
+    }
+    match check_all(&sources) {
+        Ok(r) if io_errors.is_empty() => Ok(r),
+        Ok((_, d)) | Err(d) => {
+            io_errors.extend(d);
+            Err(io_errors)
+        }
+    }
+}
+
+fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
+    let raw: RawFile = match toml::from_str(&c.file.text) {
+        Ok(r) => r,
+        Err(e) => {
+            let sp = e.span().map(|r| (r.start, r.end)).unwrap_or((0, 0));
+            let msg = e.message().trim().to_string();
+            let msg = if msg.starts_with("unknown field") || msg.starts_with("missing field") {
+                msg
+            } else {
+                format!("invalid TOML: {msg}")
+            };
+            c.error(sp, msg);
+            return None;
+        }
+    };
+
+    // --- name
+    let name = raw.name.get_ref().clone();
+    if name.is_empty() || name.chars().any(char::is_whitespace) {
+        c.error(span(&raw.name), "a test name must be non-empty and without spaces");
+    }
+
+    // --- locations, in file order
+    let mut locs: Vec<(&Spanned<String>, &Spanned<RawLoc>)> = raw.locations.iter().collect();
+    locs.sort_by_key(|(k, _)| k.span().start);
+    let mut locations: Vec<Location> = Vec::new();
+    for (k, v) in locs {
+        if let Some(l) = check_location(c, k, v) {
+            locations.push(l);
+        }
+    }
+    let declared: HashMap<String, LocKind> = locations.iter().map(|l| (l.name.clone(), l.kind)).collect();
+
+    // --- threads: vCPU threads in file order, then devices in file order
+    let mut threads: Vec<Thread> = Vec::new();
+    let mut seen: HashMap<String, (usize, usize)> = HashMap::new();
+    for (table, kind) in [(&raw.thread, ThreadKind::Vcpu), (&raw.device, ThreadKind::Device)] {
+        let mut ts: Vec<_> = table.iter().collect();
+        ts.sort_by_key(|(k, _)| k.span().start);
+        for (k, v) in ts {
+            let tname = k.get_ref();
+            if !valid_name(tname) || looks_like_register(tname) {
+                c.error(span(k), format!("invalid thread name `{tname}`: use letters, digits, `_` (e.g. P0, D0)"));
+            }
+            if let Some(prev) = seen.insert(tname.clone(), span(k)) {
+                let (l, col) = c.file.line_col(prev.0);
+                c.error(span(k), format!("thread name `{tname}` used twice (first at line {l}, column {col})"));
+            }
+            if declared.contains_key(tname) {
+                c.error(span(k), format!("thread name `{tname}` is also a location name"));
+            }
+            let code = &v.get_ref().code;
+            let map = text_map(c.file, span(code), code.get_ref());
+            let (stmts, d) = parse_code(c.file, &map, code.get_ref(), kind);
+            c.diags.extend(d);
+            threads.push(Thread {
+                name: tname.clone(),
+                kind,
+                code: stmts,
+            });
+        }
+    }
+    if threads.is_empty() {
+        c.error((0, 0), "a test needs at least one [thread.NAME] or [device.NAME] table");
+    }
+    if threads.len() > MAX_THREADS {
+        c.error((0, 0), format!("too many threads ({}, at most {MAX_THREADS})", threads.len()));
+    }
+
+    // --- names used by code
+    check_code_names(c, &threads, &mut locations);
+
+    // --- final
+    let (observed, condition) = check_final(c, &raw, &threads, &locations)?;
+
+    // --- expect
+    let expect = check_expect(c, &raw);
+
+    let mut test = Test {
+        file: c.file.name.clone(),
+        name,
+        doc: raw.doc.clone(),
+        locations,
+        threads,
+        observed,
+        condition,
+        expect,
+        hash: String::new(),
+    };
+    test.hash = test_hash(&test);
+    Some(test)
+}
+
+fn check_location(c: &mut Checker<'_>, k: &Spanned<String>, v: &Spanned<RawLoc>) -> Option<Location> {
+    let name = k.get_ref().clone();
+    let ks = span(k);
+    if !valid_name(&name) {
+        c.error(ks, format!("invalid location name `{name}`: use letters, digits, `_`, `-`"));
+        return None;
+    }
+    if looks_like_register(&name) {
+        c.error(ks, format!("location name `{name}` looks like a register (r0 … r31 are registers)"));
+        return None;
+    }
+    if RESERVED_NAMES.contains(&name.as_str()) {
+        c.error(ks, format!("`{name}` is a reserved word and cannot name a location"));
+        return None;
+    }
+    let r = v.get_ref();
+    let vs = span(v);
+    let value = |c: &mut Checker<'_>, x: &Spanned<i64>| -> Option<u64> {
+        let n = *x.get_ref();
+        if n < 0 {
+            c.error(span(x), format!("negative value {n}: values are unsigned 64-bit words"));
+            None
+        } else if n as u64 >= RESERVED_MIN {
+            c.error(span(x), "value out of range");
+            None
+        } else {
+            Some(n as u64)
+        }
+    };
+    let mut loc = Location {
+        name: name.clone(),
+        kind: LocKind::Page,
+        perm: Perm::Rw,
+        init: 0,
+        shared: false,
+        va: None,
+        implicit: false,
+    };
+    match (&r.page, &r.var) {
+        (Some(_), Some(var)) => {
+            c.error(span(var), "a location is either a `page` or a `var`, not both");
+            return None;
+        }
+        (None, None) => {
+            c.error(vs, format!("location `{name}`: expected `page = \"rw\"|\"ro\"|\"none\"|\"unmapped\"` or `var = N`"));
+            return None;
+        }
+        (None, Some(var)) => {
+            loc.kind = LocKind::Var;
+            loc.perm = Perm::None;
+            loc.init = value(c, var)?;
+            for (what, present) in [
+                ("value", r.value.as_ref().map(span)),
+                ("va", r.va.as_ref().map(span)),
+                ("shared", r.shared.as_ref().map(span)),
+            ] {
+                if let Some(sp) = present {
+                    c.error(sp, format!("`{what}` does not apply to a `var` (its value is `var = N`)"));
+                }
+            }
+        }
+        (Some(page), None) => {
+            match page.get_ref().as_str() {
+                "rw" => loc.perm = Perm::Rw,
+                "ro" => loc.perm = Perm::Ro,
+                "none" => loc.perm = Perm::None,
+                "unmapped" => {
+                    loc.kind = LocKind::Unmapped;
+                    loc.perm = Perm::None;
+                }
+                other => {
+                    c.error(span(page), format!("invalid page permission `{other}`"))
+                        .notes
+                        .push("expected one of: rw, ro, none, unmapped".into());
+                    return None;
+                }
+            }
+            if let Some(x) = &r.value {
+                if loc.kind == LocKind::Unmapped {
+                    c.error(span(x), "an unmapped location has no value");
+                } else {
+                    loc.init = value(c, x)?;
+                }
+            }
+            if let Some(s) = &r.shared {
+                if loc.kind == LocKind::Unmapped && *s.get_ref() {
+                    c.error(span(s), "`shared` applies to mapped pages only");
+                }
+                loc.shared = *s.get_ref();
+            }
+            if let Some(va) = &r.va {
+                let t = va.get_ref();
+                let parsed = t
+                    .strip_prefix("0x")
+                    .and_then(|h| u64::from_str_radix(&h.replace('_', ""), 16).ok());
+                match parsed {
+                    Some(a) if a != 0 && a & 0xfff == 0 && a < 0x0000_8000_0000_0000 => loc.va = Some(a),
+                    Some(_) => {
+                        c.error(span(va), format!("`va = \"{t}\"` must be a non-zero, 4 KiB-aligned user address below 0x800000000000"));
+                    }
+                    None => {
+                        c.error(span(va), format!("expected a hex address like \"0x7f0000000000\", found \"{t}\""));
+                    }
+                }
+            }
+        }
+    }
+    Some(loc)
+}
+
+/// Resolve location names in code, add implicit flags, and the register /
+/// flag sanity checks.
+fn check_code_names(c: &mut Checker<'_>, threads: &[Thread], locations: &mut Vec<Location>) {
+    let mut written_flags: BTreeSet<String> = BTreeSet::new();
+    let mut waits: Vec<(String, (usize, usize), Option<u64>)> = Vec::new();
+    for t in threads {
+        let mut writes: BTreeSet<u8> = BTreeSet::new();
+        let mut reads: Vec<(u8, (usize, usize))> = Vec::new();
+        let mut all: Vec<&Stmt> = Vec::new();
+        for s in &t.code {
+            s.walk(&mut |s| all.push(s));
+        }
+        for s in all {
+            if let Some(d) = s.dst {
+                writes.insert(d);
+            }
+            for v in [s.val, s.val2].into_iter().flatten() {
+                if let Operand::Reg(r) = v {
+                    reads.push((r, s.span));
+                }
+            }
+            let check = |c: &mut Checker<'_>, locations: &mut Vec<Location>, name: &str, sp: (usize, usize)| {
+                let kind = locations.iter().find(|l| l.name == name).map(|l| l.kind);
+                match s.op {
+                    Op::Wait | Op::Signal => match kind {
+                        Some(LocKind::Var) => {}
+                        Some(k) => {
+                            c.error(
+                                sp,
+                                format!("`{}` needs a flag (a `var` or an undeclared name), but `{name}` is a {} location", s.op.name(), k.name()),
+                            );
+                        }
+                        None => {
+                            if RESERVED_NAMES.contains(&name) {
+                                c.error(sp, format!("`{name}` is a reserved word and cannot name a flag"));
+                            } else {
+                                locations.push(Location {
+                                    name: name.to_string(),
+                                    kind: LocKind::Var,
+                                    perm: Perm::None,
+                                    init: 0,
+                                    shared: false,
+                                    va: None,
+                                    implicit: true,
+                                });
+                            }
+                        }
+                    },
+                    _ => {
+                        let is_mem = matches!(s.op, Op::Load | Op::Store | Op::Xchg | Op::Cmpxchg | Op::FetchAdd);
+                        match kind {
+                            None => {
+                                c.error(sp, format!("undeclared location `{name}`"))
+                                    .notes
+                                    .push(format!("declare it in [locations], e.g. `{name} = {{ page = \"rw\", value = 0 }}`"));
+                            }
+                            Some(LocKind::Var) if !is_mem => {
+                                c.error(
+                                    sp,
+                                    format!("`{}` needs a page location, but `{name}` is a `var` (a kernel word, not part of the test mm)", s.op.name()),
+                                );
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            };
+            if let Some(l) = &s.loc {
+                check(c, locations, l, s.loc_span);
+                match s.op {
+                    Op::Signal | Op::Store | Op::Xchg | Op::Cmpxchg | Op::FetchAdd => {
+                        written_flags.insert(l.clone());
+                    }
+                    Op::Wait => waits.push((
+                        l.clone(),
+                        s.span,
+                        if s.arg == WaitCmp::Eq as u8 {
+                            s.val.and_then(|v| match v {
+                                Operand::Imm(i) => Some(i),
+                                Operand::Reg(_) => None,
+                            })
+                        } else {
+                            None
+                        },
+                    )),
+                    _ => {}
+                }
+            }
+            if let Some(l) = &s.loc2 {
+                check(c, locations, l, s.loc2_span);
+            }
+        }
+        for (r, sp) in reads {
+            if !writes.contains(&r) {
+                c.warning(sp, format!("thread {} reads r{r}, which it never writes (registers start at 0)", t.name));
+            }
+        }
+    }
+    for (flag, sp, want) in waits {
+        let Some(l) = locations.iter().find(|l| l.name == flag && l.kind == LocKind::Var) else {
+            continue;
+        };
+        let satisfied_initially = match want {
+            Some(v) => l.init == v,
+            None => l.init != 0,
+        };
+        if !written_flags.contains(&flag) && !satisfied_initially {
+            c.warning(sp, format!("`wait {flag}` waits for a flag no thread signals: every iteration will time out"));
+        }
+    }
+}
+
+/// Resolve `T:rN` or a location name to an observable.
+fn resolve_observable(
+    c: &mut Checker<'_>,
+    text: &str,
+    sp: (usize, usize),
+    threads: &[Thread],
+    locations: &[Location],
+) -> Option<Observable> {
+    if let Some((t, r)) = text.split_once(':') {
+        let Some(ti) = threads.iter().position(|th| th.name == t) else {
+            let names: Vec<&str> = threads.iter().map(|t| t.name.as_str()).collect();
+            c.error(sp, format!("unknown thread `{t}` in `{text}`"))
+                .notes
+                .push(format!("threads: {}", names.join(", ")));
+            return None;
+        };
+        let Some(reg) = register_index(r) else {
+            c.error(sp, format!("expected a register r0 … r31 after `{t}:`, found `{r}`"));
+            return None;
+        };
+        let mut writes = false;
+        for s in &threads[ti].code {
+            s.walk(&mut |s| writes |= s.dst == Some(reg));
+        }
+        if !writes {
+            c.error(sp, format!("`{text}` is read in [final] but thread {t} never writes r{reg}"));
+            return None;
+        }
+        Some(Observable::Reg { thread: ti, reg })
+    } else {
+        match locations.iter().position(|l| l.name == text) {
+            Some(loc) => Some(Observable::Loc { loc }),
+            None => {
+                c.error(sp, format!("unknown location `{text}` in [final]"))
+                    .notes
+                    .push("observe registers as THREAD:rN (e.g. P0:r1) or declared locations by name".into());
+                None
+            }
+        }
+    }
+}
+
+fn resolve_expr(
+    c: &mut Checker<'_>,
+    e: &RawExpr,
+    observed: &mut Vec<Observable>,
+    threads: &[Thread],
+    locations: &[Location],
+) -> Option<Expr> {
+    Some(match e {
+        RawExpr::True => Expr::True,
+        RawExpr::False => Expr::False,
+        RawExpr::Cmp { lhs, span, eq, value } => {
+            let o = resolve_observable(c, lhs, *span, threads, locations)?;
+            let i = match observed.iter().position(|x| *x == o) {
+                Some(i) => i,
+                None => {
+                    observed.push(o);
+                    observed.len() - 1
+                }
+            };
+            let v = crate::ast::CondValue(*value);
+            if *eq {
+                Expr::Eq(i, v)
+            } else {
+                Expr::Ne(i, v)
+            }
+        }
+        RawExpr::Not(x) => Expr::Not(Box::new(resolve_expr(c, x, observed, threads, locations)?)),
+        RawExpr::And(a, b) => {
+            let a = resolve_expr(c, a, observed, threads, locations);
+            let b = resolve_expr(c, b, observed, threads, locations);
+            Expr::And(Box::new(a?), Box::new(b?))
+        }
+        RawExpr::Or(a, b) => {
+            let a = resolve_expr(c, a, observed, threads, locations);
+            let b = resolve_expr(c, b, observed, threads, locations);
+            Expr::Or(Box::new(a?), Box::new(b?))
+        }
+    })
+}
+
+fn check_final(
+    c: &mut Checker<'_>,
+    raw: &RawFile,
+    threads: &[Thread],
+    locations: &[Location],
+) -> Option<(Vec<Observable>, Condition)> {
+    let Some(fin) = &raw.fin else {
+        c.error((0, 0), "missing [final] table: a test needs `forbidden = \"…\"` or `exists = \"…\"`");
+        return None;
+    };
+    let f = fin.get_ref();
+    let mut observed: Vec<Observable> = Vec::new();
+    for o in &f.observe {
+        if let Some(x) = resolve_observable(c, o.get_ref(), span(o), threads, locations) {
+            if observed.contains(&x) {
+                c.warning(span(o), format!("`{}` is observed twice", o.get_ref()));
+            } else {
+                observed.push(x);
+            }
+        }
+    }
+    let (kind, text) = match (&f.forbidden, &f.exists) {
+        (Some(_), Some(e)) => {
+            c.error(span(e), "give either `forbidden` or `exists`, not both");
+            return None;
+        }
+        (None, None) => {
+            c.error(span(fin), "[final] needs a condition: `forbidden = \"…\"` or `exists = \"…\"`");
+            return None;
+        }
+        (Some(x), None) => (CondKind::Forbidden, x),
+        (None, Some(x)) => (CondKind::Exists, x),
+    };
+    let map = text_map(c.file, span(text), text.get_ref());
+    let raw_expr = match parse_condition(c.file, &map, text.get_ref()) {
+        Ok(e) => e,
+        Err(d) => {
+            c.diags.push(d);
+            return None;
+        }
+    };
+    let expr = resolve_expr(c, &raw_expr, &mut observed, threads, locations)?;
+    Some((observed, Condition { kind, expr }))
+}
+
+fn check_expect(c: &mut Checker<'_>, raw: &RawFile) -> Vec<Expectation> {
+    let mut items: Vec<_> = raw.expect.iter().collect();
+    items.sort_by_key(|(k, _)| k.span().start);
+    let mut out: Vec<Expectation> = Vec::new();
+    for (k, v) in items {
+        let key = k.get_ref();
+        let map = text_map(c.file, span(k), key);
+        let policy = match Policy::parse(key) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let (s, en) = (map.file_offset(e.start), map.file_offset(e.end));
+                let d = c.error((s, en), format!("in [expect] policy: {}", e.message));
+                d.notes.extend(e.notes);
+                None
+            }
+        };
+        let verdict = Verdict::from_name(v.get_ref());
+        if verdict.is_none() {
+            c.error(span(v), format!("invalid verdict \"{}\"", v.get_ref()))
+                .notes
+                .push("expected one of: never, sometimes, always".into());
+        }
+        if let (Some(policy), Some(verdict)) = (policy, verdict) {
+            if let Some(prev) = out.iter().find(|e| e.policy.abi == policy.abi && e.policy == policy) {
+                let msg = format!("[expect] `{key}` is the same policy as `{}`", prev.key);
+                c.error(span(k), msg);
+                continue;
+            }
+            out.push(Expectation {
+                key: key.clone(),
+                policy,
+                verdict,
+            });
+        }
+    }
+    out
+}
+
+/// litmus7-style hash: MD5 of the normalised test (locations with kinds and
+/// initial values, each thread's canonical code, observed list, condition).
+/// Whitespace, comments and the name do not change it.
+pub fn test_hash(t: &Test) -> String {
+    let mut s = String::new();
+    for l in &t.locations {
+        s.push_str(&format!(
+            "{} {} {} {} {} {:?};",
+            l.name,
+            l.kind.name(),
+            l.perm.name(),
+            l.init,
+            l.shared,
+            l.va
+        ));
+    }
+    s.push('\n');
+    for th in &t.threads {
+        s.push_str(&format!("{} {}:", th.kind.name(), th.name));
+        for st in &th.code {
+            s.push_str(&st.to_string());
+            s.push(';');
+        }
+        s.push('\n');
+    }
+    let obs: Vec<String> = t.observed.iter().map(|o| o.name(t)).collect();
+    s.push_str(&obs.join(","));
+    s.push('\n');
+    s.push_str(match t.condition.kind {
+        CondKind::Forbidden => "~exists ",
+        CondKind::Exists => "exists ",
+    });
+    s.push_str(&t.condition.expr.source(t));
+    let d = Md5::digest(s.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"name = "madv-dontneed-concurrent"
+doc  = "Two zaps of one page; the second sees pte_none and skips its flush."
+
+[locations]
+x = { page = "rw", value = 1 }   # a page of the test mm; first word = 1
+
+[thread.P0]
+code = """
+wait warm
+madvise x dontneed at after_ptl_release { signal s1; wait s2 }
+"""
+
+[thread.P1]
+code = """
+wait s1
+madvise x dontneed
+signal done
+wait read
+signal s2
+"""
+
+[thread.P2]
+code = """
+load x -> r0          # warm this vCPU's TLB first
+signal warm
+wait done
+load x -> r1          # after P1's madvise returned
+signal read
+"""
+
+[final]
+observe   = ["P2:r0", "P2:r1"]
+forbidden = "P2:r1 == 1"
+
+[expect]
+"flush=pending"                         = "never"
+"flush=pending,madv-nested-check=off"   = "sometimes"
+"#;
+
+    fn errors(src: &str) -> Vec<Diagnostic> {
+        let r = check_source("t.toml", src);
+        assert!(r.test.is_none(), "expected errors");
+        r.diagnostics.into_iter().filter(|d| d.is_error()).collect()
+    }
+
+    #[test]
+    fn example_checks() {
+        let r = check_source("ex.toml", EXAMPLE);
+        assert!(r.diagnostics.is_empty(), "{:?}", r.diagnostics);
+        let t = r.test.unwrap();
+        assert_eq!(t.name, "madv-dontneed-concurrent");
+        assert_eq!(t.threads.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["P0", "P1", "P2"]);
+        let names: Vec<&str> = t.locations.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["x", "warm", "s1", "s2", "done", "read"]);
+        assert!(t.locations[1].implicit);
+        assert_eq!(t.observed.len(), 2);
+        assert_eq!(t.condition.expr.herd(&t), "P2:r1=1");
+        assert_eq!(t.expect.len(), 2);
+        assert_eq!(t.expect[1].verdict, Verdict::Sometimes);
+        assert_eq!(t.hash.len(), 32);
+        assert_eq!(t.threads[0].code[1].line, 10);
+        // Comments and spacing do not change the hash; code does.
+        let t2 = check_source("b", &EXAMPLE.replace("# a page of the test mm; first word = 1", ""))
+            .test
+            .unwrap();
+        assert_eq!(t.hash, t2.hash);
+        let t3 = check_source("c", &EXAMPLE.replace("load x -> r1 ", "load x -> r2\nload x -> r1"))
+            .test
+            .unwrap();
+        assert_ne!(t.hash, t3.hash);
+    }
+
+    #[test]
+    fn unknown_op_in_third_code_line() {
+        let src = EXAMPLE.replace("wait done\nload x -> r1", "wait done\nlaod x -> r1");
+        let d = errors(&src);
+        // Line 27 of the file is the 4th line of P2's code block.
+        assert_eq!(d[0].headline(), "t.toml:27:1: error: unknown operation `laod`");
+        assert!(d[0].notes[0].starts_with("valid operations in a vCPU thread: load, store"));
+        // P2:r1 is then written by no one: reported too (all errors at once).
+        assert!(d.iter().any(|e| e.message.contains("never writes r1")), "{d:?}");
+    }
+
+    #[test]
+    fn bad_hook_position() {
+        let src = EXAMPLE.replace("at after_ptl_release", "at after_ptl_unlock");
+        let d = errors(&src);
+        assert_eq!(d[0].headline(), "t.toml:10:23: error: unknown hook `after_ptl_unlock`");
+        assert!(d[0].notes[0].contains("after_ptl_release"));
+    }
+
+    #[test]
+    fn bad_policy_key_lists_valid_ones() {
+        let src = EXAMPLE.replace("\"flush=pending,madv-nested-check=off\"", "\"flush=pending,madv-nested=off\"");
+        let d = errors(&src);
+        let line = src.lines().position(|l| l.contains("madv-nested=off")).unwrap() as u32 + 1;
+        assert_eq!(d[0].line, line);
+        assert_eq!(d[0].col, 16);
+        assert_eq!(d[0].message, "in [expect] policy: unknown policy key `madv-nested`");
+        assert!(d[0].notes[0].contains("madv-nested-check"));
+        let src = EXAMPLE.replace("= \"sometimes\"", "= \"often\"");
+        let d = errors(&src);
+        assert_eq!(d[0].message, "invalid verdict \"often\"");
+    }
+
+    #[test]
+    fn bad_toml_has_position() {
+        let d = errors("name = \"x\"\n[locations]\nx = { page = \"rw\" \n");
+        assert_eq!(d[0].line, 3);
+        assert!(d[0].message.starts_with("invalid TOML"), "{}", d[0]);
+        let d = errors("name = \"x\"\nnmae = 1\n");
+        assert_eq!((d[0].line, d[0].col), (2, 1));
+        assert!(d[0].message.contains("unknown field `nmae`"), "{}", d[0]);
+    }
+
+    #[test]
+    fn semantic_errors() {
+        let base = "name = \"t\"\n[locations]\nx = { page = \"rw\" }\nf = { var = 0 }\n";
+        let d = errors(&format!(
+            "{base}[thread.P0]\ncode = \"load y -> r0\\nmunmap f\\nwait x\"\n[final]\nforbidden = \"P0:r0 == 1\"\nexists = \"P0:r0 == 1\"\n"
+        ));
+        let msgs: Vec<&str> = d.iter().map(|d| d.message.as_str()).collect();
+        assert!(msgs.contains(&"undeclared location `y`"), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.starts_with("`munmap` needs a page location")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.starts_with("`wait` needs a flag")), "{msgs:?}");
+        assert!(msgs.contains(&"give either `forbidden` or `exists`, not both"), "{msgs:?}");
+        // Positions inside a basic string with escapes: `munmap` is on file line 6.
+        let m = d.iter().find(|d| d.message.starts_with("`munmap`")).unwrap();
+        assert_eq!((m.line, m.col), (6, 30));
+        let d = errors(&format!("{base}[thread.P0]\ncode = \"load x -> r0\"\n[final]\nforbidden = \"P1:r0 == 1 && P0:r3 == 0\"\n"));
+        assert!(d[0].message.starts_with("unknown thread `P1`"));
+        assert!(d[1].message.contains("never writes r3"));
+        let d = errors(&format!("{base}[thread.P0]\ncode = \"load x -> r0\"\n"));
+        assert!(d[0].message.starts_with("missing [final]"));
+        let d = errors("name = \"t\"\n[locations]\nx = { page = \"rx\" }\nr1 = { var = 1 }\n[thread.P0]\ncode = \"mfence\"\n[final]\nexists = \"true\"\n");
+        assert_eq!(d[0].notes[0], "expected one of: rw, ro, none, unmapped");
+        assert!(d[1].message.contains("looks like a register"));
+    }
+
+    #[test]
+    fn warnings_do_not_block() {
+        let src = "name = \"t\"\n[locations]\nx = { page = \"rw\" }\n[thread.P0]\ncode = \"wait never_set\\nstore x r5\\nload x -> r0\"\n[final]\nexists = \"P0:r0 == 0 && x == fault\"\n";
+        let r = check_source("w.toml", src);
+        let t = r.test.expect("warnings only");
+        assert_eq!(r.diagnostics.len(), 2, "{:?}", r.diagnostics);
+        assert!(r.diagnostics.iter().all(|d| !d.is_error()));
+        assert!(r.diagnostics[0].message.contains("no thread signals"));
+        assert!(r.diagnostics[1].message.contains("never writes"));
+        // x was added to the observed list by the condition.
+        assert_eq!(t.observed.len(), 2);
+        assert_eq!(t.condition.expr.herd(&t), "P0:r0=0 /\\ [x]=fault");
+    }
+}
