@@ -10,6 +10,7 @@
 
 pub mod ast;
 pub mod code;
+pub mod compile;
 pub mod cond;
 pub mod diag;
 pub mod file;
