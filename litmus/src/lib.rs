@@ -14,4 +14,6 @@ pub mod compile;
 pub mod cond;
 pub mod diag;
 pub mod file;
+pub mod format;
 pub mod policy;
+pub mod results;

@@ -1,0 +1,397 @@
+//! Output: herdtools7-style text, JSON, and the verdict table. Pure
+//! functions of ([`Test`], [`RunResult`]) so they are unit-tested to the byte.
+//!
+//! The text block follows what litmus7's generated harness prints (its
+//! `postlude` in `litmus/skelUtil.ml` and `do_dump_outcome`): histogram lines
+//! are `"%-6d%c>%s"` with `*` marking states that satisfy the condition's
+//! expression; `Ok`/`No` then a blank line and `Witnesses`; `Positive: P,
+//! Negative: N` (for `~exists`, Positive counts the states *without* the
+//! forbidden outcome, as in litmus7); `Condition ~exists (…) is NOT
+//! validated`; `Hash=`; `Observation NAME Never|Sometimes|Always T F`;
+//! `Time NAME 0.21`. Memory locations print as `[x]`, as recent litmus7
+//! does. Our additions are lines herdtools' log readers skip: `Policy …`
+//! after `Test`, `Fidelity …`, `Timeout …` and `Expect …: ok|MISMATCH`.
+
+use crate::ast::{CondKind, Test};
+use crate::policy::{Key, Policy, KEYS};
+use crate::results::{RunResult, Value};
+use serde_json::{json, Value as Json};
+
+/// Schema id of [`to_json`]'s output. Bump the number on incompatible changes.
+pub const JSON_SCHEMA: &str = "shootdown-results/1";
+
+fn condition_text(test: &Test) -> String {
+    let kw = match test.condition.kind {
+        CondKind::Forbidden => "~exists",
+        CondKind::Exists => "exists",
+    };
+    format!("{kw} ({})", test.condition.expr.herd(test))
+}
+
+/// `Policy flush=pending,madv-nested-check=off tlb=lazy iotlb=lazy seed=42`.
+pub fn policy_line(policy: &Policy, seed: u64) -> String {
+    format!(
+        "Policy {} tlb={} iotlb={} seed={seed}",
+        policy.canonical_mm(),
+        policy.get(Key::Tlb),
+        policy.get(Key::Iotlb)
+    )
+}
+
+/// One state as litmus7 prints it: `P2:r0=1; P2:r1=fault; [x]=0;`.
+pub fn state_text(test: &Test, values: &[u64]) -> String {
+    test.observed
+        .iter()
+        .zip(values)
+        .map(|(o, v)| format!("{}={};", o.herd_name(test), Value::from_raw(*v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The herdtools7-style block of one (test, policy) run, newline-terminated.
+pub fn herd_block(test: &Test, run: &RunResult) -> String {
+    let s = run.summary(test);
+    let mut o = String::new();
+    let kind = match test.condition.kind {
+        CondKind::Forbidden => "Forbidden",
+        CondKind::Exists => "Allowed",
+    };
+    o.push_str(&format!("Test {} {kind}\n", test.name));
+    o.push_str(&policy_line(&run.policy, run.seed));
+    o.push('\n');
+    if let Some(f) = &run.fidelity {
+        o.push_str(&format!("Fidelity {f}\n"));
+    }
+    o.push_str(&format!("Histogram ({} states)\n", s.states));
+    for (state, count) in &run.histogram {
+        let mark = if test.condition.expr.eval(state) { '*' } else { ':' };
+        o.push_str(&format!("{count:<6}{mark}>{}\n", state_text(test, state)));
+    }
+    o.push_str(if s.validated { "Ok\n" } else { "No\n" });
+    o.push_str("\nWitnesses\n");
+    o.push_str(&format!("Positive: {}, Negative: {}\n", s.positive, s.negative));
+    o.push_str(&format!(
+        "Condition {} is {}validated\n",
+        condition_text(test),
+        if s.validated { "" } else { "NOT " }
+    ));
+    o.push_str(&format!("Hash={}\n", test.hash));
+    o.push_str(&format!(
+        "Observation {} {} {} {}\n",
+        test.name,
+        s.observation.herd_name(),
+        s.matching,
+        s.total - s.matching
+    ));
+    if let (Some(e), Some(ok)) = (s.expected, s.expect_ok) {
+        o.push_str(&format!("Expect {}: {}\n", e.name(), if ok { "ok" } else { "MISMATCH" }));
+    }
+    if run.n_timeouts > 0 {
+        o.push_str(&format!("Timeouts {}\n", run.n_timeouts));
+        for t in &run.timeouts {
+            let pos: Vec<String> = t.positions.iter().map(|p| p.to_string()).collect();
+            o.push_str(&format!("Timeout iteration {}: {}\n", t.iteration, pos.join(", ")));
+        }
+    }
+    o.push_str(&format!("Time {} {:.2}\n", test.name, run.time_secs));
+    o
+}
+
+/// One line per file after its blocks:
+/// `Summary NAME (FILE): 3 runs, 2 ok, 1 MISMATCH, 0 without expectation`.
+pub fn file_summary(test: &Test, runs: &[&RunResult]) -> String {
+    let (mut ok, mut bad, mut none) = (0, 0, 0);
+    for r in runs {
+        match r.summary(test).expect_ok {
+            Some(true) => ok += 1,
+            Some(false) => bad += 1,
+            None => none += 1,
+        }
+    }
+    format!(
+        "Summary {} ({}): {} runs, {ok} ok, {bad} MISMATCH, {none} without expectation\n",
+        test.name,
+        test.file,
+        runs.len()
+    )
+}
+
+/// The final verdict table: one row per (test, policy), observed against
+/// expected. Columns are padded to the widest cell.
+pub fn verdict_table(runs: &[(&Test, &RunResult)]) -> String {
+    let mut rows: Vec<[String; 5]> = vec![[
+        "test".into(),
+        "policy".into(),
+        "observed".into(),
+        "expected".into(),
+        "result".into(),
+    ]];
+    for (t, r) in runs {
+        let s = r.summary(t);
+        rows.push([
+            t.name.clone(),
+            r.policy.canonical(),
+            s.observation.name().into(),
+            s.expected.map(|e| e.name()).unwrap_or("-").into(),
+            match s.expect_ok {
+                Some(true) => "ok",
+                Some(false) => "MISMATCH",
+                None => "-",
+            }
+            .into(),
+        ]);
+    }
+    let mut w = [0usize; 5];
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut o = String::from("Verdicts\n");
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i == 4 { c.clone() } else { format!("{c:<width$}", width = w[i]) })
+            .collect();
+        o.push_str(line.join("  ").trim_end());
+        o.push('\n');
+    }
+    o
+}
+
+fn json_value(v: u64) -> Json {
+    match Value::from_raw(v) {
+        Value::Num(n) => json!(n),
+        other => json!(other.to_string()),
+    }
+}
+
+/// The same facts as the text output, as JSON (schema [`JSON_SCHEMA`]).
+/// Values are numbers, or the strings `"fault"`, `"stale-walk"`, `"timeout"`.
+pub fn to_json(runs: &[(&Test, &RunResult)]) -> Json {
+    let runs: Vec<Json> = runs
+        .iter()
+        .map(|(t, r)| {
+            let s = r.summary(t);
+            let names: Vec<String> = t.observed.iter().map(|o| o.name(t)).collect();
+            let histogram: Vec<Json> = r
+                .histogram
+                .iter()
+                .map(|(state, count)| {
+                    let values: serde_json::Map<String, Json> =
+                        names.iter().cloned().zip(state.iter().map(|v| json_value(*v))).collect();
+                    json!({
+                        "count": count,
+                        "values": values,
+                        "matches": t.condition.expr.eval(state),
+                    })
+                })
+                .collect();
+            let policy_keys: serde_json::Map<String, Json> = KEYS
+                .iter()
+                .map(|k| (k.name.to_string(), json!(r.policy.get(k.key))))
+                .collect();
+            let timeouts: Vec<Json> = r
+                .timeouts
+                .iter()
+                .map(|to| {
+                    json!({
+                        "iteration": to.iteration,
+                        "threads": to.positions.iter().map(|p| json!({
+                            "thread": p.thread,
+                            "pc": p.pc,
+                            "line": p.source.map(|s| s.0),
+                            "column": p.source.map(|s| s.1),
+                            "hook": p.hook.map(|h| h.name()),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({
+                "test": t.name,
+                "file": t.file,
+                "hash": t.hash,
+                "kind": match t.condition.kind { CondKind::Forbidden => "forbidden", CondKind::Exists => "exists" },
+                "condition": t.condition.expr.source(t),
+                "herd_condition": condition_text(t),
+                "policy": r.policy.canonical(),
+                "policy_keys": policy_keys,
+                "seed": r.seed,
+                "observed": names,
+                "iterations": s.total,
+                "histogram": histogram,
+                "positive": s.positive,
+                "negative": s.negative,
+                "validated": s.validated,
+                "observation": s.observation.name(),
+                "matching": s.matching,
+                "expected": s.expected.map(|e| e.name()),
+                "expect_ok": s.expect_ok,
+                "timeouts": r.n_timeouts,
+                "timeout_samples": timeouts,
+                "time_secs": r.time_secs,
+                "fidelity": r.fidelity,
+            })
+        })
+        .collect();
+    json!({ "schema": JSON_SCHEMA, "runs": runs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::file::check_source;
+    use crate::results::ThreadPosition;
+    use abi::litmus::{Hook, VALUE_FAULT, VALUE_TIMEOUT};
+
+    const SRC: &str = r#"name = "madv-dontneed-concurrent"
+[locations]
+x = { page = "rw", value = 1 }
+[thread.P0]
+code = "madvise x dontneed at after_ptl_release { signal s1; wait s2 }"
+[thread.P1]
+code = "wait s1\nmadvise x dontneed\nsignal s2"
+[thread.P2]
+code = "load x -> r0\nload x -> r1"
+[final]
+observe   = ["P2:r0", "P2:r1"]
+forbidden = "P2:r1 == 1"
+[expect]
+"flush=pending"                         = "never"
+"flush=pending,madv-nested-check=off"   = "sometimes"
+"#;
+
+    fn test() -> Test {
+        check_source("s1.toml", SRC).test.expect("valid")
+    }
+
+    #[test]
+    fn forbidden_seen_golden() {
+        let t = test();
+        let mut r = RunResult::new(&t, Policy::parse("flush=pending,madv-nested-check=off").unwrap(), 42);
+        r.record_n(&[1, 1], 600).unwrap();
+        r.record_n(&[1, 0], 400).unwrap();
+        r.time_secs = 0.214;
+        let out = herd_block(&t, &r);
+        let want = format!(
+            "Test madv-dontneed-concurrent Forbidden
+Policy flush=pending,madv-nested-check=off tlb=lazy iotlb=lazy seed=42
+Histogram (2 states)
+400   :>P2:r0=1; P2:r1=0;
+600   *>P2:r0=1; P2:r1=1;
+No
+
+Witnesses
+Positive: 400, Negative: 600
+Condition ~exists (P2:r1=1) is NOT validated
+Hash={}
+Observation madv-dontneed-concurrent Sometimes 600 400
+Expect sometimes: ok
+Time madv-dontneed-concurrent 0.21
+",
+            t.hash
+        );
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn forbidden_never_golden_with_specials_and_timeouts() {
+        let t = test();
+        let mut r = RunResult::new(&t, Policy::default(), 7);
+        r.record_n(&[1, 0], 998).unwrap();
+        r.record(&[1, VALUE_FAULT]).unwrap();
+        r.record_timeout(
+            5,
+            &[1, VALUE_TIMEOUT],
+            vec![
+                ThreadPosition {
+                    thread: "P0".into(),
+                    pc: Some(1),
+                    source: Some((5, 8)),
+                    hook: Some(Hook::AfterPtlRelease),
+                },
+                ThreadPosition {
+                    thread: "P1".into(),
+                    pc: None,
+                    source: None,
+                    hook: None,
+                },
+            ],
+        )
+        .unwrap();
+        r.fidelity = Some("tlb=lazy (deterministic)".into());
+        let out = herd_block(&t, &r);
+        let want = format!(
+            "Test madv-dontneed-concurrent Forbidden
+Policy default tlb=lazy iotlb=lazy seed=7
+Fidelity tlb=lazy (deterministic)
+Histogram (3 states)
+998   :>P2:r0=1; P2:r1=0;
+1     :>P2:r0=1; P2:r1=timeout;
+1     :>P2:r0=1; P2:r1=fault;
+Ok
+
+Witnesses
+Positive: 1000, Negative: 0
+Condition ~exists (P2:r1=1) is validated
+Hash={}
+Observation madv-dontneed-concurrent Never 0 1000
+Expect never: ok
+Timeouts 1
+Timeout iteration 5: P0 at line 5:8 in hook after_ptl_release, P1 finished
+Time madv-dontneed-concurrent 0.00
+",
+            t.hash
+        );
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn exists_sometimes_and_mismatch() {
+        let src = SRC.replace("forbidden = \"P2:r1 == 1\"", "exists = \"P2:r1 == 1 || x != 1\"");
+        let t = check_source("e.toml", &src).test.unwrap();
+        let mut r = RunResult::new(&t, Policy::parse("flush=pending").unwrap(), 1);
+        r.record_n(&[1, 1, 1], 3).unwrap();
+        r.record_n(&[1, 0, 1], 1234567).unwrap();
+        let out = herd_block(&t, &r);
+        assert!(out.starts_with("Test madv-dontneed-concurrent Allowed\n"), "{out}");
+        assert!(out.contains("1234567:>P2:r0=1; P2:r1=0; [x]=1;\n"), "{out}");
+        assert!(out.contains("3     *>P2:r0=1; P2:r1=1; [x]=1;\n"), "{out}");
+        assert!(out.contains("Ok\n\nWitnesses\nPositive: 3, Negative: 1234567\n"), "{out}");
+        assert!(out.contains("Condition exists (P2:r1=1 \\/ ~([x]=1)) is validated\n"), "{out}");
+        assert!(out.contains("Observation madv-dontneed-concurrent Sometimes 3 1234567\n"), "{out}");
+        assert!(out.contains("Expect never: MISMATCH\n"), "{out}");
+        assert!(crate::results::any_mismatch(&[(&t, &r)]));
+        let table = verdict_table(&[(&t, &r)]);
+        assert_eq!(
+            table,
+            "Verdicts\n\
+             test                      policy         observed   expected  result\n\
+             madv-dontneed-concurrent  flush=pending  sometimes  never     MISMATCH\n"
+        );
+        assert_eq!(
+            file_summary(&t, &[&r]),
+            "Summary madv-dontneed-concurrent (e.toml): 1 runs, 0 ok, 1 MISMATCH, 0 without expectation\n"
+        );
+    }
+
+    #[test]
+    fn json_schema() {
+        let t = test();
+        let mut r = RunResult::new(&t, Policy::parse("flush=ptl").unwrap(), 3);
+        r.record(&[1, VALUE_FAULT]).unwrap();
+        let j = to_json(&[(&t, &r)]);
+        assert_eq!(j["schema"], "shootdown-results/1");
+        let run = &j["runs"][0];
+        assert_eq!(run["policy"], "flush=ptl");
+        assert_eq!(run["policy_keys"]["flush"], "ptl");
+        assert_eq!(run["policy_keys"]["notifier"], "tlb-flush");
+        assert_eq!(run["histogram"][0]["values"]["P2:r1"], "fault");
+        assert_eq!(run["histogram"][0]["values"]["P2:r0"], 1);
+        assert_eq!(run["observation"], "never");
+        assert_eq!(run["expected"], Json::Null);
+        assert_eq!(run["kind"], "forbidden");
+        assert!(r.record(&[1]).is_err());
+    }
+}

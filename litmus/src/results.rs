@@ -1,0 +1,257 @@
+//! What one (test, policy) run observed, and what that means.
+//!
+//! The guest reports, per iteration, one `u64` per [`Test::observed`] entry
+//! (sentinels for `fault`, `stale-walk`, `timeout`). [`RunResult`] folds
+//! iterations into a histogram of final states; [`RunResult::summary`]
+//! evaluates the condition over it the way litmus7 does. Everything here is
+//! plain data so that formatting ([`crate::format`]) is a pure function.
+
+use crate::ast::{CondKind, Test, Verdict};
+use crate::policy::Policy;
+use abi::litmus::{special_value_name, Hook, VALUE_FAULT, VALUE_STALE_WALK, VALUE_TIMEOUT};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// One observed value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Value {
+    Num(u64),
+    Fault,
+    StaleWalk,
+    Timeout,
+}
+
+impl Value {
+    pub fn from_raw(v: u64) -> Value {
+        match v {
+            VALUE_FAULT => Value::Fault,
+            VALUE_STALE_WALK => Value::StaleWalk,
+            VALUE_TIMEOUT => Value::Timeout,
+            n => Value::Num(n),
+        }
+    }
+    pub fn raw(self) -> u64 {
+        match self {
+            Value::Num(n) => n,
+            Value::Fault => VALUE_FAULT,
+            Value::StaleWalk => VALUE_STALE_WALK,
+            Value::Timeout => VALUE_TIMEOUT,
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match special_value_name(self.raw()) {
+            Some(n) => f.write_str(n),
+            None => write!(f, "{}", self.raw()),
+        }
+    }
+}
+
+/// Where one thread was when an iteration timed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadPosition {
+    pub thread: String,
+    /// Thread-relative record index, `None` if the thread had finished.
+    pub pc: Option<u32>,
+    /// Source (line, column) of that record, if known (see `Compiled::position`).
+    pub source: Option<(u32, u32)>,
+    /// The hook the thread was paused in, if any.
+    pub hook: Option<Hook>,
+}
+
+impl fmt::Display for ThreadPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.pc, self.source) {
+            (None, _) => write!(f, "{} finished", self.thread)?,
+            (Some(_), Some((l, c))) => write!(f, "{} at line {l}:{c}", self.thread)?,
+            (Some(pc), None) => write!(f, "{} at pc {pc}", self.thread)?,
+        }
+        if let Some(h) = self.hook {
+            write!(f, " in hook {}", h.name())?;
+        }
+        Ok(())
+    }
+}
+
+/// An iteration that ran out of time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeoutRecord {
+    /// 0-based iteration number.
+    pub iteration: u64,
+    pub positions: Vec<ThreadPosition>,
+}
+
+/// How many timed-out iterations keep their thread positions.
+pub const MAX_TIMEOUT_RECORDS: usize = 8;
+
+/// The wrong number of values for the test's observed list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArityError {
+    pub expected: usize,
+    pub got: usize,
+}
+
+impl fmt::Display for ArityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "expected {} observed values, got {}", self.expected, self.got)
+    }
+}
+
+impl std::error::Error for ArityError {}
+
+/// Everything one (test, policy) run produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunResult {
+    pub test: String,
+    pub file: String,
+    pub hash: String,
+    pub policy: Policy,
+    pub seed: u64,
+    /// Number of values per state (= `Test::observed.len()`).
+    pub arity: usize,
+    /// Final state (raw values in observed order) → number of iterations.
+    pub histogram: BTreeMap<Vec<u64>, u64>,
+    /// The first [`MAX_TIMEOUT_RECORDS`] timed-out iterations.
+    pub timeouts: Vec<TimeoutRecord>,
+    /// All timed-out iterations.
+    pub n_timeouts: u64,
+    pub time_secs: f64,
+    /// A note on how far the TLB model reflects hardware (`tlb=native` on a
+    /// host where `vmm probe` saw no staleness, …), printed when present.
+    pub fidelity: Option<String>,
+}
+
+impl RunResult {
+    pub fn new(test: &Test, policy: Policy, seed: u64) -> RunResult {
+        RunResult {
+            test: test.name.clone(),
+            file: test.file.clone(),
+            hash: test.hash.clone(),
+            policy,
+            seed,
+            arity: test.observed.len(),
+            histogram: BTreeMap::new(),
+            timeouts: Vec::new(),
+            n_timeouts: 0,
+            time_secs: 0.0,
+            fidelity: None,
+        }
+    }
+
+    /// Record one iteration's final state.
+    pub fn record(&mut self, values: &[u64]) -> Result<(), ArityError> {
+        self.record_n(values, 1)
+    }
+
+    /// Record `count` iterations with the same final state.
+    pub fn record_n(&mut self, values: &[u64], count: u64) -> Result<(), ArityError> {
+        if values.len() != self.arity {
+            return Err(ArityError {
+                expected: self.arity,
+                got: values.len(),
+            });
+        }
+        *self.histogram.entry(values.to_vec()).or_insert(0) += count;
+        Ok(())
+    }
+
+    /// Record a timed-out iteration: `values` holds what was produced,
+    /// `VALUE_TIMEOUT` for the rest.
+    pub fn record_timeout(
+        &mut self,
+        iteration: u64,
+        values: &[u64],
+        positions: Vec<ThreadPosition>,
+    ) -> Result<(), ArityError> {
+        self.record(values)?;
+        self.n_timeouts += 1;
+        if self.timeouts.len() < MAX_TIMEOUT_RECORDS {
+            self.timeouts.push(TimeoutRecord { iteration, positions });
+        }
+        Ok(())
+    }
+
+    /// Fold another run of the same test and policy into this one (e.g. runs
+    /// split across guest boots).
+    pub fn merge(&mut self, other: &RunResult) {
+        for (k, v) in &other.histogram {
+            *self.histogram.entry(k.clone()).or_insert(0) += v;
+        }
+        self.n_timeouts += other.n_timeouts;
+        for t in &other.timeouts {
+            if self.timeouts.len() < MAX_TIMEOUT_RECORDS {
+                self.timeouts.push(t.clone());
+            }
+        }
+        self.time_secs += other.time_secs;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.histogram.values().sum()
+    }
+
+    /// Evaluate the test's condition over the histogram.
+    pub fn summary(&self, test: &Test) -> Summary {
+        let total = self.total();
+        let matching: u64 = self
+            .histogram
+            .iter()
+            .filter(|(k, _)| test.condition.expr.eval(k))
+            .map(|(_, c)| c)
+            .sum();
+        let (positive, negative, validated) = match test.condition.kind {
+            // litmus7: for `exists p`, Positive counts states with p.
+            CondKind::Exists => (matching, total - matching, matching > 0),
+            // litmus7: for `~exists p`, Positive counts states without p.
+            CondKind::Forbidden => (total - matching, matching, matching == 0),
+        };
+        let observation = if matching == 0 {
+            Verdict::Never
+        } else if matching == total {
+            Verdict::Always
+        } else {
+            Verdict::Sometimes
+        };
+        let expected = test.expected_for(&self.policy).map(|e| e.verdict);
+        Summary {
+            states: self.histogram.len(),
+            total,
+            matching,
+            positive,
+            negative,
+            validated,
+            observation,
+            expected,
+            expect_ok: expected.map(|e| e == observation),
+        }
+    }
+}
+
+/// The condition evaluated over a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Distinct final states.
+    pub states: usize,
+    /// Iterations.
+    pub total: u64,
+    /// Iterations whose state satisfies the condition's expression.
+    pub matching: u64,
+    /// litmus7's `Positive` / `Negative` (see [`RunResult::summary`]).
+    pub positive: u64,
+    pub negative: u64,
+    /// litmus7's `Ok` / `is validated`.
+    pub validated: bool,
+    /// never / sometimes / always: how often the expression held.
+    pub observation: Verdict,
+    /// The `[expect]` verdict for this policy, if the test gives one.
+    pub expected: Option<Verdict>,
+    pub expect_ok: Option<bool>,
+}
+
+/// True if any run's observation disagrees with its `[expect]` entry (what
+/// `--check` turns into a non-zero exit status).
+pub fn any_mismatch(runs: &[(&Test, &RunResult)]) -> bool {
+    runs.iter().any(|(t, r)| r.summary(t).expect_ok == Some(false))
+}
