@@ -9,6 +9,7 @@
 //! guest reports, and prints herdtools7-style results, JSON and a verdict table.
 
 pub mod ast;
+pub mod catalogue;
 pub mod code;
 pub mod compile;
 pub mod cond;

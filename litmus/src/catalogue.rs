@@ -1,0 +1,170 @@
+//! The scenario catalogue (`tests/litmus/`), embedded so the `vmm` binary can
+//! run it without the source tree (`vmm litmus --catalogue`).
+//!
+//! The S1–S8 files replay the mailing-list traces of SCENARIOS.md with hooks
+//! and flags; `examples/` holds small tests of basic mm behaviour. A unit
+//! test checks that this list names every file in the directory and that
+//! every file parses and checks cleanly.
+
+macro_rules! entries {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("../../tests/litmus/", $path)))),*]
+    };
+}
+
+static CATALOGUE: &[(&str, &str)] = entries![
+    "s1-concurrent-zap.toml",
+    "s1-device-concurrent-zap.toml",
+    "s2-deferred-wrprotect-cow.toml",
+    "s3-migrc-mprotect-upgrade.toml",
+    "s4-freed-table-leaf-invalidation.toml",
+    "s5-cow-two-pages-device.toml",
+    "s6-dirty-shared-zap-writeback.toml",
+    "s7-ksm-device-store.toml",
+    "s8-device-freed-page-reuse.toml",
+    "examples/cow-private-copy.toml",
+    "examples/device-loop-prefetch.toml",
+    "examples/mprotect-ro-store-faults.toml",
+    "examples/munmap-load-faults.toml",
+];
+
+/// `(file name relative to tests/litmus/, source)` for every catalogue file.
+pub fn catalogue() -> &'static [(&'static str, &'static str)] {
+    CATALOGUE
+}
+
+/// The catalogue as `check_all` input, file names prefixed with
+/// `tests/litmus/` so diagnostics name the path in the repository.
+pub fn catalogue_sources() -> Vec<(String, String)> {
+    CATALOGUE
+        .iter()
+        .map(|(n, s)| (format!("tests/litmus/{n}"), s.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::file::{check_all, check_source};
+    use std::path::Path;
+
+    fn files_in(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).expect("tests/litmus exists") {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().to_string();
+            if e.file_type().unwrap().is_dir() {
+                files_in(&e.path(), &format!("{prefix}{name}/"), out);
+            } else if name.ends_with(".toml") {
+                out.push(format!("{prefix}{name}"));
+            }
+        }
+    }
+
+    #[test]
+    fn catalogue_lists_every_file_and_all_check_clean() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/litmus");
+        let mut on_disk = Vec::new();
+        files_in(&dir, "", &mut on_disk);
+        on_disk.sort();
+        let mut listed: Vec<String> = catalogue().iter().map(|(n, _)| n.to_string()).collect();
+        listed.sort();
+        assert_eq!(on_disk, listed, "catalogue() must list every file in tests/litmus/");
+        for (name, src) in catalogue() {
+            // The embedded copy is the file on disk.
+            assert_eq!(std::fs::read_to_string(dir.join(name)).unwrap(), *src, "{name}");
+            let r = check_source(name, src);
+            assert!(
+                r.diagnostics.is_empty(),
+                "{name}:\n{}",
+                crate::diag::render_all(&r.diagnostics)
+            );
+            let t = r.test.unwrap();
+            assert!(!t.expect.is_empty(), "{name} has no [expect]");
+        }
+        let (tests, warnings) = check_all(&catalogue_sources()).expect("catalogue checks");
+        assert!(warnings.is_empty());
+        // Test names are unique.
+        let mut names: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), tests.len());
+    }
+
+    #[test]
+    fn scenarios_have_the_expectations_scenarios_md_names() {
+        let want: &[(&str, &[(&str, &str)])] = &[
+            (
+                "s1-concurrent-zap",
+                &[
+                    ("flush=pending", "never"),
+                    ("flush=pending,madv-nested-check=off", "sometimes"),
+                    ("flush=ptl", "never"),
+                ],
+            ),
+            ("s1-device-concurrent-zap", &[("notifier=end", "never"), ("notifier=none", "sometimes")]),
+            (
+                "s2-deferred-wrprotect-cow",
+                &[
+                    ("flush=gather", "sometimes"),
+                    ("flush=pending", "never"),
+                    ("flush=per-ptl", "never"),
+                    ("flush=generation", "never"),
+                ],
+            ),
+            (
+                "s3-migrc-mprotect-upgrade",
+                &[
+                    ("migrc=off", "never"),
+                    ("migrc=on,migrc-upgrade=wp-only", "sometimes"),
+                    ("migrc=on,migrc-upgrade=all", "never"),
+                ],
+            ),
+            (
+                "s4-freed-table-leaf-invalidation",
+                &[
+                    ("reset-range=keep-freed-tables", "never"),
+                    ("pwc=on,reset-range=clear-freed-tables", "sometimes"),
+                    ("pwc=off,reset-range=clear-freed-tables", "never"),
+                ],
+            ),
+            (
+                "s5-cow-two-pages-device",
+                &[
+                    ("notifier=ptl", "never"),
+                    ("notifier=tlb-flush", "never"),
+                    ("notifier=only-end", "never"),
+                    ("notifier=end", "sometimes"),
+                ],
+            ),
+            (
+                "s6-dirty-shared-zap-writeback",
+                &[("dirty-shared-flush=under-ptl", "never"), ("dirty-shared-flush=deferred", "sometimes")],
+            ),
+            (
+                "s7-ksm-device-store",
+                &[("notifier=ptl", "never"), ("notifier=end", "never"), ("notifier=none", "sometimes")],
+            ),
+            (
+                "s8-device-freed-page-reuse",
+                &[
+                    ("nested-range=full", "never"),
+                    ("notifier=tlb-flush,nested-range=sentinel", "sometimes"),
+                    ("notifier=end", "never"),
+                ],
+            ),
+        ];
+        let (tests, _) = check_all(&catalogue_sources()).unwrap();
+        for (name, exp) in want {
+            let t = tests.iter().find(|t| t.name == *name).unwrap_or_else(|| panic!("{name} missing"));
+            for (pol, verdict) in *exp {
+                let p = crate::policy::Policy::parse(pol).unwrap();
+                let e = t
+                    .expect
+                    .iter()
+                    .find(|e| e.policy == p)
+                    .unwrap_or_else(|| panic!("{name}: no [expect] for {pol}"));
+                assert_eq!(e.verdict.name(), *verdict, "{name} {pol}");
+            }
+        }
+    }
+}
