@@ -623,8 +623,7 @@ impl Header {
         for (i, r) in self.reserved.iter().enumerate() {
             b[84 + 4 * i..88 + 4 * i].copy_from_slice(&r.to_le_bytes());
         }
-        b[HEADER_POLICY_OFF..HEADER_POLICY_OFF + POLICY_LEN]
-            .copy_from_slice(&self.policy.to_bytes());
+        b[HEADER_POLICY_OFF..HEADER_POLICY_OFF + POLICY_LEN].copy_from_slice(&self.policy.to_bytes());
         b
     }
 
@@ -882,12 +881,7 @@ impl ObsDesc {
         b
     }
     pub fn from_bytes(b: &[u8; OBS_LEN]) -> Self {
-        ObsDesc {
-            kind: b[0],
-            thread: b[1],
-            reg: b[2],
-            loc: rd_u16(b, 4),
-        }
+        ObsDesc { kind: b[0], thread: b[1], reg: b[2], loc: rd_u16(b, 4) }
     }
 }
 
@@ -929,7 +923,7 @@ fn section(total: usize, off: u32, n: usize, size: usize) -> Result<(), DecodeEr
     let off = off as usize;
     let len = n.checked_mul(size).ok_or(DecodeError::BadSection)?;
     let end = off.checked_add(len).ok_or(DecodeError::BadSection)?;
-    if off < HEADER_LEN || !off.is_multiple_of(8) || end > total {
+    if off < HEADER_LEN || off & 7 != 0 || end > total {
         return Err(DecodeError::BadSection);
     }
     Ok(())
@@ -939,10 +933,8 @@ impl<'a> Blob<'a> {
     /// Check everything once: header, sections, strings, policy, every record,
     /// block structure. Never panics, whatever the input.
     pub fn parse(bytes: &'a [u8]) -> Result<Blob<'a>, DecodeError> {
-        let hb: &[u8; HEADER_LEN] = bytes
-            .get(..HEADER_LEN)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(DecodeError::Truncated)?;
+        let hb: &[u8; HEADER_LEN] =
+            bytes.get(..HEADER_LEN).and_then(|s| s.try_into().ok()).ok_or(DecodeError::Truncated)?;
         let h = Header::from_bytes(hb);
         if h.magic != MAGIC {
             return Err(DecodeError::BadMagic);
@@ -966,21 +958,15 @@ impl<'a> Blob<'a> {
         section(total, h.threads_off, h.n_threads as usize, THREAD_LEN)?;
         section(total, h.instrs_off, h.n_instrs as usize, INSTR_LEN)?;
         section(total, h.obs_off, h.n_obs as usize, OBS_LEN)?;
-        let s_end = (h.strings_off as usize)
-            .checked_add(h.strings_len as usize)
-            .ok_or(DecodeError::BadSection)?;
+        let s_end = (h.strings_off as usize).checked_add(h.strings_len as usize).ok_or(DecodeError::BadSection)?;
         if (h.strings_off as usize) < HEADER_LEN || s_end > total {
             return Err(DecodeError::BadSection);
         }
         if !h.policy.is_valid() {
             return Err(DecodeError::BadPolicy);
         }
-        let blob = Blob {
-            bytes: &bytes[..total],
-            header: h,
-        };
-        blob.str_at(h.name_off, h.name_len)
-            .ok_or(DecodeError::BadString)?;
+        let blob = Blob { bytes: &bytes[..total], header: h };
+        blob.str_at(h.name_off, h.name_len).ok_or(DecodeError::BadString)?;
         for i in 0..h.n_locs {
             let l = blob.location(i).ok_or(DecodeError::BadLocation(i))?;
             let kind = LocKind::from_u8(l.kind).ok_or(DecodeError::BadLocation(i))?;
@@ -996,23 +982,13 @@ impl<'a> Blob<'a> {
         for i in 0..h.n_threads {
             let t = blob.thread(i).ok_or(DecodeError::BadThread(i))?;
             let kind = ThreadKind::from_u8(t.kind).ok_or(DecodeError::BadThread(i))?;
-            let expect_kind = if i < h.n_vcpu_threads as u16 {
-                ThreadKind::Vcpu
-            } else {
-                ThreadKind::Device
-            };
+            let expect_kind = if i < h.n_vcpu_threads as u16 { ThreadKind::Vcpu } else { ThreadKind::Device };
             // Threads' code is laid out back to back, in thread order.
-            if kind != expect_kind
-                || t.first_instr != next_instr
-                || blob.str_at(t.name_off, t.name_len).is_none()
-            {
+            if kind != expect_kind || t.first_instr != next_instr || blob.str_at(t.name_off, t.name_len).is_none() {
                 return Err(DecodeError::BadThread(i));
             }
-            let end = t
-                .first_instr
-                .checked_add(t.n_instrs)
-                .filter(|&e| e <= h.n_instrs)
-                .ok_or(DecodeError::BadThread(i))?;
+            let end =
+                t.first_instr.checked_add(t.n_instrs).filter(|&e| e <= h.n_instrs).ok_or(DecodeError::BadThread(i))?;
             blob.check_block(kind, t.first_instr, end, 1, false)?;
             next_instr = end;
         }
@@ -1076,10 +1052,7 @@ impl<'a> Blob<'a> {
                 if Hook::from_u8(at.arg).is_none() || at.nhooks != 0 {
                     return Err(DecodeError::BadInstr(pc));
                 }
-                let g_end = (pc + 1)
-                    .checked_add(at.len)
-                    .filter(|&e| e <= end)
-                    .ok_or(bad)?;
+                let g_end = (pc + 1).checked_add(at.len).filter(|&e| e <= end).ok_or(bad)?;
                 self.check_block(kind, pc + 1, g_end, depth + 1, true)?;
                 pc = g_end;
             }
@@ -1100,10 +1073,7 @@ impl<'a> Blob<'a> {
         if op != Op::Loop && op != Op::At && i.len != 0 {
             return false;
         }
-        let needs_loc = !matches!(
-            op,
-            Op::Nop | Op::Mfence | Op::Barrier | Op::Delay | Op::Loop | Op::At
-        );
+        let needs_loc = !matches!(op, Op::Nop | Op::Mfence | Op::Barrier | Op::Delay | Op::Loop | Op::At);
         if needs_loc != (i.loc != NO_LOC) || (needs_loc && !loc_ok(i.loc)) {
             return false;
         }
@@ -1132,8 +1102,7 @@ impl<'a> Blob<'a> {
     }
     /// The test's name.
     pub fn name(&self) -> &'a str {
-        self.str_at(self.header.name_off, self.header.name_len)
-            .unwrap_or("")
+        self.str_at(self.header.name_off, self.header.name_len).unwrap_or("")
     }
 
     /// A string of the string table; `None` if out of bounds or not UTF-8.
@@ -1152,31 +1121,19 @@ impl<'a> Blob<'a> {
             return None;
         }
         let start = (off as usize).checked_add(i.checked_mul(N)?)?;
-        self.bytes
-            .get(start..start.checked_add(N)?)?
-            .try_into()
-            .ok()
+        self.bytes.get(start..start.checked_add(N)?)?.try_into().ok()
     }
 
     pub fn location(&self, i: u16) -> Option<LocDesc> {
-        self.record::<LOC_LEN>(
-            self.header.locs_off,
-            i as usize,
-            self.header.n_locs as usize,
-        )
-        .map(LocDesc::from_bytes)
+        self.record::<LOC_LEN>(self.header.locs_off, i as usize, self.header.n_locs as usize).map(LocDesc::from_bytes)
     }
     pub fn location_name(&self, i: u16) -> Option<&'a str> {
         let l = self.location(i)?;
         self.str_at(l.name_off, l.name_len)
     }
     pub fn thread(&self, i: u16) -> Option<ThreadDesc> {
-        self.record::<THREAD_LEN>(
-            self.header.threads_off,
-            i as usize,
-            self.header.n_threads as usize,
-        )
-        .map(ThreadDesc::from_bytes)
+        self.record::<THREAD_LEN>(self.header.threads_off, i as usize, self.header.n_threads as usize)
+            .map(ThreadDesc::from_bytes)
     }
     pub fn thread_name(&self, i: u16) -> Option<&'a str> {
         let t = self.thread(i)?;
@@ -1184,12 +1141,8 @@ impl<'a> Blob<'a> {
     }
     /// Instruction record `i` of the global table.
     pub fn instr(&self, i: u32) -> Option<Instr> {
-        self.record::<INSTR_LEN>(
-            self.header.instrs_off,
-            i as usize,
-            self.header.n_instrs as usize,
-        )
-        .map(Instr::from_bytes)
+        self.record::<INSTR_LEN>(self.header.instrs_off, i as usize, self.header.n_instrs as usize)
+            .map(Instr::from_bytes)
     }
     /// Record `pc` of thread `t`'s code (`pc` relative to the thread's start).
     pub fn thread_instr(&self, t: &ThreadDesc, pc: u32) -> Option<Instr> {
@@ -1199,8 +1152,7 @@ impl<'a> Blob<'a> {
         self.instr(t.first_instr.checked_add(pc)?)
     }
     pub fn observation(&self, i: u16) -> Option<ObsDesc> {
-        self.record::<OBS_LEN>(self.header.obs_off, i as usize, self.header.n_obs as usize)
-            .map(ObsDesc::from_bytes)
+        self.record::<OBS_LEN>(self.header.obs_off, i as usize, self.header.n_obs as usize).map(ObsDesc::from_bytes)
     }
 
     /// Number of records an item starting at thread-relative `pc` spans
@@ -1258,10 +1210,7 @@ mod tests {
             imm2: 9,
         };
         assert_eq!(Instr::from_bytes(&i.to_bytes()), i);
-        let p = PolicyAbi {
-            tlb_evict_ppm: 250_000,
-            ..PolicyAbi::default()
-        };
+        let p = PolicyAbi { tlb_evict_ppm: 250_000, ..PolicyAbi::default() };
         assert_eq!(PolicyAbi::from_bytes(&p.to_bytes()), p);
         assert!(p.is_valid());
     }
@@ -1281,10 +1230,7 @@ mod tests {
         }
         for v in [VALUE_FAULT, VALUE_STALE_WALK, VALUE_TIMEOUT] {
             assert!(v >= RESERVED_MIN);
-            assert_eq!(
-                special_value_from_name(special_value_name(v).unwrap()),
-                Some(v)
-            );
+            assert_eq!(special_value_from_name(special_value_name(v).unwrap()), Some(v));
         }
     }
 

@@ -196,17 +196,10 @@ impl fmt::Display for Stmt {
             Op::Signal => write!(f, "signal {loc} {}", v(self.val))?,
             Op::Delay => write!(f, "delay {}", v(self.val))?,
             Op::Touch => write!(f, "touch {loc}{}", if self.arg == 1 { " write" } else { "" })?,
-            Op::Mmap | Op::Mprotect => write!(
-                f,
-                "{} {loc} {}",
-                self.op.name(),
-                Perm::from_u8(self.arg).map(|p| p.name()).unwrap_or("?")
-            )?,
-            Op::Madvise => write!(
-                f,
-                "madvise {loc} {}",
-                Advice::from_u8(self.arg).map(|p| p.name()).unwrap_or("?")
-            )?,
+            Op::Mmap | Op::Mprotect => {
+                write!(f, "{} {loc} {}", self.op.name(), Perm::from_u8(self.arg).map(|p| p.name()).unwrap_or("?"))?
+            }
+            Op::Madvise => write!(f, "madvise {loc} {}", Advice::from_u8(self.arg).map(|p| p.name()).unwrap_or("?"))?,
             Op::Ksm => write!(f, "ksm {loc} {loc2}")?,
             Op::Mremap => write!(f, "mremap {loc} -> {loc2}")?,
             Op::Munmap | Op::Cow | Op::Migrate | Op::Reclaim | Op::Alloc | Op::Prefetch => {
@@ -339,25 +332,11 @@ impl Expr {
             Expr::Ne(i, v) => format!("{} != {v}", name(*i)),
             Expr::Not(e) => {
                 let s = e.pp(test, herd);
-                let s = if matches!(**e, Expr::True | Expr::False | Expr::Not(_)) {
-                    s
-                } else {
-                    format!("({s})")
-                };
+                let s = if matches!(**e, Expr::True | Expr::False | Expr::Not(_)) { s } else { format!("({s})") };
                 format!("{}{s}", if herd { "~" } else { "!" })
             }
-            Expr::And(a, b) => format!(
-                "{} {} {}",
-                sub(a, true),
-                if herd { "/\\" } else { "&&" },
-                sub(b, true)
-            ),
-            Expr::Or(a, b) => format!(
-                "{} {} {}",
-                sub(a, false),
-                if herd { "\\/" } else { "||" },
-                sub(b, false)
-            ),
+            Expr::And(a, b) => format!("{} {} {}", sub(a, true), if herd { "/\\" } else { "&&" }, sub(b, true)),
+            Expr::Or(a, b) => format!("{} {} {}", sub(a, false), if herd { "\\/" } else { "||" }, sub(b, false)),
         }
     }
 }

@@ -36,10 +36,7 @@ pub fn catalogue() -> &'static [(&'static str, &'static str)] {
 /// The catalogue as `check_all` input, file names prefixed with
 /// `tests/litmus/` so diagnostics name the path in the repository.
 pub fn catalogue_sources() -> Vec<(String, String)> {
-    CATALOGUE
-        .iter()
-        .map(|(n, s)| (format!("tests/litmus/{n}"), s.to_string()))
-        .collect()
+    CATALOGUE.iter().map(|(n, s)| (format!("tests/litmus/{n}"), s.to_string())).collect()
 }
 
 #[cfg(test)]
@@ -73,11 +70,7 @@ mod tests {
             // The embedded copy is the file on disk.
             assert_eq!(std::fs::read_to_string(dir.join(name)).unwrap(), *src, "{name}");
             let r = check_source(name, src);
-            assert!(
-                r.diagnostics.is_empty(),
-                "{name}:\n{}",
-                crate::diag::render_all(&r.diagnostics)
-            );
+            assert!(r.diagnostics.is_empty(), "{name}:\n{}", crate::diag::render_all(&r.diagnostics));
             let t = r.test.unwrap();
             assert!(!t.expect.is_empty(), "{name} has no [expect]");
         }
@@ -158,11 +151,8 @@ mod tests {
             let t = tests.iter().find(|t| t.name == *name).unwrap_or_else(|| panic!("{name} missing"));
             for (pol, verdict) in *exp {
                 let p = crate::policy::Policy::parse(pol).unwrap();
-                let e = t
-                    .expect
-                    .iter()
-                    .find(|e| e.policy == p)
-                    .unwrap_or_else(|| panic!("{name}: no [expect] for {pol}"));
+                let e =
+                    t.expect.iter().find(|e| e.policy == p).unwrap_or_else(|| panic!("{name}: no [expect] for {pol}"));
                 assert_eq!(e.verdict.name(), *verdict, "{name} {pol}");
             }
         }

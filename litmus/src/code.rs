@@ -37,9 +37,7 @@ impl TextMap {
     /// If the re-decoding disagrees with `value` (it should not), every
     /// position maps to the literal's start, which is still the right line.
     pub fn for_literal(file: &str, start: usize, end: usize, value: &str) -> TextMap {
-        let fallback = || TextMap {
-            offsets: vec![start; value.len() + 1],
-        };
+        let fallback = || TextMap { offsets: vec![start; value.len() + 1] };
         let Some(raw) = file.get(start..end) else {
             return fallback();
         };
@@ -141,9 +139,7 @@ impl TextMap {
 
     /// Identity map for text that is not inside a TOML string (tests, CLI).
     pub fn identity(base: usize, len: usize) -> TextMap {
-        TextMap {
-            offsets: (0..=len).map(|i| base + i).collect(),
-        }
+        TextMap { offsets: (0..=len).map(|i| base + i).collect() }
     }
 }
 
@@ -241,26 +237,14 @@ fn lex(src: &str) -> Vec<Token> {
         }
         let start = input.current_token_start();
         match token(&mut input) {
-            Ok(tok) => toks.push(Token {
-                tok,
-                start,
-                end: input.current_token_start(),
-            }),
+            Ok(tok) => toks.push(Token { tok, start, end: input.current_token_start() }),
             Err(_) => {
                 let c: char = any::<_, winnow::error::ContextError>(&mut input).unwrap_or('?');
-                toks.push(Token {
-                    tok: Tok::Bad(c),
-                    start,
-                    end: start + c.len_utf8(),
-                });
+                toks.push(Token { tok: Tok::Bad(c), start, end: start + c.len_utf8() });
             }
         }
     }
-    toks.push(Token {
-        tok: Tok::Eof,
-        start: src.len(),
-        end: src.len(),
-    });
+    toks.push(Token { tok: Tok::Eof, start: src.len(), end: src.len() });
     toks
 }
 
@@ -280,12 +264,7 @@ impl Ctx {
         }
     }
     fn valid_ops(self) -> String {
-        Op::ALL
-            .iter()
-            .filter(|o| self.allows(**o))
-            .map(|o| o.name())
-            .collect::<Vec<_>>()
-            .join(", ")
+        Op::ALL.iter().filter(|o| self.allows(**o)).map(|o| o.name()).collect::<Vec<_>>().join(", ")
     }
     fn describe(self) -> &'static str {
         match self {
@@ -405,23 +384,21 @@ impl<'a> CodeParser<'a> {
                     let t = self.bump();
                     self.error_at(&t, "unexpected `}` with no open block".into());
                 }
-                _ => {
-                    match self.stmt(ctx, depth) {
-                        Ok(s) => {
-                            out.push(s);
-                            match self.peek().tok {
-                                Tok::Newline | Tok::Semi | Tok::Eof => {}
-                                Tok::RBrace if closing.is_some() => {}
-                                _ => {
-                                    let what = "end of statement (a new line, `;` or `}`)";
-                                    let _ = self.expected(what);
-                                    self.recover();
-                                }
+                _ => match self.stmt(ctx, depth) {
+                    Ok(s) => {
+                        out.push(s);
+                        match self.peek().tok {
+                            Tok::Newline | Tok::Semi | Tok::Eof => {}
+                            Tok::RBrace if closing.is_some() => {}
+                            _ => {
+                                let what = "end of statement (a new line, `;` or `}`)";
+                                let _ = self.expected(what);
+                                self.recover();
                             }
                         }
-                        Err(Skip) => self.recover(),
                     }
-                }
+                    Err(Skip) => self.recover(),
+                },
             }
         }
     }
@@ -455,10 +432,7 @@ impl<'a> CodeParser<'a> {
                     self.bump();
                     Ok(r)
                 }
-                None => Err(self.error_at(
-                    &t,
-                    format!("invalid register `{s}`: registers are r0 … r{}", MAX_REGS - 1),
-                )),
+                None => Err(self.error_at(&t, format!("invalid register `{s}`: registers are r0 … r{}", MAX_REGS - 1))),
             },
             _ => Err(self.expected("a register (r0 … r31)")),
         }
@@ -523,25 +497,27 @@ impl<'a> CodeParser<'a> {
         };
         let Some(op) = Op::from_name(&name).filter(|o| !matches!(o, Op::Nop | Op::At)) else {
             let (s, e) = self.fspan(&t);
-            self.diags.push(
-                self.file
-                    .error(s, e, format!("unknown operation `{name}`"))
-                    .with_note(format!("valid operations in a {}: {}", ctx.describe(), ctx.valid_ops())),
-            );
+            self.diags.push(self.file.error(s, e, format!("unknown operation `{name}`")).with_note(format!(
+                "valid operations in a {}: {}",
+                ctx.describe(),
+                ctx.valid_ops()
+            )));
             return Err(Skip);
         };
         if !ctx.allows(op) {
             let (s, e) = self.fspan(&t);
             let why = match (ctx, op.is_device_op()) {
-                (Ctx::Thread(ThreadKind::Vcpu), true) => format!("`{name}` is a device operation; use it in a [device.NAME] thread"),
+                (Ctx::Thread(ThreadKind::Vcpu), true) => {
+                    format!("`{name}` is a device operation; use it in a [device.NAME] thread")
+                }
                 (Ctx::Thread(ThreadKind::Device), _) => format!("`{name}` is not a device operation"),
                 _ => format!("`{name}` is not allowed in a {}", ctx.describe()),
             };
-            self.diags.push(
-                self.file
-                    .error(s, e, why)
-                    .with_note(format!("valid operations in a {}: {}", ctx.describe(), ctx.valid_ops())),
-            );
+            self.diags.push(self.file.error(s, e, why).with_note(format!(
+                "valid operations in a {}: {}",
+                ctx.describe(),
+                ctx.valid_ops()
+            )));
             return Err(Skip);
         }
         self.bump();
@@ -677,9 +653,7 @@ impl<'a> CodeParser<'a> {
             let Some(hook) = Hook::from_name(&hname) else {
                 let (s, e) = self.fspan(&ht);
                 self.diags.push(
-                    self.file
-                        .error(s, e, format!("unknown hook `{hname}`"))
-                        .with_note(format!("valid hooks: {hooks}")),
+                    self.file.error(s, e, format!("unknown hook `{hname}`")).with_note(format!("valid hooks: {hooks}")),
                 );
                 return Err(Skip);
             };
@@ -700,13 +674,7 @@ impl<'a> CodeParser<'a> {
 /// Parse one thread's code. `map` maps `src` offsets to file offsets.
 pub fn parse_code(file: &SourceFile, map: &TextMap, src: &str, kind: ThreadKind) -> (Vec<Stmt>, Vec<Diagnostic>) {
     let toks = lex(src);
-    let mut p = CodeParser {
-        toks,
-        pos: 0,
-        file,
-        map,
-        diags: Vec::new(),
-    };
+    let mut p = CodeParser { toks, pos: 0, file, map, diags: Vec::new() };
     let code = p.block(Ctx::Thread(kind), None, 1);
     (code, p.diags)
 }

@@ -9,8 +9,8 @@
 use crate::ast::{Observable, Operand, Stmt, Test};
 use crate::policy::Policy;
 use abi::litmus::{
-    Blob, Header, Hook, Instr, LocDesc, ObsDesc, ObsKind, Op, ThreadDesc, ThreadKind, HEADER_LEN,
-    INSTR_LEN, LOC_IMPLICIT, LOC_LEN, LOC_PINNED, LOC_SHARED, MAGIC, NO_LOC, NO_REG, OBS_LEN, THREAD_LEN, VERSION,
+    Blob, Header, Hook, Instr, LocDesc, ObsDesc, ObsKind, Op, ThreadDesc, ThreadKind, HEADER_LEN, INSTR_LEN,
+    LOC_IMPLICIT, LOC_LEN, LOC_PINNED, LOC_SHARED, MAGIC, NO_LOC, NO_REG, OBS_LEN, THREAD_LEN, VERSION,
 };
 
 /// Run parameters that go into the blob.
@@ -26,11 +26,7 @@ pub struct CompileOptions {
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions {
-            seed: 0,
-            iterations: 1000,
-            iteration_timeout_ms: 0,
-        }
+        CompileOptions { seed: 0, iterations: 1000, iteration_timeout_ms: 0 }
     }
 }
 
@@ -101,14 +97,7 @@ impl Emitter<'_> {
         }
         for h in &s.hooks {
             let hat = self.out.len();
-            self.out.push((
-                Instr {
-                    op: Op::At as u8,
-                    arg: h.hook as u8,
-                    ..Instr::default()
-                },
-                pos,
-            ));
+            self.out.push((Instr { op: Op::At as u8, arg: h.hook as u8, ..Instr::default() }, pos));
             for b in &h.body {
                 self.stmt(b);
             }
@@ -153,10 +142,7 @@ pub fn compile(test: &Test, policy: &Policy, opts: &CompileOptions) -> Compiled 
     let mut positions = Vec::new();
     let (mut nv, mut nd) = (0u8, 0u8);
     for t in &test.threads {
-        let mut e = Emitter {
-            test,
-            out: Vec::new(),
-        };
+        let mut e = Emitter { test, out: Vec::new() };
         for s in &t.code {
             e.stmt(s);
         }
@@ -186,18 +172,10 @@ pub fn compile(test: &Test, policy: &Policy, opts: &CompileOptions) -> Compiled 
         .observed
         .iter()
         .map(|o| match o {
-            Observable::Reg { thread, reg } => ObsDesc {
-                kind: ObsKind::Reg as u8,
-                thread: *thread as u8,
-                reg: *reg,
-                loc: NO_LOC,
-            },
-            Observable::Loc { loc } => ObsDesc {
-                kind: ObsKind::Loc as u8,
-                thread: 0,
-                reg: NO_REG,
-                loc: *loc as u16,
-            },
+            Observable::Reg { thread, reg } => {
+                ObsDesc { kind: ObsKind::Reg as u8, thread: *thread as u8, reg: *reg, loc: NO_LOC }
+            }
+            Observable::Loc { loc } => ObsDesc { kind: ObsKind::Loc as u8, thread: 0, reg: NO_REG, loc: *loc as u16 },
         })
         .collect();
 
@@ -291,11 +269,9 @@ pub fn disassemble(blob: &Blob<'_>) -> String {
     for i in 0..h.n_obs {
         let o = blob.observation(i).expect("parsed");
         match ObsKind::from_u8(o.kind) {
-            Some(ObsKind::Reg) => out.push_str(&format!(
-                "observe {}:r{}\n",
-                blob.thread_name(o.thread as u16).unwrap_or("?"),
-                o.reg
-            )),
+            Some(ObsKind::Reg) => {
+                out.push_str(&format!("observe {}:r{}\n", blob.thread_name(o.thread as u16).unwrap_or("?"), o.reg))
+            }
             _ => out.push_str(&format!("observe {}\n", blob.location_name(o.loc).unwrap_or("?"))),
         }
     }
@@ -328,16 +304,8 @@ fn dis_item(blob: &Blob<'_>, t: &ThreadDesc, pc: u32) -> (String, u32) {
     let mut text = match op {
         Op::Loop => format!("loop {} {}", i.imm, dis_block(blob, t, pc + 1, pc + 1 + i.len)),
         _ => {
-            st.val = Some(if i.src != NO_REG {
-                Operand::Reg(i.src)
-            } else {
-                Operand::Imm(i.imm)
-            });
-            st.val2 = Some(if i.src2 != NO_REG {
-                Operand::Reg(i.src2)
-            } else {
-                Operand::Imm(i.imm2)
-            });
+            st.val = Some(if i.src != NO_REG { Operand::Reg(i.src) } else { Operand::Imm(i.imm) });
+            st.val2 = Some(if i.src2 != NO_REG { Operand::Reg(i.src2) } else { Operand::Imm(i.imm2) });
             st.to_string()
         }
     };
@@ -345,10 +313,7 @@ fn dis_item(blob: &Blob<'_>, t: &ThreadDesc, pc: u32) -> (String, u32) {
     for _ in 0..i.nhooks {
         let Some(at) = blob.thread_instr(t, pc + n) else { break };
         let hook = Hook::from_u8(at.arg).map(|h| h.name()).unwrap_or("?");
-        text.push_str(&format!(
-            " at {hook} {}",
-            dis_block(blob, t, pc + n + 1, pc + n + 1 + at.len)
-        ));
+        text.push_str(&format!(" at {hook} {}", dis_block(blob, t, pc + n + 1, pc + n + 1 + at.len)));
         n += 1 + at.len;
     }
     (text, n)
@@ -388,15 +353,7 @@ exists = "P0:r0 == 1 && D0:r1 == fault"
 "#;
         let t = check_source("rt.toml", src).test.expect("valid");
         let p = Policy::parse("flush=gather,tlb=evict:0.5").unwrap();
-        let c = compile(
-            &t,
-            &p,
-            &CompileOptions {
-                seed: 42,
-                iterations: 7,
-                iteration_timeout_ms: 100,
-            },
-        );
+        let c = compile(&t, &p, &CompileOptions { seed: 42, iterations: 7, iteration_timeout_ms: 100 });
         let b = Blob::parse(&c.blob).expect("decodes");
         assert_eq!(b.name(), "rt");
         assert_eq!(b.policy(), p.abi);

@@ -193,9 +193,7 @@ impl P<'_> {
     }
     fn atom(&mut self) -> Result<RawExpr, Diagnostic> {
         let (t, s, mut e) = self.bump();
-        let Tok::Ident(mut lhs) = t else {
-            unreachable!("atom starts with an identifier")
-        };
+        let Tok::Ident(mut lhs) = t else { unreachable!("atom starts with an identifier") };
         if *self.peek() == Tok::Colon {
             self.bump();
             match self.bump() {
@@ -239,12 +237,7 @@ impl P<'_> {
 
 /// Parse a condition string; `map` maps its offsets to file offsets.
 pub fn parse_condition(file: &SourceFile, map: &TextMap, src: &str) -> Result<RawExpr, Diagnostic> {
-    let mut p = P {
-        toks: lex(src),
-        pos: 0,
-        file,
-        map,
-    };
+    let mut p = P { toks: lex(src), pos: 0, file, map };
     let e = p.or()?;
     if *p.peek() != Tok::Eof {
         return Err(p.expected("`&&`, `||` or the end of the condition"));

@@ -28,11 +28,7 @@ impl SourceFile {
         let text = text.into();
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        SourceFile {
-            name: name.into(),
-            text,
-            line_starts,
-        }
+        SourceFile { name: name.into(), text, line_starts }
     }
 
     /// 1-based (line, column) of byte `offset` (clamped to the text).
@@ -57,11 +53,7 @@ impl SourceFile {
         let Some(&start) = self.line_starts.get(i) else {
             return "";
         };
-        let end = self
-            .line_starts
-            .get(i + 1)
-            .map(|e| e - 1)
-            .unwrap_or(self.text.len());
+        let end = self.line_starts.get(i + 1).map(|e| e - 1).unwrap_or(self.text.len());
         self.text[start..end].trim_end_matches('\r')
     }
 
@@ -69,11 +61,7 @@ impl SourceFile {
     pub fn diag(&self, severity: Severity, start: usize, end: usize, msg: impl Into<String>) -> Diagnostic {
         let (line, col) = self.line_col(start);
         let (end_line, end_col) = self.line_col(end.max(start));
-        let width = if end_line == line && end_col > col {
-            end_col - col
-        } else {
-            1
-        };
+        let width = if end_line == line && end_col > col { end_col - col } else { 1 };
         Diagnostic {
             severity,
             file: self.name.clone(),

@@ -6,9 +6,7 @@
 //! goes on after an error wherever that still makes sense, so one run shows
 //! every problem of every file; nothing runs unless all files are clean.
 
-use crate::ast::{
-    CondKind, Condition, Expectation, Expr, Location, Observable, Operand, Stmt, Test, Thread, Verdict,
-};
+use crate::ast::{CondKind, Condition, Expectation, Expr, Location, Observable, Operand, Stmt, Test, Thread, Verdict};
 use crate::code::{looks_like_register, parse_code, register_index, TextMap};
 use crate::cond::{parse_condition, RawExpr};
 use crate::diag::{Diagnostic, SourceFile};
@@ -117,18 +115,12 @@ impl Checker<'_> {
 /// Check one litmus file.
 pub fn check_source(file_name: &str, text: &str) -> CheckedFile {
     let file = SourceFile::new(file_name, text);
-    let mut c = Checker {
-        file: &file,
-        diags: Vec::new(),
-    };
+    let mut c = Checker { file: &file, diags: Vec::new() };
     let test = check_inner(&mut c);
     let mut diagnostics = c.diags;
     diagnostics.sort_by_key(|d| (d.line, d.col));
     let ok = !diagnostics.iter().any(|d| d.is_error());
-    CheckedFile {
-        test: if ok { test } else { None },
-        diagnostics,
-    }
+    CheckedFile { test: if ok { test } else { None }, diagnostics }
 }
 
 /// Check several files. `Ok` only if no file has an error; the warnings of
@@ -227,11 +219,7 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
             let map = text_map(c.file, span(code), code.get_ref());
             let (stmts, d) = parse_code(c.file, &map, code.get_ref(), kind);
             c.diags.extend(d);
-            threads.push(Thread {
-                name: tname.clone(),
-                kind,
-                code: stmts,
-            });
+            threads.push(Thread { name: tname.clone(), kind, code: stmts });
         }
     }
     if threads.is_empty() {
@@ -309,7 +297,10 @@ fn check_location(c: &mut Checker<'_>, k: &Spanned<String>, v: &Spanned<RawLoc>)
             return None;
         }
         (None, None) => {
-            c.error(vs, format!("location `{name}`: expected `page = \"rw\"|\"ro\"|\"none\"|\"unmapped\"` or `var = N`"));
+            c.error(
+                vs,
+                format!("location `{name}`: expected `page = \"rw\"|\"ro\"|\"none\"|\"unmapped\"` or `var = N`"),
+            );
             return None;
         }
         (None, Some(var)) => {
@@ -357,13 +348,16 @@ fn check_location(c: &mut Checker<'_>, k: &Spanned<String>, v: &Spanned<RawLoc>)
             }
             if let Some(va) = &r.va {
                 let t = va.get_ref();
-                let parsed = t
-                    .strip_prefix("0x")
-                    .and_then(|h| u64::from_str_radix(&h.replace('_', ""), 16).ok());
+                let parsed = t.strip_prefix("0x").and_then(|h| u64::from_str_radix(&h.replace('_', ""), 16).ok());
                 match parsed {
                     Some(a) if a != 0 && a & 0xfff == 0 && a < 0x0000_8000_0000_0000 => loc.va = Some(a),
                     Some(_) => {
-                        c.error(span(va), format!("`va = \"{t}\"` must be a non-zero, 4 KiB-aligned user address below 0x800000000000"));
+                        c.error(
+                            span(va),
+                            format!(
+                                "`va = \"{t}\"` must be a non-zero, 4 KiB-aligned user address below 0x800000000000"
+                            ),
+                        );
                     }
                     None => {
                         c.error(span(va), format!("expected a hex address like \"0x7f0000000000\", found \"{t}\""));
@@ -399,37 +393,39 @@ fn check_code_names(c: &mut Checker<'_>, threads: &[Thread], locations: &mut Vec
             let check = |c: &mut Checker<'_>, locations: &mut Vec<Location>, name: &str, sp: (usize, usize)| {
                 let kind = locations.iter().find(|l| l.name == name).map(|l| l.kind);
                 match s.op {
-                    Op::Wait | Op::Signal => match kind {
-                        Some(LocKind::Var) => {}
-                        Some(k) => {
-                            c.error(
+                    Op::Wait | Op::Signal => {
+                        match kind {
+                            Some(LocKind::Var) => {}
+                            Some(k) => {
+                                c.error(
                                 sp,
                                 format!("`{}` needs a flag (a `var` or an undeclared name), but `{name}` is a {} location", s.op.name(), k.name()),
                             );
-                        }
-                        None => {
-                            if RESERVED_NAMES.contains(&name) {
-                                c.error(sp, format!("`{name}` is a reserved word and cannot name a flag"));
-                            } else {
-                                locations.push(Location {
-                                    name: name.to_string(),
-                                    kind: LocKind::Var,
-                                    perm: Perm::None,
-                                    init: 0,
-                                    shared: false,
-                                    va: None,
-                                    implicit: true,
-                                });
+                            }
+                            None => {
+                                if RESERVED_NAMES.contains(&name) {
+                                    c.error(sp, format!("`{name}` is a reserved word and cannot name a flag"));
+                                } else {
+                                    locations.push(Location {
+                                        name: name.to_string(),
+                                        kind: LocKind::Var,
+                                        perm: Perm::None,
+                                        init: 0,
+                                        shared: false,
+                                        va: None,
+                                        implicit: true,
+                                    });
+                                }
                             }
                         }
-                    },
+                    }
                     _ => {
                         let is_mem = matches!(s.op, Op::Load | Op::Store | Op::Xchg | Op::Cmpxchg | Op::FetchAdd);
                         match kind {
                             None => {
-                                c.error(sp, format!("undeclared location `{name}`"))
-                                    .notes
-                                    .push(format!("declare it in [locations], e.g. `{name} = {{ page = \"rw\", value = 0 }}`"));
+                                c.error(sp, format!("undeclared location `{name}`")).notes.push(format!(
+                                    "declare it in [locations], e.g. `{name} = {{ page = \"rw\", value = 0 }}`"
+                                ));
                             }
                             Some(LocKind::Var) if !is_mem => {
                                 c.error(
@@ -642,11 +638,7 @@ fn check_expect(c: &mut Checker<'_>, raw: &RawFile) -> Vec<Expectation> {
                 c.error(span(k), msg);
                 continue;
             }
-            out.push(Expectation {
-                key: key.clone(),
-                policy,
-                verdict,
-            });
+            out.push(Expectation { key: key.clone(), policy, verdict });
         }
     }
     out
@@ -658,15 +650,7 @@ fn check_expect(c: &mut Checker<'_>, raw: &RawFile) -> Vec<Expectation> {
 pub fn test_hash(t: &Test) -> String {
     let mut s = String::new();
     for l in &t.locations {
-        s.push_str(&format!(
-            "{} {} {} {} {} {:?};",
-            l.name,
-            l.kind.name(),
-            l.perm.name(),
-            l.init,
-            l.shared,
-            l.va
-        ));
+        s.push_str(&format!("{} {} {} {} {} {:?};", l.name, l.kind.name(), l.perm.name(), l.init, l.shared, l.va));
     }
     s.push('\n');
     for th in &t.threads {
@@ -755,13 +739,9 @@ forbidden = "P2:r1 == 1"
         assert_eq!(t.hash.len(), 32);
         assert_eq!(t.threads[0].code[1].line, 10);
         // Comments and spacing do not change the hash; code does.
-        let t2 = check_source("b", &EXAMPLE.replace("# a page of the test mm; first word = 1", ""))
-            .test
-            .unwrap();
+        let t2 = check_source("b", &EXAMPLE.replace("# a page of the test mm; first word = 1", "")).test.unwrap();
         assert_eq!(t.hash, t2.hash);
-        let t3 = check_source("c", &EXAMPLE.replace("load x -> r1 ", "load x -> r2\nload x -> r1"))
-            .test
-            .unwrap();
+        let t3 = check_source("c", &EXAMPLE.replace("load x -> r1 ", "load x -> r2\nload x -> r1")).test.unwrap();
         assert_ne!(t.hash, t3.hash);
     }
 
@@ -822,7 +802,9 @@ forbidden = "P2:r1 == 1"
         // Positions inside a basic string with escapes: `munmap` is on file line 6.
         let m = d.iter().find(|d| d.message.starts_with("`munmap`")).unwrap();
         assert_eq!((m.line, m.col), (6, 30));
-        let d = errors(&format!("{base}[thread.P0]\ncode = \"load x -> r0\"\n[final]\nforbidden = \"P1:r0 == 1 && P0:r3 == 0\"\n"));
+        let d = errors(&format!(
+            "{base}[thread.P0]\ncode = \"load x -> r0\"\n[final]\nforbidden = \"P1:r0 == 1 && P0:r3 == 0\"\n"
+        ));
         assert!(d[0].message.starts_with("unknown thread `P1`"));
         assert!(d[1].message.contains("never writes r3"));
         let d = errors(&format!("{base}[thread.P0]\ncode = \"load x -> r0\"\n"));

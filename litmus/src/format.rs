@@ -70,11 +70,7 @@ pub fn herd_block(test: &Test, run: &RunResult) -> String {
     o.push_str(if s.validated { "Ok\n" } else { "No\n" });
     o.push_str("\nWitnesses\n");
     o.push_str(&format!("Positive: {}, Negative: {}\n", s.positive, s.negative));
-    o.push_str(&format!(
-        "Condition {} is {}validated\n",
-        condition_text(test),
-        if s.validated { "" } else { "NOT " }
-    ));
+    o.push_str(&format!("Condition {} is {}validated\n", condition_text(test), if s.validated { "" } else { "NOT " }));
     o.push_str(&format!("Hash={}\n", test.hash));
     o.push_str(&format!(
         "Observation {} {} {} {}\n",
@@ -119,13 +115,8 @@ pub fn file_summary(test: &Test, runs: &[&RunResult]) -> String {
 /// The final verdict table: one row per (test, policy), observed against
 /// expected. Columns are padded to the widest cell.
 pub fn verdict_table(runs: &[(&Test, &RunResult)]) -> String {
-    let mut rows: Vec<[String; 5]> = vec![[
-        "test".into(),
-        "policy".into(),
-        "observed".into(),
-        "expected".into(),
-        "result".into(),
-    ]];
+    let mut rows: Vec<[String; 5]> =
+        vec![["test".into(), "policy".into(), "observed".into(), "expected".into(), "result".into()]];
     for (t, r) in runs {
         let s = r.summary(t);
         rows.push([
@@ -188,10 +179,8 @@ pub fn to_json(runs: &[(&Test, &RunResult)]) -> Json {
                     })
                 })
                 .collect();
-            let policy_keys: serde_json::Map<String, Json> = KEYS
-                .iter()
-                .map(|k| (k.name.to_string(), json!(r.policy.get(k.key))))
-                .collect();
+            let policy_keys: serde_json::Map<String, Json> =
+                KEYS.iter().map(|k| (k.name.to_string(), json!(r.policy.get(k.key)))).collect();
             let timeouts: Vec<Json> = r
                 .timeouts
                 .iter()
@@ -311,12 +300,7 @@ Time madv-dontneed-concurrent 0.21
                     source: Some((5, 8)),
                     hook: Some(Hook::AfterPtlRelease),
                 },
-                ThreadPosition {
-                    thread: "P1".into(),
-                    pc: None,
-                    source: None,
-                    hook: None,
-                },
+                ThreadPosition { thread: "P1".into(), pc: None, source: None, hook: None },
             ],
         )
         .unwrap();

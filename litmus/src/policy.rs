@@ -154,20 +154,24 @@ impl Key {
 }
 
 /// A resolved policy: every key has a value; `explicit` says which were given.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The default is today's fixed kernel behaviour with no key given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Policy {
     pub abi: PolicyAbi,
     explicit: u16,
 }
 
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            abi: PolicyAbi::default(),
-            explicit: 0,
-        }
+/// [`Policy::set`] was given a value its key does not take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidValue;
+
+impl fmt::Display for InvalidValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid policy value")
     }
 }
+
+impl std::error::Error for InvalidValue {}
 
 /// A problem in a policy string; `start..end` are byte offsets into it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -249,7 +253,7 @@ impl Policy {
             let eq = item.find('=').unwrap_or(0);
             let raw_v = &item[eq + 1..];
             let vstart = start + eq + 1 + (raw_v.len() - raw_v.trim_start().len());
-            p.set(key, v).map_err(|()| PolicyError {
+            p.set(key, v).map_err(|InvalidValue| PolicyError {
                 start: vstart,
                 end: (vstart + v.len()).max(vstart + 1),
                 message: format!("invalid value `{v}` for policy key `{k}`"),
@@ -260,9 +264,9 @@ impl Policy {
     }
 
     /// Set one key from its textual value.
-    pub fn set(&mut self, key: Key, v: &str) -> Result<(), ()> {
-        fn e<T: Copy>(v: Option<T>) -> Result<T, ()> {
-            v.ok_or(())
+    pub fn set(&mut self, key: Key, v: &str) -> Result<(), InvalidValue> {
+        fn e<T: Copy>(v: Option<T>) -> Result<T, InvalidValue> {
+            v.ok_or(InvalidValue)
         }
         let a = &mut self.abi;
         match key {
@@ -403,10 +407,7 @@ impl std::str::FromStr for Policy {
 }
 
 fn valid_keys_note() -> String {
-    format!(
-        "valid keys: {}",
-        KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
-    )
+    format!("valid keys: {}", KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "))
 }
 
 /// The policies to run a test under: the CLI's `--policy` list if any (each

@@ -148,10 +148,7 @@ impl RunResult {
     /// Record `count` iterations with the same final state.
     pub fn record_n(&mut self, values: &[u64], count: u64) -> Result<(), ArityError> {
         if values.len() != self.arity {
-            return Err(ArityError {
-                expected: self.arity,
-                got: values.len(),
-            });
+            return Err(ArityError { expected: self.arity, got: values.len() });
         }
         *self.histogram.entry(values.to_vec()).or_insert(0) += count;
         Ok(())
@@ -195,12 +192,7 @@ impl RunResult {
     /// Evaluate the test's condition over the histogram.
     pub fn summary(&self, test: &Test) -> Summary {
         let total = self.total();
-        let matching: u64 = self
-            .histogram
-            .iter()
-            .filter(|(k, _)| test.condition.expr.eval(k))
-            .map(|(_, c)| c)
-            .sum();
+        let matching: u64 = self.histogram.iter().filter(|(k, _)| test.condition.expr.eval(k)).map(|(_, c)| c).sum();
         let (positive, negative, validated) = match test.condition.kind {
             // litmus7: for `exists p`, Positive counts states with p.
             CondKind::Exists => (matching, total - matching, matching > 0),
