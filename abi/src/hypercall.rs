@@ -59,13 +59,87 @@ pub mod op {
     pub const EXCEPTION: u64 = 5;
     /// What the VMM last recorded for this vCPU: `ret` = vector, error
     /// code, CR2, RIP of the last EXCEPTION; `args[0]` = 1 asks instead for
-    /// the last ASSERT_FAIL: `ret[0]` = line, `data` = "file\0message".
+    /// the last ASSERT_FAIL: `ret[0]` = line, `data` = "file\0message";
+    /// `args[0]` = 2 for the last expected stray page-table store:
+    /// `ret` = GPA, value, RIP, 1 if one was recorded.
     pub const LAST_REPORT: u64 = 6;
     /// Guest log line: `data` = text (printed by the VMM with the vCPU index).
     pub const LOG: u64 = 7;
     /// A benchmark figure measured in the guest: `args[0]` = `bench::*`
     /// metric, `args[1]` = median picoseconds per operation, `args[2]` = samples.
     pub const BENCH_RESULT: u64 = 8;
+    /// A page-table op done by the VMM with a host atomic (Xen PV
+    /// `mmu_update` style): `args[0]` = `ptop::*`, `args[1]` = GPA of the
+    /// entry (8-byte aligned, inside the page-table region), `args[2]`,
+    /// `args[3]` = operands; `ret[0]` = the entry's old value, `ret[1]` = 1
+    /// if the op changed the entry.
+    pub const PT_OP: u64 = 9;
+    /// A #PF on a user address under the lazy/evict TLB models: walk the
+    /// current mm's page tables as the hardware would (A, and D on writes)
+    /// and fill this vCPU's modelled TLB. `args[0]` = VA, `args[1]` = #PF
+    /// error code. `ret[0]` = `fill::*`, `ret[1]` = the leaf PTE or the
+    /// faulting entry.
+    pub const FILL: u64 = 10;
+    /// Drop entries of this vCPU's modelled TLB: `args[0]` = `flush::*`,
+    /// `args[1]` = VA, `args[2]` = length in bytes (range). The guest then
+    /// executes the real `invlpg`/CR3 reload.
+    pub const FLUSH: u64 = 11;
+    /// Switch this vCPU to the mm whose PGD is at `args[0]` (a GPA in the
+    /// page-table region). `ret[0]` = the value the guest must load into
+    /// CR3 (its shadow root, or the PGD itself in native mode).
+    pub const SWITCH_MM: u64 = 12;
+    /// TLB model: `args[0]` = 0 query, 1 set the eviction probability to
+    /// `args[1]` parts per million (lazy/evict models only).
+    /// `ret[0]` = `tlb_model::*`, `ret[1]` = eviction ppm, `ret[2]` = fills
+    /// served for this vCPU so far, `ret[3]` = entries evicted so far.
+    pub const TLB_CONFIG: u64 = 13;
+    /// The guest allocated (`args[0]` = 1) or freed (0) the page-table page
+    /// at GPA `args[1]` (level `args[2]`); the VMM and the IOMMU track live tables.
+    pub const PT_TABLE: u64 = 14;
+    /// The next direct store to the page-table region from this vCPU is
+    /// deliberate (the `tlb.stray-store.reported` self-test): report it
+    /// without ending the VM. `LAST_REPORT` with `args[0]` = 2 returns it.
+    pub const EXPECT_STRAY_STORE: u64 = 15;
+}
+
+/// `op::PT_OP` kinds.
+pub mod ptop {
+    /// entry = args[2]
+    pub const SET: u64 = 0;
+    /// entry = args[2], old value returned
+    pub const XCHG: u64 = 1;
+    /// if entry == args[2] { entry = args[3] }
+    pub const CMPXCHG: u64 = 2;
+    /// entry = 0 (`ptep_get_and_clear`)
+    pub const CLEAR: u64 = 3;
+    /// entry &= !args[2] (e.g. `ptep_test_and_clear_young`, write-protect)
+    pub const CLEAR_BITS: u64 = 4;
+    /// entry |= args[2]
+    pub const SET_BITS: u64 = 5;
+}
+
+/// `op::FILL` results.
+pub mod fill {
+    /// The modelled TLB now holds a translation: retry the access.
+    pub const FILLED: u64 = 0;
+    /// The page tables do not allow the access: a real page fault.
+    pub const FAULT: u64 = 1;
+    /// Native model: there is no modelled TLB to fill.
+    pub const NATIVE: u64 = 2;
+}
+
+/// `op::FLUSH` kinds.
+pub mod flush {
+    pub const PAGE: u64 = 0;
+    pub const RANGE: u64 = 1;
+    pub const ALL: u64 = 2;
+}
+
+/// `op::TLB_CONFIG` models.
+pub mod tlb_model {
+    pub const LAZY: u64 = 0;
+    pub const EVICT: u64 = 1;
+    pub const NATIVE: u64 = 2;
 }
 
 /// Guest-measured benchmark metrics (`op::BENCH_RESULT`).

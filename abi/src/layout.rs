@@ -11,8 +11,17 @@
 //! 0x0040_0000  kernel image (ELF linked here), up to KERNEL_MAX bytes
 //! 0x0100_0000  per-vCPU stacks, STACK_SIZE each
 //! 0x0200_0000  shared area (trace ring, kernel words) -- later issues
-//! FREE_START   free memory for the guest's page allocator
+//! 0x0300_0000  page-table region: every page table of a test mm lives here;
+//!              a read-only memslot under the lazy/evict TLB models, so the
+//!              guest changes PTEs only through page-table-op hypercalls
+//! 0x0380_0000  shadow region: the VMM's per-vCPU shadow page tables (the
+//!              modelled TLBs), read-only to the guest
+//! FREE_START   free memory for the guest's page allocator (test data pages)
 //! ```
+//!
+//! Virtual addresses: PML4 slot 0 is the kernel's identity map (shared by
+//! every address space); slots 1..=255 are the user half that test address
+//! spaces use ([`USER_BASE`]..[`USER_END`]).
 
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -44,7 +53,25 @@ pub const STACK_SIZE: u64 = 0x1_0000;
 pub const SHARED_BASE: u64 = 0x200_0000;
 pub const SHARED_SIZE: u64 = 0x100_0000;
 
-pub const FREE_START: u64 = SHARED_BASE + SHARED_SIZE;
+pub const PT_BASE: u64 = SHARED_BASE + SHARED_SIZE;
+pub const PT_SIZE: u64 = 0x80_0000;
+
+pub const SHADOW_BASE: u64 = PT_BASE + PT_SIZE;
+pub const SHADOW_SIZE: u64 = 0x80_0000;
+
+pub const FREE_START: u64 = SHADOW_BASE + SHADOW_SIZE;
+
+/// The user half: where test address spaces map their pages.
+pub const USER_BASE: u64 = 0x0000_0080_0000_0000;
+pub const USER_END: u64 = 0x0000_8000_0000_0000;
+
+pub const fn in_pt_region(gpa: u64) -> bool {
+    gpa >= PT_BASE && gpa < PT_BASE + PT_SIZE
+}
+
+pub const fn is_user_va(va: u64) -> bool {
+    va >= USER_BASE && va < USER_END
+}
 
 /// Smallest guest RAM the map above works with.
 pub const MIN_MEM: u64 = FREE_START + 0x100_0000;

@@ -14,9 +14,11 @@ mod bench;
 mod console;
 mod hypercall;
 mod misbehave;
+mod mm;
 mod percpu;
 mod report;
 mod selftest;
+mod selftest_tlb;
 mod smp;
 mod sync;
 mod time;
@@ -48,6 +50,7 @@ extern "C" fn kmain(cpu: u64, boot: *const BootInfo) -> ! {
     if cpu == 0 {
         time::init(boot.tsc_khz);
         smp::set_num_cpus(boot.num_vcpus);
+        mm::page_alloc::init(boot.mem_size);
         trap::build_idt();
     }
     trap::load_idt();

@@ -35,6 +35,12 @@ fn stray_mmio(_: u64) {
     unsafe { core::ptr::write_volatile(0xd000_0000 as *mut u64, 0x5a5a) }
 }
 
+fn stray_pte_store(_: u64) {
+    let mm = crate::mm::pgtable::Mm::new();
+    // SAFETY: deliberately stores to the read-only page-table region.
+    unsafe { core::ptr::write_volatile((mm.pgd + 8) as *mut u64, 0x777) }
+}
+
 fn page_fault(_: u64) {
     // SAFETY: deliberately reads an unmapped address without a fixup.
     unsafe { core::ptr::read_volatile(0x0000_0080_0000_0040 as *const u64) };
@@ -51,6 +57,7 @@ pub fn run(kind: &str) -> bool {
         "triple-fault" => triple_fault,
         "bad-hypercall" => bad_hypercall,
         "stray-mmio" => stray_mmio,
+        "stray-pte-store" => stray_pte_store,
         "page-fault" => page_fault,
         "panic" => panic,
         _ => return false,

@@ -9,6 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::console::FixedBuf;
 use crate::report::{TestError, TestResult};
+use crate::selftest_tlb as tlb;
 use crate::trap::{probe_read_u64, probe_write_u64};
 use crate::{apic, arch, check, hypercall, percpu, smp};
 
@@ -23,6 +24,13 @@ const TESTS: &[Test] = &[
     Test { name: "ipi.all-pairs", run: ipi_all_pairs },
     Test { name: "exception.report", run: exception_report },
     Test { name: "assert.report", run: assert_report },
+    Test { name: "tlb.lazy.stale-until-flush", run: tlb::lazy_stale_until_flush },
+    Test { name: "tlb.lazy.remote-stale-until-shootdown", run: tlb::lazy_remote_stale_until_shootdown },
+    Test { name: "tlb.shootdown.all-vcpus", run: tlb::shootdown_all_vcpus },
+    Test { name: "tlb.ad-bits", run: tlb::ad_bits },
+    Test { name: "tlb.evict.coherent", run: tlb::evict_coherent },
+    Test { name: "tlb.pte-ops.atomic", run: tlb::pte_ops_atomic },
+    Test { name: "tlb.stray-store.reported", run: tlb::stray_store_reported },
 ];
 
 /// Timeout for one CPU to answer a fan-out; generous because with many

@@ -132,6 +132,35 @@ pub fn call_function_single(target: u64, f: WorkFn, arg: u64, timeout_ms: u64) -
     time::spin_until(timeout_ms, || !csd.pending.load(Ordering::Acquire))
 }
 
+/// Runs `f(arg)` on every CPU in `targets` (not this one) in interrupt
+/// context: all IPIs are sent first, then all completions awaited, as
+/// Linux's `smp_call_function_many`. Returns the number of CPUs, or `None`
+/// if one did not answer within `timeout_ms`.
+pub fn call_function_many(targets: impl Iterator<Item = u64>, f: WorkFn, arg: u64, timeout_ms: u64) -> Option<u64> {
+    let me = percpu::cpu() as usize;
+    let mut sent = [false; N];
+    let mut n = 0;
+    for target in targets {
+        let csd = &CSD[target as usize][me];
+        if !time::spin_until(timeout_ms, || !csd.pending.load(Ordering::Acquire)) {
+            return None;
+        }
+        csd.func.store(f as usize, Ordering::Relaxed);
+        csd.arg.store(arg, Ordering::Relaxed);
+        csd.pending.store(true, Ordering::Release);
+        apic::send_ipi(target, apic::CALL_FUNCTION_VECTOR);
+        sent[target as usize] = true;
+        n += 1;
+    }
+    for (target, _) in sent.iter().enumerate().filter(|(_, s)| **s) {
+        let csd = &CSD[target][me];
+        if !time::spin_until(timeout_ms, || !csd.pending.load(Ordering::Acquire)) {
+            return None;
+        }
+    }
+    Some(n)
+}
+
 /// `CALL_FUNCTION_VECTOR` handler: run every pending request addressed to us.
 pub fn handle_call_function_ipi() {
     let me = percpu::cpu() as usize;

@@ -243,6 +243,15 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
 
 fn exception(frame: &mut TrapFrame) {
     let cr2 = if frame.vector == 14 { arch::read_cr2() } else { 0 };
+    // A miss in the modelled TLB: the VMM walks the page tables and fills
+    // it, and the access is retried (the fault path of a real page fault
+    // runs only if the page tables do not allow the access).
+    if frame.vector == 14 && abi::layout::is_user_va(cr2) {
+        let r = hypercall::call(op::FILL, &[cr2, frame.error_code], &[]);
+        if r.ret[0] == abi::hypercall::fill::FILLED {
+            return;
+        }
+    }
     if let Some(resume) = fixup_for(frame.rip) {
         hypercall::call(op::EXCEPTION, &[frame.vector, frame.error_code, frame.rip, cr2, frame.rsp, frame.cs, 1], &[]);
         frame.rip = resume;

@@ -38,10 +38,31 @@ fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
 
 /// The self-tests pass on `vcpus` vCPUs: only PASS lines, a SUMMARY with 0
 /// failures, exit status 0, and every expected test present.
+const ALL_TESTS: &[&str] = &[
+    "boot.all-vcpus",
+    "ipi.all-pairs",
+    "hypercall.echo",
+    "exception.report",
+    "assert.report",
+    "tlb.lazy.stale-until-flush",
+    "tlb.lazy.remote-stale-until-shootdown",
+    "tlb.shootdown.all-vcpus",
+    "tlb.ad-bits",
+    "tlb.evict.coherent",
+    "tlb.pte-ops.atomic",
+    "tlb.stray-store.reported",
+];
+
 fn selftest_passes(vcpus: u32, extra: &[&str]) -> Result<(), Failed> {
+    selftest_result(vcpus, extra, &[])
+}
+
+/// Every self-test passes, except `skipped`, which must be reported as SKIP.
+fn selftest_result(vcpus: u32, extra: &[&str], skipped: &[&str]) -> Result<(), Failed> {
     let n = vcpus.to_string();
-    let mut args = vec!["--vcpus", &n, "selftest"];
+    let mut args = vec!["--vcpus", &n];
     args.extend_from_slice(extra);
+    args.push("selftest");
     let o = vmm(&args);
     let (out, err) = text(&o);
     let ctx = || format!("vmm {args:?}\nstatus: {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
@@ -49,12 +70,11 @@ fn selftest_passes(vcpus: u32, extra: &[&str]) -> Result<(), Failed> {
     let lines: Vec<&str> = out.lines().collect();
     let summary = lines.last().copied().unwrap_or("");
     ensure(summary.starts_with("SUMMARY: ") && summary.contains(" 0 failures"), || format!("bad summary\n{}", ctx()))?;
-    for l in &lines[..lines.len() - 1] {
-        ensure(l.starts_with("PASS "), || format!("non-PASS line {l:?}\n{}", ctx()))?;
+    for t in ALL_TESTS {
+        let want = if skipped.contains(t) { format!("SKIP {t}: ") } else { format!("PASS {t}") };
+        ensure(lines.iter().any(|l| l.starts_with(&want)), || format!("missing {want}\n{}", ctx()))?;
     }
-    for t in ["boot.all-vcpus", "ipi.all-pairs", "hypercall.echo", "exception.report", "assert.report"] {
-        ensure(lines.contains(&format!("PASS {t}").as_str()), || format!("missing PASS {t}\n{}", ctx()))?;
-    }
+    ensure(lines.len() == ALL_TESTS.len() + 1, || format!("unexpected lines\n{}", ctx()))?;
     Ok(())
 }
 
@@ -127,9 +147,46 @@ fn main() {
         Trial::test(name.to_string(), f).with_ignored_flag(no_kvm.is_some())
     };
     let mut trials = vec![
-        kvm_trial("boot::selftest_1_vcpu", || selftest_passes(1, &[])),
+        kvm_trial("boot::selftest_1_vcpu", || selftest_result(1, &[], &["tlb.lazy.remote-stale-until-shootdown"])),
         kvm_trial("boot::selftest_2_vcpus", || selftest_passes(2, &[])),
         kvm_trial("boot::selftest_4_vcpus", || selftest_passes(4, &[])),
+        kvm_trial("tlb::lazy_4_vcpus", || selftest_passes(4, &["--tlb", "lazy"])),
+        kvm_trial("tlb::evict_half_4_vcpus", || selftest_passes(4, &["--tlb", "evict:0.5", "--seed", "1"])),
+        kvm_trial("tlb::evict_full_2_vcpus", || selftest_passes(2, &["--tlb", "evict:1.0", "--seed", "9"])),
+        kvm_trial("tlb::native_skips_model_tests", || {
+            selftest_result(
+                2,
+                &["--tlb", "native"],
+                &[
+                    "tlb.lazy.stale-until-flush",
+                    "tlb.lazy.remote-stale-until-shootdown",
+                    "tlb.evict.coherent",
+                    "tlb.stray-store.reported",
+                ],
+            )
+        }),
+        kvm_trial("tlb::lazy_is_deterministic", || {
+            let first = vmm(&["--vcpus", "4", "--tlb", "lazy", "selftest", "tlb."]);
+            for _ in 0..4 {
+                let again = vmm(&["--vcpus", "4", "--tlb", "lazy", "selftest", "tlb."]);
+                ensure(again.stdout == first.stdout && again.status.code() == Some(0), || {
+                    format!("run differs:\n{}\nvs\n{}", text(&first).0, text(&again).0)
+                })?;
+            }
+            Ok(())
+        }),
+        kvm_trial("bad_input::bad_tlb_model", || {
+            let o = vmm(&["--tlb", "evict:1.5"]);
+            let (_, err) = text(&o);
+            ensure(o.status.code() == Some(2) && err.contains("P must be between 0 and 1"), || err.clone())
+        }),
+        kvm_trial("misbehave::stray_page_table_store", || {
+            misbehaviour(
+                "stray-pte-store",
+                3,
+                &["vCPU 2 at RIP 0x", "stray 8-byte store of 0x777", "page-table memory at GPA 0x3"],
+            )
+        }),
         kvm_trial("boot::default_command_runs_selftests", || {
             let o = vmm(&[]);
             let (out, err) = text(&o);
@@ -151,7 +208,7 @@ fn main() {
             ensure(out.contains("\nFAIL selftest.injected-failure: src/selftest.rs:"), ctx)?;
             ensure(out.contains(": injected failure: answer is 41\n"), ctx)?;
             ensure(out.contains("PASS ipi.all-pairs"), ctx)?;
-            ensure(out.trim_end().ends_with("SUMMARY: 6 tests, 1 failures, 0 skipped"), ctx)
+            ensure(out.trim_end().ends_with("SUMMARY: 13 tests, 1 failures, 0 skipped"), ctx)
         }),
         kvm_trial("misbehave::hang_dumps_every_vcpu", || {
             misbehaviour("hang", 4, &["watchdog", "vCPU   0: RIP 0x", "vCPU   1: RIP 0x", "vCPU   2: RIP 0x", "CR3 0x"])
@@ -186,7 +243,7 @@ fn main() {
         }),
         kvm_trial("bad_input::does_not_fit", || {
             let p = scratch("huge", &fake_elf(2, 62, 2, 0x40_0000, 1 << 30));
-            bad_input(&["--guest", p.to_str().unwrap(), "--mem", "64"], &["does not fit in guest memory of 64 MiB"])
+            bad_input(&["--guest", p.to_str().unwrap(), "--mem", "96"], &["does not fit in guest memory of 96 MiB"])
         }),
         kvm_trial("bad_input::outside_kernel_window", || {
             let p = scratch("low", &fake_elf(2, 62, 2, 0x1000, 0x1000));

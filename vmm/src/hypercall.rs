@@ -2,10 +2,11 @@
 //! write the reply. Guest input is validated; a malformed request is a guest
 //! error reported with vCPU and RIP, never a VMM panic.
 
-use abi::hypercall::{self as hc, op, status, DATA_LEN};
+use abi::hypercall::{self as hc, flush, op, status, tlb_model, DATA_LEN};
 use abi::layout;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::shadow::{self, ShadowMmu, TlbModel};
 use crate::vstate::vm::VmShared;
 
 /// A figure the guest measured (`op::BENCH_RESULT`).
@@ -26,10 +27,22 @@ pub enum Flow {
     },
 }
 
-/// Per-vCPU hypercall state (what `LAST_REPORT` answers).
+/// A direct store to the page-table region (never applied).
+#[derive(Clone, Copy, Debug)]
+pub struct StrayStore {
+    pub gpa: u64,
+    pub value: u64,
+    pub rip: u64,
+}
+
+/// Per-vCPU hypercall state: its modelled TLB and what `LAST_REPORT` answers.
 pub struct Hypercalls {
     cpu: u64,
     mailbox: u64,
+    pub shadow: ShadowMmu,
+    /// The guest announced the next stray page-table store as deliberate.
+    pub stray_expected: bool,
+    pub last_stray: Option<StrayStore>,
     /// vector, error code, CR2, RIP of the last EXCEPTION.
     last_exception: [u64; 4],
     /// line and "file\0message" of the last ASSERT_FAIL.
@@ -47,8 +60,16 @@ fn mem_err(e: vm_memory::GuestMemoryError) -> Flow {
 }
 
 impl Hypercalls {
-    pub fn new(cpu: u64) -> Self {
-        Self { cpu, mailbox: layout::mailbox(cpu), last_exception: [0; 4], last_assert: (0, Vec::new()) }
+    pub fn new(cpu: u64, tlb: TlbModel, seed: u64) -> Self {
+        Self {
+            cpu,
+            mailbox: layout::mailbox(cpu),
+            shadow: ShadowMmu::new(cpu, tlb, seed),
+            stray_expected: false,
+            last_stray: None,
+            last_exception: [0; 4],
+            last_assert: (0, Vec::new()),
+        }
     }
 
     fn read_request(&self, mem: &GuestMemoryMmap) -> Result<Request, Flow> {
@@ -137,7 +158,10 @@ impl Hypercalls {
                 self.reply(mem, status::OK, [0; 4], &[])?;
             }
             op::LAST_REPORT => {
-                if a[0] == 1 {
+                if a[0] == 2 {
+                    let r = self.last_stray.map(|s| [s.gpa, s.value, s.rip, 1]).unwrap_or([0; 4]);
+                    self.reply(mem, status::OK, r, &[])?;
+                } else if a[0] == 1 {
                     let data = self.last_assert.1.clone();
                     self.reply(mem, status::OK, [self.last_assert.0, 0, 0, 0], &data)?;
                 } else {
@@ -146,6 +170,79 @@ impl Hypercalls {
             }
             op::LOG => {
                 shared.log(self.cpu, &text(&req.data));
+                self.reply(mem, status::OK, [0; 4], &[])?;
+            }
+            op::PT_OP => {
+                let (old, changed) = shadow::pt_op(mem, a[0], a[1], a[2], a[3])
+                    .map_err(|e| Flow::GuestError { cause: format!("bad hypercall: {}", e.0), rip: None })?;
+                self.reply(mem, status::OK, [old, changed as u64, 0, 0], &[])?;
+            }
+            op::FILL => {
+                let (result, entry) = self
+                    .shadow
+                    .fill(mem, &shared.shadow_pool, a[0], a[1])
+                    .map_err(|e| Flow::GuestError { cause: format!("TLB fill at {:#x}: {e}", a[0]), rip: None })?;
+                self.reply(mem, status::OK, [result, entry, 0, 0], &[])?;
+            }
+            op::FLUSH => {
+                match a[0] {
+                    flush::PAGE => self.shadow.flush_page(mem, a[1]),
+                    flush::RANGE => self.shadow.flush_range(mem, &shared.shadow_pool, a[1], a[2]),
+                    flush::ALL => self.shadow.flush_all(mem, &shared.shadow_pool),
+                    k => {
+                        return Err(Flow::GuestError {
+                            cause: format!("bad hypercall: unknown flush kind {k}"),
+                            rip: None,
+                        })
+                    }
+                }
+                self.reply(mem, status::OK, [0; 4], &[])?;
+            }
+            op::SWITCH_MM => {
+                let cr3 = self
+                    .shadow
+                    .switch_mm(mem, &shared.shadow_pool, a[0])
+                    .map_err(|e| Flow::GuestError { cause: format!("bad hypercall: {e}"), rip: None })?;
+                self.reply(mem, status::OK, [cr3, 0, 0, 0], &[])?;
+            }
+            op::TLB_CONFIG => {
+                if a[0] == 1 {
+                    self.shadow.set_evict_ppm(a[1]).map_err(|e| Flow::GuestError {
+                        cause: format!("bad hypercall: TLB_CONFIG: {e}"),
+                        rip: None,
+                    })?;
+                }
+                let model = match self.shadow.model() {
+                    TlbModel::Lazy => tlb_model::LAZY,
+                    TlbModel::Evict(_) => tlb_model::EVICT,
+                    TlbModel::Native => tlb_model::NATIVE,
+                };
+                let r = [model, self.shadow.evict_ppm(), self.shadow.fills, self.shadow.evictions];
+                self.reply(mem, status::OK, r, &[])?;
+            }
+            op::PT_TABLE => {
+                if !layout::in_pt_region(a[1]) || !a[1].is_multiple_of(layout::PAGE_SIZE) {
+                    return Err(Flow::GuestError {
+                        cause: format!("bad hypercall: PT_TABLE {:#x} is not a page of the page-table region", a[1]),
+                        rip: None,
+                    });
+                }
+                let mut live = shared.live_tables.lock().unwrap();
+                if a[0] == 1 {
+                    // A new table starts empty; the guest cannot write the region itself.
+                    for i in 0..512 {
+                        let _ = iommu::mem::store_u64(mem, a[1] + 8 * i, 0);
+                    }
+                    live.insert(a[1]);
+                } else {
+                    live.remove(&a[1]);
+                }
+                drop(live);
+                self.reply(mem, status::OK, [0; 4], &[])?;
+            }
+            op::EXPECT_STRAY_STORE => {
+                self.stray_expected = true;
+                self.last_stray = None;
                 self.reply(mem, status::OK, [0; 4], &[])?;
             }
             op::BENCH_RESULT => {

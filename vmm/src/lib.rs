@@ -8,6 +8,7 @@ pub mod boot;
 pub mod error;
 pub mod hypercall;
 pub mod report;
+pub mod shadow;
 pub mod vstate;
 
 /// The guest kernel built from `guest/` by `build.rs`, booted when no `--guest` is given.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use vmm::error::Error;
+use vmm::shadow::TlbModel;
 use vmm::status;
 use vmm::vstate::vm::{self, EndReason, VmConfig};
 
@@ -34,6 +35,14 @@ struct Cli {
     /// every vCPU's RIP/RSP/CR3 and exit with status 4.
     #[arg(long, global = true, default_value_t = 300, value_name = "SECS")]
     timeout: u64,
+    /// vCPU TLB model: `lazy` (entries live until this vCPU flushes),
+    /// `evict:P` (also drop each stale entry with probability P at every
+    /// exit), `native` (the host's real TLB; see `vmm probe`).
+    #[arg(long, global = true, default_value = "lazy", value_name = "MODEL", value_parser = TlbModel::parse)]
+    tlb: TlbModel,
+    /// Seed for everything random (eviction, placement), for re-runnable results.
+    #[arg(long, global = true, default_value_t = 1, value_name = "N")]
+    seed: u64,
     /// Show the guest's serial console (boot messages).
     #[arg(long, global = true)]
     verbose: bool,
@@ -104,6 +113,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         image,
         image_path,
         quiet: false,
+        tlb: cli.tlb,
+        seed: cli.seed,
     };
     if let Command::Bench { runs } = command {
         vmm::bench::run(&cfg, runs.max(1))?;

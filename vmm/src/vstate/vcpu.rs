@@ -65,7 +65,8 @@ pub struct Vcpu {
 impl Vcpu {
     pub fn new(vm: &VmFd, index: u64, mem: GuestMemoryMmap, shared: Arc<VmShared>) -> Result<Self> {
         let fd = vm.create_vcpu(index).map_err(kvm("KVM_CREATE_VCPU"))?;
-        Ok(Self { index, fd, mem, shared, hypercalls: Hypercalls::new(index) })
+        let hypercalls = Hypercalls::new(index, shared.tlb, shared.seed);
+        Ok(Self { index, fd, mem, shared, hypercalls })
     }
 
     pub fn tsc_khz(&self) -> u64 {
@@ -170,9 +171,12 @@ impl Vcpu {
             }
             Err(e) => Exit::Fatal(format!("KVM_RUN failed: {e}")),
         };
-        match exit {
+        let next = match exit {
             Exit::Handled => State::Running,
             Exit::IoOut(port, value, len) => self.io_out(port, value, len),
+            Exit::StrayMmio { addr, write: Some(value), len } if layout::in_pt_region(addr) => {
+                self.stray_page_table_store(addr, value, len)
+            }
             Exit::StrayMmio { addr, write, len } => {
                 let what = match write {
                     Some(v) => format!("stray {len}-byte write of {v:#x} to unbacked address {addr:#x}"),
@@ -181,7 +185,33 @@ impl Vcpu {
                 self.guest_error(what, None)
             }
             Exit::Fatal(cause) => self.guest_error(cause, None),
+        };
+        // evict:P — at each exit, drop stale modelled-TLB entries at random;
+        // then make KVM drop its own cached copies (KVM_SET_SREGS resets its MMU context).
+        if next == State::Running && self.hypercalls.shadow.evict_stale(&self.mem) {
+            if let Ok(sregs) = self.fd.get_sregs() {
+                let _ = self.fd.set_sregs(&sregs);
+            }
         }
+        next
+    }
+
+    /// A direct store into the page-table region (a read-only memslot): the
+    /// guest bypassed the page-table ops. Never applied; fatal unless the
+    /// guest announced it (the stray-store self-test).
+    fn stray_page_table_store(&mut self, gpa: u64, value: u64, len: usize) -> State {
+        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
+        if std::mem::take(&mut self.hypercalls.stray_expected) {
+            self.hypercalls.last_stray = Some(crate::hypercall::StrayStore { gpa, value, rip });
+            return State::Running;
+        }
+        self.guest_error(
+            format!(
+                "stray {len}-byte store of {value:#x} to page-table memory at GPA {gpa:#x} \
+                 (page tables change only through page-table-op hypercalls; the store was not applied)"
+            ),
+            Some(rip),
+        )
     }
 
     fn io_out(&mut self, port: u16, value: u64, len: usize) -> State {

@@ -1,6 +1,7 @@
 //! One VM run: checks, KVM set-up, vCPU threads, and the supervisor loop
 //! (event-manager) that waits for the guest to end or the watchdog to fire.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use abi::layout;
 use abi::BootInfo;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY};
 use kvm_ioctls::Kvm;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vm_superio::{Serial, Trigger};
@@ -25,6 +26,7 @@ use crate::boot;
 use crate::error::{kvm, Error, Result};
 use crate::hypercall::BenchFigure;
 use crate::report::Results;
+use crate::shadow::{ShadowPool, TlbModel};
 
 /// RAM stays below the 32-bit MMIO hole (LAPIC, IOAPIC, device pages).
 pub const MAX_MEM_MIB: u64 = 3072;
@@ -40,6 +42,10 @@ pub struct VmConfig {
     pub image_path: PathBuf,
     /// Collect result lines instead of printing them, and no serial output.
     pub quiet: bool,
+    /// vCPU TLB model (`--tlb`).
+    pub tlb: TlbModel,
+    /// Seed for everything random (`--seed`).
+    pub seed: u64,
 }
 
 /// How a run ended.
@@ -91,6 +97,11 @@ pub struct VmShared {
     pub serial: Mutex<SerialDevice>,
     pub dumps: Mutex<Vec<Option<VcpuDump>>>,
     pub bench: Mutex<Vec<BenchFigure>>,
+    pub tlb: TlbModel,
+    pub seed: u64,
+    pub shadow_pool: ShadowPool,
+    /// Page-table pages the guest says are live (PT_TABLE).
+    pub live_tables: Mutex<BTreeSet<u64>>,
 }
 
 impl VmShared {
@@ -154,9 +165,19 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
     vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
 
     let mem_size = cfg.mem_mib << 20;
-    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)])
-        .map_err(|e| Error::Memory(e.to_string()))?;
+    // Separate regions so the page-table and shadow regions can be read-only
+    // memslots: under lazy/evict a guest store to them exits to the VMM.
+    let regions = [
+        (0, layout::PT_BASE),
+        (layout::PT_BASE, layout::PT_SIZE),
+        (layout::SHADOW_BASE, layout::SHADOW_SIZE),
+        (layout::FREE_START, mem_size - layout::FREE_START),
+    ];
+    let ranges: Vec<(GuestAddress, usize)> = regions.iter().map(|&(a, l)| (GuestAddress(a), l as usize)).collect();
+    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(e.to_string()))?;
     for (slot, region) in mem.iter().enumerate() {
+        let start = region.start_addr().0;
+        let read_only = (start == layout::PT_BASE && cfg.tlb.is_shadowed()) || start == layout::SHADOW_BASE;
         let host =
             region.get_host_address(vm_memory::MemoryRegionAddress(0)).map_err(|e| Error::Memory(e.to_string()))?;
         let r = kvm_userspace_memory_region {
@@ -164,7 +185,7 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: host as u64,
-            flags: 0,
+            flags: if read_only { KVM_MEM_READONLY } else { 0 },
         };
         // SAFETY: the region is a live mmap owned by `mem`, which outlives the VM
         // (dropped after every vCPU thread has been joined below).
@@ -186,6 +207,10 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
         serial: Mutex::new(Serial::new(NoIrq, out)),
         dumps: Mutex::new(vec![None; cfg.vcpus as usize]),
         bench: Mutex::new(Vec::new()),
+        tlb: cfg.tlb,
+        seed: cfg.seed,
+        shadow_pool: ShadowPool::new(),
+        live_tables: Mutex::new(BTreeSet::new()),
     });
 
     let supported = kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;

@@ -1,0 +1,98 @@
+//! Physical pages for test data (from `FREE_START` up) and for page tables
+//! (from the page-table region). Both hand out the most recently freed page
+//! first, as Linux's per-CPU free lists tend to — that is how a stale
+//! translation meets the page's next owner.
+
+use abi::layout::{self, PAGE_SIZE};
+
+use crate::sync::SpinLock;
+
+struct DataPages {
+    /// Head of the free list, threaded through the free pages' first word.
+    free_head: u64,
+    next_fresh: u64,
+    end: u64,
+    in_use: u64,
+}
+
+static DATA: SpinLock<DataPages> =
+    SpinLock::new(DataPages { free_head: 0, next_fresh: layout::FREE_START, end: layout::FREE_START, in_use: 0 });
+
+/// Called once at boot with the size of guest RAM.
+pub fn init(mem_size: u64) {
+    DATA.lock().end = mem_size;
+}
+
+/// A zeroed data page (identity-mapped, so its GPA is also its kernel VA).
+pub fn alloc_page() -> Option<u64> {
+    let mut d = DATA.lock();
+    let page = if d.free_head != 0 {
+        let p = d.free_head;
+        // SAFETY: free pages are ours; the first word links the free list.
+        d.free_head = unsafe { core::ptr::read_volatile(p as *const u64) };
+        p
+    } else if d.next_fresh + PAGE_SIZE <= d.end {
+        let p = d.next_fresh;
+        d.next_fresh += PAGE_SIZE;
+        p
+    } else {
+        return None;
+    };
+    d.in_use += 1;
+    drop(d);
+    // SAFETY: the page was free and is identity-mapped RAM.
+    unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE as usize) };
+    Some(page)
+}
+
+pub fn free_page(page: u64) {
+    let mut d = DATA.lock();
+    // SAFETY: the caller gives the page back; we own it again.
+    unsafe { core::ptr::write_volatile(page as *mut u64, d.free_head) };
+    d.free_head = page;
+    d.in_use -= 1;
+}
+
+pub fn data_pages_in_use() -> u64 {
+    DATA.lock().in_use
+}
+
+const PT_PAGES: usize = (layout::PT_SIZE / PAGE_SIZE) as usize;
+
+/// Page-table pages: the region is read-only to the guest, so the free
+/// stack lives here rather than in the pages.
+struct TablePages {
+    free: [u32; PT_PAGES],
+    nfree: usize,
+    next_fresh: usize,
+}
+
+static TABLES: SpinLock<TablePages> = SpinLock::new(TablePages { free: [0; PT_PAGES], nfree: 0, next_fresh: 0 });
+
+/// A page of the page-table region (zeroed by the VMM when the PT_TABLE
+/// hypercall announces it).
+pub fn alloc_table_page() -> Option<u64> {
+    let mut t = TABLES.lock();
+    let idx = if t.nfree > 0 {
+        t.nfree -= 1;
+        t.free[t.nfree] as usize
+    } else if t.next_fresh < PT_PAGES {
+        t.next_fresh += 1;
+        t.next_fresh - 1
+    } else {
+        return None;
+    };
+    Some(layout::PT_BASE + idx as u64 * PAGE_SIZE)
+}
+
+pub fn free_table_page(gpa: u64) {
+    let mut t = TABLES.lock();
+    let n = t.nfree;
+    t.free[n] = ((gpa - layout::PT_BASE) / PAGE_SIZE) as u32;
+    t.nfree += 1;
+}
+
+pub fn table_pages_in_use() -> u64 {
+    let t = TABLES.lock();
+    (t.next_fresh - t.nfree) as u64
+}

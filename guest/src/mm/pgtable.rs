@@ -1,0 +1,129 @@
+//! Page tables of a test address space. Entries are read directly (the
+//! page-table region is readable) and changed only through the VMM's
+//! page-table ops (`set_pte_at`, `ptep_get_and_clear`, … as in Linux's
+//! `include/linux/pgtable.h`), so every change is seen by the VMM.
+
+use abi::hypercall::{op, ptop};
+use abi::layout::{self, PAGE_SIZE};
+
+use super::page_alloc;
+use crate::{guest_assert, hypercall};
+
+pub mod pte {
+    pub const P: u64 = 1 << 0;
+    pub const RW: u64 = 1 << 1;
+    pub const US: u64 = 1 << 2;
+    pub const A: u64 = 1 << 5;
+    pub const D: u64 = 1 << 6;
+    pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+}
+
+/// Flags of non-leaf entries of the user half (rights are decided at the leaf).
+const TABLE_FLAGS: u64 = pte::P | pte::RW | pte::US;
+
+/// One page-table op by the VMM; returns the old entry.
+pub fn pt_op(kind: u64, entry_gpa: u64, a: u64, b: u64) -> u64 {
+    let r = hypercall::call(op::PT_OP, &[kind, entry_gpa, a, b], &[]);
+    r.ret[0]
+}
+
+pub fn set_pte(entry_gpa: u64, val: u64) {
+    pt_op(ptop::SET, entry_gpa, val, 0);
+}
+
+/// Returns the old value; the exchange happened iff it equals `old`.
+pub fn ptep_cmpxchg(entry_gpa: u64, old: u64, new: u64) -> u64 {
+    pt_op(ptop::CMPXCHG, entry_gpa, old, new)
+}
+
+pub fn ptep_clear_bits(entry_gpa: u64, bits: u64) -> u64 {
+    pt_op(ptop::CLEAR_BITS, entry_gpa, bits, 0)
+}
+
+pub fn read_entry(entry_gpa: u64) -> u64 {
+    // SAFETY: the page-table region is identity-mapped and readable.
+    unsafe { core::ptr::read_volatile(entry_gpa as *const u64) }
+}
+
+fn table_alloc(level: u64) -> u64 {
+    let t = page_alloc::alloc_table_page();
+    guest_assert!(t.is_some(), "out of page-table pages");
+    let t = t.unwrap_or(0);
+    hypercall::call(op::PT_TABLE, &[1, t, level], &[]);
+    t
+}
+
+fn table_free(t: u64) {
+    hypercall::call(op::PT_TABLE, &[0, t, 0], &[]);
+    page_alloc::free_table_page(t);
+}
+
+fn index(va: u64, level: u64) -> u64 {
+    (va >> (12 + 9 * (level - 1))) & 511
+}
+
+/// A test address space: a PGD whose slot 0 is the kernel's identity map.
+pub struct Mm {
+    pub pgd: u64,
+}
+
+impl Mm {
+    pub fn new() -> Mm {
+        let pgd = table_alloc(4);
+        set_pte(pgd, layout::BOOT_PDPT | pte::P | pte::RW);
+        Mm { pgd }
+    }
+
+    /// GPA of the PTE for `va`, allocating missing tables (`pte_alloc`).
+    pub fn pte_alloc(&self, va: u64) -> u64 {
+        guest_assert!(layout::is_user_va(va), "pte_alloc({:#x}) outside the user half", va);
+        let mut table = self.pgd;
+        for level in (2..=4).rev() {
+            let slot = table + 8 * index(va, level);
+            let e = read_entry(slot);
+            table = if e & pte::P != 0 {
+                e & pte::ADDR_MASK
+            } else {
+                let t = table_alloc(level - 1);
+                set_pte(slot, t | TABLE_FLAGS);
+                t
+            };
+        }
+        table + 8 * index(va, 1)
+    }
+
+    /// Maps `va` to `pa` with `flags` (P is added).
+    pub fn map(&self, va: u64, pa: u64, flags: u64) -> u64 {
+        let ptep = self.pte_alloc(va);
+        set_pte(ptep, (pa & pte::ADDR_MASK) | flags | pte::P);
+        ptep
+    }
+
+    /// Frees every page table below the PGD and the PGD (the data pages are
+    /// the caller's). The caller must have flushed every TLB that may cache them.
+    pub fn destroy(self) {
+        free_level(self.pgd, 4, true);
+    }
+}
+
+impl Default for Mm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn free_level(table: u64, level: u64, top: bool) {
+    if level > 1 {
+        // PGD slot 0 is the shared kernel map, not ours to free.
+        let first = if top { 1 } else { 0 };
+        for i in first..512 {
+            let e = read_entry(table + 8 * i);
+            if e & pte::P != 0 {
+                free_level(e & pte::ADDR_MASK, level - 1, false);
+            }
+        }
+    }
+    table_free(table);
+}
+
+pub const PAGE: u64 = PAGE_SIZE;

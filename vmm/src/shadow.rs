@@ -1,0 +1,380 @@
+//! The shadow MMU: each vCPU's TLB, modelled as a per-vCPU shadow page table
+//! that the VMM owns, and the guest's page-table ops done with host atomics.
+//!
+//! Under `lazy` and `evict:P`, vCPU k runs on its own shadow root: PML4 slot 0
+//! is the kernel's identity map (static, shared); the user half is filled
+//! only on a miss (guest #PF -> FILL hypercall -> the same walker the IOMMU
+//! uses, setting A and D as hardware does) and emptied only by k's own
+//! flushes — so an entry stays usable exactly as long as the architecture
+//! allows a TLB to keep it, and any missing flush shows on every run.
+//! `evict:P` additionally drops each *stale* entry with probability P at
+//! every exit of the vCPU (a finite hardware TLB). Under `native` the guest's
+//! page tables are the hardware's and this module only does the page-table ops.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Mutex;
+
+use abi::hypercall::{fill, ptop};
+use abi::layout::{self, PAGE_SIZE};
+use iommu::mem::{self as gmem, MemError};
+use iommu::pagetable::{self as pt, pte, Access, AccessOp, AllLive, WalkMode};
+use vm_memory::GuestMemoryMmap;
+
+/// The vCPU TLB model (`--tlb`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TlbModel {
+    Lazy,
+    /// Drop each stale entry with this probability at every exit.
+    Evict(f64),
+    Native,
+}
+
+impl TlbModel {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "lazy" => Ok(TlbModel::Lazy),
+            "native" => Ok(TlbModel::Native),
+            _ => {
+                let p = s
+                    .strip_prefix("evict:")
+                    .ok_or_else(|| format!("unknown TLB model {s:?}; valid: lazy, evict:P (0 <= P <= 1), native"))?;
+                let p: f64 = p.parse().map_err(|_| format!("evict:{p}: P must be a number between 0 and 1"))?;
+                if !(0.0..=1.0).contains(&p) {
+                    return Err(format!("evict:{p}: P must be between 0 and 1"));
+                }
+                Ok(TlbModel::Evict(p))
+            }
+        }
+    }
+
+    pub fn is_shadowed(self) -> bool {
+        self != TlbModel::Native
+    }
+}
+
+impl fmt::Display for TlbModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlbModel::Lazy => write!(f, "lazy"),
+            TlbModel::Evict(p) => write!(f, "evict:{p}"),
+            TlbModel::Native => write!(f, "native"),
+        }
+    }
+}
+
+/// A bad page-table op (a guest bug, reported with vCPU and RIP).
+#[derive(Debug)]
+pub struct PtOpError(pub String);
+
+/// Does a page-table op on the entry at `gpa` with a host atomic; returns
+/// (old value, changed).
+pub fn pt_op(mem: &GuestMemoryMmap, kind: u64, gpa: u64, a: u64, b: u64) -> Result<(u64, bool), PtOpError> {
+    if !layout::in_pt_region(gpa) || !gpa.is_multiple_of(8) {
+        return Err(PtOpError(format!(
+            "page-table op on GPA {gpa:#x}: not an 8-byte aligned entry in the page-table region {:#x}..{:#x}",
+            layout::PT_BASE,
+            layout::PT_BASE + layout::PT_SIZE
+        )));
+    }
+    let me = |e: MemError| PtOpError(format!("page-table op on GPA {gpa:#x}: {e}"));
+    let old = match kind {
+        ptop::SET | ptop::XCHG => gmem::xchg_u64(mem, gpa, a).map_err(me)?,
+        ptop::CLEAR => gmem::xchg_u64(mem, gpa, 0).map_err(me)?,
+        ptop::CMPXCHG => match gmem::cmpxchg_u64(mem, gpa, a, b).map_err(me)? {
+            Ok(old) | Err(old) => old,
+        },
+        ptop::CLEAR_BITS => {
+            gmem::with_u64(mem, gpa, true, |w| w.fetch_and(!a, std::sync::atomic::Ordering::SeqCst)).map_err(me)?
+        }
+        ptop::SET_BITS => {
+            gmem::with_u64(mem, gpa, true, |w| w.fetch_or(a, std::sync::atomic::Ordering::SeqCst)).map_err(me)?
+        }
+        other => return Err(PtOpError(format!("unknown page-table op kind {other}"))),
+    };
+    let new = match kind {
+        ptop::SET | ptop::XCHG => a,
+        ptop::CLEAR => 0,
+        ptop::CMPXCHG => {
+            if old == a {
+                b
+            } else {
+                old
+            }
+        }
+        ptop::CLEAR_BITS => old & !a,
+        _ => old | a,
+    };
+    Ok((old, new != old))
+}
+
+/// Pages of the shadow region, shared by every vCPU's shadow MMU.
+pub struct ShadowPool {
+    free: Mutex<Vec<u64>>,
+}
+
+impl ShadowPool {
+    pub fn new() -> Self {
+        let pages = (0..layout::SHADOW_SIZE / PAGE_SIZE).rev().map(|i| layout::SHADOW_BASE + i * PAGE_SIZE).collect();
+        Self { free: Mutex::new(pages) }
+    }
+
+    fn alloc(&self, mem: &GuestMemoryMmap) -> Option<u64> {
+        let page = self.free.lock().unwrap().pop()?;
+        for i in 0..512 {
+            let _ = gmem::store_u64(mem, page + 8 * i, 0);
+        }
+        Some(page)
+    }
+
+    fn free(&self, pages: impl IntoIterator<Item = u64>) {
+        self.free.lock().unwrap().extend(pages);
+    }
+}
+
+impl Default for ShadowPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Non-leaf shadow entries allow everything; the leaf carries the rights.
+/// A and D are preset everywhere so the hardware never writes the
+/// (read-only to the guest) shadow tables.
+const SHADOW_TABLE_FLAGS: u64 = pte::P | pte::RW | pte::US | pte::A;
+
+/// Small deterministic generator for `evict:P` (seeded by `--seed`).
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// True with probability `ppm` / 1e6.
+    pub fn chance_ppm(&mut self, ppm: u64) -> bool {
+        self.next_u64() % 1_000_000 < ppm
+    }
+}
+
+/// One vCPU's modelled TLB.
+pub struct ShadowMmu {
+    cpu: u64,
+    model: TlbModel,
+    /// Eviction probability in parts per million (`evict:P`; settable by the guest).
+    evict_ppm: u64,
+    rng: SplitMix64,
+    /// GPA of this vCPU's shadow PML4 (shadowed models only).
+    root: Option<u64>,
+    /// PGD of the mm this vCPU runs.
+    guest_root: Option<u64>,
+    /// Cached translations: VA page -> shadow leaf entry.
+    entries: BTreeMap<u64, u64>,
+    /// Shadow table pages below the root, returned to the pool on a full flush.
+    tables: Vec<u64>,
+    pub fills: u64,
+    pub evictions: u64,
+}
+
+impl ShadowMmu {
+    pub fn new(cpu: u64, model: TlbModel, seed: u64) -> Self {
+        let evict_ppm = match model {
+            TlbModel::Evict(p) => (p * 1e6).round() as u64,
+            _ => 0,
+        };
+        let rng = SplitMix64::new(seed ^ (cpu + 1).wrapping_mul(0xa076_1d64_78bd_642f));
+        Self {
+            cpu,
+            model,
+            evict_ppm,
+            rng,
+            root: None,
+            guest_root: None,
+            entries: BTreeMap::new(),
+            tables: Vec::new(),
+            fills: 0,
+            evictions: 0,
+        }
+    }
+
+    pub fn model(&self) -> TlbModel {
+        self.model
+    }
+
+    pub fn evict_ppm(&self) -> u64 {
+        self.evict_ppm
+    }
+
+    pub fn set_evict_ppm(&mut self, ppm: u64) -> Result<(), String> {
+        if !self.model.is_shadowed() {
+            return Err("the eviction probability applies to the lazy/evict models only".into());
+        }
+        self.evict_ppm = ppm.min(1_000_000);
+        Ok(())
+    }
+
+    /// Switches to the mm with PGD `pgd`; returns the CR3 the guest must load.
+    /// Like a CR3 write without PCID, it empties the user half of the TLB.
+    pub fn switch_mm(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool, pgd: u64) -> Result<u64, String> {
+        if !layout::in_pt_region(pgd) || !pgd.is_multiple_of(PAGE_SIZE) {
+            return Err(format!("switch_mm to PGD {pgd:#x}: not a page of the page-table region"));
+        }
+        self.guest_root = Some(pgd);
+        if !self.model.is_shadowed() {
+            return Ok(pgd);
+        }
+        let root = match self.root {
+            Some(r) => r,
+            None => {
+                let r = pool.alloc(mem).ok_or("shadow region exhausted")?;
+                // The kernel half: the boot identity map, shared and static.
+                gmem::store_u64(mem, r, layout::BOOT_PDPT | SHADOW_TABLE_FLAGS).map_err(|e| e.to_string())?;
+                self.root = Some(r);
+                r
+            }
+        };
+        self.flush_all(mem, pool);
+        Ok(root)
+    }
+
+    /// Serves a #PF at `va` with x86 error code `error`.
+    pub fn fill(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        pool: &ShadowPool,
+        va: u64,
+        error: u64,
+    ) -> Result<(u64, u64), String> {
+        let (Some(root), Some(pgd)) = (self.root, self.guest_root) else {
+            return Ok((if self.model.is_shadowed() { fill::FAULT } else { fill::NATIVE }, 0));
+        };
+        if !layout::is_user_va(va) {
+            return Ok((fill::FAULT, 0));
+        }
+        let op = if error & (1 << 4) != 0 {
+            AccessOp::Exec
+        } else if error & (1 << 1) != 0 {
+            AccessOp::Write
+        } else {
+            AccessOp::Read
+        };
+        let access = Access::new(op, error & (1 << 2) != 0);
+        let walk = pt::walk(mem, pgd, va, access, WalkMode::SetAccessedDirty, &AllLive);
+        let t = match walk.result {
+            Ok(t) => t,
+            Err(f) => return Ok((fill::FAULT, f.entry())),
+        };
+        // Writable in the TLB only once D is set: a write through an entry
+        // filled for a read faults again and sets D then, as on x86.
+        let mut leaf = t.pa_4k() | pte::P | pte::A;
+        if t.perms.write && t.dirty {
+            leaf |= pte::RW | pte::D;
+        }
+        if t.perms.user {
+            leaf |= pte::US;
+        }
+        if !t.perms.exec {
+            leaf |= pte::NX;
+        }
+        let slot = self.leaf_slot(mem, pool, root, va)?;
+        gmem::store_u64(mem, slot, leaf).map_err(|e| e.to_string())?;
+        self.entries.insert(va & !0xfff, leaf);
+        self.fills += 1;
+        Ok((fill::FILLED, t.leaf))
+    }
+
+    /// GPA of the shadow leaf slot for `va`, allocating shadow tables on the way.
+    fn leaf_slot(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool, root: u64, va: u64) -> Result<u64, String> {
+        let mut table = root;
+        for level in (2..=4u8).rev() {
+            let slot = table + 8 * pt::va_index(va, level);
+            let e = gmem::load_u64(mem, slot).map_err(|e| e.to_string())?;
+            table = if e & pte::P != 0 {
+                e & pte::ADDR_MASK
+            } else {
+                let t = pool.alloc(mem).ok_or("shadow region exhausted (too many cached translations)")?;
+                self.tables.push(t);
+                gmem::store_u64(mem, slot, t | SHADOW_TABLE_FLAGS).map_err(|e| e.to_string())?;
+                t
+            };
+        }
+        Ok(table + 8 * pt::va_index(va, 1))
+    }
+
+    fn drop_entry(&mut self, mem: &GuestMemoryMmap, va_page: u64) {
+        if self.entries.remove(&va_page).is_none() {
+            return;
+        }
+        let Some(mut table) = self.root else { return };
+        for level in (2..=4u8).rev() {
+            match gmem::load_u64(mem, table + 8 * pt::va_index(va_page, level)) {
+                Ok(e) if e & pte::P != 0 => table = e & pte::ADDR_MASK,
+                _ => return,
+            }
+        }
+        let _ = gmem::store_u64(mem, table + 8 * pt::va_index(va_page, 1), 0);
+    }
+
+    pub fn flush_page(&mut self, mem: &GuestMemoryMmap, va: u64) {
+        self.drop_entry(mem, va & !0xfff);
+    }
+
+    pub fn flush_range(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool, va: u64, len: u64) {
+        // Like Linux's tlb_single_page_flush_ceiling: a long range flushes all.
+        if len > 64 * PAGE_SIZE {
+            return self.flush_all(mem, pool);
+        }
+        let end = va.saturating_add(len);
+        let pages: Vec<u64> = self.entries.range(va & !0xfff..end).map(|(k, _)| *k).collect();
+        for p in pages {
+            self.drop_entry(mem, p);
+        }
+    }
+
+    pub fn flush_all(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool) {
+        if let Some(root) = self.root {
+            for i in 1..256u64 {
+                let _ = gmem::store_u64(mem, root + 8 * i, 0);
+            }
+        }
+        self.entries.clear();
+        pool.free(self.tables.drain(..));
+    }
+
+    /// `evict:P`: at an exit, drop each stale entry with probability P.
+    /// Returns true if anything was dropped (the caller must then make KVM
+    /// flush its own cached translations of the shadow tables).
+    pub fn evict_stale(&mut self, mem: &GuestMemoryMmap) -> bool {
+        let Some(pgd) = self.guest_root else { return false };
+        if self.evict_ppm == 0 || self.entries.is_empty() {
+            return false;
+        }
+        let mut victims = Vec::new();
+        for (&va, &leaf) in &self.entries {
+            let walk = pt::walk(mem, pgd, va, Access::read(false), WalkMode::Peek, &AllLive);
+            let stale = match walk.result {
+                Ok(t) => t.pa_4k() != leaf & pte::ADDR_MASK || (leaf & pte::RW != 0 && !t.perms.write),
+                Err(_) => true,
+            };
+            if stale && self.rng.chance_ppm(self.evict_ppm) {
+                victims.push(va);
+            }
+        }
+        for va in &victims {
+            self.drop_entry(mem, *va);
+        }
+        self.evictions += victims.len() as u64;
+        !victims.is_empty()
+    }
+
+    pub fn cpu(&self) -> u64 {
+        self.cpu
+    }
+}
