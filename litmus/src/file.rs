@@ -191,8 +191,19 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
     locs.sort_by_key(|(k, _)| k.span().start);
     let mut locations: Vec<Location> = Vec::new();
     for (k, v) in locs {
-        if let Some(l) = check_location(c, k, v) {
-            locations.push(l);
+        match check_location(c, k, v) {
+            Some(l) => locations.push(l),
+            // Keep the name (as a plain page) so its uses do not cascade
+            // into "undeclared location" errors; the file is invalid anyway.
+            None => locations.push(Location {
+                name: k.get_ref().clone(),
+                kind: LocKind::Page,
+                perm: Perm::Rw,
+                init: 0,
+                shared: false,
+                va: None,
+                implicit: false,
+            }),
         }
     }
     let declared: HashMap<String, LocKind> = locations.iter().map(|l| (l.name.clone(), l.kind)).collect();
@@ -232,11 +243,10 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
     // --- names used by code
     check_code_names(c, &threads, &mut locations);
 
-    // --- final
-    let (observed, condition) = check_final(c, &raw, &threads, &locations)?;
-
-    // --- expect
+    // --- final and expect (both checked even if one fails, to report everything)
+    let fin = check_final(c, &raw, &threads, &locations);
     let expect = check_expect(c, &raw);
+    let (observed, condition) = fin?;
 
     let mut test = Test {
         file: c.file.name.clone(),
@@ -812,6 +822,20 @@ forbidden = "P2:r1 == 1"
         let d = errors("name = \"t\"\n[locations]\nx = { page = \"rx\" }\nr1 = { var = 1 }\n[thread.P0]\ncode = \"mfence\"\n[final]\nexists = \"true\"\n");
         assert_eq!(d[0].notes[0], "expected one of: rw, ro, none, unmapped");
         assert!(d[1].message.contains("looks like a register"));
+    }
+
+    #[test]
+    fn all_errors_of_a_file_at_once() {
+        let src = EXAMPLE
+            .replace("forbidden = \"P2:r1 == 1\"", "forbidden = \"P3:r1 == 1\"")
+            .replace("\"flush=pending\" ", "\"flush=pendin\" ")
+            .replace("x = { page = \"rw\", value = 1 }", "x = { page = \"rx\", value = 1 }");
+        let d = errors(&src);
+        let msgs: Vec<&str> = d.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(d.len(), 3, "{msgs:?}");
+        assert!(msgs[0].starts_with("invalid page permission"));
+        assert!(msgs[1].starts_with("unknown thread `P3`"));
+        assert!(msgs[2].starts_with("in [expect] policy: invalid value `pendin`"));
     }
 
     #[test]
