@@ -157,6 +157,24 @@ impl Harness {
                 self.push_desc(d.encode256());
             }
             2 => {
+                if op & 0x40 != 0 && self.iommu.mmio_read(reg::STATUS) & status::IQE != 0 {
+                    // Recover like Linux's qi_check_fault: replace the
+                    // faulting descriptor with a wait, clear IQE.
+                    let (base, _, dbytes) = self.qbytes();
+                    let head = self.iommu.mmio_read(reg::IQH);
+                    let wait = InvDesc::Wait {
+                        status_addr: Some(STATUS_WORD),
+                        data: 1,
+                        irq: false,
+                        fence: true,
+                        drain_prq: false,
+                    }
+                    .encode256();
+                    for i in 0..dbytes / 8 {
+                        let _ = mem::store_u64(mem, base.wrapping_add(head + 8 * i), wait[i as usize]);
+                    }
+                    let _ = self.iommu.mmio_write(reg::STATUS, status::IQE, mem);
+                }
                 let v = if op & 0x80 != 0 { b.u64()? } else { self.sw_tail };
                 let before = self.iommu.mmio_read(reg::STATUS) & status::IQE;
                 let out = self.iommu.mmio_write(reg::IQT, v, mem);
@@ -171,6 +189,10 @@ impl Harness {
             3 => {
                 let off = (b.u8()? as u64 * 8) % reg::END.next_multiple_of(8);
                 let v = b.u64()?;
+                if off == reg::PASID_TABLE && op & 0x40 == 0 {
+                    // Keep the binding most of the time so DMA gets far.
+                    return Some(());
+                }
                 let out = self.iommu.mmio_write(off, v, mem);
                 if off == reg::IQA {
                     self.sw_tail = 0;
@@ -183,7 +205,9 @@ impl Harness {
             }
             5..=7 => {
                 let sel = b.u8()?;
-                let pasid = (b.u8()? & 1) as u32 + (op as u32 & 1);
+                let p = b.u8()?;
+                // Mostly the bound PASID 1; sometimes 0, 2, 3 (unbound).
+                let pasid = if p & 3 == 0 { (p as u32 >> 2) & 3 } else { 1 };
                 let va = self.va(sel);
                 let r = match op % 5 {
                     0 => self.iommu.dma_load_u64(pasid, va, mem),
@@ -230,6 +254,9 @@ impl Harness {
                 let off = b.u8()? as u64 % reg::END;
                 let v = b.u64()?;
                 let len = if op & 0x80 != 0 { 4 } else { 8 };
+                if off & !7 == reg::PASID_TABLE && op & 0x40 == 0 {
+                    return Some(());
+                }
                 let _ = self.iommu.mmio_write_bytes(off, &v.to_le_bytes()[..len], mem);
                 let mut buf = [0u8; 4];
                 self.iommu.mmio_read_bytes(off, &mut buf);
@@ -273,19 +300,32 @@ impl Harness {
     }
 }
 
-/// Runs the fuzz input; panics on a broken invariant.
-pub fn run_queue(data: &[u8]) {
+/// Runs `data` through a fresh harness; None for empty input.
+fn drive(data: &[u8]) -> Option<Harness> {
     let mut b = Bytes(data);
-    let Some(knobs) = b.u8() else { return };
+    let knobs = b.u8()?;
     let mut h = Harness::new(knobs);
-    // Bounded work per input: inputs are at most a few KiB anyway.
+    // Bounded work per input whatever its length.
     for _ in 0..4096 {
         if h.step(&mut b).is_none() {
             break;
         }
     }
-    // A fresh translation through a hit must say where it came from.
+    Some(h)
+}
+
+/// Runs the fuzz input; panics on a broken invariant.
+pub fn run_queue(data: &[u8]) {
+    let Some(mut h) = drive(data) else { return };
+    // Whatever state the input left, the device still translates or fails
+    // cleanly, and says where a translation came from.
     if let Ok(t) = h.iommu.translate(1, VA_BASE, AccessOp::Read, &h.mem) {
         assert!(matches!(t.source, Source::Iotlb | Source::DevTlb | Source::Walk { .. }));
     }
+    h.check();
+}
+
+/// Like [`run_queue`], returning the device's counters (coverage checks).
+pub fn run_queue_stats(data: &[u8]) -> crate::Stats {
+    drive(data).map(|h| *h.iommu.stats()).unwrap_or_default()
 }

@@ -171,3 +171,20 @@ pub fn reference_walk(mem: &GuestMemoryMmap, cr3: u64, va: u64) -> Option<RefTra
 /// Leaf flags for a user page.
 pub const USER_RW: u64 = pte::P | pte::RW | pte::US;
 pub const USER_RO: u64 = pte::P | pte::US;
+
+/// Proptest configuration for this suite: `cases` cases, a fixed seed so CI
+/// is deterministic (set `PROPTEST_RNG_SEED` to explore others), and no
+/// regression files written next to the sources.
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, RngSeed};
+    let base = Config::default();
+    Config {
+        cases,
+        failure_persistence: None,
+        rng_seed: match base.rng_seed {
+            RngSeed::Random => RngSeed::Fixed(0x5400_7d0f),
+            fixed => fixed,
+        },
+        ..base
+    }
+}
