@@ -839,6 +839,19 @@ forbidden = "P2:r1 == 1"
     }
 
     #[test]
+    fn positions_in_literal_and_crlf_and_continued_strings() {
+        let lit = "name = 't'\n[locations]\nx = { page = 'rw' }\n[thread.P0]\ncode = '''\nload x -> r0\n  lod x\n'''\n[final]\nexists = 'P0:r0 == 0'\n";
+        let d = errors(lit);
+        assert_eq!((d[0].line, d[0].col), (7, 3), "{}", d[0]);
+        let crlf = lit.replace('\n', "\r\n");
+        let d = errors(&crlf);
+        assert_eq!((d[0].line, d[0].col), (7, 3), "{}", d[0]);
+        let cont = "name = \"t\"\n[locations]\nx = { page = \"rw\" }\n[thread.P0]\ncode = \"\"\"\nload x -> r0; \\\n   lod x\n\"\"\"\n[final]\nexists = \"P0:r0 == 0\"\n";
+        let d = errors(cont);
+        assert_eq!((d[0].line, d[0].col), (7, 4), "{}", d[0]);
+    }
+
+    #[test]
     fn warnings_do_not_block() {
         let src = "name = \"t\"\n[locations]\nx = { page = \"rw\" }\n[thread.P0]\ncode = \"wait never_set\\nstore x r5\\nload x -> r0\"\n[final]\nexists = \"P0:r0 == 0 && x == fault\"\n";
         let r = check_source("w.toml", src);
