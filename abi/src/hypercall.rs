@@ -100,6 +100,28 @@ pub mod op {
     /// deliberate (the `tlb.stray-store.reported` self-test): report it
     /// without ending the VM. `LAST_REPORT` with `args[0]` = 2 returns it.
     pub const EXPECT_STRAY_STORE: u64 = 15;
+    /// A `vmm probe` result: `args[0]` = `probe::*`, `args[1]` = tries that
+    /// saw the stale page, `args[2]` = tries.
+    pub const PROBE_RESULT: u64 = 16;
+}
+
+/// Native-TLB fidelity probes (`vmm probe`).
+pub mod probe {
+    /// Same vCPU reads after a guest PTE store, without `invlpg`.
+    pub const SAME_VCPU: u64 = 0;
+    /// Another vCPU reads after the PTE store, without any flush.
+    pub const REMOTE_VCPU: u64 = 1;
+    /// Same vCPU reads after a VMM-side PTE write (PT_OP), without `invlpg`.
+    pub const VMM_WRITE: u64 = 2;
+
+    pub fn name(id: u64) -> &'static str {
+        match id {
+            SAME_VCPU => "same vCPU, guest PTE store, no invlpg",
+            REMOTE_VCPU => "other vCPU, guest PTE store, no flush",
+            VMM_WRITE => "same vCPU, VMM-side PTE write, no invlpg",
+            _ => "unknown probe",
+        }
+    }
 }
 
 /// `op::PT_OP` kinds.
@@ -148,11 +170,26 @@ pub mod bench {
     pub const HYPERCALL_ECHO: u64 = 0;
     /// A bare port-I/O exit to userspace that the VMM ignores (NOP_PORT).
     pub const PORT_IO_EXIT: u64 = 1;
+    /// One page-table op (PT_OP SET) including its exit.
+    pub const PT_OP: u64 = 2;
+    /// Local flush of one page (FLUSH hypercall + invlpg).
+    pub const FLUSH_PAGE: u64 = 3;
+    /// Local flush of one page then a read that misses and is filled
+    /// (#PF -> FILL -> retry); minus FLUSH_PAGE this is the fill cost.
+    pub const FLUSH_AND_FILL: u64 = 4;
+    /// `flush_tlb_mm_range` of one page with every other vCPU running the mm
+    /// (IPI, remote flush, acknowledgement); `samples` carries the vCPU count
+    /// in its top 16 bits.
+    pub const SHOOTDOWN: u64 = 5;
 
     pub fn name(metric: u64) -> &'static str {
         match metric {
             HYPERCALL_ECHO => "hypercall round trip (ECHO, empty payload)",
             PORT_IO_EXIT => "bare port-I/O exit (NOP port)",
+            PT_OP => "page-table op (PT_OP set)",
+            FLUSH_PAGE => "local flush of one page (FLUSH + invlpg)",
+            FLUSH_AND_FILL => "local flush + read that refills (#PF, FILL)",
+            SHOOTDOWN => "TLB shootdown of one page (flush_tlb_mm_range)",
             _ => "unknown metric",
         }
     }

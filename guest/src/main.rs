@@ -16,6 +16,7 @@ mod hypercall;
 mod misbehave;
 mod mm;
 mod percpu;
+mod probe;
 mod report;
 mod selftest;
 mod selftest_tlb;
@@ -73,6 +74,14 @@ extern "C" fn kmain(cpu: u64, boot: *const BootInfo) -> ! {
         "boot" => abi::exit::SUCCESS,
         "bench.exits" => {
             bench::exits();
+            abi::exit::SUCCESS
+        }
+        "bench.tlb" => {
+            bench::tlb();
+            abi::exit::SUCCESS
+        }
+        "probe" => {
+            probe::run(cmdline);
             abi::exit::SUCCESS
         }
         "selftest" => selftest::run(boot, cmdline),

@@ -175,6 +175,18 @@ fn main() {
             }
             Ok(())
         }),
+        kvm_trial("tlb::probe_reports_fidelity", || {
+            let o = vmm(&["probe", "--tries", "20"]);
+            let (out, err) = text(&o);
+            let ctx = || format!("status {:?}\n{out}\n{err}", o.status.code());
+            ensure(o.status.code() == Some(0), ctx)?;
+            ensure(out.lines().nth(1).is_some_and(|l| l.starts_with("host: ")), ctx)?;
+            for p in ["same vCPU, guest PTE store", "other vCPU, guest PTE store", "same vCPU, VMM-side PTE write"] {
+                let line = out.lines().find(|l| l.contains(p)).unwrap_or("");
+                ensure(line.contains(" / 20 "), || format!("probe {p:?} did not run 20 tries\n{}", ctx()))?;
+            }
+            ensure(out.lines().any(|l| l.starts_with("fidelity: native TLB staleness ")), ctx)
+        }),
         kvm_trial("bad_input::bad_tlb_model", || {
             let o = vmm(&["--tlb", "evict:1.5"]);
             let (_, err) = text(&o);

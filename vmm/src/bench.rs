@@ -58,5 +58,37 @@ pub fn run(base: &VmConfig, boot_runs: usize) -> Result<()> {
         );
     }
     println!("hypercall / bare exit ratio                  {:.2}", hc.median_ps as f64 / nop.median_ps.max(1) as f64);
+    let us = |ps: u64| ps as f64 / 1e6;
+    let exits = |ps: u64| ps as f64 / nop.median_ps.max(1) as f64;
+    for vcpus in [1u64, 2, 4] {
+        let cfg = VmConfig { vcpus, cmdline: "mode=bench.tlb".into(), quiet: true, ..base.clone() };
+        let out = run_ok(&cfg)?;
+        let get = |m: u64| out.bench.iter().find(|f| f.metric == m).map(|f| f.median_ps).unwrap_or(0);
+        if vcpus == 1 {
+            let (ptop, flush) = (get(metric::PT_OP), get(metric::FLUSH_PAGE));
+            let fill = get(metric::FLUSH_AND_FILL).saturating_sub(flush);
+            println!(
+                "{:<44} median {:>8.2} us   ({:.2} x bare exit)",
+                metric::name(metric::PT_OP),
+                us(ptop),
+                exits(ptop)
+            );
+            println!("{:<44} median {:>8.2} us", metric::name(metric::FLUSH_PAGE), us(flush));
+            println!(
+                "{:<44} median {:>8.2} us   ({:.2} x bare exit)",
+                "TLB fill (#PF + FILL walk + retry)",
+                us(fill),
+                exits(fill)
+            );
+        } else {
+            let sd = get(metric::SHOOTDOWN);
+            println!(
+                "{:<44} median {:>8.2} us   ({vcpus} vCPUs, --tlb {})",
+                metric::name(metric::SHOOTDOWN),
+                us(sd),
+                cfg.tlb
+            );
+        }
+    }
     Ok(())
 }

@@ -27,6 +27,14 @@ pub enum Flow {
     },
 }
 
+/// A native-TLB probe's count (`op::PROBE_RESULT`).
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeResult {
+    pub probe: u64,
+    pub stale: u64,
+    pub tries: u64,
+}
+
 /// A direct store to the page-table region (never applied).
 #[derive(Clone, Copy, Debug)]
 pub struct StrayStore {
@@ -243,6 +251,10 @@ impl Hypercalls {
             op::EXPECT_STRAY_STORE => {
                 self.stray_expected = true;
                 self.last_stray = None;
+                self.reply(mem, status::OK, [0; 4], &[])?;
+            }
+            op::PROBE_RESULT => {
+                shared.probes.lock().unwrap().push(ProbeResult { probe: a[0], stale: a[1], tries: a[2] });
                 self.reply(mem, status::OK, [0; 4], &[])?;
             }
             op::BENCH_RESULT => {

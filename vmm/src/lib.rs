@@ -7,6 +7,7 @@ pub mod bench;
 pub mod boot;
 pub mod error;
 pub mod hypercall;
+pub mod probe;
 pub mod report;
 pub mod shadow;
 pub mod vstate;

@@ -59,6 +59,13 @@ enum Command {
     },
     /// Boot the guest with only --cmdline and exit with its status.
     Run,
+    /// Measure whether this host can show a stale translation under
+    /// `--tlb native`, and print a fidelity report.
+    Probe {
+        /// Tries per probe.
+        #[arg(long, default_value_t = 1000)]
+        tries: u64,
+    },
     /// Print benchmark figures: boot-to-exit time, hypercall and exit costs.
     Bench {
         /// Boots per boot-time figure.
@@ -99,8 +106,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
                 cmdline += &format!(" selftest.filter={}", filter.join(","));
             }
         }
-        Command::Run => {}
-        Command::Bench { .. } => {}
+        Command::Run | Command::Bench { .. } | Command::Probe { .. } => {}
     }
     if cli.verbose {
         cmdline += " verbose";
@@ -116,6 +122,10 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         tlb: cli.tlb,
         seed: cli.seed,
     };
+    if let Command::Probe { tries } = command {
+        vmm::probe::run(&cfg, tries.max(1))?;
+        return Ok(status::OK);
+    }
     if let Command::Bench { runs } = command {
         vmm::bench::run(&cfg, runs.max(1))?;
         return Ok(status::OK);

@@ -24,7 +24,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::vcpu::{kick_handler, Vcpu, KICK_SIGNAL_OFFSET};
 use crate::boot;
 use crate::error::{kvm, Error, Result};
-use crate::hypercall::BenchFigure;
+use crate::hypercall::{BenchFigure, ProbeResult};
 use crate::report::Results;
 use crate::shadow::{ShadowPool, TlbModel};
 
@@ -74,6 +74,7 @@ pub struct RunOutcome {
     /// From starting the vCPU threads to the guest's end.
     pub boot_to_exit: Duration,
     pub bench: Vec<BenchFigure>,
+    pub probes: Vec<ProbeResult>,
 }
 
 /// Serial interrupts are not wired: the guest polls (it only writes).
@@ -97,6 +98,7 @@ pub struct VmShared {
     pub serial: Mutex<SerialDevice>,
     pub dumps: Mutex<Vec<Option<VcpuDump>>>,
     pub bench: Mutex<Vec<BenchFigure>>,
+    pub probes: Mutex<Vec<ProbeResult>>,
     pub tlb: TlbModel,
     pub seed: u64,
     pub shadow_pool: ShadowPool,
@@ -207,6 +209,7 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
         serial: Mutex::new(Serial::new(NoIrq, out)),
         dumps: Mutex::new(vec![None; cfg.vcpus as usize]),
         bench: Mutex::new(Vec::new()),
+        probes: Mutex::new(Vec::new()),
         tlb: cfg.tlb,
         seed: cfg.seed,
         shadow_pool: ShadowPool::new(),
@@ -275,7 +278,8 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
         EndReason::GuestExit(_) => results.abort_current("guest exited in the middle of the test"),
     }
     let bench = std::mem::take(&mut *shared.bench.lock().unwrap());
-    Ok(RunOutcome { end, results, boot_to_exit, bench })
+    let probes = std::mem::take(&mut *shared.probes.lock().unwrap());
+    Ok(RunOutcome { end, results, boot_to_exit, bench, probes })
 }
 
 /// Waits (event-manager, no polling) for the guest's end or the watchdog.
