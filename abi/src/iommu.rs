@@ -44,7 +44,8 @@ pub mod reg {
     /// Written once by the driver before binding; 0 = not configured.
     pub const PASID_TABLE: u64 = 0x18;
     /// RW: invalidation queue address, see [`super::iqa`]. A write resets
-    /// `IQH` and `IQT` to 0 (like VT-d, software writes IQT = 0 first).
+    /// `IQH` and `IQT` to 0 (like VT-d, software writes IQT = 0 first); it
+    /// does not clear `STATUS.IQE`.
     pub const IQA: u64 = 0x20;
     /// RO: invalidation queue head, byte offset of the next descriptor the
     /// IOMMU will fetch. After an error it points at the faulting descriptor.
@@ -52,6 +53,11 @@ pub mod reg {
     /// RW: invalidation queue tail, byte offset one past the last descriptor
     /// software submitted. Writing it is the doorbell: the IOMMU processes
     /// every descriptor from `IQH` to the new tail before the write returns.
+    /// A tail that is not below the queue size or not a multiple of the
+    /// descriptor size is dropped and sets `STATUS.IQE`. While `IQE` is set
+    /// a valid tail is recorded but nothing is processed until `IQE` is
+    /// cleared. The queue is empty when `IQH == IQT`, so at most
+    /// `entries - 1` descriptors can be outstanding.
     pub const IQT: u64 = 0x30;
     /// RO: invalidation queue error record, see [`super::iqe`].
     pub const IQERCD: u64 = 0x38;

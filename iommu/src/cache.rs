@@ -167,7 +167,9 @@ impl CacheConfig {
     }
 }
 
-/// Keys say which set they belong to.
+/// Keys say which set they belong to: set = `set_hash() % sets`. Like a
+/// hardware TLB, the IOTLB uses the low VPN bits, so consecutive pages
+/// spread evenly over the sets.
 pub trait SetKey: Copy + Eq {
     fn set_hash(&self) -> u64;
 }
@@ -218,7 +220,7 @@ impl<K: SetKey, V> SetAssoc<K, V> {
     }
 
     fn set_range(&self, key: &K) -> std::ops::Range<usize> {
-        let set = (mix64(key.set_hash()) % self.cfg.sets as u64) as usize;
+        let set = (key.set_hash() % self.cfg.sets as u64) as usize;
         set * self.cfg.ways..(set + 1) * self.cfg.ways
     }
 

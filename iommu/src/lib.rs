@@ -27,6 +27,23 @@
 //!
 //! Nothing here panics on guest-controlled input: bad GPAs, malformed
 //! descriptors and register values become errors, faults or `STATUS` bits.
+//!
+//! # Wiring (VMM side)
+//!
+//! ```text
+//! let iommu = Mutex::new(Iommu::with_sink(cfg, sink)?);      // cfg from --policy via IommuConfig::set_policy
+//! // MMIO exit in [IOMMU_MMIO_BASE, +IOMMU_MMIO_SIZE):
+//! let out = iommu.lock().mmio_write_bytes(gpa - IOMMU_MMIO_BASE, data, &mem);
+//! for msi in out.msis { vm.signal_msi(msi.address, msi.data) }
+//! iommu.lock().mmio_read_bytes(gpa - IOMMU_MMIO_BASE, data);
+//! // trapped page-table ops:
+//! iommu.lock().table_allocated(gpa) / table_freed(gpa); set_table_tracking(true)
+//! // device thread:
+//! match iommu.lock().dma_load_u64(pasid, va, &mem) {
+//!     Ok(v) => ..., Err(DmaError::Fault(f)) => { deliver f.msi; record `fault` or retry }
+//!     Err(DmaError::StaleWalk { .. }) => record `stale-walk`, ...
+//! }
+//! ```
 
 pub mod build;
 pub mod cache;
@@ -155,7 +172,9 @@ pub struct IotlbKey {
 
 impl SetKey for IotlbKey {
     fn set_hash(&self) -> u64 {
-        self.vpn ^ ((self.pasid as u64) << 44)
+        // Low VPN bits select the set; the PASID perturbs it so that two
+        // address spaces using the same VAs do not always collide.
+        self.vpn ^ (self.pasid as u64).wrapping_mul(0x9e37_79b9)
     }
 }
 
@@ -212,7 +231,7 @@ impl PwcKey {
 
 impl SetKey for PwcKey {
     fn set_hash(&self) -> u64 {
-        self.prefix ^ ((self.level as u64) << 58) ^ ((self.pasid as u64) << 36)
+        self.prefix ^ (self.level as u64).wrapping_mul(0x5bd1_e995) ^ (self.pasid as u64).wrapping_mul(0x9e37_79b9)
     }
 }
 

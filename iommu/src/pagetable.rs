@@ -93,6 +93,18 @@ impl Access {
     pub const fn is_write(&self) -> bool {
         matches!(self.op, AccessOp::Write)
     }
+    /// The access a guest #PF error code describes (bit 1 W/R, bit 2 U/S,
+    /// bit 4 I/D): what the shadow MMU walks for on a fill.
+    pub const fn from_pf_error_code(ec: u64) -> Self {
+        let op = if ec & (1 << 4) != 0 {
+            AccessOp::Exec
+        } else if ec & (1 << 1) != 0 {
+            AccessOp::Write
+        } else {
+            AccessOp::Read
+        };
+        Access::new(op, ec & (1 << 2) != 0)
+    }
 }
 
 /// Whether a walk may write A/D bits.

@@ -255,3 +255,11 @@ fn accessed_dirty_updates_are_atomic_against_guest_updates() {
     assert_eq!((v >> 52) & 0x3ff, INCREMENTS % 1024, "no guest increment lost");
     assert_eq!(v & pte::ADDR_MASK, PA);
 }
+
+#[test]
+fn access_from_page_fault_error_code() {
+    use iommu::pagetable::AccessOp;
+    assert_eq!(Access::from_pf_error_code(0b00110), Access::new(AccessOp::Write, true));
+    assert_eq!(Access::from_pf_error_code(0b00000), Access::new(AccessOp::Read, false));
+    assert_eq!(Access::from_pf_error_code(0b10101), Access::new(AccessOp::Exec, true));
+}
