@@ -103,6 +103,11 @@ pub mod op {
     /// A `vmm probe` result: `args[0]` = `probe::*`, `args[1]` = tries that
     /// saw the stale page, `args[2]` = tries.
     pub const PROBE_RESULT: u64 = 16;
+    /// Run the device program at GPA `args[0]` (`crate::dma`) on the DMA
+    /// engine; returns at once, the engine marks the header DONE.
+    pub const DMA_SUBMIT: u64 = 17;
+    /// IOMMU counters: `ret` = IOTLB entries, PWC entries, stale hits, stale walks.
+    pub const IOMMU_STATS: u64 = 18;
 }
 
 /// Native-TLB fidelity probes (`vmm probe`).

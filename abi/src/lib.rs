@@ -6,6 +6,7 @@
 
 #![no_std]
 
+pub mod dma;
 pub mod hypercall;
 pub mod iommu;
 pub mod layout;

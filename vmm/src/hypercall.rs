@@ -235,6 +235,13 @@ impl Hypercalls {
                         rip: None,
                     });
                 }
+                let mut io = shared.iommu.lock().unwrap();
+                if a[0] == 1 {
+                    io.table_allocated(a[1]);
+                } else {
+                    io.table_freed(a[1]);
+                }
+                drop(io);
                 let mut live = shared.live_tables.lock().unwrap();
                 if a[0] == 1 {
                     // A new table starts empty; the guest cannot write the region itself.
@@ -256,6 +263,19 @@ impl Hypercalls {
             op::PROBE_RESULT => {
                 shared.probes.lock().unwrap().push(ProbeResult { probe: a[0], stale: a[1], tries: a[2] });
                 self.reply(mem, status::OK, [0; 4], &[])?;
+            }
+            op::DMA_SUBMIT => {
+                if !shared.dma.submit(a[0]) {
+                    return Err(Flow::GuestError { cause: "DMA engine is not running".into(), rip: None });
+                }
+                self.reply(mem, status::OK, [0; 4], &[])?;
+            }
+            op::IOMMU_STATS => {
+                let io = shared.iommu.lock().unwrap();
+                let st = io.stats();
+                let r = [io.iotlb_len() as u64, io.pwc_len() as u64, st.stale_hits, st.stale_walks];
+                drop(io);
+                self.reply(mem, status::OK, r, &[])?;
             }
             op::BENCH_RESULT => {
                 shared.bench.lock().unwrap().push(BenchFigure { metric: a[0], median_ps: a[1], samples: a[2] });

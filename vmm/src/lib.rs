@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod boot;
+pub mod dma;
 pub mod error;
 pub mod hypercall;
 pub mod probe;

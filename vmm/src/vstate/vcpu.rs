@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use abi::hypercall::{EXIT_PORT, HC_PORT, NOP_PORT, SERIAL_PORT};
+use abi::iommu::{IOMMU_MMIO_BASE, IOMMU_MMIO_SIZE};
 use abi::layout;
 use kvm_bindings::{kvm_mp_state, kvm_segment, CpuId, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -143,6 +144,7 @@ impl Vcpu {
             return State::Stopped;
         }
         let shared = &self.shared;
+        let mem = &self.mem;
         let exit = match self.fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut(port, le_value(data), data.len()),
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -150,6 +152,18 @@ impl Vcpu {
                     data[0] = shared.serial.lock().unwrap().read((port - SERIAL_PORT) as u8);
                 } else {
                     data.fill(0xff);
+                }
+                Exit::Handled
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) if is_iommu_mmio(addr) => {
+                shared.iommu.lock().unwrap().mmio_read_bytes(addr - IOMMU_MMIO_BASE, data);
+                Exit::Handled
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) if is_iommu_mmio(addr) => {
+                // A tail write processes the invalidation queue before it returns.
+                let out = shared.iommu.lock().unwrap().mmio_write_bytes(addr - IOMMU_MMIO_BASE, data, mem);
+                for msi in out.msis {
+                    shared.deliver_msi(msi);
                 }
                 Exit::Handled
             }
@@ -259,6 +273,10 @@ enum Exit {
     IoOut(u16, u64, usize),
     StrayMmio { addr: u64, write: Option<u64>, len: usize },
     Fatal(String),
+}
+
+fn is_iommu_mmio(addr: u64) -> bool {
+    (IOMMU_MMIO_BASE..IOMMU_MMIO_BASE + IOMMU_MMIO_SIZE).contains(&addr)
 }
 
 fn le_value(data: &[u8]) -> u64 {

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use abi::layout;
 use abi::BootInfo;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY};
-use kvm_ioctls::Kvm;
+use iommu::{Iommu, IommuConfig, Msi};
+use kvm_bindings::{kvm_msi, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY};
+use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
@@ -23,6 +24,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::vcpu::{kick_handler, Vcpu, KICK_SIGNAL_OFFSET};
 use crate::boot;
+use crate::dma::DmaEngine;
 use crate::error::{kvm, Error, Result};
 use crate::hypercall::{BenchFigure, ProbeResult};
 use crate::report::Results;
@@ -104,6 +106,11 @@ pub struct VmShared {
     pub shadow_pool: ShadowPool,
     /// Page-table pages the guest says are live (PT_TABLE).
     pub live_tables: Mutex<BTreeSet<u64>>,
+    /// The secondary MMU (SVA IOMMU), shared by the vCPUs (MMIO, table
+    /// tracking) and the DMA engine.
+    pub iommu: Arc<Mutex<Iommu>>,
+    pub dma: DmaEngine,
+    vm_fd: Arc<VmFd>,
 }
 
 impl VmShared {
@@ -117,8 +124,20 @@ impl VmShared {
         let _ = self.exit_evt.write(1);
     }
 
+    /// Raises an MSI from the IOMMU (in-kernel irqchip, KVM_SIGNAL_MSI).
+    pub fn deliver_msi(&self, msi: Msi) {
+        deliver_msi(&self.vm_fd, msi);
+    }
+
     pub fn log(&self, cpu: u64, msg: &str) {
         eprintln!("[guest vCPU {cpu}] {msg}");
+    }
+}
+
+fn deliver_msi(vm: &VmFd, msi: Msi) {
+    let m = kvm_msi { address_lo: msi.address as u32, address_hi: (msi.address >> 32) as u32, data: msi.data, ..Default::default() };
+    if let Err(e) = vm.signal_msi(m) {
+        eprintln!("vmm: warning: IOMMU MSI {:#x}/{:#x} not delivered: {e}", msi.address, msi.data);
     }
 }
 
@@ -162,7 +181,7 @@ pub fn open_kvm() -> Result<Kvm> {
 pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
     let kvm_fd = open_kvm()?;
     check_config(&kvm_fd, cfg)?;
-    let vm = kvm_fd.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
+    let vm = Arc::new(kvm_fd.create_vm().map_err(kvm("KVM_CREATE_VM"))?);
     vm.set_tss_address(0xfffb_d000).map_err(kvm("KVM_SET_TSS_ADDR"))?;
     vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
 
@@ -199,6 +218,12 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
     boot::write_gdt(&mem)?;
     let cmdline_len = boot::write_cmdline(&mem, &cfg.cmdline)?;
 
+    let mut iommu = Iommu::new(IommuConfig::default()).map_err(|e| Error::Other(format!("IOMMU config: {e}")))?;
+    iommu.set_table_tracking(true);
+    let iommu = Arc::new(Mutex::new(iommu));
+    let vm_for_msi = vm.clone();
+    let dma = DmaEngine::start(mem.clone(), iommu.clone(), Arc::new(move |msi| deliver_msi(&vm_for_msi, msi)))
+        .map_err(|e| Error::Other(format!("cannot start the DMA engine thread: {e}")))?;
     let out: Box<dyn Write + Send> = if cfg.quiet { Box::new(std::io::sink()) } else { Box::new(std::io::stdout()) };
     let shared = Arc::new(VmShared {
         stop: AtomicBool::new(false),
@@ -214,6 +239,9 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
         seed: cfg.seed,
         shadow_pool: ShadowPool::new(),
         live_tables: Mutex::new(BTreeSet::new()),
+        iommu,
+        dma,
+        vm_fd: vm.clone(),
     });
 
     let supported = kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;

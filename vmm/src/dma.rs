@@ -1,0 +1,142 @@
+//! The DMA engine: a VMM thread that runs device programs (`abi::dma`)
+//! through the emulated IOMMU, concurrently with the vCPUs. It blocks on a
+//! channel when idle (no polling); `DMA_SUBMIT` hands it a program's GPA.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use abi::dma::{self, op, status, OpRecord};
+use iommu::mem as gmem;
+use iommu::{DmaError, Iommu, Msi};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// How long a RETRY op waits for the guest to fix a faulting translation.
+const RETRY_LIMIT: Duration = Duration::from_secs(5);
+/// How long a WAIT_EQ op waits for its word.
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
+
+pub struct DmaEngine {
+    tx: Option<Sender<u64>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DmaEngine {
+    /// Starts the engine thread. `deliver` raises the MSIs the IOMMU asks
+    /// for (page requests); `log` reports malformed programs.
+    pub fn start(
+        mem: GuestMemoryMmap,
+        iommu: Arc<Mutex<Iommu>>,
+        deliver: Arc<dyn Fn(Msi) + Send + Sync>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name("dma-engine".into())
+            .spawn(move || engine_loop(rx, &mem, &iommu, &*deliver))?;
+        Ok(Self { tx: Some(tx), thread: Some(thread) })
+    }
+
+    pub fn submit(&self, program_gpa: u64) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(program_gpa).is_ok())
+    }
+}
+
+impl Drop for DmaEngine {
+    fn drop(&mut self) {
+        drop(self.tx.take()); // closes the channel: the thread ends
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn engine_loop(rx: Receiver<u64>, mem: &GuestMemoryMmap, iommu: &Mutex<Iommu>, deliver: &dyn Fn(Msi)) {
+    while let Ok(gpa) = rx.recv() {
+        let st = match run_program(gpa, mem, iommu, deliver) {
+            Ok(()) => status::DONE,
+            Err(()) => status::BAD_PROGRAM,
+        };
+        let _ = gmem::store_u64(mem, gpa + 16, st);
+    }
+}
+
+fn run_program(gpa: u64, mem: &GuestMemoryMmap, iommu: &Mutex<Iommu>, deliver: &dyn Fn(Msi)) -> Result<(), ()> {
+    if gpa % 8 != 0 {
+        return Err(());
+    }
+    let pasid: u64 = mem.read_obj(GuestAddress(gpa)).map_err(|_| ())?;
+    let nops: u64 = mem.read_obj(GuestAddress(gpa + 8)).map_err(|_| ())?;
+    if nops > dma::MAX_OPS || pasid > u32::MAX as u64 {
+        return Err(());
+    }
+    let pasid = pasid as u32;
+    for i in 0..nops {
+        let at = gpa + dma::HEADER_SIZE + i * dma::OP_SIZE;
+        let rec = OpRecord {
+            op: mem.read_obj(GuestAddress(at)).map_err(|_| ())?,
+            va: mem.read_obj(GuestAddress(at + 8)).map_err(|_| ())?,
+            value: mem.read_obj(GuestAddress(at + 16)).map_err(|_| ())?,
+            result: 0,
+        };
+        let result = run_op(pasid, &rec, mem, iommu, deliver)?;
+        gmem::store_u64(mem, at + 24, result).map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+fn run_op(pasid: u32, r: &OpRecord, mem: &GuestMemoryMmap, iommu: &Mutex<Iommu>, deliver: &dyn Fn(Msi)) -> Result<u64, ()> {
+    let kind = r.op & op::KIND_MASK;
+    match kind {
+        op::WAIT_EQ => {
+            let start = Instant::now();
+            loop {
+                let v = gmem::load_u64(mem, r.va).map_err(|_| ())?;
+                if v == r.value {
+                    return Ok(v);
+                }
+                if start.elapsed() > WAIT_LIMIT {
+                    return Ok(dma::FAULT);
+                }
+                std::thread::sleep(Duration::from_micros(20));
+            }
+        }
+        op::SIGNAL => {
+            gmem::store_u64(mem, r.va, r.value).map_err(|_| ())?;
+            return Ok(0);
+        }
+        op::DELAY_US => {
+            std::thread::sleep(Duration::from_micros(r.value.min(1_000_000)));
+            return Ok(0);
+        }
+        op::LOAD | op::STORE | op::XCHG | op::FETCH_ADD | op::PREFETCH => {}
+        _ => return Err(()),
+    }
+    let start = Instant::now();
+    loop {
+        let res = {
+            let mut io = iommu.lock().unwrap();
+            match kind {
+                op::LOAD => io.dma_load_u64(pasid, r.va, mem),
+                op::STORE => io.dma_store_u64(pasid, r.va, r.value, mem).map(|()| 0),
+                op::XCHG => io.dma_xchg_u64(pasid, r.va, r.value, mem),
+                op::FETCH_ADD => io.dma_fetch_add_u64(pasid, r.va, r.value, mem),
+                _ => io.prefetch(pasid, r.va, mem).map(|()| 0),
+            }
+        };
+        match res {
+            Ok(v) => return Ok(v),
+            Err(DmaError::StaleWalk { .. }) => return Ok(dma::STALE_WALK),
+            Err(DmaError::Fault(f)) => {
+                if let Some(msi) = f.msi {
+                    deliver(msi);
+                }
+                if r.op & op::RETRY == 0 || start.elapsed() > RETRY_LIMIT {
+                    return Ok(dma::FAULT);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(_) => return Ok(dma::FAULT),
+        }
+    }
+}
