@@ -9,6 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::console::FixedBuf;
 use crate::report::{TestError, TestResult};
+use crate::selftest_iommu as iommu;
 use crate::selftest_tlb as tlb;
 use crate::trap::{probe_read_u64, probe_write_u64};
 use crate::{apic, arch, check, hypercall, percpu, smp};
@@ -31,6 +32,12 @@ const TESTS: &[Test] = &[
     Test { name: "tlb.evict.coherent", run: tlb::evict_coherent },
     Test { name: "tlb.pte-ops.atomic", run: tlb::pte_ops_atomic },
     Test { name: "tlb.stray-store.reported", run: tlb::stray_store_reported },
+    Test { name: "iommu.dma.read-write", run: iommu::dma_read_write },
+    Test { name: "iommu.invalidate.page", run: iommu::invalidate_page },
+    Test { name: "iommu.invalidate.leaf-only-keeps-pwc", run: iommu::invalidate_leaf_only_keeps_pwc },
+    Test { name: "iommu.wait.status", run: iommu::wait_status },
+    Test { name: "iommu.fault.page-request", run: iommu::fault_page_request },
+    Test { name: "iommu.malformed-descriptor.reported", run: iommu::malformed_descriptor_reported },
 ];
 
 /// Timeout for one CPU to answer a fan-out; generous because with many

@@ -10,7 +10,7 @@ use abi::layout::SEL_CODE64;
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::{apic, arch, hypercall, percpu, smp};
+use crate::{apic, arch, hypercall, iommu, percpu, smp};
 
 global_asm!(
     r#"
@@ -234,6 +234,14 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         apic::RESCHEDULE_VECTOR => apic::eoi(),
         apic::CALL_FUNCTION_VECTOR => {
             smp::handle_call_function_ipi();
+            apic::eoi();
+        }
+        iommu::FAULT_VECTOR => {
+            iommu::handle_fault_msi();
+            apic::eoi();
+        }
+        iommu::WAIT_VECTOR => {
+            iommu::handle_wait_msi();
             apic::eoi();
         }
         _ => report_fatal(frame),

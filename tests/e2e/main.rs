@@ -51,6 +51,12 @@ const ALL_TESTS: &[&str] = &[
     "tlb.evict.coherent",
     "tlb.pte-ops.atomic",
     "tlb.stray-store.reported",
+    "iommu.dma.read-write",
+    "iommu.invalidate.page",
+    "iommu.invalidate.leaf-only-keeps-pwc",
+    "iommu.wait.status",
+    "iommu.fault.page-request",
+    "iommu.malformed-descriptor.reported",
 ];
 
 fn selftest_passes(vcpus: u32, extra: &[&str]) -> Result<(), Failed> {
@@ -220,7 +226,7 @@ fn main() {
             ensure(out.contains("\nFAIL selftest.injected-failure: src/selftest.rs:"), ctx)?;
             ensure(out.contains(": injected failure: answer is 41\n"), ctx)?;
             ensure(out.contains("PASS ipi.all-pairs"), ctx)?;
-            ensure(out.trim_end().ends_with("SUMMARY: 13 tests, 1 failures, 0 skipped"), ctx)
+            ensure(out.trim_end().ends_with("SUMMARY: 19 tests, 1 failures, 0 skipped"), ctx)
         }),
         kvm_trial("misbehave::hang_dumps_every_vcpu", || {
             misbehaviour("hang", 4, &["watchdog", "vCPU   0: RIP 0x", "vCPU   1: RIP 0x", "vCPU   2: RIP 0x", "CR3 0x"])

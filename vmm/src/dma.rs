@@ -62,7 +62,7 @@ fn engine_loop(rx: Receiver<u64>, mem: &GuestMemoryMmap, iommu: &Mutex<Iommu>, d
 }
 
 fn run_program(gpa: u64, mem: &GuestMemoryMmap, iommu: &Mutex<Iommu>, deliver: &dyn Fn(Msi)) -> Result<(), ()> {
-    if gpa % 8 != 0 {
+    if !gpa.is_multiple_of(8) {
         return Err(());
     }
     let pasid: u64 = mem.read_obj(GuestAddress(gpa)).map_err(|_| ())?;
@@ -85,7 +85,13 @@ fn run_program(gpa: u64, mem: &GuestMemoryMmap, iommu: &Mutex<Iommu>, deliver: &
     Ok(())
 }
 
-fn run_op(pasid: u32, r: &OpRecord, mem: &GuestMemoryMmap, iommu: &Mutex<Iommu>, deliver: &dyn Fn(Msi)) -> Result<u64, ()> {
+fn run_op(
+    pasid: u32,
+    r: &OpRecord,
+    mem: &GuestMemoryMmap,
+    iommu: &Mutex<Iommu>,
+    deliver: &dyn Fn(Msi),
+) -> Result<u64, ()> {
     let kind = r.op & op::KIND_MASK;
     match kind {
         op::WAIT_EQ => {

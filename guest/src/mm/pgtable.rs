@@ -92,6 +92,28 @@ impl Mm {
         table + 8 * index(va, 1)
     }
 
+    /// Frees the last-level table that maps `va` (as `free_pgtables` does
+    /// once a range is empty): clears the PMD entry, then frees the table.
+    /// Returns the freed table's GPA.
+    pub fn free_pte_table(&self, va: u64) -> Option<u64> {
+        let mut table = self.pgd;
+        for level in (3..=4).rev() {
+            let e = read_entry(table + 8 * index(va, level));
+            if e & pte::P == 0 {
+                return None;
+            }
+            table = e & pte::ADDR_MASK;
+        }
+        let pmd_slot = table + 8 * index(va, 2);
+        let pt = read_entry(pmd_slot);
+        if pt & pte::P == 0 {
+            return None;
+        }
+        set_pte(pmd_slot, 0);
+        table_free(pt & pte::ADDR_MASK);
+        Some(pt & pte::ADDR_MASK)
+    }
+
     /// Maps `va` to `pa` with `flags` (P is added).
     pub fn map(&self, va: u64, pa: u64, flags: u64) -> u64 {
         let ptep = self.pte_alloc(va);

@@ -135,7 +135,12 @@ impl VmShared {
 }
 
 fn deliver_msi(vm: &VmFd, msi: Msi) {
-    let m = kvm_msi { address_lo: msi.address as u32, address_hi: (msi.address >> 32) as u32, data: msi.data, ..Default::default() };
+    let m = kvm_msi {
+        address_lo: msi.address as u32,
+        address_hi: (msi.address >> 32) as u32,
+        data: msi.data,
+        ..Default::default()
+    };
     if let Err(e) = vm.signal_msi(m) {
         eprintln!("vmm: warning: IOMMU MSI {:#x}/{:#x} not delivered: {e}", msi.address, msi.data);
     }
