@@ -27,6 +27,11 @@ pub enum Flow {
     },
 }
 
+/// A guest error at the hypercall's own RIP.
+fn guest_error(cause: impl Into<String>) -> Flow {
+    Flow::GuestError { cause: cause.into(), rip: None }
+}
+
 /// A native-TLB probe's count (`op::PROBE_RESULT`).
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeResult {
@@ -64,7 +69,7 @@ struct Request {
 }
 
 fn mem_err(e: vm_memory::GuestMemoryError) -> Flow {
-    Flow::GuestError { cause: format!("bad hypercall: mailbox not accessible: {e}"), rip: None }
+    guest_error(format!("bad hypercall: mailbox not accessible: {e}"))
 }
 
 impl Hypercalls {
@@ -89,10 +94,9 @@ impl Hypercalls {
         }
         let len: u64 = mem.read_obj(at(hc::OFF_LEN)).map_err(mem_err)?;
         if len > DATA_LEN as u64 {
-            return Err(Flow::GuestError {
-                cause: format!("bad hypercall: op {op} data length {len} exceeds the mailbox ({DATA_LEN} bytes)"),
-                rip: None,
-            });
+            return Err(guest_error(format!(
+                "bad hypercall: op {op} data length {len} exceeds the mailbox ({DATA_LEN} bytes)"
+            )));
         }
         let mut data = vec![0u8; len as usize];
         mem.read_slice(&mut data, at(hc::OFF_DATA)).map_err(mem_err)?;
@@ -141,10 +145,7 @@ impl Hypercalls {
                 self.last_assert = (a[0], req.data.clone());
                 let (fatal, expected) = (a[1] & 1 != 0, a[1] & 2 != 0);
                 if fatal {
-                    return Err(Flow::GuestError {
-                        cause: format!("guest assertion failed at {file}:{}: {msg}", a[0]),
-                        rip: None,
-                    });
+                    return Err(guest_error(format!("guest assertion failed at {file}:{}: {msg}", a[0])));
                 }
                 if !expected {
                     shared.results.lock().unwrap().note_failure(format!("{file}:{}: {msg}", a[0]));
@@ -182,14 +183,14 @@ impl Hypercalls {
             }
             op::PT_OP => {
                 let (old, changed) = shadow::pt_op(mem, a[0], a[1], a[2], a[3])
-                    .map_err(|e| Flow::GuestError { cause: format!("bad hypercall: {}", e.0), rip: None })?;
+                    .map_err(|e| guest_error(format!("bad hypercall: {}", e.0)))?;
                 self.reply(mem, status::OK, [old, changed as u64, 0, 0], &[])?;
             }
             op::FILL => {
                 let (result, entry) = self
                     .shadow
                     .fill(mem, &shared.shadow_pool, a[0], a[1])
-                    .map_err(|e| Flow::GuestError { cause: format!("TLB fill at {:#x}: {e}", a[0]), rip: None })?;
+                    .map_err(|e| guest_error(format!("TLB fill at {:#x}: {e}", a[0])))?;
                 self.reply(mem, status::OK, [result, entry, 0, 0], &[])?;
             }
             op::FLUSH => {
@@ -197,12 +198,7 @@ impl Hypercalls {
                     flush::PAGE => self.shadow.flush_page(mem, a[1]),
                     flush::RANGE => self.shadow.flush_range(mem, &shared.shadow_pool, a[1], a[2]),
                     flush::ALL => self.shadow.flush_all(mem, &shared.shadow_pool),
-                    k => {
-                        return Err(Flow::GuestError {
-                            cause: format!("bad hypercall: unknown flush kind {k}"),
-                            rip: None,
-                        })
-                    }
+                    k => return Err(guest_error(format!("bad hypercall: unknown flush kind {k}"))),
                 }
                 self.reply(mem, status::OK, [0; 4], &[])?;
             }
@@ -210,15 +206,14 @@ impl Hypercalls {
                 let cr3 = self
                     .shadow
                     .switch_mm(mem, &shared.shadow_pool, a[0])
-                    .map_err(|e| Flow::GuestError { cause: format!("bad hypercall: {e}"), rip: None })?;
+                    .map_err(|e| guest_error(format!("bad hypercall: {e}")))?;
                 self.reply(mem, status::OK, [cr3, 0, 0, 0], &[])?;
             }
             op::TLB_CONFIG => {
                 if a[0] == 1 {
-                    self.shadow.set_evict_ppm(a[1]).map_err(|e| Flow::GuestError {
-                        cause: format!("bad hypercall: TLB_CONFIG: {e}"),
-                        rip: None,
-                    })?;
+                    self.shadow
+                        .set_evict_ppm(a[1])
+                        .map_err(|e| guest_error(format!("bad hypercall: TLB_CONFIG: {e}")))?;
                 }
                 let model = match self.shadow.model() {
                     TlbModel::Lazy => tlb_model::LAZY,
@@ -230,10 +225,10 @@ impl Hypercalls {
             }
             op::PT_TABLE => {
                 if !layout::in_pt_region(a[1]) || !a[1].is_multiple_of(layout::PAGE_SIZE) {
-                    return Err(Flow::GuestError {
-                        cause: format!("bad hypercall: PT_TABLE {:#x} is not a page of the page-table region", a[1]),
-                        rip: None,
-                    });
+                    return Err(guest_error(format!(
+                        "bad hypercall: PT_TABLE {:#x} is not a page of the page-table region",
+                        a[1]
+                    )));
                 }
                 let mut io = shared.iommu.lock().unwrap();
                 if a[0] == 1 {
@@ -266,7 +261,7 @@ impl Hypercalls {
             }
             op::DMA_SUBMIT => {
                 if !shared.dma.submit(a[0]) {
-                    return Err(Flow::GuestError { cause: "DMA engine is not running".into(), rip: None });
+                    return Err(guest_error("DMA engine is not running"));
                 }
                 self.reply(mem, status::OK, [0; 4], &[])?;
             }
@@ -281,9 +276,7 @@ impl Hypercalls {
                 shared.bench.lock().unwrap().push(BenchFigure { metric: a[0], median_ps: a[1], samples: a[2] });
                 self.reply(mem, status::OK, [0; 4], &[])?;
             }
-            other => {
-                return Err(Flow::GuestError { cause: format!("bad hypercall: unknown op {other:#x}"), rip: None })
-            }
+            other => return Err(guest_error(format!("bad hypercall: unknown op {other:#x}"))),
         }
         Ok(Flow::Resume)
     }
