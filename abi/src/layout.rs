@@ -6,6 +6,7 @@
 //! 0x0000_1000  BootInfo
 //! 0x0000_2000  kernel command line (up to 4 KiB)
 //! 0x0000_3000  GDT written by the VMM
+//! 0x0000_4000  PVH `hvm_start_info` + memory map (images with a PVH note)
 //! 0x0001_0000  boot page tables (PML4, PDPT, 4 PDs: 4 GiB identity, 2 MiB pages)
 //! 0x0020_0000  per-vCPU hypercall mailboxes, one 4 KiB page each
 //! 0x0040_0000  kernel image (ELF linked here), up to KERNEL_MAX bytes
@@ -29,6 +30,9 @@ pub const BOOT_INFO: u64 = 0x1000;
 pub const CMDLINE: u64 = 0x2000;
 pub const CMDLINE_MAX: u64 = 0x1000;
 pub const GDT: u64 = 0x3000;
+/// PVH boot only: `hvm_start_info` and its memory map (for images with a PVH note).
+pub const PVH_START_INFO: u64 = 0x4000;
+pub const PVH_MEMMAP: u64 = 0x4100;
 
 /// Boot page tables: PML4, one PDPT, four PDs of 2 MiB pages (first 4 GiB).
 pub const BOOT_PML4: u64 = 0x1_0000;

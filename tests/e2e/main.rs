@@ -143,6 +143,51 @@ fn fake_elf(class: u8, machine: u16, etype: u16, paddr: u64, memsz: u64) -> Vec<
     b
 }
 
+/// An ELF with a PVH note (`XEN_ELFNOTE_PHYS32_ENTRY`) whose 32-bit entry
+/// checks `[ebx]` is the `hvm_start_info` magic and exits 0 (else 7).
+fn pvh_elf() -> Vec<u8> {
+    let base = 0x40_0000u64;
+    #[rustfmt::skip]
+    let code: [u8; 29] = [
+        0x8b, 0x03,                         // mov eax, [ebx]
+        0x3d, 0x78, 0xc5, 0x6e, 0x33,       // cmp eax, 0x336ec578
+        0x75, 0x09,                         // jne bad
+        0x66, 0xba, 0x11, 0x05,             // mov dx, 0x511
+        0x31, 0xc0,                         // xor eax, eax
+        0xef,                               // out dx, eax
+        0xeb, 0xfe,                         // jmp $
+        0x66, 0xba, 0x11, 0x05,             // bad: mov dx, 0x511
+        0xb8, 0x07, 0x00, 0x00, 0x00,       // mov eax, 7
+        0xef,                               // out dx, eax
+        0xeb,                               // (jmp $, first byte; second below)
+    ];
+    let mut b = fake_elf(2, 62, 2, base, 0x1000);
+    b[56..58].copy_from_slice(&2u16.to_le_bytes()); // two program headers
+    let code_off = 0x200u64;
+    let note_off = 0x300u64;
+    // PT_LOAD: file offset and size of the code.
+    b[64 + 8..64 + 16].copy_from_slice(&code_off.to_le_bytes());
+    b[64 + 32..64 + 40].copy_from_slice(&(code.len() as u64 + 1).to_le_bytes());
+    // PT_NOTE header.
+    let mut ph = vec![0u8; 56];
+    ph[..4].copy_from_slice(&4u32.to_le_bytes());
+    ph[8..16].copy_from_slice(&note_off.to_le_bytes());
+    ph[32..40].copy_from_slice(&20u64.to_le_bytes());
+    ph[40..48].copy_from_slice(&20u64.to_le_bytes());
+    ph[48..56].copy_from_slice(&4u64.to_le_bytes());
+    b.extend_from_slice(&ph);
+    b.resize(0x400, 0);
+    b[code_off as usize..code_off as usize + code.len()].copy_from_slice(&code);
+    b[code_off as usize + code.len()] = 0xfe;
+    let note = &mut b[note_off as usize..note_off as usize + 20];
+    note[..4].copy_from_slice(&4u32.to_le_bytes()); // namesz
+    note[4..8].copy_from_slice(&4u32.to_le_bytes()); // descsz
+    note[8..12].copy_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+    note[12..16].copy_from_slice(b"Xen\0");
+    note[16..20].copy_from_slice(&(base as u32).to_le_bytes());
+    b
+}
+
 fn main() {
     let args = Arguments::from_args();
     let no_kvm = kvm_unavailable();
@@ -243,6 +288,14 @@ fn main() {
         }),
         kvm_trial("misbehave::guest_panic_has_file_line", || {
             misbehaviour("panic", 3, &["vCPU 2 at RIP 0x", "src/misbehave.rs:", "deliberate panic"])
+        }),
+        kvm_trial("boot::pvh_note_is_honoured", || {
+            let p = scratch("pvh", &pvh_elf());
+            let o = vmm(&["--guest", p.to_str().unwrap(), "--vcpus", "2", "--timeout", "10", "run"]);
+            let (out, err) = text(&o);
+            ensure(o.status.code() == Some(0), || {
+                format!("PVH image did not see hvm_start_info in ebx: status {:?}\n{out}\n{err}", o.status.code())
+            })
         }),
         kvm_trial("bad_input::vcpus_zero", || bad_input(&["--vcpus", "0"], &["--vcpus 0", "at least 1"])),
         kvm_trial("bad_input::vcpus_too_many", || bad_input(&["--vcpus", "100000"], &["--vcpus 100000", "at most"])),

@@ -178,6 +178,30 @@ pub fn write_gdt(mem: &GuestMemoryMmap) -> Result<()> {
     Ok(())
 }
 
+/// PVH boot (Xen `XEN_ELFNOTE_PHYS32_ENTRY`): `hvm_start_info` with the
+/// command line and an E820-style memory map of guest RAM, for an image that
+/// brings itself up from 32-bit protected mode.
+pub fn write_pvh_start_info(mem: &GuestMemoryMmap, mem_size: u64) -> Result<()> {
+    use linux_loader::configurator::pvh::PvhBootConfigurator;
+    use linux_loader::configurator::{BootConfigurator, BootParams};
+    use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_start_info};
+    const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
+    const E820_RAM: u32 = 1;
+    let memmap = [hvm_memmap_table_entry { addr: 0, size: mem_size, type_: E820_RAM, reserved: 0 }];
+    let info = hvm_start_info {
+        magic: XEN_HVM_START_MAGIC_VALUE,
+        version: 1,
+        cmdline_paddr: layout::CMDLINE,
+        memmap_paddr: layout::PVH_MEMMAP,
+        memmap_entries: memmap.len() as u32,
+        ..Default::default()
+    };
+    let mut params = BootParams::new(&info, GuestAddress(layout::PVH_START_INFO));
+    params.set_sections(&memmap, GuestAddress(layout::PVH_MEMMAP));
+    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
+        .map_err(|e| Error::Memory(format!("PVH start info: {e}")))
+}
+
 /// Writes the command line (via linux-loader's `Cmdline`, which checks it)
 /// and returns its length.
 pub fn write_cmdline(mem: &GuestMemoryMmap, text: &str) -> Result<u64> {

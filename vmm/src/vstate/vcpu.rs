@@ -77,7 +77,10 @@ impl Vcpu {
     /// CPUID (the host's supported set, with this vCPU's APIC ID and
     /// x2APIC advertised), 64-bit long mode on the boot page tables, and the
     /// entry registers: `rdi` = index, `rsi` = &BootInfo, `rsp` = own stack.
-    pub fn configure(&mut self, supported: &CpuId, entry: u64) -> Result<()> {
+    /// With `pvh_entry`, the PVH boot ABI instead: vCPU 0 starts in 32-bit
+    /// protected mode, paging off, at the PVH entry with `ebx` =
+    /// &hvm_start_info; the others wait for the kernel's INIT/SIPI.
+    pub fn configure(&mut self, supported: &CpuId, entry: u64, pvh_entry: Option<u64>) -> Result<()> {
         let mut cpuid = supported.clone();
         for e in cpuid.as_mut_slice() {
             match e.function {
@@ -91,6 +94,9 @@ impl Vcpu {
         }
         self.fd.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
 
+        if let Some(pvh) = pvh_entry {
+            return self.configure_pvh(pvh);
+        }
         let mut sregs = self.fd.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
         let code = segment(layout::SEL_CODE64, GDT_ENTRIES[1]);
         let data = segment(layout::SEL_DATA, GDT_ENTRIES[2]);
@@ -122,6 +128,32 @@ impl Vcpu {
             self.fd.set_mp_state(mp).map_err(kvm("KVM_SET_MP_STATE"))?;
         }
         Ok(())
+    }
+
+    fn configure_pvh(&mut self, entry: u64) -> Result<()> {
+        if self.index != 0 {
+            return Ok(()); // stays in wait-for-SIPI, as on real hardware
+        }
+        let mut sregs = self.fd.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+        let code32 = segment(layout::SEL_CODE64, 0x00cf_9b00_0000_ffff);
+        let data = segment(layout::SEL_DATA, GDT_ENTRIES[2]);
+        sregs.cs = code32;
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.gdt.base = layout::GDT;
+        sregs.gdt.limit = (GDT_ENTRIES.len() * 8 - 1) as u16;
+        sregs.cr0 = CR0_PE | CR0_ET;
+        sregs.cr4 = 0;
+        sregs.efer = 0;
+        self.fd.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))?;
+        let mut regs = self.fd.get_regs().map_err(kvm("KVM_GET_REGS"))?;
+        regs.rip = entry;
+        regs.rbx = layout::PVH_START_INFO;
+        regs.rflags = 0x2;
+        self.fd.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))
     }
 
     /// The thread body.

@@ -222,6 +222,9 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
     boot::write_boot_page_tables(&mem)?;
     boot::write_gdt(&mem)?;
     let cmdline_len = boot::write_cmdline(&mem, &cfg.cmdline)?;
+    if image.pvh_entry.is_some() {
+        boot::write_pvh_start_info(&mem, mem_size)?;
+    }
 
     let mut iommu = Iommu::new(IommuConfig::default()).map_err(|e| Error::Other(format!("IOMMU config: {e}")))?;
     iommu.set_table_tracking(true);
@@ -253,7 +256,7 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
     let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
     for i in 0..cfg.vcpus {
         let mut v = Vcpu::new(&vm, i, mem.clone(), shared.clone())?;
-        v.configure(&supported, image.entry)?;
+        v.configure(&supported, image.entry, image.pvh_entry)?;
         vcpus.push(v);
     }
     let info = BootInfo {
