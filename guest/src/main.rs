@@ -21,6 +21,7 @@ mod probe;
 mod report;
 mod selftest;
 mod selftest_iommu;
+mod selftest_mm;
 mod selftest_tlb;
 mod smp;
 mod sync;

@@ -10,6 +10,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::console::FixedBuf;
 use crate::report::{TestError, TestResult};
 use crate::selftest_iommu as iommu;
+use crate::selftest_mm as mm;
 use crate::selftest_tlb as tlb;
 use crate::trap::{probe_read_u64, probe_write_u64};
 use crate::{apic, arch, check, hypercall, percpu, smp};
@@ -38,6 +39,10 @@ const TESTS: &[Test] = &[
     Test { name: "iommu.wait.status", run: iommu::wait_status },
     Test { name: "iommu.fault.page-request", run: iommu::fault_page_request },
     Test { name: "iommu.malformed-descriptor.reported", run: iommu::malformed_descriptor_reported },
+    Test { name: "mm.fault.anon", run: mm::fault_anon },
+    Test { name: "mm.madvise.dontneed", run: mm::madvise_dontneed },
+    Test { name: "mm.munmap.frees-tables", run: mm::munmap_frees_tables },
+    Test { name: "mm.zap.nested-check", run: mm::zap_nested_check },
 ];
 
 /// Timeout for one CPU to answer a fan-out; generous because with many

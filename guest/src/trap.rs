@@ -259,6 +259,16 @@ fn exception(frame: &mut TrapFrame) {
         if r.ret[0] == abi::hypercall::fill::FILLED {
             return;
         }
+        // A real page fault: the mm's fault path, with interrupts enabled
+        // as in Linux (a shootdown waiting on this CPU must get through).
+        if frame.rflags & (1 << 9) != 0 {
+            arch::interrupts_enable();
+        }
+        let handled = crate::mm::memory::do_user_addr_fault(cr2, frame.error_code);
+        arch::interrupts_disable();
+        if handled {
+            return;
+        }
     }
     if let Some(resume) = fixup_for(frame.rip) {
         hypercall::call(op::EXCEPTION, &[frame.vector, frame.error_code, frame.rip, cr2, frame.rsp, frame.cs, 1], &[]);

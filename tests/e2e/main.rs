@@ -57,6 +57,10 @@ const ALL_TESTS: &[&str] = &[
     "iommu.wait.status",
     "iommu.fault.page-request",
     "iommu.malformed-descriptor.reported",
+    "mm.fault.anon",
+    "mm.madvise.dontneed",
+    "mm.munmap.frees-tables",
+    "mm.zap.nested-check",
 ];
 
 fn selftest_passes(vcpus: u32, extra: &[&str]) -> Result<(), Failed> {
@@ -198,7 +202,9 @@ fn main() {
         Trial::test(name.to_string(), f).with_ignored_flag(no_kvm.is_some())
     };
     let mut trials = vec![
-        kvm_trial("boot::selftest_1_vcpu", || selftest_result(1, &[], &["tlb.lazy.remote-stale-until-shootdown"])),
+        kvm_trial("boot::selftest_1_vcpu", || {
+            selftest_result(1, &[], &["tlb.lazy.remote-stale-until-shootdown", "mm.zap.nested-check"])
+        }),
         kvm_trial("boot::selftest_2_vcpus", || selftest_passes(2, &[])),
         kvm_trial("boot::selftest_4_vcpus", || selftest_passes(4, &[])),
         kvm_trial("tlb::lazy_4_vcpus", || selftest_passes(4, &["--tlb", "lazy"])),
@@ -209,6 +215,7 @@ fn main() {
                 2,
                 &["--tlb", "native"],
                 &[
+                    "mm.zap.nested-check",
                     "tlb.lazy.stale-until-flush",
                     "tlb.lazy.remote-stale-until-shootdown",
                     "tlb.evict.coherent",
@@ -271,7 +278,7 @@ fn main() {
             ensure(out.contains("\nFAIL selftest.injected-failure: src/selftest.rs:"), ctx)?;
             ensure(out.contains(": injected failure: answer is 41\n"), ctx)?;
             ensure(out.contains("PASS ipi.all-pairs"), ctx)?;
-            ensure(out.trim_end().ends_with("SUMMARY: 19 tests, 1 failures, 0 skipped"), ctx)
+            ensure(out.trim_end().ends_with("SUMMARY: 23 tests, 1 failures, 0 skipped"), ctx)
         }),
         kvm_trial("misbehave::hang_dumps_every_vcpu", || {
             misbehaviour("hang", 4, &["watchdog", "vCPU   0: RIP 0x", "vCPU   1: RIP 0x", "vCPU   2: RIP 0x", "CR3 0x"])

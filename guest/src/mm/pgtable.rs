@@ -32,6 +32,11 @@ pub fn set_pte(entry_gpa: u64, val: u64) {
 }
 
 /// Returns the old value; the exchange happened iff it equals `old`.
+/// `ptep_get_and_clear`: the old entry.
+pub fn ptep_get_and_clear(entry_gpa: u64) -> u64 {
+    pt_op(ptop::CLEAR, entry_gpa, 0, 0)
+}
+
 pub fn ptep_cmpxchg(entry_gpa: u64, old: u64, new: u64) -> u64 {
     pt_op(ptop::CMPXCHG, entry_gpa, old, new)
 }
@@ -53,7 +58,9 @@ fn table_alloc(level: u64) -> u64 {
     t
 }
 
-fn table_free(t: u64) {
+/// Returns a page-table page to the allocator (after the TLBs that may cache
+/// walks through it were flushed).
+pub fn free_table(t: u64) {
     hypercall::call(op::PT_TABLE, &[0, t, 0], &[]);
     page_alloc::free_table_page(t);
 }
@@ -92,6 +99,26 @@ impl Mm {
         table + 8 * index(va, 1)
     }
 
+    /// GPA of the PTE for `va` if its tables exist.
+    pub fn pte_lookup(&self, va: u64) -> Option<u64> {
+        let pmd = self.pmd_entry(va)?;
+        let e = read_entry(pmd);
+        (e & pte::P != 0).then(|| (e & pte::ADDR_MASK) + 8 * index(va, 1))
+    }
+
+    /// GPA of the PMD entry (level 2) for `va` if the upper tables exist.
+    pub fn pmd_entry(&self, va: u64) -> Option<u64> {
+        let mut table = self.pgd;
+        for level in (3..=4).rev() {
+            let e = read_entry(table + 8 * index(va, level));
+            if e & pte::P == 0 {
+                return None;
+            }
+            table = e & pte::ADDR_MASK;
+        }
+        Some(table + 8 * index(va, 2))
+    }
+
     /// Frees the last-level table that maps `va` (as `free_pgtables` does
     /// once a range is empty): clears the PMD entry, then frees the table.
     /// Returns the freed table's GPA.
@@ -110,7 +137,7 @@ impl Mm {
             return None;
         }
         set_pte(pmd_slot, 0);
-        table_free(pt & pte::ADDR_MASK);
+        free_table(pt & pte::ADDR_MASK);
         Some(pt & pte::ADDR_MASK)
     }
 
@@ -145,7 +172,7 @@ fn free_level(table: u64, level: u64, top: bool) {
             }
         }
     }
-    table_free(table);
+    free_table(table);
 }
 
 pub const PAGE: u64 = PAGE_SIZE;

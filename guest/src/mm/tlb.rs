@@ -25,6 +25,11 @@ pub fn switch_mm(mm: &Mm) {
     unsafe { asm!("mov cr3, {}", in(reg) r.ret[0], options(nostack, preserves_flags)) }
 }
 
+/// Whether this CPU runs the mm with PGD `pgd`.
+pub fn runs_mm(pgd: u64) -> bool {
+    CURRENT_MM[percpu::cpu() as usize].load(Ordering::Acquire) == pgd
+}
+
 /// Back to the boot page tables (no user half).
 pub fn switch_to_kernel_mm() {
     CURRENT_MM[percpu::cpu() as usize].store(0, Ordering::Release);
