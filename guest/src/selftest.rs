@@ -42,6 +42,7 @@ const TESTS: &[Test] = &[
     Test { name: "mm.fault.anon", run: mm::fault_anon },
     Test { name: "mm.madvise.dontneed", run: mm::madvise_dontneed },
     Test { name: "mm.munmap.frees-tables", run: mm::munmap_frees_tables },
+    Test { name: "mm.mprotect", run: mm::mprotect },
     Test { name: "mm.zap.nested-check", run: mm::zap_nested_check },
 ];
 

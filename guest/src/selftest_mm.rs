@@ -124,6 +124,42 @@ pub fn munmap_frees_tables(_: &BootInfo) -> TestResult {
     })
 }
 
+/// `mprotect`: read-only makes a store fault (here and on a CPU that had a
+/// writable entry cached: the demotion is flushed), PROT_NONE makes a load
+/// fault, and read-write again lets the store through with the old content.
+pub fn mprotect(boot: &BootInfo) -> TestResult {
+    with_test_mm(|| {
+        check!(TEST_MM.mmap(BASE, 4096, VM_READ | VM_WRITE), "mmap failed");
+        check!(write(BASE, 5), "first write failed");
+        let remote = boot.num_vcpus > 1;
+        if remote {
+            check!(smp::run_on(1, remote_join_and_write, BASE) && smp::wait_done(1, 20_000), "vCPU 1 did not run");
+            check!(REMOTE.load(Ordering::Acquire) == 1, "vCPU 1 could not write first");
+        }
+        check!(TEST_MM.mprotect(BASE, 4096, VM_READ), "mprotect ro failed");
+        check!(!write(BASE, 6), "a store after mprotect(PROT_READ) did not fault");
+        check!(read(BASE) == Some(5), "the page lost its content");
+        if remote {
+            check!(smp::run_on(1, remote_write, BASE) && smp::wait_done(1, 20_000), "vCPU 1 did not run");
+            check!(REMOTE.load(Ordering::Acquire) == 0, "vCPU 1 still stored through its writable entry");
+        }
+        check!(TEST_MM.mprotect(BASE, 4096, 0), "mprotect none failed");
+        check!(read(BASE).is_none(), "a load after mprotect(PROT_NONE) did not fault");
+        check!(TEST_MM.mprotect(BASE, 4096, VM_READ | VM_WRITE), "mprotect rw failed");
+        check!(write(BASE + 8, 7) && read(BASE) == Some(5), "store after mprotect(PROT_READ|PROT_WRITE) failed");
+        Ok(())
+    })
+}
+
+fn remote_join_and_write(va: u64) {
+    tlb::switch_mm(&TEST_MM.pt());
+    remote_write(va);
+}
+
+fn remote_write(va: u64) {
+    REMOTE.store(write(va + 16, 9) as u64, Ordering::Release);
+}
+
 // ---- S1 replay: concurrent MADV_DONTNEED, the nested-zap check ------------
 
 static S1_PAUSED: AtomicU64 = AtomicU64::new(0);

@@ -60,6 +60,7 @@ const ALL_TESTS: &[&str] = &[
     "mm.fault.anon",
     "mm.madvise.dontneed",
     "mm.munmap.frees-tables",
+    "mm.mprotect",
     "mm.zap.nested-check",
 ];
 
@@ -278,7 +279,7 @@ fn main() {
             ensure(out.contains("\nFAIL selftest.injected-failure: src/selftest.rs:"), ctx)?;
             ensure(out.contains(": injected failure: answer is 41\n"), ctx)?;
             ensure(out.contains("PASS ipi.all-pairs"), ctx)?;
-            ensure(out.trim_end().ends_with("SUMMARY: 23 tests, 1 failures, 0 skipped"), ctx)
+            ensure(out.trim_end().ends_with("SUMMARY: 24 tests, 1 failures, 0 skipped"), ctx)
         }),
         kvm_trial("misbehave::hang_dumps_every_vcpu", || {
             misbehaviour("hang", 4, &["watchdog", "vCPU   0: RIP 0x", "vCPU   1: RIP 0x", "vCPU   2: RIP 0x", "CR3 0x"])

@@ -233,10 +233,97 @@ impl MmStruct {
         let table = ptep & !(PAGE_SIZE - 1);
         pte_lock(table);
         let entry = pgtable::read_entry(ptep);
-        let r = if entry & pte::P == 0 { do_anonymous_page(ptep, &vma) } else { Ok(()) };
+        let r = if entry & pte::ADDR_MASK == 0 {
+            do_anonymous_page(ptep, &vma)
+        } else if entry & pte::P == 0 {
+            // PROT_NONE entry with an accessible VMA: restore the protection.
+            pgtable::set_pte(ptep, prot_entry(entry, vma.flags));
+            Ok(())
+        } else if write && entry & pte::RW == 0 {
+            do_wp_page(ptep, entry)
+        } else {
+            Ok(())
+        };
         pte_unlock(table);
         hook(Hook::AfterFault);
         r
+    }
+
+    // ---- mprotect (mm/mprotect.c) ----
+
+    /// `mprotect` of exactly one VMA: new VMA flags, then
+    /// `change_protection`. Returns false if no VMA is exactly `start..+len`.
+    pub fn mprotect(&self, start: u64, len: u64, flags: u8) -> bool {
+        {
+            let mut vmas = self.vmas.lock();
+            match vmas.iter_mut().find(|v| v.start == start && v.end == start + len) {
+                Some(v) => v.flags = flags,
+                None => return false,
+            }
+        }
+        self.change_protection(start, start + len, flags);
+        true
+    }
+
+    /// `change_protection`: rewrite the PTEs under their PTL with
+    /// `tlb_flush_pending` raised; flush after the PTLs are released, and
+    /// only if a permission was removed (a pure upgrade does not flush,
+    /// as in Linux since the series of seed 002).
+    fn change_protection(&self, start: u64, end: u64, flags: u8) {
+        let pending = flush_scheme() != FlushScheme::Gather;
+        if pending {
+            self.tlb_flush_pending.fetch_add(1, Ordering::AcqRel);
+            hook(Hook::AfterIncPending);
+        }
+        mmu_notifier_invalidate_range_start(self, start, end);
+        let pt = self.pt();
+        let mut demoted = false;
+        let mut va = start & !(PAGE_SIZE - 1);
+        while va < end {
+            let table_end = (((va >> 21) + 1) << 21).min(end);
+            if let Some(ptep0) = pt.pte_lookup(va) {
+                let table = ptep0 & !(PAGE_SIZE - 1);
+                pte_lock(table);
+                let mut a = va;
+                while a < table_end {
+                    let ptep = table + 8 * ((a >> 12) & 511);
+                    let old = pgtable::read_entry(ptep);
+                    if old & pte::ADDR_MASK != 0 {
+                        let new = prot_entry(old, flags);
+                        if new != old {
+                            pgtable::set_pte(ptep, new);
+                            hook(Hook::AfterPteSet);
+                            demoted |=
+                                (old & pte::RW != 0 && new & pte::RW == 0) || (old & pte::P != 0 && new & pte::P == 0);
+                        }
+                    }
+                    a += PAGE_SIZE;
+                }
+                if flush_scheme() == FlushScheme::Ptl && demoted {
+                    self.flush_range(start, end);
+                }
+                pte_unlock(table);
+            }
+            va = table_end;
+        }
+        mmu_notifier_invalidate_range_end(self, start, end);
+        if demoted && flush_scheme() != FlushScheme::Ptl {
+            self.flush_range(start, end);
+        }
+        if pending {
+            hook(Hook::BeforeDecPending);
+            self.tlb_flush_pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// `flush_tlb_range`, and the 6.6+ secondary invalidation from the flush path.
+    fn flush_range(&self, start: u64, end: u64) {
+        hook(Hook::BeforeFlush);
+        tlb::flush_tlb_mm_range(&self.pt(), start, end);
+        hook(Hook::AfterFlush);
+        if notifier() == NotifierPlacement::TlbFlush {
+            self.secondary_invalidate(start, end, true);
+        }
     }
 
     // ---- zap (mm/memory.c, mm/madvise.c, mm/mmap.c) ----
@@ -303,6 +390,27 @@ impl MmStruct {
     }
 }
 
+/// The PTE for an existing page under VMA `flags` (PROT_NONE clears P and
+/// keeps the page, as `_PAGE_PROTNONE` does).
+fn prot_entry(old: u64, flags: u8) -> u64 {
+    let mut e = old & !(pte::RW | pte::P);
+    if flags & VM_READ != 0 {
+        e |= pte::P;
+    }
+    if flags & VM_WRITE != 0 {
+        e |= pte::RW;
+    }
+    e
+}
+
+/// `do_wp_page` for an exclusively owned anonymous page: `wp_page_reuse`
+/// makes the PTE writable again (CoW of shared pages comes with refcounts).
+fn do_wp_page(ptep: u64, entry: u64) -> Result<(), Segv> {
+    pgtable::set_pte(ptep, entry | pte::RW);
+    hook(Hook::AfterPteSet);
+    Ok(())
+}
+
 fn do_anonymous_page(ptep: u64, vma: &Vma) -> Result<(), Segv> {
     let page = page_alloc::alloc_page().ok_or(Segv)?;
     let mut flags = pte::P | pte::US;
@@ -321,7 +429,7 @@ fn zap_pte_range(mm: &MmStruct, tlb: &mut MmuGather, table: u64, start: u64, end
     let mut va = start;
     while va < end {
         let ptep = table + 8 * ((va >> 12) & 511);
-        if pgtable::read_entry(ptep) & pte::P != 0 {
+        if pgtable::read_entry(ptep) & pte::ADDR_MASK != 0 {
             let old = pgtable::ptep_get_and_clear(ptep);
             hook(Hook::AfterPteClear);
             tlb.remove_tlb_entry(va);
