@@ -123,15 +123,7 @@ impl Mm {
     /// once a range is empty): clears the PMD entry, then frees the table.
     /// Returns the freed table's GPA.
     pub fn free_pte_table(&self, va: u64) -> Option<u64> {
-        let mut table = self.pgd;
-        for level in (3..=4).rev() {
-            let e = read_entry(table + 8 * index(va, level));
-            if e & pte::P == 0 {
-                return None;
-            }
-            table = e & pte::ADDR_MASK;
-        }
-        let pmd_slot = table + 8 * index(va, 2);
+        let pmd_slot = self.pmd_entry(va)?;
         let pt = read_entry(pmd_slot);
         if pt & pte::P == 0 {
             return None;

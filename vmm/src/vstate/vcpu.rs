@@ -98,16 +98,7 @@ impl Vcpu {
             return self.configure_pvh(pvh);
         }
         let mut sregs = self.fd.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-        let code = segment(layout::SEL_CODE64, GDT_ENTRIES[1]);
-        let data = segment(layout::SEL_DATA, GDT_ENTRIES[2]);
-        sregs.cs = code;
-        sregs.ds = data;
-        sregs.es = data;
-        sregs.fs = data;
-        sregs.gs = data;
-        sregs.ss = data;
-        sregs.gdt.base = layout::GDT;
-        sregs.gdt.limit = (GDT_ENTRIES.len() * 8 - 1) as u16;
+        flat_segments(&mut sregs, GDT_ENTRIES[1]);
         sregs.cr3 = layout::BOOT_PML4;
         sregs.cr4 |= CR4_PAE;
         sregs.cr0 = CR0_PE | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
@@ -135,16 +126,8 @@ impl Vcpu {
             return Ok(()); // stays in wait-for-SIPI, as on real hardware
         }
         let mut sregs = self.fd.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-        let code32 = segment(layout::SEL_CODE64, 0x00cf_9b00_0000_ffff);
-        let data = segment(layout::SEL_DATA, GDT_ENTRIES[2]);
-        sregs.cs = code32;
-        sregs.ds = data;
-        sregs.es = data;
-        sregs.fs = data;
-        sregs.gs = data;
-        sregs.ss = data;
-        sregs.gdt.base = layout::GDT;
-        sregs.gdt.limit = (GDT_ENTRIES.len() * 8 - 1) as u16;
+        // 32-bit flat code segment (L=0, D=1), as the PVH ABI requires.
+        flat_segments(&mut sregs, 0x00cf_9b00_0000_ffff);
         sregs.cr0 = CR0_PE | CR0_ET;
         sregs.cr4 = 0;
         sregs.efer = 0;
@@ -316,6 +299,20 @@ fn le_value(data: &[u8]) -> u64 {
     let n = data.len().min(8);
     b[..n].copy_from_slice(&data[..n]);
     u64::from_le_bytes(b)
+}
+
+/// Flat segments: CS from `code_desc`, every data segment from the GDT's
+/// data descriptor, GDTR at the VMM-written GDT.
+fn flat_segments(sregs: &mut kvm_bindings::kvm_sregs, code_desc: u64) {
+    let data = segment(layout::SEL_DATA, GDT_ENTRIES[2]);
+    sregs.cs = segment(layout::SEL_CODE64, code_desc);
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.gdt.base = layout::GDT;
+    sregs.gdt.limit = (GDT_ENTRIES.len() * 8 - 1) as u16;
 }
 
 /// A KVM segment register matching GDT descriptor `desc`.
