@@ -165,7 +165,7 @@ fn remote_write(va: u64) {
 static S1_PAUSED: AtomicU64 = AtomicU64::new(0);
 static S1_GO: AtomicU64 = AtomicU64::new(0);
 
-fn s1_pause_after_ptl_release(_: u64) {
+fn s1_pause_after_ptl_release(_: abi::litmus::Hook, _: u64) {
     S1_PAUSED.store(1, Ordering::Release);
     crate::time::spin_until(20_000, || S1_GO.load(Ordering::Acquire) != 0);
 }
@@ -173,9 +173,9 @@ fn s1_pause_after_ptl_release(_: u64) {
 /// P0: zap x, pausing after the PTL release with its flush still gathered.
 fn s1_p0(x: u64) {
     tlb::switch_mm(&TEST_MM.pt());
-    crate::mm::memory::arm_hook(abi::litmus::Hook::AfterPtlRelease, s1_pause_after_ptl_release, 0);
+    crate::mm::hooks::arm_once(abi::litmus::Hook::AfterPtlRelease, s1_pause_after_ptl_release, 0);
     TEST_MM.madvise_dontneed(x, 4096);
-    crate::mm::memory::disarm_hooks();
+    crate::mm::hooks::disarm();
 }
 
 fn set_ppm(ppm: u64) {

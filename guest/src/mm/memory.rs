@@ -14,11 +14,12 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use abi::layout::{self, PAGE_SIZE};
 use abi::litmus::{FlushScheme, Hook, NotifierPlacement, OnOff, PolicyAbi, ResetRange};
 
+use super::hooks::hook;
 use super::page_alloc;
 use super::pgtable::{self, pte, Mm};
 use super::tlb;
+use crate::iommu;
 use crate::sync::SpinLock;
-use crate::{iommu, percpu};
 
 // ---- policy ---------------------------------------------------------------
 
@@ -55,47 +56,6 @@ fn flush_scheme() -> FlushScheme {
 
 fn notifier() -> NotifierPlacement {
     NotifierPlacement::from_u8(policy().notifier).unwrap_or(NotifierPlacement::TlbFlush)
-}
-
-// ---- hook points ----------------------------------------------------------
-
-type HookFn = fn(u64);
-
-/// One armed hook per CPU: the next time this CPU's mm code reaches `hook`,
-/// `f(arg)` runs there (with whatever locks are held) and the hook disarms.
-#[derive(Clone, Copy)]
-struct Armed {
-    hook: u8,
-    f: HookFn,
-    arg: u64,
-}
-
-static ARMED: [SpinLock<Option<Armed>>; layout::MAX_VCPUS as usize] =
-    [const { SpinLock::new(None) }; layout::MAX_VCPUS as usize];
-
-/// Arms `hook` on this CPU.
-pub fn arm_hook(hook: Hook, f: HookFn, arg: u64) {
-    *ARMED[percpu::cpu() as usize].lock() = Some(Armed { hook: hook as u8, f, arg });
-}
-
-pub fn disarm_hooks() {
-    *ARMED[percpu::cpu() as usize].lock() = None;
-}
-
-/// A named point in the mm code; a no-op unless a test armed it on this CPU.
-#[inline]
-pub fn hook(h: Hook) {
-    let slot = &ARMED[percpu::cpu() as usize];
-    let fire = {
-        let mut a = slot.lock();
-        match *a {
-            Some(armed) if armed.hook == h as u8 => a.take(),
-            _ => None,
-        }
-    };
-    if let Some(armed) = fire {
-        (armed.f)(armed.arg);
-    }
 }
 
 // ---- split page-table locks -----------------------------------------------

@@ -2,6 +2,7 @@
 //! part: page tables built only through the VMM's page-table ops, a page
 //! allocator, and the TLB-flush primitives (local flush, shootdown).
 
+pub mod hooks;
 pub mod memory;
 pub mod page_alloc;
 pub mod pgtable;

@@ -1,0 +1,74 @@
+//! Named hook points in the mm model (`abi::litmus::Hook`).
+//!
+//! Each CPU has a mask of armed hooks and one callback. [`hook`] is what the
+//! mm code calls at every named point: one per-CPU load and a bit test when
+//! nothing is armed, which matters here because every guest instruction is
+//! emulated on our hosts. The litmus interpreter arms the hooks of the
+//! current operation for the whole operation ("every time it reaches the
+//! hook"); self-tests can arm one hook to fire once.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use abi::layout::MAX_VCPUS;
+use abi::litmus::Hook;
+
+use crate::percpu;
+use crate::sync::SpinLock;
+
+/// What runs at an armed hook: `f(hook, arg)`, with whatever locks the
+/// thread holds at that point.
+pub type HookFn = fn(Hook, u64);
+
+const N: usize = MAX_VCPUS as usize;
+/// Bit `h` set: hook number `h` is armed on this CPU.
+static MASK: [AtomicU32; N] = [const { AtomicU32::new(0) }; N];
+/// Bit `h` set: disarm hook `h` after it fires once.
+static ONCE: [AtomicU32; N] = [const { AtomicU32::new(0) }; N];
+/// The callback and its argument; locked only when a hook fires.
+static CALLBACK: [SpinLock<(HookFn, u64)>; N] = [const { SpinLock::new((noop as HookFn, 0)) }; N];
+
+fn noop(_: Hook, _: u64) {}
+
+/// Arms every hook in `mask` (bit = hook number) on this CPU until
+/// [`disarm`]; `f(hook, arg)` runs each time one is reached.
+#[allow(dead_code)] // until the litmus interpreter lands
+pub fn arm(mask: u32, f: HookFn, arg: u64) {
+    let c = percpu::cpu() as usize;
+    *CALLBACK[c].lock() = (f, arg);
+    ONCE[c].store(0, Ordering::Relaxed);
+    MASK[c].store(mask, Ordering::Release);
+}
+
+/// Arms `hook` on this CPU for one firing.
+pub fn arm_once(hook: Hook, f: HookFn, arg: u64) {
+    let c = percpu::cpu() as usize;
+    let bit = 1u32 << hook as u8;
+    *CALLBACK[c].lock() = (f, arg);
+    ONCE[c].store(bit, Ordering::Relaxed);
+    MASK[c].store(bit, Ordering::Release);
+}
+
+/// Disarms every hook of this CPU.
+pub fn disarm() {
+    MASK[percpu::cpu() as usize].store(0, Ordering::Release);
+}
+
+/// The mask bit of a hook.
+pub const fn bit(h: Hook) -> u32 {
+    1 << h as u8
+}
+
+/// A named point in the mm code; a no-op unless armed on this CPU.
+#[inline]
+pub fn hook(h: Hook) {
+    let c = percpu::cpu() as usize;
+    let mask = MASK[c].load(Ordering::Acquire);
+    if mask & bit(h) == 0 {
+        return;
+    }
+    if ONCE[c].load(Ordering::Relaxed) & bit(h) != 0 {
+        MASK[c].store(mask & !bit(h), Ordering::Release);
+    }
+    let (f, arg) = *CALLBACK[c].lock();
+    f(h, arg);
+}
