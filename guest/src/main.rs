@@ -26,6 +26,7 @@ mod selftest_tlb;
 mod smp;
 mod sync;
 mod time;
+mod trace;
 mod trap;
 
 use abi::{BootInfo, BOOT_INFO_MAGIC};

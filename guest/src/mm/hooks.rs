@@ -61,6 +61,7 @@ pub const fn bit(h: Hook) -> u32 {
 /// A named point in the mm code; a no-op unless armed on this CPU.
 #[inline]
 pub fn hook(h: Hook) {
+    crate::trace::emit(crate::trace::Kind::Hook, 0, h as u64, 0);
     let c = percpu::cpu() as usize;
     let mask = MASK[c].load(Ordering::Acquire);
     if mask & bit(h) == 0 {
