@@ -57,6 +57,18 @@ pub const STACK_SIZE: u64 = 0x1_0000;
 pub const SHARED_BASE: u64 = 0x200_0000;
 pub const SHARED_SIZE: u64 = 0x100_0000;
 
+/// The litmus blob the VMM writes for the guest interpreter (`abi::litmus`).
+pub const LITMUS_BLOB: u64 = SHARED_BASE;
+pub const LITMUS_BLOB_MAX: u64 = 0x20_0000;
+/// Litmus run state the VMM's watchdog reads (`abi::hypercall::litmus_state`).
+pub const LITMUS_STATE: u64 = SHARED_BASE + 0x20_0000;
+/// Litmus kernel words (`var` locations and flags), 8 bytes each, one page.
+pub const LITMUS_VARS: u64 = LITMUS_STATE + 0x1000;
+/// Trace area: the global sequence counter and per-vCPU record rings (`abi::trace`).
+pub const TRACE_BASE: u64 = SHARED_BASE + 0x40_0000;
+pub const TRACE_SIZE: u64 = 0xC0_0000;
+const _: () = assert!(TRACE_BASE + TRACE_SIZE <= SHARED_BASE + SHARED_SIZE);
+
 pub const PT_BASE: u64 = SHARED_BASE + SHARED_SIZE;
 pub const PT_SIZE: u64 = 0x80_0000;
 
