@@ -45,10 +45,21 @@ pub mod op {
     pub const SIGNAL: u64 = 7;
     /// Sleep `value` microseconds.
     pub const DELAY_US: u64 = 8;
+    /// Atomically add `value` to the kernel word at GPA `va` (result = old value).
+    pub const KADD: u64 = 9;
+    /// Spin until the kernel word at GPA `va` differs from `value`.
+    pub const WAIT_NE: u64 = 10;
+    /// Spin until the kernel word at GPA `va` is at least `value`.
+    pub const WAIT_GE: u64 = 11;
     pub const KIND_MASK: u64 = 0xff;
+    /// Bits 32..64 are free for the submitter (litmus: the op's source pc).
+    pub const TAG_SHIFT: u32 = 32;
     /// On a translation fault, wait for the guest to fix the page tables
     /// and retry (up to a time limit) instead of recording `FAULT`.
     pub const RETRY: u64 = 1 << 8;
+    /// `value` is the index of an earlier op of this program whose result
+    /// is the operand (a litmus device thread's register source).
+    pub const VALUE_FROM: u64 = 1 << 9;
 }
 
 pub mod status {

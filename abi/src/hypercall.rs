@@ -11,6 +11,10 @@ pub const EXIT_PORT: u16 = 0x0511;
 /// A port with no handler behind it in the VMM beyond "resume": the bare
 /// port-I/O exit benchmarks compare hypercalls against.
 pub const NOP_PORT: u16 = 0x0512;
+/// A spinning guest gives its host thread's CPU away (`sched_yield` in the
+/// vCPU thread): litmus threads waiting on a flag use it so that, with more
+/// vCPUs than host cores, the thread they wait for gets to run.
+pub const YIELD_PORT: u16 = 0x0513;
 /// 16550 UART (COM1).
 pub const SERIAL_PORT: u16 = 0x03f8;
 
@@ -108,6 +112,13 @@ pub mod op {
     pub const DMA_SUBMIT: u64 = 17;
     /// IOMMU counters: `ret` = IOTLB entries, PWC entries, stale hits, stale walks.
     pub const IOMMU_STATS: u64 = 18;
+    /// One litmus iteration finished: `args[0]` = iteration number,
+    /// `args[1]` = number of observed values (u64 LE in `data`),
+    /// `args[2]` = data pages leaked, `args[3]` = page-table pages leaked
+    /// (both as signed deltas against the start of the iteration),
+    /// `args[4]` = iteration time in ns (guest TSC).
+    pub const LITMUS_RESULT: u64 = 19;
+    // 20..=22 reserved for the litmus runner; 24..=27 for tracing.
 }
 
 /// Native-TLB fidelity probes (`vmm probe`).

@@ -14,6 +14,7 @@ mod bench;
 mod console;
 mod hypercall;
 mod iommu;
+mod litmus;
 mod misbehave;
 mod mm;
 mod percpu;
@@ -89,6 +90,7 @@ extern "C" fn kmain(cpu: u64, boot: *const BootInfo) -> ! {
             abi::exit::SUCCESS
         }
         "selftest" => selftest::run(boot, cmdline),
+        "litmus" => litmus::run(cmdline),
         m if m.starts_with("misbehave.") && misbehave::run(&m["misbehave.".len()..]) => abi::exit::GUEST_PANIC,
         other => report::fatal(file!(), line!(), format_args!("unknown mode={other} on the command line")),
     };

@@ -96,6 +96,41 @@ probe_write_u64_insn:
 probe_write_u64_fixup:
     mov edx, 1
     ret
+
+    /* Atomic read-modify-write probes (litmus xchg/cmpxchg/fetch_add):
+       rax = the old value. */
+    .global probe_xchg_u64
+probe_xchg_u64:
+    xor edx, edx
+    mov rax, rsi
+    .global probe_xchg_u64_insn
+probe_xchg_u64_insn:
+    xchg [rdi], rax
+    ret
+    .global probe_rmw_fixup
+probe_rmw_fixup:
+    mov edx, 1
+    xor eax, eax
+    ret
+
+    .global probe_xadd_u64
+probe_xadd_u64:
+    xor edx, edx
+    mov rax, rsi
+    .global probe_xadd_u64_insn
+probe_xadd_u64_insn:
+    lock xadd [rdi], rax
+    ret
+
+    .global probe_cmpxchg_u64
+probe_cmpxchg_u64:
+    mov rax, rsi
+    mov rcx, rdx
+    xor edx, edx
+    .global probe_cmpxchg_u64_insn
+probe_cmpxchg_u64_insn:
+    lock cmpxchg [rdi], rcx
+    ret
 "#,
     dispatch = sym trap_dispatch,
 );
@@ -106,6 +141,10 @@ extern "C" {
     static probe_read_u64_fixup: u8;
     static probe_write_u64_insn: u8;
     static probe_write_u64_fixup: u8;
+    static probe_xchg_u64_insn: u8;
+    static probe_xadd_u64_insn: u8;
+    static probe_cmpxchg_u64_insn: u8;
+    static probe_rmw_fixup: u8;
 }
 
 /// Result of a probe access.
@@ -121,6 +160,12 @@ extern "C" {
     pub fn probe_read_u64(addr: u64) -> Probe;
     /// Writes `*addr = val`, likewise.
     pub fn probe_write_u64(addr: u64, val: u64) -> Probe;
+    /// Atomically exchanges `*addr` with `val`; `value` = the old value.
+    pub fn probe_xchg_u64(addr: u64, val: u64) -> Probe;
+    /// Atomically adds `val` to `*addr`; `value` = the old value.
+    pub fn probe_xadd_u64(addr: u64, val: u64) -> Probe;
+    /// `lock cmpxchg`: if `*addr == old` store `new`; `value` = the old contents.
+    pub fn probe_cmpxchg_u64(addr: u64, old: u64, new: u64) -> Probe;
 }
 
 /// Saved state on the interrupt stack, lowest address first.
@@ -216,6 +261,11 @@ fn fixup_for(rip: u64) -> Option<u64> {
             Some(addr(&probe_read_u64_fixup))
         } else if rip == addr(&probe_write_u64_insn) {
             Some(addr(&probe_write_u64_fixup))
+        } else if rip == addr(&probe_xchg_u64_insn)
+            || rip == addr(&probe_xadd_u64_insn)
+            || rip == addr(&probe_cmpxchg_u64_insn)
+        {
+            Some(addr(&probe_rmw_fixup))
         } else {
             None
         }

@@ -1,7 +1,10 @@
 //! The DMA engine: a VMM thread that runs device programs (`abi::dma`)
 //! through the emulated IOMMU, concurrently with the vCPUs. It blocks on a
 //! channel when idle (no polling); `DMA_SUBMIT` hands it a program's GPA.
+//! Each program runs on its own worker thread, so several devices (litmus
+//! device threads) can wait on each other's flags.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,6 +23,8 @@ const WAIT_LIMIT: Duration = Duration::from_secs(30);
 pub struct DmaEngine {
     tx: Option<Sender<u64>>,
     thread: Option<JoinHandle<()>>,
+    /// Set when the VM goes away: waiting programs give up at once.
+    stop: Arc<AtomicBool>,
 }
 
 impl DmaEngine {
@@ -31,10 +36,12 @@ impl DmaEngine {
         deliver: Arc<dyn Fn(Msi) + Send + Sync>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("dma-engine".into())
-            .spawn(move || engine_loop(rx, &mem, &iommu, &*deliver))?;
-        Ok(Self { tx: Some(tx), thread: Some(thread) })
+            .spawn(move || engine_loop(rx, mem, iommu, deliver, stop2))?;
+        Ok(Self { tx: Some(tx), thread: Some(thread), stop })
     }
 
     pub fn submit(&self, program_gpa: u64) -> bool {
@@ -44,6 +51,7 @@ impl DmaEngine {
 
 impl Drop for DmaEngine {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
         drop(self.tx.take()); // closes the channel: the thread ends
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -51,17 +59,42 @@ impl Drop for DmaEngine {
     }
 }
 
-fn engine_loop(rx: Receiver<u64>, mem: &GuestMemoryMmap, iommu: &Mutex<Iommu>, deliver: &dyn Fn(Msi)) {
+fn engine_loop(
+    rx: Receiver<u64>,
+    mem: GuestMemoryMmap,
+    iommu: Arc<Mutex<Iommu>>,
+    deliver: Arc<dyn Fn(Msi) + Send + Sync>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut workers: Vec<JoinHandle<()>> = Vec::new();
     while let Ok(gpa) = rx.recv() {
-        let st = match run_program(gpa, mem, iommu, deliver) {
-            Ok(()) => status::DONE,
-            Err(()) => status::BAD_PROGRAM,
+        workers.retain(|w| !w.is_finished());
+        let (mem, iommu, deliver, stop) = (mem.clone(), iommu.clone(), deliver.clone(), stop.clone());
+        let work = move || {
+            let st = match run_program(gpa, &mem, &iommu, &*deliver, &stop) {
+                Ok(()) => status::DONE,
+                Err(()) => status::BAD_PROGRAM,
+            };
+            let _ = gmem::store_u64(&mem, gpa + 16, st);
         };
-        let _ = gmem::store_u64(mem, gpa + 16, st);
+        match std::thread::Builder::new().name("dma-worker".into()).spawn(work) {
+            Ok(h) => workers.push(h),
+            // No thread: the program stays PENDING and the guest's wait times out.
+            Err(_) => continue,
+        }
+    }
+    for w in workers {
+        let _ = w.join();
     }
 }
 
-fn run_program(gpa: u64, mem: &GuestMemoryMmap, iommu: &Mutex<Iommu>, deliver: &dyn Fn(Msi)) -> Result<(), ()> {
+fn run_program(
+    gpa: u64,
+    mem: &GuestMemoryMmap,
+    iommu: &Mutex<Iommu>,
+    deliver: &dyn Fn(Msi),
+    stop: &AtomicBool,
+) -> Result<(), ()> {
     if !gpa.is_multiple_of(8) {
         return Err(());
     }
@@ -73,13 +106,20 @@ fn run_program(gpa: u64, mem: &GuestMemoryMmap, iommu: &Mutex<Iommu>, deliver: &
     let pasid = pasid as u32;
     for i in 0..nops {
         let at = gpa + dma::HEADER_SIZE + i * dma::OP_SIZE;
-        let rec = OpRecord {
+        let mut rec = OpRecord {
             op: mem.read_obj(GuestAddress(at)).map_err(|_| ())?,
             va: mem.read_obj(GuestAddress(at + 8)).map_err(|_| ())?,
             value: mem.read_obj(GuestAddress(at + 16)).map_err(|_| ())?,
             result: 0,
         };
-        let result = run_op(pasid, &rec, mem, iommu, deliver)?;
+        if rec.op & op::VALUE_FROM != 0 {
+            if rec.value >= i {
+                return Err(());
+            }
+            let from = gpa + dma::HEADER_SIZE + rec.value * dma::OP_SIZE + 24;
+            rec.value = mem.read_obj(GuestAddress(from)).map_err(|_| ())?;
+        }
+        let result = run_op(pasid, &rec, mem, iommu, deliver, stop)?;
         gmem::store_u64(mem, at + 24, result).map_err(|_| ())?;
     }
     Ok(())
@@ -91,21 +131,31 @@ fn run_op(
     mem: &GuestMemoryMmap,
     iommu: &Mutex<Iommu>,
     deliver: &dyn Fn(Msi),
+    stop: &AtomicBool,
 ) -> Result<u64, ()> {
     let kind = r.op & op::KIND_MASK;
     match kind {
-        op::WAIT_EQ => {
+        op::WAIT_EQ | op::WAIT_NE | op::WAIT_GE => {
             let start = Instant::now();
             loop {
                 let v = gmem::load_u64(mem, r.va).map_err(|_| ())?;
-                if v == r.value {
+                let met = match kind {
+                    op::WAIT_EQ => v == r.value,
+                    op::WAIT_NE => v != r.value,
+                    _ => v >= r.value,
+                };
+                if met {
                     return Ok(v);
                 }
-                if start.elapsed() > WAIT_LIMIT {
+                if start.elapsed() > WAIT_LIMIT || stop.load(Ordering::Acquire) {
                     return Ok(dma::FAULT);
                 }
                 std::thread::sleep(Duration::from_micros(20));
             }
+        }
+        op::KADD => {
+            let old = gmem::fetch_add_u64(mem, r.va, r.value).map_err(|_| ())?;
+            return Ok(old);
         }
         op::SIGNAL => {
             gmem::store_u64(mem, r.va, r.value).map_err(|_| ())?;

@@ -21,6 +21,9 @@ pub enum Error {
     Kvm { what: &'static str, err: kvm_ioctls::Error },
     #[error("guest memory: {0}")]
     Memory(String),
+    /// Litmus files or policies that did not check (already rendered with file:line:col).
+    #[error("{0}")]
+    Litmus(String),
     #[error("{0}")]
     Other(String),
 }

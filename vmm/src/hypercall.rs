@@ -131,6 +131,28 @@ impl Hypercalls {
                 back.reverse();
                 self.reply(mem, status::OK, [!a[0], !a[1], !a[2], !a[3]], &back)?;
             }
+            op::LITMUS_RESULT => {
+                let Some(session) = &shared.litmus else {
+                    return Err(guest_error("bad hypercall: LITMUS_RESULT outside a litmus run"));
+                };
+                let n = a[1] as usize;
+                if n * 8 > req.data.len() {
+                    return Err(guest_error(format!(
+                        "bad hypercall: LITMUS_RESULT with {n} values but {} bytes of data",
+                        req.data.len()
+                    )));
+                }
+                let values =
+                    req.data[..n * 8].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+                session.report(crate::litmus_run::IterReport {
+                    iteration: a[0],
+                    values,
+                    leaked_pages: a[2] as i64,
+                    leaked_tables: a[3] as i64,
+                    guest_ns: a[4],
+                });
+                self.reply(mem, status::OK, [0; 4], &[])?;
+            }
             op::TEST_BEGIN => {
                 shared.results.lock().unwrap().begin(&text(&req.data));
                 self.reply(mem, status::OK, [0; 4], &[])?;

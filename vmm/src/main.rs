@@ -1,5 +1,6 @@
-//! `vmm`: boot the shootdown guest on KVM and run its self-tests (and, as the
-//! project grows, its litmus catalogue). See README.md for the CLI.
+//! `vmm`: boot the shootdown guest on KVM and run litmus tests (with no
+//! arguments: the built-in catalogue), its self-tests, probes and
+//! benchmarks. See README.md for the CLI.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,9 +23,10 @@ struct Cli {
     /// Boot this ELF image instead of the embedded shootdown guest.
     #[arg(long, global = true, value_name = "PATH")]
     guest: Option<PathBuf>,
-    /// Number of vCPUs, each on its own host thread.
-    #[arg(long, global = true, default_value_t = 2, value_name = "N")]
-    vcpus: u64,
+    /// Number of vCPUs, each on its own host thread (default: 2; for
+    /// `litmus`, as many as the test has vCPU threads).
+    #[arg(long, global = true, value_name = "N")]
+    vcpus: Option<u64>,
     /// Guest RAM in MiB.
     #[arg(long, global = true, default_value_t = 256, value_name = "MiB")]
     mem: u64,
@@ -38,11 +40,13 @@ struct Cli {
     /// vCPU TLB model: `lazy` (entries live until this vCPU flushes),
     /// `evict:P` (also drop each stale entry with probability P at every
     /// exit), `native` (the host's real TLB; see `vmm probe`).
-    #[arg(long, global = true, default_value = "lazy", value_name = "MODEL", value_parser = TlbModel::parse)]
-    tlb: TlbModel,
-    /// Seed for everything random (eviction, placement), for re-runnable results.
-    #[arg(long, global = true, default_value_t = 1, value_name = "N")]
-    seed: u64,
+    /// For `litmus` this overrides the policies' `tlb=` key.
+    #[arg(long, global = true, value_name = "MODEL", value_parser = TlbModel::parse)]
+    tlb: Option<TlbModel>,
+    /// Seed for everything random (eviction, placement), for re-runnable
+    /// results (default 1; `litmus` picks one and prints it).
+    #[arg(long, global = true, value_name = "N")]
+    seed: Option<u64>,
     /// Show the guest's serial console (boot messages).
     #[arg(long, global = true)]
     verbose: bool,
@@ -52,6 +56,40 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run litmus tests (files or directories of `*.toml`; none = the
+    /// built-in catalogue S1–S8) and print herdtools7-style results.
+    Litmus {
+        /// Litmus files or directories.
+        paths: Vec<PathBuf>,
+        /// Iterations per (test, policy).
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        runs: u64,
+        /// A policy `k=v,k=v` to run (repeatable: a matrix). Default: the
+        /// policies of each test's [expect] table.
+        #[arg(long = "policy", value_name = "POLICY")]
+        policies: Vec<String>,
+        /// Device IOTLB model: `lazy` or `evict:P` (overrides the policies).
+        #[arg(long, value_name = "MODEL")]
+        iotlb: Option<String>,
+        /// The IOMMU's paging-structure cache: `on` or `off` (overrides the policies).
+        #[arg(long, value_name = "on|off")]
+        pwc: Option<String>,
+        /// Also write the results as JSON (schema `shootdown-results/1`).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Exit with status 1 if any observation disagrees with [expect] (or pages leaked).
+        #[arg(long)]
+        check: bool,
+        /// Time limit per iteration; one that runs out is recorded as `timeout`.
+        #[arg(long, default_value_t = 3000, value_name = "MS")]
+        iteration_timeout: u64,
+        /// Print every hook point with one line each, then exit.
+        #[arg(long)]
+        list_hooks: bool,
+        /// Print every policy key, its values and default, then exit.
+        #[arg(long)]
+        list_policies: bool,
+    },
     /// Run the guest self-tests (the default): one PASS/FAIL/SKIP line each, then a SUMMARY.
     Selftest {
         /// Run only tests whose names start with one of these (e.g. `ipi.` or `boot.all-vcpus`).
@@ -98,8 +136,28 @@ fn load_image(cli: &Cli) -> Result<(Arc<[u8]>, PathBuf), Error> {
 fn real_main(cli: Cli) -> Result<i32, Error> {
     let (image, image_path) = load_image(&cli)?;
     let mut cmdline = cli.cmdline.clone();
-    let command = cli.command.unwrap_or(Command::Selftest { filter: vec![] });
+    let command = cli.command.unwrap_or(Command::Litmus {
+        paths: vec![],
+        runs: 100,
+        policies: vec![],
+        iotlb: None,
+        pwc: None,
+        json: None,
+        check: true,
+        iteration_timeout: 3000,
+        list_hooks: false,
+        list_policies: false,
+    });
     match &command {
+        Command::Litmus { list_hooks: true, .. } => {
+            print!("{}", litmus::list_hooks());
+            return Ok(status::OK);
+        }
+        Command::Litmus { list_policies: true, .. } => {
+            print!("{}", litmus::list_policies());
+            return Ok(status::OK);
+        }
+        Command::Litmus { .. } => {}
         Command::Selftest { filter } => {
             cmdline = format!("mode=selftest {cmdline}");
             if !filter.is_empty() {
@@ -112,16 +170,34 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         cmdline += " verbose";
     }
     let cfg = VmConfig {
-        vcpus: cli.vcpus,
+        vcpus: cli.vcpus.unwrap_or(2),
         mem_mib: cli.mem,
         cmdline,
         timeout: Duration::from_secs(cli.timeout),
         image,
         image_path,
         quiet: false,
-        tlb: cli.tlb,
-        seed: cli.seed,
+        tlb: cli.tlb.unwrap_or(TlbModel::Lazy),
+        seed: cli.seed.unwrap_or(1),
+        iommu: iommu::IommuConfig::default(),
+        litmus: None,
     };
+    if let Command::Litmus { paths, runs, policies, iotlb, pwc, json, check, iteration_timeout, .. } = command {
+        let args = vmm::litmus_run::LitmusArgs {
+            paths,
+            runs,
+            policies,
+            json,
+            check,
+            tlb: cli.tlb.map(|t| t.to_string()),
+            iotlb,
+            pwc,
+            seed: cli.seed,
+            vcpus: cli.vcpus,
+            iteration_timeout: Duration::from_millis(iteration_timeout.max(1)),
+        };
+        return vmm::litmus_run::run(&cfg, &args);
+    }
     if let Command::Probe { tries } = command {
         vmm::probe::run(&cfg, tries.max(1))?;
         return Ok(status::OK);
@@ -141,6 +217,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
                 status::GUEST_ERROR
             }
         },
+        EndReason::IterationTimeout => status::TIMEOUT,
         EndReason::GuestError { vcpu, rip, cause } => {
             eprintln!("vmm: guest error on vCPU {vcpu} at RIP {rip:#x}: {cause}");
             status::GUEST_ERROR

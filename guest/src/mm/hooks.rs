@@ -31,7 +31,6 @@ fn noop(_: Hook, _: u64) {}
 
 /// Arms every hook in `mask` (bit = hook number) on this CPU until
 /// [`disarm`]; `f(hook, arg)` runs each time one is reached.
-#[allow(dead_code)] // until the litmus interpreter lands
 pub fn arm(mask: u32, f: HookFn, arg: u64) {
     let c = percpu::cpu() as usize;
     *CALLBACK[c].lock() = (f, arg);

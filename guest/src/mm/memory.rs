@@ -561,3 +561,13 @@ pub fn do_user_addr_fault(va: u64, error_code: u64) -> bool {
     }
     TEST_MM.handle_mm_fault(va, error_code & 2 != 0).is_ok()
 }
+
+impl MmStruct {
+    /// Binds the mm to `pasid` on the SVA driver (`iommu_sva_bind_device`):
+    /// from now on the secondary MMU walks its page tables and hears its
+    /// invalidations. `teardown` unbinds.
+    pub fn bind_pasid(&self, pasid: u32) {
+        iommu::bind_mm(pasid, self.pgd.load(Ordering::Acquire));
+        self.pasid.store(pasid as u64, Ordering::Release);
+    }
+}

@@ -3,6 +3,7 @@
 //! allocator, and the TLB-flush primitives (local flush, shootdown).
 
 pub mod hooks;
+pub mod litmus_shim;
 pub mod memory;
 pub mod page_alloc;
 pub mod pgtable;

@@ -16,7 +16,7 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use iommu::{Iommu, IommuConfig, Msi};
 use kvm_bindings::{kvm_msi, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY};
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -27,6 +27,7 @@ use crate::boot;
 use crate::dma::DmaEngine;
 use crate::error::{kvm, Error, Result};
 use crate::hypercall::{BenchFigure, ProbeResult};
+use crate::litmus_run::LitmusSession;
 use crate::report::Results;
 use crate::shadow::{ShadowPool, TlbModel};
 
@@ -48,6 +49,10 @@ pub struct VmConfig {
     pub tlb: TlbModel,
     /// Seed for everything random (`--seed`).
     pub seed: u64,
+    /// The emulated IOMMU's caches (`iotlb=`, `pwc=` policies).
+    pub iommu: IommuConfig,
+    /// Set for `mode=litmus` boots: the blob, and where results go.
+    pub litmus: Option<Arc<LitmusSession>>,
 }
 
 /// How a run ended.
@@ -55,6 +60,9 @@ pub struct VmConfig {
 pub enum EndReason {
     /// The guest wrote this status to the exit port.
     GuestExit(u32),
+    /// A litmus iteration made no progress within its time limit; the
+    /// session holds where every thread was.
+    IterationTimeout,
     /// The guest misbehaved.
     GuestError { vcpu: u64, rip: u64, cause: String },
     /// The watchdog fired; where every vCPU was.
@@ -110,6 +118,7 @@ pub struct VmShared {
     /// tracking) and the DMA engine.
     pub iommu: Arc<Mutex<Iommu>>,
     pub dma: DmaEngine,
+    pub litmus: Option<Arc<LitmusSession>>,
     vm_fd: Arc<VmFd>,
 }
 
@@ -226,7 +235,17 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
         boot::write_pvh_start_info(&mem, mem_size)?;
     }
 
-    let mut iommu = Iommu::new(IommuConfig::default()).map_err(|e| Error::Other(format!("IOMMU config: {e}")))?;
+    if let Some(l) = &cfg.litmus {
+        if l.blob.len() as u64 > layout::LITMUS_BLOB_MAX {
+            return Err(Error::Other(format!(
+                "litmus test too large: {} bytes of bytecode (at most {})",
+                l.blob.len(),
+                layout::LITMUS_BLOB_MAX
+            )));
+        }
+        mem.write_slice(&l.blob, GuestAddress(layout::LITMUS_BLOB)).map_err(|e| Error::Memory(e.to_string()))?;
+    }
+    let mut iommu = Iommu::new(cfg.iommu).map_err(|e| Error::Other(format!("IOMMU config: {e}")))?;
     iommu.set_table_tracking(true);
     let iommu = Arc::new(Mutex::new(iommu));
     let vm_for_msi = vm.clone();
@@ -249,6 +268,7 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
         live_tables: Mutex::new(BTreeSet::new()),
         iommu,
         dma,
+        litmus: cfg.litmus.clone(),
         vm_fd: vm.clone(),
     });
 
@@ -285,7 +305,12 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
         threads.push(t);
     }
 
-    let timed_out = supervise(&shared, cfg.timeout)?;
+    let stall_check = cfg.litmus.as_ref().map(|l| {
+        let (l, mem) = (l.clone(), mem.clone());
+        Box::new(move || l.stalled(&mem)) as Box<dyn FnMut() -> bool + Send>
+    });
+    let fired = supervise(&shared, cfg.timeout, stall_check)?;
+    let timed_out = fired == Fired::Watchdog;
     let boot_to_exit = start.elapsed();
     if timed_out {
         shared.dump.store(true, Ordering::Release);
@@ -302,6 +327,8 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
     let end = if timed_out {
         let dumps = shared.dumps.lock().unwrap().iter().flatten().cloned().collect();
         EndReason::Timeout { dumps }
+    } else if fired == Fired::IterationStall {
+        EndReason::IterationTimeout
     } else {
         shared.end.lock().unwrap().clone().unwrap_or(EndReason::GuestExit(abi::exit::GUEST_PANIC))
     };
@@ -312,26 +339,40 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
         }
         EndReason::Timeout { .. } => results.abort_current(&format!("timed out after {:?}", cfg.timeout)),
         EndReason::GuestExit(_) => results.abort_current("guest exited in the middle of the test"),
+        EndReason::IterationTimeout => {}
     }
     let bench = std::mem::take(&mut *shared.bench.lock().unwrap());
     let probes = std::mem::take(&mut *shared.probes.lock().unwrap());
     Ok(RunOutcome { end, results, boot_to_exit, bench, probes })
 }
 
-/// Waits (event-manager, no polling) for the guest's end or the watchdog.
-/// Returns true if the watchdog fired.
-fn supervise(shared: &Arc<VmShared>, timeout: Duration) -> Result<bool> {
+/// How often a litmus run's iteration watchdog looks at the progress mark.
+const STALL_TICK: Duration = Duration::from_millis(50);
+
+type StallCheck = Box<dyn FnMut() -> bool + Send>;
+
+/// Waits (event-manager, no polling) for the guest's end, the watchdog or,
+/// in a litmus run, an iteration that stopped making progress.
+fn supervise(shared: &Arc<VmShared>, timeout: Duration, stall_check: Option<StallCheck>) -> Result<Fired> {
     let err = |what: &str, e: &dyn std::fmt::Display| Error::Other(format!("{what}: {e}"));
     let mut timer = TimerFd::new().map_err(|e| err("timerfd", &e))?;
     timer.reset(timeout, None).map_err(|e| err("timerfd", &e))?;
     let exit_evt = shared.exit_evt.try_clone().map_err(|e| err("eventfd", &e))?;
-    let sup = Arc::new(Mutex::new(Supervisor { exit_evt, timer, fired: None }));
+    let stall = match stall_check {
+        Some(check) => {
+            let mut tick = TimerFd::new().map_err(|e| err("timerfd", &e))?;
+            tick.reset(STALL_TICK, Some(STALL_TICK)).map_err(|e| err("timerfd", &e))?;
+            Some((tick, check))
+        }
+        None => None,
+    };
+    let sup = Arc::new(Mutex::new(Supervisor { exit_evt, timer, stall, fired: None }));
     let mut em = EventManager::<Arc<Mutex<Supervisor>>>::new().map_err(|e| err("event manager", &e))?;
     em.add_subscriber(sup.clone());
     loop {
         em.run().map_err(|e| err("event manager", &e))?;
         if let Some(f) = sup.lock().unwrap().fired {
-            return Ok(f == Fired::Watchdog);
+            return Ok(f);
         }
     }
 }
@@ -340,11 +381,14 @@ fn supervise(shared: &Arc<VmShared>, timeout: Duration) -> Result<bool> {
 enum Fired {
     GuestEnded,
     Watchdog,
+    IterationStall,
 }
 
 struct Supervisor {
     exit_evt: EventFd,
     timer: TimerFd,
+    /// Litmus runs: a periodic tick and the progress check it runs.
+    stall: Option<(TimerFd, StallCheck)>,
     fired: Option<Fired>,
 }
 
@@ -356,11 +400,19 @@ impl MutEventSubscriber for Supervisor {
         } else if events.fd() == self.timer.as_raw_fd() {
             let _ = self.timer.wait();
             self.fired.get_or_insert(Fired::Watchdog);
+        } else if let Some((tick, check)) = &mut self.stall {
+            if events.fd() == tick.as_raw_fd() {
+                let _ = tick.wait();
+                if check() {
+                    self.fired.get_or_insert(Fired::IterationStall);
+                }
+            }
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        for fd in [self.exit_evt.as_raw_fd(), self.timer.as_raw_fd()] {
+        let tick = self.stall.as_ref().map(|(t, _)| t.as_raw_fd());
+        for fd in [self.exit_evt.as_raw_fd(), self.timer.as_raw_fd()].into_iter().chain(tick) {
             ops.add(Events::new_raw(fd, event_manager::EventSet::IN)).expect("register supervisor fds");
         }
     }

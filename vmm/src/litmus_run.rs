@@ -1,0 +1,371 @@
+//! `vmm litmus`: runs litmus tests (the `litmus` crate parses, checks and
+//! compiles them; the guest interprets the bytecode) and prints herd-style
+//! results.
+//!
+//! One guest boot runs many iterations of one (test, policy). An iteration
+//! that stops making progress (a hook paused under a lock another thread
+//! needs, a device waiting forever) is ended by the VMM: it reads where each
+//! thread was from the guest's state page, records the outcome `timeout`,
+//! and boots again at the next iteration. Results gathered so far are kept
+//! whatever happens to a boot.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use abi::litmus::{state, Hook, VALUE_TIMEOUT};
+use abi::{dma, layout};
+use iommu::mem as gmem;
+use litmus::{
+    any_mismatch, compile, file_summary, herd_block, policy_matrix, render_all, to_json, verdict_table, CompileOptions,
+    Key, Policy, RunResult, Test, ThreadPosition,
+};
+use vm_memory::GuestMemoryMmap;
+
+use crate::error::{Error, Result};
+use crate::shadow::TlbModel;
+use crate::status;
+use crate::vstate::vm::{self, EndReason, VmConfig};
+
+/// What one iteration reported (`LITMUS_RESULT`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IterReport {
+    pub iteration: u64,
+    pub values: Vec<u64>,
+    /// Data / page-table pages not returned after teardown.
+    pub leaked_pages: i64,
+    pub leaked_tables: i64,
+    pub guest_ns: u64,
+}
+
+/// Where the threads were when an iteration ran out of time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stall {
+    pub iteration: u64,
+    pub phase: u64,
+    /// Per thread (vCPU threads, then devices): `None` = finished, else
+    /// (pc, hook).
+    pub positions: Vec<Option<(u32, Option<Hook>)>>,
+}
+
+/// Shared between the runner, the VM's hypercall handler and its supervisor.
+#[derive(Debug)]
+pub struct LitmusSession {
+    pub blob: Vec<u8>,
+    n_vcpu_threads: usize,
+    n_device_threads: usize,
+    iteration_timeout: Duration,
+    reports: Mutex<Vec<IterReport>>,
+    /// Bumped by every report: the supervisor's progress mark.
+    progress: AtomicU64,
+    last_progress: Mutex<(u64, Instant)>,
+    stall: Mutex<Option<Stall>>,
+}
+
+impl LitmusSession {
+    pub fn new(blob: Vec<u8>, n_vcpu_threads: usize, n_device_threads: usize, iteration_timeout: Duration) -> Self {
+        LitmusSession {
+            blob,
+            n_vcpu_threads,
+            n_device_threads,
+            iteration_timeout,
+            reports: Mutex::new(Vec::new()),
+            progress: AtomicU64::new(0),
+            last_progress: Mutex::new((0, Instant::now())),
+            stall: Mutex::new(None),
+        }
+    }
+
+    /// The hypercall handler's entry.
+    pub fn report(&self, r: IterReport) {
+        self.reports.lock().unwrap().push(r);
+        self.progress.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn take_reports(&self) -> Vec<IterReport> {
+        std::mem::take(&mut *self.reports.lock().unwrap())
+    }
+
+    fn reset_clock(&self) {
+        *self.last_progress.lock().unwrap() = (self.progress.load(Ordering::Acquire), Instant::now());
+    }
+
+    /// Called by the supervisor every tick: true (after snapshotting the
+    /// threads' positions) when no iteration finished within the limit.
+    pub fn stalled(&self, mem: &GuestMemoryMmap) -> bool {
+        let now = self.progress.load(Ordering::Acquire);
+        let mut last = self.last_progress.lock().unwrap();
+        if now != last.0 {
+            *last = (now, Instant::now());
+            return false;
+        }
+        if last.1.elapsed() < self.iteration_timeout {
+            return false;
+        }
+        *self.stall.lock().unwrap() = Some(self.snapshot(mem));
+        true
+    }
+
+    fn snapshot(&self, mem: &GuestMemoryMmap) -> Stall {
+        let word = |off: u64| gmem::load_u64(mem, layout::LITMUS_STATE + off).unwrap_or(0);
+        let mut positions = Vec::new();
+        for t in 0..self.n_vcpu_threads {
+            let w = word(state::POSITIONS + 8 * t as u64);
+            positions.push(if w & state::pos::FINISHED != 0 {
+                None
+            } else {
+                let hook = Hook::from_u8(((w & state::pos::HOOK_MASK) >> state::pos::HOOK_SHIFT) as u8);
+                Some(((w & state::pos::PC_MASK) as u32, hook))
+            });
+        }
+        for d in 0..self.n_device_threads {
+            let prog = word(state::DEVICE_PROGRAMS + 8 * d as u64);
+            let nops = gmem::load_u64(mem, prog + 8).unwrap_or(0).min(dma::MAX_OPS);
+            let stuck = (0..nops).find_map(|i| {
+                let at = prog + dma::HEADER_SIZE + i * dma::OP_SIZE;
+                let result = gmem::load_u64(mem, at + 24).ok()?;
+                (result == VALUE_TIMEOUT).then(|| gmem::load_u64(mem, at).ok()).flatten()
+            });
+            positions.push(stuck.map(|op| ((op >> dma::op::TAG_SHIFT) as u32, None)));
+        }
+        Stall { iteration: word(state::ITERATION), phase: word(state::PHASE), positions }
+    }
+}
+
+/// `vmm litmus` options.
+#[derive(Clone, Debug, Default)]
+pub struct LitmusArgs {
+    /// Files or directories (searched for `*.toml`); empty = the built-in catalogue.
+    pub paths: Vec<PathBuf>,
+    pub runs: u64,
+    pub policies: Vec<String>,
+    pub json: Option<PathBuf>,
+    pub check: bool,
+    /// `--tlb` (None = the policy's or the default).
+    pub tlb: Option<String>,
+    pub iotlb: Option<String>,
+    pub pwc: Option<String>,
+    pub seed: Option<u64>,
+    /// `--vcpus`; None = as many as the test has vCPU threads.
+    pub vcpus: Option<u64>,
+    pub iteration_timeout: Duration,
+}
+
+fn collect_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found = Vec::new();
+            walk(p, &mut found).map_err(|e| Error::Other(format!("{}: {e}", p.display())))?;
+            found.sort();
+            if found.is_empty() {
+                return Err(Error::Other(format!("{}: no *.toml litmus files in this directory", p.display())));
+            }
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "toml") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Loads and checks every test; nothing runs if any file is invalid.
+pub fn load(paths: &[PathBuf]) -> Result<Vec<Test>> {
+    let (tests, warnings) = if paths.is_empty() {
+        litmus::check_all(&litmus::catalogue_sources())
+    } else {
+        litmus::load_files(&collect_paths(paths)?)
+    }
+    .map_err(|d| Error::Litmus(render_all(&d)))?;
+    if !warnings.is_empty() {
+        eprint!("{}", render_all(&warnings));
+    }
+    Ok(tests)
+}
+
+/// What happened to one (test, policy).
+struct PolicyRun {
+    result: RunResult,
+    leaks: u64,
+    guest_error: Option<String>,
+}
+
+/// Runs every (test, policy) and prints the results; returns the exit status.
+pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
+    let tests = load(&args.paths)?;
+    let seed = args.seed.unwrap_or_else(|| {
+        let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let s = s % 1_000_000_000;
+        println!("Seed {s} (re-run with --seed {s})");
+        s
+    });
+    let mut overrides = String::new();
+    for (k, v) in [("tlb", &args.tlb), ("iotlb", &args.iotlb), ("pwc", &args.pwc)] {
+        if let Some(v) = v {
+            overrides += &format!("{}{k}={v}", if overrides.is_empty() { "" } else { "," });
+        }
+    }
+    let overrides = Policy::parse(&overrides).map_err(|e| Error::Litmus(format!("--tlb/--iotlb/--pwc: {e}")))?;
+    let mut cli_policies = Vec::new();
+    for p in &args.policies {
+        cli_policies.push(Policy::parse(p).map_err(|e| Error::Litmus(format!("--policy {p}: {e}")))?);
+    }
+
+    let mut runs: Vec<(usize, PolicyRun)> = Vec::new();
+    let mut worst = status::OK;
+    for (ti, test) in tests.iter().enumerate() {
+        let matrix = policy_matrix(&cli_policies, &test.expect_policies(), &overrides);
+        let mut file_runs = Vec::new();
+        for policy in matrix {
+            let pr = run_one(base, args, test, policy, seed)?;
+            print!("{}", herd_block(test, &pr.result));
+            if pr.leaks > 0 {
+                println!("Leak {} {} iterations did not return every page", test.name, pr.leaks);
+            }
+            if let Some(e) = &pr.guest_error {
+                println!("Error {} {e}", test.name);
+                worst = worst.max(status::GUEST_ERROR);
+            }
+            println!();
+            file_runs.push(pr);
+        }
+        let refs: Vec<&RunResult> = file_runs.iter().map(|r| &r.result).collect();
+        print!("{}", file_summary(test, &refs));
+        println!();
+        runs.extend(file_runs.into_iter().map(|r| (ti, r)));
+    }
+    let pairs: Vec<(&Test, &RunResult)> = runs.iter().map(|(ti, r)| (&tests[*ti], &r.result)).collect();
+    print!("{}", verdict_table(&pairs));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&to_json(&pairs)).map_err(|e| Error::Other(e.to_string()))?;
+        std::fs::write(path, text + "\n").map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+    }
+    let leaks = runs.iter().any(|(_, r)| r.leaks > 0);
+    if args.check && (any_mismatch(&pairs) || leaks) {
+        worst = worst.max(status::TESTS_FAILED);
+    }
+    Ok(worst)
+}
+
+fn tlb_of(policy: &Policy) -> Result<TlbModel> {
+    TlbModel::parse(&policy.get(Key::Tlb)).map_err(|e| Error::Litmus(format!("tlb={}: {e}", policy.get(Key::Tlb))))
+}
+
+fn run_one(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Policy, seed: u64) -> Result<PolicyRun> {
+    let started = Instant::now();
+    let runs = args.runs.clamp(1, u32::MAX as u64);
+    let opts = CompileOptions {
+        seed,
+        iterations: runs as u32,
+        iteration_timeout_ms: args.iteration_timeout.as_millis().min(u32::MAX as u128) as u32,
+    };
+    let compiled = compile(test, &policy, &opts);
+    let blob = abi::litmus::Blob::parse(&compiled.blob)
+        .map_err(|e| Error::Other(format!("internal: compiled blob rejected: {e:?}")))?;
+    let hdr = *blob.header();
+    let thread_names: Vec<String> =
+        (0..hdr.n_threads).map(|t| blob.thread_name(t).unwrap_or("?").to_string()).collect();
+    let (nv, nd) = (hdr.n_vcpu_threads as usize, hdr.n_device_threads as usize);
+    let vcpus = args.vcpus.unwrap_or(nv.max(1) as u64);
+    if vcpus < nv as u64 {
+        return Err(Error::Litmus(format!("{}: needs {nv} vCPUs for its threads, --vcpus {vcpus} given", test.name)));
+    }
+    let mut iommu = iommu::IommuConfig { seed, ..base.iommu };
+    for key in [Key::Iotlb, Key::Pwc] {
+        let v = policy.get(key);
+        iommu.set_policy(key.name(), &v).map_err(|e| Error::Litmus(format!("{}={v}: {e}", key.name())))?;
+    }
+    let session = std::sync::Arc::new(LitmusSession::new(compiled.blob.clone(), nv, nd, args.iteration_timeout));
+    let mut result = RunResult::new(test, policy.clone(), seed);
+    result.fidelity = Some(fidelity(&policy));
+    let mut leaks = 0;
+    let mut guest_error = None;
+    let mut first = 0u64;
+    while first < runs {
+        let cfg = VmConfig {
+            vcpus,
+            cmdline: format!("mode=litmus litmus.first={first}"),
+            quiet: true,
+            tlb: tlb_of(&policy)?,
+            seed: seed ^ first,
+            iommu,
+            litmus: Some(session.clone()),
+            ..base.clone()
+        };
+        session.reset_clock();
+        let out = vm::run(&cfg)?;
+        for r in session.take_reports() {
+            if r.values.len() != result.arity {
+                return Err(Error::Other(format!(
+                    "guest reported {} values for {}, expected {}",
+                    r.values.len(),
+                    test.name,
+                    result.arity
+                )));
+            }
+            if r.leaked_pages != 0 || r.leaked_tables != 0 {
+                leaks += 1;
+            }
+            result.record(&r.values).map_err(|e| Error::Other(e.to_string()))?;
+            first = first.max(r.iteration + 1);
+        }
+        match out.end {
+            EndReason::GuestExit(abi::exit::SUCCESS) => break,
+            EndReason::IterationTimeout => {
+                let stall = session.stall.lock().unwrap().take().unwrap_or_default();
+                let positions = stall
+                    .positions
+                    .iter()
+                    .enumerate()
+                    .map(|(t, p)| ThreadPosition {
+                        thread: thread_names.get(t).cloned().unwrap_or_else(|| format!("thread{t}")),
+                        pc: p.map(|(pc, _)| pc),
+                        source: p.and_then(|(pc, _)| compiled.position(t, pc)),
+                        hook: p.and_then(|(_, h)| h),
+                    })
+                    .collect();
+                let it = stall.iteration.max(first);
+                let values = vec![VALUE_TIMEOUT; result.arity];
+                result.record_timeout(it, &values, positions).map_err(|e| Error::Other(e.to_string()))?;
+                first = it + 1;
+            }
+            EndReason::GuestExit(s) => {
+                guest_error = Some(format!("guest exited with status {s} at iteration {first}"));
+                break;
+            }
+            EndReason::GuestError { vcpu, rip, cause } => {
+                guest_error = Some(format!("guest error on vCPU {vcpu} at RIP {rip:#x}: {cause} (iteration {first})"));
+                break;
+            }
+            EndReason::Timeout { .. } => {
+                guest_error = Some(format!("watchdog: the guest did not finish within {:?}", base.timeout));
+                break;
+            }
+        }
+    }
+    result.time_secs = started.elapsed().as_secs_f64();
+    Ok(PolicyRun { result, leaks, guest_error })
+}
+
+/// The `Fidelity` line: how far the run's TLB model reflects hardware.
+fn fidelity(policy: &Policy) -> String {
+    let tlb = policy.get(Key::Tlb);
+    match tlb.as_str() {
+        "lazy" => "tlb=lazy (modelled: entries live until flushed; deterministic)".into(),
+        "native" => "tlb=native (the host's real TLB; see `vmm probe` for what this host can show)".into(),
+        _ => format!("tlb={tlb} (modelled, seeded random eviction)"),
+    }
+}
