@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
+mod litmus;
+
 const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 
 fn vmm(args: &[&str]) -> Output {
@@ -333,6 +335,33 @@ fn main() {
             bad_input(&["--guest", "/nonexistent/guest.elf"], &["/nonexistent/guest.elf", "No such file"])
         }),
     ];
+    for file in litmus::catalogue_files() {
+        let name = format!("litmus::catalogue::{}", file.trim_end_matches(".toml"));
+        let f = file.clone();
+        trials.push(Trial::test(name, move || litmus::scenario(&f)).with_ignored_flag(no_kvm.is_some()));
+    }
+    trials.push(kvm_trial("litmus::examples", litmus::examples));
+    trials.push(kvm_trial("litmus::timeout_is_recorded_and_run_goes_on", litmus::timeout_is_recorded_and_run_goes_on));
+    trials.push(kvm_trial("litmus::json_and_seeded_rerun", litmus::json_and_seeded_rerun));
+    // Checked before any VM exists: these run everywhere.
+    let malformed: &[(&str, &[&str])] = &[
+        ("badtoml.toml", &["badtoml.toml:2:11", "invalid TOML"]),
+        ("unknown-op.toml", &["unknown-op.toml:7:1", "unknown operation `frobnicate`", "valid"]),
+        ("unknown-hook.toml", &["unknown-hook.toml:6:23", "unknown hook `after_lunch`", "after_ptl_release"]),
+        ("bad-cond.toml", &["bad-cond.toml:10:19", "expected a number", "found `==`"]),
+        ("undeclared-reg.toml", &["undeclared-reg.toml:9:12", "never writes r5"]),
+        ("unknown-policy.toml", &["unknown-policy.toml:12:8", "`sometimes-later`", "ptl, gather, pending"]),
+    ];
+    for &(file, want) in malformed {
+        let name = format!("litmus::malformed::{}", file.trim_end_matches(".toml"));
+        trials.push(Trial::test(name, move || litmus::malformed(file, want)));
+    }
+    trials.push(Trial::test("litmus::list_hooks", || {
+        let o = vmm(&["litmus", "--list-hooks"]);
+        let (out, _) = text(&o);
+        ensure(o.status.code() == Some(0) && out.lines().count() == abi::litmus::Hook::ALL.len(), || format!("{out}"))?;
+        ensure(out.lines().any(|l| l.starts_with("after_ptl_release ")), || out.clone())
+    }));
     if Path::new("/dev/kvm").exists() {
         trials.push(kvm_trial("bad_input::exit_status_is_2_not_panic", || {
             let p = scratch("empty", b"");

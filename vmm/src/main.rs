@@ -116,6 +116,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => ExitCode::from(code as u8),
+        // Litmus diagnostics are already rendered (file:line:col, snippet, help).
+        Err(Error::Litmus(d)) => {
+            eprint!("{d}");
+            if !d.ends_with('\n') {
+                eprintln!();
+            }
+            ExitCode::from(status::SETUP_ERROR as u8)
+        }
         Err(e) => {
             eprintln!("vmm: error: {e}");
             ExitCode::from(status::SETUP_ERROR as u8)

@@ -1,0 +1,149 @@
+//! End-to-end tests of `vmm litmus`: the catalogue's expectations on the real
+//! guest, timeouts, JSON, and malformed files (which never reach KVM).
+
+use std::path::{Path, PathBuf};
+
+use libtest_mimic::Failed;
+
+use super::{ensure, text, vmm};
+
+/// Iterations per (scenario, policy) in `cargo test`; the 10,000-run job is
+/// `vmm litmus --check --runs 10000 tests/litmus` (README, "Longer runs").
+pub const CATALOGUE_RUNS: &str = "40";
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn catalogue_files() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(repo().join("tests/litmus"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .filter_map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// One herd block's facts.
+struct Block {
+    policy: String,
+    expect: Option<String>,
+    matching: u64,
+    total: u64,
+}
+
+fn blocks(out: &str) -> Vec<Block> {
+    let mut v = Vec::new();
+    let mut cur: Option<Block> = None;
+    for line in out.lines() {
+        if line.starts_with("Test ") {
+            if let Some(b) = cur.take() {
+                v.push(b);
+            }
+            cur = Some(Block { policy: String::new(), expect: None, matching: 0, total: 0 });
+        } else if let Some(b) = cur.as_mut() {
+            if let Some(p) = line.strip_prefix("Policy ") {
+                b.policy = p.to_string();
+            } else if let Some(o) = line.strip_prefix("Observation ") {
+                let f: Vec<&str> = o.split_whitespace().collect();
+                if f.len() == 4 {
+                    let (m, n): (u64, u64) = (f[2].parse().unwrap_or(0), f[3].parse().unwrap_or(0));
+                    b.matching = m;
+                    b.total = m + n;
+                }
+            } else if let Some(e) = line.strip_prefix("Expect ") {
+                b.expect = e.split(':').next().map(|s| s.trim().to_string());
+            }
+        }
+    }
+    v.extend(cur);
+    v
+}
+
+/// A catalogue scenario under `tlb=lazy`: `--check` passes (every
+/// expectation holds) and each `sometimes` shows up in ≥ 90% of the runs.
+pub fn scenario(file: &str) -> Result<(), Failed> {
+    let path = repo().join("tests/litmus").join(file);
+    let p = path.to_str().unwrap();
+    let o = vmm(&["litmus", "--check", "--runs", CATALOGUE_RUNS, "--seed", "7", "--tlb", "lazy", p]);
+    let (out, err) = text(&o);
+    let ctx = || format!("status {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
+    ensure(o.status.code() == Some(0), || format!("--check failed\n{}", ctx()))?;
+    let bs = blocks(&out);
+    ensure(!bs.is_empty(), || format!("no result blocks\n{}", ctx()))?;
+    for b in &bs {
+        ensure(b.total >= CATALOGUE_RUNS.parse::<u64>().unwrap(), || format!("{}: too few runs\n{}", b.policy, ctx()))?;
+        if b.expect.as_deref() == Some("sometimes") {
+            ensure(b.matching * 10 >= b.total * 9, || {
+                format!("{}: forbidden outcome in {}/{} runs, want ≥ 90%\n{}", b.policy, b.matching, b.total, ctx())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The example tests run and meet their expectations.
+pub fn examples() -> Result<(), Failed> {
+    let dir = repo().join("tests/litmus/examples");
+    let o = vmm(&["litmus", "--check", "--runs", "10", "--seed", "3", dir.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    ensure(o.status.code() == Some(0), || format!("status {:?}\n{out}\n{err}", o.status.code()))?;
+    ensure(out.contains("Verdicts"), || format!("no verdict table\n{out}"))
+}
+
+/// An iteration that deadlocks under the PTL is recorded as `timeout` with
+/// every thread's position, and the run goes on with the next iteration.
+pub fn timeout_is_recorded_and_run_goes_on() -> Result<(), Failed> {
+    let f = repo().join("tests/e2e/data/deadlock-under-ptl.toml");
+    let o = vmm(&["litmus", "--runs", "2", "--seed", "1", "--iteration-timeout", "300", f.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    let ctx = || format!("status {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
+    ensure(o.status.code() == Some(0), || format!("non-zero exit\n{}", ctx()))?;
+    ensure(out.contains("2     :>P1:r0=timeout; D0:r1=timeout;"), || format!("no timeout states\n{}", ctx()))?;
+    ensure(out.contains("Timeouts 2"), || format!("timeouts not counted\n{}", ctx()))?;
+    for it in 0..2 {
+        let want = format!(
+            "Timeout iteration {it}: P0 at line 9:54 in hook after_ptl_acquire, P1 at line 15:1, D0 at line 23:1"
+        );
+        ensure(out.contains(&want), || format!("missing `{want}`\n{}", ctx()))?;
+    }
+    Ok(())
+}
+
+/// `--json` writes the versioned schema with the same facts, and one seed
+/// gives the same histogram twice.
+pub fn json_and_seeded_rerun() -> Result<(), Failed> {
+    let f = repo().join("tests/litmus/s1-concurrent-zap.toml");
+    let json = std::env::temp_dir().join(format!("shootdown-e2e-{}.json", std::process::id()));
+    let args = ["litmus", "--runs", "5", "--seed", "11", "--json", json.to_str().unwrap(), f.to_str().unwrap()];
+    let a = vmm(&args);
+    let b = vmm(&args);
+    let strip =
+        |o: &std::process::Output| text(o).0.lines().filter(|l| !l.starts_with("Time ")).collect::<Vec<_>>().join("\n");
+    ensure(a.status.code() == Some(0), || format!("{:?}\n{}", a.status.code(), text(&a).0))?;
+    ensure(strip(&a) == strip(&b), || format!("re-run differs:\n{}\nvs\n{}", strip(&a), strip(&b)))?;
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    let _ = std::fs::remove_file(&json);
+    ensure(v["schema"] == "shootdown-results/1", || format!("schema: {}", v["schema"]))?;
+    let runs = v["runs"].as_array().ok_or("no runs array")?;
+    ensure(runs.len() == 3, || format!("want 3 (test, policy) runs, got {}", runs.len()))?;
+    Ok(())
+}
+
+/// Malformed files: nothing runs, exit 2, and each message points at the
+/// right file:line:column with what was found and what was expected.
+pub fn malformed(file: &str, want: &[&str]) -> Result<(), Failed> {
+    let good = repo().join("tests/litmus/s1-concurrent-zap.toml");
+    let bad = repo().join("tests/e2e/data/bad").join(file);
+    let o = vmm(&["litmus", "--runs", "1", good.to_str().unwrap(), bad.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    let ctx = || format!("status {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
+    ensure(o.status.code() == Some(2), || format!("want exit 2\n{}", ctx()))?;
+    ensure(!out.contains("Test "), || format!("a test ran although a file was invalid\n{}", ctx()))?;
+    for w in want {
+        ensure(err.contains(w), || format!("stderr lacks `{w}`\n{}", ctx()))?;
+    }
+    Ok(())
+}
