@@ -289,7 +289,7 @@ fn run_one(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Policy, seed
         iommu.set_policy(key.name(), &v).map_err(|e| Error::Litmus(format!("{}={v}: {e}", key.name())))?;
     }
     let session = std::sync::Arc::new(LitmusSession::new(compiled.blob.clone(), nv, nd, args.iteration_timeout));
-    let mut result = RunResult::new(test, policy.clone(), seed);
+    let mut result = RunResult::new(test, policy, seed);
     result.fidelity = Some(fidelity(&policy));
     let mut leaks = 0;
     let mut guest_error = None;
