@@ -359,7 +359,7 @@ fn main() {
     trials.push(Trial::test("litmus::list_hooks", || {
         let o = vmm(&["litmus", "--list-hooks"]);
         let (out, _) = text(&o);
-        ensure(o.status.code() == Some(0) && out.lines().count() == abi::litmus::Hook::ALL.len(), || format!("{out}"))?;
+        ensure(o.status.code() == Some(0) && out.lines().count() == abi::litmus::Hook::ALL.len(), || out.clone())?;
         ensure(out.lines().any(|l| l.starts_with("after_ptl_release ")), || out.clone())
     }));
     if Path::new("/dev/kvm").exists() {
