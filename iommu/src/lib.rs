@@ -244,6 +244,10 @@ pub struct PwcEntry {
     pub perms: Perms,
     /// The entry's value when cached.
     pub entry: u64,
+    /// [`TableRegistry::generation`] of `table` when cached: if the table
+    /// was freed since, a walk starting here is a stale walk (even when the
+    /// page has become a live table again, of some other range).
+    pub table_gen: u64,
 }
 
 /// An MSI the VMM must deliver (e.g. with `KVM_SIGNAL_MSI`).
@@ -716,18 +720,22 @@ impl Iommu {
         true
     }
 
-    fn pwc_start(&mut self, pasid_: u32, va: u64, root: u64) -> (WalkStart, Option<u8>) {
+    /// Where a walk starts: below the lowest paging-structure-cache hit, or
+    /// the root. The third value is set when the hit points at a table
+    /// that was freed after the entry was cached.
+    fn pwc_start(&mut self, pasid_: u32, va: u64, root: u64) -> (WalkStart, Option<u8>, bool) {
         if let Some(pwc) = &mut self.pwc {
             for level in [2u8, 3, 4] {
                 if let Some(e) = pwc.lookup(&PwcKey::for_va(pasid_, level, va)) {
                     let start = WalkStart { level: level - 1, table: e.table, perms: e.perms };
+                    let freed = self.tables.tracking() && e.table_gen != self.tables.generation(e.table);
                     self.stats.pwc_hits += 1;
                     self.sink.record(&Event::PwcHit { pasid: pasid_, va, level, table: e.table });
-                    return (start, Some(level));
+                    return (start, Some(level), freed);
                 }
             }
         }
-        (WalkStart::root(root), None)
+        (WalkStart::root(root), None, false)
     }
 
     /// Caches the non-leaf entries a walk read (present, not a large leaf,
@@ -742,7 +750,8 @@ impl Iommu {
             }
             let key = PwcKey::for_va(pasid_, s.level, va);
             let table = s.entry & pte::ADDR_MASK;
-            let victim = pwc.insert(key, PwcEntry { table, perms, entry: s.entry });
+            let table_gen = self.tables.generation(table);
+            let victim = pwc.insert(key, PwcEntry { table, perms, entry: s.entry, table_gen });
             self.sink.record(&Event::PwcFill {
                 pasid: pasid_,
                 va: key.region().0,
@@ -830,7 +839,17 @@ impl Iommu {
             }
         };
         let access = Access::new(op, !b.privileged);
-        let (start, pwc_level) = self.pwc_start(pasid_, va, b.root);
+        let (start, pwc_level, freed_table) = self.pwc_start(pasid_, va, b.root);
+        if freed_table {
+            // The cached pointer leads into a page-table page the guest
+            // freed (and maybe reused): the walk reads it, as hardware
+            // would, but its result is the guest's bug, not a translation.
+            let (level, table) = (start.level, start.table);
+            self.stats.stale_walks += 1;
+            let entry = mem::load_u64(mem, table + pagetable::va_index(va, level) * 8).ok();
+            self.emit(Event::StaleWalk { pasid: pasid_, va, level, table, entry, via_pwc: true });
+            return Err(DmaError::StaleWalk { pasid: pasid_, va, level, table });
+        }
         let w = pagetable::walk_from(mem, start, va, access, WalkMode::SetAccessedDirty, &self.tables);
         self.stats.walks += 1;
         self.emit(Event::Walk { pasid: pasid_, va, access, pwc_level, path: w.path });

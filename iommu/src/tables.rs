@@ -7,7 +7,7 @@
 //! stale walk. Until the VMM turns tracking on, every page counts as a live
 //! table, so the IOMMU works before (or without) that wiring.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::pagetable::TableCheck;
 
@@ -15,11 +15,15 @@ use crate::pagetable::TableCheck;
 pub struct TableRegistry {
     tracking: bool,
     live: HashSet<u64>,
+    /// How many times each page was freed as a table: a paging-structure
+    /// cache entry filled before a free still points at the freed table
+    /// even after the page is reused as a table elsewhere.
+    frees: HashMap<u64, u64>,
 }
 
 impl TableRegistry {
     pub fn new(tracking: bool) -> Self {
-        TableRegistry { tracking, live: HashSet::new() }
+        TableRegistry { tracking, live: HashSet::new(), frees: HashMap::new() }
     }
     /// Records `gpa`'s 4 KiB page as a live table (kept while tracking is off).
     pub fn allocated(&mut self, gpa: u64) {
@@ -27,6 +31,11 @@ impl TableRegistry {
     }
     pub fn freed(&mut self, gpa: u64) {
         self.live.remove(&(gpa & !0xfff));
+        *self.frees.entry(gpa & !0xfff).or_default() += 1;
+    }
+    /// The table page's generation: how often it was freed so far.
+    pub fn generation(&self, gpa: u64) -> u64 {
+        self.frees.get(&(gpa & !0xfff)).copied().unwrap_or(0)
     }
     pub fn set_tracking(&mut self, on: bool) {
         self.tracking = on;
@@ -40,6 +49,7 @@ impl TableRegistry {
     }
     pub fn clear(&mut self) {
         self.live.clear();
+        self.frees.clear();
     }
 }
 
@@ -61,8 +71,13 @@ mod tests {
         t.set_tracking(true);
         assert!(t.is_live_table(0x5000));
         assert!(!t.is_live_table(0x6000));
+        assert_eq!(t.generation(0x5000), 0);
         t.freed(0x5000);
         assert!(!t.is_live_table(0x5ff8));
         assert_eq!(t.live_count(), 0);
+        assert_eq!(t.generation(0x5008), 1);
+        t.allocated(0x5000);
+        assert!(t.is_live_table(0x5000));
+        assert_eq!(t.generation(0x5000), 1);
     }
 }
