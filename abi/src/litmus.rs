@@ -482,28 +482,62 @@ const _: () = assert!(core::mem::size_of::<PolicyAbi>() == POLICY_LEN);
 impl Default for PolicyAbi {
     /// Today's fixed kernel behaviour (see LITMUS.md).
     fn default() -> Self {
-        PolicyAbi {
-            tlb: TlbMode::Lazy as u8,
-            iotlb: IotlbMode::Lazy as u8,
-            pwc: OnOff::On as u8,
-            flush: FlushScheme::Pending as u8,
-            notifier: NotifierPlacement::TlbFlush as u8,
-            madv_nested_check: OnOff::On as u8,
-            batched_pending_check: OnOff::On as u8,
-            mremap_flush: MremapFlush::BeforeUnlock as u8,
-            reset_range: ResetRange::KeepFreedTables as u8,
-            nested_range: NestedRange::Full as u8,
-            dirty_shared_flush: DirtySharedFlush::UnderPtl as u8,
-            migrc: OnOff::Off as u8,
-            migrc_upgrade: MigrcUpgrade::All as u8,
-            _pad: [0; 3],
-            tlb_evict_ppm: 0,
-            iotlb_evict_ppm: 0,
-        }
+        Self::DEFAULT
     }
 }
 
 impl PolicyAbi {
+    /// Today's fixed kernel behaviour (see LITMUS.md).
+    pub const DEFAULT: PolicyAbi = PolicyAbi {
+        tlb: TlbMode::Lazy as u8,
+        iotlb: IotlbMode::Lazy as u8,
+        pwc: OnOff::On as u8,
+        flush: FlushScheme::Pending as u8,
+        notifier: NotifierPlacement::TlbFlush as u8,
+        madv_nested_check: OnOff::On as u8,
+        batched_pending_check: OnOff::On as u8,
+        mremap_flush: MremapFlush::BeforeUnlock as u8,
+        reset_range: ResetRange::KeepFreedTables as u8,
+        nested_range: NestedRange::Full as u8,
+        dirty_shared_flush: DirtySharedFlush::UnderPtl as u8,
+        migrc: OnOff::Off as u8,
+        migrc_upgrade: MigrcUpgrade::All as u8,
+        _pad: [0; 3],
+        tlb_evict_ppm: 0,
+        iotlb_evict_ppm: 0,
+    };
+
+    /// [`Self::DEFAULT`] in its wire form (the eviction probabilities are 0).
+    pub const DEFAULT_BYTES: [u8; POLICY_LEN] = {
+        let d = Self::DEFAULT;
+        [
+            d.tlb,
+            d.iotlb,
+            d.pwc,
+            d.flush,
+            d.notifier,
+            d.madv_nested_check,
+            d.batched_pending_check,
+            d.mremap_flush,
+            d.reset_range,
+            d.nested_range,
+            d.dirty_shared_flush,
+            d.migrc,
+            d.migrc_upgrade,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]
+    };
+
     pub fn to_bytes(&self) -> [u8; POLICY_LEN] {
         let mut b = [0u8; POLICY_LEN];
         b[0] = self.tlb;

@@ -27,8 +27,9 @@ use abi::litmus::{
 };
 
 use crate::mm::hooks;
-use crate::mm::memory::{self, TEST_MM, VM_READ, VM_WRITE};
+use crate::mm::mm_types::{TEST_MM, VM_READ, VM_WRITE};
 use crate::mm::page_alloc;
+use crate::mm::policy;
 use crate::mm::tlb;
 use crate::sync::SpinLock;
 use crate::trace::{self, Kind};
@@ -151,7 +152,7 @@ pub fn run(cmdline: &str) -> u32 {
         );
     }
     *BLOB.lock() = Some(b);
-    memory::set_policy(b.policy());
+    policy::set(b.policy());
     if h.n_device_threads > 0 {
         crate::iommu::init();
     }
@@ -202,7 +203,9 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
     state_word(state::PHASE).store(state::PHASE_SETUP, Ordering::Release);
     trace::emit(Kind::IterBegin, 0, h.test_hash, it);
     let mut rng = Rng(h.seed ^ it.wrapping_mul(0xd6e8_feb8_6659_fd93));
-    let (data0, tables0) = (page_alloc::data_pages_in_use(), page_alloc::table_pages_in_use());
+    // Swap slots count as data: a swapped-out page is still a page.
+    let data_in_use = || page_alloc::data_pages_in_use() + crate::mm::swap::slots_in_use();
+    let (data0, tables0) = (data_in_use(), page_alloc::table_pages_in_use());
 
     // Physical placement: hold back a random number of free pages.
     let mut held = [0u64; MAX_HELD];
@@ -311,7 +314,7 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
     for &p in held.iter().take(nheld).filter(|&&p| p != 0) {
         page_alloc::free_page(p);
     }
-    let leaked_data = page_alloc::data_pages_in_use().wrapping_sub(data0);
+    let leaked_data = data_in_use().wrapping_sub(data0);
     let leaked_tables = page_alloc::table_pages_in_use().wrapping_sub(tables0);
     let ns = arch::rdtsc().wrapping_sub(t0) * 1_000_000 / time::tsc_khz().max(1);
     trace::emit(Kind::IterEnd, 0, 0, it);
@@ -533,7 +536,9 @@ impl ThreadCtx {
             Op::Mmap => {
                 TEST_MM.map_vma(va, Perm::from_u8(ins.arg).unwrap_or(Perm::Rw));
             }
-            Op::Munmap => TEST_MM.munmap(va, PAGE_SIZE),
+            Op::Munmap => {
+                TEST_MM.munmap(va, PAGE_SIZE);
+            }
             Op::Mprotect => {
                 TEST_MM.mprotect(va, PAGE_SIZE, perm_flags(Perm::from_u8(ins.arg).unwrap_or(Perm::Rw)));
             }

@@ -7,7 +7,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use abi::layout;
 use abi::BootInfo;
 
-use crate::mm::memory::{TEST_MM, VM_READ, VM_WRITE};
+use crate::mm::mm_types::{TEST_MM, VM_READ, VM_WRITE};
 use crate::mm::page_alloc;
 use crate::mm::pgtable::{self, pte};
 use crate::mm::tlb;
@@ -28,8 +28,8 @@ fn write(va: u64, v: u64) -> bool {
     unsafe { probe_write_u64(va, v) }.faulted == 0
 }
 
-fn counts() -> (u64, u64) {
-    (page_alloc::data_pages_in_use(), page_alloc::table_pages_in_use())
+fn counts() -> (u64, u64, u64) {
+    (page_alloc::data_pages_in_use(), page_alloc::table_pages_in_use(), crate::mm::swap::slots_in_use())
 }
 
 /// Runs `body` on a fresh test mm that this CPU runs; tears it down and
@@ -43,7 +43,7 @@ fn with_test_mm(body: impl FnOnce() -> TestResult) -> TestResult {
     TEST_MM.teardown();
     r?;
     let after = counts();
-    check!(after == before, "leak: (data pages, tables) {:?} before, {:?} after", before, after);
+    check!(after == before, "leak: (data pages, tables, swap slots) {:?} before, {:?} after", before, after);
     Ok(())
 }
 
@@ -211,7 +211,7 @@ fn s1_once() -> Option<u64> {
 /// zapped page after its madvise returned; without it (the kernel before
 /// the fix) it reads it through its stale TLB entry every time.
 pub fn zap_nested_check(boot: &BootInfo) -> TestResult {
-    use crate::mm::memory::{policy, set_policy};
+    use crate::mm::policy::{get as policy, set as set_policy};
     use abi::litmus::OnOff;
     if boot.num_vcpus < 2 {
         return Err(crate::report::TestError::Skip("needs 2 vCPUs (two concurrent zappers)"));

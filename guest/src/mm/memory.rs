@@ -1,554 +1,433 @@
-//! The Linux mm model for a test address space, after `mm/memory.c`,
-//! `mm/mmu_gather.c`, `mm/madvise.c` and `mm/mmap.c`: VMAs, split
-//! page-table locks, the anonymous fault path, and zapping with an
-//! `mmu_gather` whose flush scheme and mmu_notifier placement follow the
-//! run's policy (`abi::litmus::PolicyAbi`). Named hook points let a test
-//! pause a thread at the exact places the mailing-list traces talk about.
+//! `mm/memory.c` for the test mm: the page-fault path (`handle_mm_fault`,
+//! `do_anonymous_page`, `do_fault`, `do_wp_page` → `wp_page_reuse` /
+//! `wp_page_shared` / `wp_page_copy`, `do_swap_page`, migration-entry
+//! waits), zapping (`unmap_page_range` → `zap_pte_range` with an
+//! `mmu_gather`), and fork's `copy_present_pte` write-protect (`cow`).
 //!
-//! This is the first slice of the model: fault, zap (madvise DONTNEED,
-//! munmap with free_pgtables) and the flush schemes `ptl`, `gather`,
-//! `pending` with the nested-zap check. The other operations come next.
+//! Simplifications, each deliberate: a read fault on anonymous memory maps
+//! a fresh page rather than the shared zero page; huge pages do not exist;
+//! the fork child of `cow` holds page references but has no page tables.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-use abi::layout::{self, PAGE_SIZE};
-use abi::litmus::{FlushScheme, Hook, NotifierPlacement, OnOff, PolicyAbi, ResetRange};
+use abi::layout::PAGE_SIZE;
+use abi::litmus::{DirtySharedFlush, FlushScheme, Hook};
 
 use super::hooks::hook;
-use super::page_alloc;
-use super::pgtable::{self, pte, Mm};
-use super::tlb;
-use crate::iommu;
-use crate::sync::SpinLock;
+use super::mm_types::{page_align, MmStruct, Segv, Vma, TEST_MM, VM_READ, VM_WRITE};
+use super::mmu_gather::MmuGather;
+use super::mmu_notifier::{MmuNotifierRange, PteChange};
+use super::page::{self, get_page, page, put_page, PG_ANON, PG_DIRTY, PG_KSM, PG_MIGRC, PG_SWAPBACKED};
+use super::pgtable::{self, pte, pte_dirty, pte_maps_page, pte_none, pte_page, pte_write, swp};
+use super::ptdesc::{PteTable, PMD_SIZE};
+use super::{filemap, flush, migrate, page_alloc, policy, rmap, swap, tlb};
 
-// ---- policy ---------------------------------------------------------------
-
-static POLICY: SpinLock<PolicyAbi> = SpinLock::new(PolicyAbi {
-    tlb: 0,
-    iotlb: 0,
-    pwc: 1,
-    flush: FlushScheme::Pending as u8,
-    notifier: NotifierPlacement::TlbFlush as u8,
-    madv_nested_check: OnOff::On as u8,
-    batched_pending_check: OnOff::On as u8,
-    mremap_flush: 0,
-    reset_range: ResetRange::KeepFreedTables as u8,
-    nested_range: 0,
-    dirty_shared_flush: 0,
-    migrc: 0,
-    migrc_upgrade: 1,
-    _pad: [0; 3],
-    tlb_evict_ppm: 0,
-    iotlb_evict_ppm: 0,
-});
-
-pub fn set_policy(p: PolicyAbi) {
-    *POLICY.lock() = p;
-}
-
-pub fn policy() -> PolicyAbi {
-    *POLICY.lock()
-}
-
-fn flush_scheme() -> FlushScheme {
-    FlushScheme::from_u8(policy().flush).unwrap_or(FlushScheme::Pending)
-}
-
-fn notifier() -> NotifierPlacement {
-    NotifierPlacement::from_u8(policy().notifier).unwrap_or(NotifierPlacement::TlbFlush)
-}
-
-// ---- split page-table locks -----------------------------------------------
-
-const PT_PAGES: usize = (layout::PT_SIZE / PAGE_SIZE) as usize;
-static PTL: [AtomicBool; PT_PAGES] = [const { AtomicBool::new(false) }; PT_PAGES];
-
-fn ptl_of(table: u64) -> &'static AtomicBool {
-    &PTL[((table - layout::PT_BASE) / PAGE_SIZE) as usize % PT_PAGES]
-}
-
-/// `pte_offset_map_lock`: take the PTL of the PTE table `table`.
-fn pte_lock(table: u64) {
-    let l = ptl_of(table);
-    while l.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-        core::hint::spin_loop();
-    }
-    hook(Hook::AfterPtlAcquire);
-}
-
-fn pte_unlock(table: u64) {
-    ptl_of(table).store(false, Ordering::Release);
-    hook(Hook::AfterPtlRelease);
-}
-
-// ---- the test mm -----------------------------------------------------------
-
-pub const VM_READ: u8 = 1;
-pub const VM_WRITE: u8 = 2;
-
-#[derive(Clone, Copy, Default)]
-pub struct Vma {
-    pub start: u64,
-    pub end: u64,
-    pub flags: u8,
-}
-
-const MAX_VMAS: usize = 16;
-
-/// `struct mm_struct` of the test address space (one at a time).
-pub struct MmStruct {
-    pgd: AtomicU64,
-    vmas: SpinLock<[Vma; MAX_VMAS]>,
-    /// `mm->tlb_flush_pending`.
-    tlb_flush_pending: AtomicU64,
-    /// PASID the SVA driver bound this mm to (0 = no secondary MMU; the
-    /// binding API comes with the device forms of the scenarios).
-    pasid: AtomicU64,
-}
-
-pub static TEST_MM: MmStruct = MmStruct {
-    pgd: AtomicU64::new(0),
-    vmas: SpinLock::new([Vma { start: 0, end: 0, flags: 0 }; MAX_VMAS]),
-    tlb_flush_pending: AtomicU64::new(0),
-    pasid: AtomicU64::new(0),
-};
-
-/// A failed fault: the access is not allowed (SIGSEGV in Linux).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segv;
+/// The PTE bits of a user page mapping (rights added by the caller).
+pub const PAGE_USER: u64 = pte::P | pte::US;
 
 impl MmStruct {
-    /// Creates the address space (no VMAs).
-    pub fn init(&self) {
-        let mm = Mm::new();
-        self.pgd.store(mm.pgd, Ordering::Release);
-        *self.vmas.lock() = [Vma::default(); MAX_VMAS];
-        self.tlb_flush_pending.store(0, Ordering::Relaxed);
-        self.pasid.store(0, Ordering::Relaxed);
+    /// The PTE table mapping `va`, if it exists.
+    pub fn pte_table(&self, va: u64) -> Option<u64> {
+        self.pt().pte_lookup(va).map(|p| p & !(PAGE_SIZE - 1))
     }
 
-    pub fn pt(&self) -> Mm {
-        Mm { pgd: self.pgd.load(Ordering::Acquire) }
+    /// The PTE table mapping `va`, allocated if missing (`pte_alloc`).
+    pub fn pte_table_alloc(&self, va: u64) -> u64 {
+        self.pt().pte_alloc(page_align(va)) & !(PAGE_SIZE - 1)
     }
 
-    pub fn is_live(&self) -> bool {
-        self.pgd.load(Ordering::Acquire) != 0
+    /// The PTE of `va` read without the PTL (`ptep_get_lockless`); 0 if
+    /// its table does not exist.
+    pub fn pte_lockless(&self, va: u64) -> u64 {
+        self.pt().pte_lookup(va).map_or(0, pgtable::read_entry)
     }
 
-    /// Unmaps everything and frees the page tables.
-    pub fn teardown(&self) {
-        let vmas = *self.vmas.lock();
-        for v in vmas.iter().filter(|v| v.end > v.start) {
-            self.munmap(v.start, v.end - v.start);
-        }
-        let pasid = self.pasid.swap(0, Ordering::AcqRel);
-        if pasid != 0 {
-            iommu::unbind_mm(pasid as u32);
-        }
-        let pgd = self.pgd.swap(0, Ordering::AcqRel);
-        if pgd != 0 {
-            Mm { pgd }.destroy();
-        }
-    }
+    // ---- the fault path ----
 
-    /// `mmap` of an anonymous range; pages are populated on fault.
-    pub fn mmap(&self, start: u64, len: u64, flags: u8) -> bool {
-        let mut vmas = self.vmas.lock();
-        match vmas.iter_mut().find(|v| v.end <= v.start) {
-            Some(slot) => {
-                *slot = Vma { start, end: start + len, flags };
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn find_vma(&self, va: u64) -> Option<Vma> {
-        self.vmas.lock().iter().copied().find(|v| v.start <= va && va < v.end)
-    }
-
-    fn mm_tlb_flush_nested(&self) -> bool {
-        self.tlb_flush_pending.load(Ordering::Acquire) > 1
-    }
-
-    fn secondary_invalidate(&self, start: u64, end: u64, leaf_only: bool) {
-        let pasid = self.pasid.load(Ordering::Acquire);
-        if pasid != 0 {
-            hook(Hook::BeforeNotifier);
-            let _ = iommu::invalidate_range(pasid as u32, start, end, leaf_only);
-            hook(Hook::AfterNotifier);
-        }
-    }
-
-    // ---- fault path (mm/memory.c) ----
-
-    /// `handle_mm_fault`: make `va` accessible for a read or a write.
+    /// `handle_mm_fault`: make `va` accessible for a read or a write, or
+    /// say why not. `Ok` means "retry the access" (it may fault again if
+    /// someone changed the PTE meanwhile, as in Linux).
     pub fn handle_mm_fault(&self, va: u64, write: bool) -> Result<(), Segv> {
+        let va = page_align(va);
         let vma = self.find_vma(va).ok_or(Segv)?;
-        if write && vma.flags & VM_WRITE == 0 || vma.flags & VM_READ == 0 {
+        if (write && vma.flags & VM_WRITE == 0) || vma.flags & VM_READ == 0 {
             return Err(Segv);
         }
-        let pt = self.pt();
-        let ptep = pt.pte_alloc(va & !(PAGE_SIZE - 1));
-        let table = ptep & !(PAGE_SIZE - 1);
-        pte_lock(table);
-        let entry = pgtable::read_entry(ptep);
-        let r = if entry & pte::ADDR_MASK == 0 {
-            do_anonymous_page(ptep, &vma)
-        } else if entry & pte::P == 0 {
-            // PROT_NONE entry with an accessible VMA: restore the protection.
-            pgtable::set_pte(ptep, prot_entry(entry, vma.flags));
+        let table = self.pte_table_alloc(va);
+        let orig = self.pte_lockless(va);
+        let r = if pte_none(orig) {
+            if vma.is_anon() {
+                self.do_anonymous_page(&vma, table, va)
+            } else {
+                self.do_fault(&vma, table, va, write)
+            }
+        } else if swp::is_migration_entry(orig) {
+            self.migration_entry_wait(va, orig);
             Ok(())
-        } else if write && entry & pte::RW == 0 {
-            do_wp_page(ptep, entry)
+        } else if swp::is_swap_pte(orig) {
+            self.do_swap_page(&vma, table, va, orig, write)
+        } else if orig & pte::P == 0 {
+            // A PROT_NONE entry in an accessible VMA (an mprotect upgrade
+            // is on its way): restore the VMA's protection.
+            let mut pt = PteTable::lock(table, va);
+            if pt.get(va) == orig {
+                pt.set(va, (orig & !pte::PROTNONE) | PAGE_USER);
+            }
+            Ok(())
         } else {
-            Ok(())
+            let pt = PteTable::lock(table, va);
+            let e = pt.get(va);
+            if e != orig {
+                Ok(()) // raced: retry
+            } else if write && !pte_write(e) {
+                self.do_wp_page(&vma, pt, va, e)
+            } else {
+                // Spurious: the access is allowed (another CPU fixed the
+                // PTE first); the retry fills the TLB.
+                Ok(())
+            }
         };
-        pte_unlock(table);
         hook(Hook::AfterFault);
         r
     }
 
-    // ---- mprotect (mm/mprotect.c) ----
+    /// `do_anonymous_page`: a fresh zeroed page.
+    fn do_anonymous_page(&self, vma: &Vma, table: u64, va: u64) -> Result<(), Segv> {
+        let new = page_alloc::alloc_page().ok_or(Segv)?;
+        let mut pt = PteTable::lock(table, va);
+        if !pte_none(pt.get(va)) {
+            drop(pt);
+            put_page(new);
+            return Ok(());
+        }
+        let mut entry = new | PAGE_USER;
+        if vma.flags & VM_WRITE != 0 {
+            entry |= pte::RW;
+        }
+        page(new).set(PG_ANON | PG_SWAPBACKED);
+        page(new).add_rmap(va);
+        pt.set(va, entry);
+        Ok(())
+    }
 
-    /// `mprotect` of exactly one VMA: new VMA flags, then
-    /// `change_protection`. Returns false if no VMA is exactly `start..+len`.
-    pub fn mprotect(&self, start: u64, len: u64, flags: u8) -> bool {
-        {
-            let mut vmas = self.vmas.lock();
-            match vmas.iter_mut().find(|v| v.start == start && v.end == start + len) {
-                Some(v) => v.flags = flags,
-                None => return false,
+    /// `do_read_fault` / `do_shared_fault` of a shared file page: the page
+    /// cache page (read from the backing copy if not cached). Dirty
+    /// tracking is by write-notify, as for a file system with
+    /// `page_mkwrite`: a read fault maps it read-only, a write fault
+    /// dirties the page and maps it writable.
+    fn do_fault(&self, vma: &Vma, table: u64, va: u64, write: bool) -> Result<(), Segv> {
+        let file = vma.file_id().ok_or(Segv)?;
+        let p = filemap::filemap_fault(file).ok_or(Segv)?;
+        let mut pt = PteTable::lock(table, va);
+        if !pte_none(pt.get(va)) {
+            drop(pt);
+            put_page(p);
+            return Ok(());
+        }
+        let mut entry = p | PAGE_USER;
+        if write {
+            entry |= pte::RW | pte::D;
+            page(p).set(PG_DIRTY);
+        }
+        page(p).add_rmap(va);
+        pt.set(va, entry);
+        Ok(())
+    }
+
+    /// A write fault on a present, read-only PTE (`do_wp_page`, PTL held).
+    fn do_wp_page(&self, vma: &Vma, mut pt: PteTable, va: u64, orig: u64) -> Result<(), Segv> {
+        self.flush_deferred_before_wp(&pt, va);
+        let old = pte_page(orig);
+        if !vma.is_anon() {
+            // `wp_page_shared`: page_mkwrite, dirty, writable again.
+            page(old).set(PG_DIRTY);
+            pt.set_bits(va, pte::RW | pte::D);
+            return Ok(());
+        }
+        if page(old).test(PG_MIGRC) {
+            // The migrc patch (seed 001): a write-enable of a page whose
+            // migration flush was deferred does that flush first.
+            migrate::migrc_flush(self);
+        }
+        if !page(old).test(PG_KSM) && page(old).count() == 1 {
+            // `wp_page_reuse`: we are the only user; an upgrade, no flush.
+            pt.set_bits(va, pte::RW | pte::D);
+            return Ok(());
+        }
+        let table = pt.table();
+        drop(pt);
+        self.wp_page_copy(table, va, orig)
+    }
+
+    /// The fault path's answer to a write-protect whose flush another CPU
+    /// deferred: under `flush=pending`, flush when `mm_tlb_flush_pending`
+    /// (6ce64428d620, the fix seed 000 discusses); under `per-ptl` when
+    /// this table has one pending; under `generation` when this table's
+    /// last change is of an unflushed generation. `gather` and `ptl` do
+    /// nothing (with `ptl` nothing is ever deferred).
+    fn flush_deferred_before_wp(&self, pt: &PteTable, va: u64) {
+        let pending = match policy::flush() {
+            FlushScheme::Pending => self.tlb_flush_pending(),
+            FlushScheme::PerPtl => pt.desc().flush_pending.load(core::sync::atomic::Ordering::Acquire) > 0,
+            FlushScheme::Generation => {
+                self.gen_unflushed(pt.desc().tlb_gen.load(core::sync::atomic::Ordering::Acquire), 0)
             }
+            FlushScheme::Gather | FlushScheme::Ptl => false,
+        };
+        if pending {
+            flush::flush_tlb_page(self, va);
         }
-        self.change_protection(start, start + len, flags);
-        true
     }
 
-    /// `change_protection`: rewrite the PTEs under their PTL with
-    /// `tlb_flush_pending` raised; flush after the PTLs are released, and
-    /// only if a permission was removed (a pure upgrade does not flush,
-    /// as in Linux since the series of seed 002).
-    fn change_protection(&self, start: u64, end: u64, flags: u8) {
-        let pending = flush_scheme() != FlushScheme::Gather;
-        if pending {
-            self.tlb_flush_pending.fetch_add(1, Ordering::AcqRel);
-            hook(Hook::AfterIncPending);
+    /// `wp_page_copy`: copy the shared page (outside the PTL), then under
+    /// the PTL, if the PTE is still the one we faulted on, clear and flush
+    /// it (`ptep_clear_flush_notify`) and install the copy, writable. The
+    /// old page's reference is dropped after `mmu_notifier_invalidate_range_end`.
+    fn wp_page_copy(&self, table: u64, va: u64, orig: u64) -> Result<(), Segv> {
+        let old = pte_page(orig);
+        get_page(old);
+        let Some(new) = page_alloc::alloc_page() else {
+            put_page(old);
+            return Err(Segv);
+        };
+        page::copy_page(new, old);
+        hook(Hook::AfterCopy);
+        let mut range = MmuNotifierRange::start(self, va, va + PAGE_SIZE);
+        let mut pt = PteTable::lock(table, va);
+        let replaced = pt.get(va) == orig;
+        if replaced {
+            pt.get_and_clear(va);
+            flush::flush_tlb_page(self, va);
+            range.ptl_changed(va, PteChange::Replace);
+            page(new).set(PG_ANON | PG_SWAPBACKED);
+            page(new).add_rmap(va);
+            pt.set(va, new | PAGE_USER | pte::RW | pte::D);
+            page(old).remove_rmap(va);
         }
-        mmu_notifier_invalidate_range_start(self, start, end);
-        let pt = self.pt();
-        let mut demoted = false;
-        let mut va = start & !(PAGE_SIZE - 1);
-        while va < end {
-            let table_end = (((va >> 21) + 1) << 21).min(end);
-            if let Some(ptep0) = pt.pte_lookup(va) {
-                let table = ptep0 & !(PAGE_SIZE - 1);
-                pte_lock(table);
-                let mut a = va;
-                while a < table_end {
-                    let ptep = table + 8 * ((a >> 12) & 511);
-                    let old = pgtable::read_entry(ptep);
-                    if old & pte::ADDR_MASK != 0 {
-                        let new = prot_entry(old, flags);
-                        if new != old {
-                            pgtable::set_pte(ptep, new);
-                            hook(Hook::AfterPteSet);
-                            demoted |=
-                                (old & pte::RW != 0 && new & pte::RW == 0) || (old & pte::P != 0 && new & pte::P == 0);
-                        }
-                    }
-                    a += PAGE_SIZE;
-                }
-                if flush_scheme() == FlushScheme::Ptl && demoted {
-                    self.flush_range(start, end);
-                }
-                pte_unlock(table);
+        drop(pt);
+        range.end();
+        put_page(if replaced { old } else { new });
+        put_page(old);
+        Ok(())
+    }
+
+    /// `do_swap_page`: the page from the swap cache or read back from its
+    /// slot; writable if the VMA is and this is a write fault.
+    fn do_swap_page(&self, vma: &Vma, table: u64, va: u64, orig: u64, write: bool) -> Result<(), Segv> {
+        let slot = swp::offset(orig) as usize;
+        let p = match swap::lookup_swap_cache(slot) {
+            Some(p) => p,
+            None => {
+                let p = page_alloc::alloc_page().ok_or(Segv)?;
+                swap::swap_readpage(slot, p);
+                page(p).set(PG_ANON | PG_SWAPBACKED);
+                p
             }
-            va = table_end;
+        };
+        let mut pt = PteTable::lock(table, va);
+        if pt.get(va) != orig {
+            drop(pt);
+            put_page(p);
+            return Ok(());
         }
-        mmu_notifier_invalidate_range_end(self, start, end);
-        if demoted && flush_scheme() != FlushScheme::Ptl {
-            self.flush_range(start, end);
+        let mut entry = p | PAGE_USER;
+        if write && vma.flags & VM_WRITE != 0 {
+            entry |= pte::RW | pte::D;
         }
-        if pending {
-            hook(Hook::BeforeDecPending);
-            self.tlb_flush_pending.fetch_sub(1, Ordering::AcqRel);
+        page(p).add_rmap(va);
+        pt.set(va, entry);
+        drop(pt);
+        swap::swap_free(slot);
+        Ok(())
+    }
+
+    /// `migration_entry_wait`: wait (without the PTL) until the migration
+    /// of this page finished and the PTE changed; the access is retried.
+    fn migration_entry_wait(&self, va: u64, orig: u64) {
+        let mut spins = 0u32;
+        while self.pte_lockless(va) == orig {
+            page::relax(&mut spins);
         }
     }
 
-    /// `flush_tlb_range`, and the 6.6+ secondary invalidation from the flush path.
-    fn flush_range(&self, start: u64, end: u64) {
-        hook(Hook::BeforeFlush);
-        tlb::flush_tlb_mm_range(&self.pt(), start, end);
-        hook(Hook::AfterFlush);
-        if notifier() == NotifierPlacement::TlbFlush {
-            self.secondary_invalidate(start, end, true);
-        }
-    }
-
-    // ---- zap (mm/memory.c, mm/madvise.c, mm/mmap.c) ----
+    // ---- zap (mm/memory.c, mm/madvise.c) ----
 
     /// `madvise(MADV_DONTNEED)`: `zap_page_range_single` inside an
     /// `mmu_gather`, between `mmu_notifier_invalidate_range_start/_end`.
     pub fn madvise_dontneed(&self, start: u64, len: u64) {
         let end = start + len;
-        let mut tlb = MmuGather::new(self);
-        mmu_notifier_invalidate_range_start(self, start, end);
-        self.unmap_page_range(&mut tlb, start, end);
-        mmu_notifier_invalidate_range_end(self, start, end);
-        tlb.finish();
-    }
-
-    /// `munmap`: zap, then `free_pgtables` for PTE tables the range covers
-    /// whole, then drop the VMA.
-    pub fn munmap(&self, start: u64, len: u64) {
-        let end = start + len;
-        let mut tlb = MmuGather::new(self);
-        mmu_notifier_invalidate_range_start(self, start, end);
-        self.unmap_page_range(&mut tlb, start, end);
-        mmu_notifier_invalidate_range_end(self, start, end);
-        self.free_pgtables(&mut tlb, start, end);
-        tlb.finish();
-        let mut vmas = self.vmas.lock();
-        for v in vmas.iter_mut().filter(|v| v.start >= start && v.end <= end) {
-            *v = Vma::default();
+        let mut tlb = MmuGather::new(self, start, end);
+        let mut range = MmuNotifierRange::start(self, start, end);
+        let (vmas, n) = self.vmas_in(start, end);
+        for v in &vmas[..n] {
+            self.unmap_page_range(&mut tlb, &mut range, v, start.max(v.start), end.min(v.end));
         }
+        range.end();
+        tlb.finish();
     }
 
-    fn unmap_page_range(&self, tlb: &mut MmuGather, start: u64, end: u64) {
-        let pt = self.pt();
-        let mut va = start & !(PAGE_SIZE - 1);
+    /// `unmap_page_range`: one PTE table (2 MiB) at a time, as `zap_pmd_range`.
+    pub(super) fn unmap_page_range(
+        &self,
+        tlb: &mut MmuGather,
+        range: &mut MmuNotifierRange,
+        vma: &Vma,
+        start: u64,
+        end: u64,
+    ) {
+        let mut va = page_align(start);
         while va < end {
-            // One PTE table (2 MiB) at a time, as zap_pmd_range does.
-            let table_end = ((va >> 21) + 1) << 21;
-            let stop = table_end.min(end);
-            if let Some(ptep) = pt.pte_lookup(va) {
-                zap_pte_range(self, tlb, ptep & !(PAGE_SIZE - 1), va, stop);
+            let stop = ((va & !(PMD_SIZE - 1)) + PMD_SIZE).min(end);
+            if let Some(table) = self.pte_table(va) {
+                self.zap_pte_range(tlb, range, vma, table, va, stop);
             }
             va = stop;
         }
     }
 
-    /// `free_pgtables`: PTE tables whose 2 MiB the range covers entirely are
-    /// unhooked from their PMD now and freed after the flush.
-    fn free_pgtables(&self, tlb: &mut MmuGather, start: u64, end: u64) {
-        let pt = self.pt();
-        let mut va = (start + (1 << 21) - 1) & !((1 << 21) - 1);
-        while va + (1 << 21) <= end {
-            if let Some(pmd_slot) = pt.pmd_entry(va) {
-                let e = pgtable::read_entry(pmd_slot);
-                if e & pte::P != 0 {
-                    pgtable::set_pte(pmd_slot, 0);
-                    hook(Hook::AfterPmdClear);
-                    tlb.freed_tables = true;
-                    tlb.adjust_range(va, 1 << 21);
-                    tlb.remove_table(e & pte::ADDR_MASK);
+    /// `zap_pte_range`: clear the PTEs of one table under its PTL, gathering
+    /// the pages (freed after the flush). The flush is deferred to the
+    /// mmu_gather unless `flush=ptl`, or a dirty shared PTE was zapped and
+    /// `dirty-shared-flush=under-ptl` (then `force_flush` flushes before the
+    /// PTL is dropped, so `page_mkclean` cannot clean the page while a TLB
+    /// still has a writable entry).
+    fn zap_pte_range(
+        &self,
+        tlb: &mut MmuGather,
+        range: &mut MmuNotifierRange,
+        vma: &Vma,
+        table: u64,
+        start: u64,
+        end: u64,
+    ) {
+        let mut pt = PteTable::lock(table, start);
+        rmap::flush_tlb_batched_pending(self);
+        if tlb.others_deferred(&pt) {
+            tlb.note_nested();
+        }
+        let mut force_flush = false;
+        let mut va = start;
+        while va < end {
+            let e = pt.get(va);
+            if pte_maps_page(e) {
+                let old = pt.get_and_clear(va);
+                tlb.remove_tlb_entry(&pt, va);
+                range.ptl_changed(va, PteChange::Protect);
+                let p = pte_page(old);
+                if !vma.is_anon() && pte_dirty(old) {
+                    page(p).set(PG_DIRTY);
+                    force_flush |= policy::dirty_shared_flush() == DirtySharedFlush::UnderPtl;
+                }
+                page(p).remove_rmap(va);
+                tlb.remove_page(p);
+            } else if swp::is_migration_entry(e) {
+                pt.get_and_clear(va);
+            } else if swp::is_swap_pte(e) {
+                pt.get_and_clear(va);
+                swap::swap_free(swp::offset(e) as usize);
+            }
+            va += PAGE_SIZE;
+        }
+        if force_flush || tlb.scheme() == FlushScheme::Ptl {
+            tlb.flush_tlbonly();
+        }
+        drop(pt);
+        if force_flush {
+            tlb.flush();
+        }
+    }
+
+    // ---- fork's write-protect (`cow L`) ----
+
+    /// `cow L`: share the page copy-on-write as fork does
+    /// (`copy_page_range` → `copy_present_pte`): write-protect the parent's
+    /// PTE under the PTL (`ptep_set_wrprotect`) and give the child a
+    /// reference; the flush of the write-protect is deferred like any
+    /// mmu_gather flush of the run's scheme (with `tlb_flush_pending`
+    /// raised under `pending`), so the next write faults into `wp_page_copy`.
+    pub fn cow(&self, va: u64) -> Result<(), Segv> {
+        let va = page_align(va);
+        let vma = self.find_vma(va).ok_or(Segv)?;
+        let Some(table) = self.pte_table(va) else { return Ok(()) };
+        let mut tlb = MmuGather::new(self, va, va + PAGE_SIZE);
+        let mut range = MmuNotifierRange::start(self, va, va + PAGE_SIZE);
+        let mut pt = PteTable::lock(table, va);
+        let e = pt.get(va);
+        if pte_maps_page(e) {
+            let p = pte_page(e);
+            if vma.is_anon() && pte_write(e) {
+                pt.clear_bits(va, pte::RW);
+                tlb.remove_tlb_entry(&pt, va);
+                range.ptl_changed(va, PteChange::Protect);
+                if tlb.scheme() == FlushScheme::Ptl {
+                    tlb.flush_tlbonly();
                 }
             }
-            va += 1 << 21;
+            get_page(p);
+            self.fork_ref_add(p);
+        }
+        drop(pt);
+        range.end();
+        tlb.finish();
+        Ok(())
+    }
+
+    /// The fork child exits: drop every page reference it held.
+    pub(super) fn release_fork_refs(&self) {
+        let (pages, n) = *self.fork_refs.lock();
+        self.fork_refs.lock().1 = 0;
+        for &p in &pages[..n] {
+            put_page(p);
         }
     }
-}
 
-/// The PTE for an existing page under VMA `flags` (PROT_NONE clears P and
-/// keeps the page, as `_PAGE_PROTNONE` does).
-fn prot_entry(old: u64, flags: u8) -> u64 {
-    let mut e = old & !(pte::RW | pte::P);
-    if flags & VM_READ != 0 {
-        e |= pte::P;
-    }
-    if flags & VM_WRITE != 0 {
-        e |= pte::RW;
-    }
-    e
-}
+    // ---- set-up and inspection (the litmus runner, self-tests) ----
 
-/// `do_wp_page` for an exclusively owned anonymous page: `wp_page_reuse`
-/// makes the PTE writable again (CoW of shared pages comes with refcounts).
-fn do_wp_page(ptep: u64, entry: u64) -> Result<(), Segv> {
-    pgtable::set_pte(ptep, entry | pte::RW);
-    hook(Hook::AfterPteSet);
-    Ok(())
-}
-
-fn do_anonymous_page(ptep: u64, vma: &Vma) -> Result<(), Segv> {
-    let page = page_alloc::alloc_page().ok_or(Segv)?;
-    let mut flags = pte::P | pte::US;
-    if vma.flags & VM_WRITE != 0 {
-        flags |= pte::RW;
-    }
-    pgtable::set_pte(ptep, page | flags);
-    hook(Hook::AfterPteSet);
-    Ok(())
-}
-
-/// `zap_pte_range`: clear the PTEs of one table under its PTL, gathering
-/// the pages; the flush happens under the PTL only for `flush=ptl`.
-fn zap_pte_range(mm: &MmStruct, tlb: &mut MmuGather, table: u64, start: u64, end: u64) {
-    pte_lock(table);
-    let mut va = start;
-    while va < end {
-        let ptep = table + 8 * ((va >> 12) & 511);
-        if pgtable::read_entry(ptep) & pte::ADDR_MASK != 0 {
-            let old = pgtable::ptep_get_and_clear(ptep);
-            hook(Hook::AfterPteClear);
-            tlb.remove_tlb_entry(va);
-            if notifier() == NotifierPlacement::Ptl {
-                // `ptep_clear_flush_notify`: the secondary MMU hears under the PTL.
-                mm.secondary_invalidate(va, va + PAGE_SIZE, true);
+    /// Maps a page at `va` with content `init` as `MAP_POPULATE` would:
+    /// an anonymous page, or the file page of `file`, PTE per `flags`
+    /// (PROT_NONE for no access).
+    pub fn populate(&self, va: u64, flags: u8, file: Option<usize>, init: u64) -> Result<(), Segv> {
+        let table = self.pte_table_alloc(va);
+        let p = match file {
+            Some(f) => filemap::filemap_fault(f).ok_or(Segv)?,
+            None => {
+                let p = page_alloc::alloc_page().ok_or(Segv)?;
+                page::set_first_word(p, init);
+                page(p).set(PG_ANON | PG_SWAPBACKED);
+                p
             }
-            tlb.remove_page(old & pte::ADDR_MASK);
-        }
-        va += PAGE_SIZE;
-    }
-    if flush_scheme() == FlushScheme::Ptl {
-        tlb.flush_tlbonly();
-    }
-    pte_unlock(table);
-}
-
-fn mmu_notifier_invalidate_range_start(_mm: &MmStruct, _start: u64, _end: u64) {
-    hook(Hook::AfterInvalidateStart);
-}
-
-/// `mmu_notifier_invalidate_range_end`: unconditional over the whole range
-/// (Andrea's point in seed 004) for the `end` / `only-end` placements.
-fn mmu_notifier_invalidate_range_end(mm: &MmStruct, start: u64, end: u64) {
-    hook(Hook::BeforeInvalidateEnd);
-    if matches!(notifier(), NotifierPlacement::End | NotifierPlacement::OnlyEnd) {
-        mm.secondary_invalidate(start, end, false);
-    }
-}
-
-const GATHER_BATCH: usize = 128;
-
-/// `struct mmu_gather`.
-pub struct MmuGather<'a> {
-    mm: &'a MmStruct,
-    start: u64,
-    end: u64,
-    freed_tables: bool,
-    pages: [u64; GATHER_BATCH],
-    npages: usize,
-    tables: [u64; 8],
-    ntables: usize,
-    pending: bool,
-}
-
-impl<'a> MmuGather<'a> {
-    /// `tlb_gather_mmu`: raises `mm->tlb_flush_pending` unless the scheme
-    /// predates it (`gather`) or flushes under the PTL anyway.
-    fn new(mm: &'a MmStruct) -> Self {
-        let pending = flush_scheme() != FlushScheme::Gather;
-        if pending {
-            mm.tlb_flush_pending.fetch_add(1, Ordering::AcqRel);
-            hook(Hook::AfterIncPending);
-        }
-        let mut t = MmuGather {
-            mm,
-            start: 0,
-            end: 0,
-            freed_tables: false,
-            pages: [0; GATHER_BATCH],
-            npages: 0,
-            tables: [0; 8],
-            ntables: 0,
-            pending,
         };
-        t.reset_range();
-        t
-    }
-
-    /// `__tlb_reset_range`.
-    fn reset_range(&mut self) {
-        self.start = u64::MAX;
-        self.end = 0;
-    }
-
-    /// `__tlb_adjust_range`.
-    fn adjust_range(&mut self, addr: u64, size: u64) {
-        self.start = self.start.min(addr);
-        self.end = self.end.max(addr + size);
-    }
-
-    /// `tlb_remove_tlb_entry`.
-    fn remove_tlb_entry(&mut self, va: u64) {
-        self.adjust_range(va, PAGE_SIZE);
-    }
-
-    /// `tlb_remove_page`: the page is freed only after the flush.
-    fn remove_page(&mut self, page: u64) {
-        if self.npages == GATHER_BATCH {
-            self.flush();
-        }
-        self.pages[self.npages] = page;
-        self.npages += 1;
-    }
-
-    /// `tlb_remove_table`.
-    fn remove_table(&mut self, table: u64) {
-        if self.ntables == self.tables.len() {
-            self.flush();
-        }
-        self.tables[self.ntables] = table;
-        self.ntables += 1;
-    }
-
-    /// `tlb_flush_mmu_tlbonly`: flush the gathered range on every CPU
-    /// running the mm; under `notifier=tlb-flush` (6.6+) the secondary MMU
-    /// is invalidated from here too (`arch_invalidate_secondary_tlbs`),
-    /// leaf-only unless page tables were freed.
-    fn flush_tlbonly(&mut self) {
-        if self.end <= self.start {
-            return;
-        }
-        hook(Hook::BeforeFlush);
-        tlb::flush_tlb_mm_range(&self.mm.pt(), self.start, self.end);
-        hook(Hook::AfterFlush);
-        if notifier() == NotifierPlacement::TlbFlush {
-            self.mm.secondary_invalidate(self.start, self.end, !self.freed_tables);
-        }
-        self.reset_range();
-    }
-
-    /// `tlb_flush_mmu`: flush, then free what was gathered.
-    fn flush(&mut self) {
-        self.flush_tlbonly();
-        for &p in &self.pages[..self.npages] {
-            hook(Hook::BeforeFree);
-            page_alloc::free_page(p);
-        }
-        self.npages = 0;
-        if self.ntables > 0 {
-            hook(Hook::BeforeFreeTables);
-            for &t in &self.tables[..self.ntables] {
-                pgtable::free_table(t);
+        let mut entry = p;
+        if flags & VM_READ == 0 {
+            entry |= pte::PROTNONE;
+        } else {
+            entry |= PAGE_USER;
+            // A shared file page starts clean and read-only (write-notify).
+            if flags & VM_WRITE != 0 && file.is_none() {
+                entry |= pte::RW | pte::D;
             }
-            self.ntables = 0;
         }
+        let mut pt = PteTable::lock(table, va);
+        page(p).add_rmap(va);
+        pt.set(va, entry);
+        Ok(())
     }
 
-    /// `tlb_finish_mmu`. With another zap of this mm in flight
-    /// (`mm_tlb_flush_nested`), our PTE scan may have skipped entries it
-    /// cleared, so flush everything (99baac21e458; `madv-nested-check=off`
-    /// is the kernel before it). `reset-range=clear-freed-tables` is the
-    /// kernel before 7a30df49f63a: the reset also forgot `freed_tables`.
-    fn finish(mut self) {
-        if self.pending
-            && self.mm.mm_tlb_flush_nested()
-            && OnOff::from_u8(policy().madv_nested_check) != Some(OnOff::Off)
-        {
-            if ResetRange::from_u8(policy().reset_range) == Some(ResetRange::ClearFreedTables) {
-                self.freed_tables = false;
-            }
-            self.start = layout::USER_BASE;
-            self.end = layout::USER_END;
+    /// The first word at `va` through the kernel's view of what is there
+    /// now: the mapped page (also PROT_NONE or under migration), the swap
+    /// slot of a swapped-out page, or a shared file's page-cache page or
+    /// backing copy; `None` if nothing is mapped.
+    pub fn read_kernel_view(&self, va: u64) -> Option<u64> {
+        let e = self.pte_lockless(va);
+        if pte_maps_page(e) {
+            return Some(page::first_word(pte_page(e)));
         }
-        self.flush();
-        if self.pending {
-            hook(Hook::BeforeDecPending);
-            self.mm.tlb_flush_pending.fetch_sub(1, Ordering::AcqRel);
+        if swp::is_migration_entry(e) {
+            return Some(page::first_word(swp::migration_page(e)));
         }
+        if swp::is_swap_pte(e) {
+            return Some(swap::first_word(swp::offset(e) as usize));
+        }
+        let file = self.find_vma(va)?.file_id()?;
+        Some(filemap::current_value(file))
     }
 }
 
@@ -556,18 +435,8 @@ impl<'a> MmuGather<'a> {
 /// mm that the modelled TLB could not fill. Returns true if the access can
 /// be retried.
 pub fn do_user_addr_fault(va: u64, error_code: u64) -> bool {
-    if !TEST_MM.is_live() || !tlb::runs_mm(TEST_MM.pgd.load(Ordering::Acquire)) {
+    if !TEST_MM.is_live() || !tlb::runs_mm(TEST_MM.pt().pgd) {
         return false;
     }
     TEST_MM.handle_mm_fault(va, error_code & 2 != 0).is_ok()
-}
-
-impl MmStruct {
-    /// Binds the mm to `pasid` on the SVA driver (`iommu_sva_bind_device`):
-    /// from now on the secondary MMU walks its page tables and hears its
-    /// invalidations. `teardown` unbinds.
-    pub fn bind_pasid(&self, pasid: u32) {
-        iommu::bind_mm(pasid, self.pgd.load(Ordering::Acquire));
-        self.pasid.store(pasid as u64, Ordering::Release);
-    }
 }

@@ -5,7 +5,9 @@
 
 use abi::layout::{self, PAGE_SIZE};
 
+use super::page;
 use crate::sync::SpinLock;
+use core::sync::atomic::Ordering;
 
 struct DataPages {
     /// Head of the free list, threaded through the free pages' first word.
@@ -18,12 +20,25 @@ struct DataPages {
 static DATA: SpinLock<DataPages> =
     SpinLock::new(DataPages { free_head: 0, next_fresh: layout::FREE_START, end: layout::FREE_START, in_use: 0 });
 
-/// Called once at boot with the size of guest RAM.
+/// Swap slots the swap area at the top of RAM holds (`mm::swap`).
+pub const SWAP_SLOTS: u64 = 64;
+
+/// Called once at boot with the size of guest RAM: the top of RAM holds
+/// `mem_map` (one `struct page` per data page) and the swap area; the rest
+/// from `FREE_START` up is for data pages.
 pub fn init(mem_size: u64) {
-    DATA.lock().end = mem_size;
+    let swap = SWAP_SLOTS * PAGE_SIZE;
+    let npages = (mem_size - layout::FREE_START - swap) / (PAGE_SIZE + page::PAGE_META_SIZE);
+    let map_bytes = (npages * page::PAGE_META_SIZE).next_multiple_of(PAGE_SIZE);
+    let swap_base = mem_size - swap;
+    let map_base = swap_base - map_bytes;
+    page::init(map_base, npages);
+    super::swap::init(swap_base);
+    DATA.lock().end = layout::FREE_START + npages * PAGE_SIZE;
 }
 
-/// A zeroed data page (identity-mapped, so its GPA is also its kernel VA).
+/// A zeroed data page (identity-mapped, so its GPA is also its kernel VA)
+/// with one reference.
 pub fn alloc_page() -> Option<u64> {
     let mut d = DATA.lock();
     let page = if d.free_head != 0 {
@@ -42,10 +57,14 @@ pub fn alloc_page() -> Option<u64> {
     drop(d);
     // SAFETY: the page was free and is identity-mapped RAM.
     unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE as usize) };
+    page::page(page).reset();
     Some(page)
 }
 
+/// Returns a page to the free list. Pages with users of their own go
+/// through `page::put_page`, which calls this for the last reference.
 pub fn free_page(page: u64) {
+    page::page(page).refcount.store(0, Ordering::Release);
     let mut d = DATA.lock();
     // SAFETY: the caller gives the page back; we own it again.
     unsafe { core::ptr::write_volatile(page as *mut u64, d.free_head) };

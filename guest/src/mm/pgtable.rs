@@ -15,7 +15,63 @@ pub mod pte {
     pub const US: u64 = 1 << 2;
     pub const A: u64 = 1 << 5;
     pub const D: u64 = 1 << 6;
+    /// Software bit of a non-present PTE: PROT_NONE (`_PAGE_PROTNONE`,
+    /// the global bit on x86); the page stays mapped but inaccessible.
+    pub const PROTNONE: u64 = 1 << 8;
+    /// Software bit of a non-present PTE: a swap entry (`swp_entry_t`).
+    pub const SWP: u64 = 1 << 9;
     pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+}
+
+/// Non-present PTE encodings (`include/linux/swapops.h`). Hardware and the
+/// emulated walkers only look at `P`; the rest is the kernel's.
+pub mod swp {
+    use super::pte;
+
+    /// A page in the swap area: offset = swap slot.
+    pub const SWAPFILE: u64 = 0;
+    /// Migration entry of a page mapped read-only: offset = old page's GPA >> 12.
+    pub const MIGRATION_READ: u64 = 1;
+    /// Migration entry of a page mapped writable.
+    pub const MIGRATION_WRITE: u64 = 2;
+
+    pub const fn entry(kind: u64, offset: u64) -> u64 {
+        pte::SWP | (kind << 1) | (offset << 12)
+    }
+    pub const fn is_swap_pte(e: u64) -> bool {
+        e & pte::P == 0 && e & pte::SWP != 0
+    }
+    pub const fn kind(e: u64) -> u64 {
+        (e >> 1) & 0xf
+    }
+    pub const fn offset(e: u64) -> u64 {
+        (e & pte::ADDR_MASK) >> 12
+    }
+    pub const fn is_migration_entry(e: u64) -> bool {
+        is_swap_pte(e) && (kind(e) == MIGRATION_READ || kind(e) == MIGRATION_WRITE)
+    }
+    /// The page a migration entry stands for.
+    pub const fn migration_page(e: u64) -> u64 {
+        offset(e) << 12
+    }
+}
+
+/// `pte_none`.
+pub const fn pte_none(e: u64) -> bool {
+    e == 0
+}
+/// A PTE that maps a page, accessible (`pte_present`) or PROT_NONE.
+pub const fn pte_maps_page(e: u64) -> bool {
+    e & pte::P != 0 || e & pte::PROTNONE != 0
+}
+pub const fn pte_page(e: u64) -> u64 {
+    e & pte::ADDR_MASK
+}
+pub const fn pte_write(e: u64) -> bool {
+    e & pte::P != 0 && e & pte::RW != 0
+}
+pub const fn pte_dirty(e: u64) -> bool {
+    e & pte::D != 0
 }
 
 /// Flags of non-leaf entries of the user half (rights are decided at the leaf).
@@ -32,11 +88,6 @@ pub fn set_pte(entry_gpa: u64, val: u64) {
 }
 
 /// Returns the old value; the exchange happened iff it equals `old`.
-/// `ptep_get_and_clear`: the old entry.
-pub fn ptep_get_and_clear(entry_gpa: u64) -> u64 {
-    pt_op(ptop::CLEAR, entry_gpa, 0, 0)
-}
-
 pub fn ptep_cmpxchg(entry_gpa: u64, old: u64, new: u64) -> u64 {
     pt_op(ptop::CMPXCHG, entry_gpa, old, new)
 }
@@ -69,6 +120,10 @@ fn index(va: u64, level: u64) -> u64 {
     (va >> (12 + 9 * (level - 1))) & 511
 }
 
+/// `mm->page_table_lock`: serialises populating and freeing page tables
+/// (`__pte_alloc`/`pmd_install`, `free_pgtables`).
+static PAGE_TABLE_LOCK: crate::sync::SpinLock<()> = crate::sync::SpinLock::new(());
+
 /// A test address space: a PGD whose slot 0 is the kernel's identity map.
 pub struct Mm {
     pub pgd: u64,
@@ -84,6 +139,10 @@ impl Mm {
     /// GPA of the PTE for `va`, allocating missing tables (`pte_alloc`).
     pub fn pte_alloc(&self, va: u64) -> u64 {
         guest_assert!(layout::is_user_va(va), "pte_alloc({:#x}) outside the user half", va);
+        if let Some(ptep) = self.pte_lookup(va) {
+            return ptep;
+        }
+        let _guard = PAGE_TABLE_LOCK.lock();
         let mut table = self.pgd;
         for level in (2..=4).rev() {
             let slot = table + 8 * index(va, level);
@@ -123,6 +182,7 @@ impl Mm {
     /// once a range is empty): clears the PMD entry, then frees the table.
     /// Returns the freed table's GPA.
     pub fn free_pte_table(&self, va: u64) -> Option<u64> {
+        let _guard = PAGE_TABLE_LOCK.lock();
         let pmd_slot = self.pmd_entry(va)?;
         let pt = read_entry(pmd_slot);
         if pt & pte::P == 0 {
@@ -131,6 +191,19 @@ impl Mm {
         set_pte(pmd_slot, 0);
         free_table(pt & pte::ADDR_MASK);
         Some(pt & pte::ADDR_MASK)
+    }
+
+    /// `pmd_clear` of the PMD entry whose PTE table maps `va` (`free_pte_range`):
+    /// returns the table, which the caller frees after the TLB flush.
+    pub fn pmd_clear(&self, va: u64) -> Option<u64> {
+        let _guard = PAGE_TABLE_LOCK.lock();
+        let pmd_slot = self.pmd_entry(va)?;
+        let e = read_entry(pmd_slot);
+        if e & pte::P == 0 {
+            return None;
+        }
+        set_pte(pmd_slot, 0);
+        Some(e & pte::ADDR_MASK)
     }
 
     /// Maps `va` to `pa` with `flags` (P is added).

@@ -1,0 +1,182 @@
+//! `mm/migrate.c`: `migrate L` moves the page to a new one
+//! (`migrate_pages` → `migrate_folio_unmap`: lock the page,
+//! `try_to_migrate` puts a migration entry in every PTE — faults on it wait
+//! — then `move_to_new_folio` copies, and `remove_migration_ptes` maps the
+//! new page), plus migrc (seed 001): for a page mapped read-only the TLB
+//! flush is deferred and the source page kept until the deferred flush
+//! (`migrc_try_flush_free_folios`), which a later write-enable of the page
+//! forces — in `do_wp_page` only (`migrc-upgrade=wp-only`, the v3 patch) or
+//! also in `mprotect` (`all`).
+
+use core::sync::atomic::Ordering;
+
+use abi::layout::PAGE_SIZE;
+use abi::litmus::{Hook, NotifierPlacement};
+
+use super::hooks::hook;
+use super::mm_types::{page_align, MmStruct, Segv, MAX_MIGRC};
+use super::mmu_notifier::{invalidate_secondary, MmuNotifierRange, PteChange};
+use super::page::{
+    self, get_page, lock_page, page, put_page, unlock_page, PG_ANON, PG_DIRTY, PG_FILE, PG_KSM, PG_MIGRC, PG_SWAPBACKED,
+};
+use super::pgtable::{pte, pte_dirty, pte_maps_page, pte_page, pte_write, swp};
+use super::ptdesc::PteTable;
+use super::{filemap, flush, page_alloc, policy};
+use crate::guest_assert;
+
+/// A PTE `try_to_migrate_one` replaced, for `remove_migration_ptes`.
+#[derive(Clone, Copy, Default)]
+struct Migrated {
+    va: u64,
+    write: bool,
+    dirty: bool,
+}
+
+impl MmStruct {
+    /// `migrate L`.
+    pub fn migrate(&self, va: u64) -> Result<(), Segv> {
+        let va = page_align(va);
+        let e = self.pte_lockless(va);
+        if !pte_maps_page(e) {
+            return Ok(());
+        }
+        let old = pte_page(e);
+        if page(old).test(PG_KSM) {
+            return Ok(()); // KSM pages migrate through the stable tree; not modelled
+        }
+        get_page(old);
+        let Some(new) = page_alloc::alloc_page() else {
+            put_page(old);
+            return Err(Segv);
+        };
+        lock_page(old);
+        let deferred = policy::migrc() && !self.mapped_writable(old);
+        let mut done = [Migrated::default(); page::RMAP_SLOTS];
+        let mut n = 0;
+        for v in page(old).rmap().into_iter().filter(|&v| v != 0) {
+            if let Some(m) = self.try_to_migrate_one(old, v, deferred) {
+                done[n] = m;
+                n += 1;
+            }
+        }
+        page::copy_page(new, old);
+        page(new).flags.fetch_or(
+            page(old).flags.load(Ordering::Acquire) & (PG_ANON | PG_SWAPBACKED | PG_DIRTY | PG_FILE),
+            Ordering::AcqRel,
+        );
+        if page(old).test(PG_FILE) {
+            let file = page(old).index.load(Ordering::Relaxed) as usize;
+            page(new).index.store(file as u64, Ordering::Relaxed);
+            if filemap::replace_page_cache(file, old, new) {
+                get_page(new); // the cache's reference
+                put_page(old);
+            }
+        }
+        hook(Hook::AfterCopy);
+        for m in &done[..n] {
+            self.remove_migration_pte(old, new, m, deferred);
+        }
+        unlock_page(old);
+        put_page(new);
+        if deferred && n > 0 {
+            self.migrc_keep(old);
+        } else {
+            put_page(old);
+        }
+        Ok(())
+    }
+
+    fn mapped_writable(&self, p: u64) -> bool {
+        page(p).rmap().into_iter().filter(|&v| v != 0).any(|v| {
+            let e = self.pte_lockless(v);
+            pte_maps_page(e) && pte_page(e) == p && pte_write(e)
+        })
+    }
+
+    /// `try_to_migrate_one`: the PTE becomes a migration entry; its flush
+    /// is done now, or deferred by migrc.
+    fn try_to_migrate_one(&self, p: u64, va: u64, deferred: bool) -> Option<Migrated> {
+        let table = self.pte_table(va)?;
+        let mut range = MmuNotifierRange::start(self, va, va + PAGE_SIZE);
+        let mut pt = PteTable::lock(table, va);
+        let e = pt.get(va);
+        let r = if pte_maps_page(e) && pte_page(e) == p {
+            let old = pt.get_and_clear(va);
+            if deferred {
+                self.migrc_flush_due.store(true, Ordering::Release);
+                // 6.6+: the batched path tells the secondary MMU at once.
+                if policy::notifier() == NotifierPlacement::TlbFlush {
+                    invalidate_secondary(self, va, va + PAGE_SIZE, true);
+                }
+            } else {
+                flush::flush_tlb_page(self, va);
+            }
+            range.ptl_changed(va, PteChange::Replace);
+            let m = Migrated { va, write: pte_write(old) || old & pte::RW != 0, dirty: pte_dirty(old) };
+            if m.dirty {
+                page(p).set(PG_DIRTY);
+            }
+            let kind = if m.write { swp::MIGRATION_WRITE } else { swp::MIGRATION_READ };
+            pt.set(va, swp::entry(kind, p >> 12));
+            hook(Hook::AfterMigrationEntry);
+            page(p).remove_rmap(va);
+            Some(m)
+        } else {
+            None
+        };
+        drop(pt);
+        range.end();
+        if r.is_some() {
+            put_page(p); // the PTE's reference (we still hold ours)
+        }
+        r
+    }
+
+    /// `remove_migration_pte`: map the new page where the migration entry is.
+    fn remove_migration_pte(&self, old: u64, new: u64, m: &Migrated, deferred: bool) {
+        let Some(table) = self.pte_table(m.va) else { return };
+        let mut pt = PteTable::lock(table, m.va);
+        let e = pt.get(m.va);
+        if swp::is_migration_entry(e) && swp::migration_page(e) == old {
+            let mut entry = new | pte::P | pte::US;
+            if m.write {
+                entry |= pte::RW;
+            }
+            if m.dirty {
+                entry |= pte::D;
+            }
+            if deferred {
+                page(new).set(PG_MIGRC);
+            }
+            get_page(new);
+            page(new).add_rmap(m.va);
+            pt.set(m.va, entry);
+        }
+    }
+
+    fn migrc_keep(&self, old: u64) {
+        let mut k = self.migrc.lock();
+        let n = k.1;
+        guest_assert!(n < MAX_MIGRC, "migrc keeps more than {} pages", MAX_MIGRC);
+        k.0[n] = old;
+        k.1 += 1;
+    }
+}
+
+/// `migrc_try_flush_free_folios`: do the deferred migration flush (all of
+/// the mm's translations, on every CPU running it) and free the kept
+/// source pages.
+pub fn migrc_flush(mm: &MmStruct) {
+    if mm.migrc_flush_due.swap(false, Ordering::AcqRel) {
+        flush::flush_tlb_mm(mm);
+    }
+    let (pages, n) = {
+        let mut k = mm.migrc.lock();
+        let r = *k;
+        k.1 = 0;
+        r
+    };
+    for &p in &pages[..n] {
+        put_page(p);
+    }
+}

@@ -1,0 +1,278 @@
+//! `struct mm_struct` and `struct vm_area_struct` of the test address space
+//! (`include/linux/mm_types.h`). One test mm exists at a time: [`TEST_MM`].
+//!
+//! Deliberate simplification: there is no `mmap_lock`. Linux serialises
+//! some of these operations against each other with it (munmap's write
+//! phase against madvise, mprotect against faults); the mailing-list races
+//! this tool replays are about the page-table-level protocol that remains
+//! once those locks are dropped or downgraded — PTLs, `tlb_flush_pending`,
+//! mmu_gather, notifiers — so that is what is modelled and what may
+//! interleave. The VMA list has a spinlock of its own.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use abi::layout::PAGE_SIZE;
+
+use super::pgtable::Mm;
+use crate::guest_assert;
+use crate::sync::SpinLock;
+
+pub const VM_READ: u8 = 1;
+pub const VM_WRITE: u8 = 2;
+/// `MAP_SHARED` of a file: the pages are page-cache pages of `Vma::file`.
+pub const VM_SHARED: u8 = 4;
+
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub flags: u8,
+    /// File id + 1 for a shared file mapping (one page per file, at
+    /// `start`), 0 for anonymous memory.
+    pub file: u8,
+}
+
+impl Vma {
+    pub fn is_anon(&self) -> bool {
+        self.file == 0
+    }
+    pub fn file_id(&self) -> Option<usize> {
+        (self.file != 0).then(|| self.file as usize - 1)
+    }
+    fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+pub const MAX_VMAS: usize = 32;
+const MAX_INFLIGHT_GENS: usize = 32;
+/// Pages the phantom child of `cow` (fork) may hold.
+pub const MAX_FORK_REFS: usize = 32;
+/// Source pages migrc may keep until its deferred flush.
+pub const MAX_MIGRC: usize = 32;
+
+/// `flush=generation`: the mm's generation counter and the generations of
+/// deferred changes whose flush has not completed yet (Nadav's "table
+/// generation" idea, seed 002/000).
+struct Generations {
+    next: u64,
+    inflight: [u64; MAX_INFLIGHT_GENS],
+}
+
+pub struct MmStruct {
+    pub(super) pgd: AtomicU64,
+    pub(super) vmas: SpinLock<[Vma; MAX_VMAS]>,
+    /// `mm->tlb_flush_pending`.
+    pub tlb_flush_pending: AtomicU64,
+    /// `mm->tlb_flush_batched`: reclaim queued a flush for this mm that has
+    /// not run yet (`set_tlb_ubc_flush_pending`).
+    pub tlb_flush_batched: AtomicBool,
+    gens: SpinLock<Generations>,
+    /// PASID the SVA driver bound this mm to (0 = no secondary MMU).
+    pub(super) pasid: AtomicU64,
+    /// Pages the fork child of `cow` holds a reference to.
+    pub(super) fork_refs: SpinLock<([u64; MAX_FORK_REFS], usize)>,
+    /// migrc: source pages kept until the deferred flush, and whether one is due.
+    pub(super) migrc: SpinLock<([u64; MAX_MIGRC], usize)>,
+    pub(super) migrc_flush_due: AtomicBool,
+    /// Shared files this mm created (ids 0..n in `filemap`).
+    pub(super) nfiles: AtomicU64,
+}
+
+pub static TEST_MM: MmStruct = MmStruct {
+    pgd: AtomicU64::new(0),
+    vmas: SpinLock::new([Vma { start: 0, end: 0, flags: 0, file: 0 }; MAX_VMAS]),
+    tlb_flush_pending: AtomicU64::new(0),
+    tlb_flush_batched: AtomicBool::new(false),
+    gens: SpinLock::new(Generations { next: 0, inflight: [0; MAX_INFLIGHT_GENS] }),
+    pasid: AtomicU64::new(0),
+    fork_refs: SpinLock::new(([0; MAX_FORK_REFS], 0)),
+    migrc: SpinLock::new(([0; MAX_MIGRC], 0)),
+    migrc_flush_due: AtomicBool::new(false),
+    nfiles: AtomicU64::new(0),
+};
+
+/// A failed fault or operation: the access is not allowed (SIGSEGV), or
+/// the range is not what the operation needs (EINVAL/ENOMEM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segv;
+
+impl MmStruct {
+    /// Creates the address space (`mm_alloc`): PGD, no VMAs.
+    pub fn init(&self) {
+        let mm = Mm::new();
+        *self.vmas.lock() = [Vma::default(); MAX_VMAS];
+        self.tlb_flush_pending.store(0, Ordering::Relaxed);
+        self.tlb_flush_batched.store(false, Ordering::Relaxed);
+        *self.gens.lock() = Generations { next: 0, inflight: [0; MAX_INFLIGHT_GENS] };
+        self.pasid.store(0, Ordering::Relaxed);
+        self.fork_refs.lock().1 = 0;
+        self.migrc.lock().1 = 0;
+        self.migrc_flush_due.store(false, Ordering::Relaxed);
+        self.nfiles.store(0, Ordering::Relaxed);
+        super::ptdesc::reset_all();
+        self.pgd.store(mm.pgd, Ordering::Release);
+    }
+
+    pub fn pt(&self) -> Mm {
+        Mm { pgd: self.pgd.load(Ordering::Acquire) }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.pgd.load(Ordering::Acquire) != 0
+    }
+
+    // ---- VMAs ----
+
+    /// `find_vma` (exact: the VMA containing `va`).
+    pub fn find_vma(&self, va: u64) -> Option<Vma> {
+        self.vmas.lock().iter().copied().find(|v| v.start <= va && va < v.end)
+    }
+
+    /// VMAs intersecting `[start, end)`.
+    pub fn vmas_in(&self, start: u64, end: u64) -> ([Vma; MAX_VMAS], usize) {
+        let mut out = [Vma::default(); MAX_VMAS];
+        let mut n = 0;
+        for v in self.vmas.lock().iter().filter(|v| !v.is_empty() && v.start < end && start < v.end) {
+            out[n] = *v;
+            n += 1;
+        }
+        (out, n)
+    }
+
+    /// Whether any VMA intersects `[start, end)` (`free_pgtables`' floor/ceiling test).
+    pub fn any_vma_in(&self, start: u64, end: u64) -> bool {
+        self.vmas_in(start, end).1 > 0
+    }
+
+    /// Inserts a VMA; false if it overlaps one or the table is full.
+    pub fn insert_vma(&self, v: Vma) -> bool {
+        let mut vmas = self.vmas.lock();
+        if vmas.iter().any(|o| !o.is_empty() && o.start < v.end && v.start < o.end) {
+            return false;
+        }
+        match vmas.iter_mut().find(|o| o.is_empty()) {
+            Some(slot) => {
+                *slot = v;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes VMA boundaries at `start` and `end` (`split_vma`), then applies
+    /// `f` to every VMA inside `[start, end)`; returns the pieces visited.
+    /// False if the range is not entirely covered by VMAs or the table is full.
+    pub fn for_vmas_split(&self, start: u64, end: u64, mut f: impl FnMut(&mut Vma)) -> bool {
+        let mut vmas = self.vmas.lock();
+        let mut covered = 0;
+        for v in vmas.iter().filter(|v| !v.is_empty()) {
+            covered += v.end.min(end).saturating_sub(v.start.max(start));
+        }
+        if covered != end - start {
+            return false;
+        }
+        for at in [start, end] {
+            if let Some(i) = vmas.iter().position(|v| v.start < at && at < v.end) {
+                let Some(free) = vmas.iter().position(|v| v.is_empty()) else { return false };
+                let mut tail = vmas[i];
+                tail.start = at;
+                vmas[i].end = at;
+                vmas[free] = tail;
+            }
+        }
+        for v in vmas.iter_mut().filter(|v| !v.is_empty() && v.start >= start && v.end <= end) {
+            f(v);
+        }
+        true
+    }
+
+    /// Removes `[start, end)` from the VMA list (`vma_shrink`/detach);
+    /// returns the removed pieces.
+    pub fn detach_vmas(&self, start: u64, end: u64) -> ([Vma; MAX_VMAS], usize) {
+        let mut out = [Vma::default(); MAX_VMAS];
+        let mut n = 0;
+        let mut vmas = self.vmas.lock();
+        // Split first so the range is made of whole VMAs (best effort: a
+        // full table leaves the overlap partially covered, which the loop
+        // below handles by trimming).
+        for i in 0..MAX_VMAS {
+            let v = vmas[i];
+            if v.is_empty() || v.end <= start || end <= v.start {
+                continue;
+            }
+            let (lo, hi) = (v.start.max(start), v.end.min(end));
+            out[n] = Vma { start: lo, end: hi, ..v };
+            n += 1;
+            let head = Vma { end: lo, ..v };
+            let tail = Vma { start: hi, ..v };
+            vmas[i] = if !head.is_empty() { head } else { tail };
+            if !head.is_empty() && !tail.is_empty() {
+                match vmas.iter().position(|o| o.is_empty()) {
+                    Some(free) => vmas[free] = tail,
+                    None => guest_assert!(false, "VMA table full splitting {:#x}..{:#x}", start, end),
+                }
+            } else if head.is_empty() && tail.is_empty() {
+                vmas[i] = Vma::default();
+            }
+        }
+        (out, n)
+    }
+
+    pub fn all_vmas(&self) -> ([Vma; MAX_VMAS], usize) {
+        self.vmas_in(0, u64::MAX)
+    }
+
+    // ---- flush bookkeeping ----
+
+    /// `mm_tlb_flush_pending`.
+    pub fn tlb_flush_pending(&self) -> bool {
+        self.tlb_flush_pending.load(Ordering::Acquire) > 0
+    }
+
+    /// `mm_tlb_flush_nested`: more than one deferred flush in flight.
+    pub fn tlb_flush_nested(&self) -> bool {
+        self.tlb_flush_pending.load(Ordering::Acquire) > 1
+    }
+
+    /// `flush=generation`: a new generation for a deferred change.
+    pub fn gen_begin(&self) -> u64 {
+        let mut g = self.gens.lock();
+        g.next += 1;
+        let gen = g.next;
+        match g.inflight.iter_mut().find(|s| **s == 0) {
+            Some(s) => *s = gen,
+            None => guest_assert!(false, "more than {} deferred flushes in flight", MAX_INFLIGHT_GENS),
+        }
+        gen
+    }
+
+    /// The flush of generation `gen` completed on every CPU.
+    pub fn gen_end(&self, gen: u64) {
+        let mut g = self.gens.lock();
+        if let Some(s) = g.inflight.iter_mut().find(|s| **s == gen) {
+            *s = 0;
+        }
+    }
+
+    /// Whether a change recorded with generation `table_gen` may still be
+    /// cached by some TLB: a generation ≤ it other than `mine` is in flight.
+    pub fn gen_unflushed(&self, table_gen: u64, mine: u64) -> bool {
+        table_gen != 0 && self.gens.lock().inflight.iter().any(|&g| g != 0 && g != mine && g <= table_gen)
+    }
+
+    // ---- fork child of `cow` ----
+
+    pub(super) fn fork_ref_add(&self, page: u64) {
+        let mut r = self.fork_refs.lock();
+        let n = r.1;
+        guest_assert!(n < MAX_FORK_REFS, "the fork child holds more than {} pages", MAX_FORK_REFS);
+        r.0[n] = page;
+        r.1 += 1;
+    }
+}
+
+/// Rounds `va` down to its page.
+pub const fn page_align(va: u64) -> u64 {
+    va & !(PAGE_SIZE - 1)
+}

@@ -1,0 +1,99 @@
+//! `mm/mmap.c` / `mm/vma.c` for the test mm: `mmap` of anonymous and
+//! shared-file ranges, `munmap` (`do_vmi_munmap` → `unmap_region`: zap,
+//! `free_pgtables`, `tlb_finish_mmu`), and `exit_mmap` at teardown.
+
+use core::sync::atomic::Ordering;
+
+use abi::layout::PAGE_SIZE;
+use abi::litmus::Hook;
+
+use super::hooks::hook;
+use super::mm_types::{MmStruct, Vma, VM_SHARED};
+use super::mmu_gather::MmuGather;
+use super::mmu_notifier::MmuNotifierRange;
+use super::ptdesc::PMD_SIZE;
+use super::{filemap, migrate};
+use crate::iommu;
+use crate::trace::{self, Kind};
+
+impl MmStruct {
+    /// `mmap` of an anonymous range with `flags` (`VM_READ`/`VM_WRITE`);
+    /// pages are populated on fault. False if the range overlaps a VMA.
+    pub fn mmap(&self, start: u64, len: u64, flags: u8) -> bool {
+        self.insert_vma(Vma { start, end: start + len, flags: flags & !VM_SHARED, file: 0 })
+    }
+
+    /// `mmap(MAP_SHARED)` of one page of shared file `file`.
+    pub fn mmap_file(&self, start: u64, flags: u8, file: usize) -> bool {
+        self.insert_vma(Vma { start, end: start + PAGE_SIZE, flags: flags | VM_SHARED, file: file as u8 + 1 })
+    }
+
+    /// `munmap`: detach the VMAs, then `unmap_region`: zap inside one
+    /// mmu_gather, free the page tables no VMA needs any more, finish the
+    /// gather (flush, free pages and tables). False if nothing was mapped.
+    pub fn munmap(&self, start: u64, len: u64) -> bool {
+        let end = start + len;
+        let (vmas, n) = self.detach_vmas(start, end);
+        if n == 0 {
+            return false;
+        }
+        let mut tlb = MmuGather::new(self, start, end);
+        let mut range = MmuNotifierRange::start(self, start, end);
+        for v in &vmas[..n] {
+            self.unmap_page_range(&mut tlb, &mut range, v, v.start, v.end);
+        }
+        range.end();
+        self.free_pgtables(&mut tlb, start, end);
+        tlb.finish();
+        true
+    }
+
+    /// `free_pgtables`: a PTE table whose 2 MiB no VMA intersects any more
+    /// (the floor/ceiling rule of `free_pgd_range`) is unhooked from its PMD
+    /// now and freed after the flush (`pte_free_tlb`). Upper-level tables
+    /// stay until the mm is destroyed.
+    fn free_pgtables(&self, tlb: &mut MmuGather, start: u64, end: u64) {
+        let mut region = start & !(PMD_SIZE - 1);
+        while region < end {
+            if !self.any_vma_in(region, region + PMD_SIZE) {
+                if let Some(table) = self.pt().pmd_clear(region) {
+                    trace::emit(Kind::PmdClear, region, table, 0);
+                    hook(Hook::AfterPmdClear);
+                    tlb.remove_table(table, region);
+                }
+            }
+            region += PMD_SIZE;
+        }
+    }
+
+    /// `exit_mmap`: unmap everything, let the fork child go, do migrc's
+    /// pending flush, drop the shared files, unbind the PASID and free the
+    /// page tables. The caller has switched every CPU away from the mm.
+    pub fn teardown(&self) {
+        let (vmas, n) = self.all_vmas();
+        for v in &vmas[..n] {
+            self.munmap(v.start, v.end - v.start);
+        }
+        self.release_fork_refs();
+        migrate::migrc_flush(self);
+        for f in 0..self.nfiles.swap(0, Ordering::AcqRel) as usize {
+            filemap::truncate(f);
+        }
+        let pasid = self.pasid.swap(0, Ordering::AcqRel);
+        if pasid != 0 {
+            iommu::unbind_mm(pasid as u32);
+        }
+        let pgd = self.pgd.swap(0, Ordering::AcqRel);
+        if pgd != 0 {
+            super::pgtable::Mm { pgd }.destroy();
+        }
+    }
+
+    /// Binds the mm to `pasid` on the SVA driver (`iommu_sva_bind_device`):
+    /// from now on the secondary MMU walks its page tables and hears its
+    /// invalidations. `teardown` unbinds.
+    pub fn bind_pasid(&self, pasid: u32) {
+        iommu::bind_mm(pasid, self.pgd.load(Ordering::Acquire));
+        self.pasid.store(pasid as u64, Ordering::Release);
+    }
+}

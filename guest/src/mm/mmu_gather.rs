@@ -1,0 +1,266 @@
+//! `struct mmu_gather` (`mm/mmu_gather.c`, `include/asm-generic/tlb.h`):
+//! PTE changes whose TLB flush is deferred past the page-table lock, the
+//! pages and page tables that may only be freed after that flush, and the
+//! bookkeeping that lets other paths notice the deferred flush — which is
+//! exactly what the `flush=` schemes differ in:
+//!
+//! * `ptl` — no deferral: callers flush before they drop the PTL;
+//! * `gather` — deferral with nothing published (before `tlb_flush_pending`);
+//! * `pending` — `inc/dec_tlb_flush_pending` on the mm; `tlb_finish_mmu`
+//!   flushes everything when another deferral is in flight (99baac21e458),
+//!   and the CoW fault flushes when one is pending (6ce64428d620);
+//! * `per-ptl` — the pending count lives in each page table, raised under
+//!   its PTL (Andy's proposal, seed 000);
+//! * `generation` — each table records the mm generation of its last
+//!   deferred change; a path that meets an unflushed generation flushes
+//!   (Nadav's proposal, seeds 000/002).
+
+use core::sync::atomic::Ordering;
+
+use abi::layout::{PAGE_SIZE, USER_BASE, USER_END};
+use abi::litmus::{FlushScheme, Hook, NestedRange, NotifierPlacement, ResetRange};
+
+use super::hooks::hook;
+use super::mm_types::MmStruct;
+use super::mmu_notifier::invalidate_secondary;
+use super::page::put_page;
+use super::pgtable;
+use super::ptdesc::{ptdesc, PteTable, PMD_SIZE};
+use super::{flush, policy};
+use crate::trace::{self, Kind};
+
+const GATHER_PAGES: usize = 64;
+const GATHER_TABLES: usize = 8;
+
+pub struct MmuGather<'a> {
+    pub mm: &'a MmStruct,
+    /// The range `tlb_gather_mmu` was given (v5.1's signature): what the
+    /// pre-7a30df49f63a nested flush falls back to.
+    op_start: u64,
+    op_end: u64,
+    /// `tlb->start`/`tlb->end` (`__tlb_adjust_range`).
+    start: u64,
+    end: u64,
+    fullmm: bool,
+    pub freed_tables: bool,
+    /// `per-ptl`/`generation`: a zap met another operation's deferred
+    /// flush on a table it walked (the per-table form of `mm_tlb_flush_nested`).
+    nested: bool,
+    pages: [u64; GATHER_PAGES],
+    npages: usize,
+    tables: [u64; GATHER_TABLES],
+    ntables: usize,
+    /// `per-ptl`: tables whose `flush_pending` this gather raised.
+    deferred: [u64; GATHER_TABLES],
+    ndeferred: usize,
+    /// `generation`: the generation of this gather's unflushed changes.
+    gen: u64,
+    scheme: FlushScheme,
+}
+
+impl<'a> MmuGather<'a> {
+    /// `tlb_gather_mmu`: `inc_tlb_flush_pending` under `flush=pending`.
+    pub fn new(mm: &'a MmStruct, start: u64, end: u64) -> Self {
+        let scheme = policy::flush();
+        if scheme == FlushScheme::Pending {
+            mm.tlb_flush_pending.fetch_add(1, Ordering::AcqRel);
+        }
+        hook(Hook::AfterIncPending);
+        let mut t = MmuGather {
+            mm,
+            op_start: start,
+            op_end: end,
+            start: 0,
+            end: 0,
+            fullmm: false,
+            freed_tables: false,
+            nested: false,
+            pages: [0; GATHER_PAGES],
+            npages: 0,
+            tables: [0; GATHER_TABLES],
+            ntables: 0,
+            deferred: [0; GATHER_TABLES],
+            ndeferred: 0,
+            gen: 0,
+            scheme,
+        };
+        t.reset_range();
+        t
+    }
+
+    pub fn scheme(&self) -> FlushScheme {
+        self.scheme
+    }
+
+    /// `__tlb_reset_range`.
+    fn reset_range(&mut self) {
+        if self.fullmm {
+            self.start = u64::MAX;
+            self.end = u64::MAX;
+        } else {
+            self.start = USER_END;
+            self.end = 0;
+        }
+        self.freed_tables = false;
+    }
+
+    /// `__tlb_adjust_range`.
+    pub fn adjust_range(&mut self, addr: u64, size: u64) {
+        self.start = self.start.min(addr);
+        self.end = self.end.max(addr + size);
+    }
+
+    /// `tlb_remove_tlb_entry` for a PTE changed under `pt`'s lock: the
+    /// flush of `va` is now owed, and the schemes that publish deferred
+    /// flushes do so before the PTL is dropped.
+    pub fn remove_tlb_entry(&mut self, pt: &PteTable, va: u64) {
+        self.adjust_range(va & !(PAGE_SIZE - 1), PAGE_SIZE);
+        match self.scheme {
+            FlushScheme::PerPtl => {
+                let t = pt.table();
+                if !self.deferred[..self.ndeferred].contains(&t) {
+                    if self.ndeferred == GATHER_TABLES {
+                        // Out of slots: pay the flush now rather than lose track.
+                        self.flush_tlbonly();
+                    }
+                    pt.desc().flush_pending.fetch_add(1, Ordering::AcqRel);
+                    self.deferred[self.ndeferred] = t;
+                    self.ndeferred += 1;
+                }
+            }
+            FlushScheme::Generation => {
+                if self.gen == 0 {
+                    self.gen = self.mm.gen_begin();
+                }
+                pt.desc().tlb_gen.fetch_max(self.gen, Ordering::AcqRel);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether another operation has a flush of entries of `pt`'s table
+    /// still outstanding (checked under its PTL): the per-table schemes'
+    /// answer to "a PTE I find empty may still be cached".
+    pub fn others_deferred(&self, pt: &PteTable) -> bool {
+        match self.scheme {
+            FlushScheme::PerPtl => {
+                let mine = self.deferred[..self.ndeferred].contains(&pt.table()) as u32;
+                pt.desc().flush_pending.load(Ordering::Acquire) > mine
+            }
+            FlushScheme::Generation => self.mm.gen_unflushed(pt.desc().tlb_gen.load(Ordering::Acquire), self.gen),
+            _ => false,
+        }
+    }
+
+    /// Records that a zap met another deferral (see [`Self::others_deferred`]).
+    pub fn note_nested(&mut self) {
+        self.nested = true;
+    }
+
+    /// `tlb_remove_page`: freed after the flush.
+    pub fn remove_page(&mut self, page: u64) {
+        if self.npages == GATHER_PAGES {
+            self.flush();
+        }
+        self.pages[self.npages] = page;
+        self.npages += 1;
+    }
+
+    /// `tlb_remove_table` (`pte_free_tlb`): a PTE table unhooked from its PMD.
+    pub fn remove_table(&mut self, table: u64, va: u64) {
+        self.freed_tables = true;
+        self.adjust_range(va & !(PMD_SIZE - 1), PMD_SIZE);
+        if self.ntables == GATHER_TABLES {
+            self.flush();
+        }
+        self.tables[self.ntables] = table;
+        self.ntables += 1;
+    }
+
+    /// `tlb_flush_mmu_tlbonly`: flush the gathered range on every CPU
+    /// running the mm (everything for a full-mm gather). Before 6.6 the
+    /// mmu_gather also told the secondary MMU from here
+    /// (`mmu_notifier_invalidate_range(tlb->mm, tlb->start, tlb->end)`), so
+    /// under `notifier=tlb-flush` a reset full-mm range reaches the device
+    /// as `[~0, ~0)` unless `nested-range=full` (the 2022 IOMMUv2 report).
+    pub fn flush_tlbonly(&mut self) {
+        if self.end == 0 {
+            return;
+        }
+        let (pstart, pend) = if self.fullmm { (USER_BASE, USER_END) } else { (self.start, self.end) };
+        flush::flush_primary(self.mm, pstart, pend);
+        if policy::notifier() == NotifierPlacement::TlbFlush {
+            let (s, e) = if self.fullmm && policy::nested_range() == NestedRange::Full {
+                (USER_BASE, USER_END)
+            } else {
+                (self.start, self.end)
+            };
+            invalidate_secondary(self.mm, s, e, !self.freed_tables);
+        }
+        self.flushed();
+        self.reset_range();
+    }
+
+    /// Every deferred change so far is flushed: lower what was published.
+    fn flushed(&mut self) {
+        for &t in &self.deferred[..self.ndeferred] {
+            ptdesc(t).flush_pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.ndeferred = 0;
+        if self.gen != 0 {
+            self.mm.gen_end(self.gen);
+            self.gen = 0;
+        }
+    }
+
+    /// `tlb_flush_mmu`: flush, then free what was gathered.
+    pub fn flush(&mut self) {
+        self.flush_tlbonly();
+        for &p in &self.pages[..self.npages] {
+            put_page(p);
+        }
+        self.npages = 0;
+        if self.ntables > 0 {
+            hook(Hook::BeforeFreeTables);
+            for &t in &self.tables[..self.ntables] {
+                trace::emit(Kind::TableFree, 0, t, 0);
+                pgtable::free_table(t);
+            }
+            self.ntables = 0;
+        }
+    }
+
+    /// `tlb_finish_mmu`. When another deferred flush of this mm is in
+    /// flight, our scan may have found PTEs cleared by it and skipped their
+    /// flush, so flush everything (99baac21e458; `madv-nested-check=off` is
+    /// the kernel before it). How: today a full-mm flush that counts as
+    /// having freed tables (7a30df49f63a); before that fix
+    /// (`reset-range=clear-freed-tables`) `__tlb_reset_range` also forgot
+    /// `freed_tables`, so the flush of the operation's range is leaf-only.
+    pub fn finish(mut self) {
+        let nested = match self.scheme {
+            FlushScheme::Pending => self.mm.tlb_flush_nested(),
+            FlushScheme::PerPtl | FlushScheme::Generation => self.nested,
+            FlushScheme::Ptl | FlushScheme::Gather => false,
+        };
+        if nested && policy::madv_nested_check() {
+            match policy::reset_range() {
+                ResetRange::KeepFreedTables => {
+                    self.fullmm = true;
+                    self.reset_range();
+                    self.freed_tables = true;
+                }
+                ResetRange::ClearFreedTables => {
+                    self.reset_range();
+                    let (s, e) = (self.op_start, self.op_end);
+                    self.adjust_range(s, e - s);
+                }
+            }
+        }
+        self.flush();
+        hook(Hook::BeforeDecPending);
+        if self.scheme == FlushScheme::Pending {
+            self.mm.tlb_flush_pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}

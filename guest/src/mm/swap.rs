@@ -1,0 +1,98 @@
+//! A swap device for reclaim (`mm/swapfile.c`, `mm/swap_state.c`): slots
+//! in a reserved area at the top of guest RAM, `swap_map` reference counts
+//! (one per swap PTE, one for the swap cache), and the swap cache.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use abi::layout::PAGE_SIZE;
+
+use super::page::{self, get_page, page, put_page, PG_DIRTY, PG_SWAPCACHE};
+use super::page_alloc::SWAP_SLOTS;
+use crate::guest_assert;
+
+const N: usize = SWAP_SLOTS as usize;
+static BASE: AtomicU64 = AtomicU64::new(0);
+/// `swap_map`: references to each slot.
+static SWAP_MAP: [AtomicU32; N] = [const { AtomicU32::new(0) }; N];
+/// The swap cache: the page holding each slot's data, if any.
+static SWAP_CACHE: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
+
+pub fn init(base: u64) {
+    BASE.store(base, Ordering::Release);
+}
+
+fn slot_addr(slot: usize) -> u64 {
+    guest_assert!(slot < N, "swap slot {} out of range", slot);
+    BASE.load(Ordering::Relaxed) + slot as u64 * PAGE_SIZE
+}
+
+/// `add_to_swap`: a free slot for `p`, which enters the swap cache (with a
+/// reference of the cache's own). `None` if swap is full.
+pub fn add_to_swap(p: u64) -> Option<usize> {
+    let slot = SWAP_MAP.iter().position(|m| m.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok())?;
+    get_page(p);
+    page(p).private.store(slot as u32, Ordering::Relaxed);
+    // The slot has no copy yet: the page must be written out.
+    page(p).set(PG_SWAPCACHE | PG_DIRTY);
+    SWAP_CACHE[slot].store(p, Ordering::Release);
+    Some(slot)
+}
+
+/// `swap_duplicate`: a swap PTE now refers to `slot`.
+pub fn swap_duplicate(slot: usize) {
+    SWAP_MAP[slot].fetch_add(1, Ordering::AcqRel);
+}
+
+/// `free_swap_and_cache`: a swap PTE for `slot` went away. When only the
+/// swap cache is left and its page is not mapped, the cache lets go too.
+pub fn swap_free(slot: usize) {
+    let left = SWAP_MAP[slot].fetch_sub(1, Ordering::AcqRel) - 1;
+    if left == 1 {
+        let p = SWAP_CACHE[slot].load(Ordering::Acquire);
+        if p != 0 && !page(p).mapped() && page(p).count() == 1 {
+            delete_from_swap_cache(p);
+        }
+    }
+}
+
+/// `lookup_swap_cache`: the cached page of `slot`, with a reference.
+pub fn lookup_swap_cache(slot: usize) -> Option<u64> {
+    let p = SWAP_CACHE[slot].load(Ordering::Acquire);
+    (p != 0).then(|| {
+        get_page(p);
+        p
+    })
+}
+
+/// `delete_from_swap_cache`: the cache drops `p` and its slot reference.
+pub fn delete_from_swap_cache(p: u64) {
+    let slot = page(p).private.load(Ordering::Relaxed) as usize;
+    if SWAP_CACHE[slot].compare_exchange(p, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        page(p).clear(PG_SWAPCACHE);
+        SWAP_MAP[slot].fetch_sub(1, Ordering::AcqRel);
+        put_page(p);
+    }
+}
+
+/// `swap_writepage`: the page's contents go to its slot.
+pub fn swap_writepage(p: u64, slot: usize) {
+    page::copy_page(slot_addr(slot), p);
+}
+
+/// `swap_read_folio`.
+pub fn swap_readpage(slot: usize, p: u64) {
+    page::copy_page(p, slot_addr(slot));
+}
+
+/// The first word of a slot's data (the swap cache's page if it has one).
+pub fn first_word(slot: usize) -> u64 {
+    match SWAP_CACHE[slot].load(Ordering::Acquire) {
+        0 => page::first_word(slot_addr(slot)),
+        p => page::first_word(p),
+    }
+}
+
+/// Slots in use (a leak check).
+pub fn slots_in_use() -> u64 {
+    SWAP_MAP.iter().filter(|m| m.load(Ordering::Relaxed) != 0).count() as u64
+}
