@@ -138,7 +138,9 @@ pub fn call_function_single(target: u64, f: WorkFn, arg: u64, timeout_ms: u64) -
 /// if one did not answer within `timeout_ms`.
 pub fn call_function_many(targets: impl Iterator<Item = u64>, f: WorkFn, arg: u64, timeout_ms: u64) -> Option<u64> {
     let me = percpu::cpu() as usize;
-    let mut sent = [false; N];
+    // Which CPUs got the IPI, as a bitmask: the wait below visits only
+    // those (every guest instruction counts on hosts that emulate them).
+    let mut sent = [0u64; N / 64];
     let mut n = 0;
     for target in targets {
         let csd = &CSD[target as usize][me];
@@ -149,13 +151,18 @@ pub fn call_function_many(targets: impl Iterator<Item = u64>, f: WorkFn, arg: u6
         csd.arg.store(arg, Ordering::Relaxed);
         csd.pending.store(true, Ordering::Release);
         apic::send_ipi(target, apic::CALL_FUNCTION_VECTOR);
-        sent[target as usize] = true;
+        sent[target as usize / 64] |= 1 << (target % 64);
         n += 1;
     }
-    for (target, _) in sent.iter().enumerate().filter(|(_, s)| **s) {
-        let csd = &CSD[target][me];
-        if !time::spin_until(timeout_ms, || !csd.pending.load(Ordering::Acquire)) {
-            return None;
+    for (word, bits) in sent.iter().enumerate().take((num_cpus() as usize).div_ceil(64)) {
+        let mut bits = *bits;
+        while bits != 0 {
+            let target = word * 64 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let csd = &CSD[target][me];
+            if !time::spin_until(timeout_ms, || !csd.pending.load(Ordering::Acquire)) {
+                return None;
+            }
         }
     }
     Some(n)
