@@ -119,6 +119,20 @@ pub mod op {
     /// `args[4]` = iteration time in ns (guest TSC).
     pub const LITMUS_RESULT: u64 = 19;
     // 20..=22 reserved for the litmus runner; 24..=27 for tracing.
+    /// A page operation done by the VMM on host memory (Xen PV's
+    /// `MMUEXT_CLEAR_PAGE` / `MMUEXT_COPY_PAGE`): `args[0]` = `pageop::*`,
+    /// `args[1]` = destination (or first) page, `args[2]` = source (or
+    /// second) page; both 4 KiB-aligned data pages (`FREE_START` up).
+    /// `ret[0]` = 1 if COMPARE found the pages identical. On hosts that
+    /// emulate every guest instruction a page loop costs ~1 ms in the guest.
+    pub const PAGE_OP: u64 = 28;
+}
+
+/// `op::PAGE_OP` kinds.
+pub mod pageop {
+    pub const ZERO: u64 = 0;
+    pub const COPY: u64 = 1;
+    pub const COMPARE: u64 = 2;
 }
 
 /// Native-TLB fidelity probes (`vmm probe`).

@@ -294,6 +294,10 @@ impl Hypercalls {
                 drop(io);
                 self.reply(mem, status::OK, r, &[])?;
             }
+            op::PAGE_OP => {
+                let r = page_op(mem, a[0], a[1], a[2]).map_err(|e| guest_error(format!("bad hypercall: {e}")))?;
+                self.reply(mem, status::OK, [r as u64, 0, 0, 0], &[])?;
+            }
             op::BENCH_RESULT => {
                 shared.bench.lock().unwrap().push(BenchFigure { metric: a[0], median_ps: a[1], samples: a[2] });
                 self.reply(mem, status::OK, [0; 4], &[])?;
@@ -301,6 +305,39 @@ impl Hypercalls {
             other => return Err(guest_error(format!("bad hypercall: unknown op {other:#x}"))),
         }
         Ok(Flow::Resume)
+    }
+}
+
+/// `op::PAGE_OP`: zero, copy or compare whole data pages on host memory.
+fn page_op(mem: &GuestMemoryMmap, kind: u64, a: u64, b: u64) -> Result<bool, String> {
+    use vm_memory::GuestMemoryBackend;
+    const PAGE: usize = layout::PAGE_SIZE as usize;
+    let end = mem.last_addr().0 + 1;
+    let check = |gpa: u64| {
+        if gpa.is_multiple_of(layout::PAGE_SIZE) && gpa >= layout::FREE_START && gpa + layout::PAGE_SIZE <= end {
+            Ok(GuestAddress(gpa))
+        } else {
+            Err(format!("PAGE_OP on GPA {gpa:#x}: not a 4 KiB-aligned data page ({:#x}..{end:#x})", layout::FREE_START))
+        }
+    };
+    let mut buf = [0u8; PAGE];
+    match kind {
+        hc::pageop::ZERO => {
+            mem.write_slice(&buf, check(a)?).map_err(|e| e.to_string())?;
+            Ok(true)
+        }
+        hc::pageop::COPY => {
+            mem.read_slice(&mut buf, check(b)?).map_err(|e| e.to_string())?;
+            mem.write_slice(&buf, check(a)?).map_err(|e| e.to_string())?;
+            Ok(true)
+        }
+        hc::pageop::COMPARE => {
+            let mut other = [0u8; PAGE];
+            mem.read_slice(&mut buf, check(a)?).map_err(|e| e.to_string())?;
+            mem.read_slice(&mut other, check(b)?).map_err(|e| e.to_string())?;
+            Ok(buf == other)
+        }
+        k => Err(format!("unknown PAGE_OP kind {k}")),
     }
 }
 

@@ -55,8 +55,7 @@ pub fn alloc_page() -> Option<u64> {
     };
     d.in_use += 1;
     drop(d);
-    // SAFETY: the page was free and is identity-mapped RAM.
-    unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE as usize) };
+    page::zero_page(page);
     page::page(page).reset();
     Some(page)
 }
@@ -70,6 +69,38 @@ pub fn free_page(page: u64) {
     unsafe { core::ptr::write_volatile(page as *mut u64, d.free_head) };
     d.free_head = page;
     d.in_use -= 1;
+}
+
+/// Takes up to `out.len()` pages off the free list as they are (no
+/// zeroing, no `struct page` reset, not counted in use): the litmus
+/// runner's physical placement. Returns how many; give them back with
+/// [`unhold_pages`].
+pub fn hold_pages(out: &mut [u64]) -> usize {
+    let mut d = DATA.lock();
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = if d.free_head != 0 {
+            let p = d.free_head;
+            // SAFETY: free pages are ours; the first word links the free list.
+            d.free_head = unsafe { core::ptr::read_volatile(p as *const u64) };
+            p
+        } else if d.next_fresh + PAGE_SIZE <= d.end {
+            d.next_fresh += PAGE_SIZE;
+            d.next_fresh - PAGE_SIZE
+        } else {
+            return i;
+        };
+    }
+    out.len()
+}
+
+/// Returns held pages to the free list, restoring its order.
+pub fn unhold_pages(pages: &[u64]) {
+    let mut d = DATA.lock();
+    for &p in pages.iter().rev() {
+        // SAFETY: a held page is ours; its first word links the free list.
+        unsafe { core::ptr::write_volatile(p as *mut u64, d.free_head) };
+        d.free_head = p;
+    }
 }
 
 pub fn data_pages_in_use() -> u64 {
