@@ -209,11 +209,8 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
 
     // Physical placement: hold back a random number of free pages.
     let mut held = [0u64; MAX_HELD];
-    let nheld = rng.below(MAX_HELD as u64 + 1) as usize;
-    for slot in held.iter_mut().take(nheld) {
-        *slot = page_alloc::alloc_page().unwrap_or(0);
-    }
-
+    let want = rng.below(MAX_HELD as u64 + 1) as usize;
+    let nheld = page_alloc::hold_pages(&mut held[..want]);
     TEST_MM.init();
     place(b, &mut rng);
     for i in 0..h.n_locs {
@@ -311,9 +308,7 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
 
     state_word(state::PHASE).store(state::PHASE_TEARDOWN, Ordering::Release);
     TEST_MM.teardown();
-    for &p in held.iter().take(nheld).filter(|&&p| p != 0) {
-        page_alloc::free_page(p);
-    }
+    page_alloc::unhold_pages(&held[..nheld]);
     let leaked_data = data_in_use().wrapping_sub(data0);
     let leaked_tables = page_alloc::table_pages_in_use().wrapping_sub(tables0);
     let ns = arch::rdtsc().wrapping_sub(t0) * 1_000_000 / time::tsc_khz().max(1);

@@ -25,8 +25,8 @@ impl MmStruct {
         let end = start + len;
         let mut tlb = MmuGather::new(self, start, end);
         let mut range = MmuNotifierRange::start(self, start, end);
-        let (vmas, n) = self.vmas_in(start, end);
-        for v in vmas[..n].iter().filter(|v| v.is_anon()) {
+        let vmas = self.vmas_in(start, end);
+        for v in vmas.as_slice().iter().filter(|v| v.is_anon()) {
             let mut va = start.max(v.start);
             let stop = end.min(v.end);
             while va < stop {

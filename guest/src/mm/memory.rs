@@ -31,7 +31,7 @@ impl MmStruct {
 
     /// The PTE table mapping `va`, allocated if missing (`pte_alloc`).
     pub fn pte_table_alloc(&self, va: u64) -> u64 {
-        self.pt().pte_alloc(page_align(va)) & !(PAGE_SIZE - 1)
+        self.pt().pte_alloc_with(page_align(va), &mut |t| self.table_added(t)) & !(PAGE_SIZE - 1)
     }
 
     /// The PTE of `va` read without the PTL (`ptep_get_lockless`); 0 if
@@ -256,8 +256,8 @@ impl MmStruct {
         let end = start + len;
         let mut tlb = MmuGather::new(self, start, end);
         let mut range = MmuNotifierRange::start(self, start, end);
-        let (vmas, n) = self.vmas_in(start, end);
-        for v in &vmas[..n] {
+        let vmas = self.vmas_in(start, end);
+        for v in vmas.as_slice() {
             self.unmap_page_range(&mut tlb, &mut range, v, start.max(v.start), end.min(v.end));
         }
         range.end();
@@ -372,11 +372,12 @@ impl MmStruct {
 
     /// The fork child exits: drop every page reference it held.
     pub(super) fn release_fork_refs(&self) {
-        let (pages, n) = *self.fork_refs.lock();
-        self.fork_refs.lock().1 = 0;
-        for &p in &pages[..n] {
+        let mut refs = self.fork_refs.lock();
+        let n = refs.1;
+        for &p in &refs.0[..n] {
             put_page(p);
         }
+        refs.1 = 0;
     }
 
     // ---- set-up and inspection (the litmus runner, self-tests) ----

@@ -170,13 +170,10 @@ pub fn migrc_flush(mm: &MmStruct) {
     if mm.migrc_flush_due.swap(false, Ordering::AcqRel) {
         flush::flush_tlb_mm(mm);
     }
-    let (pages, n) = {
-        let mut k = mm.migrc.lock();
-        let r = *k;
-        k.1 = 0;
-        r
-    };
-    for &p in &pages[..n] {
+    let mut kept = mm.migrc.lock();
+    let n = kept.1;
+    for &p in &kept.0[..n] {
         put_page(p);
     }
+    kept.1 = 0;
 }

@@ -45,6 +45,39 @@ impl Vma {
 }
 
 pub const MAX_VMAS: usize = 32;
+
+/// The VMA list: `v[..n]` are the live VMAs, in no particular order.
+pub struct VmaTable {
+    n: usize,
+    v: [Vma; MAX_VMAS],
+}
+
+/// Most VMAs one range query returns (tests touch a few pages each).
+pub const VMA_SET: usize = 8;
+
+/// A few VMAs, in address order.
+#[derive(Clone, Copy, Default)]
+pub struct VmaSet {
+    n: usize,
+    v: [Vma; VMA_SET],
+}
+
+impl VmaSet {
+    fn push(&mut self, v: Vma) {
+        guest_assert!(self.n < VMA_SET, "an operation's range spans more than {} VMAs", VMA_SET);
+        self.v[self.n] = v;
+        self.n += 1;
+    }
+    fn sort(&mut self) {
+        self.v[..self.n].sort_unstable_by_key(|v| v.start);
+    }
+    pub fn as_slice(&self) -> &[Vma] {
+        &self.v[..self.n]
+    }
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
 const MAX_INFLIGHT_GENS: usize = 32;
 /// Pages the phantom child of `cow` (fork) may hold.
 pub const MAX_FORK_REFS: usize = 32;
@@ -61,7 +94,7 @@ struct Generations {
 
 pub struct MmStruct {
     pub(super) pgd: AtomicU64,
-    pub(super) vmas: SpinLock<[Vma; MAX_VMAS]>,
+    pub(super) vmas: SpinLock<VmaTable>,
     /// `mm->tlb_flush_pending`.
     pub tlb_flush_pending: AtomicU64,
     /// `mm->tlb_flush_batched`: reclaim queued a flush for this mm that has
@@ -77,11 +110,17 @@ pub struct MmStruct {
     pub(super) migrc_flush_due: AtomicBool,
     /// Shared files this mm created (ids 0..n in `filemap`).
     pub(super) nfiles: AtomicU64,
+    /// Every page-table page of the mm (freed at teardown without walking
+    /// the tree: scanning a 512-entry table costs ~1 ms when every guest
+    /// instruction is emulated).
+    pub(super) tables: SpinLock<([u64; MAX_TABLES], usize)>,
 }
+
+pub const MAX_TABLES: usize = 64;
 
 pub static TEST_MM: MmStruct = MmStruct {
     pgd: AtomicU64::new(0),
-    vmas: SpinLock::new([Vma { start: 0, end: 0, flags: 0, file: 0 }; MAX_VMAS]),
+    vmas: SpinLock::new(VmaTable { n: 0, v: [Vma { start: 0, end: 0, flags: 0, file: 0 }; MAX_VMAS] }),
     tlb_flush_pending: AtomicU64::new(0),
     tlb_flush_batched: AtomicBool::new(false),
     gens: SpinLock::new(Generations { next: 0, inflight: [0; MAX_INFLIGHT_GENS] }),
@@ -90,6 +129,7 @@ pub static TEST_MM: MmStruct = MmStruct {
     migrc: SpinLock::new(([0; MAX_MIGRC], 0)),
     migrc_flush_due: AtomicBool::new(false),
     nfiles: AtomicU64::new(0),
+    tables: SpinLock::new(([0; MAX_TABLES], 0)),
 };
 
 /// A failed fault or operation: the access is not allowed (SIGSEGV), or
@@ -101,7 +141,7 @@ impl MmStruct {
     /// Creates the address space (`mm_alloc`): PGD, no VMAs.
     pub fn init(&self) {
         let mm = Mm::new();
-        *self.vmas.lock() = [Vma::default(); MAX_VMAS];
+        self.vmas.lock().n = 0;
         self.tlb_flush_pending.store(0, Ordering::Relaxed);
         self.tlb_flush_batched.store(false, Ordering::Relaxed);
         *self.gens.lock() = Generations { next: 0, inflight: [0; MAX_INFLIGHT_GENS] };
@@ -110,7 +150,8 @@ impl MmStruct {
         self.migrc.lock().1 = 0;
         self.migrc_flush_due.store(false, Ordering::Relaxed);
         self.nfiles.store(0, Ordering::Relaxed);
-        super::ptdesc::reset_all();
+        self.tables.lock().1 = 0;
+        self.table_added(mm.pgd);
         self.pgd.store(mm.pgd, Ordering::Release);
     }
 
@@ -123,104 +164,118 @@ impl MmStruct {
     }
 
     // ---- VMAs ----
+    //
+    // The table is kept compact (`vmas.n` live entries first) and queries
+    // return small sets: on hosts that emulate every guest instruction, a
+    // scan of empty slots or a copy of the whole table costs milliseconds.
 
     /// `find_vma` (exact: the VMA containing `va`).
     pub fn find_vma(&self, va: u64) -> Option<Vma> {
-        self.vmas.lock().iter().copied().find(|v| v.start <= va && va < v.end)
+        let t = self.vmas.lock();
+        t.v[..t.n].iter().copied().find(|v| v.start <= va && va < v.end)
     }
 
-    /// VMAs intersecting `[start, end)`.
-    pub fn vmas_in(&self, start: u64, end: u64) -> ([Vma; MAX_VMAS], usize) {
-        let mut out = [Vma::default(); MAX_VMAS];
-        let mut n = 0;
-        for v in self.vmas.lock().iter().filter(|v| !v.is_empty() && v.start < end && start < v.end) {
-            out[n] = *v;
-            n += 1;
+    /// The VMAs intersecting `[start, end)`, in address order.
+    pub fn vmas_in(&self, start: u64, end: u64) -> VmaSet {
+        let t = self.vmas.lock();
+        let mut out = VmaSet::default();
+        for v in t.v[..t.n].iter().filter(|v| v.start < end && start < v.end) {
+            out.push(*v);
         }
-        (out, n)
+        out.sort();
+        out
     }
 
     /// Whether any VMA intersects `[start, end)` (`free_pgtables`' floor/ceiling test).
     pub fn any_vma_in(&self, start: u64, end: u64) -> bool {
-        self.vmas_in(start, end).1 > 0
+        let t = self.vmas.lock();
+        t.v[..t.n].iter().any(|v| v.start < end && start < v.end)
     }
 
     /// Inserts a VMA; false if it overlaps one or the table is full.
     pub fn insert_vma(&self, v: Vma) -> bool {
-        let mut vmas = self.vmas.lock();
-        if vmas.iter().any(|o| !o.is_empty() && o.start < v.end && v.start < o.end) {
+        let mut t = self.vmas.lock();
+        let n = t.n;
+        if n == MAX_VMAS || v.is_empty() || t.v[..n].iter().any(|o| o.start < v.end && v.start < o.end) {
             return false;
         }
-        match vmas.iter_mut().find(|o| o.is_empty()) {
-            Some(slot) => {
-                *slot = v;
-                true
-            }
-            None => false,
-        }
+        t.v[n] = v;
+        t.n += 1;
+        true
     }
 
     /// Makes VMA boundaries at `start` and `end` (`split_vma`), then applies
-    /// `f` to every VMA inside `[start, end)`; returns the pieces visited.
-    /// False if the range is not entirely covered by VMAs or the table is full.
+    /// `f` to every VMA inside `[start, end)`. False (and nothing changed)
+    /// if the range is not entirely covered by VMAs or the table is full.
     pub fn for_vmas_split(&self, start: u64, end: u64, mut f: impl FnMut(&mut Vma)) -> bool {
-        let mut vmas = self.vmas.lock();
-        let mut covered = 0;
-        for v in vmas.iter().filter(|v| !v.is_empty()) {
-            covered += v.end.min(end).saturating_sub(v.start.max(start));
-        }
-        if covered != end - start {
+        let mut t = self.vmas.lock();
+        let n = t.n;
+        let covered: u64 = t.v[..n].iter().map(|v| v.end.min(end).saturating_sub(v.start.max(start))).sum();
+        let splits =
+            t.v[..n].iter().filter(|v| (v.start < start && start < v.end) || (v.start < end && end < v.end)).count();
+        if covered != end - start || n + splits > MAX_VMAS {
             return false;
         }
         for at in [start, end] {
-            if let Some(i) = vmas.iter().position(|v| v.start < at && at < v.end) {
-                let Some(free) = vmas.iter().position(|v| v.is_empty()) else { return false };
-                let mut tail = vmas[i];
-                tail.start = at;
-                vmas[i].end = at;
-                vmas[free] = tail;
+            let n = t.n;
+            if let Some(i) = t.v[..n].iter().position(|v| v.start < at && at < v.end) {
+                let tail = Vma { start: at, ..t.v[i] };
+                t.v[i].end = at;
+                t.v[n] = tail;
+                t.n += 1;
             }
         }
-        for v in vmas.iter_mut().filter(|v| !v.is_empty() && v.start >= start && v.end <= end) {
+        let n = t.n;
+        for v in t.v[..n].iter_mut().filter(|v| v.start >= start && v.end <= end) {
             f(v);
         }
         true
     }
 
-    /// Removes `[start, end)` from the VMA list (`vma_shrink`/detach);
-    /// returns the removed pieces.
-    pub fn detach_vmas(&self, start: u64, end: u64) -> ([Vma; MAX_VMAS], usize) {
-        let mut out = [Vma::default(); MAX_VMAS];
-        let mut n = 0;
-        let mut vmas = self.vmas.lock();
-        // Split first so the range is made of whole VMAs (best effort: a
-        // full table leaves the overlap partially covered, which the loop
-        // below handles by trimming).
-        for i in 0..MAX_VMAS {
-            let v = vmas[i];
-            if v.is_empty() || v.end <= start || end <= v.start {
+    /// Removes `[start, end)` from the VMA list (`vma_shrink`/detach),
+    /// splitting a VMA that straddles it; returns the removed pieces.
+    pub fn detach_vmas(&self, start: u64, end: u64) -> VmaSet {
+        let mut out = VmaSet::default();
+        let mut t = self.vmas.lock();
+        let mut i = 0;
+        while i < t.n {
+            let v = t.v[i];
+            if v.end <= start || end <= v.start {
+                i += 1;
                 continue;
             }
             let (lo, hi) = (v.start.max(start), v.end.min(end));
-            out[n] = Vma { start: lo, end: hi, ..v };
-            n += 1;
+            out.push(Vma { start: lo, end: hi, ..v });
             let head = Vma { end: lo, ..v };
             let tail = Vma { start: hi, ..v };
-            vmas[i] = if !head.is_empty() { head } else { tail };
-            if !head.is_empty() && !tail.is_empty() {
-                match vmas.iter().position(|o| o.is_empty()) {
-                    Some(free) => vmas[free] = tail,
-                    None => guest_assert!(false, "VMA table full splitting {:#x}..{:#x}", start, end),
+            match (head.is_empty(), tail.is_empty()) {
+                (true, true) => {
+                    // Remove: move the last live entry here.
+                    t.n -= 1;
+                    let last = t.n;
+                    t.v[i] = t.v[last];
+                    continue;
                 }
-            } else if head.is_empty() && tail.is_empty() {
-                vmas[i] = Vma::default();
+                (false, true) => t.v[i] = head,
+                (true, false) => t.v[i] = tail,
+                (false, false) => {
+                    let n = t.n;
+                    guest_assert!(n < MAX_VMAS, "VMA table full splitting {:#x}..{:#x}", start, end);
+                    t.v[i] = head;
+                    t.v[n] = tail;
+                    t.n += 1;
+                }
             }
+            i += 1;
         }
-        (out, n)
+        out.sort();
+        out
     }
 
-    pub fn all_vmas(&self) -> ([Vma; MAX_VMAS], usize) {
-        self.vmas_in(0, u64::MAX)
+    /// The lowest VMA, if any (teardown unmaps them one by one).
+    pub fn first_vma(&self) -> Option<Vma> {
+        let t = self.vmas.lock();
+        t.v[..t.n].iter().copied().min_by_key(|v| v.start)
     }
 
     // ---- flush bookkeeping ----
@@ -259,6 +314,26 @@ impl MmStruct {
     /// cached by some TLB: a generation ≤ it other than `mine` is in flight.
     pub fn gen_unflushed(&self, table_gen: u64, mine: u64) -> bool {
         table_gen != 0 && self.gens.lock().inflight.iter().any(|&g| g != 0 && g != mine && g <= table_gen)
+    }
+
+    // ---- page-table pages ----
+
+    pub(super) fn table_added(&self, t: u64) {
+        let mut l = self.tables.lock();
+        let n = l.1;
+        guest_assert!(n < MAX_TABLES, "the test mm has more than {} page tables", MAX_TABLES);
+        l.0[n] = t;
+        l.1 += 1;
+    }
+
+    /// `t` left the tree (`free_pgtables`); the mmu_gather frees it.
+    pub(super) fn table_removed(&self, t: u64) {
+        let mut l = self.tables.lock();
+        let n = l.1;
+        if let Some(i) = l.0[..n].iter().position(|&x| x == t) {
+            l.0[i] = l.0[n - 1];
+            l.1 -= 1;
+        }
     }
 
     // ---- fork child of `cow` ----

@@ -33,13 +33,13 @@ impl MmStruct {
     /// gather (flush, free pages and tables). False if nothing was mapped.
     pub fn munmap(&self, start: u64, len: u64) -> bool {
         let end = start + len;
-        let (vmas, n) = self.detach_vmas(start, end);
-        if n == 0 {
+        let vmas = self.detach_vmas(start, end);
+        if vmas.is_empty() {
             return false;
         }
         let mut tlb = MmuGather::new(self, start, end);
         let mut range = MmuNotifierRange::start(self, start, end);
-        for v in &vmas[..n] {
+        for v in vmas.as_slice() {
             self.unmap_page_range(&mut tlb, &mut range, v, v.start, v.end);
         }
         range.end();
@@ -57,6 +57,7 @@ impl MmStruct {
         while region < end {
             if !self.any_vma_in(region, region + PMD_SIZE) {
                 if let Some(table) = self.pt().pmd_clear(region) {
+                    self.table_removed(table);
                     trace::emit(Kind::PmdClear, region, table, 0);
                     hook(Hook::AfterPmdClear);
                     tlb.remove_table(table, region);
@@ -70,8 +71,7 @@ impl MmStruct {
     /// pending flush, drop the shared files, unbind the PASID and free the
     /// page tables. The caller has switched every CPU away from the mm.
     pub fn teardown(&self) {
-        let (vmas, n) = self.all_vmas();
-        for v in &vmas[..n] {
+        while let Some(v) = self.first_vma() {
             self.munmap(v.start, v.end - v.start);
         }
         self.release_fork_refs();
@@ -83,10 +83,15 @@ impl MmStruct {
         if pasid != 0 {
             iommu::unbind_mm(pasid as u32);
         }
-        let pgd = self.pgd.swap(0, Ordering::AcqRel);
-        if pgd != 0 {
-            super::pgtable::Mm { pgd }.destroy();
+        // `free_pgd_range` for what is left, PGD included.
+        self.pgd.store(0, Ordering::Release);
+        let mut tables = self.tables.lock();
+        let n = tables.1;
+        for &t in &tables.0[..n] {
+            trace::emit(Kind::TableFree, 0, t, 0);
+            super::pgtable::free_table(t);
         }
+        tables.1 = 0;
     }
 
     /// Binds the mm to `pasid` on the SVA driver (`iommu_sva_bind_device`):

@@ -29,8 +29,10 @@ use super::ptdesc::{ptdesc, PteTable, PMD_SIZE};
 use super::{flush, policy};
 use crate::trace::{self, Kind};
 
-const GATHER_PAGES: usize = 64;
-const GATHER_TABLES: usize = 8;
+// Small batches, as Linux's on-stack bundle: zero-initialising a large one
+// costs more than an extra flush on hosts that emulate every instruction.
+const GATHER_PAGES: usize = 16;
+const GATHER_TABLES: usize = 4;
 
 pub struct MmuGather<'a> {
     pub mm: &'a MmStruct,

@@ -32,8 +32,8 @@ impl MmStruct {
     fn change_protection(&self, start: u64, end: u64) {
         let mut tlb = MmuGather::new(self, start, end);
         let mut range = MmuNotifierRange::start(self, start, end);
-        let (vmas, n) = self.vmas_in(start, end);
-        for v in &vmas[..n] {
+        let vmas = self.vmas_in(start, end);
+        for v in vmas.as_slice() {
             let mut va = start.max(v.start);
             let stop = end.min(v.end);
             while va < stop {

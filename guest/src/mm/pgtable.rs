@@ -106,6 +106,7 @@ fn table_alloc(level: u64) -> u64 {
     guest_assert!(t.is_some(), "out of page-table pages");
     let t = t.unwrap_or(0);
     hypercall::call(op::PT_TABLE, &[1, t, level], &[]);
+    super::ptdesc::ptdesc(t).reset();
     t
 }
 
@@ -138,6 +139,11 @@ impl Mm {
 
     /// GPA of the PTE for `va`, allocating missing tables (`pte_alloc`).
     pub fn pte_alloc(&self, va: u64) -> u64 {
+        self.pte_alloc_with(va, &mut |_| {})
+    }
+
+    /// `pte_alloc`, telling `new_table` about every table it allocates.
+    pub fn pte_alloc_with(&self, va: u64, new_table: &mut dyn FnMut(u64)) -> u64 {
         guest_assert!(layout::is_user_va(va), "pte_alloc({:#x}) outside the user half", va);
         if let Some(ptep) = self.pte_lookup(va) {
             return ptep;
@@ -151,6 +157,7 @@ impl Mm {
                 e & pte::ADDR_MASK
             } else {
                 let t = table_alloc(level - 1);
+                new_table(t);
                 set_pte(slot, t | TABLE_FLAGS);
                 t
             };
@@ -229,12 +236,14 @@ impl Default for Mm {
 fn free_level(table: u64, level: u64, top: bool) {
     if level > 1 {
         // PGD slot 0 is the shared kernel map, not ours to free.
-        let first = if top { 1 } else { 0 };
-        for i in first..512 {
-            let e = read_entry(table + 8 * i);
+        let mut i = if top { 1 } else { 0 };
+        // SAFETY: `table` is a page of the readable page-table region.
+        while let Some(j) = unsafe { crate::arch::next_nonzero_entry(table, i) } {
+            let e = read_entry(table + 8 * j);
             if e & pte::P != 0 {
                 free_level(e & pte::ADDR_MASK, level - 1, false);
             }
+            i = j + 1;
         }
     }
     free_table(table);

@@ -42,11 +42,11 @@ pub fn ptdesc(table: u64) -> &'static PtDesc {
     &PTDESC[((table.wrapping_sub(layout::PT_BASE)) / PAGE_SIZE) as usize % PT_PAGES]
 }
 
-/// Forgets the per-table flush bookkeeping (a new test mm).
-pub fn reset_all() {
-    for d in &PTDESC {
-        d.flush_pending.store(0, Ordering::Relaxed);
-        d.tlb_gen.store(0, Ordering::Relaxed);
+impl PtDesc {
+    /// A page just became a page table: no flush bookkeeping yet.
+    pub fn reset(&self) {
+        self.flush_pending.store(0, Ordering::Relaxed);
+        self.tlb_gen.store(0, Ordering::Relaxed);
     }
 }
 

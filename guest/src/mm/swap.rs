@@ -14,6 +14,8 @@ const N: usize = SWAP_SLOTS as usize;
 static BASE: AtomicU64 = AtomicU64::new(0);
 /// `swap_map`: references to each slot.
 static SWAP_MAP: [AtomicU32; N] = [const { AtomicU32::new(0) }; N];
+/// Slots with a non-zero `swap_map` count.
+static IN_USE: AtomicU64 = AtomicU64::new(0);
 /// The swap cache: the page holding each slot's data, if any.
 static SWAP_CACHE: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
 
@@ -30,6 +32,7 @@ fn slot_addr(slot: usize) -> u64 {
 /// reference of the cache's own). `None` if swap is full.
 pub fn add_to_swap(p: u64) -> Option<usize> {
     let slot = SWAP_MAP.iter().position(|m| m.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok())?;
+    IN_USE.fetch_add(1, Ordering::AcqRel);
     get_page(p);
     page(p).private.store(slot as u32, Ordering::Relaxed);
     // The slot has no copy yet: the page must be written out.
@@ -46,7 +49,7 @@ pub fn swap_duplicate(slot: usize) {
 /// `free_swap_and_cache`: a swap PTE for `slot` went away. When only the
 /// swap cache is left and its page is not mapped, the cache lets go too.
 pub fn swap_free(slot: usize) {
-    let left = SWAP_MAP[slot].fetch_sub(1, Ordering::AcqRel) - 1;
+    let left = slot_put(slot);
     if left == 1 {
         let p = SWAP_CACHE[slot].load(Ordering::Acquire);
         if p != 0 && !page(p).mapped() && page(p).count() == 1 {
@@ -69,7 +72,7 @@ pub fn delete_from_swap_cache(p: u64) {
     let slot = page(p).private.load(Ordering::Relaxed) as usize;
     if SWAP_CACHE[slot].compare_exchange(p, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
         page(p).clear(PG_SWAPCACHE);
-        SWAP_MAP[slot].fetch_sub(1, Ordering::AcqRel);
+        slot_put(slot);
         put_page(p);
     }
 }
@@ -92,7 +95,16 @@ pub fn first_word(slot: usize) -> u64 {
     }
 }
 
+/// Drops one reference to `slot`; returns how many are left.
+fn slot_put(slot: usize) -> u32 {
+    let left = SWAP_MAP[slot].fetch_sub(1, Ordering::AcqRel) - 1;
+    if left == 0 {
+        IN_USE.fetch_sub(1, Ordering::AcqRel);
+    }
+    left
+}
+
 /// Slots in use (a leak check).
 pub fn slots_in_use() -> u64 {
-    SWAP_MAP.iter().filter(|m| m.load(Ordering::Relaxed) != 0).count() as u64
+    IN_USE.load(Ordering::Acquire)
 }
