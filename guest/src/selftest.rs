@@ -43,7 +43,15 @@ const TESTS: &[Test] = &[
     Test { name: "mm.madvise.dontneed", run: mm::madvise_dontneed },
     Test { name: "mm.munmap.frees-tables", run: mm::munmap_frees_tables },
     Test { name: "mm.mprotect", run: mm::mprotect },
+    Test { name: "mm.madvise.free", run: mm::madvise_free },
+    Test { name: "mm.cow", run: mm::cow },
+    Test { name: "mm.ksm", run: mm::ksm },
+    Test { name: "mm.migrate", run: mm::migrate },
+    Test { name: "mm.mkclean", run: mm::mkclean },
+    Test { name: "mm.reclaim.swap-in", run: mm::reclaim_swap_in },
+    Test { name: "mm.mremap", run: mm::mremap },
     Test { name: "mm.zap.nested-check", run: mm::zap_nested_check },
+    Test { name: "mm.policy.all-combinations-run", run: mm::policy_all_combinations_run },
 ];
 
 /// Timeout for one CPU to answer a fan-out; generous because with many

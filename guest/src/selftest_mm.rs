@@ -246,3 +246,344 @@ pub fn zap_nested_check(boot: &BootInfo) -> TestResult {
     smp::run_on_all(set_ppm, run_ppm, 20_000);
     r
 }
+
+// ---- the other mm operations -----------------------------------------------
+
+use crate::mm::page::{self as pg, page, PG_KSM};
+use crate::mm::pgtable::{pte_page, swp};
+use abi::litmus::Perm;
+
+const X: u64 = BASE;
+const Y: u64 = BASE + 0x1000;
+const Z: u64 = BASE + 0x2000;
+const W: u64 = BASE + 0x3000;
+
+fn pfn(va: u64) -> u64 {
+    pte_page(TEST_MM.pte_lockless(va))
+}
+
+fn pte_of(va: u64) -> u64 {
+    TEST_MM.pte_lockless(va)
+}
+
+/// Runs `f(arg)` on vCPU 1 (the remote CPU of these tests) and waits.
+fn remote(f: fn(u64), arg: u64) -> TestResult {
+    check!(smp::run_on(1, f, arg) && smp::wait_done(1, 20_000), "vCPU 1 did not run");
+    Ok(())
+}
+
+fn join(_: u64) {
+    tlb::switch_mm(&TEST_MM.pt());
+}
+
+/// vCPU 1 stores REMOTE_VALUE at `va` (REMOTE = 1 if it did not fault).
+fn remote_store(va: u64) {
+    REMOTE.store(write(va, REMOTE_VALUE.load(Ordering::Acquire)) as u64, Ordering::Release);
+}
+
+static REMOTE_VALUE: AtomicU64 = AtomicU64::new(0);
+
+fn remote_store_value(va: u64, v: u64) -> TestResult {
+    REMOTE_VALUE.store(v, Ordering::Release);
+    remote(remote_store, va)?;
+    check!(REMOTE.load(Ordering::Acquire) == 1, "vCPU 1's store to {:#x} failed", va);
+    Ok(())
+}
+
+fn remote_load(va: u64) -> Result<u64, crate::report::TestError> {
+    remote(remote_read, va)?;
+    Ok(REMOTE.load(Ordering::Acquire))
+}
+
+fn needs_two(boot: &BootInfo) -> TestResult {
+    if boot.num_vcpus < 2 {
+        return Err(crate::report::TestError::Skip("needs 2 vCPUs (a remote CPU with a cached translation)"));
+    }
+    Ok(())
+}
+
+fn setup(va: u64, perm: Perm, shared: bool, init: u64) -> TestResult {
+    check!(TEST_MM.setup_page(va, perm, shared, init).is_ok(), "cannot map {:#x}", va);
+    Ok(())
+}
+
+/// `MADV_FREE`: the page stays mapped and readable but clean (and no TLB
+/// keeps a dirty entry for it: a remote write afterwards dirties the PTE
+/// again); reclaim discards a clean lazy-free page (a fresh zero page
+/// afterwards) and keeps one that was written again.
+pub fn madvise_free(boot: &BootInfo) -> TestResult {
+    needs_two(boot)?;
+    with_test_mm(|| {
+        setup(X, Perm::Rw, false, 0x77)?;
+        remote(join, 0)?;
+        check!(read(X) == Some(0x77), "setup value");
+        TEST_MM.madvise_free(X, 4096);
+        check!(pte_of(X) & pte::P != 0 && pte_of(X) & pte::D == 0, "after MADV_FREE the PTE is {:#x}", pte_of(X));
+        check!(read(X) == Some(0x77), "a lazy-freed page lost its content before reclaim");
+        let (d0, _, _) = counts();
+        TEST_MM.reclaim(X);
+        check!(pte_of(X) == 0 && counts().0 == d0 - 1, "reclaim did not discard the clean lazy-free page");
+        check!(read(X) == Some(0), "after discarding, the page reads {:x?}, not a fresh page", read(X));
+        // Written again (by another CPU, which had a dirty entry before
+        // MADV_FREE): the write must reach the PTE, so reclaim keeps it.
+        check!(write(X, 0x88), "write failed");
+        remote_store_value(X + 16, 1)?;
+        TEST_MM.madvise_free(X, 4096);
+        remote_store_value(X + 16, 0x99)?;
+        check!(pte_of(X) & pte::D != 0, "vCPU 1's write after MADV_FREE did not dirty the PTE");
+        TEST_MM.reclaim(X);
+        check!(pte_of(X) & pte::P != 0, "reclaim discarded a lazy-free page that was written again");
+        check!(read(X + 16) == Some(0x99), "the second write is lost: {:x?}", read(X + 16));
+        Ok(())
+    })
+}
+
+/// `cow`: after fork-style sharing the next write (here on another CPU,
+/// whose writable entry the deferred flush must have removed) copies the
+/// page; the child's page keeps the old content; the writer's next write
+/// reuses its exclusive copy.
+pub fn cow(boot: &BootInfo) -> TestResult {
+    needs_two(boot)?;
+    with_test_mm(|| {
+        setup(X, Perm::Rw, false, 5)?;
+        remote(join, 0)?;
+        remote_store_value(X + 16, 9)?;
+        let p0 = pfn(X);
+        check!(TEST_MM.cow(X).is_ok(), "cow failed");
+        check!(pte_of(X) & pte::RW == 0, "cow left the PTE writable");
+        check!(page(p0).count() == 2, "the shared page has {} references, expected 2", page(p0).count());
+        remote_store_value(X + 16, 10)?;
+        let p1 = pfn(X);
+        check!(p1 != p0, "the write after cow did not copy the page");
+        check!(pg::first_word(p1) == 5 && read(X + 16) == Some(10), "the copy has the wrong content");
+        check!(pg::first_word(p0 + 16) == 9, "the child's page changed: {:#x}", pg::first_word(p0 + 16));
+        check!(write(X, 6) && pfn(X) == p1, "the exclusive copy was not reused");
+        check!(page(p0).count() == 1, "the parent still holds the child's page");
+        Ok(())
+    })
+}
+
+/// KSM: two identical pages merge into one read-only KSM page (a CPU that
+/// had a writable entry must fault after the merge and gets its own copy);
+/// different pages do not merge.
+pub fn ksm(boot: &BootInfo) -> TestResult {
+    needs_two(boot)?;
+    with_test_mm(|| {
+        setup(X, Perm::Rw, false, 7)?;
+        setup(Y, Perm::Rw, false, 7)?;
+        setup(Z, Perm::Rw, false, 8)?;
+        remote(join, 0)?;
+        remote_store_value(X + 16, 0)?;
+        let (d0, _, _) = counts();
+        check!(TEST_MM.ksm(X, Y), "identical pages did not merge");
+        check!(pfn(X) == pfn(Y) && page(pfn(Y)).test(PG_KSM), "x does not map the KSM page");
+        check!(pte_of(X) & pte::RW == 0 && pte_of(Y) & pte::RW == 0, "a KSM mapping is writable");
+        check!(counts().0 == d0 - 1, "x's old page was not freed");
+        let zp = pfn(Z);
+        check!(!TEST_MM.ksm(Z, Y) && pfn(Z) == zp, "different pages merged");
+        remote_store_value(X + 16, 3)?;
+        check!(pfn(X) != pfn(Y), "a write to the KSM page did not copy it");
+        check!(read(Y + 16) == Some(0) && read(X + 16) == Some(3), "the copy-on-write of the KSM page went wrong");
+        Ok(())
+    })
+}
+
+/// Migration moves the page (same content, new frame, old frame freed);
+/// a CPU that cached the old translation faults and finds the new page.
+pub fn migrate(boot: &BootInfo) -> TestResult {
+    needs_two(boot)?;
+    with_test_mm(|| {
+        setup(X, Perm::Rw, false, 9)?;
+        remote(join, 0)?;
+        remote_store_value(X + 16, 4)?;
+        let (p0, (d0, _, _)) = (pfn(X), counts());
+        check!(TEST_MM.migrate(X).is_ok(), "migrate failed");
+        let p1 = pfn(X);
+        check!(p1 != p0 && counts().0 == d0, "the page did not move (or a page leaked)");
+        check!(read(X) == Some(9) && read(X + 16) == Some(4), "the content did not move");
+        check!(pte_of(X) & pte::RW != 0, "a writable page came back read-only");
+        remote_store_value(X + 16, 5)?;
+        check!(pg::first_word(p1 + 16) == 5, "vCPU 1 wrote through its old translation");
+        Ok(())
+    })
+}
+
+/// `mkclean` of a shared file page: writeback of a dirty page, nothing for
+/// a clean one, and the PTEs (also another CPU's TLB entry) write-protected
+/// so the next write dirties the page again.
+pub fn mkclean(boot: &BootInfo) -> TestResult {
+    needs_two(boot)?;
+    with_test_mm(|| {
+        setup(X, Perm::Rw, true, 3)?;
+        remote(join, 0)?;
+        check!(TEST_MM.mkclean(X) == 3, "mkclean of a clean page wrote something");
+        check!(write(X, 4), "write to the shared page failed");
+        let v = TEST_MM.mkclean(X);
+        check!(v == 4, "writeback gave {:#x}, expected 4", v);
+        check!(pte_of(X) & (pte::RW | pte::D) == 0, "mkclean left the PTE {:#x}", pte_of(X));
+        remote_store_value(X, 1)?;
+        let v = TEST_MM.mkclean(X);
+        check!(v == 1, "vCPU 1's write was not written back ({:#x})", v);
+        remote_store_value(X, 6)?;
+        let v = TEST_MM.mkclean(X);
+        check!(v == 6, "vCPU 1's second write (through a write-protected entry) was lost ({:#x})", v);
+        check!(write(X + 8, 0) && TEST_MM.mkclean(X) == 6, "writeback after a local write");
+        Ok(())
+    })
+}
+
+/// Reclaim swaps an anonymous page out (PTE = swap entry, page freed, a
+/// swap slot used, every TLB flushed) and a later access swaps it back in.
+pub fn reclaim_swap_in(boot: &BootInfo) -> TestResult {
+    needs_two(boot)?;
+    with_test_mm(|| {
+        setup(X, Perm::Rw, false, 11)?;
+        remote(join, 0)?;
+        check!(remote_load(X)? == 11, "vCPU 1 read the wrong value first");
+        let (d0, _, s0) = counts();
+        TEST_MM.reclaim(X);
+        check!(swp::is_swap_pte(pte_of(X)), "after reclaim the PTE is {:#x}, not a swap entry", pte_of(X));
+        let (d1, _, s1) = counts();
+        check!(d1 == d0 - 1 && s1 == s0 + 1, "reclaim did not free the page into a swap slot");
+        check!(remote_load(X)? == 11, "vCPU 1 did not fault the page back in");
+        check!(pte_of(X) & pte::P != 0 && counts().2 == s0, "swap-in left the slot in use");
+        check!(write(X, 12), "write after swap-in failed");
+        TEST_MM.reclaim(X);
+        check!(read(X) == Some(12), "the second swap-out lost the write");
+        Ok(())
+    })
+}
+
+/// `mremap` moves the page: it is at the new address, the old one faults,
+/// also on a CPU that had it cached.
+pub fn mremap(boot: &BootInfo) -> TestResult {
+    needs_two(boot)?;
+    with_test_mm(|| {
+        setup(X, Perm::Rw, false, 12)?;
+        remote(join, 0)?;
+        check!(remote_load(X)? == 12, "vCPU 1 read the wrong value first");
+        let p = pfn(X);
+        check!(TEST_MM.mremap(X, W).is_ok(), "mremap failed");
+        check!(pfn(W) == p && read(W) == Some(12), "the page is not at the new address");
+        check!(read(X).is_none(), "the old address still works");
+        check!(remote_load(X)? == u64::MAX, "vCPU 1 still reads the old address");
+        Ok(())
+    })
+}
+
+// ---- every policy value runs ------------------------------------------------
+
+const MM_PASID: u32 = 9;
+
+fn device_load(va: u64) -> Option<u64> {
+    let mut r = [0u64; 1];
+    crate::iommu::run(MM_PASID, &[(abi::dma::op::LOAD, va, 0)], &mut r).map(|()| r[0])
+}
+
+/// A small workload through every mm path, with a remote CPU and the device
+/// holding translations: CoW, mprotect, KSM, migration, reclaim and
+/// swap-in, MADV_FREE, DONTNEED, mremap, writeback, munmap.
+fn workload() -> TestResult {
+    TEST_MM.bind_pasid(MM_PASID);
+    remote(join, 0)?;
+    setup(X, Perm::Rw, false, 1)?;
+    setup(Y, Perm::Rw, false, 2)?;
+    setup(Z, Perm::Rw, false, 2)?;
+    setup(W, Perm::Rw, true, 4)?;
+    check!(device_load(X).is_some() && device_load(Y).is_some(), "device access failed");
+    check!(remote_load(X)? == 1, "vCPU 1 read the wrong value");
+    check!(TEST_MM.cow(X).is_ok() && write(X, 3) && read(X) == Some(3), "CoW");
+    check!(TEST_MM.mprotect(X, 4096, VM_READ) && !write(X, 5), "mprotect ro");
+    check!(TEST_MM.mprotect(X, 4096, VM_READ | VM_WRITE) && write(X, 3), "mprotect rw");
+    check!(TEST_MM.ksm(Z, Y) && read(Z) == Some(2), "KSM");
+    check!(TEST_MM.migrate(X).is_ok() && read(X) == Some(3), "migrate");
+    TEST_MM.reclaim(X);
+    check!(remote_load(X)? == 3 && read(X) == Some(3), "reclaim + swap-in");
+    TEST_MM.madvise_free(X, 4096);
+    TEST_MM.reclaim(X);
+    check!(read(X) == Some(0), "MADV_FREE + reclaim");
+    TEST_MM.madvise_dontneed(Y, 4096);
+    check!(read(Y) == Some(0), "DONTNEED");
+    check!(write(W, 7) && TEST_MM.mkclean(W) == 7, "writeback");
+    check!(TEST_MM.mremap(Z, BASE + 0x5000).is_ok() && read(BASE + 0x5000) == Some(2), "mremap");
+    check!(TEST_MM.munmap(BASE + 0x5000, 4096) && device_load(BASE + 0x5000).is_some(), "munmap");
+    check!(remote_load(BASE + 0x5000)? == u64::MAX, "vCPU 1 still reads an unmapped page");
+    Ok(())
+}
+
+/// `mm.policy.all-combinations-run`: the workload under every value of
+/// every mm policy key (the others at their defaults), and under a TLB
+/// that evicts half of its stale entries; no crash, no leak.
+pub fn policy_all_combinations_run(boot: &BootInfo) -> TestResult {
+    use crate::mm::policy;
+    use abi::litmus::{
+        DirtySharedFlush, FlushScheme, MigrcUpgrade, MremapFlush, NestedRange, NotifierPlacement, OnOff, PolicyAbi,
+        ResetRange,
+    };
+    needs_two(boot)?;
+    // The driver's queues are allocated once, not per workload.
+    crate::iommu::init();
+    let saved = policy::get();
+    let d = PolicyAbi::DEFAULT;
+    let mut variants: [PolicyAbi; 40] = [d; 40];
+    let mut n = 0;
+    let mut add = |p: PolicyAbi| {
+        variants[n] = p;
+        n += 1;
+    };
+    for f in FlushScheme::ALL {
+        add(PolicyAbi { flush: *f as u8, ..d });
+    }
+    for v in NotifierPlacement::ALL {
+        add(PolicyAbi { notifier: *v as u8, ..d });
+    }
+    for v in OnOff::ALL {
+        add(PolicyAbi { madv_nested_check: *v as u8, ..d });
+        add(PolicyAbi { batched_pending_check: *v as u8, ..d });
+        add(PolicyAbi { migrc: *v as u8, ..d });
+        add(PolicyAbi { pwc: *v as u8, ..d });
+    }
+    for v in MremapFlush::ALL {
+        add(PolicyAbi { mremap_flush: *v as u8, ..d });
+    }
+    for v in ResetRange::ALL {
+        add(PolicyAbi { reset_range: *v as u8, ..d });
+    }
+    for v in NestedRange::ALL {
+        add(PolicyAbi { nested_range: *v as u8, ..d });
+    }
+    for v in DirtySharedFlush::ALL {
+        add(PolicyAbi { dirty_shared_flush: *v as u8, ..d });
+    }
+    for v in MigrcUpgrade::ALL {
+        add(PolicyAbi { migrc: OnOff::On as u8, migrc_upgrade: *v as u8, ..d });
+    }
+    let shadowed = crate::hypercall::call(abi::hypercall::op::TLB_CONFIG, &[0, 0], &[]).ret[0]
+        != abi::hypercall::tlb_model::NATIVE;
+    let run_ppm = crate::hypercall::call(abi::hypercall::op::TLB_CONFIG, &[0, 0], &[]).ret[1];
+    let mut result = Ok(());
+    for (i, p) in variants[..n].iter().enumerate() {
+        policy::set(*p);
+        // Half the runs with a coherent-ish TLB (evict:0.5), half lazy.
+        if shadowed {
+            smp::run_on_all(set_ppm, if i % 2 == 0 { 0 } else { 500_000 }, 20_000);
+        }
+        let r = with_test_mm(workload);
+        if r.is_err() {
+            crate::report::assert_failed(
+                file!(),
+                line!(),
+                format_args!("policy variant {} ({:?}) failed", i, p),
+                false,
+                false,
+            );
+            result = r;
+            break;
+        }
+    }
+    policy::set(saved);
+    if shadowed {
+        smp::run_on_all(set_ppm, run_ppm, 20_000);
+    }
+    result
+}
