@@ -190,6 +190,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         iommu: iommu::IommuConfig::default(),
         litmus: None,
     };
+    // Bad --vcpus/--mem/--guest are refused before anything runs or prints.
+    vm::validate(&cfg)?;
     if let Command::Litmus { paths, runs, policies, iotlb, pwc, json, check, iteration_timeout, .. } = command {
         let args = vmm::litmus_run::LitmusArgs {
             paths,

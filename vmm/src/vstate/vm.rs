@@ -178,6 +178,12 @@ pub fn check_config(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
     boot::check_image(&cfg.image_path, &cfg.image, cfg.mem_mib << 20)
 }
 
+/// Checks `cfg` (vCPUs, memory, image) against this host's KVM without
+/// starting anything: bad input is refused before any output.
+pub fn validate(cfg: &VmConfig) -> Result<()> {
+    check_config(&open_kvm()?, cfg)
+}
+
 pub fn open_kvm() -> Result<Kvm> {
     Kvm::new().map_err(|e| {
         let hint = match e.errno() {
