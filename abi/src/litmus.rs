@@ -276,7 +276,7 @@ impl Hook {
             Hook::AfterPteSet => "a new PTE value was installed (set_pte_at, wrprotect, migration/CoW/KSM replace) under the PTL",
             Hook::BeforeFlush => "the primary TLB flush (local invlpg + shootdown IPIs) is about to start",
             Hook::AfterFlush => "the primary TLB flush completed on every CPU it targeted",
-            Hook::AfterPtlRelease => "the PTL was just released; a deferred flush (mmu_gather, pending) may still be queued",
+            Hook::AfterPtlRelease => "the PTL was just released after PTEs were changed under it; a deferred flush (mmu_gather, pending) may still be queued",
             Hook::BeforeNotifier => "the secondary-MMU invalidation (mmu_notifier invalidate_range / arch_invalidate_secondary_tlbs) is about to run",
             Hook::AfterNotifier => "the secondary-MMU invalidation returned (device invalidation queue drained)",
             Hook::AfterCopy => "page content was copied to the new page (migrate copy, wp_page_copy, KSM compare copy), old PTE still present",
