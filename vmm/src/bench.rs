@@ -1,5 +1,7 @@
-//! `vmm bench`: figures, not pass/fail. Boot-to-exit time for 1 and 4 vCPUs
-//! and the hypercall round trip next to a bare port-I/O exit, as medians.
+//! `vmm bench`: figures, not pass/fail. Boot-to-exit time for 1 and 4 vCPUs,
+//! the hypercall round trip next to a bare port-I/O exit, page-table op,
+//! flush, fill and shootdown costs (medians), then the litmus figures
+//! (`litmus_bench`).
 
 use std::time::Duration;
 
@@ -90,5 +92,5 @@ pub fn run(base: &VmConfig, boot_runs: usize) -> Result<()> {
             );
         }
     }
-    Ok(())
+    crate::litmus_bench::run(base)
 }

@@ -150,6 +150,7 @@ impl Hypercalls {
                     leaked_pages: a[2] as i64,
                     leaked_tables: a[3] as i64,
                     guest_ns: a[4],
+                    received: None,
                 });
                 self.reply(mem, status::OK, [0; 4], &[])?;
             }

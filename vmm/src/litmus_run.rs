@@ -37,6 +37,8 @@ pub struct IterReport {
     pub leaked_pages: i64,
     pub leaked_tables: i64,
     pub guest_ns: u64,
+    /// When the VMM received it (set by [`LitmusSession::report`]).
+    pub received: Option<Instant>,
 }
 
 /// Where the threads were when an iteration ran out of time.
@@ -78,7 +80,8 @@ impl LitmusSession {
     }
 
     /// The hypercall handler's entry.
-    pub fn report(&self, r: IterReport) {
+    pub fn report(&self, mut r: IterReport) {
+        r.received = Some(Instant::now());
         self.reports.lock().unwrap().push(r);
         self.progress.fetch_add(1, Ordering::AcqRel);
     }
@@ -197,10 +200,14 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Test>> {
 }
 
 /// What happened to one (test, policy).
-struct PolicyRun {
-    result: RunResult,
-    leaks: u64,
-    guest_error: Option<String>,
+pub struct PolicyRun {
+    pub result: RunResult,
+    /// Iterations that did not return every page.
+    pub leaks: u64,
+    pub guest_error: Option<String>,
+    /// From the start of the run to the first iteration whose final state
+    /// satisfied the condition (the forbidden or `exists` state).
+    pub first_match: Option<Duration>,
 }
 
 /// Runs every (test, policy) and prints the results; returns the exit status.
@@ -230,7 +237,7 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         let matrix = policy_matrix(&cli_policies, &test.expect_policies(), &overrides);
         let mut file_runs = Vec::new();
         for policy in matrix {
-            let pr = run_one(base, args, test, policy, seed)?;
+            let pr = run_policy(base, args, test, policy, seed)?;
             print!("{}", herd_block(test, &pr.result));
             if pr.leaks > 0 {
                 println!("Leak {} {} iterations did not return every page", test.name, pr.leaks);
@@ -264,7 +271,9 @@ fn tlb_of(policy: &Policy) -> Result<TlbModel> {
     TlbModel::parse(&policy.get(Key::Tlb)).map_err(|e| Error::Litmus(format!("tlb={}: {e}", policy.get(Key::Tlb))))
 }
 
-fn run_one(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Policy, seed: u64) -> Result<PolicyRun> {
+/// Runs `args.runs` iterations of `test` under `policy` (as many guest
+/// boots as timeouts need).
+pub fn run_policy(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Policy, seed: u64) -> Result<PolicyRun> {
     let started = Instant::now();
     let runs = args.runs.clamp(1, u32::MAX as u64);
     let opts = CompileOptions {
@@ -293,6 +302,7 @@ fn run_one(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Policy, seed
     result.fidelity = Some(fidelity(&policy));
     let mut leaks = 0;
     let mut guest_error = None;
+    let mut first_match = None;
     let mut first = 0u64;
     while first < runs {
         let cfg = VmConfig {
@@ -320,6 +330,9 @@ fn run_one(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Policy, seed
                 leaks += 1;
             }
             result.record(&r.values).map_err(|e| Error::Other(e.to_string()))?;
+            if first_match.is_none() && test.condition.expr.eval(&r.values) {
+                first_match = r.received.map(|t| t.saturating_duration_since(started));
+            }
             first = first.max(r.iteration + 1);
         }
         match out.end {
@@ -357,7 +370,7 @@ fn run_one(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Policy, seed
         }
     }
     result.time_secs = started.elapsed().as_secs_f64();
-    Ok(PolicyRun { result, leaks, guest_error })
+    Ok(PolicyRun { result, leaks, guest_error, first_match })
 }
 
 /// The `Fidelity` line: how far the run's TLB model reflects hardware.
