@@ -24,8 +24,15 @@ static CATALOGUE: &[(&str, &str)] = entries![
     "s8-device-freed-page-reuse.toml",
     "examples/cow-private-copy.toml",
     "examples/device-loop-prefetch.toml",
+    "examples/ksm-merge-then-cow.toml",
+    "examples/migrate-moves-page.toml",
+    "examples/mkclean-writeback.toml",
     "examples/mprotect-ro-store-faults.toml",
+    "examples/mremap-moves-page.toml",
+    "examples/mremap-stale-after-unlock.toml",
     "examples/munmap-load-faults.toml",
+    "examples/reclaim-batched-vs-mprotect.toml",
+    "examples/reclaim-swap-in.toml",
 ];
 
 /// `(file name relative to tests/litmus/, source)` for every catalogue file.

@@ -29,7 +29,9 @@ impl MmStruct {
             return Err(Segv);
         }
         self.move_ptes(old, new);
-        self.detach_vmas(old, old + PAGE_SIZE);
+        // `move_vma` → `do_vmi_munmap` of the old range: whatever was
+        // faulted in there meanwhile is zapped, empty tables freed.
+        self.munmap(old, PAGE_SIZE);
         Ok(())
     }
 
