@@ -182,3 +182,55 @@ pub fn malformed(file: &str, want: &[&str]) -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// The `[expect]` entries of a catalogue file: (policy, verdict).
+fn expectations(src: &str) -> Vec<(String, String)> {
+    src.lines()
+        .skip_while(|l| l.trim() != "[expect]")
+        .filter(|l| l.starts_with('"'))
+        .filter_map(|l| {
+            let q: Vec<&str> = l.split('"').collect();
+            (q.len() >= 4).then(|| (q[1].to_string(), q[q.len() - 2].to_string()))
+        })
+        .collect()
+}
+
+/// The longer job (opt in, ~1 h on our machines):
+/// `cargo test --release --test e2e -- --ignored litmus::long::never_10k_runs_per_scenario`.
+/// Every fixed-policy expectation (`never`) of every scenario holds over at
+/// least 10,000 runs in total per scenario, split evenly over its `never`
+/// policies, under `tlb=lazy`.
+pub fn never_10k_runs_per_scenario() -> Result<(), Failed> {
+    for file in catalogue_files() {
+        let path = repo().join("tests/litmus").join(&file);
+        let nevers: Vec<String> = expectations(&std::fs::read_to_string(&path)?)
+            .into_iter()
+            .filter(|(_, v)| v == "never")
+            .map(|(p, _)| p)
+            .collect();
+        if nevers.is_empty() {
+            continue;
+        }
+        let runs = 10_000u64.div_ceil(nevers.len() as u64).to_string();
+        let mut args = vec!["litmus", "--check", "--runs", &runs, "--seed", "11", "--tlb", "lazy"];
+        for p in &nevers {
+            args.extend(["--policy", p.as_str()]);
+        }
+        args.push(path.to_str().unwrap());
+        let started = std::time::Instant::now();
+        let o = vmm(&args);
+        let (out, err) = text(&o);
+        let ctx = || format!("status {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
+        ensure(o.status.code() == Some(0), || format!("{file}: --check failed\n{}", ctx()))?;
+        let bs = check_blocks(&out, runs.parse().unwrap(), &ctx)?;
+        let total: u64 = bs.iter().map(|b| b.total).sum();
+        let forbidden: u64 = bs.iter().map(|b| b.matching).sum();
+        ensure(forbidden == 0 && total >= 10_000, || format!("{file}: {forbidden} forbidden in {total}\n{}", ctx()))?;
+        eprintln!(
+            "{file}: {total} runs over {} never-policies, 0 forbidden, {:.0} s",
+            nevers.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}

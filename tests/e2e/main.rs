@@ -351,6 +351,11 @@ fn main() {
     ];
     trials.push(kvm_trial("litmus::default_command_runs_catalogue", litmus::default_command_runs_catalogue));
     trials.push(kvm_trial("litmus::check_catalogue_dir", litmus::check_catalogue_dir));
+    // The longer job: opt in with `-- --ignored` (see README, "Longer runs").
+    trials.push(
+        Trial::test("litmus::long::never_10k_runs_per_scenario", litmus::never_10k_runs_per_scenario)
+            .with_ignored_flag(true),
+    );
     trials.push(kvm_trial("litmus::examples", litmus::examples));
     trials.push(kvm_trial("litmus::timeout_is_recorded_and_run_goes_on", litmus::timeout_is_recorded_and_run_goes_on));
     trials.push(kvm_trial("litmus::json_and_seeded_rerun", litmus::json_and_seeded_rerun));
