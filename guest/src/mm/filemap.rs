@@ -24,6 +24,10 @@ struct AddressSpace {
     backing: AtomicU64,
 }
 
+/// `xa_lock` of every file's page cache: lookups take their reference and
+/// removals check the count under it.
+static CACHE_LOCK: crate::sync::SpinLock<()> = crate::sync::SpinLock::new(());
+
 static FILES: [AddressSpace; MAX_FILES] =
     [const { AddressSpace { page: AtomicU64::new(0), backing: AtomicU64::new(0) } }; MAX_FILES];
 
@@ -42,28 +46,34 @@ pub fn create_file(mm: &MmStruct, init: u64) -> Option<usize> {
 /// `filemap_fault`: the page-cache page of `file` (read in from the
 /// backing copy if not cached), with a reference for the caller.
 pub fn filemap_fault(file: usize) -> Option<u64> {
+    if let Some(p) = find_get_page(file) {
+        return Some(p);
+    }
     let f = &FILES[file];
-    loop {
-        let p = f.page.load(Ordering::Acquire);
-        if p != 0 {
-            get_page(p);
-            return Some(p);
-        }
-        let new = page_alloc::alloc_page()?;
-        page::copy_page(new, f.backing.load(Ordering::Acquire));
-        page(new).set(PG_FILE);
-        page(new).index.store(file as u64, Ordering::Relaxed);
-        if f.page.compare_exchange(0, new, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+    let new = page_alloc::alloc_page_nozero()?;
+    page::copy_page(new, f.backing.load(Ordering::Acquire));
+    page(new).set(PG_FILE);
+    page(new).index.store(file as u64, Ordering::Relaxed);
+    let _g = CACHE_LOCK.lock();
+    match f.page.load(Ordering::Acquire) {
+        0 => {
             // The allocation's reference is the cache's; one more for the caller.
+            f.page.store(new, Ordering::Release);
             get_page(new);
-            return Some(new);
+            Some(new)
         }
-        put_page(new);
+        p => {
+            get_page(p);
+            drop(_g);
+            put_page(new);
+            Some(p)
+        }
     }
 }
 
 /// The cached page of `file` with a reference, if it is cached.
 pub fn find_get_page(file: usize) -> Option<u64> {
+    let _g = CACHE_LOCK.lock();
     let p = FILES[file].page.load(Ordering::Acquire);
     (p != 0).then(|| {
         get_page(p);
@@ -76,17 +86,29 @@ pub fn writepage(file: usize, p: u64) {
     page::copy_page(FILES[file].backing.load(Ordering::Acquire), p);
 }
 
-/// Removes `p` from `file`'s page cache (reclaim's `__remove_mapping`,
-/// truncation); drops the cache's reference.
-pub fn remove_from_page_cache(file: usize, p: u64) {
-    if FILES[file].page.compare_exchange(p, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-        put_page(p);
+/// Reclaim's `__remove_mapping`: if `p` has exactly the cache's and the
+/// caller's references, the cache drops it; false if someone took it.
+pub fn remove_mapping(file: usize, p: u64) -> bool {
+    let g = CACHE_LOCK.lock();
+    if page(p).count() != 2 || FILES[file].page.load(Ordering::Acquire) != p {
+        return false;
     }
+    FILES[file].page.store(0, Ordering::Release);
+    drop(g);
+    put_page(p);
+    true
 }
 
-/// Replaces the cached page (migration of a file page).
+/// Replaces the cached page (migration of a file page); the cache's
+/// reference moves to `new`.
 pub fn replace_page_cache(file: usize, old: u64, new: u64) -> bool {
-    FILES[file].page.compare_exchange(old, new, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    let _g = CACHE_LOCK.lock();
+    if FILES[file].page.load(Ordering::Acquire) != old {
+        return false;
+    }
+    get_page(new);
+    FILES[file].page.store(new, Ordering::Release);
+    true
 }
 
 /// The first word of the file as the kernel sees it: the cached page if
@@ -105,7 +127,10 @@ pub fn backing_value(file: usize) -> u64 {
 /// Truncates the file at teardown: the cached page (no longer mapped) and
 /// the backing copy go.
 pub fn truncate(file: usize) {
-    let p = FILES[file].page.swap(0, Ordering::AcqRel);
+    let p = {
+        let _g = CACHE_LOCK.lock();
+        FILES[file].page.swap(0, Ordering::AcqRel)
+    };
     if p != 0 {
         put_page(p);
     }

@@ -14,7 +14,10 @@ use super::{policy, tlb};
 /// The primary flush only: this CPU, then IPIs to every CPU running the mm.
 pub fn flush_primary(mm: &MmStruct, start: u64, end: u64) {
     hook(Hook::BeforeFlush);
-    tlb::flush_tlb_mm_range(&mm.pt(), start, end);
+    let acked = tlb::flush_tlb_mm_range(&mm.pt(), start, end);
+    // Pages are freed after this returns: a CPU that never flushed would
+    // turn into a silent use-after-free, so this is a kernel bug, loudly.
+    crate::guest_assert!(acked.is_some(), "a CPU did not acknowledge the TLB shootdown of {:#x}..{:#x}", start, end);
     hook(Hook::AfterFlush);
 }
 

@@ -16,22 +16,22 @@ use super::mm_types::{page_align, MmStruct};
 use super::mmu_notifier::{MmuNotifierRange, PteChange};
 use super::page::{self, get_page, lock_page, page, put_page, unlock_page, PG_ANON, PG_DIRTY, PG_KSM};
 use super::pgtable::{pte, pte_dirty, pte_page, pte_write};
-use super::ptdesc::PteTable;
 
 impl MmStruct {
     /// `ksm x y`: merge x into y's page; true if merged.
     pub fn ksm(&self, x: u64, y: u64) -> bool {
         let (x, y) = (page_align(x), page_align(y));
-        let (ex, ey) = (self.pte_lockless(x), self.pte_lockless(y));
-        if ex & pte::P == 0 || ey & pte::P == 0 {
+        // References taken under the PTL (`follow_page`), as KSM's scan does.
+        let Some(kpage) = self.follow_page(y) else { return false };
+        let Some(px) = self.follow_page(x) else {
+            put_page(kpage);
             return false;
-        }
-        let (px, kpage) = (pte_page(ex), pte_page(ey));
+        };
         if px == kpage || !page(px).test(PG_ANON) || !page(kpage).test(PG_ANON) {
+            put_page(px);
+            put_page(kpage);
             return false;
         }
-        get_page(kpage);
-        get_page(px);
         if !page(kpage).test(PG_KSM) {
             lock_page(kpage);
             let ok = self.write_protect_page(y, kpage).is_some();
@@ -71,13 +71,18 @@ impl MmStruct {
     /// `write_protect_page`: returns the write-protected PTE (`orig_pte`),
     /// or `None` if `va` no longer maps `p`.
     fn write_protect_page(&self, va: u64, p: u64) -> Option<u64> {
-        let table = self.pte_table(va)?;
         let mut range = MmuNotifierRange::start(self, va, va + PAGE_SIZE);
-        let mut pt = PteTable::lock(table, va);
+        let Some(mut pt) = self.pte_offset_map_lock(va) else {
+            range.end();
+            return None;
+        };
         let e = pt.get(va);
         let r = if e & pte::P == 0 || pte_page(e) != p {
             None
-        } else if pte_write(e) || pte_dirty(e) {
+        } else if pte_write(e) || pte_dirty(e) || self.deferred_flush_pending(&pt) {
+            // A deferred flush elsewhere may leave a writable TLB entry
+            // even for a clean read-only PTE (the `mm_tlb_flush_pending`
+            // check of "mm: fix KSM data corruption").
             let old = pt.get_and_clear(va);
             flush::flush_tlb_page(self, va);
             range.ptl_changed(va, PteChange::Protect);
@@ -98,9 +103,11 @@ impl MmStruct {
     /// `replace_page`: if the PTE is still `orig`, map `kpage` read-only at
     /// `va` instead of `p` (`ptep_clear_flush` + `set_pte_at`).
     fn replace_page(&self, va: u64, p: u64, kpage: u64, orig: u64) -> bool {
-        let Some(table) = self.pte_table(va) else { return false };
         let mut range = MmuNotifierRange::start(self, va, va + PAGE_SIZE);
-        let mut pt = PteTable::lock(table, va);
+        let Some(mut pt) = self.pte_offset_map_lock(va) else {
+            range.end();
+            return false;
+        };
         let ok = pt.get(va) == orig;
         if ok {
             get_page(kpage);

@@ -31,8 +31,8 @@ impl MmStruct {
             let stop = end.min(v.end);
             while va < stop {
                 let next = ((va & !(PMD_SIZE - 1)) + PMD_SIZE).min(stop);
-                if let Some(table) = self.pte_table(va) {
-                    self.madvise_free_pte_range(&mut tlb, &mut range, v, table, va, next);
+                if let Some(pt) = self.pte_offset_map_lock(va) {
+                    self.madvise_free_pte_range(&mut tlb, &mut range, v, pt, va, next);
                 }
                 va = next;
             }
@@ -46,11 +46,10 @@ impl MmStruct {
         tlb: &mut MmuGather,
         range: &mut MmuNotifierRange,
         _vma: &Vma,
-        table: u64,
+        mut pt: PteTable,
         start: u64,
         end: u64,
     ) {
-        let mut pt = PteTable::lock(table, start);
         rmap::flush_tlb_batched_pending(self);
         let mut changed = false;
         let mut va = start;

@@ -40,6 +40,65 @@ impl MmStruct {
         self.pt().pte_lookup(va).map_or(0, pgtable::read_entry)
     }
 
+    /// `pte_offset_map_lock`: the PTL of the table that maps `va`, taken
+    /// and then checked against the PMD again — `free_pgtables` may have
+    /// unhooked (and the allocator reused) the table between the lockless
+    /// lookup and the lock (the `pmd_same` recheck of 6.5+). `None` if no
+    /// table maps `va`.
+    pub fn pte_offset_map_lock(&self, va: u64) -> Option<PteTable> {
+        loop {
+            let t = self.pte_table(va)?;
+            let pt = PteTable::lock(t, va);
+            if self.pte_table(va) == Some(t) {
+                return Some(pt);
+            }
+        }
+    }
+
+    /// `pte_alloc_map_lock`: as [`Self::pte_offset_map_lock`], allocating
+    /// missing tables.
+    pub fn pte_alloc_map_lock(&self, va: u64) -> PteTable {
+        loop {
+            let t = self.pte_table_alloc(va);
+            let pt = PteTable::lock(t, va);
+            if self.pte_table(va) == Some(t) {
+                return pt;
+            }
+        }
+    }
+
+    /// `follow_page`: the page `va` maps, with a reference taken under the
+    /// PTL (so a concurrent zap cannot free it first).
+    pub fn follow_page(&self, va: u64) -> Option<u64> {
+        let pt = self.pte_offset_map_lock(va)?;
+        let e = pt.get(va);
+        pte_maps_page(e).then(|| {
+            get_page(pte_page(e));
+            pte_page(e)
+        })
+    }
+
+    /// Whether `va` is still inside a VMA: the fault path's check under the
+    /// PTL, so it never installs a page a concurrent munmap already zapped.
+    fn vma_still_there(&self, va: u64) -> bool {
+        self.find_vma(va).is_some()
+    }
+
+    /// A flush of this table's entries that another operation deferred is
+    /// still outstanding (`mm_tlb_flush_pending` and its per-table forms):
+    /// under `pending` the mm's count, under `per-ptl` the table's, under
+    /// `generation` an unflushed generation of the table's last change.
+    pub(super) fn deferred_flush_pending(&self, pt: &PteTable) -> bool {
+        match policy::flush() {
+            FlushScheme::Pending => self.tlb_flush_pending(),
+            FlushScheme::PerPtl => pt.desc().flush_pending.load(core::sync::atomic::Ordering::Acquire) > 0,
+            FlushScheme::Generation => {
+                self.gen_unflushed(pt.desc().tlb_gen.load(core::sync::atomic::Ordering::Acquire), 0)
+            }
+            FlushScheme::Gather | FlushScheme::Ptl => false,
+        }
+    }
+
     // ---- the fault path ----
 
     /// `handle_mm_fault`: make `va` accessible for a read or a write, or
@@ -51,29 +110,29 @@ impl MmStruct {
         if (write && vma.flags & VM_WRITE == 0) || vma.flags & VM_READ == 0 {
             return Err(Segv);
         }
-        let table = self.pte_table_alloc(va);
+        self.pte_table_alloc(va);
         let orig = self.pte_lockless(va);
         let r = if pte_none(orig) {
             if vma.is_anon() {
-                self.do_anonymous_page(&vma, table, va)
+                self.do_anonymous_page(&vma, va)
             } else {
-                self.do_fault(&vma, table, va, write)
+                self.do_fault(&vma, va, write)
             }
         } else if swp::is_migration_entry(orig) {
             self.migration_entry_wait(va, orig);
             Ok(())
         } else if swp::is_swap_pte(orig) {
-            self.do_swap_page(&vma, table, va, orig, write)
+            self.do_swap_page(&vma, va, orig, write)
         } else if orig & pte::P == 0 {
             // A PROT_NONE entry in an accessible VMA (an mprotect upgrade
             // is on its way): restore the VMA's protection.
-            let mut pt = PteTable::lock(table, va);
+            let mut pt = self.pte_alloc_map_lock(va);
             if pt.get(va) == orig {
                 pt.set(va, (orig & !pte::PROTNONE) | PAGE_USER);
             }
             Ok(())
         } else {
-            let pt = PteTable::lock(table, va);
+            let pt = self.pte_alloc_map_lock(va);
             let e = pt.get(va);
             if e != orig {
                 Ok(()) // raced: retry
@@ -90,10 +149,10 @@ impl MmStruct {
     }
 
     /// `do_anonymous_page`: a fresh zeroed page.
-    fn do_anonymous_page(&self, vma: &Vma, table: u64, va: u64) -> Result<(), Segv> {
+    fn do_anonymous_page(&self, vma: &Vma, va: u64) -> Result<(), Segv> {
         let new = page_alloc::alloc_page().ok_or(Segv)?;
-        let mut pt = PteTable::lock(table, va);
-        if !pte_none(pt.get(va)) {
+        let mut pt = self.pte_alloc_map_lock(va);
+        if !pte_none(pt.get(va)) || !self.vma_still_there(va) {
             drop(pt);
             put_page(new);
             return Ok(());
@@ -113,11 +172,11 @@ impl MmStruct {
     /// tracking is by write-notify, as for a file system with
     /// `page_mkwrite`: a read fault maps it read-only, a write fault
     /// dirties the page and maps it writable.
-    fn do_fault(&self, vma: &Vma, table: u64, va: u64, write: bool) -> Result<(), Segv> {
+    fn do_fault(&self, vma: &Vma, va: u64, write: bool) -> Result<(), Segv> {
         let file = vma.file_id().ok_or(Segv)?;
         let p = filemap::filemap_fault(file).ok_or(Segv)?;
-        let mut pt = PteTable::lock(table, va);
-        if !pte_none(pt.get(va)) {
+        let mut pt = self.pte_alloc_map_lock(va);
+        if !pte_none(pt.get(va)) || !self.vma_still_there(va) {
             drop(pt);
             put_page(p);
             return Ok(());
@@ -134,64 +193,53 @@ impl MmStruct {
 
     /// A write fault on a present, read-only PTE (`do_wp_page`, PTL held).
     fn do_wp_page(&self, vma: &Vma, mut pt: PteTable, va: u64, orig: u64) -> Result<(), Segv> {
-        self.flush_deferred_before_wp(&pt, va);
+        // The fault path's answer to a write-protect whose flush another
+        // CPU deferred: under `flush=pending`, flush when
+        // `mm_tlb_flush_pending` (6ce64428d620, the fix seed 000 discusses);
+        // the per-table schemes ask their table. `gather` and `ptl` do nothing.
+        if self.deferred_flush_pending(&pt) {
+            flush::flush_tlb_page(self, va);
+        }
         let old = pte_page(orig);
+        if page(old).test(PG_MIGRC) {
+            // The migrc patch (seed 001): a write-enable of a page whose
+            // migration flush was deferred does that flush first.
+            migrate::migrc_flush(self);
+        }
         if !vma.is_anon() {
             // `wp_page_shared`: page_mkwrite, dirty, writable again.
             page(old).set(PG_DIRTY);
             pt.set_bits(va, pte::RW | pte::D);
             return Ok(());
         }
-        if page(old).test(PG_MIGRC) {
-            // The migrc patch (seed 001): a write-enable of a page whose
-            // migration flush was deferred does that flush first.
-            migrate::migrc_flush(self);
-        }
         if !page(old).test(PG_KSM) && page(old).count() == 1 {
             // `wp_page_reuse`: we are the only user; an upgrade, no flush.
             pt.set_bits(va, pte::RW | pte::D);
             return Ok(());
         }
-        let table = pt.table();
         drop(pt);
-        self.wp_page_copy(table, va, orig)
-    }
-
-    /// The fault path's answer to a write-protect whose flush another CPU
-    /// deferred: under `flush=pending`, flush when `mm_tlb_flush_pending`
-    /// (6ce64428d620, the fix seed 000 discusses); under `per-ptl` when
-    /// this table has one pending; under `generation` when this table's
-    /// last change is of an unflushed generation. `gather` and `ptl` do
-    /// nothing (with `ptl` nothing is ever deferred).
-    fn flush_deferred_before_wp(&self, pt: &PteTable, va: u64) {
-        let pending = match policy::flush() {
-            FlushScheme::Pending => self.tlb_flush_pending(),
-            FlushScheme::PerPtl => pt.desc().flush_pending.load(core::sync::atomic::Ordering::Acquire) > 0,
-            FlushScheme::Generation => {
-                self.gen_unflushed(pt.desc().tlb_gen.load(core::sync::atomic::Ordering::Acquire), 0)
-            }
-            FlushScheme::Gather | FlushScheme::Ptl => false,
-        };
-        if pending {
-            flush::flush_tlb_page(self, va);
-        }
+        self.wp_page_copy(va, orig)
     }
 
     /// `wp_page_copy`: copy the shared page (outside the PTL), then under
     /// the PTL, if the PTE is still the one we faulted on, clear and flush
     /// it (`ptep_clear_flush_notify`) and install the copy, writable. The
     /// old page's reference is dropped after `mmu_notifier_invalidate_range_end`.
-    fn wp_page_copy(&self, table: u64, va: u64, orig: u64) -> Result<(), Segv> {
-        let old = pte_page(orig);
-        get_page(old);
-        let Some(new) = page_alloc::alloc_page() else {
+    fn wp_page_copy(&self, va: u64, orig: u64) -> Result<(), Segv> {
+        // The reference of do_wp_page's `vmf->page`, taken under the PTL.
+        let Some(old) = self.follow_page(va) else { return Ok(()) };
+        if old != pte_page(orig) {
+            put_page(old);
+            return Ok(());
+        }
+        let Some(new) = page_alloc::alloc_page_nozero() else {
             put_page(old);
             return Err(Segv);
         };
         page::copy_page(new, old);
         hook(Hook::AfterCopy);
         let mut range = MmuNotifierRange::start(self, va, va + PAGE_SIZE);
-        let mut pt = PteTable::lock(table, va);
+        let mut pt = self.pte_alloc_map_lock(va);
         let replaced = pt.get(va) == orig;
         if replaced {
             pt.get_and_clear(va);
@@ -211,20 +259,21 @@ impl MmStruct {
 
     /// `do_swap_page`: the page from the swap cache or read back from its
     /// slot; writable if the VMA is and this is a write fault.
-    fn do_swap_page(&self, vma: &Vma, table: u64, va: u64, orig: u64, write: bool) -> Result<(), Segv> {
+    fn do_swap_page(&self, vma: &Vma, va: u64, orig: u64, write: bool) -> Result<(), Segv> {
         let slot = swp::offset(orig) as usize;
         let p = match swap::lookup_swap_cache(slot) {
             Some(p) => p,
             None => {
-                let p = page_alloc::alloc_page().ok_or(Segv)?;
+                let p = page_alloc::alloc_page_nozero().ok_or(Segv)?;
                 swap::swap_readpage(slot, p);
                 page(p).set(PG_ANON | PG_SWAPBACKED);
                 p
             }
         };
-        let mut pt = PteTable::lock(table, va);
-        if pt.get(va) != orig {
+        let mut pt = self.pte_alloc_map_lock(va);
+        if pt.get(va) != orig || !self.vma_still_there(va) {
             drop(pt);
+            swap::free_swap_cache(p);
             put_page(p);
             return Ok(());
         }
@@ -241,7 +290,7 @@ impl MmStruct {
 
     /// `migration_entry_wait`: wait (without the PTL) until the migration
     /// of this page finished and the PTE changed; the access is retried.
-    fn migration_entry_wait(&self, va: u64, orig: u64) {
+    pub(super) fn migration_entry_wait(&self, va: u64, orig: u64) {
         let mut spins = 0u32;
         while self.pte_lockless(va) == orig {
             page::relax(&mut spins);
@@ -276,8 +325,8 @@ impl MmStruct {
         let mut va = page_align(start);
         while va < end {
             let stop = ((va & !(PMD_SIZE - 1)) + PMD_SIZE).min(end);
-            if let Some(table) = self.pte_table(va) {
-                self.zap_pte_range(tlb, range, vma, table, va, stop);
+            if let Some(pt) = self.pte_offset_map_lock(va) {
+                self.zap_pte_range(tlb, range, vma, pt, va, stop);
             }
             va = stop;
         }
@@ -286,24 +335,27 @@ impl MmStruct {
     /// `zap_pte_range`: clear the PTEs of one table under its PTL, gathering
     /// the pages (freed after the flush). The flush is deferred to the
     /// mmu_gather unless `flush=ptl`, or a dirty shared PTE was zapped and
-    /// `dirty-shared-flush=under-ptl` (then `force_flush` flushes before the
-    /// PTL is dropped, so `page_mkclean` cannot clean the page while a TLB
-    /// still has a writable entry).
+    /// `dirty-shared-flush=under-ptl`: then `force_flush` flushes before the
+    /// PTL is dropped, and the page stays in the reverse map until that
+    /// flush is done (`tlb_delay_rmap`, 5df397dec7c4), so `page_mkclean`
+    /// waits for the PTL instead of cleaning the page while a TLB still
+    /// holds a writable entry.
     fn zap_pte_range(
         &self,
         tlb: &mut MmuGather,
         range: &mut MmuNotifierRange,
         vma: &Vma,
-        table: u64,
+        mut pt: PteTable,
         start: u64,
         end: u64,
     ) {
-        let mut pt = PteTable::lock(table, start);
         rmap::flush_tlb_batched_pending(self);
         if tlb.others_deferred(&pt) {
             tlb.note_nested();
         }
-        let mut force_flush = false;
+        let under_ptl = policy::dirty_shared_flush() == DirtySharedFlush::UnderPtl;
+        let mut delayed = [(0u64, 0u64); 8];
+        let mut ndelayed = 0;
         let mut va = start;
         while va < end {
             let e = pt.get(va);
@@ -314,7 +366,13 @@ impl MmStruct {
                 let p = pte_page(old);
                 if !vma.is_anon() && pte_dirty(old) {
                     page(p).set(PG_DIRTY);
-                    force_flush |= policy::dirty_shared_flush() == DirtySharedFlush::UnderPtl;
+                    if under_ptl && ndelayed < delayed.len() {
+                        delayed[ndelayed] = (p, va);
+                        ndelayed += 1;
+                        tlb.remove_page(p);
+                        va += PAGE_SIZE;
+                        continue;
+                    }
                 }
                 page(p).remove_rmap(va);
                 tlb.remove_page(p);
@@ -326,8 +384,12 @@ impl MmStruct {
             }
             va += PAGE_SIZE;
         }
+        let force_flush = ndelayed > 0;
         if force_flush || tlb.scheme() == FlushScheme::Ptl {
             tlb.flush_tlbonly();
+        }
+        for &(p, va) in &delayed[..ndelayed] {
+            page(p).remove_rmap(va);
         }
         drop(pt);
         if force_flush {
@@ -346,10 +408,13 @@ impl MmStruct {
     pub fn cow(&self, va: u64) -> Result<(), Segv> {
         let va = page_align(va);
         let vma = self.find_vma(va).ok_or(Segv)?;
-        let Some(table) = self.pte_table(va) else { return Ok(()) };
         let mut tlb = MmuGather::new(self, va, va + PAGE_SIZE);
         let mut range = MmuNotifierRange::start(self, va, va + PAGE_SIZE);
-        let mut pt = PteTable::lock(table, va);
+        let Some(mut pt) = self.pte_offset_map_lock(va) else {
+            range.end();
+            tlb.finish();
+            return Ok(());
+        };
         let e = pt.get(va);
         if pte_maps_page(e) {
             let p = pte_page(e);
@@ -375,6 +440,7 @@ impl MmStruct {
         let mut refs = self.fork_refs.lock();
         let n = refs.1;
         for &p in &refs.0[..n] {
+            swap::free_swap_cache(p);
             put_page(p);
         }
         refs.1 = 0;
@@ -386,7 +452,6 @@ impl MmStruct {
     /// an anonymous page, or the file page of `file`, PTE per `flags`
     /// (PROT_NONE for no access).
     pub fn populate(&self, va: u64, flags: u8, file: Option<usize>, init: u64) -> Result<(), Segv> {
-        let table = self.pte_table_alloc(va);
         let p = match file {
             Some(f) => filemap::filemap_fault(f).ok_or(Segv)?,
             None => {
@@ -406,7 +471,7 @@ impl MmStruct {
                 entry |= pte::RW | pte::D;
             }
         }
-        let mut pt = PteTable::lock(table, va);
+        let mut pt = self.pte_alloc_map_lock(va);
         page(p).add_rmap(va);
         pt.set(va, entry);
         Ok(())

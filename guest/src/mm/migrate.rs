@@ -20,7 +20,6 @@ use super::page::{
     self, get_page, lock_page, page, put_page, unlock_page, PG_ANON, PG_DIRTY, PG_FILE, PG_KSM, PG_MIGRC, PG_SWAPBACKED,
 };
 use super::pgtable::{pte, pte_dirty, pte_maps_page, pte_page, pte_write, swp};
-use super::ptdesc::PteTable;
 use super::{filemap, flush, page_alloc, policy};
 use crate::guest_assert;
 
@@ -30,35 +29,34 @@ struct Migrated {
     va: u64,
     write: bool,
     dirty: bool,
+    /// migrc deferred this PTE's flush.
+    deferred: bool,
 }
 
 impl MmStruct {
     /// `migrate L`.
     pub fn migrate(&self, va: u64) -> Result<(), Segv> {
         let va = page_align(va);
-        let e = self.pte_lockless(va);
-        if !pte_maps_page(e) {
-            return Ok(());
-        }
-        let old = pte_page(e);
+        // Isolation: a reference taken under the PTL.
+        let Some(old) = self.follow_page(va) else { return Ok(()) };
         if page(old).test(PG_KSM) {
+            put_page(old);
             return Ok(()); // KSM pages migrate through the stable tree; not modelled
         }
-        get_page(old);
-        let Some(new) = page_alloc::alloc_page() else {
+        let Some(new) = page_alloc::alloc_page_nozero() else {
             put_page(old);
             return Err(Segv);
         };
         lock_page(old);
-        let deferred = policy::migrc() && !self.mapped_writable(old);
         let mut done = [Migrated::default(); page::RMAP_SLOTS];
         let mut n = 0;
         for v in page(old).rmap().into_iter().filter(|&v| v != 0) {
-            if let Some(m) = self.try_to_migrate_one(old, v, deferred) {
+            if let Some(m) = self.try_to_migrate_one(old, v) {
                 done[n] = m;
                 n += 1;
             }
         }
+        let deferred = done[..n].iter().any(|m| m.deferred);
         page::copy_page(new, old);
         page(new).flags.fetch_or(
             page(old).flags.load(Ordering::Acquire) & (PG_ANON | PG_SWAPBACKED | PG_DIRTY | PG_FILE),
@@ -68,39 +66,35 @@ impl MmStruct {
             let file = page(old).index.load(Ordering::Relaxed) as usize;
             page(new).index.store(file as u64, Ordering::Relaxed);
             if filemap::replace_page_cache(file, old, new) {
-                get_page(new); // the cache's reference
-                put_page(old);
+                put_page(old); // the cache's reference moved to `new`
             }
         }
         hook(Hook::AfterCopy);
         for m in &done[..n] {
-            self.remove_migration_pte(old, new, m, deferred);
+            self.remove_migration_pte(old, new, m);
         }
         unlock_page(old);
         put_page(new);
-        if deferred && n > 0 {
+        if deferred {
             self.migrc_keep(old);
         } else {
+            super::swap::free_swap_cache(old);
             put_page(old);
         }
         Ok(())
     }
 
-    fn mapped_writable(&self, p: u64) -> bool {
-        page(p).rmap().into_iter().filter(|&v| v != 0).any(|v| {
-            let e = self.pte_lockless(v);
-            pte_maps_page(e) && pte_page(e) == p && pte_write(e)
-        })
-    }
-
     /// `try_to_migrate_one`: the PTE becomes a migration entry; its flush
-    /// is done now, or deferred by migrc.
-    fn try_to_migrate_one(&self, p: u64, va: u64, deferred: bool) -> Option<Migrated> {
-        let table = self.pte_table(va)?;
+    /// is done now, or — migrc, for a PTE that is not writable — deferred.
+    fn try_to_migrate_one(&self, p: u64, va: u64) -> Option<Migrated> {
         let mut range = MmuNotifierRange::start(self, va, va + PAGE_SIZE);
-        let mut pt = PteTable::lock(table, va);
+        let Some(mut pt) = self.pte_offset_map_lock(va) else {
+            range.end();
+            return None;
+        };
         let e = pt.get(va);
         let r = if pte_maps_page(e) && pte_page(e) == p {
+            let deferred = policy::migrc() && !pte_write(e);
             let old = pt.get_and_clear(va);
             if deferred {
                 self.migrc_flush_due.store(true, Ordering::Release);
@@ -112,7 +106,7 @@ impl MmStruct {
                 flush::flush_tlb_page(self, va);
             }
             range.ptl_changed(va, PteChange::Replace);
-            let m = Migrated { va, write: pte_write(old) || old & pte::RW != 0, dirty: pte_dirty(old) };
+            let m = Migrated { va, write: old & pte::RW != 0, dirty: pte_dirty(old), deferred };
             if m.dirty {
                 page(p).set(PG_DIRTY);
             }
@@ -133,9 +127,8 @@ impl MmStruct {
     }
 
     /// `remove_migration_pte`: map the new page where the migration entry is.
-    fn remove_migration_pte(&self, old: u64, new: u64, m: &Migrated, deferred: bool) {
-        let Some(table) = self.pte_table(m.va) else { return };
-        let mut pt = PteTable::lock(table, m.va);
+    fn remove_migration_pte(&self, old: u64, new: u64, m: &Migrated) {
+        let Some(mut pt) = self.pte_offset_map_lock(m.va) else { return };
         let e = pt.get(m.va);
         if swp::is_migration_entry(e) && swp::migration_page(e) == old {
             let mut entry = new | pte::P | pte::US;
@@ -145,7 +138,7 @@ impl MmStruct {
             if m.dirty {
                 entry |= pte::D;
             }
-            if deferred {
+            if m.deferred {
                 page(new).set(PG_MIGRC);
             }
             get_page(new);
@@ -163,17 +156,28 @@ impl MmStruct {
     }
 }
 
+static MIGRC_FLUSH: crate::sync::SpinLock<()> = crate::sync::SpinLock::new(());
+
 /// `migrc_try_flush_free_folios`: do the deferred migration flush (all of
 /// the mm's translations, on every CPU running it) and free the kept
 /// source pages.
 pub fn migrc_flush(mm: &MmStruct) {
-    if mm.migrc_flush_due.swap(false, Ordering::AcqRel) {
-        flush::flush_tlb_mm(mm);
-    }
+    // Serialised: a caller that needs the deferred flush done (a write
+    // fault, an mprotect upgrade) must not return while another CPU's
+    // flush of the same deferral is still in flight.
+    let _serial = MIGRC_FLUSH.lock();
+    let due = mm.migrc_flush_due.swap(false, Ordering::AcqRel);
     let mut kept = mm.migrc.lock();
     let n = kept.1;
-    for &p in &kept.0[..n] {
+    if !due && n == 0 {
+        return;
+    }
+    let pages = kept.0;
+    kept.1 = 0;
+    drop(kept);
+    flush::flush_tlb_mm(mm);
+    for &p in &pages[..n] {
+        super::swap::free_swap_cache(p);
         put_page(p);
     }
-    kept.1 = 0;
 }

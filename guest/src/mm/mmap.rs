@@ -55,8 +55,15 @@ impl MmStruct {
     fn free_pgtables(&self, tlb: &mut MmuGather, start: u64, end: u64) {
         let mut region = start & !(PMD_SIZE - 1);
         while region < end {
-            if !self.any_vma_in(region, region + PMD_SIZE) {
-                if let Some(table) = self.pt().pmd_clear(region) {
+            // Decide and unhook under the table's PTL: a path that looked
+            // the table up before and locks it after sees the PMD changed
+            // and retries (`pte_offset_map_lock`); a fault in a VMA inserted
+            // meanwhile finds the PMD empty and allocates a new table.
+            if let Some(pt) = self.pte_offset_map_lock(region) {
+                let table = pt.table();
+                let free = !self.any_vma_in(region, region + PMD_SIZE) && self.pt().pmd_clear(region) == Some(table);
+                drop(pt);
+                if free {
                     self.table_removed(table);
                     trace::emit(Kind::PmdClear, region, table, 0);
                     hook(Hook::AfterPmdClear);
@@ -76,6 +83,7 @@ impl MmStruct {
         }
         self.release_fork_refs();
         migrate::migrc_flush(self);
+        super::swap::drop_unused_cache();
         for f in 0..self.nfiles.swap(0, Ordering::AcqRel) as usize {
             filemap::truncate(f);
         }

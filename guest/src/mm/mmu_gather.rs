@@ -52,8 +52,9 @@ pub struct MmuGather<'a> {
     npages: usize,
     tables: [u64; GATHER_TABLES],
     ntables: usize,
-    /// `per-ptl`: tables whose `flush_pending` this gather raised.
-    deferred: [u64; GATHER_TABLES],
+    /// `per-ptl`: tables whose `flush_pending` this gather raised, with
+    /// their `PtDesc::epoch` then.
+    deferred: [(u64, u32); GATHER_TABLES],
     ndeferred: usize,
     /// `generation`: the generation of this gather's unflushed changes.
     gen: u64,
@@ -81,7 +82,7 @@ impl<'a> MmuGather<'a> {
             npages: 0,
             tables: [0; GATHER_TABLES],
             ntables: 0,
-            deferred: [0; GATHER_TABLES],
+            deferred: [(0, 0); GATHER_TABLES],
             ndeferred: 0,
             gen: 0,
             scheme,
@@ -120,13 +121,13 @@ impl<'a> MmuGather<'a> {
         match self.scheme {
             FlushScheme::PerPtl => {
                 let t = pt.table();
-                if !self.deferred[..self.ndeferred].contains(&t) {
+                if !self.deferred[..self.ndeferred].iter().any(|d| d.0 == t) {
                     if self.ndeferred == GATHER_TABLES {
                         // Out of slots: pay the flush now rather than lose track.
                         self.flush_tlbonly();
                     }
                     pt.desc().flush_pending.fetch_add(1, Ordering::AcqRel);
-                    self.deferred[self.ndeferred] = t;
+                    self.deferred[self.ndeferred] = (t, pt.desc().epoch.load(Ordering::Acquire));
                     self.ndeferred += 1;
                 }
             }
@@ -146,7 +147,7 @@ impl<'a> MmuGather<'a> {
     pub fn others_deferred(&self, pt: &PteTable) -> bool {
         match self.scheme {
             FlushScheme::PerPtl => {
-                let mine = self.deferred[..self.ndeferred].contains(&pt.table()) as u32;
+                let mine = self.deferred[..self.ndeferred].iter().any(|d| d.0 == pt.table()) as u32;
                 pt.desc().flush_pending.load(Ordering::Acquire) > mine
             }
             FlushScheme::Generation => self.mm.gen_unflushed(pt.desc().tlb_gen.load(Ordering::Acquire), self.gen),
@@ -205,8 +206,11 @@ impl<'a> MmuGather<'a> {
 
     /// Every deferred change so far is flushed: lower what was published.
     fn flushed(&mut self) {
-        for &t in &self.deferred[..self.ndeferred] {
-            ptdesc(t).flush_pending.fetch_sub(1, Ordering::AcqRel);
+        for &(t, epoch) in &self.deferred[..self.ndeferred] {
+            let d = ptdesc(t);
+            if d.epoch.load(Ordering::Acquire) == epoch {
+                d.flush_pending.fetch_sub(1, Ordering::AcqRel);
+            }
         }
         self.ndeferred = 0;
         if self.gen != 0 {
@@ -219,6 +223,8 @@ impl<'a> MmuGather<'a> {
     pub fn flush(&mut self) {
         self.flush_tlbonly();
         for &p in &self.pages[..self.npages] {
+            // `free_pages_and_swap_cache`.
+            super::swap::free_swap_cache(p);
             put_page(p);
         }
         self.npages = 0;

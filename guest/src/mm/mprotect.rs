@@ -38,8 +38,8 @@ impl MmStruct {
             let stop = end.min(v.end);
             while va < stop {
                 let next = ((va & !(PMD_SIZE - 1)) + PMD_SIZE).min(stop);
-                if let Some(table) = self.pte_table(va) {
-                    self.change_pte_range(&mut tlb, &mut range, v, table, va, next);
+                if let Some(pt) = self.pte_offset_map_lock(va) {
+                    self.change_pte_range(&mut tlb, &mut range, v, pt, va, next);
                 }
                 va = next;
             }
@@ -56,11 +56,10 @@ impl MmStruct {
         tlb: &mut MmuGather,
         range: &mut MmuNotifierRange,
         vma: &Vma,
-        table: u64,
+        mut pt: PteTable,
         start: u64,
         end: u64,
     ) {
-        let mut pt = PteTable::lock(table, start);
         rmap::flush_tlb_batched_pending(self);
         let mut demoted = false;
         let mut va = start;

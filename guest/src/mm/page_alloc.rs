@@ -40,6 +40,14 @@ pub fn init(mem_size: u64) {
 /// A zeroed data page (identity-mapped, so its GPA is also its kernel VA)
 /// with one reference.
 pub fn alloc_page() -> Option<u64> {
+    let page = alloc_page_nozero()?;
+    page::zero_page(page);
+    Some(page)
+}
+
+/// A data page whose old content is left in place, for callers that
+/// overwrite all of it at once (a copy; zeroing is a hypercall).
+pub fn alloc_page_nozero() -> Option<u64> {
     let mut d = DATA.lock();
     let page = if d.free_head != 0 {
         let p = d.free_head;
@@ -55,7 +63,6 @@ pub fn alloc_page() -> Option<u64> {
     };
     d.in_use += 1;
     drop(d);
-    page::zero_page(page);
     page::page(page).reset();
     Some(page)
 }

@@ -31,10 +31,20 @@ pub struct PtDesc {
     pub flush_pending: AtomicU32,
     /// `flush=generation`: the mm generation of the last deferred change.
     pub tlb_gen: AtomicU64,
+    /// Bumped each time the page becomes a table again: a deferral counted
+    /// on the table's previous life is not taken off its new one.
+    pub epoch: AtomicU32,
 }
 
 static PTDESC: [PtDesc; PT_PAGES] =
-    [const { PtDesc { ptl: AtomicBool::new(false), flush_pending: AtomicU32::new(0), tlb_gen: AtomicU64::new(0) } };
+    [const {
+        PtDesc {
+            ptl: AtomicBool::new(false),
+            flush_pending: AtomicU32::new(0),
+            tlb_gen: AtomicU64::new(0),
+            epoch: AtomicU32::new(0),
+        }
+    };
         PT_PAGES];
 
 /// The descriptor of the page-table page at `table`.
@@ -47,6 +57,7 @@ impl PtDesc {
     pub fn reset(&self) {
         self.flush_pending.store(0, Ordering::Relaxed);
         self.tlb_gen.store(0, Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -16,7 +16,6 @@ use super::mm_types::MmStruct;
 use super::mmu_notifier::{invalidate_secondary, MmuNotifierRange, PteChange};
 use super::page::{page, put_page, PG_ANON, PG_DIRTY, PG_SWAPBACKED};
 use super::pgtable::{pte, pte_dirty, pte_maps_page, pte_page, pte_write, swp};
-use super::ptdesc::PteTable;
 use super::{flush, policy, swap};
 use crate::percpu;
 
@@ -29,8 +28,11 @@ static UBC_WRITABLE: [AtomicBool; N] = [const { AtomicBool::new(false) }; N];
 /// `flush_tlb_batched_pending`: called with a PTL held; if reclaim batched
 /// a flush of this mm that has not run, flush the mm now.
 pub fn flush_tlb_batched_pending(mm: &MmStruct) {
-    if policy::batched_pending_check() && mm.tlb_flush_batched.swap(false, Ordering::AcqRel) {
+    if policy::batched_pending_check() && mm.tlb_flush_batched.load(Ordering::Acquire) {
         flush::flush_tlb_mm(mm);
+        // Cleared only once the flush is done: a PTL holder arriving
+        // meanwhile must flush too, not return early.
+        mm.tlb_flush_batched.store(false, Ordering::Release);
     }
 }
 
@@ -84,9 +86,11 @@ pub fn try_to_unmap(mm: &MmStruct, p: u64, batch: bool) -> bool {
 /// a swap-backed anonymous page; a clean lazy-free page is discarded, a
 /// re-dirtied one is mapped again (false: keep the page).
 fn try_to_unmap_one(mm: &MmStruct, p: u64, va: u64, batch: bool) -> bool {
-    let Some(table) = mm.pte_table(va) else { return true };
     let mut range = MmuNotifierRange::start(mm, va, va + PAGE_SIZE);
-    let mut pt = PteTable::lock(table, va);
+    let Some(mut pt) = mm.pte_offset_map_lock(va) else {
+        range.end();
+        return true;
+    };
     let e = pt.get(va);
     if !pte_maps_page(e) || pte_page(e) != p {
         drop(pt);
@@ -133,9 +137,11 @@ fn try_to_unmap_one(mm: &MmStruct, p: u64, va: u64, batch: bool) -> bool {
 pub fn page_mkclean(mm: &MmStruct, p: u64) -> bool {
     let mut dirty = false;
     for va in page(p).rmap().into_iter().filter(|&v| v != 0) {
-        let Some(table) = mm.pte_table(va) else { continue };
         let mut range = MmuNotifierRange::start(mm, va, va + PAGE_SIZE);
-        let mut pt = PteTable::lock(table, va);
+        let Some(mut pt) = mm.pte_offset_map_lock(va) else {
+            range.end();
+            continue;
+        };
         let e = pt.get(va);
         if e & pte::P != 0 && pte_page(e) == p && (pte_dirty(e) || pte_write(e)) {
             let old = pt.get_and_clear(va);

@@ -7,18 +7,14 @@
 //! cache for a shared file page).
 
 use super::mm_types::{page_align, MmStruct};
-use super::page::{get_page, lock_page, page, put_page, unlock_page, PG_ANON, PG_DIRTY, PG_SWAPBACKED, PG_SWAPCACHE};
-use super::pgtable::{pte_maps_page, pte_page};
+use super::page::{lock_page, page, put_page, unlock_page, PG_ANON, PG_DIRTY, PG_SWAPBACKED, PG_SWAPCACHE};
 use super::{filemap, rmap, swap};
 
 impl MmStruct {
     pub fn reclaim(&self, va: u64) {
         let va = page_align(va);
-        let e = self.pte_lockless(va);
         let file = self.find_vma(va).and_then(|v| v.file_id());
-        let p = if pte_maps_page(e) {
-            let p = pte_page(e);
-            get_page(p);
+        let p = if let Some(p) = self.follow_page(va) {
             p
         } else if let Some(p) = file.and_then(filemap::find_get_page) {
             p
@@ -65,14 +61,10 @@ impl MmStruct {
             }
         }
         // `__remove_mapping`: only if nobody but the cache and us holds it.
-        if pg.count() != 2 && !(lazyfree && pg.count() == 1) {
-            return false;
-        }
         match (slot, file) {
-            (Some(_), _) => swap::delete_from_swap_cache(p),
-            (None, Some(f)) => filemap::remove_from_page_cache(f, p),
-            (None, None) => {}
+            (Some(_), _) => swap::remove_mapping(p),
+            (None, Some(f)) => filemap::remove_mapping(f, p),
+            (None, None) => pg.count() == 1,
         }
-        true
     }
 }
