@@ -234,3 +234,24 @@ pub fn never_10k_runs_per_scenario() -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// Unsynchronised threads mixing every mm operation on pages that share
+/// page tables (`tests/e2e/data/stress/`), under several flush schemes and
+/// notifier placements and an evicting TLB: every iteration ends (no
+/// timeout), without a guest error, and returns every page, table and
+/// swap slot (`--check` fails on a leak).
+pub fn stress_no_crash_no_leak() -> Result<(), Failed> {
+    let dir = repo().join("tests/e2e/data/stress");
+    let mut args = vec!["litmus", "--check", "--runs", "30", "--seed", "9", "--tlb", "evict:0.3"];
+    for p in ["default", "flush=per-ptl", "flush=generation", "notifier=end", "migrc=on"] {
+        args.extend(["--policy", p]);
+    }
+    args.push(dir.to_str().unwrap());
+    let o = vmm(&args);
+    let (out, err) = text(&o);
+    let ctx = || format!("status {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
+    ensure(o.status.code() == Some(0), || format!("stress run failed\n{}", ctx()))?;
+    ensure(!out.contains("\nLeak ") && !out.contains("\nError ") && !out.contains("\nTimeouts "), ctx)?;
+    let bs = blocks(&out);
+    ensure(bs.len() == 10 && bs.iter().all(|b| b.total == 30), || format!("expected 10 blocks of 30 runs\n{}", ctx()))
+}
