@@ -153,8 +153,8 @@ fn slot_put(slot: usize) -> u32 {
 /// Teardown backstop: pages left in the swap cache by a test that ended
 /// mid-flight (the mm is gone, nothing maps them any more).
 pub fn drop_unused_cache() {
-    for slot in 0..N {
-        let p = SWAP_CACHE[slot].load(Ordering::Acquire);
+    for cached in &SWAP_CACHE {
+        let p = cached.load(Ordering::Acquire);
         if p != 0 {
             remove_if_unused(p, 1);
         }
