@@ -118,7 +118,10 @@ pub mod op {
     /// (both as signed deltas against the start of the iteration),
     /// `args[4]` = iteration time in ns (guest TSC).
     pub const LITMUS_RESULT: u64 = 19;
-    // 20..=22 reserved for the litmus runner; 24..=27 for tracing.
+    // 20..=22 reserved for the litmus runner; 25..=27 for tracing.
+    /// This vCPU's trace ring is full (`crate::trace`): the VMM consumes
+    /// every ring, then returns. `ret[0]` = records consumed.
+    pub const TRACE_DRAIN: u64 = 24;
 }
 
 /// Native-TLB fidelity probes (`vmm probe`).
