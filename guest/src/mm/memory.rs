@@ -20,6 +20,7 @@ use super::pgtable::{self, pte, Mm};
 use super::tlb;
 use crate::iommu;
 use crate::sync::SpinLock;
+use crate::trace::{self, Kind};
 
 // ---- policy ---------------------------------------------------------------
 
@@ -67,17 +68,20 @@ fn ptl_of(table: u64) -> &'static AtomicBool {
     &PTL[((table - layout::PT_BASE) / PAGE_SIZE) as usize % PT_PAGES]
 }
 
-/// `pte_offset_map_lock`: take the PTL of the PTE table `table`.
-fn pte_lock(table: u64) {
+/// `pte_offset_map_lock`: take the PTL of the PTE table `table`, which
+/// maps the 2 MiB region holding `va`.
+fn pte_lock(table: u64, va: u64) {
     let l = ptl_of(table);
     while l.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
         core::hint::spin_loop();
     }
+    trace::emit(Kind::PtlAcquire, va & !((1 << 21) - 1), table, 0);
     hook(Hook::AfterPtlAcquire);
 }
 
-fn pte_unlock(table: u64) {
+fn pte_unlock(table: u64, va: u64) {
     ptl_of(table).store(false, Ordering::Release);
+    trace::emit(Kind::PtlRelease, va & !((1 << 21) - 1), table, 0);
     hook(Hook::AfterPtlRelease);
 }
 
@@ -175,7 +179,9 @@ impl MmStruct {
         let pasid = self.pasid.load(Ordering::Acquire);
         if pasid != 0 {
             hook(Hook::BeforeNotifier);
+            trace::emit(Kind::NotifierBegin, start, end, leaf_only as u64);
             let _ = iommu::invalidate_range(pasid as u32, start, end, leaf_only);
+            trace::emit(Kind::NotifierEnd, start, end, leaf_only as u64);
             hook(Hook::AfterNotifier);
         }
     }
@@ -191,20 +197,22 @@ impl MmStruct {
         let pt = self.pt();
         let ptep = pt.pte_alloc(va & !(PAGE_SIZE - 1));
         let table = ptep & !(PAGE_SIZE - 1);
-        pte_lock(table);
+        pte_lock(table, va);
         let entry = pgtable::read_entry(ptep);
+        let page = va & !(PAGE_SIZE - 1);
         let r = if entry & pte::ADDR_MASK == 0 {
-            do_anonymous_page(ptep, &vma)
+            do_anonymous_page(ptep, &vma, page)
         } else if entry & pte::P == 0 {
             // PROT_NONE entry with an accessible VMA: restore the protection.
             pgtable::set_pte(ptep, prot_entry(entry, vma.flags));
+            trace::emit(Kind::PteChange, page, entry, prot_entry(entry, vma.flags));
             Ok(())
         } else if write && entry & pte::RW == 0 {
-            do_wp_page(ptep, entry)
+            do_wp_page(ptep, entry, page)
         } else {
             Ok(())
         };
-        pte_unlock(table);
+        pte_unlock(table, va);
         hook(Hook::AfterFault);
         r
     }
@@ -243,7 +251,7 @@ impl MmStruct {
             let table_end = (((va >> 21) + 1) << 21).min(end);
             if let Some(ptep0) = pt.pte_lookup(va) {
                 let table = ptep0 & !(PAGE_SIZE - 1);
-                pte_lock(table);
+                pte_lock(table, va);
                 let mut a = va;
                 while a < table_end {
                     let ptep = table + 8 * ((a >> 12) & 511);
@@ -252,6 +260,7 @@ impl MmStruct {
                         let new = prot_entry(old, flags);
                         if new != old {
                             pgtable::set_pte(ptep, new);
+                            trace::emit(Kind::PteChange, a, old, new);
                             hook(Hook::AfterPteSet);
                             demoted |=
                                 (old & pte::RW != 0 && new & pte::RW == 0) || (old & pte::P != 0 && new & pte::P == 0);
@@ -262,7 +271,7 @@ impl MmStruct {
                 if flush_scheme() == FlushScheme::Ptl && demoted {
                     self.flush_range(start, end);
                 }
-                pte_unlock(table);
+                pte_unlock(table, va);
             }
             va = table_end;
         }
@@ -339,6 +348,7 @@ impl MmStruct {
                 let e = pgtable::read_entry(pmd_slot);
                 if e & pte::P != 0 {
                     pgtable::set_pte(pmd_slot, 0);
+                    trace::emit(Kind::PmdClear, va, e & pte::ADDR_MASK, 0);
                     hook(Hook::AfterPmdClear);
                     tlb.freed_tables = true;
                     tlb.adjust_range(va, 1 << 21);
@@ -365,19 +375,21 @@ fn prot_entry(old: u64, flags: u8) -> u64 {
 
 /// `do_wp_page` for an exclusively owned anonymous page: `wp_page_reuse`
 /// makes the PTE writable again (CoW of shared pages comes with refcounts).
-fn do_wp_page(ptep: u64, entry: u64) -> Result<(), Segv> {
+fn do_wp_page(ptep: u64, entry: u64, va: u64) -> Result<(), Segv> {
     pgtable::set_pte(ptep, entry | pte::RW);
+    trace::emit(Kind::PteChange, va, entry, entry | pte::RW);
     hook(Hook::AfterPteSet);
     Ok(())
 }
 
-fn do_anonymous_page(ptep: u64, vma: &Vma) -> Result<(), Segv> {
+fn do_anonymous_page(ptep: u64, vma: &Vma, va: u64) -> Result<(), Segv> {
     let page = page_alloc::alloc_page().ok_or(Segv)?;
     let mut flags = pte::P | pte::US;
     if vma.flags & VM_WRITE != 0 {
         flags |= pte::RW;
     }
     pgtable::set_pte(ptep, page | flags);
+    trace::emit(Kind::PteChange, va, 0, page | flags);
     hook(Hook::AfterPteSet);
     Ok(())
 }
@@ -385,12 +397,13 @@ fn do_anonymous_page(ptep: u64, vma: &Vma) -> Result<(), Segv> {
 /// `zap_pte_range`: clear the PTEs of one table under its PTL, gathering
 /// the pages; the flush happens under the PTL only for `flush=ptl`.
 fn zap_pte_range(mm: &MmStruct, tlb: &mut MmuGather, table: u64, start: u64, end: u64) {
-    pte_lock(table);
+    pte_lock(table, start);
     let mut va = start;
     while va < end {
         let ptep = table + 8 * ((va >> 12) & 511);
         if pgtable::read_entry(ptep) & pte::ADDR_MASK != 0 {
             let old = pgtable::ptep_get_and_clear(ptep);
+            trace::emit(Kind::PteChange, va, old, 0);
             hook(Hook::AfterPteClear);
             tlb.remove_tlb_entry(va);
             if notifier() == NotifierPlacement::Ptl {
@@ -404,7 +417,7 @@ fn zap_pte_range(mm: &MmStruct, tlb: &mut MmuGather, table: u64, start: u64, end
     if flush_scheme() == FlushScheme::Ptl {
         tlb.flush_tlbonly();
     }
-    pte_unlock(table);
+    pte_unlock(table, start);
 }
 
 fn mmu_notifier_invalidate_range_start(_mm: &MmStruct, _start: u64, _end: u64) {
@@ -516,12 +529,14 @@ impl<'a> MmuGather<'a> {
         self.flush_tlbonly();
         for &p in &self.pages[..self.npages] {
             hook(Hook::BeforeFree);
+            trace::emit(Kind::PageFree, 0, p, 0);
             page_alloc::free_page(p);
         }
         self.npages = 0;
         if self.ntables > 0 {
             hook(Hook::BeforeFreeTables);
             for &t in &self.tables[..self.ntables] {
+                trace::emit(Kind::TableFree, 0, t, 0);
                 pgtable::free_table(t);
             }
             self.ntables = 0;
