@@ -14,8 +14,9 @@
 //! * without one, at the primary flush: the initiator's `FlushEnd` covering
 //!   the page and the shadow flush of every vCPU that had the page cached.
 //!
-//! A window that never closes is *open* and lasts until the iteration's
-//! end. It is split at the release of the page-table lock of the table
+//! A window that never closes — or only when the teardown invalidates
+//! everything (munmap, PASID unbind) — is *open* and lasts until the
+//! iteration's end. It is split at the release of the page-table lock of the table
 //! holding the VA, by the vCPU that made the change: the part under the
 //! PTL and the part after the release, in ns and in events (records). A
 //! stale access is a device access the IOMMU flags as done through a stale
@@ -371,6 +372,11 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
         } else {
             ("primary", primary_done)
         };
+        // A body window is closed only by the test's own invalidations: the
+        // teardown's (munmap, PASID unbind) do not count, the window stays
+        // open until the iteration ends.
+        let limit = if phase == "body" { body_end } else { u64::MAX };
+        let close = close.filter(|c| c.seq <= limit);
         let open = close.is_none();
         let end = close.unwrap_or(last);
         let start = At::of(e);
@@ -533,6 +539,7 @@ pub fn render_text(r: &Report, file: &str) -> String {
                 .map(|f| format!("{}:{}", f.vcpu, rel(f.flushed.map(|a| a.ns), base)))
                 .collect();
             let inval = match &w.invalidation {
+                Some(_) if w.open => "teardown".into(),
                 Some(i) => rel(Some(i.ns), base),
                 None => "none".into(),
             };
@@ -571,6 +578,47 @@ pub fn render_text(r: &Report, file: &str) -> String {
         o += &row("under PTL (µs)", &d.under_ptl_ns, &us);
         o += &row("after PTL release (µs)", &d.after_release_ns, &us);
         o += &row("stale accesses after release", &d.stale_accesses_after_release, &|v| v.to_string());
+    }
+    o
+}
+
+/// Every record of a run (optionally one iteration), one line each, in
+/// sequence order: for looking at what happened.
+pub fn render_dump(parsed: &Parsed, run: Option<usize>, iteration: Option<u64>) -> String {
+    let mut o = String::new();
+    for (ri, r) in parsed.trace.runs.iter().enumerate() {
+        if run.is_some_and(|want| want != ri) {
+            continue;
+        }
+        o += &format!("# run {ri}: {} ({} boots)\n", r.meta.label(), r.boots.len());
+        for it in model::iterations(r) {
+            if iteration.is_some_and(|want| want != it.number) {
+                continue;
+            }
+            o += &format!(
+                "# iteration {} (boot {}){}\n",
+                it.number,
+                it.boot,
+                if it.complete { "" } else { " incomplete" }
+            );
+            for e in &it.events {
+                let who = match e.track() {
+                    model::Track::Vcpu(k) => format!("{}{k}", if e.vmm() { "vmm" } else { "cpu" }),
+                    model::Track::Device(d) => format!("dev{d}"),
+                    _ => "iommu".into(),
+                };
+                o += &format!(
+                    "{:>8} {:>12.3} {:<6} {:<16} va={:#x} a={:#x} b={:#x}\n",
+                    e.rec.seq,
+                    e.ns as f64 / 1e3,
+                    who,
+                    e.kind_name(),
+                    e.rec.va,
+                    e.rec.a,
+                    e.rec.b
+                );
+            }
+        }
     }
     o
 }

@@ -73,11 +73,11 @@ fn mem_err(e: vm_memory::GuestMemoryError) -> Flow {
 }
 
 impl Hypercalls {
-    pub fn new(cpu: u64, tlb: TlbModel, seed: u64) -> Self {
+    pub fn new(cpu: u64, tlb: TlbModel, seed: u64, trace: Option<std::sync::Arc<crate::trace::Tracer>>) -> Self {
         Self {
             cpu,
             mailbox: layout::mailbox(cpu),
-            shadow: ShadowMmu::new(cpu, tlb, seed),
+            shadow: ShadowMmu::with_trace(cpu, tlb, seed, trace),
             stray_expected: false,
             last_stray: None,
             last_exception: [0; 4],
@@ -151,6 +151,9 @@ impl Hypercalls {
                     leaked_tables: a[3] as i64,
                     guest_ns: a[4],
                 });
+                if let Some(t) = &shared.trace {
+                    t.iteration_done(a[0]);
+                }
                 self.reply(mem, status::OK, [0; 4], &[])?;
             }
             op::TEST_BEGIN => {
@@ -293,6 +296,17 @@ impl Hypercalls {
                 let r = [io.iotlb_len() as u64, io.pwc_len() as u64, st.stale_hits, st.stale_walks];
                 drop(io);
                 self.reply(mem, status::OK, r, &[])?;
+            }
+            op::TRACE_DRAIN => {
+                let n = match &shared.trace {
+                    Some(t) => {
+                        let n = t.drain();
+                        t.emit(abi::trace::source::VMM, self.cpu as u8, abi::trace::Kind::TraceDrain, 0, n, 0);
+                        n
+                    }
+                    None => 0,
+                };
+                self.reply(mem, status::OK, [n, 0, 0, 0], &[])?;
             }
             op::BENCH_RESULT => {
                 shared.bench.lock().unwrap().push(BenchFigure { metric: a[0], median_ps: a[1], samples: a[2] });

@@ -26,7 +26,9 @@ use vm_memory::GuestMemoryMmap;
 use crate::error::{Error, Result};
 use crate::shadow::TlbModel;
 use crate::status;
+use crate::trace::{SharedOut, TraceConfig, TraceOut};
 use crate::vstate::vm::{self, EndReason, VmConfig};
+use tools::format::{RunEnd, RunMeta, ThreadMeta};
 
 /// What one iteration reported (`LITMUS_RESULT`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,6 +152,10 @@ pub struct LitmusArgs {
     /// `--vcpus`; None = as many as the test has vCPU threads.
     pub vcpus: Option<u64>,
     pub iteration_timeout: Duration,
+    /// `--trace FILE`: write the trace of every (test, policy) run.
+    pub trace: Option<PathBuf>,
+    /// `--trace-runs K`: trace only the first K iterations of each run.
+    pub trace_runs: Option<u64>,
 }
 
 fn collect_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -197,10 +203,10 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Test>> {
 }
 
 /// What happened to one (test, policy).
-struct PolicyRun {
-    result: RunResult,
-    leaks: u64,
-    guest_error: Option<String>,
+pub struct PolicyRun {
+    pub result: RunResult,
+    pub leaks: u64,
+    pub guest_error: Option<String>,
 }
 
 /// Runs every (test, policy) and prints the results; returns the exit status.
@@ -224,13 +230,17 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         cli_policies.push(Policy::parse(p).map_err(|e| Error::Litmus(format!("--policy {p}: {e}")))?);
     }
 
+    let trace = match &args.trace {
+        Some(p) => Some(std::sync::Arc::new(Mutex::new(TraceOut::create(p)?))),
+        None => None,
+    };
     let mut runs: Vec<(usize, PolicyRun)> = Vec::new();
     let mut worst = status::OK;
     for (ti, test) in tests.iter().enumerate() {
         let matrix = policy_matrix(&cli_policies, &test.expect_policies(), &overrides);
         let mut file_runs = Vec::new();
         for policy in matrix {
-            let pr = run_one(base, args, test, policy, seed)?;
+            let pr = run_one(base, args, test, policy, seed, trace.as_ref())?;
             print!("{}", herd_block(test, &pr.result));
             if pr.leaks > 0 {
                 println!("Leak {} {} iterations did not return every page", test.name, pr.leaks);
@@ -253,6 +263,16 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         let text = serde_json::to_string_pretty(&to_json(&pairs)).map_err(|e| Error::Other(e.to_string()))?;
         std::fs::write(path, text + "\n").map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
     }
+    if let (Some(t), Some(p)) = (&trace, &args.trace) {
+        let t = t.lock().unwrap_or_else(|e| e.into_inner());
+        match t.error() {
+            Some(e) => {
+                eprintln!("vmm: error: {e}");
+                worst = worst.max(status::SETUP_ERROR);
+            }
+            None => println!("Trace written to {} (vmm trace report {})", p.display(), p.display()),
+        }
+    }
     let leaks = runs.iter().any(|(_, r)| r.leaks > 0);
     if args.check && (any_mismatch(&pairs) || leaks) {
         worst = worst.max(status::TESTS_FAILED);
@@ -264,7 +284,16 @@ fn tlb_of(policy: &Policy) -> Result<TlbModel> {
     TlbModel::parse(&policy.get(Key::Tlb)).map_err(|e| Error::Litmus(format!("tlb={}: {e}", policy.get(Key::Tlb))))
 }
 
-fn run_one(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Policy, seed: u64) -> Result<PolicyRun> {
+/// Runs one (test, policy): as many boots as it takes to get through every
+/// iteration (a stalled iteration ends its boot). `trace`: the trace file.
+pub fn run_one(
+    base: &VmConfig,
+    args: &LitmusArgs,
+    test: &Test,
+    policy: Policy,
+    seed: u64,
+    trace: Option<&SharedOut>,
+) -> Result<PolicyRun> {
     let started = Instant::now();
     let runs = args.runs.clamp(1, u32::MAX as u64);
     let opts = CompileOptions {
@@ -291,10 +320,40 @@ fn run_one(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Policy, seed
     let session = std::sync::Arc::new(LitmusSession::new(compiled.blob.clone(), nv, nd, args.iteration_timeout));
     let mut result = RunResult::new(test, policy, seed);
     result.fidelity = Some(fidelity(&policy));
+    let trace_limit = args.trace_runs.unwrap_or(u64::MAX).min(runs);
+    if let Some(t) = trace {
+        let meta = RunMeta {
+            test: test.name.clone(),
+            hash: test.hash.clone(),
+            policy: policy.canonical_mm(),
+            tlb: policy.get(Key::Tlb),
+            iotlb: policy.get(Key::Iotlb),
+            seed,
+            file: Some(test.file.clone()),
+            iterations: runs,
+            traced_iterations: trace_limit,
+            vcpus,
+            threads: thread_names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| ThreadMeta { name: n.clone(), kind: if i < nv { "vcpu" } else { "device" }.into() })
+                .collect(),
+            record_version: abi::trace::VERSION,
+        };
+        t.lock().unwrap_or_else(|e| e.into_inner()).run(&meta);
+    }
     let mut leaks = 0;
     let mut guest_error = None;
     let mut first = 0u64;
+    let mut boot = 0u64;
     while first < runs {
+        let traced = trace.filter(|_| first < trace_limit).map(|out| TraceConfig {
+            out: out.clone(),
+            first_iteration: first,
+            limit: trace_limit,
+            boot,
+        });
+        boot += 1;
         let cfg = VmConfig {
             vcpus,
             cmdline: format!("mode=litmus litmus.first={first}"),
@@ -303,6 +362,7 @@ fn run_one(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Policy, seed
             seed: seed ^ first,
             iommu,
             litmus: Some(session.clone()),
+            trace: traced,
             ..base.clone()
         };
         session.reset_clock();
@@ -357,6 +417,10 @@ fn run_one(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Policy, seed
         }
     }
     result.time_secs = started.elapsed().as_secs_f64();
+    if let Some(t) = trace {
+        let timeouts = result.n_timeouts;
+        t.lock().unwrap_or_else(|e| e.into_inner()).run_end(&RunEnd { iterations: result.total(), timeouts });
+    }
     Ok(PolicyRun { result, leaks, guest_error })
 }
 

@@ -1,0 +1,171 @@
+//! `vmm trace report|export|bench`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use litmus::{policy_matrix, Policy};
+use tools::analysis::{self, Options};
+use tools::format::{self, Parsed};
+use tools::{perfetto, svg};
+
+use crate::error::{Error, Result};
+use crate::litmus_run::{self, LitmusArgs};
+use crate::status;
+use crate::trace::TraceOut;
+use crate::vstate::vm::VmConfig;
+
+/// Reads a trace; `None` (after one line on stderr) if the file cannot be read at all.
+fn load(file: &Path) -> Option<Parsed> {
+    match format::read_file(file) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("vmm: error: trace {}: {e}", file.display());
+            None
+        }
+    }
+}
+
+/// One line on stderr for a damaged file; the caller still reports what was readable.
+fn damaged(file: &Path, p: &Parsed) -> bool {
+    match &p.error {
+        Some(e) => {
+            eprintln!(
+                "vmm: error: trace {}: {e}; what follows covers the {} record(s) of {} run(s) before it",
+                file.display(),
+                p.trace.record_count(),
+                p.trace.runs.len()
+            );
+            true
+        }
+        None => false,
+    }
+}
+
+/// `vmm trace report FILE [--json]`: exit 0, or 2 if the file is damaged
+/// (the report of what was readable is printed all the same).
+pub fn report(file: &Path, json: bool, all_phases: bool) -> i32 {
+    let Some(p) = load(file) else { return status::SETUP_ERROR };
+    let bad = damaged(file, &p);
+    let r = analysis::analyse(&p, Options { all_phases });
+    if json {
+        match serde_json::to_string_pretty(&r) {
+            Ok(t) => println!("{t}"),
+            Err(e) => {
+                eprintln!("vmm: error: {e}");
+                return status::SETUP_ERROR;
+            }
+        }
+    } else {
+        print!("{}", analysis::render_text(&r, &file.display().to_string()));
+    }
+    if bad {
+        status::SETUP_ERROR
+    } else {
+        status::OK
+    }
+}
+
+/// `vmm trace dump FILE [--run R] [--iteration N]`.
+pub fn dump(file: &Path, run: Option<usize>, it: Option<u64>) -> i32 {
+    let Some(p) = load(file) else { return status::SETUP_ERROR };
+    let bad = damaged(file, &p);
+    print!("{}", analysis::render_dump(&p, run, it));
+    if bad {
+        status::SETUP_ERROR
+    } else {
+        status::OK
+    }
+}
+
+/// `vmm trace export FILE --perfetto OUT.json | --svg OUT.svg [--iteration N] [--run R]`.
+pub fn export(file: &Path, perfetto_out: Option<&Path>, svg_out: Option<&Path>, run: usize, it: Option<u64>) -> i32 {
+    if perfetto_out.is_none() && svg_out.is_none() {
+        eprintln!("vmm: error: trace export: give --perfetto OUT.json and/or --svg OUT.svg");
+        return status::SETUP_ERROR;
+    }
+    let Some(p) = load(file) else { return status::SETUP_ERROR };
+    let bad = damaged(file, &p);
+    let write = |path: &Path, text: &str| match std::fs::write(path, text) {
+        Ok(()) => {
+            println!("wrote {}", path.display());
+            true
+        }
+        Err(e) => {
+            eprintln!("vmm: error: {}: {e}", path.display());
+            false
+        }
+    };
+    let mut ok = true;
+    if let Some(out) = perfetto_out {
+        let v = perfetto::export(&p);
+        ok &= match serde_json::to_string(&v) {
+            Ok(t) => write(out, &t),
+            Err(e) => {
+                eprintln!("vmm: error: {e}");
+                false
+            }
+        };
+    }
+    if let Some(out) = svg_out {
+        ok &= match svg::render(&p, svg::SvgOptions { run, iteration: it }) {
+            Ok(t) => write(out, &t),
+            Err(e) => {
+                eprintln!("vmm: error: trace {}: {e}", file.display());
+                false
+            }
+        };
+    }
+    if bad || !ok {
+        status::SETUP_ERROR
+    } else {
+        status::OK
+    }
+}
+
+/// `vmm trace bench`: runs/s of S1, S1-device and S5 under their
+/// `[expect]` policies with tracing off and on.
+pub fn bench(base: &VmConfig, runs: u64) -> Result<()> {
+    let (tests, _) =
+        litmus::check_all(&litmus::catalogue_sources()).map_err(|d| Error::Litmus(litmus::render_all(&d)))?;
+    let dir = std::env::temp_dir().join(format!("shootdown-trace-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
+    println!("shootdown trace bench: {runs} iterations per (test, policy), tracing off vs on (all iterations traced)");
+    println!(
+        "{:<28} {:<34} {:>10} {:>10} {:>8} {:>10} {:>9}",
+        "test", "policy", "off run/s", "on run/s", "on/off", "records", "timeouts"
+    );
+    let seed = base.seed;
+    for name in ["s1-concurrent-zap", "s1-device-concurrent-zap", "s5-cow-two-pages-device"] {
+        let Some(test) = tests.iter().find(|t| t.name == name) else { continue };
+        for policy in policy_matrix(&[], &test.expect_policies(), &Policy::default()) {
+            let args = LitmusArgs { runs, iteration_timeout: Duration::from_millis(500), ..Default::default() };
+            let t0 = Instant::now();
+            let off = litmus_run::run_one(base, &args, test, policy, seed, None)?;
+            let off_s = t0.elapsed().as_secs_f64();
+            let path = dir.join(format!("{name}.trace"));
+            let out = Arc::new(Mutex::new(TraceOut::create(&path)?));
+            let t1 = Instant::now();
+            let on = litmus_run::run_one(base, &args, test, policy, seed, Some(&out))?;
+            let on_s = t1.elapsed().as_secs_f64();
+            drop(out);
+            let recs = format::read_file(&path).map(|p| p.trace.record_count()).unwrap_or(0);
+            let _ = std::fs::remove_file(&path);
+            let rate = |r: &litmus_run::PolicyRun, s: f64| r.result.total() as f64 / s.max(1e-9);
+            let (a, b) = (rate(&off, off_s), rate(&on, on_s));
+            println!(
+                "{:<28} {:<34} {:>10.1} {:>10.1} {:>8.3} {:>10} {:>9}",
+                name,
+                policy.canonical_mm(),
+                a,
+                b,
+                b / a.max(1e-9),
+                recs,
+                format!("{}/{}", off.result.n_timeouts, on.result.n_timeouts)
+            );
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
+    println!("(timeouts off/on: iterations that stalled and were ended by a reboot; they cost 0.5 s each)");
+    Ok(())
+}
