@@ -22,7 +22,7 @@
 //! stale access is a device access the IOMMU flags as done through a stale
 //! cached translation of the page, or a vCPU access (not faulted) to the
 //! page from a vCPU whose shadow TLB entry was filled before the change and
-//! not flushed since.
+//! not flushed since (a switch of address space counts as a flush).
 //!
 //! Only the test's body counts by default: from the first switch of a vCPU
 //! to the test mm to the last switch back (and the last device-thread
@@ -341,10 +341,13 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
         // Primary: each vCPU's shadow state for the page.
         let mut primary = Vec::new();
         for k in 0..vcpus {
-            let mine = |x: &&Event| x.vmm() && x.rec.unit as u64 == k;
+            let mine = |x: &&Event| x.vcpu() == Some(k);
+            // A switch of address space (CR3 write, no PCID) ends the use of
+            // every user translation, like a full flush.
             let touches = |x: &Event| match x.kind {
-                Some(Kind::ShadowFill) | Some(Kind::ShadowEvict) => page(x.rec.va) == pg,
-                Some(Kind::ShadowFlush) => covers(x.rec.va, x.rec.a, pg),
+                Some(Kind::ShadowFill) | Some(Kind::ShadowEvict) => x.vmm() && page(x.rec.va) == pg,
+                Some(Kind::ShadowFlush) => x.vmm() && covers(x.rec.va, x.rec.a, pg),
+                Some(Kind::MmSwitch) => x.guest(),
                 _ => false,
             };
             let cached = ev[..i].iter().rev().filter(mine).find(|x| touches(x)).is_some_and(|x| x.is(Kind::ShadowFill));
