@@ -7,13 +7,15 @@
 //! `seq u64 | tsc u64 | kind u16 | source u8 | unit u8 | iteration u32 | va u64 | a u64 | b u64`.
 //! The meaning of `va`, `a` and `b` depends on [`Kind`] (documented per kind).
 //! `tsc` is the guest's TSC (host-side records are converted to it);
-//! `iteration` is the litmus iteration the record belongs to.
+//! `iteration` is the litmus iteration the record belongs to (the guest
+//! writes 0; the VMM stamps the iteration in progress — the litmus state
+//! page's `ITERATION` word — when it drains the record or makes its own).
 //!
 //! # The trace area ([`crate::layout::TRACE_BASE`], [`crate::layout::TRACE_SIZE`])
 //!
 //! ```text
 //! +0x0000  control page: magic, enabled flag, ring geometry (VMM-written),
-//!          current iteration (guest-written), global sequence counter
+//!          global sequence counter
 //! +0x1000  ring headers, RING_HDR_LEN bytes per vCPU: head (producer),
 //!          tail (consumer), dropped, blocked
 //! +0x4000  ring data: vCPU k's ring at DATA_OFF + k * capacity * RECORD_LEN
@@ -41,8 +43,6 @@ pub mod area {
     pub const NRINGS: u64 = 16;
     /// Records per ring, a power of two.
     pub const CAPACITY: u64 = 24;
-    /// The litmus iteration the guest is in (set when it emits `IterBegin`).
-    pub const ITERATION: u64 = 64;
     /// The global sequence counter (its own cache line). Starts at 1.
     pub const SEQ: u64 = 128;
     /// Ring headers.

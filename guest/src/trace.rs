@@ -47,15 +47,15 @@ fn irq_save() -> u64 {
     flags
 }
 
+/// The VMM sets `enabled` only after it laid out one ring per vCPU, so the
+/// geometry needs no checks here; it also stamps the iteration when it
+/// drains (everything it drains belongs to the iteration in progress).
 #[inline(never)]
 #[cold]
 fn record(kind: Kind, va: u64, a: u64, b: u64) {
     let flags = irq_save();
-    let cpu = percpu::cpu();
     let cap = word(area::word(area::CAPACITY)).load(Ordering::Relaxed);
-    if cap != 0 && cpu < word(area::word(area::NRINGS)).load(Ordering::Relaxed) {
-        store(cpu, cap, kind, va, a, b);
-    }
+    store(percpu::cpu(), cap, kind, va, a, b);
     if flags & IF != 0 {
         arch::interrupts_enable();
     }
@@ -76,14 +76,9 @@ fn store(cpu: u64, cap: u64, kind: Kind, va: u64, a: u64, b: u64) {
             return;
         }
     }
-    let iteration = word(area::word(area::ITERATION));
-    if kind == Kind::IterBegin {
-        iteration.store(b, Ordering::Relaxed);
-    }
-    let it = iteration.load(Ordering::Relaxed);
     let seq = word(area::word(area::SEQ)).fetch_add(1, Ordering::SeqCst);
     let tsc = arch::rdtsc();
-    let w2 = kind as u64 | (source::GUEST as u64) << 16 | (cpu & 0xff) << 24 | (it & 0xffff_ffff) << 32;
+    let w2 = kind as u64 | (source::GUEST as u64) << 16 | (cpu & 0xff) << 24;
     let p = (area::ring_data(cpu, cap) + (h & (cap - 1)) * RECORD_LEN as u64) as *mut u64;
     // SAFETY: slot `h` of this CPU's ring lies inside the trace area (the
     // VMM sized the rings to fit) and is free: the consumer is past it.

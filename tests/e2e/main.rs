@@ -347,6 +347,7 @@ fn main() {
     trials.push(kvm_trial("trace::s1_device_windows", trace::s1_device_windows));
     trials.push(kvm_trial("trace::s1_primary_windows", trace::s1_primary_windows));
     trials.push(kvm_trial("trace::trace_runs_limits", trace::trace_runs_limits));
+    trials.push(kvm_trial("trace::full_ring_blocks_no_loss", trace::full_ring_blocks_no_loss));
     trials.push(kvm_trial("trace::perfetto_parses_back", trace::perfetto_parses_back));
     trials.push(kvm_trial("trace::svg_well_formed", trace::svg_well_formed));
     trials.push(kvm_trial("trace::damaged_files", trace::damaged_files));

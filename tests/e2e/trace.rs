@@ -198,6 +198,28 @@ pub fn trace_runs_limits() -> Result<(), Failed> {
     ensure(u(run, "iterations") == 1 && r["windows"].as_array().map_or(0, |w| w.len()) == 1, || format!("{r:#}"))
 }
 
+/// A full ring blocks its vCPU until the VMM drained it: with 16-record
+/// rings the vCPUs wait many times, nothing is dropped, and the guest's
+/// records are the same as with the default rings.
+pub fn full_ring_blocks_no_loss() -> Result<(), Failed> {
+    let dir = scratch_dir();
+    let guest_records = |p: &Path| -> Result<usize, Failed> {
+        let o = vmm(&["trace", "dump", p.to_str().unwrap()]);
+        let out = text(&o).0;
+        ensure(o.status.code() == Some(0), || out.clone())?;
+        Ok(out.lines().filter(|l| l.split_whitespace().nth(2).is_some_and(|w| w.starts_with("cpu"))).count())
+    };
+    let (small, big) = (dir.join("ring16.trace"), dir.join("ring-default.trace"));
+    record("s1-device-concurrent-zap.toml", &["notifier=none"], 3, &small, &["--trace-ring", "16"])?;
+    record("s1-device-concurrent-zap.toml", &["notifier=none"], 3, &big, &[])?;
+    let r = report_json(&small)?;
+    let run = &r["runs"][0];
+    ensure(u(run, "ring_full_waits") > 0 && u(run, "dropped_records") == 0, || format!("{run:#}"))?;
+    ensure(u(run, "complete_iterations") == 3, || format!("{run:#}"))?;
+    let (a, b) = (guest_records(&small)?, guest_records(&big)?);
+    ensure(a == b && a > 0, || format!("guest records: {a} with 16-record rings, {b} with the default"))
+}
+
 /// The Perfetto export is trace-event JSON: a `traceEvents` array whose
 /// events all have ph/ts/pid/tid, one named track per vCPU and per device
 /// in every run, slices for PTL holds, flushes and invalidations, instant

@@ -183,6 +183,9 @@ pub struct RunReport {
     pub records: u64,
     pub dropped_records: u64,
     pub ring_full_waits: u64,
+    /// How each boot ended (`exit 0`, `iteration-timeout`, …; `?` if the
+    /// file stops before the boot's footer).
+    pub boot_ends: Vec<String>,
     pub distribution: Distribution,
 }
 
@@ -279,6 +282,11 @@ pub fn analyse_run(ri: usize, run: &Run, opts: Options) -> (RunReport, Vec<Windo
         records: run.boots.iter().map(|b| b.records.len() as u64).sum(),
         dropped_records: ends.clone().flat_map(|e| &e.dropped).sum(),
         ring_full_waits: ends.flat_map(|e| &e.blocked).sum(),
+        boot_ends: run
+            .boots
+            .iter()
+            .map(|b| b.end.as_ref().map_or_else(|| "?".to_string(), |e| e.end.clone()))
+            .collect(),
         distribution: dist,
     };
     (rr, windows)
@@ -501,12 +509,13 @@ pub fn render_text(r: &Report, file: &str) -> String {
             run.run, run.test, run.policy, run.tlb, run.iotlb, run.seed, run.hash
         );
         o += &format!(
-            "  {} vCPUs, devices [{}]; {} iterations ({} complete) in {} boot(s); {} records, {} dropped, {} ring-full waits\n",
+            "  {} vCPUs, devices [{}]; {} iterations ({} complete) in {} boot(s) [{}]; {} records, {} dropped, {} ring-full waits\n",
             run.vcpus,
             run.devices.join(", "),
             run.iterations,
             run.complete_iterations,
             run.boots,
+            run.boot_ends.join(", "),
             run.records,
             run.dropped_records,
             run.ring_full_waits

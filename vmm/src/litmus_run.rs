@@ -156,6 +156,8 @@ pub struct LitmusArgs {
     pub trace: Option<PathBuf>,
     /// `--trace-runs K`: trace only the first K iterations of each run.
     pub trace_runs: Option<u64>,
+    /// `--trace-ring N`: records per vCPU ring.
+    pub trace_ring: Option<u64>,
 }
 
 fn collect_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -352,6 +354,7 @@ pub fn run_one(
             first_iteration: first,
             limit: trace_limit,
             boot,
+            ring: args.trace_ring,
         });
         boot += 1;
         let cfg = VmConfig {

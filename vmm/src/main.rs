@@ -96,6 +96,11 @@ enum Command {
         /// Trace only the first K iterations of each run (default: all).
         #[arg(long, value_name = "K", requires = "trace")]
         trace_runs: Option<u64>,
+        /// Records per vCPU trace ring (a power of two, at least 16; default:
+        /// as many as fit). A full ring makes its vCPU wait for the VMM to
+        /// drain it; small rings show that nothing is lost.
+        #[arg(long, value_name = "N", requires = "trace")]
+        trace_ring: Option<u64>,
     },
     /// Staleness-window report, Perfetto and SVG export of a trace
     /// written by `vmm litmus --trace`.
@@ -230,6 +235,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         list_policies: false,
         trace: None,
         trace_runs: None,
+        trace_ring: None,
     });
     match &command {
         Command::Litmus { list_hooks: true, .. } => {
@@ -281,6 +287,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         iteration_timeout,
         trace,
         trace_runs,
+        trace_ring,
         ..
     } = command
     {
@@ -298,6 +305,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             iteration_timeout: Duration::from_millis(iteration_timeout.max(1)),
             trace,
             trace_runs,
+            trace_ring,
         };
         return vmm::litmus_run::run(&cfg, &args);
     }

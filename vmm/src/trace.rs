@@ -75,6 +75,9 @@ pub struct TraceConfig {
     pub limit: u64,
     /// Boot number within the run.
     pub boot: u64,
+    /// Records per vCPU ring (rounded down to a power of two, at least 16);
+    /// `None` = as many as fit in the trace area.
+    pub ring: Option<u64>,
 }
 
 impl std::fmt::Debug for TraceConfig {
@@ -129,12 +132,15 @@ fn ctrl(off: u64) -> u64 {
 impl Tracer {
     /// Lays out the trace area for `vcpus` rings; recording starts with [`Tracer::begin`].
     pub fn new(cfg: &TraceConfig, mem: &GuestMemoryMmap, vcpus: u64) -> Result<Arc<Tracer>> {
-        let cap = area::capacity(vcpus);
+        let fit = area::capacity(vcpus);
+        let cap = match cfg.ring {
+            Some(n) => (1u64 << (63 - n.max(16).leading_zeros())).min(fit),
+            None => fit,
+        };
         let me = |e: gmem::MemError| Error::Memory(format!("trace area: {e}"));
         gmem::store_u64(mem, ctrl(area::ENABLED), 0).map_err(me)?;
         gmem::store_u64(mem, ctrl(area::NRINGS), vcpus).map_err(me)?;
         gmem::store_u64(mem, ctrl(area::CAPACITY), cap).map_err(me)?;
-        gmem::store_u64(mem, ctrl(area::ITERATION), cfg.first_iteration).map_err(me)?;
         gmem::store_u64(mem, ctrl(area::SEQ), 1).map_err(me)?;
         for k in 0..vcpus {
             for off in [area::HEAD, area::TAIL, area::DROPPED, area::BLOCKED] {
@@ -176,6 +182,13 @@ impl Tracer {
         }
     }
 
+    /// The litmus iteration in progress (the interpreter sets it before it
+    /// starts one; a boot starts at `first_iteration`).
+    fn iteration(&self) -> u32 {
+        let w = gmem::load_u64(&self.mem, abi::layout::LITMUS_STATE + abi::litmus::state::ITERATION).unwrap_or(0);
+        w.max(self.cfg.first_iteration) as u32
+    }
+
     pub fn enabled(&self) -> bool {
         gmem::load_u64(&self.mem, ctrl(area::ENABLED)).is_ok_and(|v| v != 0)
     }
@@ -187,7 +200,7 @@ impl Tracer {
         }
         let Ok(seq) = gmem::fetch_add_u64(&self.mem, ctrl(area::SEQ), 1) else { return };
         let tsc = (host_tsc() as i64).wrapping_sub(self.tsc_offset.load(Ordering::Relaxed)) as u64;
-        let iteration = gmem::load_u64(&self.mem, ctrl(area::ITERATION)).unwrap_or(0) as u32;
+        let iteration = self.iteration();
         let r = Record { seq, tsc, kind: kind as u16, source: src, unit, iteration, va, a, b };
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.push(r);
@@ -212,6 +225,7 @@ impl Tracer {
     pub fn drain(&self) -> u64 {
         let _g = self.drain_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut recs = Vec::new();
+        let iteration = self.iteration();
         for k in 0..self.nrings {
             let hdr = area::ring_header(k);
             let (Ok(head), Ok(tail)) =
@@ -231,7 +245,7 @@ impl Tracer {
                 }
                 let mut a = [0u8; RECORD_LEN];
                 a.copy_from_slice(&buf);
-                recs.push(Record::from_bytes(&a));
+                recs.push(Record { iteration, ..Record::from_bytes(&a) });
             }
             let _ = gmem::store_u64(&self.mem, hdr + area::TAIL, head);
         }
