@@ -301,8 +301,8 @@ fn draw(run: &Run, it: &Iteration, windows: &[&Window]) -> String {
         }
         let _ = writeln!(
             s,
-            r##"<text x="{:.1}" y="{:.1}" fill="#333" font-size="10">{}</text>"##,
-            (x(t1) + 4.0).min(W - 150.0),
+            r##"<text x="{:.1}" y="{:.1}" fill="#222" font-size="10" paint-order="stroke" stroke="white" stroke-width="3">{}</text>"##,
+            (x(t1) + 4.0).min(W - RIGHT - 110.0),
             y + 14.0,
             esc(&format!("{}{}", us(w.window_ns), if w.open { " open" } else { "" }))
         );
