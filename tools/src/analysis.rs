@@ -359,12 +359,8 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
                 _ => false,
             };
             let cached = ev[..i].iter().rev().filter(mine).find(|x| touches(x)).is_some_and(|x| x.is(Kind::ShadowFill));
-            let flushed = later
-                .iter()
-                .filter(mine)
-                .find(|x| touches(x) && !x.is(Kind::ShadowFill))
-                .filter(|_| cached)
-                .map(At::of);
+            // Flushed, evicted, or replaced by a fill from the new PTE.
+            let flushed = later.iter().filter(mine).find(|x| touches(x)).filter(|_| cached).map(At::of);
             primary.push(CpuFlush { vcpu: k, cached, flushed });
         }
         let flush_end =

@@ -214,6 +214,10 @@ pub struct PolicyRun {
 /// Runs every (test, policy) and prints the results; returns the exit status.
 pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     let tests = load(&args.paths)?;
+    let trace = match &args.trace {
+        Some(p) => Some(std::sync::Arc::new(Mutex::new(TraceOut::create(p)?))),
+        None => None,
+    };
     let seed = args.seed.unwrap_or_else(|| {
         let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
         let s = s % 1_000_000_000;
@@ -232,10 +236,6 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         cli_policies.push(Policy::parse(p).map_err(|e| Error::Litmus(format!("--policy {p}: {e}")))?);
     }
 
-    let trace = match &args.trace {
-        Some(p) => Some(std::sync::Arc::new(Mutex::new(TraceOut::create(p)?))),
-        None => None,
-    };
     let mut runs: Vec<(usize, PolicyRun)> = Vec::new();
     let mut worst = status::OK;
     for (ti, test) in tests.iter().enumerate() {
