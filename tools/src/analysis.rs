@@ -572,11 +572,11 @@ pub fn render_text(r: &Report, file: &str) -> String {
         }
         let d = &run.distribution;
         o += &format!(
-            "  Distribution over {} window(s) in {} iteration(s), {} open; closed by {} invalidation\n",
+            "  Distribution over {} window(s) in {} iteration(s), {} open (window = PTE change → {} invalidation)\n",
             d.windows,
             d.iterations_with_windows,
             d.open_windows,
-            if run.devices.is_empty() { "the primary (TLB flush)" } else { "the secondary (IOMMU)" }
+            if run.devices.is_empty() { "primary (TLB flush)" } else { "secondary (IOMMU)" }
         );
         o += &format!("  {:<30} {:>10} {:>10} {:>10} {:>10}\n", "", "min", "median", "p99", "max");
         let row = |name: &str, s: &Stats, f: &dyn Fn(u64) -> String| {
