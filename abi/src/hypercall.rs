@@ -118,7 +118,10 @@ pub mod op {
     /// (both as signed deltas against the start of the iteration),
     /// `args[4]` = iteration time in ns (guest TSC).
     pub const LITMUS_RESULT: u64 = 19;
-    // 20..=22 reserved for the litmus runner; 24..=27 for tracing.
+    // 20..=22 reserved for the litmus runner; 25..=27 for tracing.
+    /// This vCPU's trace ring is full (`crate::trace`): the VMM consumes
+    /// every ring, then returns. `ret[0]` = records consumed.
+    pub const TRACE_DRAIN: u64 = 24;
     /// A page operation done by the VMM on host memory (Xen PV's
     /// `MMUEXT_CLEAR_PAGE` / `MMUEXT_COPY_PAGE`): `args[0]` = `pageop::*`,
     /// `args[1]` = destination (or first) page, `args[2]` = source (or

@@ -11,7 +11,8 @@
 //! 0x0020_0000  per-vCPU hypercall mailboxes, one 4 KiB page each
 //! 0x0040_0000  kernel image (ELF linked here), up to KERNEL_MAX bytes
 //! 0x0100_0000  per-vCPU stacks, STACK_SIZE each
-//! 0x0200_0000  shared area (trace ring, kernel words) -- later issues
+//! 0x0200_0000  shared area: litmus blob, state page, kernel words, and at
+//!              +0x40_0000 the trace area (`abi::trace::area`)
 //! 0x0300_0000  page-table region: every page table of a test mm lives here;
 //!              a read-only memslot under the lazy/evict TLB models, so the
 //!              guest changes PTEs only through page-table-op hypercalls

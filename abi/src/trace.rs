@@ -6,6 +6,120 @@
 //! Record (48 bytes, little-endian):
 //! `seq u64 | tsc u64 | kind u16 | source u8 | unit u8 | iteration u32 | va u64 | a u64 | b u64`.
 //! The meaning of `va`, `a` and `b` depends on [`Kind`] (documented per kind).
+//! `tsc` is the guest's TSC (host-side records are converted to it);
+//! `iteration` is the litmus iteration the record belongs to (the guest
+//! writes 0; the VMM stamps the iteration in progress — the litmus state
+//! page's `ITERATION` word — when it drains the record or makes its own).
+//!
+//! # The trace area ([`crate::layout::TRACE_BASE`], [`crate::layout::TRACE_SIZE`])
+//!
+//! ```text
+//! +0x0000  control page: magic, enabled flag, ring geometry (VMM-written),
+//!          global sequence counter
+//! +0x1000  ring headers, RING_HDR_LEN bytes per vCPU: head (producer),
+//!          tail (consumer), dropped, blocked
+//! +0x4000  ring data: vCPU k's ring at DATA_OFF + k * capacity * RECORD_LEN
+//! ```
+//!
+//! Each vCPU appends to its own ring without exiting (interrupts off while
+//! it writes a record, so an IPI handler's records cannot interleave). When
+//! its ring is full it makes the `TRACE_DRAIN` hypercall, and the VMM
+//! consumes every ring before it returns: nothing is lost. A record that
+//! still could not be stored is counted in `dropped`, which the trace file
+//! reports. The VMM and the device take their sequence numbers from the
+//! same counter with host atomics.
+
+/// Version of the record format and the trace area layout.
+pub const VERSION: u32 = 1;
+
+/// Offsets in the trace area.
+pub mod area {
+    /// Control page: `MAGIC_VALUE` while the VMM traces this boot.
+    pub const MAGIC: u64 = 0;
+    pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"SHTRACE1");
+    /// Non-zero: record. Guest trace points test only this word.
+    pub const ENABLED: u64 = 8;
+    /// Number of rings (= vCPUs).
+    pub const NRINGS: u64 = 16;
+    /// Records per ring, a power of two.
+    pub const CAPACITY: u64 = 24;
+    /// The global sequence counter (its own cache line). Starts at 1.
+    pub const SEQ: u64 = 128;
+    /// Ring headers.
+    pub const RINGS: u64 = 0x1000;
+    pub const RING_HDR_LEN: u64 = 32;
+    /// Ring header fields.
+    pub const HEAD: u64 = 0;
+    pub const TAIL: u64 = 8;
+    /// Records that could not be stored (ring full and the drain failed).
+    pub const DROPPED: u64 = 16;
+    /// Times the ring was full and the vCPU waited for the VMM to drain it.
+    pub const BLOCKED: u64 = 24;
+    /// First byte of ring data.
+    pub const DATA_OFF: u64 = 0x4000;
+    const _: () = assert!(RINGS + RING_HDR_LEN * crate::layout::MAX_VCPUS <= DATA_OFF);
+
+    /// Records per ring for `nrings` rings: the largest power of two that fits.
+    pub const fn capacity(nrings: u64) -> u64 {
+        let n = if nrings == 0 { 1 } else { nrings };
+        let per = (crate::layout::TRACE_SIZE - DATA_OFF) / n / super::RECORD_LEN as u64;
+        if per == 0 {
+            return 0;
+        }
+        1u64 << (63 - per.leading_zeros())
+    }
+    const _: () = assert!(capacity(crate::layout::MAX_VCPUS) >= 512);
+
+    /// GPA of ring `k`'s header.
+    pub const fn ring_header(k: u64) -> u64 {
+        crate::layout::TRACE_BASE + RINGS + k * RING_HDR_LEN
+    }
+
+    /// GPA of ring `k`'s data for rings of `capacity` records.
+    pub const fn ring_data(k: u64, capacity: u64) -> u64 {
+        crate::layout::TRACE_BASE + DATA_OFF + k * capacity * super::RECORD_LEN as u64
+    }
+
+    /// GPA of a control-page word.
+    pub const fn word(off: u64) -> u64 {
+        crate::layout::TRACE_BASE + off
+    }
+}
+
+/// `unit` of device records produced by the IOMMU itself (invalidation
+/// queue), not by one device thread.
+pub const UNIT_IOMMU: u8 = 0xff;
+
+/// `DevAccess` `b`: bits 0..52 the GPA used; op in bits 56..60
+/// ([`dev_op`]); bit 63 set if the access used a stale cached translation.
+pub mod dev_access {
+    pub const GPA_MASK: u64 = (1 << 52) - 1;
+    pub const OP_SHIFT: u32 = 56;
+    pub const OP_MASK: u64 = 0xf << OP_SHIFT;
+    pub const STALE: u64 = 1 << 63;
+}
+
+/// Device access ops in `DevAccess` records.
+pub mod dev_op {
+    pub const LOAD: u64 = 0;
+    pub const STORE: u64 = 1;
+    pub const XCHG: u64 = 2;
+    pub const FETCH_ADD: u64 = 3;
+    pub const CMPXCHG: u64 = 4;
+    pub const PREFETCH: u64 = 5;
+
+    pub fn name(op: u64) -> &'static str {
+        match op {
+            LOAD => "load",
+            STORE => "store",
+            XCHG => "xchg",
+            FETCH_ADD => "fetch_add",
+            CMPXCHG => "cmpxchg",
+            PREFETCH => "prefetch",
+            _ => "access",
+        }
+    }
+}
 
 /// Bytes of one record.
 pub const RECORD_LEN: usize = 48;
@@ -38,9 +152,9 @@ macro_rules! kinds {
 
 kinds! {
     // ---- guest (mm model, interpreter) ----
-    /// An iteration starts: `a` = test hash, `b` = policy bytes 0..8.
+    /// An iteration starts: `a` = test hash, `b` = iteration number.
     IterBegin = 1 => "iter_begin",
-    /// An iteration ended: `a` = 0 ok / 1 timeout.
+    /// An iteration ended (teardown done): `a` = 0, `b` = iteration number.
     IterEnd = 2 => "iter_end",
     /// PTL taken: `a` = GPA of the PTE table.
     PtlAcquire = 3 => "ptl_acquire",
@@ -77,6 +191,10 @@ kinds! {
     OpBegin = 18 => "op_begin",
     /// The mm operation returned: `va`, `a` = `litmus::Op`.
     OpEnd = 19 => "op_end",
+    /// This CPU switched address space: `a` = PGD of the mm it runs now,
+    /// 0 = the kernel's (no user mm). A litmus thread's body lies between
+    /// its switch to the test mm and its switch back.
+    MmSwitch = 20 => "mm_switch",
     // ---- VMM (shadow MMU) ----
     /// Shadow fill of one translation: `va`, `a` = guest PTE used, `b` = GPA of the page.
     ShadowFill = 32 => "shadow_fill",
@@ -84,23 +202,38 @@ kinds! {
     ShadowFlush = 33 => "shadow_flush",
     /// A shadow entry evicted (`evict:P` model): `va`.
     ShadowEvict = 34 => "shadow_evict",
+    /// The VMM drained the trace rings because this vCPU's ring was full
+    /// (`TRACE_DRAIN`): `a` = records consumed.
+    TraceDrain = 35 => "trace_drain",
     // ---- device (IOMMU, DMA engine) ----
     /// IOTLB filled by a walk: `va`, `a` = PTE, `b` = GPA.
     IotlbFill = 48 => "iotlb_fill",
     /// IOTLB hit: `va`, `b` = GPA.
     IotlbHit = 49 => "iotlb_hit",
-    /// IOTLB hit on an entry that no longer matches the page table: `va`, `a` = current PTE, `b` = GPA used.
+    /// IOTLB hit on an entry that no longer matches the page table: `va`,
+    /// `a` = current PTE (0 if the walk faults now), `b` = GPA used.
     IotlbStaleHit = 50 => "iotlb_stale_hit",
     /// Paging-structure-cache hit: `va`, `a` = level, `b` = table GPA.
     PwcHit = 51 => "pwc_hit",
-    /// Invalidation descriptor received: `va` = start, `a` = end.
+    /// Invalidation descriptor received: `va` = start, `a` = end
+    /// (exclusive; 0/`u64::MAX` = every address), `b` = 1 leaf-only (IH).
     InvReceived = 52 => "inv_received",
-    /// Invalidation descriptor completed: `va` = start, `a` = end.
+    /// Invalidation descriptor completed (its entries are gone): `va` =
+    /// start, `a` = end as for `InvReceived`, `b` = IOTLB entries dropped.
     InvCompleted = 53 => "inv_completed",
-    /// Invalidation wait descriptor completed.
+    /// Invalidation wait descriptor completed: `a` = status data.
     WaitCompleted = 54 => "wait_completed",
-    /// Device access: `va`, `a` = value (or `VALUE_FAULT`/`VALUE_STALE_WALK`), `b` = GPA used.
+    /// Device access completed: `va`, `a` = value read (old value for RMW;
+    /// value written for stores), `b` = GPA | op | stale flag ([`dev_access`]).
     DevAccess = 55 => "dev_access",
+    /// An IOTLB entry left the cache: `va`, `a` = 0 capacity / 1 random /
+    /// 2 invalidation / 3 refill.
+    IotlbEvict = 56 => "iotlb_evict",
+    /// A device translation faulted: `va`, `a` = fault reason code, `b` = 1 write.
+    DevFault = 57 => "dev_fault",
+    /// A device walk reached a freed page-table page: `va`, `a` = table
+    /// GPA, `b` = level | 0x100 if through the paging-structure cache.
+    DevStaleWalk = 58 => "dev_stale_walk",
 }
 
 /// One decoded record.

@@ -104,6 +104,7 @@ fn run_program(
         return Err(());
     }
     let pasid = pasid as u32;
+    crate::trace::set_device_unit(device_index(gpa, mem));
     for i in 0..nops {
         let at = gpa + dma::HEADER_SIZE + i * dma::OP_SIZE;
         let mut rec = OpRecord {
@@ -123,6 +124,17 @@ fn run_program(
         gmem::store_u64(mem, at + 24, result).map_err(|_| ())?;
     }
     Ok(())
+}
+
+/// Which litmus device thread a program is (its slot in the litmus state
+/// page's program table), for trace records; 0 outside litmus runs.
+fn device_index(gpa: u64, mem: &GuestMemoryMmap) -> u8 {
+    use abi::litmus::state;
+    (0..16u64)
+        .find(|d| {
+            gmem::load_u64(mem, abi::layout::LITMUS_STATE + state::DEVICE_PROGRAMS + 8 * d).is_ok_and(|p| p == gpa)
+        })
+        .unwrap_or(0) as u8
 }
 
 fn run_op(

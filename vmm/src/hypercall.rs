@@ -73,11 +73,11 @@ fn mem_err(e: vm_memory::GuestMemoryError) -> Flow {
 }
 
 impl Hypercalls {
-    pub fn new(cpu: u64, tlb: TlbModel, seed: u64) -> Self {
+    pub fn new(cpu: u64, tlb: TlbModel, seed: u64, trace: Option<std::sync::Arc<crate::trace::Tracer>>) -> Self {
         Self {
             cpu,
             mailbox: layout::mailbox(cpu),
-            shadow: ShadowMmu::new(cpu, tlb, seed),
+            shadow: ShadowMmu::with_trace(cpu, tlb, seed, trace),
             stray_expected: false,
             last_stray: None,
             last_exception: [0; 4],
@@ -152,6 +152,9 @@ impl Hypercalls {
                     guest_ns: a[4],
                     received: None,
                 });
+                if let Some(t) = &shared.trace {
+                    t.iteration_done(a[0]);
+                }
                 self.reply(mem, status::OK, [0; 4], &[])?;
             }
             op::TEST_BEGIN => {
@@ -298,6 +301,17 @@ impl Hypercalls {
             op::PAGE_OP => {
                 let r = page_op(mem, a[0], a[1], a[2]).map_err(|e| guest_error(format!("bad hypercall: {e}")))?;
                 self.reply(mem, status::OK, [r as u64, 0, 0, 0], &[])?;
+            }
+            op::TRACE_DRAIN => {
+                let n = match &shared.trace {
+                    Some(t) => {
+                        let n = t.drain();
+                        t.emit(abi::trace::source::VMM, self.cpu as u8, abi::trace::Kind::TraceDrain, 0, n, 0);
+                        n
+                    }
+                    None => 0,
+                };
+                self.reply(mem, status::OK, [n, 0, 0, 0], &[])?;
             }
             op::BENCH_RESULT => {
                 shared.bench.lock().unwrap().push(BenchFigure { metric: a[0], median_ps: a[1], samples: a[2] });

@@ -13,6 +13,8 @@ pub mod litmus_run;
 pub mod probe;
 pub mod report;
 pub mod shadow;
+pub mod trace;
+pub mod trace_cmd;
 pub mod vstate;
 
 /// The guest kernel built from `guest/` by `build.rs`, booted when no `--guest` is given.

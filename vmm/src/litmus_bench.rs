@@ -31,7 +31,7 @@ fn runs_per_sec(base: &VmConfig, test: &Test, policy: &Policy, runs: u64, guests
         let handles: Vec<_> = (0..guests)
             .map(|g| {
                 s.spawn(move || {
-                    let pr = litmus_run::run_policy(base, &args(runs), test, *policy, 1 + g as u64)?;
+                    let pr = litmus_run::run_policy(base, &args(runs), test, *policy, 1 + g as u64, None)?;
                     match pr.guest_error {
                         Some(e) => Err(Error::Other(format!("{}: {e}", test.name))),
                         None => Ok(pr.result.total()),
@@ -68,7 +68,7 @@ pub fn run(base: &VmConfig) -> Result<()> {
     println!("time from start to the first forbidden observation (buggy policies, tlb=lazy, boot included)");
     for t in &tests {
         for e in t.expect.iter().filter(|e| e.verdict == Verdict::Sometimes) {
-            let pr = litmus_run::run_policy(base, &args(20), t, e.policy, 1)?;
+            let pr = litmus_run::run_policy(base, &args(20), t, e.policy, 1, None)?;
             let shown = match pr.first_match {
                 Some(d) => format!("{:>8.1} ms", d.as_secs_f64() * 1e3),
                 None => "not observed in 20 runs".into(),

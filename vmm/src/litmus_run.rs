@@ -26,7 +26,9 @@ use vm_memory::GuestMemoryMmap;
 use crate::error::{Error, Result};
 use crate::shadow::TlbModel;
 use crate::status;
+use crate::trace::{SharedOut, TraceConfig, TraceOut};
 use crate::vstate::vm::{self, EndReason, VmConfig};
+use tools::format::{RunEnd, RunMeta, ThreadMeta};
 
 /// What one iteration reported (`LITMUS_RESULT`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +155,12 @@ pub struct LitmusArgs {
     /// `--vcpus`; None = as many as the test has vCPU threads.
     pub vcpus: Option<u64>,
     pub iteration_timeout: Duration,
+    /// `--trace FILE`: write the trace of every (test, policy) run.
+    pub trace: Option<PathBuf>,
+    /// `--trace-runs K`: trace only the first K iterations of each run.
+    pub trace_runs: Option<u64>,
+    /// `--trace-ring N`: records per vCPU ring.
+    pub trace_ring: Option<u64>,
 }
 
 fn collect_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -213,6 +221,10 @@ pub struct PolicyRun {
 /// Runs every (test, policy) and prints the results; returns the exit status.
 pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     let tests = load(&args.paths)?;
+    let trace = match &args.trace {
+        Some(p) => Some(std::sync::Arc::new(Mutex::new(TraceOut::create(p)?))),
+        None => None,
+    };
     let seed = args.seed.unwrap_or_else(|| {
         let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
         let s = s % 1_000_000_000;
@@ -237,7 +249,7 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         let matrix = policy_matrix(&cli_policies, &test.expect_policies(), &overrides);
         let mut file_runs = Vec::new();
         for policy in matrix {
-            let pr = run_policy(base, args, test, policy, seed)?;
+            let pr = run_policy(base, args, test, policy, seed, trace.as_ref())?;
             print!("{}", herd_block(test, &pr.result));
             if pr.leaks > 0 {
                 println!("Leak {} {} iterations did not return every page", test.name, pr.leaks);
@@ -260,6 +272,16 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         let text = serde_json::to_string_pretty(&to_json(&pairs)).map_err(|e| Error::Other(e.to_string()))?;
         std::fs::write(path, text + "\n").map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
     }
+    if let (Some(t), Some(p)) = (&trace, &args.trace) {
+        let t = t.lock().unwrap_or_else(|e| e.into_inner());
+        match t.error() {
+            Some(e) => {
+                eprintln!("vmm: error: {e}");
+                worst = worst.max(status::SETUP_ERROR);
+            }
+            None => println!("Trace written to {} (vmm trace report {})", p.display(), p.display()),
+        }
+    }
     let leaks = runs.iter().any(|(_, r)| r.leaks > 0);
     if args.check && (any_mismatch(&pairs) || leaks) {
         worst = worst.max(status::TESTS_FAILED);
@@ -271,9 +293,17 @@ fn tlb_of(policy: &Policy) -> Result<TlbModel> {
     TlbModel::parse(&policy.get(Key::Tlb)).map_err(|e| Error::Litmus(format!("tlb={}: {e}", policy.get(Key::Tlb))))
 }
 
-/// Runs `args.runs` iterations of `test` under `policy` (as many guest
-/// boots as timeouts need).
-pub fn run_policy(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Policy, seed: u64) -> Result<PolicyRun> {
+/// Runs `args.runs` iterations of `test` under `policy`: as many boots as
+/// it takes to get through every iteration (a stalled iteration ends its
+/// boot). `trace`: the trace file.
+pub fn run_policy(
+    base: &VmConfig,
+    args: &LitmusArgs,
+    test: &Test,
+    policy: Policy,
+    seed: u64,
+    trace: Option<&SharedOut>,
+) -> Result<PolicyRun> {
     let started = Instant::now();
     let runs = args.runs.clamp(1, u32::MAX as u64);
     let opts = CompileOptions {
@@ -300,11 +330,42 @@ pub fn run_policy(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Polic
     let session = std::sync::Arc::new(LitmusSession::new(compiled.blob.clone(), nv, nd, args.iteration_timeout));
     let mut result = RunResult::new(test, policy, seed);
     result.fidelity = Some(fidelity(&policy));
+    let trace_limit = args.trace_runs.unwrap_or(u64::MAX).min(runs);
+    if let Some(t) = trace {
+        let meta = RunMeta {
+            test: test.name.clone(),
+            hash: test.hash.clone(),
+            policy: policy.canonical_mm(),
+            tlb: policy.get(Key::Tlb),
+            iotlb: policy.get(Key::Iotlb),
+            seed,
+            file: Some(test.file.clone()),
+            iterations: runs,
+            traced_iterations: trace_limit,
+            vcpus,
+            threads: thread_names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| ThreadMeta { name: n.clone(), kind: if i < nv { "vcpu" } else { "device" }.into() })
+                .collect(),
+            record_version: abi::trace::VERSION,
+        };
+        t.lock().unwrap_or_else(|e| e.into_inner()).run(&meta);
+    }
     let mut leaks = 0;
     let mut guest_error = None;
     let mut first_match = None;
     let mut first = 0u64;
+    let mut boot = 0u64;
     while first < runs {
+        let traced = trace.filter(|_| first < trace_limit).map(|out| TraceConfig {
+            out: out.clone(),
+            first_iteration: first,
+            limit: trace_limit,
+            boot,
+            ring: args.trace_ring,
+        });
+        boot += 1;
         let cfg = VmConfig {
             vcpus,
             cmdline: format!("mode=litmus litmus.first={first}"),
@@ -313,6 +374,7 @@ pub fn run_policy(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Polic
             seed: seed ^ first,
             iommu,
             litmus: Some(session.clone()),
+            trace: traced,
             ..base.clone()
         };
         session.reset_clock();
@@ -370,6 +432,10 @@ pub fn run_policy(base: &VmConfig, args: &LitmusArgs, test: &Test, policy: Polic
         }
     }
     result.time_secs = started.elapsed().as_secs_f64();
+    if let Some(t) = trace {
+        let timeouts = result.n_timeouts;
+        t.lock().unwrap_or_else(|e| e.into_inner()).run_end(&RunEnd { iterations: result.total(), timeouts });
+    }
     Ok(PolicyRun { result, leaks, guest_error, first_match })
 }
 

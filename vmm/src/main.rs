@@ -89,6 +89,24 @@ enum Command {
         /// Print every policy key, its values and default, then exit.
         #[arg(long)]
         list_policies: bool,
+        /// Record a trace of every (test, policy) run into FILE (see
+        /// `vmm trace report`); streamed, so a crash or timeout keeps it.
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
+        /// Trace only the first K iterations of each run (default: all).
+        #[arg(long, value_name = "K", requires = "trace")]
+        trace_runs: Option<u64>,
+        /// Records per vCPU trace ring (a power of two, at least 16; default:
+        /// as many as fit). A full ring makes its vCPU wait for the VMM to
+        /// drain it; small rings show that nothing is lost.
+        #[arg(long, value_name = "N", requires = "trace")]
+        trace_ring: Option<u64>,
+    },
+    /// Staleness-window report, Perfetto and SVG export of a trace
+    /// written by `vmm litmus --trace`.
+    Trace {
+        #[command(subcommand)]
+        command: TraceCommand,
     },
     /// Run the guest self-tests (the default): one PASS/FAIL/SKIP line each, then a SUMMARY.
     Selftest {
@@ -109,6 +127,54 @@ enum Command {
         /// Boots per boot-time figure.
         #[arg(long, default_value_t = 11)]
         runs: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TraceCommand {
+    /// Per (iteration, VA): PTE change, PTL release, invalidation, flushes,
+    /// the window split at the release, stale accesses; distributions per
+    /// (test, policy).
+    Report {
+        file: PathBuf,
+        /// JSON (schema `shootdown-trace-report/1`) instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Also windows opened during set-up and teardown.
+        #[arg(long)]
+        all_phases: bool,
+    },
+    /// Export for viewing: Perfetto/Chrome trace-event JSON, or an SVG
+    /// timeline of one iteration.
+    Export {
+        file: PathBuf,
+        /// Write Chrome/Perfetto trace-event JSON (opens in ui.perfetto.dev).
+        #[arg(long, value_name = "OUT.json")]
+        perfetto: Option<PathBuf>,
+        /// Write an SVG timeline of one iteration.
+        #[arg(long, value_name = "OUT.svg")]
+        svg: Option<PathBuf>,
+        /// The iteration to draw (default: the first with an after-release window).
+        #[arg(long, value_name = "N")]
+        iteration: Option<u64>,
+        /// The run to draw, numbered as in the report (default 0).
+        #[arg(long, value_name = "R", default_value_t = 0)]
+        run: usize,
+    },
+    /// Print every record (seq, µs since the iteration start, who, kind, operands).
+    Dump {
+        file: PathBuf,
+        #[arg(long, value_name = "R")]
+        run: Option<usize>,
+        #[arg(long, value_name = "N")]
+        iteration: Option<u64>,
+    },
+    /// Runs per second of S1 and S5 with tracing off and on (the ratio is
+    /// tracing's cost).
+    Bench {
+        /// Iterations per (test, policy) and mode.
+        #[arg(long, default_value_t = 40)]
+        runs: u64,
     },
 }
 
@@ -142,6 +208,18 @@ fn load_image(cli: &Cli) -> Result<(Arc<[u8]>, PathBuf), Error> {
 }
 
 fn real_main(cli: Cli) -> Result<i32, Error> {
+    match &cli.command {
+        Some(Command::Trace { command: TraceCommand::Report { file, json, all_phases } }) => {
+            return Ok(vmm::trace_cmd::report(file, *json, *all_phases));
+        }
+        Some(Command::Trace { command: TraceCommand::Export { file, perfetto, svg, iteration, run } }) => {
+            return Ok(vmm::trace_cmd::export(file, perfetto.as_deref(), svg.as_deref(), *run, *iteration));
+        }
+        Some(Command::Trace { command: TraceCommand::Dump { file, run, iteration } }) => {
+            return Ok(vmm::trace_cmd::dump(file, *run, *iteration));
+        }
+        _ => {}
+    }
     let (image, image_path) = load_image(&cli)?;
     let mut cmdline = cli.cmdline.clone();
     let command = cli.command.unwrap_or(Command::Litmus {
@@ -155,6 +233,9 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         iteration_timeout: 3000,
         list_hooks: false,
         list_policies: false,
+        trace: None,
+        trace_runs: None,
+        trace_ring: None,
     });
     match &command {
         Command::Litmus { list_hooks: true, .. } => {
@@ -172,7 +253,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
                 cmdline += &format!(" selftest.filter={}", filter.join(","));
             }
         }
-        Command::Run | Command::Bench { .. } | Command::Probe { .. } => {}
+        Command::Run | Command::Bench { .. } | Command::Probe { .. } | Command::Trace { .. } => {}
     }
     if cli.verbose {
         cmdline += " verbose";
@@ -189,10 +270,29 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         seed: cli.seed.unwrap_or(1),
         iommu: iommu::IommuConfig::default(),
         litmus: None,
+        trace: None,
     };
     // Bad --vcpus/--mem/--guest are refused before anything runs or prints.
     vm::validate(&cfg)?;
-    if let Command::Litmus { paths, runs, policies, iotlb, pwc, json, check, iteration_timeout, .. } = command {
+    if let Command::Trace { command: TraceCommand::Bench { runs } } = command {
+        vmm::trace_cmd::bench(&cfg, runs.max(1))?;
+        return Ok(status::OK);
+    }
+    if let Command::Litmus {
+        paths,
+        runs,
+        policies,
+        iotlb,
+        pwc,
+        json,
+        check,
+        iteration_timeout,
+        trace,
+        trace_runs,
+        trace_ring,
+        ..
+    } = command
+    {
         let args = vmm::litmus_run::LitmusArgs {
             paths,
             runs,
@@ -205,6 +305,9 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             seed: cli.seed,
             vcpus: cli.vcpus,
             iteration_timeout: Duration::from_millis(iteration_timeout.max(1)),
+            trace,
+            trace_runs,
+            trace_ring,
         };
         return vmm::litmus_run::run(&cfg, &args);
     }

@@ -13,13 +13,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use abi::hypercall::{fill, ptop};
 use abi::layout::{self, PAGE_SIZE};
 use iommu::mem::{self as gmem, MemError};
 use iommu::pagetable::{self as pt, pte, Access, AccessOp, AllLive, WalkMode};
 use vm_memory::GuestMemoryMmap;
+
+use crate::trace::Tracer;
+use abi::trace::{source, Kind};
 
 /// The vCPU TLB model (`--tlb`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -181,10 +184,16 @@ pub struct ShadowMmu {
     tables: Vec<u64>,
     pub fills: u64,
     pub evictions: u64,
+    /// Fills, flushes and evictions go to the trace (traced runs).
+    trace: Option<Arc<Tracer>>,
 }
 
 impl ShadowMmu {
     pub fn new(cpu: u64, model: TlbModel, seed: u64) -> Self {
+        Self::with_trace(cpu, model, seed, None)
+    }
+
+    pub fn with_trace(cpu: u64, model: TlbModel, seed: u64, trace: Option<Arc<Tracer>>) -> Self {
         let evict_ppm = match model {
             TlbModel::Evict(p) => (p * 1e6).round() as u64,
             _ => 0,
@@ -201,6 +210,13 @@ impl ShadowMmu {
             tables: Vec::new(),
             fills: 0,
             evictions: 0,
+            trace,
+        }
+    }
+
+    fn emit(&self, kind: Kind, va: u64, a: u64, b: u64) {
+        if let Some(t) = &self.trace {
+            t.emit(source::VMM, self.cpu as u8, kind, va, a, b);
         }
     }
 
@@ -287,6 +303,7 @@ impl ShadowMmu {
         gmem::store_u64(mem, slot, leaf).map_err(|e| e.to_string())?;
         self.entries.insert(va & !0xfff, leaf);
         self.fills += 1;
+        self.emit(Kind::ShadowFill, va & !0xfff, t.leaf, t.pa_4k());
         Ok((fill::FILLED, t.leaf))
     }
 
@@ -324,6 +341,7 @@ impl ShadowMmu {
 
     pub fn flush_page(&mut self, mem: &GuestMemoryMmap, va: u64) {
         self.drop_entry(mem, va & !0xfff);
+        self.emit(Kind::ShadowFlush, va & !0xfff, (va & !0xfff) + PAGE_SIZE, 0);
     }
 
     pub fn flush_range(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool, va: u64, len: u64) {
@@ -336,6 +354,7 @@ impl ShadowMmu {
         for p in pages {
             self.drop_entry(mem, p);
         }
+        self.emit(Kind::ShadowFlush, va & !0xfff, end, 0);
     }
 
     pub fn flush_all(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool) {
@@ -346,6 +365,7 @@ impl ShadowMmu {
         }
         self.entries.clear();
         pool.free(self.tables.drain(..));
+        self.emit(Kind::ShadowFlush, 0, 0, 0);
     }
 
     /// `evict:P`: at an exit, drop each stale entry with probability P.
@@ -369,6 +389,7 @@ impl ShadowMmu {
         }
         for va in &victims {
             self.drop_entry(mem, *va);
+            self.emit(Kind::ShadowEvict, *va, 0, 0);
         }
         self.evictions += victims.len() as u64;
         !victims.is_empty()

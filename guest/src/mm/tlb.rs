@@ -11,6 +11,7 @@ use abi::hypercall::{flush, op};
 use abi::layout::{MAX_VCPUS, PAGE_SIZE};
 
 use super::pgtable::Mm;
+use crate::trace::{self, Kind};
 use crate::{hypercall, percpu, smp};
 
 /// PGD of the mm each CPU runs (0 = none): Linux's `mm_cpumask` in reverse.
@@ -23,6 +24,7 @@ pub fn switch_mm(mm: &Mm) {
     // SAFETY: CR3 is this vCPU's shadow root (or the PGD in native mode);
     // both map the kernel identically in slot 0.
     unsafe { asm!("mov cr3, {}", in(reg) r.ret[0], options(nostack, preserves_flags)) }
+    trace::emit(Kind::MmSwitch, 0, mm.pgd, 0);
 }
 
 /// Whether this CPU runs the mm with PGD `pgd`.
@@ -32,6 +34,7 @@ pub fn runs_mm(pgd: u64) -> bool {
 
 /// Back to the boot page tables (no user half).
 pub fn switch_to_kernel_mm() {
+    trace::emit(Kind::MmSwitch, 0, 0, 0);
     CURRENT_MM[percpu::cpu() as usize].store(0, Ordering::Release);
     // SAFETY: the boot page tables map the whole kernel.
     unsafe { asm!("mov cr3, {}", in(reg) abi::layout::BOOT_PML4, options(nostack, preserves_flags)) }
@@ -76,7 +79,9 @@ static FLUSH_INFO: [[AtomicU64; 2]; MAX_VCPUS as usize] =
 fn flush_tlb_func(sender: u64) {
     let info = &FLUSH_INFO[sender as usize];
     let f = FlushInfo { start: info[0].load(Ordering::Acquire), end: info[1].load(Ordering::Acquire) };
+    trace::emit(Kind::IpiRecv, f.start, sender, f.end);
     flush_tlb_range_local(f.start, f.end);
+    trace::emit(Kind::IpiAck, f.start, sender, f.end);
     SHOOTDOWN_ACKS.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -85,13 +90,20 @@ pub static SHOOTDOWN_ACKS: AtomicU64 = AtomicU64::new(0);
 
 /// `flush_tlb_mm_range`: flush locally, IPI every other CPU running `mm`,
 /// wait until all have flushed. Returns how many CPUs were shot down, or
-/// `None` if one did not answer in time.
+/// `None` if one did not answer in time. Traced as `FlushBegin` … `FlushEnd`
+/// (`b` = CPUs shot down, `u64::MAX` if one did not answer), with an
+/// `IpiSend` per target.
 pub fn flush_tlb_mm_range(mm: &Mm, start: u64, end: u64) -> Option<u64> {
     let me = percpu::cpu();
+    trace::emit(Kind::FlushBegin, start, end, 0);
     flush_tlb_range_local(start, end);
     let info = &FLUSH_INFO[me as usize];
     info[0].store(start, Ordering::Relaxed);
     info[1].store(end, Ordering::Release);
-    let targets = (0..smp::num_cpus()).filter(|&c| c != me && CURRENT_MM[c as usize].load(Ordering::Acquire) == mm.pgd);
-    smp::call_function_many(targets, flush_tlb_func, me, 20_000)
+    let targets = (0..smp::num_cpus())
+        .filter(|&c| c != me && CURRENT_MM[c as usize].load(Ordering::Acquire) == mm.pgd)
+        .inspect(|&c| trace::emit(Kind::IpiSend, start, c, end));
+    let r = smp::call_function_many(targets, flush_tlb_func, me, 20_000);
+    trace::emit(Kind::FlushEnd, start, end, r.unwrap_or(u64::MAX));
+    r
 }

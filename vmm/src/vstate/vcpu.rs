@@ -66,12 +66,30 @@ pub struct Vcpu {
 impl Vcpu {
     pub fn new(vm: &VmFd, index: u64, mem: GuestMemoryMmap, shared: Arc<VmShared>) -> Result<Self> {
         let fd = vm.create_vcpu(index).map_err(kvm("KVM_CREATE_VCPU"))?;
-        let hypercalls = Hypercalls::new(index, shared.tlb, shared.seed);
+        let hypercalls = Hypercalls::new(index, shared.tlb, shared.seed, shared.trace.clone());
         Ok(Self { index, fd, mem, shared, hypercalls })
     }
 
     pub fn tsc_khz(&self) -> u64 {
         self.fd.get_tsc_khz().map(u64::from).unwrap_or(0)
+    }
+
+    /// Host TSC minus this vCPU's guest TSC (IA32_TSC read with
+    /// KVM_GET_MSRS, between two host reads), or 0 if KVM cannot say.
+    pub fn tsc_offset(&self) -> i64 {
+        const MSR_IA32_TSC: u32 = 0x10;
+        let entry = kvm_bindings::kvm_msr_entry { index: MSR_IA32_TSC, ..Default::default() };
+        let Ok(mut msrs) = kvm_bindings::Msrs::from_entries(&[entry]) else { return 0 };
+        let before = crate::trace::host_tsc();
+        let n = self.fd.get_msrs(&mut msrs);
+        let after = crate::trace::host_tsc();
+        match n {
+            Ok(1) => {
+                let guest = msrs.as_slice()[0].data;
+                (before / 2 + after / 2) as i64 - guest as i64
+            }
+            _ => 0,
+        }
     }
 
     /// CPUID (the host's supported set, with this vCPU's APIC ID and

@@ -30,6 +30,7 @@ use crate::hypercall::{BenchFigure, ProbeResult};
 use crate::litmus_run::LitmusSession;
 use crate::report::Results;
 use crate::shadow::{ShadowPool, TlbModel};
+use crate::trace::{DeviceSink, TraceConfig, Tracer};
 
 /// RAM stays below the 32-bit MMIO hole (LAPIC, IOAPIC, device pages).
 pub const MAX_MEM_MIB: u64 = 3072;
@@ -53,6 +54,8 @@ pub struct VmConfig {
     pub iommu: IommuConfig,
     /// Set for `mode=litmus` boots: the blob, and where results go.
     pub litmus: Option<Arc<LitmusSession>>,
+    /// Set for traced boots (`vmm litmus --trace`).
+    pub trace: Option<TraceConfig>,
 }
 
 /// How a run ended.
@@ -119,6 +122,8 @@ pub struct VmShared {
     pub iommu: Arc<Mutex<Iommu>>,
     pub dma: DmaEngine,
     pub litmus: Option<Arc<LitmusSession>>,
+    /// This boot's tracing, if traced.
+    pub trace: Option<Arc<Tracer>>,
     vm_fd: Arc<VmFd>,
 }
 
@@ -253,6 +258,13 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
     }
     let mut iommu = Iommu::new(cfg.iommu).map_err(|e| Error::Other(format!("IOMMU config: {e}")))?;
     iommu.set_table_tracking(true);
+    let tracer = match &cfg.trace {
+        Some(tc) => Some(Tracer::new(tc, &mem, cfg.vcpus)?),
+        None => None,
+    };
+    if let Some(t) = &tracer {
+        iommu.set_sink(Arc::new(DeviceSink { tracer: t.clone() }));
+    }
     let iommu = Arc::new(Mutex::new(iommu));
     let vm_for_msi = vm.clone();
     let dma = DmaEngine::start(mem.clone(), iommu.clone(), Arc::new(move |msi| deliver_msi(&vm_for_msi, msi)))
@@ -275,6 +287,7 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
         iommu,
         dma,
         litmus: cfg.litmus.clone(),
+        trace: tracer.clone(),
         vm_fd: vm.clone(),
     });
 
@@ -297,6 +310,9 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
         ..Default::default()
     };
     boot::write_boot_info(&mem, &info)?;
+    if let Some(t) = &tracer {
+        t.begin(info.tsc_khz, vcpus[0].tsc_offset());
+    }
 
     register_signal_handler(SIGRTMIN() + KICK_SIGNAL_OFFSET, kick_handler)
         .map_err(|e| Error::Other(format!("cannot install the vCPU kick signal handler: {e}")))?;
@@ -338,6 +354,14 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
     } else {
         shared.end.lock().unwrap().clone().unwrap_or(EndReason::GuestExit(abi::exit::GUEST_PANIC))
     };
+    if let Some(t) = &tracer {
+        t.finish(&match &end {
+            EndReason::GuestExit(s) => format!("exit {s}"),
+            EndReason::IterationTimeout => "iteration-timeout".into(),
+            EndReason::GuestError { vcpu, rip, cause } => format!("guest-error: vCPU {vcpu} at RIP {rip:#x}: {cause}"),
+            EndReason::Timeout { .. } => "watchdog".into(),
+        });
+    }
     let mut results = std::mem::take(&mut *shared.results.lock().unwrap());
     match &end {
         EndReason::GuestError { vcpu, rip, cause } => {

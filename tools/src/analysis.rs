@@ -1,0 +1,741 @@
+//! Staleness windows.
+//!
+//! A *window* opens at a PTE change that takes something away from a
+//! present translation — the page is unmapped (`unmap`), the VA now maps
+//! another page (`remap`), write permission is removed (`wrprotect`), or
+//! the dirty bit of a writable entry is cleared (`clean`) — because from
+//! then on a cache that still holds the old translation is stale. It
+//! closes when the caches are invalidated:
+//!
+//! * with a secondary MMU in the run (device threads), at the first
+//!   secondary invalidation that covers the page after the change: the
+//!   IOMMU's `InvCompleted` (the entries are gone), else the guest's
+//!   `NotifierEnd`;
+//! * without one, at the primary flush: the initiator's `FlushEnd` covering
+//!   the page and the shadow flush of every vCPU that had the page cached.
+//!
+//! A window that never closes — or only when the teardown invalidates
+//! everything (munmap, PASID unbind) — is *open* and lasts until the
+//! iteration's end. It is split at the release of the page-table lock of the table
+//! holding the VA, by the vCPU that made the change: the part under the
+//! PTL and the part after the release, in ns and in events (records). A
+//! stale access is a device access the IOMMU flags as done through a stale
+//! cached translation of the page, or a vCPU access (not faulted) to the
+//! page from a vCPU whose shadow TLB entry was filled before the change and
+//! not flushed since (a switch of address space counts as a flush).
+//!
+//! Only the test's body counts by default: from the first switch of a vCPU
+//! to the test mm to the last switch back (and the last device-thread
+//! record); set-up and teardown windows are reported with `all_phases`.
+
+use abi::litmus::VALUE_FAULT;
+use abi::trace::{dev_access, dev_op, Kind, UNIT_IOMMU};
+use serde::Serialize;
+
+use crate::format::{Parsed, Run};
+use crate::model::{self, Event, Iteration};
+
+pub const SCHEMA: &str = "shootdown-trace-report/1";
+
+const P: u64 = 1;
+const RW: u64 = 1 << 1;
+const D: u64 = 1 << 6;
+const ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Also report windows opened during set-up and teardown.
+    pub all_phases: bool,
+}
+
+/// A point of the window: sequence number and ns since the iteration start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct At {
+    pub seq: u64,
+    pub ns: u64,
+}
+
+impl At {
+    fn of(e: &Event) -> At {
+        At { seq: e.rec.seq, ns: e.ns }
+    }
+}
+
+/// The secondary invalidation that closed a window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Invalidation {
+    pub seq: u64,
+    pub ns: u64,
+    /// `iommu` (InvCompleted) or `notifier` (NotifierEnd).
+    pub by: &'static str,
+}
+
+/// The primary flush of one vCPU.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CpuFlush {
+    pub vcpu: u64,
+    /// Its shadow TLB held the old translation when the PTE changed.
+    pub cached: bool,
+    /// When its shadow entry for the page was flushed (or evicted).
+    pub flushed: Option<At>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StaleAccess {
+    /// `device` or `vcpu`.
+    pub source: &'static str,
+    /// Device thread name or `vCPU k`.
+    pub by: String,
+    pub seq: u64,
+    pub ns: u64,
+    pub op: String,
+    pub value: u64,
+    pub after_release: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Window {
+    pub test: String,
+    pub policy: String,
+    /// Index of the run in the file.
+    pub run: usize,
+    pub iteration: u64,
+    pub va: u64,
+    pub va_hex: String,
+    /// `unmap`, `remap`, `wrprotect`, `clean`.
+    pub change: &'static str,
+    /// `setup`, `body`, `teardown`.
+    pub phase: &'static str,
+    /// vCPU that changed the PTE.
+    pub vcpu: u64,
+    pub old_pte: u64,
+    pub new_pte: u64,
+    pub pte_change: At,
+    pub ptl_release: Option<At>,
+    pub invalidation: Option<Invalidation>,
+    pub primary_flush: Vec<CpuFlush>,
+    /// The primary flush covering the page completed (initiator's
+    /// `FlushEnd`, and every vCPU that had it cached flushed).
+    pub primary_done: Option<At>,
+    /// `secondary` (runs with device threads) or `primary`.
+    pub closed_by: &'static str,
+    /// No invalidation: the window lasts until the iteration ended.
+    pub open: bool,
+    pub window_ns: u64,
+    pub under_ptl_ns: u64,
+    pub after_release_ns: u64,
+    pub window_events: u64,
+    pub under_ptl_events: u64,
+    pub after_release_events: u64,
+    pub stale_accesses_after_release: u64,
+    pub stale_device_accesses_after_release: u64,
+    pub stale_vcpu_accesses_after_release: u64,
+    pub stale_accesses_under_ptl: u64,
+    pub stale_accesses: Vec<StaleAccess>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Stats {
+    pub count: u64,
+    pub min: u64,
+    pub median: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Stats {
+    pub fn of(mut v: Vec<u64>) -> Stats {
+        if v.is_empty() {
+            return Stats::default();
+        }
+        v.sort_unstable();
+        let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Stats { count: v.len() as u64, min: v[0], median: rank(0.5), p99: rank(0.99), max: v[v.len() - 1] }
+    }
+}
+
+/// Per (test, policy): windows over all iterations.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Distribution {
+    pub windows: u64,
+    pub open_windows: u64,
+    pub iterations_with_windows: u64,
+    pub window_ns: Stats,
+    pub under_ptl_ns: Stats,
+    pub after_release_ns: Stats,
+    pub stale_accesses_after_release: Stats,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub run: usize,
+    pub test: String,
+    pub policy: String,
+    pub tlb: String,
+    pub iotlb: String,
+    pub seed: u64,
+    pub hash: String,
+    pub vcpus: u64,
+    pub devices: Vec<String>,
+    pub boots: u64,
+    pub iterations: u64,
+    pub complete_iterations: u64,
+    pub records: u64,
+    pub dropped_records: u64,
+    pub ring_full_waits: u64,
+    /// How each boot ended (`exit 0`, `iteration-timeout`, …; `?` if the
+    /// file stops before the boot's footer).
+    pub boot_ends: Vec<String>,
+    pub distribution: Distribution,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    /// Set if the file could not be read to its end: the report covers
+    /// what was readable.
+    pub error: Option<String>,
+    pub warnings: Vec<String>,
+    pub runs: Vec<RunReport>,
+    pub windows: Vec<Window>,
+}
+
+fn page(va: u64) -> u64 {
+    va & !0xfff
+}
+
+fn classify(old: u64, new: u64) -> Option<&'static str> {
+    if old & P == 0 {
+        None
+    } else if new & P == 0 {
+        Some("unmap")
+    } else if old & ADDR != new & ADDR {
+        Some("remap")
+    } else if old & RW != 0 && new & RW == 0 {
+        Some("wrprotect")
+    } else if old & D != 0 && new & D == 0 && new & RW != 0 {
+        Some("clean")
+    } else {
+        None
+    }
+}
+
+/// Does `[start, end)` cover `va`? (0, 0) and an end of `u64::MAX` mean
+/// everything / to the end.
+fn covers(start: u64, end: u64, va: u64) -> bool {
+    (start == 0 && end == 0) || (start <= va && (va < end || end == u64::MAX))
+}
+
+/// Analyses every run of a parsed file.
+pub fn analyse(parsed: &Parsed, opts: Options) -> Report {
+    let mut runs = Vec::new();
+    let mut windows = Vec::new();
+    for (ri, run) in parsed.trace.runs.iter().enumerate() {
+        let (rr, mut w) = analyse_run(ri, run, opts);
+        runs.push(rr);
+        windows.append(&mut w);
+    }
+    Report {
+        schema: SCHEMA,
+        error: parsed.error.as_ref().map(|e| e.to_string()),
+        warnings: parsed.trace.warnings.clone(),
+        runs,
+        windows,
+    }
+}
+
+pub fn analyse_run(ri: usize, run: &Run, opts: Options) -> (RunReport, Vec<Window>) {
+    let its = model::iterations(run);
+    let mut windows = Vec::new();
+    for it in &its {
+        windows.extend(iteration_windows(ri, run, it, opts));
+    }
+    let m = &run.meta;
+    let body: Vec<&Window> = windows.iter().filter(|w| w.phase == "body" || opts.all_phases).collect();
+    let mut with = std::collections::BTreeSet::new();
+    for w in &body {
+        with.insert(w.iteration);
+    }
+    let dist = Distribution {
+        windows: body.len() as u64,
+        open_windows: body.iter().filter(|w| w.open).count() as u64,
+        iterations_with_windows: with.len() as u64,
+        window_ns: Stats::of(body.iter().map(|w| w.window_ns).collect()),
+        under_ptl_ns: Stats::of(body.iter().map(|w| w.under_ptl_ns).collect()),
+        after_release_ns: Stats::of(body.iter().map(|w| w.after_release_ns).collect()),
+        stale_accesses_after_release: Stats::of(body.iter().map(|w| w.stale_accesses_after_release).collect()),
+    };
+    let ends = run.boots.iter().filter_map(|b| b.end.as_ref());
+    let rr = RunReport {
+        run: ri,
+        test: m.test.clone(),
+        policy: m.policy.clone(),
+        tlb: m.tlb.clone(),
+        iotlb: m.iotlb.clone(),
+        seed: m.seed,
+        hash: m.hash.clone(),
+        vcpus: m.vcpus,
+        devices: m.devices().iter().map(|s| s.to_string()).collect(),
+        boots: run.boots.len() as u64,
+        iterations: its.len() as u64,
+        complete_iterations: its.iter().filter(|i| i.complete).count() as u64,
+        records: run.boots.iter().map(|b| b.records.len() as u64).sum(),
+        dropped_records: ends.clone().flat_map(|e| &e.dropped).sum(),
+        ring_full_waits: ends.flat_map(|e| &e.blocked).sum(),
+        boot_ends: run
+            .boots
+            .iter()
+            .map(|b| b.end.as_ref().map_or_else(|| "?".to_string(), |e| e.end.clone()))
+            .collect(),
+        distribution: dist,
+    };
+    (rr, windows)
+}
+
+/// The body of an iteration as a sequence-number range.
+fn body_range(it: &Iteration) -> (u64, u64) {
+    let ev = &it.events;
+    let switch_in = ev.iter().find(|e| e.guest() && e.is(Kind::MmSwitch) && e.rec.a != 0);
+    let Some(start) = switch_in else { return (0, u64::MAX) };
+    let last_out = ev.iter().rev().find(|e| e.guest() && e.is(Kind::MmSwitch) && e.rec.a == 0);
+    let last_dev = ev.iter().rev().find(|e| e.device() && e.rec.unit != UNIT_IOMMU);
+    let end = last_out.map_or(u64::MAX, |e| e.rec.seq).max(last_dev.map_or(0, |e| e.rec.seq));
+    (start.rec.seq, end)
+}
+
+fn device_name(run: &Run, unit: u64) -> String {
+    run.meta.devices().get(unit as usize).map_or_else(|| format!("device {unit}"), |s| s.to_string())
+}
+
+fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec<Window> {
+    let ev = &it.events;
+    let (body_start, body_end) = body_range(it);
+    let has_devices = !run.meta.devices().is_empty() || ev.iter().any(|e| e.device());
+    let vcpus = run.meta.vcpus.max(ev.iter().filter_map(|e| e.vcpu()).max().map_or(0, |m| m + 1));
+    let last = ev.last().map(|e| At { seq: e.rec.seq + 1, ns: e.ns }).unwrap_or(At { seq: 0, ns: 0 });
+    let changes: Vec<usize> = (0..ev.len())
+        .filter(|&i| ev[i].guest() && ev[i].is(Kind::PteChange) && classify(ev[i].rec.a, ev[i].rec.b).is_some())
+        .collect();
+    let mut out = Vec::new();
+    for (ci, &i) in changes.iter().enumerate() {
+        let e = &ev[i];
+        let seq = e.rec.seq;
+        let phase = if seq < body_start {
+            "setup"
+        } else if seq > body_end {
+            "teardown"
+        } else {
+            "body"
+        };
+        if phase != "body" && !opts.all_phases {
+            continue;
+        }
+        let pg = page(e.rec.va);
+        let cpu = e.rec.unit as u64;
+        let later = &ev[i + 1..];
+        // The next change of the same page: stale accesses after it belong to it.
+        let next_change = changes[ci + 1..].iter().map(|&j| &ev[j]).find(|n| page(n.rec.va) == pg).map(|n| n.rec.seq);
+        let release = later
+            .iter()
+            .find(|x| x.guest() && x.is(Kind::PtlRelease) && x.rec.unit as u64 == cpu && x.rec.va >> 21 == pg >> 21)
+            .map(At::of);
+        let inv = later.iter().find(|x| x.device() && x.is(Kind::InvCompleted) && covers(x.rec.va, x.rec.a, pg));
+        let notifier = later.iter().find(|x| x.guest() && x.is(Kind::NotifierEnd) && covers(x.rec.va, x.rec.a, pg));
+        let invalidation = match (inv, notifier) {
+            (Some(x), _) => Some(Invalidation { seq: x.rec.seq, ns: x.ns, by: "iommu" }),
+            (None, Some(x)) => Some(Invalidation { seq: x.rec.seq, ns: x.ns, by: "notifier" }),
+            _ => None,
+        };
+        // Primary: each vCPU's shadow state for the page.
+        let mut primary = Vec::new();
+        for k in 0..vcpus {
+            let mine = |x: &&Event| x.vcpu() == Some(k);
+            // A switch of address space (CR3 write, no PCID) ends the use of
+            // every user translation, like a full flush.
+            let touches = |x: &Event| match x.kind {
+                Some(Kind::ShadowFill) | Some(Kind::ShadowEvict) => x.vmm() && page(x.rec.va) == pg,
+                Some(Kind::ShadowFlush) => x.vmm() && covers(x.rec.va, x.rec.a, pg),
+                Some(Kind::MmSwitch) => x.guest(),
+                _ => false,
+            };
+            let cached = ev[..i].iter().rev().filter(mine).find(|x| touches(x)).is_some_and(|x| x.is(Kind::ShadowFill));
+            // Flushed, evicted, or replaced by a fill from the new PTE.
+            let flushed = later.iter().filter(mine).find(|x| touches(x)).filter(|_| cached).map(At::of);
+            primary.push(CpuFlush { vcpu: k, cached, flushed });
+        }
+        let flush_end =
+            later.iter().find(|x| x.guest() && x.is(Kind::FlushEnd) && covers(x.rec.va, x.rec.a, pg)).map(At::of);
+        let primary_done = if primary.iter().any(|f| f.cached && f.flushed.is_none()) {
+            None
+        } else {
+            let cpu_max = primary.iter().filter_map(|f| f.flushed).max_by_key(|a| a.seq);
+            match (flush_end, cpu_max) {
+                (Some(a), Some(b)) => Some(if a.seq > b.seq { a } else { b }),
+                (a, b) => a.or(b),
+            }
+        };
+        let (closed_by, close) = if has_devices {
+            ("secondary", invalidation.as_ref().map(|x| At { seq: x.seq, ns: x.ns }))
+        } else {
+            ("primary", primary_done)
+        };
+        // A body window is closed only by the test's own invalidations: the
+        // teardown's (munmap, PASID unbind) do not count, the window stays
+        // open until the iteration ends.
+        let limit = if phase == "body" { body_end } else { u64::MAX };
+        let close = close.filter(|c| c.seq <= limit);
+        let open = close.is_none();
+        let end = close.unwrap_or(last);
+        let start = At::of(e);
+        let split = match release {
+            Some(r) if r.seq < end.seq => r,
+            Some(_) => end,
+            None => start,
+        };
+        let count = |a: u64, b: u64| ev.iter().filter(|x| x.rec.seq > a && x.rec.seq < b).count() as u64;
+        // Stale accesses.
+        let after_rel = |s: u64| release.is_none_or(|r| s > r.seq);
+        let mut stale = Vec::new();
+        let dev_limit = end.seq.min(next_change.unwrap_or(u64::MAX));
+        for x in later.iter().take_while(|x| x.rec.seq < dev_limit) {
+            if x.device() && x.is(Kind::DevAccess) && page(x.rec.va) == pg && x.rec.b & dev_access::STALE != 0 {
+                let op = (x.rec.b & dev_access::OP_MASK) >> dev_access::OP_SHIFT;
+                stale.push(StaleAccess {
+                    source: "device",
+                    by: device_name(run, x.rec.unit as u64),
+                    seq: x.rec.seq,
+                    ns: x.ns,
+                    op: dev_op::name(op).to_string(),
+                    value: x.rec.a,
+                    after_release: after_rel(x.rec.seq),
+                });
+            }
+        }
+        for f in primary.iter().filter(|f| f.cached) {
+            let limit = f.flushed.map_or(u64::MAX, |a| a.seq).min(next_change.unwrap_or(u64::MAX));
+            for x in later.iter().take_while(|x| x.rec.seq < limit) {
+                if x.guest()
+                    && x.is(Kind::Access)
+                    && x.rec.unit as u64 == f.vcpu
+                    && page(x.rec.va) == pg
+                    && x.rec.a != VALUE_FAULT
+                {
+                    let op = match x.rec.b {
+                        0 => "load",
+                        1 => "store",
+                        _ => "rmw",
+                    };
+                    stale.push(StaleAccess {
+                        source: "vcpu",
+                        by: format!("vCPU {}", f.vcpu),
+                        seq: x.rec.seq,
+                        ns: x.ns,
+                        op: op.into(),
+                        value: x.rec.a,
+                        after_release: after_rel(x.rec.seq),
+                    });
+                }
+            }
+        }
+        stale.sort_by_key(|s| s.seq);
+        let n_after = |src: &str| stale.iter().filter(|s| s.after_release && s.source == src).count() as u64;
+        let (dev_after, cpu_after) = (n_after("device"), n_after("vcpu"));
+        out.push(Window {
+            test: run.meta.test.clone(),
+            policy: run.meta.policy.clone(),
+            run: ri,
+            iteration: it.number,
+            va: pg,
+            va_hex: format!("{pg:#x}"),
+            change: classify(e.rec.a, e.rec.b).unwrap_or("change"),
+            phase,
+            vcpu: cpu,
+            old_pte: e.rec.a,
+            new_pte: e.rec.b,
+            pte_change: start,
+            ptl_release: release,
+            invalidation,
+            primary_flush: primary,
+            primary_done,
+            closed_by,
+            open,
+            window_ns: end.ns.saturating_sub(start.ns),
+            under_ptl_ns: split.ns.saturating_sub(start.ns),
+            after_release_ns: end.ns.saturating_sub(split.ns),
+            window_events: count(start.seq, end.seq),
+            under_ptl_events: count(start.seq, split.seq),
+            after_release_events: if split.seq < end.seq { count(split.seq, end.seq) } else { 0 },
+            stale_accesses_after_release: dev_after + cpu_after,
+            stale_device_accesses_after_release: dev_after,
+            stale_vcpu_accesses_after_release: cpu_after,
+            stale_accesses_under_ptl: stale.iter().filter(|s| !s.after_release).count() as u64,
+            stale_accesses: stale,
+        });
+    }
+    out
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1e3)
+}
+
+fn rel(a: Option<u64>, base: u64) -> String {
+    a.map_or_else(|| "-".into(), |ns| format!("+{}", us(ns.saturating_sub(base))))
+}
+
+/// The human-readable report.
+pub fn render_text(r: &Report, file: &str) -> String {
+    let mut o = String::new();
+    let nwin = r.windows.len();
+    o += &format!(
+        "Trace {file}: {} run(s), {} window(s){}\n",
+        r.runs.len(),
+        nwin,
+        r.error
+            .as_ref()
+            .map_or(String::new(), |e| format!(" — INCOMPLETE FILE ({e}); the report covers what was readable"))
+    );
+    for w in &r.warnings {
+        o += &format!("Warning {w}\n");
+    }
+    for run in &r.runs {
+        o += "\n";
+        o += &format!(
+            "Run {}  {}  policy {}  tlb={} iotlb={} seed={}  Hash={}\n",
+            run.run, run.test, run.policy, run.tlb, run.iotlb, run.seed, run.hash
+        );
+        o += &format!(
+            "  {} vCPUs, devices [{}]; {} iterations ({} complete) in {} boot(s) [{}]; {} records, {} dropped, {} ring-full waits\n",
+            run.vcpus,
+            run.devices.join(", "),
+            run.iterations,
+            run.complete_iterations,
+            run.boots,
+            run.boot_ends.join(", "),
+            run.records,
+            run.dropped_records,
+            run.ring_full_waits
+        );
+        let ws: Vec<&Window> = r.windows.iter().filter(|w| w.run == run.run).collect();
+        if ws.is_empty() {
+            o += "  no staleness windows (no PTE change revoked a present translation)\n";
+            continue;
+        }
+        o += "  times in µs; release/inval/flush relative to the PTE change; events = records inside the part\n";
+        o += &format!(
+            "  {:>5} {:<16} {:<9} {:>3} {:>9} {:>10} {:>10} {:<22} {:>10} {:>10} {:>10} {:>7} {:>9}\n",
+            "iter",
+            "va",
+            "change",
+            "cpu",
+            "release",
+            "inval",
+            "primary",
+            "flushed (vCPU:+µs)",
+            "under_ptl",
+            "after_rel",
+            "window",
+            "events",
+            "stale d/c"
+        );
+        for w in ws {
+            let base = w.pte_change.ns;
+            let flushes: Vec<String> = w
+                .primary_flush
+                .iter()
+                .filter(|f| f.cached)
+                .map(|f| format!("{}:{}", f.vcpu, rel(f.flushed.map(|a| a.ns), base)))
+                .collect();
+            let inval = match &w.invalidation {
+                Some(_) if w.open => "teardown".into(),
+                Some(i) => rel(Some(i.ns), base),
+                None => "none".into(),
+            };
+            o += &format!(
+                "  {:>5} {:<16} {:<9} {:>3} {:>9} {:>10} {:>10} {:<22} {:>10} {:>10} {:>10} {:>7} {:>9}{}{}\n",
+                w.iteration,
+                w.va_hex,
+                w.change,
+                w.vcpu,
+                rel(w.ptl_release.map(|a| a.ns), base),
+                inval,
+                rel(w.primary_done.map(|a| a.ns), base),
+                if flushes.is_empty() { "-".to_string() } else { flushes.join(" ") },
+                us(w.under_ptl_ns),
+                us(w.after_release_ns),
+                us(w.window_ns),
+                format!("{}/{}", w.under_ptl_events, w.after_release_events),
+                format!("{}/{}", w.stale_device_accesses_after_release, w.stale_vcpu_accesses_after_release),
+                if w.open { "  OPEN (until iteration end)" } else { "" },
+                if w.phase != "body" { format!("  [{}]", w.phase) } else { String::new() },
+            );
+        }
+        let d = &run.distribution;
+        o += &format!(
+            "  Distribution over {} window(s) in {} iteration(s), {} open (window = PTE change → {} invalidation)\n",
+            d.windows,
+            d.iterations_with_windows,
+            d.open_windows,
+            if run.devices.is_empty() { "primary (TLB flush)" } else { "secondary (IOMMU)" }
+        );
+        o += &format!("  {:<30} {:>10} {:>10} {:>10} {:>10}\n", "", "min", "median", "p99", "max");
+        let row = |name: &str, s: &Stats, f: &dyn Fn(u64) -> String| {
+            format!("  {:<30} {:>10} {:>10} {:>10} {:>10}\n", name, f(s.min), f(s.median), f(s.p99), f(s.max))
+        };
+        o += &row("window (µs)", &d.window_ns, &us);
+        o += &row("under PTL (µs)", &d.under_ptl_ns, &us);
+        o += &row("after PTL release (µs)", &d.after_release_ns, &us);
+        o += &row("stale accesses after release", &d.stale_accesses_after_release, &|v| v.to_string());
+    }
+    o
+}
+
+/// Every record of a run (optionally one iteration), one line each, in
+/// sequence order: for looking at what happened.
+pub fn render_dump(parsed: &Parsed, run: Option<usize>, iteration: Option<u64>) -> String {
+    let mut o = String::new();
+    for (ri, r) in parsed.trace.runs.iter().enumerate() {
+        if run.is_some_and(|want| want != ri) {
+            continue;
+        }
+        o += &format!("# run {ri}: {} ({} boots)\n", r.meta.label(), r.boots.len());
+        for it in model::iterations(r) {
+            if iteration.is_some_and(|want| want != it.number) {
+                continue;
+            }
+            o += &format!(
+                "# iteration {} (boot {}){}\n",
+                it.number,
+                it.boot,
+                if it.complete { "" } else { " incomplete" }
+            );
+            for e in &it.events {
+                let who = match e.track() {
+                    model::Track::Vcpu(k) => format!("{}{k}", if e.vmm() { "vmm" } else { "cpu" }),
+                    model::Track::Device(d) => format!("dev{d}"),
+                    _ => "iommu".into(),
+                };
+                o += &format!(
+                    "{:>8} {:>12.3} {:<6} {:<16} va={:#x} a={:#x} b={:#x}\n",
+                    e.rec.seq,
+                    e.ns as f64 / 1e3,
+                    who,
+                    e.kind_name(),
+                    e.rec.va,
+                    e.rec.a,
+                    e.rec.b
+                );
+            }
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Boot, BootMeta, RunMeta, ThreadMeta};
+    use abi::trace::{source, Record};
+
+    struct B {
+        recs: Vec<Record>,
+        seq: u64,
+    }
+    impl B {
+        fn push(&mut self, src: u8, unit: u8, kind: Kind, va: u64, a: u64, b: u64) -> u64 {
+            self.seq += 1;
+            // 1 µs per record at 1 GHz.
+            let tsc = self.seq * 1000;
+            self.recs.push(Record { seq: self.seq, tsc, kind: kind as u16, source: src, unit, iteration: 0, va, a, b });
+            self.seq
+        }
+    }
+
+    const X: u64 = 0x80_0020_3000;
+
+    fn run(notifier_under_ptl: bool, notifier: bool) -> Run {
+        let mut b = B { recs: Vec::new(), seq: 0 };
+        let g = source::GUEST;
+        b.push(g, 0, Kind::IterBegin, 0, 0, 0);
+        b.push(g, 0, Kind::MmSwitch, 0, 0x300_0000, 0);
+        b.push(g, 1, Kind::MmSwitch, 0, 0x300_0000, 0);
+        b.push(source::DEVICE, 0, Kind::IotlbFill, X, 0x1234_5003, 0x1234_5000);
+        b.push(g, 0, Kind::PtlAcquire, X & !0x1f_ffff, 0x300_1000, 0);
+        b.push(g, 0, Kind::PteChange, X, 0x1234_5007, 0);
+        if notifier_under_ptl {
+            b.push(g, 0, Kind::NotifierBegin, X, X + 4096, 1);
+            b.push(source::DEVICE, UNIT_IOMMU, Kind::InvCompleted, X, X + 4096, 1);
+            b.push(g, 0, Kind::NotifierEnd, X, X + 4096, 1);
+        }
+        b.push(g, 0, Kind::PtlRelease, X & !0x1f_ffff, 0x300_1000, 0);
+        b.push(source::DEVICE, 0, Kind::IotlbStaleHit, X, 0, 0x1234_5000);
+        let stale = if notifier_under_ptl { 0 } else { dev_access::STALE };
+        b.push(source::DEVICE, 0, Kind::DevAccess, X, 1, 0x1234_5000 | stale);
+        if notifier && !notifier_under_ptl {
+            b.push(g, 0, Kind::NotifierBegin, X, X + 4096, 0);
+            b.push(source::DEVICE, UNIT_IOMMU, Kind::InvCompleted, X, X + 4096, 1);
+            b.push(g, 0, Kind::NotifierEnd, X, X + 4096, 0);
+        }
+        b.push(g, 0, Kind::MmSwitch, 0, 0, 0);
+        b.push(g, 1, Kind::MmSwitch, 0, 0, 0);
+        b.push(g, 0, Kind::PteChange, X + 4096, 0x5555_5007, 0); // teardown
+        b.push(g, 0, Kind::IterEnd, 0, 0, 0);
+        Run {
+            meta: RunMeta {
+                test: "t".into(),
+                policy: "p".into(),
+                vcpus: 2,
+                threads: vec![ThreadMeta { name: "D0".into(), kind: "device".into() }],
+                ..Default::default()
+            },
+            boots: vec![Boot {
+                meta: BootMeta { tsc_khz: 1_000_000, vcpus: 2, ..Default::default() },
+                records: b.recs,
+                end: None,
+            }],
+            end: None,
+        }
+    }
+
+    #[test]
+    fn after_release_window_with_a_stale_device_access() {
+        let (rr, w) = analyse_run(0, &run(false, true), Options::default());
+        assert_eq!(w.len(), 1, "{w:#?}");
+        let w = &w[0];
+        assert_eq!((w.va, w.change, w.phase, w.open), (X, "unmap", "body", false));
+        assert_eq!(w.under_ptl_ns, 1000);
+        assert_eq!(w.after_release_ns, 4000); // release at 7 µs, InvCompleted at 11 µs
+        assert_eq!((w.under_ptl_events, w.after_release_events), (0, 3));
+        assert_eq!(w.stale_device_accesses_after_release, 1);
+        assert_eq!(w.stale_accesses[0].by, "D0");
+        assert_eq!(w.invalidation.as_ref().unwrap().by, "iommu");
+        assert_eq!(rr.distribution.after_release_ns.max, 4000);
+    }
+
+    #[test]
+    fn notifier_under_ptl_leaves_no_after_release_part() {
+        let (_, w) = analyse_run(0, &run(true, true), Options::default());
+        assert_eq!(w[0].after_release_ns, 0);
+        assert_eq!(w[0].after_release_events, 0);
+        assert_eq!(w[0].stale_accesses_after_release, 0);
+    }
+
+    #[test]
+    fn no_notifier_is_an_open_window_until_the_end() {
+        let (rr, w) = analyse_run(0, &run(false, false), Options::default());
+        assert!(w[0].open && w[0].invalidation.is_none());
+        assert_eq!(w[0].window_ns, 12_000 - 5000);
+        assert_eq!(rr.distribution.open_windows, 1);
+        let (_, all) = analyse_run(0, &run(false, false), Options { all_phases: true });
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].phase, "teardown");
+    }
+
+    #[test]
+    fn stats_nearest_rank() {
+        let s = Stats::of((1..=100).collect());
+        assert_eq!((s.min, s.median, s.p99, s.max, s.count), (1, 50, 99, 100, 100));
+        assert_eq!(Stats::of(vec![]), Stats::default());
+        assert_eq!(Stats::of(vec![7]).p99, 7);
+    }
+}
