@@ -11,12 +11,12 @@
 use abi::layout::PAGE_SIZE;
 use abi::litmus::FlushScheme;
 
-use super::mm_types::{MmStruct, Vma};
+use super::mm_types::MmStruct;
 use super::mmu_gather::MmuGather;
 use super::mmu_notifier::{MmuNotifierRange, PteChange};
 use super::page::{page, PG_ANON, PG_DIRTY, PG_KSM, PG_SWAPBACKED};
 use super::pgtable::{pte, pte_page, swp};
-use super::ptdesc::{PteTable, PMD_SIZE};
+use super::ptdesc::PteTable;
 use super::{rmap, swap};
 
 impl MmStruct {
@@ -27,15 +27,9 @@ impl MmStruct {
         let mut range = MmuNotifierRange::start(self, start, end);
         let vmas = self.vmas_in(start, end);
         for v in vmas.as_slice().iter().filter(|v| v.is_anon()) {
-            let mut va = start.max(v.start);
-            let stop = end.min(v.end);
-            while va < stop {
-                let next = ((va & !(PMD_SIZE - 1)) + PMD_SIZE).min(stop);
-                if let Some(pt) = self.pte_offset_map_lock(va) {
-                    self.madvise_free_pte_range(&mut tlb, &mut range, v, pt, va, next);
-                }
-                va = next;
-            }
+            self.for_each_pte_table(start.max(v.start), end.min(v.end), |pt, s, e| {
+                self.madvise_free_pte_range(&mut tlb, &mut range, pt, s, e)
+            });
         }
         range.end();
         tlb.finish();
@@ -45,7 +39,6 @@ impl MmStruct {
         &self,
         tlb: &mut MmuGather,
         range: &mut MmuNotifierRange,
-        _vma: &Vma,
         mut pt: PteTable,
         start: u64,
         end: u64,

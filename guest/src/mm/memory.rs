@@ -313,6 +313,20 @@ impl MmStruct {
         tlb.finish();
     }
 
+    /// The PTE tables mapping `[start, end)`, each locked in turn
+    /// (`walk_pmd_range`): `f(locked table, start, end)` for the part of
+    /// the range each one maps; ranges without a table are skipped.
+    pub(super) fn for_each_pte_table(&self, start: u64, end: u64, mut f: impl FnMut(PteTable, u64, u64)) {
+        let mut va = page_align(start);
+        while va < end {
+            let stop = ((va & !(PMD_SIZE - 1)) + PMD_SIZE).min(end);
+            if let Some(pt) = self.pte_offset_map_lock(va) {
+                f(pt, va, stop);
+            }
+            va = stop;
+        }
+    }
+
     /// `unmap_page_range`: one PTE table (2 MiB) at a time, as `zap_pmd_range`.
     pub(super) fn unmap_page_range(
         &self,
@@ -322,14 +336,7 @@ impl MmStruct {
         start: u64,
         end: u64,
     ) {
-        let mut va = page_align(start);
-        while va < end {
-            let stop = ((va & !(PMD_SIZE - 1)) + PMD_SIZE).min(end);
-            if let Some(pt) = self.pte_offset_map_lock(va) {
-                self.zap_pte_range(tlb, range, vma, pt, va, stop);
-            }
-            va = stop;
-        }
+        self.for_each_pte_table(start, end, |pt, s, e| self.zap_pte_range(tlb, range, vma, pt, s, e));
     }
 
     /// `zap_pte_range`: clear the PTEs of one table under its PTL, gathering

@@ -12,7 +12,7 @@ use super::mmu_gather::MmuGather;
 use super::mmu_notifier::{MmuNotifierRange, PteChange};
 use super::page::{page, PG_KSM, PG_MIGRC};
 use super::pgtable::{pte, pte_dirty, pte_maps_page, pte_page, pte_write};
-use super::ptdesc::{PteTable, PMD_SIZE};
+use super::ptdesc::PteTable;
 use super::{migrate, policy, rmap};
 
 impl MmStruct {
@@ -34,15 +34,9 @@ impl MmStruct {
         let mut range = MmuNotifierRange::start(self, start, end);
         let vmas = self.vmas_in(start, end);
         for v in vmas.as_slice() {
-            let mut va = start.max(v.start);
-            let stop = end.min(v.end);
-            while va < stop {
-                let next = ((va & !(PMD_SIZE - 1)) + PMD_SIZE).min(stop);
-                if let Some(pt) = self.pte_offset_map_lock(va) {
-                    self.change_pte_range(&mut tlb, &mut range, v, pt, va, next);
-                }
-                va = next;
-            }
+            self.for_each_pte_table(start.max(v.start), end.min(v.end), |pt, s, e| {
+                self.change_pte_range(&mut tlb, &mut range, v, pt, s, e)
+            });
         }
         range.end();
         tlb.finish();

@@ -189,15 +189,9 @@ impl Mm {
     /// once a range is empty): clears the PMD entry, then frees the table.
     /// Returns the freed table's GPA.
     pub fn free_pte_table(&self, va: u64) -> Option<u64> {
-        let _guard = PAGE_TABLE_LOCK.lock();
-        let pmd_slot = self.pmd_entry(va)?;
-        let pt = read_entry(pmd_slot);
-        if pt & pte::P == 0 {
-            return None;
-        }
-        set_pte(pmd_slot, 0);
-        free_table(pt & pte::ADDR_MASK);
-        Some(pt & pte::ADDR_MASK)
+        let table = self.pmd_clear(va)?;
+        free_table(table);
+        Some(table)
     }
 
     /// `pmd_clear` of the PMD entry whose PTE table maps `va` (`free_pte_range`):

@@ -36,16 +36,14 @@ pub struct PtDesc {
     pub epoch: AtomicU32,
 }
 
-static PTDESC: [PtDesc; PT_PAGES] =
-    [const {
-        PtDesc {
-            ptl: AtomicBool::new(false),
-            flush_pending: AtomicU32::new(0),
-            tlb_gen: AtomicU64::new(0),
-            epoch: AtomicU32::new(0),
-        }
-    };
-        PT_PAGES];
+static PTDESC: [PtDesc; PT_PAGES] = [const {
+    PtDesc {
+        ptl: AtomicBool::new(false),
+        flush_pending: AtomicU32::new(0),
+        tlb_gen: AtomicU64::new(0),
+        epoch: AtomicU32::new(0),
+    }
+}; PT_PAGES];
 
 /// The descriptor of the page-table page at `table`.
 pub fn ptdesc(table: u64) -> &'static PtDesc {

@@ -37,9 +37,9 @@ fn slot_addr(slot: usize) -> u64 {
 /// reference of the cache's own). `None` if swap is full.
 pub fn add_to_swap(p: u64) -> Option<usize> {
     let _g = CACHE_LOCK.lock();
-    let slot = SWAP_MAP
-        .iter()
-        .position(|m| m.load(Ordering::Relaxed) == 0 && m.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok())?;
+    let slot = SWAP_MAP.iter().position(|m| {
+        m.load(Ordering::Relaxed) == 0 && m.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    })?;
     IN_USE.fetch_add(1, Ordering::AcqRel);
     get_page(p);
     page(p).private.store(slot as u32, Ordering::Relaxed);
