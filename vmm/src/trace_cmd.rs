@@ -159,7 +159,7 @@ pub fn bench(base: &VmConfig, runs: u64) -> Result<()> {
             let first = once(false)?;
             if first.1 * 2 > runs {
                 println!(
-                    "{:<26} {:<36} skipped: {} of {runs} iterations stalled (the mm model cannot run this test yet)",
+                    "{:<26} {:<36} skipped: {} of {runs} iterations stalled (a runs/s figure would measure the iteration timeout)",
                     name,
                     policy.canonical_mm(),
                     first.1
