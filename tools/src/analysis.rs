@@ -220,6 +220,30 @@ fn classify(old: u64, new: u64) -> Option<&'static str> {
     }
 }
 
+/// What a PTE change did. A clear followed, before the PTL is released, by
+/// the same CPU installing another page at the same address is one
+/// replacement done break-before-make (`ptep_clear_flush` then
+/// `set_pte_at`: CoW, migration, KSM): a `remap`, not an `unmap`.
+fn change_kind(e: &Event, later: &[Event], release: Option<At>) -> &'static str {
+    let kind = classify(e.rec.a, e.rec.b).unwrap_or("change");
+    if kind != "unmap" {
+        return kind;
+    }
+    let until = release.map_or(u64::MAX, |r| r.seq);
+    let installed = later.iter().take_while(|x| x.rec.seq < until).find(|x| {
+        x.guest()
+            && x.is(Kind::PteChange)
+            && x.rec.unit == e.rec.unit
+            && page(x.rec.va) == page(e.rec.va)
+            && x.rec.a & P == 0
+            && x.rec.b & P != 0
+    });
+    match installed {
+        Some(x) if x.rec.b & ADDR != e.rec.a & ADDR => "remap",
+        _ => kind,
+    }
+}
+
 /// Does `[start, end)` cover `va`? (0, 0) and an end of `u64::MAX` mean
 /// everything / to the end.
 fn covers(start: u64, end: u64, va: u64) -> bool {
@@ -447,7 +471,7 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
             iteration: it.number,
             va: pg,
             va_hex: format!("{pg:#x}"),
-            change: classify(e.rec.a, e.rec.b).unwrap_or("change"),
+            change: change_kind(e, later, release),
             phase,
             vcpu: cpu,
             old_pte: e.rec.a,

@@ -23,7 +23,8 @@ pub struct SvgOptions {
 }
 
 const W: f64 = 1400.0;
-const LEFT: f64 = 190.0;
+// Room for a window label such as "0x7f0000201000 wrprotect (vCPU 12)".
+const LEFT: f64 = 270.0;
 const RIGHT: f64 = 30.0;
 const TRACK_H: f64 = 46.0;
 const ROW_H: f64 = 24.0;
