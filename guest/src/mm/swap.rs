@@ -153,6 +153,9 @@ fn slot_put(slot: usize) -> u32 {
 /// Teardown backstop: pages left in the swap cache by a test that ended
 /// mid-flight (the mm is gone, nothing maps them any more).
 pub fn drop_unused_cache() {
+    if slots_in_use() == 0 {
+        return;
+    }
     for cached in &SWAP_CACHE {
         let p = cached.load(Ordering::Acquire);
         if p != 0 {
