@@ -237,12 +237,13 @@ pub fn never_10k_runs_per_scenario() -> Result<(), Failed> {
 
 /// Unsynchronised threads mixing every mm operation on pages that share
 /// page tables (`tests/e2e/data/stress/`), under several flush schemes and
-/// notifier placements and an evicting TLB: every iteration ends (no
+/// notifier placements, with an evicting TLB and IOTLB: every iteration ends (no
 /// timeout), without a guest error, and returns every page, table and
 /// swap slot (`--check` fails on a leak).
 pub fn stress_no_crash_no_leak() -> Result<(), Failed> {
     let dir = repo().join("tests/e2e/data/stress");
-    let mut args = vec!["litmus", "--check", "--runs", "30", "--seed", "9", "--tlb", "evict:0.3"];
+    let mut args =
+        vec!["litmus", "--check", "--runs", "30", "--seed", "9", "--tlb", "evict:0.3", "--iotlb", "evict:0.3"];
     for p in ["default", "flush=per-ptl", "flush=generation", "notifier=end", "migrc=on"] {
         args.extend(["--policy", p]);
     }
