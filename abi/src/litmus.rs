@@ -507,38 +507,9 @@ impl PolicyAbi {
         iotlb_evict_ppm: 0,
     };
 
-    /// [`Self::DEFAULT`] in its wire form (the eviction probabilities are 0).
-    pub const DEFAULT_BYTES: [u8; POLICY_LEN] = {
-        let d = Self::DEFAULT;
-        [
-            d.tlb,
-            d.iotlb,
-            d.pwc,
-            d.flush,
-            d.notifier,
-            d.madv_nested_check,
-            d.batched_pending_check,
-            d.mremap_flush,
-            d.reset_range,
-            d.nested_range,
-            d.dirty_shared_flush,
-            d.migrc,
-            d.migrc_upgrade,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ]
-    };
-
-    pub fn to_bytes(&self) -> [u8; POLICY_LEN] {
+    /// The wire form (`const`, so the guest's policy store can start from
+    /// `DEFAULT.to_bytes()`).
+    pub const fn to_bytes(&self) -> [u8; POLICY_LEN] {
         let mut b = [0u8; POLICY_LEN];
         b[0] = self.tlb;
         b[1] = self.iotlb;
@@ -553,8 +524,13 @@ impl PolicyAbi {
         b[10] = self.dirty_shared_flush;
         b[11] = self.migrc;
         b[12] = self.migrc_upgrade;
-        b[16..20].copy_from_slice(&self.tlb_evict_ppm.to_le_bytes());
-        b[20..24].copy_from_slice(&self.iotlb_evict_ppm.to_le_bytes());
+        let (tlb, iotlb) = (self.tlb_evict_ppm.to_le_bytes(), self.iotlb_evict_ppm.to_le_bytes());
+        let mut i = 0;
+        while i < 4 {
+            b[16 + i] = tlb[i];
+            b[20 + i] = iotlb[i];
+            i += 1;
+        }
         b
     }
 

@@ -11,7 +11,7 @@ use abi::litmus::{
 
 const N: usize = abi::litmus::POLICY_LEN;
 static BYTES: [AtomicU8; N] = {
-    let d = PolicyAbi::DEFAULT_BYTES;
+    let d = PolicyAbi::DEFAULT.to_bytes();
     let mut a = [const { AtomicU8::new(0) }; N];
     let mut i = 0;
     while i < N {
