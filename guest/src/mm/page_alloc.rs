@@ -17,6 +17,29 @@ struct DataPages {
     in_use: u64,
 }
 
+impl DataPages {
+    /// The most recently freed page, else a fresh one.
+    fn pop(&mut self) -> Option<u64> {
+        if self.free_head != 0 {
+            let p = self.free_head;
+            // SAFETY: free pages are ours; the first word links the free list.
+            self.free_head = unsafe { core::ptr::read_volatile(p as *const u64) };
+            Some(p)
+        } else if self.next_fresh + PAGE_SIZE <= self.end {
+            self.next_fresh += PAGE_SIZE;
+            Some(self.next_fresh - PAGE_SIZE)
+        } else {
+            None
+        }
+    }
+
+    fn push(&mut self, page: u64) {
+        // SAFETY: the page is given back to us; its first word links the free list.
+        unsafe { core::ptr::write_volatile(page as *mut u64, self.free_head) };
+        self.free_head = page;
+    }
+}
+
 static DATA: SpinLock<DataPages> =
     SpinLock::new(DataPages { free_head: 0, next_fresh: layout::FREE_START, end: layout::FREE_START, in_use: 0 });
 
@@ -49,18 +72,7 @@ pub fn alloc_page() -> Option<u64> {
 /// overwrite all of it at once (a copy; zeroing is a hypercall).
 pub fn alloc_page_nozero() -> Option<u64> {
     let mut d = DATA.lock();
-    let page = if d.free_head != 0 {
-        let p = d.free_head;
-        // SAFETY: free pages are ours; the first word links the free list.
-        d.free_head = unsafe { core::ptr::read_volatile(p as *const u64) };
-        p
-    } else if d.next_fresh + PAGE_SIZE <= d.end {
-        let p = d.next_fresh;
-        d.next_fresh += PAGE_SIZE;
-        p
-    } else {
-        return None;
-    };
+    let page = d.pop()?;
     d.in_use += 1;
     drop(d);
     page::page(page).reset();
@@ -72,9 +84,7 @@ pub fn alloc_page_nozero() -> Option<u64> {
 pub fn free_page(page: u64) {
     page::page(page).refcount.store(0, Ordering::Release);
     let mut d = DATA.lock();
-    // SAFETY: the caller gives the page back; we own it again.
-    unsafe { core::ptr::write_volatile(page as *mut u64, d.free_head) };
-    d.free_head = page;
+    d.push(page);
     d.in_use -= 1;
 }
 
@@ -85,17 +95,10 @@ pub fn free_page(page: u64) {
 pub fn hold_pages(out: &mut [u64]) -> usize {
     let mut d = DATA.lock();
     for (i, slot) in out.iter_mut().enumerate() {
-        *slot = if d.free_head != 0 {
-            let p = d.free_head;
-            // SAFETY: free pages are ours; the first word links the free list.
-            d.free_head = unsafe { core::ptr::read_volatile(p as *const u64) };
-            p
-        } else if d.next_fresh + PAGE_SIZE <= d.end {
-            d.next_fresh += PAGE_SIZE;
-            d.next_fresh - PAGE_SIZE
-        } else {
-            return i;
-        };
+        match d.pop() {
+            Some(p) => *slot = p,
+            None => return i,
+        }
     }
     out.len()
 }
@@ -104,9 +107,7 @@ pub fn hold_pages(out: &mut [u64]) -> usize {
 pub fn unhold_pages(pages: &[u64]) {
     let mut d = DATA.lock();
     for &p in pages.iter().rev() {
-        // SAFETY: a held page is ours; its first word links the free list.
-        unsafe { core::ptr::write_volatile(p as *mut u64, d.free_head) };
-        d.free_head = p;
+        d.push(p);
     }
 }
 
