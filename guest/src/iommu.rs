@@ -181,8 +181,14 @@ pub fn recover_from_queue_error(head: u64) -> Result<(), QueueError> {
 }
 
 /// The mmu_notifier `invalidate_range` callback of the SVA driver: one
-/// descriptor per page for short ranges, the whole PASID otherwise.
+/// descriptor per page for short ranges, the whole PASID otherwise,
+/// nothing for an empty range.
 pub fn invalidate_range(pasid: u32, start: u64, end: u64, leaf_only: bool) -> Result<(), QueueError> {
+    // An empty range (start >= end, e.g. a reset mmu_gather's `~0`
+    // sentinel) invalidates nothing: that is the 2022 IOMMUv2 report.
+    if end <= start {
+        return Ok(());
+    }
     let pages = (end - start).div_ceil(4096);
     if pages > 32 {
         return qi_submit_sync(&[InvDesc::PasidAll { pasid }], false);

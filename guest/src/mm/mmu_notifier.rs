@@ -38,9 +38,8 @@ pub enum PteChange {
 
 /// The secondary-MMU invalidation itself: the SVA driver's
 /// `invalidate_range` (6.6+: `arch_invalidate_secondary_tlbs`). `leaf_only`
-/// is the invalidation hint that spares the paging-structure cache. An
-/// empty range (start ≥ end, e.g. the reset `~0` sentinel) invalidates
-/// nothing, as the driver's range arithmetic does.
+/// is the invalidation hint that spares the paging-structure cache. The
+/// driver invalidates nothing for an empty range (the reset `~0` sentinel).
 pub fn invalidate_secondary(mm: &MmStruct, start: u64, end: u64, leaf_only: bool) {
     let pasid = mm.pasid.load(Ordering::Acquire);
     if pasid == 0 {
@@ -48,9 +47,7 @@ pub fn invalidate_secondary(mm: &MmStruct, start: u64, end: u64, leaf_only: bool
     }
     hook(Hook::BeforeNotifier);
     trace::emit(Kind::NotifierBegin, start, end, leaf_only as u64);
-    if start < end {
-        let _ = iommu::invalidate_range(pasid as u32, start, end, leaf_only);
-    }
+    let _ = iommu::invalidate_range(pasid as u32, start, end, leaf_only);
     trace::emit(Kind::NotifierEnd, start, end, leaf_only as u64);
     hook(Hook::AfterNotifier);
 }
