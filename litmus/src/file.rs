@@ -10,7 +10,7 @@ use crate::ast::{CondKind, Condition, Expectation, Expr, Location, Observable, O
 use crate::code::{looks_like_register, parse_code, register_index, TextMap};
 use crate::cond::{parse_condition, RawExpr};
 use crate::diag::{Diagnostic, SourceFile};
-use crate::policy::Policy;
+use crate::policy::{Key, Policy, KEYS};
 use abi::litmus::{LocKind, Op, Perm, ThreadKind, WaitCmp, MAX_THREADS, RESERVED_MIN};
 use md5::{Digest, Md5};
 use serde::Deserialize;
@@ -643,15 +643,43 @@ fn check_expect(c: &mut Checker<'_>, raw: &RawFile) -> Vec<Expectation> {
                 .push("expected one of: never, sometimes, always".into());
         }
         if let (Some(policy), Some(verdict)) = (policy, verdict) {
-            if let Some(prev) = out.iter().find(|e| e.policy.abi == policy.abi && e.policy == policy) {
-                let msg = format!("[expect] `{key}` is the same policy as `{}`", prev.key);
-                c.error(span(k), msg);
+            // Compare what the keys resolve to, not how they are written:
+            // `default` and `flush=pending` are one policy, and an entry that
+            // leaves `tlb` open overlaps one that names it.
+            if let Some(prev) = out.iter().find(|e| expectations_overlap(&e.policy, &policy)) {
+                let msg = if prev.verdict == verdict {
+                    format!("[expect] `{key}` is the same policy as `{}`", prev.key)
+                } else {
+                    format!(
+                        "[expect] `{key}` = \"{}\" contradicts `{}` = \"{}\": both resolve to the same policy",
+                        verdict.name(),
+                        prev.key,
+                        prev.verdict.name()
+                    )
+                };
+                let d = c.error(span(k), msg);
+                d.notes.push(format!("both mean: {}", full_policy_text(&policy)));
                 continue;
             }
             out.push(Expectation { key: key.clone(), policy, verdict });
         }
     }
     out
+}
+
+/// Would a run match both `[expect]` policies? Every kernel-behaviour key
+/// must resolve to the same value; the cache models `tlb`/`iotlb` only
+/// separate two entries when both name them (see
+/// [`Policy::expectation_applies`]).
+fn expectations_overlap(a: &Policy, b: &Policy) -> bool {
+    KEYS.iter().all(|k| {
+        let open = matches!(k.key, Key::Tlb | Key::Iotlb) && (!a.is_explicit(k.key) || !b.is_explicit(k.key));
+        open || a.get(k.key) == b.get(k.key)
+    })
+}
+
+fn full_policy_text(p: &Policy) -> String {
+    p.full().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 /// litmus7-style hash: MD5 of the normalised test (locations with kinds and
@@ -822,6 +850,29 @@ forbidden = "P2:r1 == 1"
         let d = errors("name = \"t\"\n[locations]\nx = { page = \"rx\" }\nr1 = { var = 1 }\n[thread.P0]\ncode = \"mfence\"\n[final]\nexists = \"true\"\n");
         assert_eq!(d[0].notes[0], "expected one of: rw, ro, none, unmapped");
         assert!(d[1].message.contains("looks like a register"));
+    }
+
+    /// Entries are compared by the policy they resolve to: `default` is
+    /// `flush=pending`, and an entry without `tlb` overlaps `tlb=lazy`.
+    #[test]
+    fn contradictory_expectations_resolving_to_one_policy() {
+        let with = |expect: &str| EXAMPLE.split("[expect]").next().unwrap().to_string() + "[expect]\n" + expect;
+        let d = errors(&with("\"flush=pending\" = \"never\"\n\"default\" = \"sometimes\"\n"));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].message.contains("`default` = \"sometimes\" contradicts `flush=pending` = \"never\""), "{}", d[0]);
+        let line = EXAMPLE.split("[expect]").next().unwrap().lines().count() as u32 + 3;
+        assert_eq!((d[0].line, d[0].col), (line, 1), "{}", d[0]);
+        assert!(d[0].notes[0].starts_with("both mean: "), "{:?}", d[0].notes);
+        let d = errors(&with(
+            "\"flush=pending,madv-nested-check=off\" = \"sometimes\"\n\"madv-nested-check=off,tlb=lazy\" = \"never\"\n",
+        ));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].message.contains("contradicts"), "{}", d[0]);
+        let d = errors(&with("\"flush=ptl\" = \"never\"\n\"flush=ptl,tlb=lazy\" = \"never\"\n"));
+        assert!(d[0].message.contains("is the same policy as"), "{}", d[0]);
+        // Different cache models named on both sides are different rows.
+        let ok = check_source("t.toml", &with("\"tlb=lazy\" = \"never\"\n\"tlb=evict:0.5\" = \"sometimes\"\n"));
+        assert!(ok.test.is_some(), "{:?}", ok.diagnostics);
     }
 
     #[test]

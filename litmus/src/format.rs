@@ -14,11 +14,23 @@
 
 use crate::ast::{CondKind, Test};
 use crate::policy::{Key, Policy, KEYS};
-use crate::results::{RunResult, Value};
+use crate::results::{ExpectResult, RunResult, Summary, Value};
 use serde_json::{json, Value as Json};
 
 /// Schema id of [`to_json`]'s output. Bump the number on incompatible changes.
-pub const JSON_SCHEMA: &str = "shootdown-results/1";
+pub const JSON_SCHEMA: &str = "shootdown-results/2";
+
+/// `1000 of 1000 completed` or `998 of 1000 completed, 1 timed out, 1 never ran`.
+pub fn evidence_text(s: &Summary, requested: u64) -> String {
+    let mut t = format!("{} of {requested} completed", s.completed);
+    if s.timed_out > 0 {
+        t += &format!(", {} timed out", s.timed_out);
+    }
+    if s.missing > 0 {
+        t += &format!(", {} never ran", s.missing);
+    }
+    t
+}
 
 fn condition_text(test: &Test) -> String {
     let kw = match test.condition.kind {
@@ -77,10 +89,15 @@ pub fn herd_block(test: &Test, run: &RunResult) -> String {
         test.name,
         s.observation.herd_name(),
         s.matching,
-        s.total - s.matching
+        s.completed - s.matching
     ));
-    if let (Some(e), Some(ok)) = (s.expected, s.expect_ok) {
-        o.push_str(&format!("Expect {}: {}\n", e.name(), if ok { "ok" } else { "MISMATCH" }));
+    if let (Some(e), Some(res)) = (s.expected, s.expect) {
+        match res {
+            ExpectResult::Inconclusive => {
+                o.push_str(&format!("Expect {}: inconclusive ({})\n", e.name(), evidence_text(&s, run.requested)))
+            }
+            _ => o.push_str(&format!("Expect {}: {}\n", e.name(), res.name())),
+        }
     }
     if run.n_timeouts > 0 {
         o.push_str(&format!("Timeouts {}\n", run.n_timeouts));
@@ -94,18 +111,19 @@ pub fn herd_block(test: &Test, run: &RunResult) -> String {
 }
 
 /// One line per file after its blocks:
-/// `Summary NAME (FILE): 3 runs, 2 ok, 1 MISMATCH, 0 without expectation`.
+/// `Summary NAME (FILE): 3 runs, 2 ok, 1 MISMATCH, 0 inconclusive, 0 without expectation`.
 pub fn file_summary(test: &Test, runs: &[&RunResult]) -> String {
-    let (mut ok, mut bad, mut none) = (0, 0, 0);
+    let (mut ok, mut bad, mut inconclusive, mut none) = (0, 0, 0, 0);
     for r in runs {
-        match r.summary(test).expect_ok {
-            Some(true) => ok += 1,
-            Some(false) => bad += 1,
+        match r.summary(test).expect {
+            Some(ExpectResult::Ok) => ok += 1,
+            Some(ExpectResult::Mismatch) => bad += 1,
+            Some(ExpectResult::Inconclusive) => inconclusive += 1,
             None => none += 1,
         }
     }
     format!(
-        "Summary {} ({}): {} runs, {ok} ok, {bad} MISMATCH, {none} without expectation\n",
+        "Summary {} ({}): {} runs, {ok} ok, {bad} MISMATCH, {inconclusive} inconclusive, {none} without expectation\n",
         test.name,
         test.file,
         runs.len()
@@ -114,25 +132,33 @@ pub fn file_summary(test: &Test, runs: &[&RunResult]) -> String {
 
 /// The final verdict table: one row per (test, policy), observed against
 /// expected. Columns are padded to the widest cell.
+///
+/// `runs` is completed/requested iterations and `timeouts` the timed-out
+/// ones, so an `inconclusive` row says why at a glance.
 pub fn verdict_table(runs: &[(&Test, &RunResult)]) -> String {
-    let mut rows: Vec<[String; 5]> =
-        vec![["test".into(), "policy".into(), "observed".into(), "expected".into(), "result".into()]];
+    const COLS: usize = 7;
+    let mut rows: Vec<[String; COLS]> = vec![[
+        "test".into(),
+        "policy".into(),
+        "runs".into(),
+        "timeouts".into(),
+        "observed".into(),
+        "expected".into(),
+        "result".into(),
+    ]];
     for (t, r) in runs {
         let s = r.summary(t);
         rows.push([
             t.name.clone(),
             r.policy.canonical(),
+            format!("{}/{}", s.completed, r.requested),
+            s.timed_out.to_string(),
             s.observation.name().into(),
             s.expected.map(|e| e.name()).unwrap_or("-").into(),
-            match s.expect_ok {
-                Some(true) => "ok",
-                Some(false) => "MISMATCH",
-                None => "-",
-            }
-            .into(),
+            s.expect.map(|e| e.name()).unwrap_or("-").into(),
         ]);
     }
-    let mut w = [0usize; 5];
+    let mut w = [0usize; COLS];
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.chars().count());
@@ -143,7 +169,7 @@ pub fn verdict_table(runs: &[(&Test, &RunResult)]) -> String {
         let line: Vec<String> = r
             .iter()
             .enumerate()
-            .map(|(i, c)| if i == 4 { c.clone() } else { format!("{c:<width$}", width = w[i]) })
+            .map(|(i, c)| if i == COLS - 1 { c.clone() } else { format!("{c:<width$}", width = w[i]) })
             .collect();
         o.push_str(line.join("  ").trim_end());
         o.push('\n');
@@ -208,7 +234,11 @@ pub fn to_json(runs: &[(&Test, &RunResult)]) -> Json {
                 "policy_keys": policy_keys,
                 "seed": r.seed,
                 "observed": names,
+                "requested": r.requested,
                 "iterations": s.total,
+                "completed": s.completed,
+                "timed_out": s.timed_out,
+                "missing": s.missing,
                 "histogram": histogram,
                 "positive": s.positive,
                 "negative": s.negative,
@@ -216,8 +246,12 @@ pub fn to_json(runs: &[(&Test, &RunResult)]) -> Json {
                 "observation": s.observation.name(),
                 "matching": s.matching,
                 "expected": s.expected.map(|e| e.name()),
-                "expect_ok": s.expect_ok,
-                "timeouts": r.n_timeouts,
+                "expect_ok": s.expect.map(|e| e.passed()),
+                "expect_result": s.expect.map(|e| match e {
+                    ExpectResult::Ok => "ok",
+                    ExpectResult::Mismatch => "mismatch",
+                    ExpectResult::Inconclusive => "inconclusive",
+                }),
                 "timeout_samples": timeouts,
                 "time_secs": r.time_secs,
                 "fidelity": r.fidelity,
@@ -258,7 +292,7 @@ forbidden = "P2:r1 == 1"
     #[test]
     fn forbidden_seen_golden() {
         let t = test();
-        let mut r = RunResult::new(&t, Policy::parse("flush=pending,madv-nested-check=off").unwrap(), 42);
+        let mut r = RunResult::new(&t, Policy::parse("flush=pending,madv-nested-check=off").unwrap(), 42, 1000);
         r.record_n(&[1, 1], 600).unwrap();
         r.record_n(&[1, 0], 400).unwrap();
         r.time_secs = 0.214;
@@ -287,7 +321,7 @@ Time madv-dontneed-concurrent 0.21
     #[test]
     fn forbidden_never_golden_with_specials_and_timeouts() {
         let t = test();
-        let mut r = RunResult::new(&t, Policy::default(), 7);
+        let mut r = RunResult::new(&t, Policy::default(), 7, 1000);
         r.record_n(&[1, 0], 998).unwrap();
         r.record(&[1, VALUE_FAULT]).unwrap();
         r.record_timeout(
@@ -317,11 +351,11 @@ Histogram (3 states)
 Ok
 
 Witnesses
-Positive: 1000, Negative: 0
+Positive: 999, Negative: 0
 Condition ~exists (P2:r1=1) is validated
 Hash={}
-Observation madv-dontneed-concurrent Never 0 1000
-Expect never: ok
+Observation madv-dontneed-concurrent Never 0 999
+Expect never: inconclusive (999 of 1000 completed, 1 timed out)
 Timeouts 1
 Timeout iteration 5: P0 at line 5:8 in hook after_ptl_release, P1 finished
 Time madv-dontneed-concurrent 0.00
@@ -335,7 +369,7 @@ Time madv-dontneed-concurrent 0.00
     fn exists_sometimes_and_mismatch() {
         let src = SRC.replace("forbidden = \"P2:r1 == 1\"", "exists = \"P2:r1 == 1 || x != 1\"");
         let t = check_source("e.toml", &src).test.unwrap();
-        let mut r = RunResult::new(&t, Policy::parse("flush=pending").unwrap(), 1);
+        let mut r = RunResult::new(&t, Policy::parse("flush=pending").unwrap(), 1, 1234570);
         r.record_n(&[1, 1, 1], 3).unwrap();
         r.record_n(&[1, 0, 1], 1234567).unwrap();
         let out = herd_block(&t, &r);
@@ -351,22 +385,81 @@ Time madv-dontneed-concurrent 0.00
         assert_eq!(
             table,
             "Verdicts\n\
-             test                      policy         observed   expected  result\n\
-             madv-dontneed-concurrent  flush=pending  sometimes  never     MISMATCH\n"
+             test                      policy         runs             timeouts  observed   expected  result\n\
+             madv-dontneed-concurrent  flush=pending  1234570/1234570  0         sometimes  never     MISMATCH\n"
         );
         assert_eq!(
             file_summary(&t, &[&r]),
-            "Summary madv-dontneed-concurrent (e.toml): 1 runs, 0 ok, 1 MISMATCH, 0 without expectation\n"
+            "Summary madv-dontneed-concurrent (e.toml): 1 runs, 0 ok, 1 MISMATCH, 0 inconclusive, 0 without expectation\n"
         );
+    }
+
+    fn run_requested(j: &Json) -> u64 {
+        j["runs"][0]["requested"].as_u64().unwrap()
+    }
+
+    /// SCENARIOS.md "Verdicts need evidence": a run whose iterations all
+    /// timed out, or that ran fewer than requested, proves no `never`.
+    #[test]
+    fn never_needs_every_iteration() {
+        let t = test();
+        let pos = || vec![ThreadPosition { thread: "P0".into(), pc: Some(0), source: None, hook: None }];
+        // Every iteration timed out.
+        let mut all_timed_out = RunResult::new(&t, Policy::parse("flush=pending").unwrap(), 1, 3);
+        for i in 0..3 {
+            all_timed_out.record_timeout(i, &[VALUE_TIMEOUT, VALUE_TIMEOUT], pos()).unwrap();
+        }
+        let s = all_timed_out.summary(&t);
+        assert_eq!((s.completed, s.timed_out, s.matching), (0, 3, 0));
+        assert_eq!(s.expect, Some(ExpectResult::Inconclusive));
+        assert!(crate::results::any_mismatch(&[(&t, &all_timed_out)]));
+        let out = herd_block(&t, &all_timed_out);
+        assert!(out.contains("Expect never: inconclusive (0 of 3 completed, 3 timed out)\n"), "{out}");
+        let table = verdict_table(&[(&t, &all_timed_out)]);
+        assert!(table.contains(" 0/3 ") && table.trim_end().ends_with("inconclusive"), "{table}");
+        let j = to_json(&[(&t, &all_timed_out)]);
+        assert_eq!(j["runs"][0]["expect_result"], "inconclusive");
+        assert_eq!(j["runs"][0]["expect_ok"], false);
+        assert_eq!(j["runs"][0]["completed"], 0);
+        assert_eq!(j["runs"][0]["timed_out"], 3);
+
+        // The guest stopped after 2 of 100 iterations: never is unproven.
+        let mut short = RunResult::new(&t, Policy::parse("flush=pending").unwrap(), 1, 100);
+        short.record_n(&[1, 0], 2).unwrap();
+        let s = short.summary(&t);
+        assert_eq!((s.missing, s.expect), (98, Some(ExpectResult::Inconclusive)));
+        assert!(herd_block(&t, &short).contains("inconclusive (2 of 100 completed, 98 never ran)"));
+
+        // Nothing ran at all.
+        let none = RunResult::new(&t, Policy::parse("flush=pending").unwrap(), 1, 100);
+        assert_eq!(none.summary(&t).expect, Some(ExpectResult::Inconclusive));
+
+        // `sometimes` may rest on completed iterations: one witness suffices.
+        let mut witness = RunResult::new(&t, Policy::parse("flush=pending,madv-nested-check=off").unwrap(), 1, 10);
+        witness.record(&[1, 1]).unwrap();
+        witness.record_timeout(1, &[VALUE_TIMEOUT, VALUE_TIMEOUT], pos()).unwrap();
+        assert_eq!(witness.summary(&t).expect, Some(ExpectResult::Ok));
+        // …but without a witness an incomplete run cannot refute it.
+        let mut no_witness = RunResult::new(&t, Policy::parse("flush=pending,madv-nested-check=off").unwrap(), 1, 10);
+        no_witness.record_n(&[1, 0], 9).unwrap();
+        assert_eq!(no_witness.summary(&t).expect, Some(ExpectResult::Inconclusive));
+        no_witness.record(&[1, 0]).unwrap();
+        assert_eq!(no_witness.summary(&t).expect, Some(ExpectResult::Mismatch));
+
+        // A counterexample refutes `never` even in an incomplete run.
+        let mut refuted = RunResult::new(&t, Policy::parse("flush=pending").unwrap(), 1, 10);
+        refuted.record(&[1, 1]).unwrap();
+        assert_eq!(refuted.summary(&t).expect, Some(ExpectResult::Mismatch));
     }
 
     #[test]
     fn json_schema() {
         let t = test();
-        let mut r = RunResult::new(&t, Policy::parse("flush=ptl").unwrap(), 3);
+        let mut r = RunResult::new(&t, Policy::parse("flush=ptl").unwrap(), 3, 1);
         r.record(&[1, VALUE_FAULT]).unwrap();
         let j = to_json(&[(&t, &r)]);
-        assert_eq!(j["schema"], "shootdown-results/1");
+        assert_eq!(j["schema"], "shootdown-results/2");
+        assert_eq!(run_requested(&j), 1);
         let run = &j["runs"][0];
         assert_eq!(run["policy"], "flush=ptl");
         assert_eq!(run["policy_keys"]["flush"], "ptl");

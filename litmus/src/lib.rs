@@ -29,7 +29,7 @@
 //!     let compiled = compile(test, &policy, &opts);
 //!     assert!(abi::litmus::Blob::parse(&compiled.blob).is_ok());
 //!     // 4. Record what the guest reports: one u64 per observed value.
-//!     let mut run = RunResult::new(test, policy, opts.seed);
+//!     let mut run = RunResult::new(test, policy, opts.seed, 100);
 //!     let stale = policy.get(Key::MadvNestedCheck) == "off";
 //!     run.record_n(&[1, if stale { 1 } else { 0 }], 100).unwrap();
 //!     runs.push(run);
@@ -61,10 +61,12 @@ pub use catalogue::{catalogue, catalogue_sources};
 pub use compile::{compile, disassemble, CompileOptions, Compiled};
 pub use diag::{render_all, Diagnostic, Severity, SourceFile};
 pub use file::{check_all, check_source, load_files, CheckedFile};
-pub use format::{file_summary, herd_block, policy_line, state_text, to_json, verdict_table, JSON_SCHEMA};
+pub use format::{
+    evidence_text, file_summary, herd_block, policy_line, state_text, to_json, verdict_table, JSON_SCHEMA,
+};
 pub use policy::{policy_matrix, Key, KeyInfo, Policy, PolicyError, KEYS};
 pub use results::{
-    any_mismatch, expectation_met, ArityError, RunResult, Summary, ThreadPosition, TimeoutRecord, Value,
+    any_mismatch, judge, ArityError, Evidence, ExpectResult, RunResult, Summary, ThreadPosition, TimeoutRecord, Value,
 };
 
 /// `vmm litmus --list-hooks`: one line per hook, `name  description`.

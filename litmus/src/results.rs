@@ -109,6 +109,9 @@ pub struct RunResult {
     pub hash: String,
     pub policy: Policy,
     pub seed: u64,
+    /// Iterations the run was asked for. `never`/`always` need every one of
+    /// them completed (SCENARIOS.md "Verdicts need evidence").
+    pub requested: u64,
     /// Number of values per state (= `Test::observed.len()`).
     pub arity: usize,
     /// Final state (raw values in observed order) → number of iterations.
@@ -124,13 +127,15 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    pub fn new(test: &Test, policy: Policy, seed: u64) -> RunResult {
+    /// An empty run of `test` under `policy` that was asked for `requested` iterations.
+    pub fn new(test: &Test, policy: Policy, seed: u64, requested: u64) -> RunResult {
         RunResult {
             test: test.name.clone(),
             file: test.file.clone(),
             hash: test.hash.clone(),
             policy,
             seed,
+            requested,
             arity: test.observed.len(),
             histogram: BTreeMap::new(),
             timeouts: Vec::new(),
@@ -183,53 +188,132 @@ impl RunResult {
             }
         }
         self.time_secs += other.time_secs;
+        self.requested += other.requested;
     }
 
+    /// Iterations recorded, timed-out ones included.
     pub fn total(&self) -> u64 {
         self.histogram.values().sum()
     }
 
+    /// Iterations that ran to the end (recorded and not timed out).
+    pub fn completed(&self) -> u64 {
+        self.total().saturating_sub(self.n_timeouts)
+    }
+
+    /// Requested iterations that never ran (the guest stopped early).
+    pub fn missing(&self) -> u64 {
+        self.requested.saturating_sub(self.total())
+    }
+
     /// Evaluate the test's condition over the histogram.
+    ///
+    /// `matching` counts completed iterations only: a timed-out iteration's
+    /// values are `timeout` placeholders, not an outcome.
     pub fn summary(&self, test: &Test) -> Summary {
         let total = self.total();
-        let matching: u64 = self.histogram.iter().filter(|(k, _)| test.condition.expr.eval(k)).map(|(_, c)| c).sum();
+        let matching: u64 = self
+            .histogram
+            .iter()
+            .filter(|(k, _)| !k.contains(&VALUE_TIMEOUT) && test.condition.expr.eval(k))
+            .map(|(_, c)| c)
+            .sum();
+        let completed = self.completed();
+        // Over completed iterations: a timeout is not a state of the test.
         let (positive, negative, validated) = match test.condition.kind {
             // litmus7: for `exists p`, Positive counts states with p.
-            CondKind::Exists => (matching, total - matching, matching > 0),
+            CondKind::Exists => (matching, completed - matching, matching > 0),
             // litmus7: for `~exists p`, Positive counts states without p.
-            CondKind::Forbidden => (total - matching, matching, matching == 0),
+            CondKind::Forbidden => (completed - matching, matching, matching == 0),
         };
         let observation = if matching == 0 {
             Verdict::Never
-        } else if matching == total {
+        } else if matching == completed {
             Verdict::Always
         } else {
             Verdict::Sometimes
         };
         let expected = test.expected_for(&self.policy).map(|e| e.verdict);
+        let evidence = Evidence { requested: self.requested, completed, matching };
         Summary {
             states: self.histogram.len(),
             total,
+            completed,
+            timed_out: self.n_timeouts,
+            missing: self.missing(),
             matching,
             positive,
             negative,
             validated,
             observation,
             expected,
-            expect_ok: expected.map(|e| expectation_met(e, observation)),
+            expect: expected.map(|e| judge(e, &evidence)),
         }
     }
 }
 
-/// Does an observation satisfy an `[expect]` verdict? `never` and `always`
-/// must match exactly; `sometimes` means "observed at least once", so a
-/// deterministic replay (`tlb=lazy`) that shows the outcome on every
-/// iteration (`Always`) satisfies it — the forced interleaving is the point.
-pub fn expectation_met(expected: Verdict, observed: Verdict) -> bool {
+/// What a run's iterations can support.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Evidence {
+    /// Iterations asked for.
+    pub requested: u64,
+    /// Iterations that ran to the end.
+    pub completed: u64,
+    /// Completed iterations whose final state satisfied the condition.
+    pub matching: u64,
+}
+
+impl Evidence {
+    /// Every requested iteration ran to the end.
+    pub fn complete(&self) -> bool {
+        self.requested > 0 && self.completed >= self.requested
+    }
+}
+
+/// How an `[expect]` verdict fared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExpectResult {
+    /// The observation supports the expected verdict.
+    Ok,
+    /// The observation contradicts it.
+    Mismatch,
+    /// Not enough evidence either way: some requested iteration timed out or
+    /// never ran, and what did complete neither proves nor refutes it.
+    Inconclusive,
+}
+
+impl ExpectResult {
+    /// `ok`, `MISMATCH`, `inconclusive` (the spelling of the text output).
+    pub fn name(self) -> &'static str {
+        match self {
+            ExpectResult::Ok => "ok",
+            ExpectResult::Mismatch => "MISMATCH",
+            ExpectResult::Inconclusive => "inconclusive",
+        }
+    }
+    /// Only `Ok` passes `--check`.
+    pub fn passed(self) -> bool {
+        self == ExpectResult::Ok
+    }
+}
+
+/// Judges an `[expect]` verdict against the evidence (SCENARIOS.md
+/// "Verdicts need evidence"): `never` and `always` hold only when every
+/// requested iteration completed; a counterexample among the completed ones
+/// refutes them regardless. `sometimes` means "observed at least once" and
+/// may rest on completed iterations alone, so a deterministic replay
+/// (`tlb=lazy`) that shows the outcome on every iteration satisfies it; it is
+/// refuted only by a complete run without the outcome.
+pub fn judge(expected: Verdict, ev: &Evidence) -> ExpectResult {
+    let complete = ev.complete();
     match expected {
-        Verdict::Never => observed == Verdict::Never,
-        Verdict::Sometimes => observed != Verdict::Never,
-        Verdict::Always => observed == Verdict::Always,
+        Verdict::Never if ev.matching > 0 => ExpectResult::Mismatch,
+        Verdict::Always if ev.matching < ev.completed => ExpectResult::Mismatch,
+        Verdict::Never | Verdict::Always if complete => ExpectResult::Ok,
+        Verdict::Never | Verdict::Always => ExpectResult::Inconclusive,
+        Verdict::Sometimes if ev.matching > 0 => ExpectResult::Ok,
+        Verdict::Sometimes if complete => ExpectResult::Mismatch,
+        Verdict::Sometimes => ExpectResult::Inconclusive,
     }
 }
 
@@ -238,9 +322,15 @@ pub fn expectation_met(expected: Verdict, observed: Verdict) -> bool {
 pub struct Summary {
     /// Distinct final states.
     pub states: usize,
-    /// Iterations.
+    /// Iterations recorded (timed-out ones included).
     pub total: u64,
-    /// Iterations whose state satisfies the condition's expression.
+    /// Iterations that ran to the end.
+    pub completed: u64,
+    /// Iterations that ran out of time.
+    pub timed_out: u64,
+    /// Requested iterations that never ran.
+    pub missing: u64,
+    /// Completed iterations whose state satisfies the condition's expression.
     pub matching: u64,
     /// litmus7's `Positive` / `Negative` (see [`RunResult::summary`]).
     pub positive: u64,
@@ -251,11 +341,12 @@ pub struct Summary {
     pub observation: Verdict,
     /// The `[expect]` verdict for this policy, if the test gives one.
     pub expected: Option<Verdict>,
-    pub expect_ok: Option<bool>,
+    /// How that verdict fared ([`judge`]).
+    pub expect: Option<ExpectResult>,
 }
 
-/// True if any run's observation disagrees with its `[expect]` entry (what
-/// `--check` turns into a non-zero exit status).
+/// True if any run's `[expect]` entry was not met — contradicted or
+/// inconclusive (what `--check` turns into a non-zero exit status).
 pub fn any_mismatch(runs: &[(&Test, &RunResult)]) -> bool {
-    runs.iter().any(|(t, r)| r.summary(t).expect_ok == Some(false))
+    runs.iter().any(|(t, r)| r.summary(t).expect.is_some_and(|e| !e.passed()))
 }

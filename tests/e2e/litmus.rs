@@ -161,10 +161,79 @@ pub fn json_and_seeded_rerun() -> Result<(), Failed> {
     ensure(strip(&a) == strip(&b), || format!("re-run differs:\n{}\nvs\n{}", strip(&a), strip(&b)))?;
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
     let _ = std::fs::remove_file(&json);
-    ensure(v["schema"] == "shootdown-results/1", || format!("schema: {}", v["schema"]))?;
+    ensure(v["schema"] == "shootdown-results/2", || format!("schema: {}", v["schema"]))?;
     let runs = v["runs"].as_array().ok_or("no runs array")?;
     ensure(runs.len() == 3, || format!("want 3 (test, policy) runs, got {}", runs.len()))?;
     Ok(())
+}
+
+/// SCENARIOS.md "Verdicts need evidence": a `never` test whose every
+/// iteration times out is `inconclusive` — in the block, the verdict table
+/// and the JSON — and `--check` fails.
+pub fn all_timed_out_is_inconclusive() -> Result<(), Failed> {
+    let f = repo().join("tests/e2e/data/never-but-stuck.toml");
+    let json = std::env::temp_dir().join(format!("shootdown-e2e-stuck-{}.json", std::process::id()));
+    let o = vmm(&[
+        "litmus",
+        "--check",
+        "--runs",
+        "3",
+        "--seed",
+        "1",
+        "--iteration-timeout",
+        "200",
+        "--json",
+        json.to_str().unwrap(),
+        f.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    let ctx = || format!("status {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
+    ensure(o.status.code() == Some(1), || format!("--check must fail\n{}", ctx()))?;
+    ensure(out.contains("Expect never: inconclusive (0 of 3 completed, 3 timed out)"), ctx)?;
+    ensure(!out.contains("Expect never: ok"), ctx)?;
+    let row = out.lines().find(|l| l.starts_with("never-but-stuck ")).unwrap_or("");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    ensure(cells == ["never-but-stuck", "default", "0/3", "3", "never", "never", "inconclusive"], || {
+        format!("verdict row {cells:?}\n{}", ctx())
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    let _ = std::fs::remove_file(&json);
+    let run = &v["runs"][0];
+    ensure(run["expect_result"] == "inconclusive" && run["expect_ok"] == false, || format!("{run}"))?;
+    ensure(run["completed"] == 0 && run["timed_out"] == 3 && run["requested"] == 3, || format!("{run}"))
+}
+
+/// A guest that says it is done before it ran every requested iteration is
+/// an error, and the run's verdict is `inconclusive`, never `ok`.
+pub fn guest_stopping_early_is_an_error(image: &std::path::Path) -> Result<(), Failed> {
+    let f = repo().join("tests/litmus/s1-concurrent-zap.toml");
+    let o = vmm(&[
+        "--guest",
+        image.to_str().unwrap(),
+        "litmus",
+        "--check",
+        "--runs",
+        "5",
+        "--seed",
+        "1",
+        f.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    let ctx = || format!("status {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
+    ensure(o.status.code() == Some(3), || format!("want exit 3 (guest error)\n{}", ctx()))?;
+    ensure(out.contains("the guest ended the run after 0 of 5 iterations"), ctx)?;
+    ensure(!out.contains(": ok\n") && out.contains("inconclusive (0 of 5 completed, 5 never ran)"), ctx)?;
+    Ok(())
+}
+
+/// `--runs 0` is refused, not silently one run.
+pub fn zero_runs_refused() -> Result<(), Failed> {
+    let f = repo().join("tests/litmus/s1-concurrent-zap.toml");
+    let o = vmm(&["litmus", "--runs", "0", f.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    ensure(o.status.code() == Some(2), || format!("want exit 2: {:?}\n{out}\n{err}", o.status.code()))?;
+    ensure(err.contains("'0'") && err.contains("--runs"), || err.clone())?;
+    ensure(!out.contains("Test "), || out.clone())
 }
 
 /// Malformed files: nothing runs, exit 2, and each message points at the

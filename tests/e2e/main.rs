@@ -159,6 +159,27 @@ fn fake_elf(class: u8, machine: u16, etype: u16, paddr: u64, memsz: u64) -> Vec<
     b
 }
 
+/// A 64-bit image whose every vCPU writes exit status 0 at once: a guest
+/// that claims success having run nothing.
+fn exit_zero_elf() -> Vec<u8> {
+    let base = 0x40_0000u64;
+    #[rustfmt::skip]
+    let code: [u8; 10] = [
+        0x66, 0xba, 0x11, 0x05,             // mov dx, 0x511
+        0x31, 0xc0,                         // xor eax, eax
+        0xef,                               // out dx, eax
+        0xf4,                               // hlt
+        0xeb, 0xfd,                         // jmp hlt
+    ];
+    let mut b = fake_elf(2, 62, 2, base, 0x1000);
+    let code_off = 0x200u64;
+    b[64 + 8..64 + 16].copy_from_slice(&code_off.to_le_bytes());
+    b[64 + 32..64 + 40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    b.resize(0x400, 0);
+    b[code_off as usize..code_off as usize + code.len()].copy_from_slice(&code);
+    b
+}
+
 /// An ELF with a PVH note (`XEN_ELFNOTE_PHYS32_ENTRY`) whose 32-bit entry
 /// checks `[ebx]` is the `hvm_start_info` magic and exits 0 (else 7).
 fn pvh_elf() -> Vec<u8> {
@@ -361,6 +382,18 @@ fn main() {
     trials.push(kvm_trial("litmus::examples", litmus::examples));
     trials.push(kvm_trial("litmus::timeout_is_recorded_and_run_goes_on", litmus::timeout_is_recorded_and_run_goes_on));
     trials.push(kvm_trial("litmus::json_and_seeded_rerun", litmus::json_and_seeded_rerun));
+    trials.push(kvm_trial("litmus::evidence::all_timed_out_is_inconclusive", litmus::all_timed_out_is_inconclusive));
+    trials.push(kvm_trial("litmus::evidence::guest_stopping_early_is_an_error", || {
+        litmus::guest_stopping_early_is_an_error(&scratch("exit-zero", &exit_zero_elf()))
+    }));
+    trials.push(Trial::test("litmus::evidence::zero_runs_refused", litmus::zero_runs_refused));
+    trials.push(kvm_trial("selftest::filter_matching_nothing_is_an_error", || {
+        let o = vmm(&["selftest", "no-such-test."]);
+        let (out, err) = text(&o);
+        ensure(o.status.code() == Some(2), || format!("want exit 2, got {:?}\n{out}\n{err}", o.status.code()))?;
+        ensure(err.contains("no self-test name starts with `no-such-test.`"), || err.clone())?;
+        ensure(!out.contains("SUMMARY"), || out.clone())
+    }));
     trials.push(kvm_trial("trace::s1_device_windows", trace::s1_device_windows));
     trials.push(kvm_trial("trace::s1_primary_windows", trace::s1_primary_windows));
     trials.push(kvm_trial("trace::trace_runs_limits", trace::trace_runs_limits));
@@ -388,6 +421,10 @@ fn main() {
         ("bad-cond.toml", &["bad-cond.toml:10:19", "expected a number", "found `==`"]),
         ("undeclared-reg.toml", &["undeclared-reg.toml:9:12", "never writes r5"]),
         ("unknown-policy.toml", &["unknown-policy.toml:12:8", "`sometimes-later`", "ptl, gather, pending"]),
+        (
+            "contradictory-expect.toml",
+            &["contradictory-expect.toml:15:1", "`default` = \"sometimes\" contradicts `flush=pending` = \"never\""],
+        ),
     ];
     for &(file, want) in malformed {
         let name = format!("litmus::malformed::{}", file.trim_end_matches(".toml"));

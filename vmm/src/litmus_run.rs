@@ -305,7 +305,8 @@ pub fn run_policy(
     trace: Option<&SharedOut>,
 ) -> Result<PolicyRun> {
     let started = Instant::now();
-    let runs = args.runs.clamp(1, u32::MAX as u64);
+    // `--runs` is checked at the CLI edge (1..=u32::MAX).
+    let runs = args.runs;
     let opts = CompileOptions {
         seed,
         iterations: runs as u32,
@@ -328,7 +329,7 @@ pub fn run_policy(
         iommu.set_policy(key.name(), &v).map_err(|e| Error::Litmus(format!("{}={v}: {e}", key.name())))?;
     }
     let session = std::sync::Arc::new(LitmusSession::new(compiled.blob.clone(), nv, nd, args.iteration_timeout));
-    let mut result = RunResult::new(test, policy, seed);
+    let mut result = RunResult::new(test, policy, seed, runs);
     result.fidelity = Some(fidelity(&policy));
     let trace_limit = args.trace_runs.unwrap_or(u64::MAX).min(runs);
     if let Some(t) = trace {
@@ -398,7 +399,15 @@ pub fn run_policy(
             first = first.max(r.iteration + 1);
         }
         match out.end {
-            EndReason::GuestExit(abi::exit::SUCCESS) => break,
+            // The guest says it is done: it must have run every iteration,
+            // or the run's verdict would rest on iterations that never ran.
+            EndReason::GuestExit(abi::exit::SUCCESS) if first >= runs => break,
+            EndReason::GuestExit(abi::exit::SUCCESS) => {
+                guest_error = Some(format!(
+                    "the guest ended the run after {first} of {runs} iterations (it must report every one)"
+                ));
+                break;
+            }
             EndReason::IterationTimeout => {
                 let stall = session.stall.lock().unwrap().take().unwrap_or_default();
                 let positions = stall

@@ -61,8 +61,9 @@ enum Command {
     Litmus {
         /// Litmus files or directories.
         paths: Vec<PathBuf>,
-        /// Iterations per (test, policy).
-        #[arg(long, default_value_t = 100, value_name = "N")]
+        /// Iterations per (test, policy), at least 1.
+        #[arg(long, default_value_t = 100, value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..=u32::MAX as u64))]
         runs: u64,
         /// A policy `k=v,k=v` to run (repeatable: a matrix). Default: the
         /// policies of each test's [expect] table.
@@ -74,7 +75,7 @@ enum Command {
         /// The IOMMU's paging-structure cache: `on` or `off` (overrides the policies).
         #[arg(long, value_name = "on|off")]
         pwc: Option<String>,
-        /// Also write the results as JSON (schema `shootdown-results/1`).
+        /// Also write the results as JSON (schema `shootdown-results/2`).
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
         /// Exit with status 1 if any observation disagrees with [expect] (or pages leaked).
@@ -351,6 +352,15 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             status::TIMEOUT
         }
     };
+    if let Command::Selftest { filter } = &command {
+        if !filter.is_empty() && results.total() == 0 && matches!(out.end, EndReason::GuestExit(abi::exit::SUCCESS)) {
+            eprintln!(
+                "vmm: error: no self-test name starts with {} (`vmm selftest` runs them all and prints every name)",
+                filter.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(" or ")
+            );
+            return Ok(status::SETUP_ERROR);
+        }
+    }
     if results.total() > 0 || matches!(command, Command::Selftest { .. }) {
         println!("{}", results.summary());
     }
