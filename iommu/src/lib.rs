@@ -31,7 +31,7 @@
 //! # Wiring (VMM side)
 //!
 //! ```text
-//! let iommu = Mutex::new(Iommu::with_sink(cfg, sink)?);      // cfg from --policy via IommuConfig::set_policy
+//! let iommu = Mutex::new(Iommu::with_sink(cfg, sink)?);      // cfg built with IommuConfig's typed setters
 //! // MMIO exit in [IOMMU_MMIO_BASE, +IOMMU_MMIO_SIZE):
 //! let out = iommu.lock().mmio_write_bytes(gpa - IOMMU_MMIO_BASE, data, &mem);
 //! for msi in out.msis { vm.signal_msi(msi.address, msi.data) }
@@ -106,48 +106,36 @@ impl IommuConfig {
     /// The PWC geometry `pwc=on` restores after `pwc=off`.
     pub const DEFAULT_PWC: CacheConfig = CacheConfig::new(4, 4, Replacement::Lru);
 
-    /// Applies one policy setting of the VMM's `--policy`:
-    /// `iotlb=lazy|evict:P` (IOTLB and device TLB), `pwc=on|off|lazy|evict:P`,
-    /// `devtlb=on|off`.
-    pub fn set_policy(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
-        match key {
-            "iotlb" => {
-                let e: Eviction = value.parse()?;
-                self.iotlb.eviction = e;
-                if let Some(d) = &mut self.devtlb {
-                    d.eviction = e;
-                }
-            }
-            "pwc" => match value {
-                "on" => {
-                    if self.pwc.is_none() {
-                        self.pwc = Some(Self::DEFAULT_PWC);
-                    }
-                }
-                "off" => self.pwc = None,
-                _ => {
-                    let e: Eviction = value.parse().map_err(|_| ConfigError::BadValue {
-                        what: "pwc",
-                        value: value.to_string(),
-                        valid: "on, off, lazy, evict:P",
-                    })?;
-                    self.pwc.get_or_insert(Self::DEFAULT_PWC).eviction = e;
-                }
-            },
-            "devtlb" => match value {
-                "on" => {
-                    if self.devtlb.is_none() {
-                        let mut d = self.iotlb;
-                        d.eviction = self.iotlb.eviction;
-                        self.devtlb = Some(d);
-                    }
-                }
-                "off" => self.devtlb = None,
-                _ => return Err(ConfigError::BadValue { what: "devtlb", value: value.to_string(), valid: "on, off" }),
-            },
-            _ => return Err(ConfigError::UnknownKey(key.to_string())),
+    /// The IOTLB's (and the device TLB's) eviction model (`iotlb=`).
+    pub fn set_iotlb_eviction(&mut self, e: Eviction) {
+        self.iotlb.eviction = e;
+        if let Some(d) = &mut self.devtlb {
+            d.eviction = e;
         }
-        Ok(())
+    }
+
+    /// The paging-structure cache on (its default geometry if it was off)
+    /// or off (`pwc=`).
+    pub fn set_pwc(&mut self, on: bool) {
+        match (on, self.pwc.is_some()) {
+            (true, false) => self.pwc = Some(Self::DEFAULT_PWC),
+            (false, _) => self.pwc = None,
+            _ => {}
+        }
+    }
+
+    /// The PWC's eviction model (turns it on if it was off).
+    pub fn set_pwc_eviction(&mut self, e: Eviction) {
+        self.pwc.get_or_insert(Self::DEFAULT_PWC).eviction = e;
+    }
+
+    /// A device TLB (ATS) with the IOTLB's geometry and eviction, or none.
+    pub fn set_devtlb(&mut self, on: bool) {
+        match (on, self.devtlb.is_some()) {
+            (true, false) => self.devtlb = Some(self.iotlb),
+            (false, _) => self.devtlb = None,
+            _ => {}
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -423,7 +411,15 @@ pub struct Iommu {
     tables: TableRegistry,
     sink: Arc<dyn EventSink>,
     stats: Stats,
+    /// Which guest-physical ranges the device may write (DMA data, wait
+    /// status words, page-request records); `None` = all of RAM.
+    write_filter: Option<WriteFilter>,
 }
+
+/// Says whether the device may write `len` bytes at a GPA (the VMM keeps it
+/// out of the page-table and shadow regions: page tables change only
+/// through page-table ops, never by DMA).
+pub type WriteFilter = fn(gpa: u64, len: u64) -> bool;
 
 impl std::fmt::Debug for Iommu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -453,7 +449,7 @@ impl Iommu {
         cfg.validate()?;
         // Each cache gets its own stream so geometry changes of one do not
         // change the random choices of another.
-        let seed = |n: u64| cache::mix64(cfg.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let seed = |n: u64| cache::mix64(cfg.seed ^ n.wrapping_mul(abi::rng::GAMMA));
         Ok(Iommu {
             cfg,
             regs: queue::Regs::default(),
@@ -463,7 +459,19 @@ impl Iommu {
             tables: TableRegistry::new(cfg.track_tables),
             sink,
             stats: Stats::default(),
+            write_filter: None,
         })
+    }
+
+    /// Confines the device's writes (see [`WriteFilter`]): a refused DMA
+    /// write is [`DmaError::BadTarget`], a refused wait-status write an
+    /// invalidation-queue error, a refused page request is dropped.
+    pub fn set_write_filter(&mut self, f: WriteFilter) {
+        self.write_filter = Some(f);
+    }
+
+    pub(crate) fn may_write(&self, gpa: u64, len: u64) -> bool {
+        self.write_filter.is_none_or(|f| f(gpa, len))
     }
 
     pub fn set_sink(&mut self, sink: Arc<dyn EventSink>) {
@@ -919,6 +927,10 @@ impl Iommu {
         };
         let t = self.translate(pasid_, va, access, mem)?;
         let pa = t.pa;
+        if access == AccessOp::Write && !self.may_write(pa, 8) {
+            self.emit(Event::BadTarget { pasid: pasid_, va, pa, op });
+            return Err(DmaError::BadTarget { pasid: pasid_, va, pa });
+        }
         let r = match op {
             DmaOp::Load => mem::load_u64(mem, pa).map(|v| (v, v, 0)),
             DmaOp::Store => mem::store_u64(mem, pa, a).map(|()| (0, 0, a)),

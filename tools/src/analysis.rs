@@ -32,7 +32,7 @@ use abi::litmus::VALUE_FAULT;
 use abi::trace::{dev_access, dev_op, Kind, UNIT_IOMMU};
 use serde::Serialize;
 
-use crate::format::{Parsed, Run};
+use crate::format::{Parsed, Run, ThreadKind};
 use crate::model::{self, Event, Iteration};
 
 pub const SCHEMA: &str = "shootdown-trace-report/1";
@@ -82,8 +82,8 @@ pub struct CpuFlush {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StaleAccess {
-    /// `device` or `vcpu`.
-    pub source: &'static str,
+    /// A device or a vCPU (`device` / `vcpu` in JSON).
+    pub source: ThreadKind,
     /// Device thread name or `vCPU k`.
     pub by: String,
     pub seq: u64,
@@ -425,7 +425,7 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
             if x.device() && x.is(Kind::DevAccess) && page(x.rec.va) == pg && x.rec.b & dev_access::STALE != 0 {
                 let op = (x.rec.b & dev_access::OP_MASK) >> dev_access::OP_SHIFT;
                 stale.push(StaleAccess {
-                    source: "device",
+                    source: ThreadKind::Device,
                     by: device_name(run, x.rec.unit as u64),
                     seq: x.rec.seq,
                     ns: x.ns,
@@ -450,7 +450,7 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
                         _ => "rmw",
                     };
                     stale.push(StaleAccess {
-                        source: "vcpu",
+                        source: ThreadKind::Vcpu,
                         by: format!("vCPU {}", f.vcpu),
                         seq: x.rec.seq,
                         ns: x.ns,
@@ -462,8 +462,8 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
             }
         }
         stale.sort_by_key(|s| s.seq);
-        let n_after = |src: &str| stale.iter().filter(|s| s.after_release && s.source == src).count() as u64;
-        let (dev_after, cpu_after) = (n_after("device"), n_after("vcpu"));
+        let n_after = |src| stale.iter().filter(|s| s.after_release && s.source == src).count() as u64;
+        let (dev_after, cpu_after) = (n_after(ThreadKind::Device), n_after(ThreadKind::Vcpu));
         out.push(Window {
             test: run.meta.test.clone(),
             policy: run.meta.policy.clone(),
@@ -709,7 +709,7 @@ mod tests {
                 test: "t".into(),
                 policy: "p".into(),
                 vcpus: 2,
-                threads: vec![ThreadMeta { name: "D0".into(), kind: "device".into() }],
+                threads: vec![ThreadMeta { name: "D0".into(), kind: ThreadKind::Device }],
                 ..Default::default()
             },
             boots: vec![Boot {

@@ -7,11 +7,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use abi::config::{GuestMode, IotlbModel, TlbModel};
 use clap::{Parser, Subcommand};
-use vmm::error::Error;
-use vmm::shadow::TlbModel;
+use litmus::Policy;
+use vmm::boot::ImageError;
+use vmm::commands::{self, litmus::LitmusArgs, selftest::What};
+use vmm::config;
+use vmm::error::{chain, Error};
 use vmm::status;
-use vmm::vstate::vm::{self, EndReason, VmConfig};
+use vmm::vstate::{vm, VmConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -41,7 +45,7 @@ struct Cli {
     /// `evict:P` (also drop each stale entry with probability P at every
     /// exit), `native` (the host's real TLB; see `vmm probe`).
     /// For `litmus` this overrides the policies' `tlb=` key.
-    #[arg(long, global = true, value_name = "MODEL", value_parser = TlbModel::parse)]
+    #[arg(long, global = true, value_name = "MODEL", value_parser = config::parse_tlb)]
     tlb: Option<TlbModel>,
     /// Seed for everything random (eviction, placement), for re-runnable
     /// results (default 1; `litmus` picks one and prints it).
@@ -70,11 +74,11 @@ enum Command {
         #[arg(long = "policy", value_name = "POLICY")]
         policies: Vec<String>,
         /// Device IOTLB model: `lazy` or `evict:P` (overrides the policies).
-        #[arg(long, value_name = "MODEL")]
-        iotlb: Option<String>,
+        #[arg(long, value_name = "MODEL", value_parser = config::parse_iotlb)]
+        iotlb: Option<IotlbModel>,
         /// The IOMMU's paging-structure cache: `on` or `off` (overrides the policies).
-        #[arg(long, value_name = "on|off")]
-        pwc: Option<String>,
+        #[arg(long, value_name = "on|off", value_parser = config::parse_on_off)]
+        pwc: Option<bool>,
         /// Also write the results as JSON (schema `shootdown-results/2`).
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -113,6 +117,9 @@ enum Command {
     Selftest {
         /// Run only tests whose names start with one of these (e.g. `ipi.` or `boot.all-vcpus`).
         filter: Vec<String>,
+        /// Print the guest's table of self-tests, one name a line, and run none.
+        #[arg(long)]
+        list: bool,
     },
     /// Boot the guest with only --cmdline and exit with its status.
     Run,
@@ -181,8 +188,9 @@ enum TraceCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    vmm::logger::init(cli.verbose);
     match real_main(cli) {
-        Ok(code) => ExitCode::from(code as u8),
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         // Litmus diagnostics are already rendered (file:line:col, snippet, help).
         Err(Error::Litmus(d)) => {
             eprint!("{d}");
@@ -192,7 +200,7 @@ fn main() -> ExitCode {
             ExitCode::from(status::SETUP_ERROR as u8)
         }
         Err(e) => {
-            eprintln!("vmm: error: {e}");
+            eprintln!("vmm: error: {}", chain(&e));
             ExitCode::from(status::SETUP_ERROR as u8)
         }
     }
@@ -202,7 +210,7 @@ fn load_image(cli: &Cli) -> Result<(Arc<[u8]>, PathBuf), Error> {
     match &cli.guest {
         None => Ok((Arc::from(vmm::DEFAULT_GUEST), PathBuf::from("<embedded guest>"))),
         Some(p) => {
-            let bytes = std::fs::read(p).map_err(|err| Error::ReadImage { path: p.clone(), err })?;
+            let bytes = std::fs::read(p).map_err(|source| ImageError::Read { path: p.clone(), source })?;
             Ok((Arc::from(bytes), p.clone()))
         }
     }
@@ -211,18 +219,18 @@ fn load_image(cli: &Cli) -> Result<(Arc<[u8]>, PathBuf), Error> {
 fn real_main(cli: Cli) -> Result<i32, Error> {
     match &cli.command {
         Some(Command::Trace { command: TraceCommand::Report { file, json, all_phases } }) => {
-            return Ok(vmm::trace_cmd::report(file, *json, *all_phases));
+            return Ok(commands::trace::report(file, *json, *all_phases));
         }
         Some(Command::Trace { command: TraceCommand::Export { file, perfetto, svg, iteration, run } }) => {
-            return Ok(vmm::trace_cmd::export(file, perfetto.as_deref(), svg.as_deref(), *run, *iteration));
+            return Ok(commands::trace::export(file, perfetto.as_deref(), svg.as_deref(), *run, *iteration));
         }
         Some(Command::Trace { command: TraceCommand::Dump { file, run, iteration } }) => {
-            return Ok(vmm::trace_cmd::dump(file, *run, *iteration));
+            return Ok(commands::trace::dump(file, *run, *iteration));
         }
         _ => {}
     }
+    let timeout = config::watchdog(cli.timeout)?;
     let (image, image_path) = load_image(&cli)?;
-    let mut cmdline = cli.cmdline.clone();
     let command = cli.command.unwrap_or(Command::Litmus {
         paths: vec![],
         runs: 100,
@@ -247,123 +255,83 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             print!("{}", litmus::list_policies());
             return Ok(status::OK);
         }
-        Command::Litmus { .. } => {}
-        Command::Selftest { filter } => {
-            cmdline = format!("mode=selftest {cmdline}");
-            if !filter.is_empty() {
-                cmdline += &format!(" selftest.filter={}", filter.join(","));
-            }
-        }
-        Command::Run | Command::Bench { .. } | Command::Probe { .. } | Command::Trace { .. } => {}
+        _ => {}
     }
+    let mut cmdline = cli.cmdline.clone();
     if cli.verbose {
         cmdline += " verbose";
     }
     let cfg = VmConfig {
         vcpus: cli.vcpus.unwrap_or(2),
         mem_mib: cli.mem,
-        cmdline,
-        timeout: Duration::from_secs(cli.timeout),
+        cmdline: cmdline.trim().to_string(),
+        timeout,
         image,
         image_path,
-        quiet: false,
         tlb: cli.tlb.unwrap_or(TlbModel::Lazy),
         seed: cli.seed.unwrap_or(1),
-        iommu: iommu::IommuConfig::default(),
-        litmus: None,
-        trace: None,
+        mode: GuestMode::FromCmdline,
+        mode_arg: 0,
     };
     // Bad --vcpus/--mem/--guest are refused before anything runs or prints.
     vm::validate(&cfg)?;
-    if let Command::Trace { command: TraceCommand::Bench { runs } } = command {
-        vmm::trace_cmd::bench(&cfg, runs.max(1))?;
-        return Ok(status::OK);
-    }
-    if let Command::Litmus {
-        paths,
-        runs,
-        policies,
-        iotlb,
-        pwc,
-        json,
-        check,
-        iteration_timeout,
-        trace,
-        trace_runs,
-        trace_ring,
-        ..
-    } = command
-    {
-        let args = vmm::litmus_run::LitmusArgs {
+    match command {
+        Command::Trace { command: TraceCommand::Bench { runs } } => {
+            commands::trace::bench(&cfg, runs.max(1))?;
+            Ok(status::OK)
+        }
+        Command::Trace { .. } => Ok(status::OK),
+        Command::Litmus {
             paths,
             runs,
             policies,
-            json,
-            check,
-            tlb: cli.tlb.map(|t| t.to_string()),
             iotlb,
             pwc,
-            seed: cli.seed,
-            vcpus: cli.vcpus,
-            iteration_timeout: Duration::from_millis(iteration_timeout.max(1)),
+            json,
+            check,
+            iteration_timeout,
             trace,
             trace_runs,
             trace_ring,
-        };
-        return vmm::litmus_run::run(&cfg, &args);
-    }
-    if let Command::Probe { tries } = command {
-        vmm::probe::run(&cfg, tries.max(1))?;
-        return Ok(status::OK);
-    }
-    if let Command::Bench { runs } = command {
-        vmm::bench::run(&cfg, runs.max(1))?;
-        return Ok(status::OK);
-    }
-    let out = vm::run(&cfg)?;
-    let results = &out.results;
-    let code = match &out.end {
-        EndReason::GuestExit(s) => match *s {
-            abi::exit::SUCCESS if results.failed == 0 => status::OK,
-            abi::exit::SUCCESS | abi::exit::TESTS_FAILED => status::TESTS_FAILED,
-            other => {
-                eprintln!("vmm: guest exited with status {other}");
-                status::GUEST_ERROR
+            ..
+        } => {
+            let mut parsed = Vec::new();
+            for p in &policies {
+                parsed.push(Policy::parse(p).map_err(|e| Error::Litmus(format!("--policy {p}: {e}")))?);
             }
-        },
-        EndReason::IterationTimeout => status::TIMEOUT,
-        EndReason::GuestError { vcpu, rip, cause } => {
-            eprintln!("vmm: guest error on vCPU {vcpu} at RIP {rip:#x}: {cause}");
-            status::GUEST_ERROR
+            let args = LitmusArgs {
+                paths,
+                runs,
+                policies: parsed,
+                json,
+                check,
+                tlb: cli.tlb,
+                iotlb,
+                pwc,
+                seed: cli.seed,
+                vcpus: cli.vcpus,
+                iteration_timeout: Duration::from_millis(iteration_timeout.max(1)),
+                trace,
+                trace_runs,
+                trace_ring,
+            };
+            commands::litmus::run(&cfg, &args)
         }
-        EndReason::Timeout { dumps } => {
-            eprintln!("vmm: watchdog: the guest did not finish within {} s; vCPU state:", cli.timeout);
-            for d in dumps {
-                let hex = |v: Option<u64>| v.map(|v| format!("{v:#018x}")).unwrap_or_else(|| "?".into());
-                eprintln!(
-                    "vmm:   vCPU {:>3}: RIP {} RSP {} CR3 {}{}",
-                    d.vcpu,
-                    hex(d.rip),
-                    hex(d.rsp),
-                    hex(d.cr3),
-                    if d.halted { " (halted)" } else { "" }
-                );
+        Command::Probe { tries } => {
+            commands::probe::run(&cfg, tries.max(1))?;
+            Ok(status::OK)
+        }
+        Command::Bench { runs } => {
+            commands::bench::run(&cfg, runs.max(1))?;
+            Ok(status::OK)
+        }
+        Command::Selftest { list: true, .. } => {
+            for name in commands::selftest::list(&cfg)? {
+                println!("{name}");
             }
-            status::TIMEOUT
+            Ok(status::OK)
         }
-    };
-    if let Command::Selftest { filter } = &command {
-        if !filter.is_empty() && results.total() == 0 && matches!(out.end, EndReason::GuestExit(abi::exit::SUCCESS)) {
-            eprintln!(
-                "vmm: error: no self-test name starts with {} (`vmm selftest` runs them all and prints every name)",
-                filter.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(" or ")
-            );
-            return Ok(status::SETUP_ERROR);
-        }
+        Command::Selftest { filter, .. } => commands::selftest::run(&cfg, &What::Selftest { filter }, true),
+        Command::Run => commands::selftest::run(&cfg, &What::Cmdline, true),
     }
-    if results.total() > 0 || matches!(command, Command::Selftest { .. }) {
-        println!("{}", results.summary());
-    }
-    // Tests failed but the guest itself was fine: still non-zero.
-    Ok(if code == status::OK && results.failed > 0 { status::TESTS_FAILED } else { code })
 }

@@ -9,11 +9,11 @@ use tools::analysis::{self, Options};
 use tools::format::{self, Parsed};
 use tools::{perfetto, svg};
 
+use super::litmus::{self as litmus_run, LitmusArgs};
 use crate::error::{Error, Result};
-use crate::litmus_run::{self, LitmusArgs};
+use crate::services::trace::TraceOut;
 use crate::status;
-use crate::trace::TraceOut;
-use crate::vstate::vm::VmConfig;
+use crate::vstate::VmConfig;
 
 /// Reads a trace; `None` (after one line on stderr) if the file cannot be read at all.
 fn load(file: &Path) -> Option<Parsed> {
@@ -130,7 +130,9 @@ pub fn bench(base: &VmConfig, runs: u64) -> Result<()> {
     let (tests, _) =
         litmus::check_all(&litmus::catalogue_sources()).map_err(|d| Error::Litmus(litmus::render_all(&d)))?;
     let dir = std::env::temp_dir().join(format!("shootdown-trace-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|source| {
+        Error::Output(super::output::OutputError::Write { option: "trace bench", path: dir.clone(), source })
+    })?;
     println!(
         "shootdown trace bench: {runs} iterations per (test, policy) and round, 3 rounds, medians; \
          tracing off vs on (every iteration traced); host: {} cores",

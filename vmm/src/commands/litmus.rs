@@ -1,0 +1,474 @@
+//! `vmm litmus`: runs litmus tests (the `litmus` crate parses, checks and
+//! compiles them; the guest interprets the bytecode) and prints herd-style
+//! results.
+//!
+//! One guest boot runs many iterations of one (test, policy). An iteration
+//! that stops making progress (a hook paused under a lock another thread
+//! needs, a device waiting forever) is ended by the session's watch: it
+//! reads where each thread was, records the outcome `timeout`, and the run
+//! boots again at the next iteration.
+//!
+//! Nothing gathered is lost: each finished block is printed at once and the
+//! JSON (if asked for) rewritten atomically after it; on SIGINT/SIGTERM or a
+//! fatal error mid-run the verdict table of what finished is printed,
+//! marked INTERRUPTED or ERROR, and the JSON says `"complete": false`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use abi::config::{GuestMode, IotlbModel, TlbModel};
+use abi::litmus::VALUE_TIMEOUT;
+use iommu::{Eviction, IommuConfig};
+use litmus::{
+    any_mismatch, compile, file_summary, herd_block, policy_matrix, render_all, to_json, verdict_table, CompileOptions,
+    Policy, RunResult, Test, ThreadPosition,
+};
+use tools::format::{RunEnd, RunMeta, ThreadKind, ThreadMeta};
+
+use super::interrupt::{self, InterruptWatch};
+use super::output::{self, OutputError};
+use crate::error::{chain, Error, Result};
+use crate::services::litmus::{IterationObserver, LitmusSession, STALLED};
+use crate::services::trace::{SharedOut, TraceConfig, TraceOut, Tracer};
+use crate::services::{self, StandardOptions};
+use crate::status;
+use crate::vstate::{vm, EndReason, Service, VmConfig};
+
+/// `vmm litmus` options, typed.
+#[derive(Clone, Debug, Default)]
+pub struct LitmusArgs {
+    /// Files or directories (searched for `*.toml`); empty = the built-in catalogue.
+    pub paths: Vec<PathBuf>,
+    pub runs: u64,
+    pub policies: Vec<Policy>,
+    pub json: Option<PathBuf>,
+    pub check: bool,
+    /// `--tlb` (None = the policy's or the default).
+    pub tlb: Option<TlbModel>,
+    pub iotlb: Option<IotlbModel>,
+    pub pwc: Option<bool>,
+    pub seed: Option<u64>,
+    /// `--vcpus`; None = as many as the test has vCPU threads.
+    pub vcpus: Option<u64>,
+    pub iteration_timeout: Duration,
+    /// `--trace FILE`: write the trace of every (test, policy) run.
+    pub trace: Option<PathBuf>,
+    /// `--trace-runs K`: trace only the first K iterations of each run.
+    pub trace_runs: Option<u64>,
+    /// `--trace-ring N`: records per vCPU ring.
+    pub trace_ring: Option<u64>,
+}
+
+fn collect_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found = Vec::new();
+            walk(p, &mut found).map_err(|e| Error::Litmus(format!("{}: {e}", p.display())))?;
+            found.sort();
+            if found.is_empty() {
+                return Err(Error::Litmus(format!("{}: no *.toml litmus files in this directory", p.display())));
+            }
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "toml") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Loads and checks every test; nothing runs if any file is invalid.
+pub fn load(paths: &[PathBuf]) -> Result<Vec<Test>> {
+    let (tests, warnings) = if paths.is_empty() {
+        litmus::check_all(&litmus::catalogue_sources())
+    } else {
+        litmus::load_files(&collect_paths(paths)?)
+    }
+    .map_err(|d| Error::Litmus(render_all(&d)))?;
+    if !warnings.is_empty() {
+        eprint!("{}", render_all(&warnings));
+    }
+    Ok(tests)
+}
+
+/// What happened to one (test, policy).
+pub struct PolicyRun {
+    pub result: RunResult,
+    /// Iterations that did not return every page.
+    pub leaks: u64,
+    pub guest_error: Option<String>,
+    /// From the start of the run to the first iteration whose final state
+    /// satisfied the condition (the forbidden or `exists` state).
+    pub first_match: Option<Duration>,
+    /// The run was interrupted (SIGINT/SIGTERM) before its last iteration.
+    pub interrupted: bool,
+}
+
+/// How the whole invocation ended.
+enum Ending {
+    Complete,
+    Interrupted(i32),
+    Failed(Error),
+}
+
+/// Runs every (test, policy) and prints the results; returns the exit status.
+pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
+    // Output paths are checked before anything runs.
+    if let Some(p) = &args.json {
+        output::check_output_path("--json", p)?;
+    }
+    if let Some(p) = &args.trace {
+        output::check_output_path("--trace", p)?;
+    }
+    let tests = load(&args.paths)?;
+    let trace = match &args.trace {
+        Some(p) => Some(Arc::new(Mutex::new(TraceOut::create(p)?))),
+        None => None,
+    };
+    let seed = args.seed.unwrap_or_else(|| {
+        let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let s = s % 1_000_000_000;
+        println!("Seed {s} (re-run with --seed {s})");
+        s
+    });
+    let mut overrides = Policy::default();
+    if let Some(m) = args.tlb {
+        overrides.set_tlb_model(m);
+    }
+    if let Some(m) = args.iotlb {
+        overrides.set_iotlb_model(m);
+    }
+    if let Some(on) = args.pwc {
+        overrides.set_pwc(on);
+    }
+    if let Err(e) = interrupt::install() {
+        log::warn!("cannot install SIGINT/SIGTERM handlers ({e}); an interrupt loses this run's results");
+    }
+
+    let plan: Vec<(usize, Policy)> = tests
+        .iter()
+        .enumerate()
+        .flat_map(|(ti, t)| {
+            policy_matrix(&args.policies, &t.expect_policies(), &overrides).into_iter().map(move |p| (ti, p))
+        })
+        .collect();
+    let mut runs: Vec<(usize, PolicyRun)> = Vec::new();
+    let mut worst = status::OK;
+    let mut ending = Ending::Complete;
+    let mut shown_summary = vec![false; tests.len()];
+    for (k, &(ti, policy)) in plan.iter().enumerate() {
+        if let Some(sig) = interrupt::interrupted() {
+            ending = Ending::Interrupted(sig);
+            break;
+        }
+        let test = &tests[ti];
+        let pr = match run_policy(base, args, test, policy, seed, trace.as_ref()) {
+            Ok(pr) => pr,
+            Err(e) => {
+                ending = Ending::Failed(e);
+                break;
+            }
+        };
+        print!("{}", herd_block(test, &pr.result));
+        if pr.leaks > 0 {
+            println!("Leak {} {} iterations did not return every page", test.name, pr.leaks);
+        }
+        if let Some(e) = &pr.guest_error {
+            println!("Error {} {e}", test.name);
+            worst = worst.max(status::GUEST_ERROR);
+        }
+        println!();
+        let interrupted = pr.interrupted;
+        runs.push((ti, pr));
+        // The test's last policy: its file summary.
+        if plan.get(k + 1).is_none_or(|n| n.0 != ti) {
+            print_summary(test, ti, &runs);
+            shown_summary[ti] = true;
+        }
+        if let Some(p) = &args.json {
+            write_json(p, &tests, &runs, plan.len(), "running")?;
+        }
+        if interrupted {
+            ending = Ending::Interrupted(interrupt::interrupted().unwrap_or(libc::SIGINT));
+            break;
+        }
+    }
+    // A test cut short still gets its summary of what ran.
+    if let Some(&(ti, _)) = runs.last() {
+        if !shown_summary[ti] {
+            print_summary(&tests[ti], ti, &runs);
+        }
+    }
+
+    let pairs: Vec<(&Test, &RunResult)> = runs.iter().map(|(ti, r)| (&tests[*ti], &r.result)).collect();
+    let table = verdict_table(&pairs);
+    let end_note = match &ending {
+        Ending::Complete => None,
+        Ending::Interrupted(sig) => Some(format!(
+            "INTERRUPTED by {} after {} of {} (test, policy) runs",
+            interrupt::name(*sig),
+            runs.len(),
+            plan.len()
+        )),
+        Ending::Failed(e) => {
+            Some(format!("ERROR after {} of {} (test, policy) runs: {}", runs.len(), plan.len(), chain(e)))
+        }
+    };
+    match &end_note {
+        Some(note) => print!("{}", table.replacen("Verdicts", &format!("Verdicts ({note})"), 1)),
+        None => print!("{table}"),
+    }
+    if let Some(p) = &args.json {
+        let end = match &ending {
+            Ending::Complete => "complete".to_string(),
+            Ending::Interrupted(sig) => format!("interrupted ({})", interrupt::name(*sig)),
+            Ending::Failed(e) => format!("error: {}", chain(e)),
+        };
+        write_json(p, &tests, &runs, plan.len(), &end)?;
+    }
+    if let (Some(t), Some(p)) = (&trace, &args.trace) {
+        let t = t.lock().unwrap_or_else(|e| e.into_inner());
+        match t.error() {
+            Some(e) => {
+                eprintln!("vmm: error: {e}");
+                worst = worst.max(status::SETUP_ERROR);
+            }
+            None => println!("Trace written to {} (vmm trace report {})", p.display(), p.display()),
+        }
+    }
+    let leaks = runs.iter().any(|(_, r)| r.leaks > 0);
+    if args.check && (any_mismatch(&pairs) || leaks) {
+        worst = worst.max(status::TESTS_FAILED);
+    }
+    match ending {
+        Ending::Complete => Ok(worst),
+        Ending::Interrupted(sig) => Ok(128 + sig),
+        Ending::Failed(e) => Err(e),
+    }
+}
+
+fn print_summary(test: &Test, ti: usize, runs: &[(usize, PolicyRun)]) {
+    let refs: Vec<&RunResult> = runs.iter().filter(|(i, _)| *i == ti).map(|(_, r)| &r.result).collect();
+    print!("{}", file_summary(test, &refs));
+    println!();
+}
+
+/// The results so far as JSON (schema `shootdown-results/1`), with whether
+/// every planned run finished.
+fn write_json(
+    path: &Path,
+    tests: &[Test],
+    runs: &[(usize, PolicyRun)],
+    planned: usize,
+    end: &str,
+) -> std::result::Result<(), OutputError> {
+    let pairs: Vec<(&Test, &RunResult)> = runs.iter().map(|(ti, r)| (&tests[*ti], &r.result)).collect();
+    let mut v = to_json(&pairs);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("complete".into(), (end == "complete").into());
+        o.insert("end".into(), end.into());
+        o.insert("planned_runs".into(), planned.into());
+    }
+    output::write_json("--json", path, &v)
+}
+
+/// The IOMMU a policy asks for.
+fn iommu_config(policy: &Policy, seed: u64) -> IommuConfig {
+    let mut cfg = IommuConfig { seed, ..IommuConfig::default() };
+    let ppm = match policy.iotlb_model() {
+        IotlbModel::Lazy => 0,
+        IotlbModel::Evict { ppm } => ppm,
+    };
+    cfg.set_iotlb_eviction(Eviction::from_ppm(ppm));
+    cfg.set_pwc(policy.pwc_on());
+    cfg
+}
+
+/// Runs `args.runs` iterations of `test` under `policy`: as many boots as
+/// it takes to get through every iteration (a stalled iteration ends its
+/// boot). `trace`: the trace file.
+pub fn run_policy(
+    base: &VmConfig,
+    args: &LitmusArgs,
+    test: &Test,
+    policy: Policy,
+    seed: u64,
+    trace: Option<&SharedOut>,
+) -> Result<PolicyRun> {
+    let started = Instant::now();
+    // `--runs` is checked at the CLI edge (1..=u32::MAX).
+    let runs = args.runs.clamp(1, u32::MAX as u64);
+    let opts = CompileOptions {
+        seed,
+        iterations: runs as u32,
+        iteration_timeout_ms: args.iteration_timeout.as_millis().min(u32::MAX as u128) as u32,
+    };
+    let compiled = compile(test, &policy, &opts);
+    let blob = abi::litmus::Blob::parse(&compiled.blob)
+        .map_err(|e| Error::GuestReport(format!("internal: compiled blob rejected: {e:?}")))?;
+    let hdr = *blob.header();
+    let thread_names: Vec<String> =
+        (0..hdr.n_threads).map(|t| blob.thread_name(t).unwrap_or("?").to_string()).collect();
+    let (nv, nd) = (hdr.n_vcpu_threads as usize, hdr.n_device_threads as usize);
+    let vcpus = args.vcpus.unwrap_or(nv.max(1) as u64);
+    if vcpus < nv as u64 {
+        return Err(Error::Litmus(format!("{}: needs {nv} vCPUs for its threads, --vcpus {vcpus} given", test.name)));
+    }
+    let tlb = policy.tlb_model();
+    let iommu = iommu_config(&policy, seed);
+    let session = LitmusSession::new(compiled.blob.clone(), nv, nd, runs, args.iteration_timeout);
+    let mut result = RunResult::new(test, policy, seed, runs);
+    result.fidelity = Some(fidelity(tlb));
+    let trace_limit = args.trace_runs.unwrap_or(u64::MAX).min(runs);
+    if let Some(t) = trace {
+        let meta = RunMeta {
+            test: test.name.clone(),
+            hash: test.hash.clone(),
+            policy: policy.canonical_mm(),
+            tlb: tlb.to_string(),
+            iotlb: policy.iotlb_model().to_string(),
+            seed,
+            file: Some(test.file.clone()),
+            iterations: runs,
+            traced_iterations: trace_limit,
+            vcpus,
+            threads: thread_names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| ThreadMeta {
+                    name: n.clone(),
+                    kind: if i < nv { ThreadKind::Vcpu } else { ThreadKind::Device },
+                })
+                .collect(),
+            record_version: abi::trace::VERSION,
+        };
+        t.lock().unwrap_or_else(|e| e.into_inner()).run(&meta);
+    }
+    let mut leaks = 0;
+    let mut guest_error = None;
+    let mut first_match = None;
+    let mut interrupted = false;
+    let mut first = 0u64;
+    let mut boot = 0u64;
+    while first < runs {
+        if interrupt::interrupted().is_some() {
+            interrupted = true;
+            break;
+        }
+        let tracer = trace.filter(|_| first < trace_limit).map(|out| {
+            Tracer::new(&TraceConfig {
+                out: out.clone(),
+                first_iteration: first,
+                limit: trace_limit,
+                boot,
+                ring: args.trace_ring,
+            })
+        });
+        boot += 1;
+        let cfg = VmConfig { vcpus, tlb, seed: seed ^ first, mode: GuestMode::Litmus, mode_arg: first, ..base.clone() };
+        let mut svcs = services::standard(
+            tlb,
+            cfg.seed,
+            StandardOptions { console: false, checks: None, iommu, trace: tracer.clone() },
+        );
+        svcs.push(session.boot(tracer.map(|t| t as Arc<dyn IterationObserver>)));
+        svcs.push(Arc::new(InterruptWatch) as Arc<dyn Service>);
+        let out = vm::run(&cfg, &svcs)?;
+        for r in session.take_reports() {
+            if r.values.len() != result.arity {
+                return Err(Error::GuestReport(format!(
+                    "guest reported {} values for {}, expected {}",
+                    r.values.len(),
+                    test.name,
+                    result.arity
+                )));
+            }
+            if r.leaked_pages != 0 || r.leaked_tables != 0 {
+                leaks += 1;
+            }
+            result.record(&r.values).map_err(|e| Error::GuestReport(e.to_string()))?;
+            if first_match.is_none() && test.condition.expr.eval(&r.values) {
+                first_match = Some(r.received.saturating_duration_since(started));
+            }
+            // `iteration` < runs (checked by the session): no overflow.
+            first = first.max(r.iteration + 1);
+        }
+        match out.end {
+            // The guest says it is done: it must have run every iteration,
+            // or the run's verdict would rest on iterations that never ran.
+            EndReason::GuestExit(abi::exit::SUCCESS) if first >= runs => break,
+            EndReason::GuestExit(abi::exit::SUCCESS) => {
+                guest_error = Some(format!(
+                    "the guest ended the run after {first} of {runs} iterations (it must report every one)"
+                ));
+                break;
+            }
+            EndReason::Stopped { by: STALLED } => {
+                let stall = session.take_stall().unwrap_or_default();
+                let positions = stall
+                    .positions
+                    .iter()
+                    .enumerate()
+                    .map(|(t, p)| ThreadPosition {
+                        thread: thread_names.get(t).cloned().unwrap_or_else(|| format!("thread{t}")),
+                        pc: p.map(|(pc, _)| pc),
+                        source: p.and_then(|(pc, _)| compiled.position(t, pc)),
+                        hook: p.and_then(|(_, h)| h),
+                    })
+                    .collect();
+                let it = stall.iteration.max(first).min(runs - 1);
+                let values = vec![VALUE_TIMEOUT; result.arity];
+                result.record_timeout(it, &values, positions).map_err(|e| Error::GuestReport(e.to_string()))?;
+                first = it + 1;
+            }
+            EndReason::Interrupted => {
+                interrupted = true;
+                break;
+            }
+            EndReason::GuestExit(s) => {
+                guest_error = Some(format!("guest exited with status {s} at iteration {first}"));
+                break;
+            }
+            EndReason::GuestError { vcpu, rip, fault } => {
+                guest_error = Some(format!("guest error on vCPU {vcpu} at RIP {rip:#x}: {fault} (iteration {first})"));
+                break;
+            }
+            EndReason::Timeout { .. } => {
+                guest_error = Some(format!("watchdog: the guest did not finish within {:?}", base.timeout));
+                break;
+            }
+            EndReason::Stopped { by } => {
+                guest_error = Some(format!("stopped by {by} at iteration {first}"));
+                break;
+            }
+        }
+    }
+    result.time_secs = started.elapsed().as_secs_f64();
+    if let Some(t) = trace {
+        let timeouts = result.n_timeouts;
+        t.lock().unwrap_or_else(|e| e.into_inner()).run_end(&RunEnd { iterations: result.total(), timeouts });
+    }
+    Ok(PolicyRun { result, leaks, guest_error, first_match, interrupted })
+}
+
+/// The `Fidelity` line: how far the run's TLB model reflects hardware.
+fn fidelity(tlb: TlbModel) -> String {
+    match tlb {
+        TlbModel::Lazy => "tlb=lazy (modelled: entries live until flushed; deterministic)".into(),
+        TlbModel::Native => "tlb=native (the host's real TLB; see `vmm probe` for what this host can show)".into(),
+        TlbModel::Evict { .. } => format!("tlb={tlb} (modelled, seeded random eviction)"),
+    }
+}
