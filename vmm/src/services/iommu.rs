@@ -35,6 +35,14 @@ impl IommuService {
         self.running.get().map(|r| r.iommu.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Runs the device program at `program` on the calling thread (tests, fuzzing).
+    pub fn run_program_now(&self, program: u64) -> Result<(), crate::devices::dma::ProgramError> {
+        match self.running.get() {
+            Some(r) => r.dma.run_now(program),
+            None => Err(crate::devices::dma::ProgramError::Stopped),
+        }
+    }
+
     /// Device workers started in this run (at most one per slot).
     pub fn dma_workers(&self) -> usize {
         self.running.get().map_or(0, |r| r.dma.workers())

@@ -55,3 +55,5 @@ pub fn standard(tlb: TlbModel, seed: u64, opts: StandardOptions) -> Vec<Arc<dyn 
     }
     v
 }
+#[cfg(test)]
+mod tests;

@@ -14,5 +14,7 @@ pub use bus::{Bus, BusDevice, Flow};
 pub use exit::{route, Buses, Exit, ExitHook, NoRegs, VcpuCtx, VcpuRegs};
 pub use fault::{EndReason, GuestFault, HypercallError, VcpuDump};
 pub use hypercall::{Call, HypercallHandler, HypercallTable, Reply};
-pub use service::{GuestClock, MsiSender, Service, SetupError, VmSetup, Watch};
+pub use service::{GuestClock, MsiSender, Service, SetupError, VmSetup, Watch, Wiring};
 pub use vm::{RunOutcome, VmConfig, VmError};
+#[cfg(test)]
+mod tests;

@@ -13,7 +13,7 @@ use vm_memory::GuestMemoryMmap;
 use super::bus::{BusConflict, BusDevice};
 use super::exit::{Buses, ExitHook};
 use super::fault::EndReason;
-use super::hypercall::{HandlerConflict, HypercallHandler, HypercallTable};
+use super::hypercall::{HandlerConflict, HypercallHandler, HypercallPort, HypercallTable};
 
 /// Raises an MSI (address, data) in the guest.
 pub type MsiSender = Arc<dyn Fn(u64, u32) + Send + Sync>;
@@ -98,4 +98,43 @@ pub trait Service: Send + Sync {
     fn stopping(&self) {}
     /// The run ended; every vCPU thread has been joined.
     fn finished(&self, _end: &EndReason) {}
+}
+
+/// What the services wired in: the buses (with the hypercall port on
+/// them), exit hooks and watches. Built by `vm::run` — and by unit tests
+/// and fuzz targets, which drive exits through it without KVM.
+#[derive(Default)]
+pub struct Wiring {
+    pub buses: Buses,
+    pub exit_hooks: Vec<Arc<dyn ExitHook>>,
+    pub watches: Vec<Arc<dyn Watch>>,
+}
+
+impl Wiring {
+    /// Sets up `services` in order on `mem` for `vcpus` vCPUs.
+    pub fn wire(
+        mem: &GuestMemoryMmap,
+        vcpus: u64,
+        msi: MsiSender,
+        services: &[Arc<dyn Service>],
+    ) -> Result<Wiring, SetupError> {
+        let mut w = Wiring::default();
+        let mut hypercalls = HypercallTable::new();
+        {
+            let mut setup = VmSetup {
+                mem,
+                vcpus,
+                msi,
+                buses: &mut w.buses,
+                hypercalls: &mut hypercalls,
+                exit_hooks: &mut w.exit_hooks,
+                watches: &mut w.watches,
+            };
+            for s in services {
+                s.clone().setup(&mut setup)?;
+            }
+        }
+        w.buses.pio.insert(abi::hypercall::HC_PORT as u64, 1, Arc::new(HypercallPort(hypercalls)))?;
+        Ok(w)
+    }
 }

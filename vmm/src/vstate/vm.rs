@@ -20,10 +20,9 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::exit::{Buses, ExitHook};
+use super::exit::ExitHook;
 use super::fault::{EndReason, VcpuDump};
-use super::hypercall::{HypercallPort, HypercallTable};
-use super::service::{GuestClock, MsiSender, Service, SetupError, VmSetup, Watch};
+use super::service::{GuestClock, MsiSender, Service, SetupError, Watch, Wiring};
 use super::vcpu::{kick_handler, Vcpu, KICK_SIGNAL_OFFSET};
 use crate::boot::{self, ImageError};
 
@@ -224,28 +223,7 @@ pub fn run(cfg: &VmConfig, services: &[Arc<dyn Service>]) -> Result<RunOutcome> 
     // The services wire themselves in.
     let vm_for_msi = vm.clone();
     let msi: MsiSender = Arc::new(move |address, data| deliver_msi(&vm_for_msi, address, data));
-    let mut buses = Buses::default();
-    let mut hypercalls = HypercallTable::new();
-    let mut exit_hooks: Vec<Arc<dyn ExitHook>> = Vec::new();
-    let mut watches: Vec<Arc<dyn Watch>> = Vec::new();
-    {
-        let mut setup = VmSetup {
-            mem: &mem,
-            vcpus: cfg.vcpus,
-            msi,
-            buses: &mut buses,
-            hypercalls: &mut hypercalls,
-            exit_hooks: &mut exit_hooks,
-            watches: &mut watches,
-        };
-        for s in services {
-            s.clone().setup(&mut setup)?;
-        }
-    }
-    buses
-        .pio
-        .insert(abi::hypercall::HC_PORT as u64, 1, Arc::new(HypercallPort(hypercalls)))
-        .map_err(SetupError::from)?;
+    let Wiring { buses, exit_hooks, watches } = Wiring::wire(&mem, cfg.vcpus, msi, services)?;
     let buses = Arc::new(buses);
     let exit_hooks: Arc<[Arc<dyn ExitHook>]> = exit_hooks.into();
 
