@@ -12,6 +12,7 @@ mod apic;
 mod arch;
 mod bench;
 mod console;
+mod hostile;
 mod hypercall;
 mod iommu;
 mod litmus;
@@ -120,6 +121,7 @@ fn run_cmdline_mode(boot: &BootInfo, cmdline: &str) -> u32 {
         "selftest" => run_mode(boot, cmdline, GuestMode::Selftest, 0),
         "litmus" => run_mode(boot, cmdline, GuestMode::Litmus, arg("litmus.first=", 0)),
         m if m.starts_with("misbehave.") && misbehave::run(&m["misbehave.".len()..]) => abi::exit::GUEST_PANIC,
+        m if m.starts_with("hostile.") && hostile::run(&m["hostile.".len()..]) => abi::exit::SUCCESS,
         other => report::fatal(file!(), line!(), format_args!("unknown mode={other} on the command line")),
     }
 }

@@ -273,7 +273,16 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         mode: GuestMode::FromCmdline,
         mode_arg: 0,
     };
-    // Bad --vcpus/--mem/--guest are refused before anything runs or prints.
+    // Unusable output paths, bad --vcpus/--mem/--guest are refused before
+    // anything runs or prints.
+    if let Command::Litmus { json, trace, .. } = &command {
+        if let Some(p) = json {
+            commands::output::check_output_path("--json", p)?;
+        }
+        if let Some(p) = trace {
+            commands::output::check_output_path("--trace", p)?;
+        }
+    }
     vm::validate(&cfg)?;
     match command {
         Command::Trace { command: TraceCommand::Bench { runs } } => {
