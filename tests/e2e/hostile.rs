@@ -100,7 +100,7 @@ fn scratch_json(name: &str) -> std::path::PathBuf {
 /// block is out; returns (status, stdout, stderr).
 fn interrupted_run(json: &std::path::Path, signals: &[i32]) -> Result<(Option<i32>, String, String), Failed> {
     let mut child = Command::new(VMM)
-        .args(["litmus", "--runs", "300", "--seed", "4", "--json", json.to_str().unwrap()])
+        .args(["litmus", "--runs", "40", "--seed", "4", "--json", json.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
