@@ -386,5 +386,5 @@ impl Iommu {
 
 fn overlaps_region(k: &crate::PwcKey, start: u64, len: u64) -> bool {
     let (s, l) = k.region();
-    crate::ranges_overlap(s, l, start, len)
+    crate::tlb::ranges_overlap(s, l, start, len)
 }

@@ -22,7 +22,7 @@ use abi::dma::{self, AccessKind, Action, Operand, ProgramHeader, WaitCond};
 use abi::layout;
 use abi::trace::UNIT_IOMMU;
 use iommu::mem as gmem;
-use iommu::{DmaError, Iommu, Msi};
+use iommu::{DmaAccess, DmaError, Iommu, Msi};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// How long a RETRY op waits for the guest to fix a faulting translation.
@@ -330,18 +330,16 @@ fn run_op(s: &Shared, pasid: u32, program: u64, index: u64, action: Action) -> R
         }
         Action::Access { kind, va, operand: o, retry } => (kind, va, operand(s, program, index, o)?, retry),
     };
+    let access = match kind {
+        AccessKind::Load => DmaAccess::Load,
+        AccessKind::Store => DmaAccess::Store(value),
+        AccessKind::Xchg => DmaAccess::Xchg(value),
+        AccessKind::FetchAdd => DmaAccess::FetchAdd(value),
+        AccessKind::Prefetch => DmaAccess::Prefetch,
+    };
     let start = Instant::now();
     loop {
-        let res = {
-            let mut io = lock(&s.iommu);
-            match kind {
-                AccessKind::Load => io.dma_load_u64(pasid, va, mem),
-                AccessKind::Store => io.dma_store_u64(pasid, va, value, mem).map(|()| 0),
-                AccessKind::Xchg => io.dma_xchg_u64(pasid, va, value, mem),
-                AccessKind::FetchAdd => io.dma_fetch_add_u64(pasid, va, value, mem),
-                AccessKind::Prefetch => io.prefetch(pasid, va, mem).map(|()| 0),
-            }
-        };
+        let res = lock(&s.iommu).access(pasid, va, access, mem);
         match res {
             Ok(v) => return Ok(v),
             Err(DmaError::StaleWalk { .. }) => return Ok(dma::STALE_WALK),
