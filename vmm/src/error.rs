@@ -30,6 +30,11 @@ pub enum Error {
     /// The guest reported something the run cannot use.
     #[error("{0}")]
     GuestReport(String),
+    #[error(transparent)]
+    TraceRead(#[from] crate::commands::trace::TraceReadError),
+    /// A command used the wrong way (what clap cannot express).
+    #[error("{0}")]
+    Usage(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

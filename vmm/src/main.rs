@@ -219,13 +219,13 @@ fn load_image(cli: &Cli) -> Result<(Arc<[u8]>, PathBuf), Error> {
 fn real_main(cli: Cli) -> Result<i32, Error> {
     match &cli.command {
         Some(Command::Trace { command: TraceCommand::Report { file, json, all_phases } }) => {
-            return Ok(commands::trace::report(file, *json, *all_phases));
+            return commands::trace::report(file, *json, *all_phases);
         }
         Some(Command::Trace { command: TraceCommand::Export { file, perfetto, svg, iteration, run } }) => {
-            return Ok(commands::trace::export(file, perfetto.as_deref(), svg.as_deref(), *run, *iteration));
+            return commands::trace::export(file, perfetto.as_deref(), svg.as_deref(), *run, *iteration);
         }
         Some(Command::Trace { command: TraceCommand::Dump { file, run, iteration } }) => {
-            return Ok(commands::trace::dump(file, *run, *iteration));
+            return commands::trace::dump(file, *run, *iteration);
         }
         _ => {}
     }

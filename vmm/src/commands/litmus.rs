@@ -243,7 +243,7 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         let t = t.lock().unwrap_or_else(|e| e.into_inner());
         match t.error() {
             Some(e) => {
-                eprintln!("vmm: error: {e}");
+                log::error!("{e}");
                 worst = worst.max(status::SETUP_ERROR);
             }
             None => println!("Trace written to {} (vmm trace report {})", p.display(), p.display()),
