@@ -303,7 +303,7 @@ impl ShadowMmu {
 
     pub fn flush_page(&mut self, mem: &GuestMemoryMmap, va: u64) {
         self.drop_entry(mem, va & !0xfff);
-        self.emit(Kind::ShadowFlush, va & !0xfff, (va & !0xfff) + PAGE_SIZE, 0);
+        self.emit(Kind::ShadowFlush, va & !0xfff, (va & !0xfff).saturating_add(PAGE_SIZE), 0);
     }
 
     pub fn flush_range(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool, va: u64, len: u64) {

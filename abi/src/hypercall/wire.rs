@@ -19,9 +19,11 @@ pub trait WireField: Sized + Copy {
 
 impl WireField for u64 {
     const WORDS: usize = 1;
+    #[inline(always)]
     fn put(self, out: &mut [u64]) {
         out[0] = self;
     }
+    #[inline(always)]
     fn get(w: &[u64]) -> Option<Self> {
         Some(w[0])
     }
@@ -30,9 +32,11 @@ impl WireField for u64 {
 /// Signed values travel as their two's-complement word.
 impl WireField for i64 {
     const WORDS: usize = 1;
+    #[inline(always)]
     fn put(self, out: &mut [u64]) {
         out[0] = self as u64;
     }
+    #[inline(always)]
     fn get(w: &[u64]) -> Option<Self> {
         Some(w[0] as i64)
     }
@@ -69,9 +73,11 @@ impl From<Flag> for bool {
 
 impl WireField for Flag {
     const WORDS: usize = 1;
+    #[inline(always)]
     fn put(self, out: &mut [u64]) {
         out[0] = self.0;
     }
+    #[inline(always)]
     fn get(w: &[u64]) -> Option<Self> {
         match w[0] {
             0 | 1 => Some(Flag(w[0])),
@@ -82,9 +88,11 @@ impl WireField for Flag {
 
 impl<const N: usize> WireField for [u64; N] {
     const WORDS: usize = N;
+    #[inline(always)]
     fn put(self, out: &mut [u64]) {
         out[..N].copy_from_slice(&self);
     }
+    #[inline(always)]
     fn get(w: &[u64]) -> Option<Self> {
         let mut a = [0u64; N];
         a.copy_from_slice(&w[..N]);
@@ -151,10 +159,12 @@ macro_rules! wire_enum {
 
         impl $crate::hypercall::wire::WireField for $name {
             const WORDS: usize = 1;
-            fn put(self, out: &mut [u64]) {
+            #[inline(always)]
+    fn put(self, out: &mut [u64]) {
                 out[0] = self as u64;
             }
-            fn get(w: &[u64]) -> Option<Self> {
+            #[inline(always)]
+    fn get(w: &[u64]) -> Option<Self> {
                 Self::from_u64(w[0])
             }
         }
@@ -174,6 +184,7 @@ macro_rules! wire_struct {
         impl $crate::hypercall::wire::Wire for $name {
             const WORDS: usize = 0 $(+ <$t as $crate::hypercall::wire::WireField>::WORDS)*;
             #[allow(unused_assignments, unused_variables, unused_mut)]
+            #[inline(always)]
             fn encode(&self, out: &mut [u64]) {
                 let mut i = 0;
                 $(
@@ -182,6 +193,7 @@ macro_rules! wire_struct {
                 )*
             }
             #[allow(unused_assignments, unused_variables, unused_mut)]
+            #[inline(always)]
             fn decode(w: &[u64]) -> Result<Self, $crate::hypercall::wire::DecodeError> {
                 let mut i = 0;
                 Ok($name { $(
