@@ -388,7 +388,7 @@ fn extreme_arguments_never_panic() {
         vm.call::<PtTable>(0, PtTableRequest { event: TableEvent::Allocated, table: PT_BASE, level: 4 }, &[]).unwrap();
         vm.call::<SwitchMm>(0, SwitchMmRequest { pgd: PT_BASE }, &[]).unwrap();
         for op in 0..40u64 {
-            for w in [0, 1, u64::MAX, u64::MAX & !0xfff, u64::MAX / 8 + 1] {
+            for w in [0, 1, u64::MAX, !0xfff, u64::MAX / 8 + 1] {
                 for data in [&[][..], &[0xffu8; 64][..]] {
                     let _ = vm.hypercall_raw(0, op, [w; 8], data);
                     let _ = vm.hypercall_raw(1, op, [0, w, w, w, w, w, w, w], data);
