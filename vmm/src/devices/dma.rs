@@ -59,9 +59,9 @@ pub enum SubmitError {
     NoThread,
 }
 
+/// A slot's queue: the program waiting behind the one its worker runs.
 #[derive(Default)]
 struct SlotState {
-    running: bool,
     queued: Option<u64>,
 }
 
@@ -184,13 +184,11 @@ fn worker_loop(s: &Shared, slot: u64) {
     loop {
         let program = {
             let mut st = lock(&sl.state);
-            st.running = false;
             loop {
                 if s.stop.load(Ordering::Acquire) {
                     return;
                 }
                 if let Some(p) = st.queued.take() {
-                    st.running = true;
                     break p;
                 }
                 st = sl.work.wait(st).unwrap_or_else(|e| e.into_inner());
