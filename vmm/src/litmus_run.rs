@@ -146,6 +146,8 @@ pub struct LitmusArgs {
     pub runs: u64,
     pub policies: Vec<String>,
     pub json: Option<PathBuf>,
+    /// `--log-dir DIR`: one herdtools7 log per policy.
+    pub log_dir: Option<PathBuf>,
     pub check: bool,
     /// `--tlb` (None = the policy's or the default).
     pub tlb: Option<String>,
@@ -243,6 +245,12 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         cli_policies.push(Policy::parse(p).map_err(|e| Error::Litmus(format!("--policy {p}: {e}")))?);
     }
 
+    let mut log_dir = match &args.log_dir {
+        Some(d) => Some(
+            litmus::logdir::LogDir::create(d).map_err(|e| Error::Other(format!("--log-dir {}: {e}", d.display())))?,
+        ),
+        None => None,
+    };
     let mut runs: Vec<(usize, PolicyRun)> = Vec::new();
     let mut worst = status::OK;
     for (ti, test) in tests.iter().enumerate() {
@@ -250,7 +258,12 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         let mut file_runs = Vec::new();
         for policy in matrix {
             let pr = run_policy(base, args, test, policy, seed, trace.as_ref())?;
-            print!("{}", herd_block(test, &pr.result));
+            let block = herd_block(test, &pr.result);
+            print!("{block}");
+            if let Some(l) = &mut log_dir {
+                l.append(&pr.result.policy, &block)
+                    .map_err(|e| Error::Other(format!("--log-dir {}: {e}", l.dir().display())))?;
+            }
             if pr.leaks > 0 {
                 println!("Leak {} {} iterations did not return every page", test.name, pr.leaks);
             }

@@ -75,9 +75,13 @@ enum Command {
         /// The IOMMU's paging-structure cache: `on` or `off` (overrides the policies).
         #[arg(long, value_name = "on|off")]
         pwc: Option<String>,
-        /// Also write the results as JSON (schema `shootdown-results/2`).
+        /// Also write the results as JSON (schema `shootdown-results/3`).
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Also write one herdtools7 log per policy, DIR/<policy>.log, for
+        /// `mcompare7 DIR/*.log` (a test × policy table) and `msum7`.
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<PathBuf>,
         /// Exit with status 1 if any observation disagrees with [expect] (or pages leaked).
         #[arg(long)]
         check: bool,
@@ -230,6 +234,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         iotlb: None,
         pwc: None,
         json: None,
+        log_dir: None,
         check: true,
         iteration_timeout: 3000,
         list_hooks: false,
@@ -286,6 +291,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         iotlb,
         pwc,
         json,
+        log_dir,
         check,
         iteration_timeout,
         trace,
@@ -299,6 +305,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             runs,
             policies,
             json,
+            log_dir,
             check,
             tlb: cli.tlb.map(|t| t.to_string()),
             iotlb,
