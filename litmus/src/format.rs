@@ -171,6 +171,12 @@ pub fn file_summary(test: &Test, runs: &[&RunResult]) -> String {
 /// `runs` is completed/requested iterations and `timeouts` the timed-out
 /// ones, so an `inconclusive` row says why at a glance.
 pub fn verdict_table(runs: &[(&Test, &RunResult)]) -> String {
+    let recs: Vec<RunRecord> = runs.iter().map(|(t, r)| RunRecord::new(t, r)).collect();
+    verdict_table_of(&recs)
+}
+
+/// [`verdict_table`] of run records (e.g. merged shards).
+pub fn verdict_table_of(runs: &[RunRecord]) -> String {
     const COLS: usize = 7;
     let mut rows: Vec<[String; COLS]> = vec![[
         "test".into(),
@@ -181,11 +187,11 @@ pub fn verdict_table(runs: &[(&Test, &RunResult)]) -> String {
         "expected".into(),
         "result".into(),
     ]];
-    for (t, r) in runs {
-        let s = r.summary(t);
+    for r in runs {
+        let s = r.summary();
         rows.push([
-            t.name.clone(),
-            r.policy.canonical(),
+            r.test.clone(),
+            r.policy.clone(),
             format!("{}/{}", s.completed, r.requested),
             s.timed_out.to_string(),
             s.observation.name().into(),

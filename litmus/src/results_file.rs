@@ -40,7 +40,20 @@ pub struct ResultsFile {
     /// Set by `vmm results merge`: the shards folded into this file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged_from: Vec<ShardInfo>,
+    /// In a shard's file: every (test, policy) of the whole job with its
+    /// planned iterations, so that a merge notices runs that fell entirely
+    /// into a shard it was not given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub job: Vec<PlannedRun>,
     pub runs: Vec<RunRecord>,
+}
+
+/// One (test, policy) of a job.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PlannedRun {
+    pub test: String,
+    pub policy: String,
+    pub planned: u64,
 }
 
 fn yes() -> bool {
@@ -123,6 +136,12 @@ pub struct RunRecord {
     /// (all of them unless the job was sharded).
     pub first_iteration: u64,
     pub requested: u64,
+    /// After a merge of some of a job's shards: the iteration ranges
+    /// `[a, b)` the run holds (its `requested` is then the plan, the rest
+    /// counting as never run). Empty when it holds
+    /// `[first_iteration, first_iteration + requested)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub covered: Vec<[u64; 2]>,
     /// Iterations recorded, completed, timed out, never run.
     pub iterations: u64,
     pub completed: u64,
@@ -225,6 +244,7 @@ impl RunRecord {
             planned: r.planned,
             first_iteration: r.first_iteration,
             requested: r.requested,
+            covered: Vec::new(),
             iterations: 0,
             completed: 0,
             timed_out: 0,
@@ -301,6 +321,15 @@ impl RunRecord {
             .join(" ")
     }
 
+    /// The iteration ranges `[a, b)` the run holds.
+    pub fn ranges(&self) -> Vec<[u64; 2]> {
+        if self.covered.is_empty() {
+            vec![[self.first_iteration, self.first_iteration + self.requested]]
+        } else {
+            self.covered.clone()
+        }
+    }
+
     /// `(test, policy)`: a run's identity within one job.
     pub fn key(&self) -> (String, String) {
         (self.test.clone(), self.policy.clone())
@@ -316,6 +345,7 @@ impl ResultsFile {
             complete,
             shard,
             merged_from: Vec::new(),
+            job: Vec::new(),
             runs: runs.iter().map(|(t, r)| RunRecord::new(t, r)).collect(),
         }
     }
@@ -339,5 +369,29 @@ impl ResultsFile {
 
     pub fn to_json(&self) -> Json {
         serde_json::to_value(self).expect("results serialise")
+    }
+
+    /// Same tests, policies, seeds, histograms, timeouts and verdicts as
+    /// `other`, run for run, in the same order (times, shard bookkeeping
+    /// and completeness aside): what a merge of shards must give back.
+    pub fn same_results(&self, other: &ResultsFile) -> Result<(), String> {
+        if self.runs.len() != other.runs.len() {
+            return Err(format!("{} runs vs {}", self.runs.len(), other.runs.len()));
+        }
+        for (a, b) in self.runs.iter().zip(&other.runs) {
+            let norm = |r: &RunRecord| RunRecord { time_secs: 0.0, ..r.clone() };
+            if norm(a) != norm(b) {
+                let (ja, jb) = (serde_json::to_value(norm(a)).unwrap(), serde_json::to_value(norm(b)).unwrap());
+                let diff: Vec<String> = ja
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, v)| jb.get(k.as_str()) != Some(v))
+                    .map(|(k, v)| format!("{k}: {v} vs {}", jb.get(k.as_str()).unwrap_or(&Json::Null)))
+                    .collect();
+                return Err(format!("{} [{}]: {}", a.test, a.policy, diff.join("; ")));
+            }
+        }
+        Ok(())
     }
 }

@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod litmus;
+mod results;
 mod trace;
 
 const VMM: &str = env!("CARGO_BIN_EXE_vmm");
@@ -387,6 +388,12 @@ fn main() {
         litmus::guest_stopping_early_is_an_error(&scratch("exit-zero", &exit_zero_elf()))
     }));
     trials.push(Trial::test("litmus::evidence::zero_runs_refused", litmus::zero_runs_refused));
+    trials.push(kvm_trial(
+        "results::four_merged_shards_equal_the_unsharded_run",
+        results::four_merged_shards_equal_the_unsharded_run,
+    ));
+    trials.push(kvm_trial("results::baseline_and_compare", results::baseline_and_compare));
+    trials.push(kvm_trial("results::log_dir_one_log_per_policy", results::log_dir_one_log_per_policy));
     trials.push(kvm_trial("selftest::filter_matching_nothing_is_an_error", || {
         let o = vmm(&["selftest", "no-such-test."]);
         let (out, err) = text(&o);

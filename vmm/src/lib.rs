@@ -12,6 +12,7 @@ pub mod litmus_bench;
 pub mod litmus_run;
 pub mod probe;
 pub mod report;
+pub mod results_cmd;
 pub mod shadow;
 pub mod trace;
 pub mod trace_cmd;

@@ -18,8 +18,8 @@ use abi::litmus::{state, Hook, VALUE_TIMEOUT};
 use abi::{dma, layout};
 use iommu::mem as gmem;
 use litmus::{
-    any_mismatch, compile, file_summary, herd_block, policy_matrix, render_all, to_json, verdict_table, CompileOptions,
-    Key, Policy, RunResult, Test, ThreadPosition,
+    any_mismatch, compile, file_summary, herd_block, policy_matrix, render_all, verdict_table, CompileOptions, Key,
+    Policy, ResultsFile, RunResult, Shard, Test, ThreadPosition,
 };
 use vm_memory::GuestMemoryMmap;
 
@@ -163,6 +163,10 @@ pub struct LitmusArgs {
     pub trace_runs: Option<u64>,
     /// `--trace-ring N`: records per vCPU ring.
     pub trace_ring: Option<u64>,
+    /// `--shard I/N`: run only this part of the job.
+    pub shard: Option<Shard>,
+    /// `--baseline POLICY`: also run every test under POLICY and compare.
+    pub baseline: Option<String>,
 }
 
 fn collect_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -220,7 +224,8 @@ pub struct PolicyRun {
     pub first_match: Option<Duration>,
 }
 
-/// Runs every (test, policy) and prints the results; returns the exit status.
+/// Runs every (test, policy) — or this shard's part of them — and prints
+/// the results; returns the exit status.
 pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     let tests = load(&args.paths)?;
     let trace = match &args.trace {
@@ -244,45 +249,104 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     for p in &args.policies {
         cli_policies.push(Policy::parse(p).map_err(|e| Error::Litmus(format!("--policy {p}: {e}")))?);
     }
-
+    let baseline = match &args.baseline {
+        Some(b) => {
+            Some(Policy::parse(b).map_err(|e| Error::Litmus(format!("--baseline {b}: {e}")))?.merged(&overrides))
+        }
+        None => None,
+    };
     let mut log_dir = match &args.log_dir {
         Some(d) => Some(
             litmus::logdir::LogDir::create(d).map_err(|e| Error::Other(format!("--log-dir {}: {e}", d.display())))?,
         ),
         None => None,
     };
+
+    // The job: every (test, policy) in order, the baseline first.
+    let mut units: Vec<(usize, Policy)> = Vec::new();
+    for (ti, test) in tests.iter().enumerate() {
+        let mut matrix = policy_matrix(&cli_policies, &test.expect_policies(), &overrides);
+        if let Some(b) = baseline {
+            matrix.retain(|p| p.abi != b.abi);
+            matrix.insert(0, b);
+        }
+        units.extend(matrix.into_iter().map(|p| (ti, p)));
+    }
+    let shard = args.shard.unwrap_or(Shard::ALL);
+    let pieces = litmus::shard::plan(&vec![args.runs; units.len()], shard);
+    if args.shard.is_some() {
+        let n: u64 = pieces.iter().map(|p| p.end - p.first).sum();
+        println!(
+            "Shard {shard}: {n} of {} iterations, {} (test, policy) part(s)\n",
+            args.runs * units.len() as u64,
+            pieces.len()
+        );
+    }
+
     let mut runs: Vec<(usize, PolicyRun)> = Vec::new();
     let mut worst = status::OK;
-    for (ti, test) in tests.iter().enumerate() {
-        let matrix = policy_matrix(&cli_policies, &test.expect_policies(), &overrides);
-        let mut file_runs = Vec::new();
-        for policy in matrix {
-            let pr = run_policy(base, args, test, policy, seed, trace.as_ref())?;
-            let block = herd_block(test, &pr.result);
-            print!("{block}");
-            if let Some(l) = &mut log_dir {
-                l.append(&pr.result.policy, &block)
-                    .map_err(|e| Error::Other(format!("--log-dir {}: {e}", l.dir().display())))?;
-            }
-            if pr.leaks > 0 {
-                println!("Leak {} {} iterations did not return every page", test.name, pr.leaks);
-            }
-            if let Some(e) = &pr.guest_error {
-                println!("Error {} {e}", test.name);
-                worst = worst.max(status::GUEST_ERROR);
-            }
-            println!();
-            file_runs.push(pr);
+    let mut file_runs: Vec<PolicyRun> = Vec::new();
+    let flush_file = |ti: usize, file_runs: &mut Vec<PolicyRun>, runs: &mut Vec<(usize, PolicyRun)>| {
+        if file_runs.is_empty() {
+            return;
         }
         let refs: Vec<&RunResult> = file_runs.iter().map(|r| &r.result).collect();
-        print!("{}", file_summary(test, &refs));
+        print!("{}", file_summary(&tests[ti], &refs));
         println!();
-        runs.extend(file_runs.into_iter().map(|r| (ti, r)));
+        runs.extend(file_runs.drain(..).map(|r| (ti, r)));
+    };
+    let mut current = None;
+    for piece in &pieces {
+        let (ti, policy) = units[piece.unit];
+        if current.is_some_and(|c| c != ti) {
+            flush_file(current.unwrap(), &mut file_runs, &mut runs);
+        }
+        current = Some(ti);
+        let test = &tests[ti];
+        let pr = run_policy_range(base, args, test, policy, seed, trace.as_ref(), piece.first..piece.end, args.runs)?;
+        let block = herd_block(test, &pr.result);
+        print!("{block}");
+        if let Some(l) = &mut log_dir {
+            l.append(&pr.result.policy, &block)
+                .map_err(|e| Error::Other(format!("--log-dir {}: {e}", l.dir().display())))?;
+        }
+        if pr.leaks > 0 {
+            println!("Leak {} {} iterations did not return every page", test.name, pr.leaks);
+        }
+        if let Some(e) = &pr.guest_error {
+            println!("Error {} {e}", test.name);
+            worst = worst.max(status::GUEST_ERROR);
+        }
+        println!();
+        file_runs.push(pr);
+    }
+    if let Some(ti) = current {
+        flush_file(ti, &mut file_runs, &mut runs);
     }
     let pairs: Vec<(&Test, &RunResult)> = runs.iter().map(|(ti, r)| (&tests[*ti], &r.result)).collect();
     print!("{}", verdict_table(&pairs));
+    let mut results = ResultsFile::litmus(&pairs, args.shard.map(|s| s.info()), true);
+    if args.shard.is_some() {
+        results.job = units
+            .iter()
+            .map(|(ti, p)| litmus::PlannedRun {
+                test: tests[*ti].name.clone(),
+                policy: p.canonical(),
+                planned: args.runs,
+            })
+            .collect();
+    }
+    if let Some(b) = baseline {
+        let cmp =
+            litmus::compare::against_baseline(&results, |r| Policy::parse(&r.policy).is_ok_and(|p| p.abi == b.abi));
+        println!("\nCompared with the baseline {}", b.canonical());
+        print!("{}", cmp.render());
+        if cmp.new_violations() > 0 {
+            worst = worst.max(status::TESTS_FAILED);
+        }
+    }
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&to_json(&pairs)).map_err(|e| Error::Other(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&results.to_json()).map_err(|e| Error::Other(e.to_string()))?;
         std::fs::write(path, text + "\n").map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
     }
     if let (Some(t), Some(p)) = (&trace, &args.trace) {
@@ -317,9 +381,28 @@ pub fn run_policy(
     seed: u64,
     trace: Option<&SharedOut>,
 ) -> Result<PolicyRun> {
+    run_policy_range(base, args, test, policy, seed, trace, 0..args.runs, args.runs)
+}
+
+/// Runs iterations `range` of a job that planned `planned` for this (test,
+/// policy) (all of them unless `--shard` cut the job): the guest runs
+/// iterations `first..end` of a blob compiled for `end`, and iteration i's
+/// placement depends on the seed and i alone, so a part behaves as inside
+/// the whole run.
+#[allow(clippy::too_many_arguments)]
+pub fn run_policy_range(
+    base: &VmConfig,
+    args: &LitmusArgs,
+    test: &Test,
+    policy: Policy,
+    seed: u64,
+    trace: Option<&SharedOut>,
+    range: std::ops::Range<u64>,
+    planned: u64,
+) -> Result<PolicyRun> {
     let started = Instant::now();
     // `--runs` is checked at the CLI edge (1..=u32::MAX).
-    let runs = args.runs;
+    let runs = range.end;
     let opts = CompileOptions {
         seed,
         iterations: runs as u32,
@@ -342,7 +425,7 @@ pub fn run_policy(
         iommu.set_policy(key.name(), &v).map_err(|e| Error::Litmus(format!("{}={v}: {e}", key.name())))?;
     }
     let session = std::sync::Arc::new(LitmusSession::new(compiled.blob.clone(), nv, nd, args.iteration_timeout));
-    let mut result = RunResult::new(test, policy, seed, runs);
+    let mut result = RunResult::new(test, policy, seed, range.end - range.start).with_range(range.start, planned);
     result.fidelity = Some(fidelity(&policy));
     let trace_limit = args.trace_runs.unwrap_or(u64::MAX).min(runs);
     if let Some(t) = trace {
@@ -369,7 +452,7 @@ pub fn run_policy(
     let mut leaks = 0;
     let mut guest_error = None;
     let mut first_match = None;
-    let mut first = 0u64;
+    let mut first = range.start;
     let mut boot = 0u64;
     while first < runs {
         let traced = trace.filter(|_| first < trace_limit).map(|out| TraceConfig {
@@ -417,7 +500,8 @@ pub fn run_policy(
             EndReason::GuestExit(abi::exit::SUCCESS) if first >= runs => break,
             EndReason::GuestExit(abi::exit::SUCCESS) => {
                 guest_error = Some(format!(
-                    "the guest ended the run after {first} of {runs} iterations (it must report every one)"
+                    "the guest ended the run after iteration {first} of {}..{runs} (it must report every one)",
+                    range.start
                 ));
                 break;
             }

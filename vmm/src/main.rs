@@ -106,6 +106,30 @@ enum Command {
         /// drain it; small rings show that nothing is lost.
         #[arg(long, value_name = "N", requires = "trace")]
         trace_ring: Option<u64>,
+        /// Run only shard I of N of the job (1 <= I <= N): its (test,
+        /// policy, iteration range) parts, cut deterministically; `vmm
+        /// results merge` puts the shards' --json files back together.
+        #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+        shard: Option<litmus::Shard>,
+        /// Also run every test under POLICY and compare each other policy's
+        /// verdict with it (new violation, fixed, now inconclusive); exit 1
+        /// on a new violation.
+        #[arg(long, value_name = "POLICY")]
+        baseline: Option<String>,
+    },
+    /// Compare two results files (`--json` of two runs: before and after a
+    /// patch): per test the baseline's and the candidate's verdict, every
+    /// change flagged; exit 1 if the candidate shows a new violation.
+    Compare {
+        /// The baseline's results.
+        baseline: PathBuf,
+        /// The candidate's results.
+        candidate: PathBuf,
+    },
+    /// Work on results files.
+    Results {
+        #[command(subcommand)]
+        command: ResultsCommand,
     },
     /// Staleness-window report, Perfetto and SVG export of a trace
     /// written by `vmm litmus --trace`.
@@ -133,6 +157,34 @@ enum Command {
         #[arg(long, default_value_t = 11)]
         runs: usize,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ResultsCommand {
+    /// Merge the --json files of a sharded job (`vmm litmus --shard I/N`)
+    /// into one with the histograms and verdicts of the unsharded run;
+    /// prints its herd blocks and verdict table. Exit 1 if iterations of
+    /// the job are in no input (their verdicts are then inconclusive), or
+    /// with --check if an expectation fails.
+    Merge {
+        /// The shards' results files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Write the merged results here.
+        #[arg(long, value_name = "OUT")]
+        json: Option<PathBuf>,
+        /// Also write one herdtools7 log per policy, DIR/<policy>.log.
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<PathBuf>,
+        /// Also exit 1 if an [expect] entry is contradicted or inconclusive
+        /// over the merged runs (judge shards here, not one by one).
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn parse_shard(s: &str) -> Result<litmus::Shard, String> {
+    s.parse()
 }
 
 #[derive(Subcommand, Debug)]
@@ -223,6 +275,10 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         Some(Command::Trace { command: TraceCommand::Dump { file, run, iteration } }) => {
             return Ok(vmm::trace_cmd::dump(file, *run, *iteration));
         }
+        Some(Command::Compare { baseline, candidate }) => return Ok(vmm::results_cmd::compare(baseline, candidate)),
+        Some(Command::Results { command: ResultsCommand::Merge { files, json, log_dir, check } }) => {
+            return Ok(vmm::results_cmd::merge(files, json.as_deref(), log_dir.as_deref(), *check));
+        }
         _ => {}
     }
     let (image, image_path) = load_image(&cli)?;
@@ -242,6 +298,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         trace: None,
         trace_runs: None,
         trace_ring: None,
+        shard: None,
+        baseline: None,
     });
     match &command {
         Command::Litmus { list_hooks: true, .. } => {
@@ -259,7 +317,12 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
                 cmdline += &format!(" selftest.filter={}", filter.join(","));
             }
         }
-        Command::Run | Command::Bench { .. } | Command::Probe { .. } | Command::Trace { .. } => {}
+        Command::Run
+        | Command::Bench { .. }
+        | Command::Probe { .. }
+        | Command::Trace { .. }
+        | Command::Compare { .. }
+        | Command::Results { .. } => {}
     }
     if cli.verbose {
         cmdline += " verbose";
@@ -297,6 +360,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         trace,
         trace_runs,
         trace_ring,
+        shard,
+        baseline,
         ..
     } = command
     {
@@ -316,6 +381,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             trace,
             trace_runs,
             trace_ring,
+            shard,
+            baseline,
         };
         return vmm::litmus_run::run(&cfg, &args);
     }
