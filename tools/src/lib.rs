@@ -16,6 +16,7 @@ pub mod format;
 pub mod model;
 pub mod perfetto;
 pub mod svg;
+pub mod text_timeline;
 pub mod timeline;
 
 #[cfg(test)]
@@ -85,6 +86,8 @@ mod robustness {
         let _ = crate::perfetto::export(&p);
         for run in 0..p.trace.runs.len() {
             let _ = crate::svg::render(&p, crate::svg::SvgOptions { run, iteration: None });
+            let opts = crate::text_timeline::TimelineOptions { run, ..Default::default() };
+            let _ = crate::text_timeline::render(&p, opts);
         }
     }
 
@@ -101,6 +104,33 @@ mod robustness {
         let svg = crate::svg::render(&p, Default::default()).unwrap();
         assert_eq!(svg.matches(r#"class="track vcpu""#).count(), 2);
         assert_eq!(svg.matches(r#"class="track device""#).count(), 1);
+    }
+
+    /// The text timeline: one column per thread, the kernel's words, the
+    /// stale accesses marked.
+    #[test]
+    fn text_timeline_of_the_sample() {
+        let p = parse(&sample());
+        let t = crate::text_timeline::render(&p, Default::default()).unwrap();
+        let header = t.lines().find(|l| l.trim_start().starts_with("µs")).unwrap();
+        let at = |c: &str| header.find(c).unwrap_or_else(|| panic!("no column {c}: {header}"));
+        assert!(at("vCPU 0") < at("vCPU 1") && at("vCPU 1") < at("D0") && at("D0") < at("IOMMU"), "{header}");
+        for want in [
+            "madvise(…003000)",
+            "pte_offset_map_lock()",
+            "ptep_get_and_clear(…003000)",
+            "flush_tlb_mm_range(…003000)",
+            "pte_unmap_unlock()",
+            "!! STALE load …003000 = 1",
+            "!! STALE dma_load …003000 = 1",
+            "→ invalidate secondary TLB",
+            "invalidate …003000..…004000",
+        ] {
+            assert!(t.contains(want), "no `{want}` in\n{t}");
+        }
+        // The column of each line is its thread's.
+        let col = |needle: &str| t.lines().find(|l| l.contains(needle)).map(|l| l.find(needle).unwrap()).unwrap();
+        assert!(col("!! STALE dma_load") > col("!! STALE load"));
     }
 
     /// Truncated and bit-flipped files never panic any stage.

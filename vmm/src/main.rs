@@ -218,6 +218,21 @@ enum TraceCommand {
         #[arg(long, value_name = "R", default_value_t = 0)]
         run: usize,
     },
+    /// One iteration as plain text, one column per litmus thread (and the
+    /// IOMMU), Linux function names, PTL holds, flushes, invalidations,
+    /// stale accesses marked `!!`: for pasting into a mailing-list reply.
+    Timeline {
+        file: PathBuf,
+        /// The run, numbered as in the report (default 0).
+        #[arg(long, value_name = "R", default_value_t = 0)]
+        run: usize,
+        /// The iteration (default: the first with a stale access after a PTL release).
+        #[arg(long, value_name = "N")]
+        iteration: Option<u64>,
+        /// Characters per column.
+        #[arg(long, value_name = "W", default_value_t = 38)]
+        width: usize,
+    },
     /// Print every record (seq, µs since the iteration start, who, kind, operands).
     Dump {
         file: PathBuf,
@@ -274,6 +289,9 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         }
         Some(Command::Trace { command: TraceCommand::Dump { file, run, iteration } }) => {
             return Ok(vmm::trace_cmd::dump(file, *run, *iteration));
+        }
+        Some(Command::Trace { command: TraceCommand::Timeline { file, run, iteration, width } }) => {
+            return Ok(vmm::trace_cmd::timeline(file, *run, *iteration, *width));
         }
         Some(Command::Compare { baseline, candidate }) => return Ok(vmm::results_cmd::compare(baseline, candidate)),
         Some(Command::Results { command: ResultsCommand::Merge { files, json, log_dir, check } }) => {

@@ -78,6 +78,24 @@ pub fn dump(file: &Path, run: Option<usize>, it: Option<u64>) -> i32 {
     }
 }
 
+/// `vmm trace timeline FILE [--run R] [--iteration N] [--width W]`.
+pub fn timeline(file: &Path, run: usize, it: Option<u64>, width: usize) -> i32 {
+    let Some(p) = load(file) else { return status::SETUP_ERROR };
+    let bad = damaged(file, &p);
+    match tools::text_timeline::render(&p, tools::text_timeline::TimelineOptions { run, iteration: it, width }) {
+        Ok(t) => print!("{t}"),
+        Err(e) => {
+            eprintln!("vmm: error: trace {}: {e}", file.display());
+            return status::SETUP_ERROR;
+        }
+    }
+    if bad {
+        status::SETUP_ERROR
+    } else {
+        status::OK
+    }
+}
+
 /// `vmm trace export FILE --perfetto OUT.json | --svg OUT.svg [--iteration N] [--run R]`.
 pub fn export(file: &Path, perfetto_out: Option<&Path>, svg_out: Option<&Path>, run: usize, it: Option<u64>) -> i32 {
     if perfetto_out.is_none() && svg_out.is_none() {
