@@ -417,6 +417,7 @@ fn main() {
     for (name, f) in [
         ("trace::s5_end_after_release", trace::s5_end_after_release as fn() -> Result<(), Failed>),
         ("trace::s5_ptl_no_after_release", trace::s5_ptl_no_after_release),
+        ("trace::s5_end_timeline", trace::s5_end_timeline),
     ] {
         trials.push(Trial::test(name, f).with_ignored_flag(no_kvm.is_some() || no_cow.is_some()));
     }

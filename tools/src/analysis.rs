@@ -105,6 +105,8 @@ pub struct StaleAccess {
     pub source: &'static str,
     /// Device thread name, or the litmus thread and its vCPU (`P2 (vCPU 0)`).
     pub by: String,
+    /// The device thread or vCPU index (per `source`).
+    pub unit: u64,
     pub seq: u64,
     pub ns: u64,
     pub op: String,
@@ -570,6 +572,7 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
                 StaleAccess {
                     source,
                     by,
+                    unit: x.rec.unit as u64,
                     seq: x.rec.seq,
                     ns: x.ns,
                     op,
