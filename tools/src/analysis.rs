@@ -504,8 +504,21 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
         let last_stale_dev =
             charged[ci].iter().filter(|(j, _)| ev[*j].device()).map(|(j, _)| ev[*j].rec.seq).max().unwrap_or(0);
         let first = first_inv(seq);
-        let failed_invalidation = first.clone().filter(|v| v.seq < last_stale_dev);
-        let invalidation = if failed_invalidation.is_some() { first_inv(last_stale_dev) } else { first };
+        // The operation's own notifier call, even if its range misses the
+        // page (the v6.6 VT-d flush-all overflow gave an empty range).
+        let own_notifier = later
+            .iter()
+            .take_while(|x| op_end.is_none_or(|s| x.rec.seq < s))
+            .find(|x| x.guest() && x.is(Kind::NotifierEnd) && x.rec.unit as u64 == cpu)
+            .map(|x| Invalidation { seq: x.rec.seq, ns: x.ns, by: "notifier" });
+        let failed_invalidation = match first.clone().filter(|v| v.seq < last_stale_dev) {
+            Some(v) => Some(v),
+            None => own_notifier.filter(|n| n.seq < last_stale_dev && first.as_ref().is_none_or(|f| f.seq > n.seq)),
+        };
+        let invalidation = match &failed_invalidation {
+            Some(f) if first.as_ref().is_some_and(|v| v.seq == f.seq) => first_inv(last_stale_dev),
+            _ => first,
+        };
         // Primary: each vCPU's shadow state for the page.
         let mut primary = Vec::new();
         for k in 0..vcpus {
@@ -1088,5 +1101,26 @@ mod tests {
         assert_eq!(w[0].failed_invalidation.as_ref().map(|v| v.seq), Some(inv));
         assert!(w[0].open, "{:#?}", w[0]);
         assert_eq!(w[0].stale_device_accesses_after_release, 1);
+
+        // S8 on v6.6: the zap's own notifier call is given the flush-all
+        // range that the VT-d driver turned into nothing (no descriptor).
+        let mut b = B { recs: Vec::new(), seq: 0 };
+        b.push(g, 0, Kind::IterBegin, 0, 0, 0);
+        b.push(g, 0, Kind::MmSwitch, 0, 0x300_0000, 0);
+        b.push(d, 0, Kind::IotlbFill, X, 0x1234_5067, 0x1234_5000);
+        b.push(g, 0, Kind::OpBegin, X, abi::litmus::Op::Madvise as u64, 0);
+        b.push(g, 0, Kind::PtlAcquire, table, 0x300_1000, 0);
+        b.push(g, 0, Kind::PteChange, X, 0x1234_5067, 0);
+        b.push(g, 0, Kind::PtlRelease, table, 0x300_1000, 0);
+        b.push(g, 0, Kind::NotifierBegin, u64::MAX, u64::MAX, 0);
+        let empty = b.push(g, 0, Kind::NotifierEnd, u64::MAX, u64::MAX, 0);
+        b.push(g, 0, Kind::OpEnd, X, abi::litmus::Op::Madvise as u64, 0);
+        b.push(d, 0, Kind::DevAccess, X, 2, 0x1234_5000 | dev_access::STALE);
+        b.push(g, 0, Kind::MmSwitch, 0, 0, 0);
+        b.push(g, 0, Kind::IterEnd, 0, 0, 0);
+        let threads = vec![ThreadMeta { name: "D0".into(), kind: "device".into() }];
+        let (_, w) = analyse_run(0, &run_of(b.recs, threads, 1), Options::default());
+        assert_eq!(w[0].failed_invalidation.as_ref().map(|v| (v.seq, v.by)), Some((empty, "notifier")));
+        assert!(w[0].open);
     }
 }

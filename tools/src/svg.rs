@@ -381,6 +381,12 @@ fn draw(run: &Run, it: &Iteration, windows: &[&Window]) -> String {
                 y + 20.0,
                 esc(&format!("invalidation at {} did not drop the stale entry", us(f.ns.saturating_sub(body0))))
             );
+            let _ = writeln!(
+                s,
+                r##"<text class="label failed" x="{:.1}" y="{:.1}" fill="#a04000" font-size="9" paint-order="stroke" stroke="white" stroke-width="3">invalidation did not drop it</text>"##,
+                (fx + 3.0).min(W - RIGHT - text_w("invalidation did not drop it", 9.0)),
+                y + 13.0
+            );
         }
         for a in &w.stale_accesses {
             let (fill, note) = if a.harmless { ("#888", " — before the copy: harmless") } else { ("black", "") };
