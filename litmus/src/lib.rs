@@ -61,6 +61,7 @@ pub mod policy;
 pub mod results;
 pub mod results_file;
 pub mod shard;
+pub mod tap;
 
 pub use ast::{herd_value, CondKind, Condition, Expectation, Expr, Location, Observable, Stmt, Test, Thread, Verdict};
 pub use catalogue::{catalogue, catalogue_sources};

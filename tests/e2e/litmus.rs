@@ -297,13 +297,19 @@ pub fn never_10k_runs_per_scenario() -> Result<(), Failed> {
             continue;
         }
         let runs = 10_000u64.div_ceil(nevers.len() as u64).to_string();
-        let mut args = vec!["litmus", "--check", "--runs", &runs, "--seed", "11", "--tlb", "lazy"];
+        // `--progress` with stderr passed through: a person running the
+        // long job sees iterations, rate and ETA instead of minutes of nothing.
+        let mut args = vec!["litmus", "--check", "--progress", "--runs", &runs, "--seed", "11", "--tlb", "lazy"];
         for p in &nevers {
             args.extend(["--policy", p.as_str()]);
         }
         args.push(path.to_str().unwrap());
         let started = std::time::Instant::now();
-        let o = vmm(&args);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+            .args(&args)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("cannot run the vmm binary");
         let (out, err) = text(&o);
         let ctx = || format!("status {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
         ensure(o.status.code() == Some(0), || format!("{file}: --check failed\n{}", ctx()))?;

@@ -394,6 +394,8 @@ fn main() {
     ));
     trials.push(kvm_trial("results::baseline_and_compare", results::baseline_and_compare));
     trials.push(kvm_trial("results::log_dir_one_log_per_policy", results::log_dir_one_log_per_policy));
+    trials.push(kvm_trial("results::tap_for_kernel_ci", results::tap_for_kernel_ci));
+    trials.push(kvm_trial("results::progress_on_stderr", results::progress_on_stderr));
     trials.push(kvm_trial("selftest::filter_matching_nothing_is_an_error", || {
         let o = vmm(&["selftest", "no-such-test."]);
         let (out, err) = text(&o);

@@ -148,3 +148,54 @@ pub fn log_dir_one_log_per_policy() -> Result<(), Failed> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// `--tap`: kselftest's TAP for litmus runs and self-tests; every other
+/// line is a `#` diagnostic, so a TAP consumer reads only results.
+pub fn tap_for_kernel_ci() -> Result<(), Failed> {
+    let s1 = repo().join("tests/litmus/s1-concurrent-zap.toml").to_string_lossy().into_owned();
+    let o = vmm(&["litmus", "--tap", "--runs", "2", "--seed", "1", &s1]);
+    let (out, err) = text(&o);
+    ensure(o.status.code() == Some(0), || format!("{:?}\n{out}\n{err}", o.status.code()))?;
+    let results: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+    ensure(
+        results
+            == [
+                "TAP version 13",
+                "1..3",
+                "ok 1 s1-concurrent-zap [flush=pending]",
+                "ok 2 s1-concurrent-zap [flush=pending,madv-nested-check=off]",
+                "ok 3 s1-concurrent-zap [flush=ptl]",
+            ],
+        || format!("{results:?}\n{out}"),
+    )?;
+    ensure(
+        out.contains("# Histogram (1 states)")
+            && out.ends_with("# totals: pass:3 fail:0 xfail:0 xpass:0 skip:0 error:0\n"),
+        || out.clone(),
+    )?;
+    let o = vmm(&["selftest", "--tap", "boot.", "hypercall."]);
+    let (out, err) = text(&o);
+    ensure(o.status.code() == Some(0), || format!("{:?}\n{out}\n{err}", o.status.code()))?;
+    let lines: Vec<&str> = out.lines().collect();
+    ensure(lines.first() == Some(&"TAP version 13") && lines.contains(&"ok 1 boot.all-vcpus"), || out.clone())?;
+    ensure(
+        lines
+            .iter()
+            .all(|l| l.starts_with("ok ") || l.starts_with("1..") || l.starts_with('#') || l.starts_with("TAP")),
+        || out.clone(),
+    )
+}
+
+/// `--progress` without a terminal: plain progress lines on stderr, the
+/// results on stdout untouched.
+pub fn progress_on_stderr() -> Result<(), Failed> {
+    let s1 = repo().join("tests/litmus/s1-concurrent-zap.toml").to_string_lossy().into_owned();
+    let o = vmm(&["litmus", "--progress", "--runs", "2", "--seed", "1", &s1]);
+    let (out, err) = text(&o);
+    ensure(o.status.code() == Some(0), || format!("{:?}\n{out}\n{err}", o.status.code()))?;
+    ensure(err.contains("progress: 6 iterations in "), || format!("stderr:\n{err}"))?;
+    ensure(!out.contains("progress"), || out.clone())?;
+    // Without --progress and without a terminal: nothing.
+    let o = vmm(&["litmus", "--runs", "1", "--seed", "1", &s1]);
+    ensure(!text(&o).1.contains("progress"), || text(&o).1)
+}

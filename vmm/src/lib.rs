@@ -11,6 +11,7 @@ pub mod hypercall;
 pub mod litmus_bench;
 pub mod litmus_run;
 pub mod probe;
+pub mod progress;
 pub mod report;
 pub mod results_cmd;
 pub mod shadow;

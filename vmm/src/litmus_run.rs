@@ -65,6 +65,8 @@ pub struct LitmusSession {
     progress: AtomicU64,
     last_progress: Mutex<(u64, Instant)>,
     stall: Mutex<Option<Stall>>,
+    /// Ticked by every report (`--progress`).
+    progress_bar: Mutex<crate::progress::Progress>,
 }
 
 impl LitmusSession {
@@ -78,6 +80,7 @@ impl LitmusSession {
             progress: AtomicU64::new(0),
             last_progress: Mutex::new((0, Instant::now())),
             stall: Mutex::new(None),
+            progress_bar: Mutex::new(crate::progress::Progress::hidden()),
         }
     }
 
@@ -86,6 +89,16 @@ impl LitmusSession {
         r.received = Some(Instant::now());
         self.reports.lock().unwrap().push(r);
         self.progress.fetch_add(1, Ordering::AcqRel);
+        self.shown_progress().inc(1);
+    }
+
+    fn shown_progress(&self) -> crate::progress::Progress {
+        self.progress_bar.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Where reports tick (`--progress`).
+    pub fn set_progress(&self, p: crate::progress::Progress) {
+        *self.progress_bar.lock().unwrap_or_else(|e| e.into_inner()) = p;
     }
 
     fn take_reports(&self) -> Vec<IterReport> {
@@ -167,6 +180,13 @@ pub struct LitmusArgs {
     pub shard: Option<Shard>,
     /// `--baseline POLICY`: also run every test under POLICY and compare.
     pub baseline: Option<String>,
+    /// `--progress`: show progress on stderr even when it is not a terminal.
+    pub force_progress: bool,
+    /// Where iterations are counted (set by [`run`] for the whole job).
+    pub progress: crate::progress::Progress,
+    /// `--tap`: stdout is TAP (kselftest's `TAP version 13`), the herd
+    /// blocks as `#` diagnostic lines.
+    pub tap: bool,
 }
 
 fn collect_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -228,6 +248,15 @@ pub struct PolicyRun {
 /// the results; returns the exit status.
 pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     let tests = load(&args.paths)?;
+    // With --tap, stdout is TAP: everything else goes out as `#` lines.
+    let tap = args.tap;
+    let say = |text: &str| {
+        if tap {
+            print!("{}", litmus::tap::diagnostics(text));
+        } else {
+            print!("{text}");
+        }
+    };
     let trace = match &args.trace {
         Some(p) => Some(std::sync::Arc::new(Mutex::new(TraceOut::create(p)?))),
         None => None,
@@ -235,7 +264,10 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     let seed = args.seed.unwrap_or_else(|| {
         let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
         let s = s % 1_000_000_000;
-        println!("Seed {s} (re-run with --seed {s})");
+        if tap {
+            println!("{}", litmus::tap::HEADER);
+        }
+        say(&format!("Seed {s} (re-run with --seed {s})\n"));
         s
     });
     let mut overrides = String::new();
@@ -276,12 +308,24 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     let pieces = litmus::shard::plan(&vec![args.runs; units.len()], shard);
     if args.shard.is_some() {
         let n: u64 = pieces.iter().map(|p| p.end - p.first).sum();
-        println!(
-            "Shard {shard}: {n} of {} iterations, {} (test, policy) part(s)\n",
+        say(&format!(
+            "Shard {shard}: {n} of {} iterations, {} (test, policy) part(s)\n\n",
             args.runs * units.len() as u64,
             pieces.len()
-        );
+        ));
     }
+
+    if tap {
+        if args.seed.is_some() {
+            println!("{}", litmus::tap::HEADER);
+        }
+        println!("{}", litmus::tap::plan(pieces.len()));
+    }
+    let mut tap_points = Vec::new();
+    let total: u64 = pieces.iter().map(|p| p.end - p.first).sum();
+    let mut args = args.clone();
+    args.progress = crate::progress::Progress::new(total, "iterations", args.force_progress);
+    let args = &args;
 
     let mut runs: Vec<(usize, PolicyRun)> = Vec::new();
     let mut worst = status::OK;
@@ -291,8 +335,7 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
             return;
         }
         let refs: Vec<&RunResult> = file_runs.iter().map(|r| &r.result).collect();
-        print!("{}", file_summary(&tests[ti], &refs));
-        println!();
+        say(&format!("{}\n", file_summary(&tests[ti], &refs)));
         runs.extend(file_runs.drain(..).map(|r| (ti, r)));
     };
     let mut current = None;
@@ -303,28 +346,40 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         }
         current = Some(ti);
         let test = &tests[ti];
+        args.progress.set_message(format!("{} [{}]", test.name, policy.canonical()));
         let pr = run_policy_range(base, args, test, policy, seed, trace.as_ref(), piece.first..piece.end, args.runs)?;
         let block = herd_block(test, &pr.result);
-        print!("{block}");
+        say(&block);
         if let Some(l) = &mut log_dir {
             l.append(&pr.result.policy, &block)
                 .map_err(|e| Error::Other(format!("--log-dir {}: {e}", l.dir().display())))?;
         }
         if pr.leaks > 0 {
-            println!("Leak {} {} iterations did not return every page", test.name, pr.leaks);
+            say(&format!("Leak {} {} iterations did not return every page\n", test.name, pr.leaks));
         }
         if let Some(e) = &pr.guest_error {
-            println!("Error {} {e}", test.name);
+            say(&format!("Error {} {e}\n", test.name));
             worst = worst.max(status::GUEST_ERROR);
         }
-        println!();
+        say("\n");
+        if tap {
+            let mut point = litmus::tap::litmus_point(&litmus::RunRecord::new(test, &pr.result));
+            if pr.leaks > 0 || pr.guest_error.is_some() {
+                point.outcome = litmus::tap::Outcome::Fail;
+                point.reason =
+                    pr.guest_error.clone().unwrap_or_else(|| format!("{} iterations leaked pages", pr.leaks));
+            }
+            tap_points.push(point);
+            print!("{}", litmus::tap::line(tap_points.len(), tap_points.last().unwrap()));
+        }
         file_runs.push(pr);
     }
     if let Some(ti) = current {
         flush_file(ti, &mut file_runs, &mut runs);
     }
+    args.progress.finish();
     let pairs: Vec<(&Test, &RunResult)> = runs.iter().map(|(ti, r)| (&tests[*ti], &r.result)).collect();
-    print!("{}", verdict_table(&pairs));
+    say(&verdict_table(&pairs));
     let mut results = ResultsFile::litmus(&pairs, args.shard.map(|s| s.info()), true);
     if args.shard.is_some() {
         results.job = units
@@ -339,8 +394,8 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     if let Some(b) = baseline {
         let cmp =
             litmus::compare::against_baseline(&results, |r| Policy::parse(&r.policy).is_ok_and(|p| p.abi == b.abi));
-        println!("\nCompared with the baseline {}", b.canonical());
-        print!("{}", cmp.render());
+        say(&format!("\nCompared with the baseline {}\n", b.canonical()));
+        say(&cmp.render());
         if cmp.new_violations() > 0 {
             worst = worst.max(status::TESTS_FAILED);
         }
@@ -356,8 +411,11 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
                 eprintln!("vmm: error: {e}");
                 worst = worst.max(status::SETUP_ERROR);
             }
-            None => println!("Trace written to {} (vmm trace report {})", p.display(), p.display()),
+            None => say(&format!("Trace written to {} (vmm trace report {})\n", p.display(), p.display())),
         }
+    }
+    if tap {
+        print!("{}", litmus::tap::totals(&tap_points));
     }
     let leaks = runs.iter().any(|(_, r)| r.leaks > 0);
     if args.check && (any_mismatch(&pairs) || leaks) {
@@ -425,6 +483,7 @@ pub fn run_policy_range(
         iommu.set_policy(key.name(), &v).map_err(|e| Error::Litmus(format!("{}={v}: {e}", key.name())))?;
     }
     let session = std::sync::Arc::new(LitmusSession::new(compiled.blob.clone(), nv, nd, args.iteration_timeout));
+    session.set_progress(args.progress.clone());
     let mut result = RunResult::new(test, policy, seed, range.end - range.start).with_range(range.start, planned);
     result.fidelity = Some(fidelity(&policy));
     let trace_limit = args.trace_runs.unwrap_or(u64::MAX).min(runs);
@@ -519,6 +578,7 @@ pub fn run_policy_range(
                     })
                     .collect();
                 let it = stall.iteration.max(first);
+                args.progress.inc(1);
                 let values = vec![VALUE_TIMEOUT; result.arity];
                 result.record_timeout(it, &values, positions).map_err(|e| Error::Other(e.to_string()))?;
                 first = it + 1;

@@ -144,7 +144,7 @@ pub fn export(file: &Path, perfetto_out: Option<&Path>, svg_out: Option<&Path>, 
 /// `vmm trace bench`: runs/s of S1, S1-device and S5 under their
 /// `[expect]` policies with tracing off and on: three rounds each,
 /// alternating which goes first, medians.
-pub fn bench(base: &VmConfig, runs: u64) -> Result<()> {
+pub fn bench(base: &VmConfig, runs: u64, force_progress: bool) -> Result<()> {
     let (tests, _) =
         litmus::check_all(&litmus::catalogue_sources()).map_err(|d| Error::Litmus(litmus::render_all(&d)))?;
     let dir = std::env::temp_dir().join(format!("shootdown-trace-bench-{}", std::process::id()));
@@ -159,7 +159,14 @@ pub fn bench(base: &VmConfig, runs: u64) -> Result<()> {
         "test", "policy", "off run/s", "on run/s", "on/off", "records/run"
     );
     let seed = base.seed;
-    let args = LitmusArgs { runs, iteration_timeout: Duration::from_millis(500), ..Default::default() };
+    // 3 rounds × off/on × (2 + 2 + 4 policies).
+    let progress = crate::progress::Progress::new(runs * 3 * 2 * 8, "iterations", force_progress);
+    let args = LitmusArgs {
+        runs,
+        iteration_timeout: Duration::from_millis(500),
+        progress: progress.clone(),
+        ..Default::default()
+    };
     for name in ["s1-concurrent-zap", "s1-device-concurrent-zap", "s5-cow-two-pages-device"] {
         let Some(test) = tests.iter().find(|t| t.name == name) else { continue };
         for policy in policy_matrix(&[], &test.expect_policies(), &Policy::default()) {
@@ -218,5 +225,6 @@ pub fn bench(base: &VmConfig, runs: u64) -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir(&dir);
+    progress.finish();
     Ok(())
 }
