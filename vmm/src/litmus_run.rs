@@ -558,9 +558,11 @@ pub fn run_policy_range(
             // or the run's verdict would rest on iterations that never ran.
             EndReason::GuestExit(abi::exit::SUCCESS) if first >= runs => break,
             EndReason::GuestExit(abi::exit::SUCCESS) => {
+                let part = if range.start > 0 { format!(" {}..{}", range.start, range.end) } else { String::new() };
                 guest_error = Some(format!(
-                    "the guest ended the run after iteration {first} of {}..{runs} (it must report every one)",
-                    range.start
+                    "the guest ended the run after {} of {} iterations{part} (it must report every one)",
+                    first - range.start,
+                    range.end - range.start
                 ));
                 break;
             }
