@@ -33,7 +33,7 @@ fn run_ok(cfg: &VmConfig) -> Result<(Duration, Vec<BenchFigure>)> {
 }
 
 /// Runs the benchmarks with `base` (image, memory) and prints the figures.
-pub fn run(base: &VmConfig, boot_runs: usize) -> Result<()> {
+pub fn run(base: &VmConfig, boot_runs: usize, force_progress: bool) -> Result<()> {
     println!(
         "shootdown bench (medians; host: {} cores)",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -101,5 +101,5 @@ pub fn run(base: &VmConfig, boot_runs: usize) -> Result<()> {
             );
         }
     }
-    super::litmus_bench::run(base)
+    super::litmus_bench::run(base, force_progress)
 }

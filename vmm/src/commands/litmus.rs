@@ -21,13 +21,14 @@ use abi::config::{GuestMode, IotlbModel, TlbModel};
 use abi::litmus::VALUE_TIMEOUT;
 use iommu::{Eviction, IommuConfig};
 use litmus::{
-    any_mismatch, compile, file_summary, herd_block, policy_matrix, render_all, to_json, verdict_table, CompileOptions,
-    Policy, RunResult, Test, ThreadPosition,
+    any_mismatch, compile, file_summary, herd_block, policy_matrix, render_all, verdict_table, CompileOptions, Policy,
+    ResultsFile, RunResult, Shard, Test, ThreadPosition,
 };
 use tools::format::{RunEnd, RunMeta, ThreadKind, ThreadMeta};
 
 use super::interrupt::{self, InterruptWatch};
 use super::output::{self, OutputError};
+use super::progress::Progress;
 use crate::error::{chain, Error, Result};
 use crate::services::litmus::{IterationObserver, LitmusSession, STALLED};
 use crate::services::trace::{SharedOut, TraceConfig, TraceOut, Tracer};
@@ -58,6 +59,19 @@ pub struct LitmusArgs {
     pub trace_runs: Option<u64>,
     /// `--trace-ring N`: records per vCPU ring.
     pub trace_ring: Option<u64>,
+    /// `--log-dir DIR`: one herdtools7 log per policy.
+    pub log_dir: Option<PathBuf>,
+    /// `--shard I/N`: run only this part of the job.
+    pub shard: Option<Shard>,
+    /// `--baseline POLICY`: also run every test under POLICY and compare.
+    pub baseline: Option<Policy>,
+    /// `--progress`: show progress on stderr even when it is not a terminal.
+    pub force_progress: bool,
+    /// Where iterations are counted (set by [`run`] for the whole job).
+    pub progress: Progress,
+    /// `--tap`: stdout is TAP (kselftest's `TAP version 13`), the herd
+    /// blocks as `#` diagnostic lines.
+    pub tap: bool,
 }
 
 fn collect_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -124,7 +138,8 @@ enum Ending {
     Failed(Error),
 }
 
-/// Runs every (test, policy) and prints the results; returns the exit status.
+/// Runs every (test, policy) — or this shard's part of them — and prints
+/// the results; returns the exit status.
 pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     // Output paths are checked before anything runs.
     if let Some(p) = &args.json {
@@ -134,6 +149,15 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         output::check_output_path("--trace", p)?;
     }
     let tests = load(&args.paths)?;
+    // With --tap, stdout is TAP: everything else goes out as `#` lines.
+    let tap = args.tap;
+    let say = |text: &str| {
+        if tap {
+            print!("{}", litmus::tap::diagnostics(text));
+        } else {
+            print!("{text}");
+        }
+    };
     let trace = match &args.trace {
         Some(p) => Some(Arc::new(Mutex::new(TraceOut::create(p)?))),
         None => None,
@@ -141,7 +165,10 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     let seed = args.seed.unwrap_or_else(|| {
         let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
         let s = s % 1_000_000_000;
-        println!("Seed {s} (re-run with --seed {s})");
+        if tap {
+            println!("{}", litmus::tap::HEADER);
+        }
+        say(&format!("Seed {s} (re-run with --seed {s})\n"));
         s
     });
     let mut overrides = Policy::default();
@@ -154,52 +181,113 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     if let Some(on) = args.pwc {
         overrides.set_pwc(on);
     }
+    let baseline = args.baseline.map(|b| b.merged(&overrides));
+    let mut log_dir = match &args.log_dir {
+        Some(d) => Some(
+            litmus::logdir::LogDir::create(d)
+                .map_err(|source| Error::Output(OutputError::Write { option: "--log-dir", path: d.clone(), source }))?,
+        ),
+        None => None,
+    };
     if let Err(e) = interrupt::install() {
         log::warn!("cannot install SIGINT/SIGTERM handlers ({e}); an interrupt loses this run's results");
     }
 
-    let plan: Vec<(usize, Policy)> = tests
-        .iter()
-        .enumerate()
-        .flat_map(|(ti, t)| {
-            policy_matrix(&args.policies, &t.expect_policies(), &overrides).into_iter().map(move |p| (ti, p))
-        })
-        .collect();
+    // The job: every (test, policy) in order, the baseline first.
+    let mut units: Vec<(usize, Policy)> = Vec::new();
+    for (ti, test) in tests.iter().enumerate() {
+        let mut matrix = policy_matrix(&args.policies, &test.expect_policies(), &overrides);
+        if let Some(b) = baseline {
+            matrix.retain(|p| p.abi != b.abi);
+            matrix.insert(0, b);
+        }
+        units.extend(matrix.into_iter().map(|p| (ti, p)));
+    }
+    let shard = args.shard.unwrap_or(Shard::ALL);
+    let pieces = litmus::shard::plan(&vec![args.runs; units.len()], shard);
+    if args.shard.is_some() {
+        let n: u64 = pieces.iter().map(|p| p.end - p.first).sum();
+        say(&format!(
+            "Shard {shard}: {n} of {} iterations, {} (test, policy) part(s)\n\n",
+            args.runs * units.len() as u64,
+            pieces.len()
+        ));
+    }
+    if tap {
+        if args.seed.is_some() {
+            println!("{}", litmus::tap::HEADER);
+        }
+        println!("{}", litmus::tap::plan(pieces.len()));
+    }
+    let mut tap_points = Vec::new();
+    let total: u64 = pieces.iter().map(|p| p.end - p.first).sum();
+    let mut args = args.clone();
+    args.progress = Progress::new(total, "iterations", args.force_progress);
+    let args = &args;
+
     let mut runs: Vec<(usize, PolicyRun)> = Vec::new();
     let mut worst = status::OK;
     let mut ending = Ending::Complete;
-    let mut shown_summary = vec![false; tests.len()];
-    for (k, &(ti, policy)) in plan.iter().enumerate() {
+    let mut summarised = 0; // runs[..summarised] have had their file summary
+    let summary = |runs: &[(usize, PolicyRun)], from: usize| {
+        if let Some(&(ti, _)) = runs.get(from) {
+            let refs: Vec<&RunResult> = runs[from..].iter().map(|(_, r)| &r.result).collect();
+            say(&format!("{}\n", file_summary(&tests[ti], &refs)));
+        }
+    };
+    for (k, piece) in pieces.iter().enumerate() {
         if let Some(sig) = interrupt::interrupted() {
             ending = Ending::Interrupted(sig);
             break;
         }
+        let (ti, policy) = units[piece.unit];
         let test = &tests[ti];
-        let pr = match run_policy(base, args, test, policy, seed, trace.as_ref()) {
+        args.progress.set_message(format!("{} [{}]", test.name, policy.canonical()));
+        let range = piece.first..piece.end;
+        let pr = match run_policy_range(base, args, test, policy, seed, trace.as_ref(), range, args.runs) {
             Ok(pr) => pr,
             Err(e) => {
                 ending = Ending::Failed(e);
                 break;
             }
         };
-        print!("{}", herd_block(test, &pr.result));
+        let block = herd_block(test, &pr.result);
+        say(&block);
+        if let Some(l) = &mut log_dir {
+            if let Err(source) = l.append(&pr.result.policy, &block) {
+                let path = l.dir().to_path_buf();
+                ending = Ending::Failed(Error::Output(OutputError::Write { option: "--log-dir", path, source }));
+                break;
+            }
+        }
         if pr.leaks > 0 {
-            println!("Leak {} {} iterations did not return every page", test.name, pr.leaks);
+            say(&format!("Leak {} {} iterations did not return every page\n", test.name, pr.leaks));
         }
         if let Some(e) = &pr.guest_error {
-            println!("Error {} {e}", test.name);
+            say(&format!("Error {} {e}\n", test.name));
             worst = worst.max(status::GUEST_ERROR);
         }
-        println!();
+        say("\n");
+        if tap {
+            let mut point = litmus::tap::litmus_point(&litmus::RunRecord::new(test, &pr.result));
+            if pr.leaks > 0 || pr.guest_error.is_some() {
+                point.outcome = litmus::tap::Outcome::Fail;
+                point.reason =
+                    pr.guest_error.clone().unwrap_or_else(|| format!("{} iterations leaked pages", pr.leaks));
+            }
+            tap_points.push(point);
+            print!("{}", litmus::tap::line(tap_points.len(), &tap_points[tap_points.len() - 1]));
+        }
         let interrupted = pr.interrupted;
         runs.push((ti, pr));
-        // The test's last policy: its file summary.
-        if plan.get(k + 1).is_none_or(|n| n.0 != ti) {
-            print_summary(test, ti, &runs);
-            shown_summary[ti] = true;
+        // The test's last part: its file summary.
+        if pieces.get(k + 1).is_none_or(|n| units[n.unit].0 != ti) {
+            summary(&runs, summarised);
+            summarised = runs.len();
         }
         if let Some(p) = &args.json {
-            write_json(p, &tests, &runs, plan.len(), "running")?;
+            let file = results_file(&tests, &runs, &units, args, false);
+            write_json(p, &file, pieces.len(), "running")?;
         }
         if interrupted {
             ending = Ending::Interrupted(interrupt::interrupted().unwrap_or(libc::SIGINT));
@@ -207,11 +295,8 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         }
     }
     // A test cut short still gets its summary of what ran.
-    if let Some(&(ti, _)) = runs.last() {
-        if !shown_summary[ti] {
-            print_summary(&tests[ti], ti, &runs);
-        }
-    }
+    summary(&runs, summarised);
+    args.progress.finish();
 
     let pairs: Vec<(&Test, &RunResult)> = runs.iter().map(|(ti, r)| (&tests[*ti], &r.result)).collect();
     let table = verdict_table(&pairs);
@@ -221,15 +306,25 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
             "INTERRUPTED by {} after {} of {} (test, policy) runs",
             interrupt::name(*sig),
             runs.len(),
-            plan.len()
+            pieces.len()
         )),
         Ending::Failed(e) => {
-            Some(format!("ERROR after {} of {} (test, policy) runs: {}", runs.len(), plan.len(), chain(e)))
+            Some(format!("ERROR after {} of {} (test, policy) runs: {}", runs.len(), pieces.len(), chain(e)))
         }
     };
     match &end_note {
-        Some(note) => print!("{}", table.replacen("Verdicts", &format!("Verdicts ({note})"), 1)),
-        None => print!("{table}"),
+        Some(note) => say(&table.replacen("Verdicts", &format!("Verdicts ({note})"), 1)),
+        None => say(&table),
+    }
+    let results = results_file(&tests, &runs, &units, args, matches!(ending, Ending::Complete));
+    if let Some(b) = baseline {
+        let cmp =
+            litmus::compare::against_baseline(&results, |r| Policy::parse(&r.policy).is_ok_and(|p| p.abi == b.abi));
+        say(&format!("\nCompared with the baseline {}\n", b.canonical()));
+        say(&cmp.render());
+        if cmp.new_violations() > 0 {
+            worst = worst.max(status::TESTS_FAILED);
+        }
     }
     if let Some(p) = &args.json {
         let end = match &ending {
@@ -237,7 +332,7 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
             Ending::Interrupted(sig) => format!("interrupted ({})", interrupt::name(*sig)),
             Ending::Failed(e) => format!("error: {}", chain(e)),
         };
-        write_json(p, &tests, &runs, plan.len(), &end)?;
+        write_json(p, &results, pieces.len(), &end)?;
     }
     if let (Some(t), Some(p)) = (&trace, &args.trace) {
         let t = t.lock().unwrap_or_else(|e| e.into_inner());
@@ -246,8 +341,11 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
                 log::error!("{e}");
                 worst = worst.max(status::SETUP_ERROR);
             }
-            None => println!("Trace written to {} (vmm trace report {})", p.display(), p.display()),
+            None => say(&format!("Trace written to {} (vmm trace report {})\n", p.display(), p.display())),
         }
+    }
+    if tap {
+        print!("{}", litmus::tap::totals(&tap_points));
     }
     let leaks = runs.iter().any(|(_, r)| r.leaks > 0);
     if args.check && (any_mismatch(&pairs) || leaks) {
@@ -260,25 +358,34 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     }
 }
 
-fn print_summary(test: &Test, ti: usize, runs: &[(usize, PolicyRun)]) {
-    let refs: Vec<&RunResult> = runs.iter().filter(|(i, _)| *i == ti).map(|(_, r)| &r.result).collect();
-    print!("{}", file_summary(test, &refs));
-    println!();
-}
-
-/// The results so far as JSON (schema `shootdown-results/1`), with whether
-/// every planned run finished.
-fn write_json(
-    path: &Path,
+/// The results so far as a results file (schema `shootdown-results/3`).
+fn results_file(
     tests: &[Test],
     runs: &[(usize, PolicyRun)],
-    planned: usize,
-    end: &str,
-) -> std::result::Result<(), OutputError> {
+    units: &[(usize, Policy)],
+    args: &LitmusArgs,
+    complete: bool,
+) -> ResultsFile {
     let pairs: Vec<(&Test, &RunResult)> = runs.iter().map(|(ti, r)| (&tests[*ti], &r.result)).collect();
-    let mut v = to_json(&pairs);
+    let mut results = ResultsFile::litmus(&pairs, args.shard.map(|s| s.info()), complete);
+    if args.shard.is_some() {
+        results.job = units
+            .iter()
+            .map(|(ti, p)| litmus::PlannedRun {
+                test: tests[*ti].name.clone(),
+                policy: p.canonical(),
+                planned: args.runs,
+            })
+            .collect();
+    }
+    results
+}
+
+/// Writes `results` atomically, with how the invocation ended (`end`) and
+/// how many (test, policy) parts it planned.
+fn write_json(path: &Path, results: &ResultsFile, planned: usize, end: &str) -> std::result::Result<(), OutputError> {
+    let mut v = results.to_json();
     if let Some(o) = v.as_object_mut() {
-        o.insert("complete".into(), (end == "complete").into());
         o.insert("end".into(), end.into());
         o.insert("planned_runs".into(), planned.into());
     }
@@ -308,9 +415,28 @@ pub fn run_policy(
     seed: u64,
     trace: Option<&SharedOut>,
 ) -> Result<PolicyRun> {
+    run_policy_range(base, args, test, policy, seed, trace, 0..args.runs, args.runs)
+}
+
+/// Runs iterations `range` of a job that planned `planned` for this (test,
+/// policy) (all of them unless `--shard` cut the job): the guest runs
+/// iterations `first..end` of a blob compiled for `end`, and iteration i's
+/// placement depends on the seed and i alone, so a part behaves as inside
+/// the whole run.
+#[allow(clippy::too_many_arguments)]
+pub fn run_policy_range(
+    base: &VmConfig,
+    args: &LitmusArgs,
+    test: &Test,
+    policy: Policy,
+    seed: u64,
+    trace: Option<&SharedOut>,
+    range: std::ops::Range<u64>,
+    planned: u64,
+) -> Result<PolicyRun> {
     let started = Instant::now();
     // `--runs` is checked at the CLI edge (1..=u32::MAX).
-    let runs = args.runs.clamp(1, u32::MAX as u64);
+    let runs = range.end.clamp(1, u32::MAX as u64);
     let opts = CompileOptions {
         seed,
         iterations: runs as u32,
@@ -330,7 +456,8 @@ pub fn run_policy(
     let tlb = policy.tlb_model();
     let iommu = iommu_config(&policy, seed);
     let session = LitmusSession::new(compiled.blob.clone(), nv, nd, runs, args.iteration_timeout);
-    let mut result = RunResult::new(test, policy, seed, runs);
+    session.set_progress(Arc::new(args.progress.clone()));
+    let mut result = RunResult::new(test, policy, seed, range.end - range.start).with_range(range.start, planned);
     result.fidelity = Some(fidelity(tlb));
     let trace_limit = args.trace_runs.unwrap_or(u64::MAX).min(runs);
     if let Some(t) = trace {
@@ -361,7 +488,7 @@ pub fn run_policy(
     let mut guest_error = None;
     let mut first_match = None;
     let mut interrupted = false;
-    let mut first = 0u64;
+    let mut first = range.start;
     let mut boot = 0u64;
     while first < runs {
         if interrupt::interrupted().is_some() {
@@ -411,8 +538,11 @@ pub fn run_policy(
             // or the run's verdict would rest on iterations that never ran.
             EndReason::GuestExit(abi::exit::SUCCESS) if first >= runs => break,
             EndReason::GuestExit(abi::exit::SUCCESS) => {
+                let part = if range.start > 0 { format!(" {}..{}", range.start, range.end) } else { String::new() };
                 guest_error = Some(format!(
-                    "the guest ended the run after {first} of {runs} iterations (it must report every one)"
+                    "the guest ended the run after {} of {} iterations{part} (it must report every one)",
+                    first - range.start,
+                    range.end - range.start
                 ));
                 break;
             }
@@ -430,6 +560,7 @@ pub fn run_policy(
                     })
                     .collect();
                 let it = stall.iteration.max(first).min(runs - 1);
+                args.progress.inc(1);
                 let values = vec![VALUE_TIMEOUT; result.arity];
                 result.record_timeout(it, &values, positions).map_err(|e| Error::GuestReport(e.to_string()))?;
                 first = it + 1;

@@ -8,5 +8,7 @@ pub mod litmus;
 pub mod litmus_bench;
 pub mod output;
 pub mod probe;
+pub mod progress;
+pub mod results;
 pub mod selftest;
 pub mod trace;

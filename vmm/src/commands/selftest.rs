@@ -17,8 +17,8 @@ use crate::vstate::{vm, EndReason, Service, VmConfig};
 pub enum What {
     /// `vmm run`: the mode comes from `--cmdline` (default: the self-tests).
     Cmdline,
-    /// `vmm selftest [FILTER…]`.
-    Selftest { filter: Vec<String> },
+    /// `vmm selftest [FILTER…] [--tap]`.
+    Selftest { filter: Vec<String>, tap: bool },
 }
 
 /// The guest's table of self-tests, by name (`TEST_LISTED`), without
@@ -39,13 +39,15 @@ pub fn list(base: &VmConfig) -> Result<Vec<String>> {
 /// Boots and reports; returns the exit status.
 pub fn run(base: &VmConfig, what: &What, console: bool) -> Result<i32> {
     let mut cfg = base.clone();
-    if let What::Selftest { filter } = what {
+    if let What::Selftest { filter, .. } = what {
         cfg.mode = GuestMode::Selftest;
         if !filter.is_empty() {
             cfg.cmdline = format!("{} selftest.filter={}", cfg.cmdline, filter.join(",")).trim().to_string();
         }
     }
-    let st = Selftest::new(true);
+    // --tap: the PASS/FAIL lines are collected and printed as TAP.
+    let tap = matches!(what, What::Selftest { tap: true, .. });
+    let st = Selftest::new(!tap);
     let mut svcs = services::standard(
         cfg.tlb,
         cfg.seed,
@@ -84,7 +86,7 @@ pub fn run(base: &VmConfig, what: &What, console: bool) -> Result<i32> {
             status::TIMEOUT
         }
     };
-    if let What::Selftest { filter } = what {
+    if let What::Selftest { filter, .. } = what {
         if !filter.is_empty() && results.total() == 0 && matches!(out.end, EndReason::GuestExit(abi::exit::SUCCESS)) {
             eprintln!(
                 "vmm: error: no self-test name starts with {} (`vmm selftest` runs them all and prints every name)",
@@ -93,7 +95,19 @@ pub fn run(base: &VmConfig, what: &What, console: bool) -> Result<i32> {
             return Ok(status::SETUP_ERROR);
         }
     }
-    if results.total() > 0 || matches!(what, What::Selftest { .. }) {
+    if tap {
+        let mut points = litmus::tap::selftest_points(&results.lines);
+        if let Some(cause) =
+            (code != status::OK && results.failed == 0).then(|| format!("guest ended with status {code}"))
+        {
+            points.push(litmus::tap::TapPoint {
+                name: "selftest.run".into(),
+                outcome: litmus::tap::Outcome::Fail,
+                reason: cause,
+            });
+        }
+        print!("{}", litmus::tap::document(&points));
+    } else if results.total() > 0 || matches!(what, What::Selftest { .. }) {
         println!("{}", results.summary());
     }
     // Tests failed but the guest itself was fine: still non-zero.

@@ -68,6 +68,14 @@ pub struct LitmusSession {
     progress: AtomicU64,
     last_progress: Mutex<(u64, Instant)>,
     stall: Mutex<Option<Stall>>,
+    /// Hears every report (the command's progress display).
+    progress_observer: Mutex<Option<Arc<dyn IterationObserver>>>,
+}
+
+impl std::fmt::Debug for dyn IterationObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IterationObserver")
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,7 +100,13 @@ impl LitmusSession {
             progress: AtomicU64::new(0),
             last_progress: Mutex::new((0, Instant::now())),
             stall: Mutex::new(None),
+            progress_observer: Mutex::new(None),
         })
+    }
+
+    /// Every report of every boot is also told to `o` (progress display).
+    pub fn set_progress(&self, o: Arc<dyn IterationObserver>) {
+        *lock(&self.progress_observer) = Some(o);
     }
 
     /// The service for one boot; `observer` hears every iteration.
@@ -186,6 +200,9 @@ impl LitmusSession {
         }
         self.progress.fetch_add(1, Ordering::AcqRel);
         if let Some(o) = observer {
+            o.iteration_done(r.iteration);
+        }
+        if let Some(o) = lock(&self.progress_observer).as_ref() {
             o.iteration_done(r.iteration);
         }
         Ok(())
