@@ -31,13 +31,22 @@ pub enum Error {
     #[error("{0}")]
     GuestReport(String),
     #[error(transparent)]
-    TraceRead(#[from] crate::commands::trace::TraceReadError),
+    TraceRead(#[from] TraceReadError),
     /// A command used the wrong way (what clap cannot express).
     #[error("{0}")]
     Usage(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A trace file (`vmm trace …`) that cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+#[error("trace {}: {source}", path.display())]
+pub struct TraceReadError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// The error and its sources, `a: b: c`, skipping sources whose text the
 /// outer message already contains.

@@ -1,6 +1,6 @@
 //! `vmm trace report|export|bench`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,19 +11,10 @@ use tools::{perfetto, svg};
 
 use super::litmus::{self as litmus_run, LitmusArgs};
 use super::output::{self, OutputError};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TraceReadError};
 use crate::services::trace::TraceOut;
 use crate::status;
 use crate::vstate::VmConfig;
-
-/// A trace file that cannot be read at all.
-#[derive(Debug, thiserror::Error)]
-#[error("trace {}: {source}", path.display())]
-pub struct TraceReadError {
-    pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
-}
 
 fn load(file: &Path) -> Result<Parsed> {
     format::read_file(file).map_err(|source| Error::TraceRead(TraceReadError { path: file.to_path_buf(), source }))
