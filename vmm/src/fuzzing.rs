@@ -69,7 +69,8 @@ impl TestVm {
         let msis = Arc::new(std::sync::Mutex::new(Vec::new()));
         let m = msis.clone();
         let msi = Arc::new(move |a, d| m.lock().unwrap_or_else(|e| e.into_inner()).push((a, d)));
-        let wiring = Wiring::wire(&mem, VCPUS, msi, &services).expect("services wire in");
+        let wiring = Wiring::wire(&mem, VCPUS, msi, Arc::new(crate::vstate::VmStats::new(VCPUS)), &services)
+            .expect("services wire in");
         TestVm { mem, wiring, services, selftest, bench, probes, iommu, session, msis }
     }
 

@@ -176,11 +176,19 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         tries: u64,
     },
-    /// Print benchmark figures: boot-to-exit time, hypercall and exit costs.
+    /// Print benchmark figures: boot-to-exit time, hypercall and exit costs,
+    /// shootdown latency, and what a litmus iteration of S1 and S5 costs
+    /// (runs/s, emulated instructions, exits, hypercalls, VMM time).
     Bench {
         /// Boots per boot-time figure.
         #[arg(long, default_value_t = 11)]
         runs: usize,
+        /// Also write the figures as JSON (S1 and S5 under `s1`/`s5`).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Only these groups of figures (repeatable; default: all).
+        #[arg(long, value_enum, value_name = "GROUP")]
+        only: Vec<commands::bench::Group>,
         /// Show progress on stderr even when it is not a terminal.
         #[arg(long)]
         progress: bool,
@@ -428,6 +436,9 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             commands::output::check_output_path("--trace", p)?;
         }
     }
+    if let Command::Bench { json: Some(p), .. } = &command {
+        commands::output::check_output_path("--json", p)?;
+    }
     vm::validate(&cfg)?;
     match command {
         Command::Trace { command: TraceCommand::Bench { runs, progress } } => {
@@ -478,6 +489,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
                 force_progress: progress,
                 progress: Default::default(),
                 tap,
+                measure: false,
             };
             commands::litmus::run(&cfg, &args)
         }
@@ -485,8 +497,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             commands::probe::run(&cfg, tries.max(1))?;
             Ok(status::OK)
         }
-        Command::Bench { runs, progress } => {
-            commands::bench::run(&cfg, runs.max(1), progress)?;
+        Command::Bench { runs, json, only, progress } => {
+            commands::bench::run(&cfg, runs.max(1), &only, json.as_deref(), progress)?;
             Ok(status::OK)
         }
         Command::Selftest { list: true, .. } => {

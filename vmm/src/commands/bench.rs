@@ -3,8 +3,11 @@
 //! flush, fill and shootdown costs (medians), then the litmus figures
 //! (`litmus_bench`).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use serde_json::{json, Map, Value};
 
 use abi::config::GuestMode;
 use abi::hypercall::calls::BenchFigure;
@@ -32,19 +35,53 @@ fn run_ok(cfg: &VmConfig) -> Result<(Duration, Vec<BenchFigure>)> {
     }
 }
 
-/// Runs the benchmarks with `base` (image, memory) and prints the figures.
-pub fn run(base: &VmConfig, boot_runs: usize, force_progress: bool) -> Result<()> {
+/// Groups of figures (`vmm bench --only`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Group {
+    /// Boot-to-exit time, 1 and 4 vCPUs.
+    Boot,
+    /// Hypercall round trip and bare port-I/O exit.
+    Exits,
+    /// Page-table op, flush, fill, shootdown latency.
+    Tlb,
+    /// S1 and S5: runs/s and what an iteration costs.
+    Litmus,
+    /// Time to the first forbidden observation of every buggy policy.
+    Forbidden,
+}
+
+/// The host's load averages (1, 5, 15 min), if Linux says.
+fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = text.split_whitespace().map(|w| w.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
+/// Runs the benchmarks with `base` (image, memory), prints the figures and
+/// writes them to `json` if given.
+pub fn run(base: &VmConfig, boot_runs: usize, only: &[Group], json: Option<&Path>, force_progress: bool) -> Result<()> {
+    let want = |g: Group| only.is_empty() || only.contains(&g);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let load_start = load_average();
     println!(
-        "shootdown bench (medians; host: {} cores)",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        "shootdown bench (medians; host: {cores} cores, load average {})",
+        load_start.map_or("unknown".into(), |l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
     );
-    for vcpus in [1u64, 4] {
+    let mut report = Map::new();
+    report.insert("schema".into(), json!("shootdown-bench/1"));
+    report.insert(
+        "note".into(),
+        json!("counts (instructions, exits, hypercalls) compare across runs; seconds only within one run"),
+    );
+    let mut boot_ms = Map::new();
+    for vcpus in [1u64, 4].into_iter().filter(|_| want(Group::Boot)) {
         let cfg = VmConfig { vcpus, mode: GuestMode::Boot, ..base.clone() };
         let mut times = Vec::with_capacity(boot_runs);
         for _ in 0..boot_runs {
             times.push(run_ok(&cfg)?.0);
         }
         let m = median(times.clone());
+        boot_ms.insert(vcpus.to_string(), json!(m.as_secs_f64() * 1e3));
         let (lo, hi) = (times.iter().min().copied().unwrap_or(m), times.iter().max().copied().unwrap_or(m));
         println!(
             "boot-to-exit  {vcpus} vCPU{}  median {:>8.2} ms   (min {:.2} ms, max {:.2} ms, {boot_runs} runs)",
@@ -54,13 +91,21 @@ pub fn run(base: &VmConfig, boot_runs: usize, force_progress: bool) -> Result<()
             hi.as_secs_f64() * 1e3
         );
     }
+    if !boot_ms.is_empty() {
+        report.insert("boot_to_exit_ms".into(), Value::Object(boot_ms));
+    }
     let cfg = VmConfig { vcpus: 1, mode: GuestMode::BenchExits, ..base.clone() };
-    let (_, figs) = run_ok(&cfg)?;
+    let (_, figs) = if want(Group::Exits) || want(Group::Tlb) { run_ok(&cfg)? } else { Default::default() };
     let get = |m: Metric| figs.iter().find(|f| f.metric == m).copied();
-    let (Some(hc), Some(nop)) = (get(Metric::HypercallEcho), get(Metric::PortIoExit)) else {
-        return Err(Error::GuestReport("the guest reported no exit-cost figures".into()));
+    let (hc, nop) = match (get(Metric::HypercallEcho), get(Metric::PortIoExit)) {
+        (Some(hc), Some(nop)) => (hc, nop),
+        _ if !want(Group::Exits) && !want(Group::Tlb) => {
+            super::litmus_bench::run(base, want(Group::Litmus), want(Group::Forbidden), force_progress, &mut report)?;
+            return finish(report, cores, load_start, json);
+        }
+        _ => return Err(Error::GuestReport("the guest reported no exit-cost figures".into())),
     };
-    for f in [hc, nop] {
+    for f in [hc, nop].into_iter().filter(|_| want(Group::Exits)) {
         println!(
             "{:<44} median {:>8.2} us   ({} samples)",
             f.metric.description(),
@@ -68,10 +113,18 @@ pub fn run(base: &VmConfig, boot_runs: usize, force_progress: bool) -> Result<()
             f.samples
         );
     }
-    println!("hypercall / bare exit ratio                  {:.2}", hc.median_ps as f64 / nop.median_ps.max(1) as f64);
+    if want(Group::Exits) {
+        println!(
+            "hypercall / bare exit ratio                  {:.2}",
+            hc.median_ps as f64 / nop.median_ps.max(1) as f64
+        );
+        report.insert("hypercall_us".into(), json!(hc.median_ps as f64 / 1e6));
+        report.insert("port_exit_us".into(), json!(nop.median_ps as f64 / 1e6));
+    }
+    let mut shootdown = Map::new();
     let us = |ps: u64| ps as f64 / 1e6;
     let exits = |ps: u64| ps as f64 / nop.median_ps.max(1) as f64;
-    for vcpus in [1u64, 2, 4] {
+    for vcpus in [1u64, 2, 4].into_iter().filter(|_| want(Group::Tlb)) {
         let cfg = VmConfig { vcpus, mode: GuestMode::BenchTlb, ..base.clone() };
         let (_, figs) = run_ok(&cfg)?;
         let get = |m: Metric| figs.iter().find(|f| f.metric == m).map(|f| f.median_ps).unwrap_or(0);
@@ -91,6 +144,9 @@ pub fn run(base: &VmConfig, boot_runs: usize, force_progress: bool) -> Result<()
                 us(fill),
                 exits(fill)
             );
+            report.insert("pt_op_us".into(), json!(us(ptop)));
+            report.insert("flush_page_us".into(), json!(us(flush)));
+            report.insert("fill_us".into(), json!(us(fill)));
         } else {
             let sd = get(Metric::Shootdown);
             println!(
@@ -99,7 +155,34 @@ pub fn run(base: &VmConfig, boot_runs: usize, force_progress: bool) -> Result<()
                 us(sd),
                 cfg.tlb
             );
+            shootdown.insert(format!("{vcpus}_vcpus"), json!(us(sd)));
         }
     }
-    super::litmus_bench::run(base, force_progress)
+    if !shootdown.is_empty() {
+        report.insert("shootdown_one_page_us".into(), Value::Object(shootdown));
+    }
+    super::litmus_bench::run(base, want(Group::Litmus), want(Group::Forbidden), force_progress, &mut report)?;
+    finish(report, cores, load_start, json)
+}
+
+/// The host line of the report, and the JSON file if asked for.
+fn finish(
+    mut report: Map<String, Value>,
+    cores: usize,
+    load_start: Option<[f64; 3]>,
+    json: Option<&Path>,
+) -> Result<()> {
+    let load_end = load_average();
+    println!(
+        "host load average at the end: {}",
+        load_end.map_or("unknown".into(), |l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
+    );
+    report.insert(
+        "host".into(),
+        json!({ "cores": cores, "load_average_start": load_start, "load_average_end": load_end }),
+    );
+    if let Some(path) = json {
+        crate::commands::output::write_json("--json", path, &Value::Object(report))?;
+    }
+    Ok(())
 }

@@ -30,7 +30,7 @@ use super::interrupt::{self, InterruptWatch};
 use super::output::{self, OutputError};
 use super::progress::Progress;
 use crate::error::{chain, Error, Result};
-use crate::services::litmus::{IterationObserver, LitmusSession, STALLED};
+use crate::services::litmus::{IterationObserver, LitmusSession, Measured, STALLED};
 use crate::services::trace::{SharedOut, TraceConfig, TraceOut, Tracer};
 use crate::services::{self, StandardOptions};
 use crate::status;
@@ -72,6 +72,8 @@ pub struct LitmusArgs {
     /// `--tap`: stdout is TAP (kselftest's `TAP version 13`), the herd
     /// blocks as `#` diagnostic lines.
     pub tap: bool,
+    /// `vmm bench`: count what the iterations cost ([`PolicyRun::measured`]).
+    pub measure: bool,
 }
 
 fn collect_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -129,6 +131,8 @@ pub struct PolicyRun {
     pub first_match: Option<Duration>,
     /// The run was interrupted (SIGINT/SIGTERM) before its last iteration.
     pub interrupted: bool,
+    /// With [`LitmusArgs::measure`]: what the iterations cost.
+    pub measured: Measured,
 }
 
 /// How the whole invocation ended.
@@ -457,6 +461,9 @@ pub fn run_policy_range(
     let iommu = iommu_config(&policy, seed);
     let session = LitmusSession::new(compiled.blob.clone(), nv, nd, runs, args.iteration_timeout);
     session.set_progress(Arc::new(args.progress.clone()));
+    if args.measure {
+        session.measure();
+    }
     let mut result = RunResult::new(test, policy, seed, range.end - range.start).with_range(range.start, planned);
     result.fidelity = Some(fidelity(tlb));
     let trace_limit = args.trace_runs.unwrap_or(u64::MAX).min(runs);
@@ -592,7 +599,7 @@ pub fn run_policy_range(
         let timeouts = result.n_timeouts;
         t.lock().unwrap_or_else(|e| e.into_inner()).run_end(&RunEnd { iterations: result.total(), timeouts });
     }
-    Ok(PolicyRun { result, leaks, guest_error, first_match, interrupted })
+    Ok(PolicyRun { result, leaks, guest_error, first_match, interrupted, measured: session.measured() })
 }
 
 /// The `Fidelity` line: how far the run's TLB model reflects hardware.

@@ -17,7 +17,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::vstate::{
-    Call, EndReason, GuestFault, HypercallHandler, Reply, Service, SetupError, VcpuCtx, VmSetup, Watch,
+    Call, EndReason, GuestFault, HypercallHandler, Reply, Service, SetupError, StatsSnapshot, VcpuCtx, VmSetup,
+    VmStats, Watch,
 };
 
 /// What one iteration reported (`LITMUS_RESULT`).
@@ -70,7 +71,25 @@ pub struct LitmusSession {
     stall: Mutex<Option<Stall>>,
     /// Hears every report (the command's progress display).
     progress_observer: Mutex<Option<Arc<dyn IterationObserver>>>,
+    /// `vmm bench`: count what the iterations cost (see [`Measured`]).
+    measure: std::sync::atomic::AtomicBool,
+    measured: Mutex<Measured>,
 }
+
+/// What the measured iterations cost, summed over the boots: the counts
+/// from each boot's first LITMUS_RESULT to its last, so boot and the
+/// first iteration's set-up stay out.
+#[derive(Clone, Debug, Default)]
+pub struct Measured {
+    /// Iterations between the first and last report of each boot.
+    pub iterations: u64,
+    pub counts: Option<StatsSnapshot>,
+    /// Wall time of those iterations.
+    pub elapsed: Duration,
+}
+
+/// One boot's first and latest report (iteration, counts, when).
+type Marks = Option<((u64, StatsSnapshot, Instant), (u64, StatsSnapshot, Instant))>;
 
 impl std::fmt::Debug for dyn IterationObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -101,7 +120,20 @@ impl LitmusSession {
             last_progress: Mutex::new((0, Instant::now())),
             stall: Mutex::new(None),
             progress_observer: Mutex::new(None),
+            measure: std::sync::atomic::AtomicBool::new(false),
+            measured: Mutex::new(Measured::default()),
         })
+    }
+
+    /// Count what the iterations cost (KVM's and the VMM's counters around
+    /// them), for `vmm bench`.
+    pub fn measure(&self) {
+        self.measure.store(true, Ordering::Relaxed);
+    }
+
+    /// What the measured iterations cost so far.
+    pub fn measured(&self) -> Measured {
+        lock(&self.measured).clone()
     }
 
     /// Every report of every boot is also told to `o` (progress display).
@@ -112,7 +144,7 @@ impl LitmusSession {
     /// The service for one boot; `observer` hears every iteration.
     pub fn boot(self: &Arc<Self>, observer: Option<Arc<dyn IterationObserver>>) -> Arc<LitmusBoot> {
         *lock(&self.last_progress) = (self.progress.load(Ordering::Acquire), Instant::now());
-        Arc::new(LitmusBoot { session: self.clone(), observer })
+        Arc::new(LitmusBoot { session: self.clone(), observer, stats: Mutex::new(None), marks: Mutex::new(None) })
     }
 
     /// The reports received since the last call.
@@ -166,7 +198,8 @@ impl LitmusSession {
         Stall { iteration: word(state::ITERATION), phase: word(state::PHASE), positions }
     }
 
-    fn report(&self, call: &Call<'_>, observer: Option<&Arc<dyn IterationObserver>>) -> Result<(), GuestFault> {
+    /// Records one LITMUS_RESULT; returns its iteration.
+    fn report(&self, call: &Call<'_>, observer: Option<&Arc<dyn IterationObserver>>) -> Result<u64, GuestFault> {
         let r = call.request::<calls::LitmusResult>()?;
         let bad = |reason: String| GuestFault::rejected(call.op, reason);
         if r.iteration >= self.iterations {
@@ -205,7 +238,7 @@ impl LitmusSession {
         if let Some(o) = lock(&self.progress_observer).as_ref() {
             o.iteration_done(r.iteration);
         }
-        Ok(())
+        Ok(r.iteration)
     }
 }
 
@@ -213,6 +246,22 @@ impl LitmusSession {
 pub struct LitmusBoot {
     session: Arc<LitmusSession>,
     observer: Option<Arc<dyn IterationObserver>>,
+    /// The VM's counters, when the session measures.
+    stats: Mutex<Option<Arc<VmStats>>>,
+    marks: Mutex<Marks>,
+}
+
+impl LitmusBoot {
+    /// A report arrived: the counts at this iteration's end.
+    fn mark(&self, iteration: u64) {
+        let Some(stats) = lock(&self.stats).clone() else { return };
+        let now = (iteration, stats.snapshot(), Instant::now());
+        let mut m = lock(&self.marks);
+        match &mut *m {
+            None => *m = Some((now.clone(), now)),
+            Some((_, last)) => *last = now,
+        }
+    }
 }
 
 /// The blob does not fit the guest's window.
@@ -252,7 +301,21 @@ impl Service for LitmusBoot {
         let mut timer = TimerFd::new().map_err(|e| SetupError::service("litmus", e))?;
         timer.reset(TICK, Some(TICK)).map_err(|e| SetupError::service("litmus", e))?;
         vm.add_watch(Arc::new(StallWatch { timer: Mutex::new(timer), session: self.session.clone() }));
+        if self.session.measure.load(Ordering::Relaxed) {
+            *lock(&self.stats) = Some(vm.stats.clone());
+        }
         vm.add_hypercalls(self)
+    }
+
+    fn finished(&self, _end: &EndReason) {
+        let Some(((i0, c0, t0), (i1, c1, t1))) = lock(&self.marks).take() else { return };
+        if i1 <= i0 {
+            return;
+        }
+        let mut m = lock(&self.session.measured);
+        m.iterations += i1 - i0;
+        m.elapsed += t1.saturating_duration_since(t0);
+        c1.accumulate_since(&c0, m.counts.get_or_insert_with(StatsSnapshot::zero));
     }
 }
 
@@ -264,7 +327,8 @@ impl HypercallHandler for LitmusBoot {
         &[Op::LitmusResult]
     }
     fn handle(&self, _: &mut VcpuCtx<'_>, call: &Call<'_>) -> Result<Reply, GuestFault> {
-        self.session.report(call, self.observer.as_ref())?;
+        let iteration = self.session.report(call, self.observer.as_ref())?;
+        self.mark(iteration);
         Ok(Reply::empty())
     }
 }

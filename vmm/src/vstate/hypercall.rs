@@ -12,6 +12,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::bus::{BusDevice, Flow};
 use super::exit::VcpuCtx;
 use super::fault::{GuestFault, HypercallError};
+use super::stats::VmStats;
 
 /// One call as the guest made it.
 #[derive(Debug)]
@@ -78,11 +79,18 @@ pub struct HandlerConflict {
 #[derive(Default, Clone)]
 pub struct HypercallTable {
     handlers: Vec<Option<Arc<dyn HypercallHandler>>>,
+    /// Where each call is counted (by op), if anywhere.
+    stats: Option<Arc<VmStats>>,
 }
 
 impl HypercallTable {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Counts every call by op in `stats`.
+    pub fn count_in(&mut self, stats: Arc<VmStats>) {
+        self.stats = Some(stats);
     }
 
     pub fn register(&mut self, h: Arc<dyn HypercallHandler>) -> Result<(), HandlerConflict> {
@@ -104,6 +112,9 @@ impl HypercallTable {
         let mailbox = layout::mailbox(ctx.cpu);
         let (raw_op, args, data) = read_request(ctx, mailbox)?;
         let op = Op::from_u64(raw_op).ok_or(HypercallError::UnknownOp(raw_op))?;
+        if let Some(s) = &self.stats {
+            s.vcpu(ctx.cpu).hypercall(op);
+        }
         let handler = self.handlers.get(op as usize).and_then(|h| h.as_ref()).ok_or(HypercallError::NotServed(op))?;
         let reply = handler.handle(ctx, &Call { op, args, data: &data })?;
         write_reply(ctx, mailbox, &reply)

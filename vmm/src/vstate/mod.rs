@@ -7,6 +7,7 @@ pub mod exit;
 pub mod fault;
 pub mod hypercall;
 pub mod service;
+pub mod stats;
 pub mod vcpu;
 pub mod vm;
 
@@ -15,6 +16,7 @@ pub use exit::{route, Buses, Exit, ExitHook, NoRegs, VcpuCtx, VcpuRegs};
 pub use fault::{EndReason, GuestFault, HypercallError, VcpuDump};
 pub use hypercall::{Call, HypercallHandler, HypercallTable, Reply};
 pub use service::{GuestClock, MsiSender, Service, SetupError, VmSetup, Watch, Wiring};
+pub use stats::{StatsSnapshot, UserExit, VmStats};
 pub use vm::{RunOutcome, VmConfig, VmError};
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,7 @@ use super::bus::{BusConflict, BusDevice};
 use super::exit::{Buses, ExitHook};
 use super::fault::EndReason;
 use super::hypercall::{HandlerConflict, HypercallHandler, HypercallPort, HypercallTable};
+use super::stats::VmStats;
 
 /// Raises an MSI (address, data) in the guest.
 pub type MsiSender = Arc<dyn Fn(u64, u32) + Send + Sync>;
@@ -61,6 +62,8 @@ pub struct VmSetup<'a> {
     pub mem: &'a GuestMemoryMmap,
     pub vcpus: u64,
     pub msi: MsiSender,
+    /// The run's counts (KVM's and the VMM's), for services that report them.
+    pub stats: Arc<VmStats>,
     pub(super) buses: &'a mut Buses,
     pub(super) hypercalls: &'a mut HypercallTable,
     pub(super) exit_hooks: &'a mut Vec<Arc<dyn ExitHook>>,
@@ -111,20 +114,24 @@ pub struct Wiring {
 }
 
 impl Wiring {
-    /// Sets up `services` in order on `mem` for `vcpus` vCPUs.
+    /// Sets up `services` in order on `mem` for `vcpus` vCPUs; hypercalls
+    /// are counted in `stats`.
     pub fn wire(
         mem: &GuestMemoryMmap,
         vcpus: u64,
         msi: MsiSender,
+        stats: Arc<VmStats>,
         services: &[Arc<dyn Service>],
     ) -> Result<Wiring, SetupError> {
         let mut w = Wiring::default();
         let mut hypercalls = HypercallTable::new();
+        hypercalls.count_in(stats.clone());
         {
             let mut setup = VmSetup {
                 mem,
                 vcpus,
                 msi,
+                stats,
                 buses: &mut w.buses,
                 hypercalls: &mut hypercalls,
                 exit_hooks: &mut w.exit_hooks,

@@ -16,6 +16,7 @@ use vm_memory::GuestMemoryMmap;
 use super::bus::Flow;
 use super::exit::{route, Buses, Exit, ExitHook, NoRegs, VcpuCtx, VcpuRegs};
 use super::fault::{EndReason, GuestFault, VcpuDump};
+use super::stats::{thread_cpu_ns, UserExit, VmStats};
 use super::vm::{kvm, Result, VmCore};
 use crate::boot::GDT_ENTRIES;
 
@@ -62,6 +63,7 @@ pub struct Vcpu {
     core: Arc<VmCore>,
     buses: Arc<Buses>,
     exit_hooks: Arc<[Arc<dyn ExitHook>]>,
+    stats: Arc<VmStats>,
 }
 
 struct KvmRegs<'a>(&'a VcpuFd);
@@ -80,9 +82,15 @@ impl Vcpu {
         core: Arc<VmCore>,
         buses: Arc<Buses>,
         exit_hooks: Arc<[Arc<dyn ExitHook>]>,
+        stats: Arc<VmStats>,
     ) -> Result<Self> {
         let fd = vm.create_vcpu(index).map_err(kvm("KVM_CREATE_VCPU"))?;
-        Ok(Self { index, fd, mem, core, buses, exit_hooks })
+        Ok(Self { index, fd, mem, core, buses, exit_hooks, stats })
+    }
+
+    /// This vCPU's KVM binary statistics file.
+    pub fn stats_fd(&self) -> std::io::Result<super::stats::KvmStatsFd> {
+        super::stats::KvmStatsFd::open(&self.fd)
     }
 
     pub fn tsc_khz(&self) -> u64 {
@@ -202,7 +210,21 @@ impl Vcpu {
             buf[..n].copy_from_slice(&data[..n]);
             n
         };
-        let pending = match self.fd.run() {
+        let ran = self.fd.run();
+        let served_from = thread_cpu_ns();
+        let stats = self.stats.clone();
+        let counters = stats.vcpu(index);
+        counters.user_exit(match &ran {
+            Ok(VcpuExit::IoOut(port, _)) | Ok(VcpuExit::IoIn(port, _)) => match *port {
+                abi::hypercall::HC_PORT => UserExit::Hypercall,
+                abi::hypercall::YIELD_PORT => UserExit::Yield,
+                _ => UserExit::OtherPort,
+            },
+            Ok(VcpuExit::MmioRead(..)) | Ok(VcpuExit::MmioWrite(..)) => UserExit::Mmio,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => UserExit::Interrupted,
+            _ => UserExit::Other,
+        });
+        let pending = match ran {
             Ok(VcpuExit::IoIn(port, data)) => {
                 Err(route(buses, &mut VcpuCtx { cpu: index, mem, regs: &NoRegs }, Exit::IoIn { port, data }))
             }
@@ -269,6 +291,7 @@ impl Vcpu {
                 }
             }
         }
+        counters.vmm_time(thread_cpu_ns().saturating_sub(served_from));
         next
     }
 

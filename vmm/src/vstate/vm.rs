@@ -23,6 +23,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::exit::ExitHook;
 use super::fault::{EndReason, VcpuDump};
 use super::service::{GuestClock, MsiSender, Service, SetupError, Watch, Wiring};
+use super::stats::VmStats;
 use super::vcpu::{kick_handler, Vcpu, KICK_SIGNAL_OFFSET};
 use crate::boot::{self, ImageError};
 
@@ -223,7 +224,8 @@ pub fn run(cfg: &VmConfig, services: &[Arc<dyn Service>]) -> Result<RunOutcome> 
     // The services wire themselves in.
     let vm_for_msi = vm.clone();
     let msi: MsiSender = Arc::new(move |address, data| deliver_msi(&vm_for_msi, address, data));
-    let Wiring { buses, exit_hooks, watches } = Wiring::wire(&mem, cfg.vcpus, msi, services)?;
+    let stats = Arc::new(VmStats::new(cfg.vcpus));
+    let Wiring { buses, exit_hooks, watches } = Wiring::wire(&mem, cfg.vcpus, msi, stats.clone(), services)?;
     let buses = Arc::new(buses);
     let exit_hooks: Arc<[Arc<dyn ExitHook>]> = exit_hooks.into();
 
@@ -238,10 +240,17 @@ pub fn run(cfg: &VmConfig, services: &[Arc<dyn Service>]) -> Result<RunOutcome> 
     let supported = kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
     let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
     for i in 0..cfg.vcpus {
-        let mut v = Vcpu::new(&vm, i, mem.clone(), core.clone(), buses.clone(), exit_hooks.clone())?;
+        let mut v = Vcpu::new(&vm, i, mem.clone(), core.clone(), buses.clone(), exit_hooks.clone(), stats.clone())?;
         v.configure(&supported, image.entry, image.pvh_entry)?;
         vcpus.push(v);
     }
+    stats.set_kvm(
+        vcpus
+            .iter()
+            .map(|v| v.stats_fd())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| format!("KVM_GET_STATS_FD: {e} (KVM's binary statistics need Linux 5.14+)")),
+    );
     let info = BootInfo {
         num_vcpus: cfg.vcpus,
         mem_size,
