@@ -44,12 +44,17 @@ pub struct BootInfo {
     pub mode: u64,
     /// The mode's argument (litmus: first iteration; probe: tries).
     pub mode_arg: u64,
+    /// How long a waiting guest thread spins (natively, at CPL3) before it
+    /// parks with `WAIT`, in ns: 0 when the vCPUs do not each have a host
+    /// CPU of their own — spinning then only keeps the thread it waits for
+    /// off the CPU.
+    pub spin_before_park_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<BootInfo>() == 12 * 8);
+const _: () = assert!(core::mem::size_of::<BootInfo>() == 13 * 8);
 
 pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"SHTDOWN1");
-pub const BOOT_INFO_VERSION: u64 = 2;
+pub const BOOT_INFO_VERSION: u64 = 3;
 
 /// Exit status the guest writes to [`hypercall::EXIT_PORT`]. The VMM turns it
 /// into its own process exit status.

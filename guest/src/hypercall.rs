@@ -101,3 +101,27 @@ pub fn call_data<H: Hypercall>(req: H::Request, data: &[u8]) -> H::Reply {
 pub fn call<H: Hypercall>(req: H::Request) -> H::Reply {
     call_data::<H>(req, &[])
 }
+
+/// Makes hypercall `H`, which may park this vCPU (`WAIT`), with interrupts
+/// enabled across the exit so that a parked vCPU still takes IPIs: the
+/// mailbox is filled with interrupts off, then `sti; out` — the interrupt
+/// shadow of `sti` covers the `out`, so no handler runs (and reuses the
+/// mailbox) between filling it and the exit. The reply is not read: a
+/// handler that ran after the exit may have used the mailbox since.
+pub fn wait<H: Hypercall>(req: H::Request) {
+    let was_enabled = arch::interrupts_enabled();
+    arch::interrupts_disable();
+    let mb = percpu::mailbox();
+    {
+        // SAFETY: the mailbox page is this vCPU's alone and interrupts are off.
+        let mb: &mut Mailbox = unsafe { &mut *mb };
+        mb.op = H::OP as u64;
+        req.encode(&mut mb.args);
+        mb.len = 0;
+    }
+    // SAFETY: as in `call_into`; interrupts are enabled from the `out` on.
+    unsafe { asm!("sti", "out dx, al", in("dx") HC_PORT, in("al") 0u8, options(nostack)) }
+    if !was_enabled {
+        arch::interrupts_disable();
+    }
+}

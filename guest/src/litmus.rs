@@ -20,7 +20,6 @@ use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 use abi::dma::{self as dmaabi, op as dop, OpRecord, ProgramHeader};
 use abi::hypercall::calls::{DmaSubmit, DmaSubmitRequest, LitmusIteration, LitmusResult};
-use abi::hypercall::YIELD_PORT;
 use abi::layout::{self, PAGE_SIZE};
 use abi::litmus::{
     self as lt, state, Advice, Blob, Hook, LocKind, ObsKind, Op, Perm, ThreadDesc, ThreadKind, WaitCmp, LOC_PINNED,
@@ -35,6 +34,7 @@ use crate::mm::tlb;
 use crate::sync::SpinLock;
 use crate::trace::{self, Kind};
 use crate::trap::{probe_cmpxchg_u64, probe_read_u64, probe_write_u64, probe_xadd_u64, probe_xchg_u64, Probe};
+use crate::wait::{wait_until, wake};
 use crate::{arch, hypercall, report, smp, time};
 
 /// Locations a test may declare (the kernel-word page holds 512 words).
@@ -81,15 +81,6 @@ fn position(t: usize) -> &'static AtomicU64 {
 
 fn blob() -> Blob<'static> {
     BLOB.lock().expect("litmus blob published before threads run")
-}
-
-/// Gives the host CPU away while spinning: with more vCPUs than host cores
-/// the thread we wait for must get to run.
-fn relax() {
-    // Every spin: with more vCPUs than host cores the thread we wait for
-    // may not be running at all (measured: 5-10% more iterations/s than
-    // yielding every 32nd spin).
-    arch::outl(YIELD_PORT, 0);
 }
 
 /// splitmix64: the per-iteration placement generator.
@@ -284,19 +275,16 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
         thread_main(t as u64);
     }
     for (t, &cpu) in cpus.iter().enumerate().take(h.n_vcpu_threads as usize) {
-        while position(t).load(Ordering::Acquire) & state::pos::FINISHED == 0 {
-            relax();
-        }
+        wait_until(position(t), |p| p & state::pos::FINISHED != 0);
         if cpu != me {
             smp::wait_done(cpu, 10_000);
         }
     }
     for d in 0..h.n_device_threads as u64 {
         let status = (DEV_AREA + d * DEV_STRIDE + 16) as *const AtomicU64;
-        // SAFETY: the program header we wrote; the engine stores the status word.
-        while unsafe { &*status }.load(Ordering::Acquire) == dmaabi::status::PENDING {
-            relax();
-        }
+        // SAFETY: the program header we wrote; the engine stores the status
+        // word at the program's end (and wakes its waiters).
+        wait_until(unsafe { &*status }, |s| s != dmaabi::status::PENDING);
     }
 
     state_word(state::PHASE).store(state::PHASE_COLLECT, Ordering::Release);
@@ -363,7 +351,9 @@ fn thread_main(t: u64) {
     ctx.block(&b, &td, 0, td.n_instrs);
     hooks::disarm();
     tlb::switch_to_kernel_mm();
-    position(t).store(state::pos::STARTED | state::pos::FINISHED | state::pos::PC_MASK, Ordering::Release);
+    let p = position(t);
+    p.store(state::pos::STARTED | state::pos::FINISHED | state::pos::PC_MASK, Ordering::SeqCst);
+    wake(p);
 }
 
 struct ThreadCtx {
@@ -487,28 +477,23 @@ impl ThreadCtx {
     fn sync(&mut self, ins: &lt::Instr) {
         match ins.op() {
             Op::Wait => {
-                let w = var_word(ins.loc);
                 let eq = WaitCmp::from_u8(ins.arg) == Some(WaitCmp::Eq);
-                loop {
-                    let v = w.load(Ordering::Acquire);
-                    if if eq { v == ins.imm } else { v != 0 } {
-                        break;
-                    }
-                    relax();
-                }
+                let imm = ins.imm;
+                wait_until(var_word(ins.loc), |v| if eq { v == imm } else { v != 0 });
             }
             Op::Signal => {
                 let v = if ins.src != NO_REG { self.reg(ins.src) } else { ins.imm };
-                var_word(ins.loc).store(v, Ordering::Release);
+                let w = var_word(ins.loc);
+                w.store(v, Ordering::SeqCst);
+                wake(w);
             }
             Op::Barrier => {
                 let passed = BARRIERS_PASSED[self.t].fetch_add(1, Ordering::Relaxed) + 1;
                 let target = passed * PARTICIPANTS.load(Ordering::Relaxed);
                 let w = state_word(state::BARRIER);
-                w.fetch_add(1, Ordering::AcqRel);
-                while w.load(Ordering::Acquire) < target {
-                    relax();
-                }
+                w.fetch_add(1, Ordering::SeqCst);
+                wake(w);
+                wait_until(w, |v| v >= target);
             }
             Op::Delay => {
                 for _ in 0..ins.imm {

@@ -30,6 +30,7 @@ mod sync;
 mod time;
 mod trace;
 mod trap;
+mod wait;
 
 use abi::config::GuestMode;
 use abi::{BootInfo, BOOT_INFO_MAGIC};
@@ -57,6 +58,7 @@ extern "C" fn kmain(cpu: u64, boot: *const BootInfo) -> ! {
     }
     if cpu == 0 {
         time::init(boot.tsc_khz);
+        wait::init(boot.spin_before_park_ns);
         smp::set_num_cpus(boot.num_vcpus);
         mm::page_alloc::init(boot.mem_size);
         trap::build_idt();

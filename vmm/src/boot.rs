@@ -252,8 +252,9 @@ pub fn write_boot_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<()> {
         info.free_start,
         info.mode,
         info.mode_arg,
+        info.spin_before_park_ns,
     ];
-    const _: () = assert!(std::mem::size_of::<BootInfo>() == 12 * 8);
+    const _: () = assert!(std::mem::size_of::<BootInfo>() == 13 * 8);
     for (i, f) in fields.iter().enumerate() {
         mem.write_obj(*f, GuestAddress(layout::BOOT_INFO + 8 * i as u64))
             .map_err(|source| ImageError::Memory { what: "BootInfo", source })?;

@@ -41,6 +41,7 @@ pub struct TestVm {
     pub iommu: Arc<IommuService>,
     pub session: Arc<LitmusSession>,
     pub msis: Arc<std::sync::Mutex<Vec<(u64, u32)>>>,
+    pub parking: Arc<crate::vstate::Parking>,
 }
 
 /// A raw reply: result words and data.
@@ -52,7 +53,12 @@ impl TestVm {
         let selftest = Selftest::new(false);
         let bench = Bench::new();
         let probes = Probes::new();
-        let iommu = IommuService::new(IommuConfig::default(), None);
+        let sched = crate::services::sched::Sched::new();
+        let iommu = IommuService::new(
+            IommuConfig::default(),
+            None,
+            Some(sched.clone() as Arc<dyn crate::services::sched::Waker>),
+        );
         // A session of 4 iterations with a blob the tests never run.
         let session = LitmusSession::new(vec![0; 64], 1, 0, 4, std::time::Duration::from_secs(3));
         let boot: Arc<LitmusBoot> = session.boot(None);
@@ -60,18 +66,21 @@ impl TestVm {
             Platform::new(false, Some(selftest.clone() as Arc<dyn CheckListener>)),
             mmu::Mmu::new(Some(iommu.clone() as Arc<dyn mmu::TableTracker>)),
             tlb::Tlb::new(tlb, 1, None),
+            sched,
             iommu.clone(),
             selftest.clone(),
             bench.clone(),
             probes.clone(),
             boot,
         ];
+        let parking = Arc::new(crate::vstate::Parking::new(VCPUS));
         let msis = Arc::new(std::sync::Mutex::new(Vec::new()));
         let m = msis.clone();
         let msi = Arc::new(move |a, d| m.lock().unwrap_or_else(|e| e.into_inner()).push((a, d)));
-        let wiring = Wiring::wire(&mem, VCPUS, msi, Arc::new(crate::vstate::VmStats::new(VCPUS)), &services)
-            .expect("services wire in");
-        TestVm { mem, wiring, services, selftest, bench, probes, iommu, session, msis }
+        let wiring =
+            Wiring::wire(&mem, VCPUS, msi, Arc::new(crate::vstate::VmStats::new(VCPUS)), parking.clone(), &services)
+                .expect("services wire in");
+        TestVm { mem, wiring, services, selftest, bench, probes, iommu, session, msis, parking }
     }
 
     /// Routes one exit of vCPU `cpu`.
@@ -106,7 +115,8 @@ impl TestVm {
         let n = data.len().min(hc::DATA_LEN);
         self.mem.write_slice(&data[..n], GuestAddress(mb + hc::OFF_DATA)).expect("mailbox");
         match self.exit(cpu, Exit::IoOut { port: HC_PORT, data: &[0] })? {
-            Flow::Resume => {}
+            // A parked vCPU's reply is already written; there is no KVM to sleep in.
+            Flow::Resume | Flow::Park => {}
             Flow::End(e) => panic!("a hypercall ended the VM: {e}"),
         }
         let r = |off: u64| self.mem.read_obj::<u64>(GuestAddress(mb + off)).expect("mailbox");

@@ -296,3 +296,55 @@ crate::hypercall!(
     /// This vCPU's trace ring is full (`crate::trace`): the VMM consumes every ring.
     TraceDrain = TraceDrain(Empty) -> TraceDrainReply
 );
+
+// ---------------------------------------------------------------- scheduling
+
+crate::wire_struct! {
+    /// `WAIT`: park this vCPU while the u64 at GPA `gpa` (8-byte aligned,
+    /// guest RAM) still holds `expected` — a futex wait. The VMM checks the
+    /// word under the lock `WAKE` takes, so no wake-up is lost between the
+    /// guest's last look and the park. A parked vCPU sleeps inside KVM as
+    /// in `hlt`: an interrupt (an IPI) also wakes it, and callers must
+    /// re-check their condition after every return (spurious wake-ups are
+    /// allowed, as with `futex(FUTEX_WAIT)`). How long to wait is the
+    /// caller's business (the litmus watchdog ends a stuck iteration).
+    pub struct WaitRequest { pub gpa: u64, pub expected: u64 }
+}
+crate::wire_struct! {
+    /// `WAIT`'s reply: false if the word no longer held `expected`.
+    pub struct WaitReply { pub parked: Flag }
+}
+crate::hypercall!(
+    /// Park this vCPU until `WAKE` on the word (or an interrupt).
+    Wait = Wait(WaitRequest) -> WaitReply
+);
+
+crate::wire_struct! {
+    /// `WAKE`: wake every vCPU parked in `WAIT` on GPA `gpa`. Device
+    /// `SIGNAL`/`KADD` ops wake the word they store to as well.
+    pub struct WakeRequest { pub gpa: u64 }
+}
+crate::wire_struct! {
+    /// `WAKE`'s reply: vCPUs woken.
+    pub struct WakeReply { pub woken: u64 }
+}
+crate::hypercall!(
+    /// Wake the vCPUs parked on a word.
+    Wake = Wake(WakeRequest) -> WakeReply
+);
+
+crate::wire_struct! {
+    /// `IPI`: interrupt `vector` (fixed delivery, 32..=255) to every vCPU
+    /// whose bit is set in `targets` (bit i of word i / 64 = vCPU i) — the
+    /// interprocessor interrupt of code running at CPL3, which cannot write
+    /// the x2APIC ICR. One exit for all targets.
+    pub struct IpiRequest { pub targets: [u64; 4], pub vector: u64 }
+}
+crate::wire_struct! {
+    /// `IPI`'s reply: interrupts sent.
+    pub struct IpiReply { pub sent: u64 }
+}
+crate::hypercall!(
+    /// Send an IPI to a set of vCPUs.
+    Ipi = Ipi(IpiRequest) -> IpiReply
+);

@@ -96,6 +96,9 @@ crate::wire_enum! {
         LastAssert = 29,
         LastStrayStore = 30,
         TestListed = 31,
+        Wait = 40,
+        Wake = 41,
+        Ipi = 42,
     }
 }
 
@@ -127,6 +130,9 @@ impl Op {
             Op::LastAssert => "LAST_ASSERT",
             Op::LastStrayStore => "LAST_STRAY_STORE",
             Op::TestListed => "TEST_LISTED",
+            Op::Wait => "WAIT",
+            Op::Wake => "WAKE",
+            Op::Ipi => "IPI",
         }
     }
 }

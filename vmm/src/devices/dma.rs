@@ -14,7 +14,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,9 @@ struct Shared {
     /// Parked ops wait here; a device store or `stop` wakes them.
     park: Mutex<()>,
     wake: Condvar,
+    /// Told the GPA of every kernel word a program stored (`SIGNAL`,
+    /// `KADD`) and of each program's status word when it ends.
+    on_store: OnceLock<Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
 pub struct DmaEngine {
@@ -103,8 +106,16 @@ impl DmaEngine {
             slots,
             park: Mutex::new(()),
             wake: Condvar::new(),
+            on_store: OnceLock::new(),
         };
         DmaEngine { shared: Arc::new(shared) }
+    }
+
+    /// Calls `f(gpa)` after every kernel-word store of a program and after
+    /// a program's status word is set at its end (vCPUs parked on the word
+    /// wake up). Set once, before programs run.
+    pub fn on_kernel_store(&self, f: Arc<dyn Fn(u64) + Send + Sync>) {
+        let _ = self.shared.on_store.set(f);
     }
 
     /// Queues the program at `program` on `slot`'s worker. `Ok(false)`: the
@@ -203,6 +214,9 @@ fn worker_loop(s: &Shared, slot: u64) {
         };
         if !s.stop.load(Ordering::Acquire) {
             let _ = gmem::store_u64(&s.mem, program + dma::STATUS_OFFSET, status);
+            if let Some(f) = s.on_store.get() {
+                f(program + dma::STATUS_OFFSET);
+            }
         }
     }
 }
@@ -308,6 +322,9 @@ fn run_op(s: &Shared, pasid: u32, program: u64, index: u64, action: Action) -> R
             let v = operand(s, program, index, value)?;
             let old = gmem::fetch_add_u64(mem, gpa, v).map_err(|_| ProgramError::Memory(index))?;
             wake(s);
+            if let Some(f) = s.on_store.get() {
+                f(gpa);
+            }
             return Ok(old);
         }
         Action::Signal { gpa, value } => {
@@ -315,6 +332,9 @@ fn run_op(s: &Shared, pasid: u32, program: u64, index: u64, action: Action) -> R
             let v = operand(s, program, index, value)?;
             gmem::store_u64(mem, gpa, v).map_err(|_| ProgramError::Memory(index))?;
             wake(s);
+            if let Some(f) = s.on_store.get() {
+                f(gpa);
+            }
             return Ok(0);
         }
         Action::Delay { us } => {

@@ -11,6 +11,7 @@ use abi::layout;
 use iommu::{EventSink, Iommu, IommuConfig};
 
 use super::mmu::TableTracker;
+use super::sched::Waker;
 use crate::devices::dma::{DmaEngine, SubmitError};
 use crate::devices::iommu::IommuMmio;
 use crate::vstate::{Call, GuestFault, HypercallHandler, Reply, Service, SetupError, VcpuCtx, VmSetup};
@@ -23,12 +24,14 @@ struct Running {
 pub struct IommuService {
     cfg: IommuConfig,
     sink: Option<Arc<dyn EventSink>>,
+    /// Told about every kernel word a device program stores (parked vCPUs wait on them).
+    waker: Option<Arc<dyn Waker>>,
     running: OnceLock<Running>,
 }
 
 impl IommuService {
-    pub fn new(cfg: IommuConfig, sink: Option<Arc<dyn EventSink>>) -> Arc<Self> {
-        Arc::new(IommuService { cfg, sink, running: OnceLock::new() })
+    pub fn new(cfg: IommuConfig, sink: Option<Arc<dyn EventSink>>, waker: Option<Arc<dyn Waker>>) -> Arc<Self> {
+        Arc::new(IommuService { cfg, sink, waker, running: OnceLock::new() })
     }
 
     fn iommu(&self) -> Option<MutexGuard<'_, Iommu>> {
@@ -64,6 +67,11 @@ impl Service for IommuService {
         let iommu = Arc::new(Mutex::new(io));
         let msi = vm.msi.clone();
         let dma = DmaEngine::new(vm.mem.clone(), iommu.clone(), Arc::new(move |m| msi(m.address, m.data)));
+        if let Some(w) = self.waker.clone() {
+            dma.on_kernel_store(Arc::new(move |gpa| {
+                w.wake(gpa);
+            }));
+        }
         vm.add_mmio(
             IOMMU_MMIO_BASE,
             IOMMU_MMIO_SIZE,

@@ -13,6 +13,7 @@ pub mod litmus;
 pub mod mmu;
 pub mod platform;
 pub mod probe;
+pub mod sched;
 pub mod selftest;
 pub mod tlb;
 pub mod trace;
@@ -37,17 +38,20 @@ pub struct StandardOptions {
     pub trace: Option<Arc<trace::Tracer>>,
 }
 
-/// Platform, MMU, TLB and IOMMU, wired to each other (PT_TABLE tells the
-/// IOMMU which tables are live; the TLB and the IOMMU record into the trace).
+/// Platform, MMU, TLB, scheduling and IOMMU, wired to each other (PT_TABLE
+/// tells the IOMMU which tables are live; the device's kernel-word stores
+/// wake parked vCPUs; the TLB and the IOMMU record into the trace).
 pub fn standard(tlb: TlbModel, seed: u64, opts: StandardOptions) -> Vec<Arc<dyn Service>> {
     let sink: Option<Arc<dyn TraceSink>> = opts.trace.clone().map(|t| t as Arc<dyn TraceSink>);
     let device_sink =
         opts.trace.clone().map(|t| Arc::new(trace::DeviceSink { tracer: t }) as Arc<dyn ::iommu::EventSink>);
-    let iommu = iommu::IommuService::new(opts.iommu, device_sink);
+    let sched = sched::Sched::new();
+    let iommu = iommu::IommuService::new(opts.iommu, device_sink, Some(sched.clone() as Arc<dyn sched::Waker>));
     let mut v: Vec<Arc<dyn Service>> = vec![
         platform::Platform::new(opts.console, opts.checks),
         mmu::Mmu::new(Some(iommu.clone() as Arc<dyn mmu::TableTracker>)),
         tlb::Tlb::new(tlb, seed, sink),
+        sched,
         iommu,
     ];
     if let Some(t) = opts.trace {

@@ -400,3 +400,51 @@ fn extreme_arguments_never_panic() {
         }
     }
 }
+
+#[test]
+fn wait_parks_only_while_the_word_holds_its_value_and_wake_ends_that_park() {
+    let vm = lazy();
+    let w = layout::LITMUS_VARS + 8;
+    vm.mem.write_obj(5u64, GuestAddress(w)).unwrap();
+    // The word moved on: no park.
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 4 }, &[]).unwrap();
+    assert!(!r.parked.get() && !vm.parking.is_parked(1));
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 5 }, &[]).unwrap();
+    assert!(r.parked.get() && vm.parking.is_parked(1));
+    // Another word wakes nobody; this one wakes vCPU 1, once.
+    assert_eq!(vm.call::<Wake>(0, WakeRequest { gpa: w + 8 }, &[]).unwrap().0.woken, 0);
+    assert_eq!(vm.call::<Wake>(0, WakeRequest { gpa: w }, &[]).unwrap().0.woken, 1);
+    assert_eq!(vm.call::<Wake>(0, WakeRequest { gpa: w }, &[]).unwrap().0.woken, 0);
+    // Misaligned or outside RAM: a bad hypercall.
+    assert!(vm.call::<Wait>(0, WaitRequest { gpa: w + 4, expected: 0 }, &[]).is_err());
+    assert!(vm.call::<Wait>(0, WaitRequest { gpa: 1 << 50, expected: 0 }, &[]).is_err());
+}
+
+#[test]
+fn a_device_store_wakes_the_vcpus_waiting_on_its_word() {
+    let vm = lazy();
+    let w = layout::LITMUS_VARS + 16;
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0 }, &[]).unwrap();
+    assert!(r.parked.get());
+    // A one-op device program: SIGNAL w = 1 (header: pasid, nops, status;
+    // op: op, va, value, result).
+    let prog = layout::LITMUS_STATE + 0x1_0000;
+    let words = [1, 1, dma::status::PENDING, 0, dma::op::SIGNAL, w, 1, 0];
+    for (i, v) in words.iter().enumerate() {
+        vm.mem.write_obj(*v, GuestAddress(prog + 8 * i as u64)).unwrap();
+    }
+    vm.iommu.run_program_now(prog).unwrap();
+    assert_eq!(word(&vm, w), 1);
+    assert!(vm.call::<Wake>(0, WakeRequest { gpa: w }, &[]).unwrap().0.woken == 0, "the device's store woke it");
+}
+
+#[test]
+fn ipi_sends_one_msi_per_target_and_refuses_bad_vectors_and_vcpus() {
+    let vm = lazy();
+    let (r, _) = vm.call::<Ipi>(0, IpiRequest { targets: [0b11, 0, 0, 0], vector: 0xfc }, &[]).unwrap();
+    assert_eq!(r.sent, 2);
+    let msis = vm.msis.lock().unwrap().clone();
+    assert_eq!(msis, vec![(0xfee0_0000, 0xfc), (0xfee0_1000, 0xfc)]);
+    assert!(vm.call::<Ipi>(0, IpiRequest { targets: [1, 0, 0, 0], vector: 14 }, &[]).is_err());
+    assert!(vm.call::<Ipi>(0, IpiRequest { targets: [0b100, 0, 0, 0], vector: 0xfc }, &[]).is_err());
+}

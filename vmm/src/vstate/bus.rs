@@ -11,6 +11,9 @@ use super::fault::{EndReason, GuestFault};
 #[derive(Debug, Clone)]
 pub enum Flow {
     Resume,
+    /// Put the vCPU to sleep inside KVM until [`super::park::Parking::wake`]
+    /// or an interrupt (the service called `Parking::park` first).
+    Park,
     /// End the VM (e.g. the guest wrote the exit port).
     End(EndReason),
 }

@@ -35,6 +35,9 @@ impl Call<'_> {
 pub struct Reply {
     pub ret: [u64; 4],
     pub data: Vec<u8>,
+    /// Park the calling vCPU after writing the reply (`WAIT`: the handler
+    /// called `Parking::park`).
+    pub park: bool,
 }
 
 impl Reply {
@@ -42,7 +45,13 @@ impl Reply {
     pub fn of<H: Hypercall>(r: H::Reply) -> Self {
         let mut ret = [0; 4];
         r.encode(&mut ret);
-        Reply { ret, data: Vec::new() }
+        Reply { ret, data: Vec::new(), park: false }
+    }
+
+    /// Parks the vCPU once the reply is written (see [`Reply::park`]).
+    pub fn then_park(mut self) -> Self {
+        self.park = true;
+        self
     }
 
     /// No result words, no data.
@@ -107,8 +116,8 @@ impl HypercallTable {
         Ok(())
     }
 
-    /// Serves the call in vCPU `ctx.cpu`'s mailbox.
-    pub fn dispatch(&self, ctx: &mut VcpuCtx<'_>) -> Result<(), GuestFault> {
+    /// Serves the call in vCPU `ctx.cpu`'s mailbox; what the vCPU does next.
+    pub fn dispatch(&self, ctx: &mut VcpuCtx<'_>) -> Result<Flow, GuestFault> {
         let mailbox = layout::mailbox(ctx.cpu);
         let (raw_op, args, data) = read_request(ctx, mailbox)?;
         let op = Op::from_u64(raw_op).ok_or(HypercallError::UnknownOp(raw_op))?;
@@ -117,7 +126,8 @@ impl HypercallTable {
         }
         let handler = self.handlers.get(op as usize).and_then(|h| h.as_ref()).ok_or(HypercallError::NotServed(op))?;
         let reply = handler.handle(ctx, &Call { op, args, data: &data })?;
-        write_reply(ctx, mailbox, &reply)
+        write_reply(ctx, mailbox, &reply)?;
+        Ok(if reply.park { Flow::Park } else { Flow::Resume })
     }
 }
 
@@ -157,6 +167,6 @@ pub struct HypercallPort(pub HypercallTable);
 
 impl BusDevice for HypercallPort {
     fn write(&self, ctx: &mut VcpuCtx<'_>, _offset: u64, _data: &[u8]) -> Result<Flow, GuestFault> {
-        self.0.dispatch(ctx).map(|()| Flow::Resume)
+        self.0.dispatch(ctx)
     }
 }

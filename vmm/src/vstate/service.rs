@@ -14,6 +14,7 @@ use super::bus::{BusConflict, BusDevice};
 use super::exit::{Buses, ExitHook};
 use super::fault::EndReason;
 use super::hypercall::{HandlerConflict, HypercallHandler, HypercallPort, HypercallTable};
+use super::park::Parking;
 use super::stats::VmStats;
 
 /// Raises an MSI (address, data) in the guest.
@@ -64,6 +65,8 @@ pub struct VmSetup<'a> {
     pub msi: MsiSender,
     /// The run's counts (KVM's and the VMM's), for services that report them.
     pub stats: Arc<VmStats>,
+    /// Parks and wakes vCPUs (`WAIT`/`WAKE`).
+    pub parking: Arc<Parking>,
     pub(super) buses: &'a mut Buses,
     pub(super) hypercalls: &'a mut HypercallTable,
     pub(super) exit_hooks: &'a mut Vec<Arc<dyn ExitHook>>,
@@ -115,12 +118,13 @@ pub struct Wiring {
 
 impl Wiring {
     /// Sets up `services` in order on `mem` for `vcpus` vCPUs; hypercalls
-    /// are counted in `stats`.
+    /// are counted in `stats`, parked vCPUs sleep in `parking`.
     pub fn wire(
         mem: &GuestMemoryMmap,
         vcpus: u64,
         msi: MsiSender,
         stats: Arc<VmStats>,
+        parking: Arc<Parking>,
         services: &[Arc<dyn Service>],
     ) -> Result<Wiring, SetupError> {
         let mut w = Wiring::default();
@@ -132,6 +136,7 @@ impl Wiring {
                 vcpus,
                 msi,
                 stats,
+                parking,
                 buses: &mut w.buses,
                 hypercalls: &mut hypercalls,
                 exit_hooks: &mut w.exit_hooks,

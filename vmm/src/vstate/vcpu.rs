@@ -16,6 +16,7 @@ use vm_memory::GuestMemoryMmap;
 use super::bus::Flow;
 use super::exit::{route, Buses, Exit, ExitHook, NoRegs, VcpuCtx, VcpuRegs};
 use super::fault::{EndReason, GuestFault, VcpuDump};
+use super::park::{Parking, Resume};
 use super::stats::{thread_cpu_ns, UserExit, VmStats};
 use super::vm::{kvm, Result, VmCore};
 use crate::boot::GDT_ENTRIES;
@@ -56,6 +57,17 @@ enum State {
     Stopped,
 }
 
+/// What every vCPU of a VM shares.
+#[derive(Clone)]
+pub struct VcpuShared {
+    pub mem: GuestMemoryMmap,
+    pub core: Arc<VmCore>,
+    pub buses: Arc<Buses>,
+    pub exit_hooks: Arc<[Arc<dyn ExitHook>]>,
+    pub stats: Arc<VmStats>,
+    pub parking: Arc<Parking>,
+}
+
 pub struct Vcpu {
     index: u64,
     fd: VcpuFd,
@@ -64,6 +76,7 @@ pub struct Vcpu {
     buses: Arc<Buses>,
     exit_hooks: Arc<[Arc<dyn ExitHook>]>,
     stats: Arc<VmStats>,
+    parking: Arc<Parking>,
 }
 
 struct KvmRegs<'a>(&'a VcpuFd);
@@ -75,17 +88,10 @@ impl VcpuRegs for KvmRegs<'_> {
 }
 
 impl Vcpu {
-    pub fn new(
-        vm: &VmFd,
-        index: u64,
-        mem: GuestMemoryMmap,
-        core: Arc<VmCore>,
-        buses: Arc<Buses>,
-        exit_hooks: Arc<[Arc<dyn ExitHook>]>,
-        stats: Arc<VmStats>,
-    ) -> Result<Self> {
+    pub fn new(vm: &VmFd, index: u64, shared: VcpuShared) -> Result<Self> {
         let fd = vm.create_vcpu(index).map_err(kvm("KVM_CREATE_VCPU"))?;
-        Ok(Self { index, fd, mem, core, buses, exit_hooks, stats })
+        let VcpuShared { mem, core, buses, exit_hooks, stats, parking } = shared;
+        Ok(Self { index, fd, mem, core, buses, exit_hooks, stats, parking })
     }
 
     /// This vCPU's KVM binary statistics file.
@@ -184,10 +190,12 @@ impl Vcpu {
     pub fn run(mut self) {
         let immediate_exit = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
         IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
+        self.parking.register_thread(self.index);
         let mut state = State::Running;
         while state == State::Running {
             state = self.step();
         }
+        self.parking.unregister_thread(self.index);
         IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
         if self.core.dump.load(Ordering::Acquire) {
             let d = self.dump();
@@ -254,6 +262,25 @@ impl Vcpu {
         if interrupted {
             self.fd.set_kvm_immediate_exit(0);
         }
+        if self.parking.is_parked(index) {
+            let halted =
+                interrupted && self.fd.get_mp_state().is_ok_and(|m| m.mp_state == kvm_bindings::KVM_MP_STATE_HALTED);
+            match self.parking.after_run(index, interrupted, halted) {
+                // A kick that was not its wake-up (or a stop request, which
+                // the top of the loop sees): back to sleep.
+                Resume::Sleep => {
+                    counters.vmm_time(thread_cpu_ns().saturating_sub(served_from));
+                    return State::Running;
+                }
+                Resume::Run if halted => {
+                    let mp = kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE };
+                    if let Err(e) = self.fd.set_mp_state(mp) {
+                        return self.guest_error(GuestFault::BadExit(format!("cannot wake the vCPU: {e}")));
+                    }
+                }
+                Resume::Run => {}
+            }
+        }
         let result = match pending {
             Err(routed) => routed,
             Ok(w) => {
@@ -270,6 +297,13 @@ impl Vcpu {
         };
         let next = match result {
             Ok(Flow::Resume) => State::Running,
+            Ok(Flow::Park) => {
+                let mp = kvm_mp_state { mp_state: kvm_bindings::KVM_MP_STATE_HALTED };
+                match self.fd.set_mp_state(mp) {
+                    Ok(()) => State::Running,
+                    Err(e) => self.guest_error(GuestFault::BadExit(format!("cannot park the vCPU: {e}"))),
+                }
+            }
             Ok(Flow::End(reason)) => {
                 self.core.end(reason);
                 State::Stopped

@@ -22,9 +22,10 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::exit::ExitHook;
 use super::fault::{EndReason, VcpuDump};
+use super::park::Parking;
 use super::service::{GuestClock, MsiSender, Service, SetupError, Watch, Wiring};
 use super::stats::VmStats;
-use super::vcpu::{kick_handler, Vcpu, KICK_SIGNAL_OFFSET};
+use super::vcpu::{kick_handler, Vcpu, VcpuShared, KICK_SIGNAL_OFFSET};
 use crate::boot::{self, ImageError};
 
 /// RAM stays below the 32-bit MMIO hole (LAPIC, IOAPIC, device pages).
@@ -131,6 +132,20 @@ fn deliver_msi(vm: &VmFd, address: u64, data: u32) {
     }
 }
 
+/// How long a waiting guest thread may spin before it parks: 20 µs (a
+/// wake-up through the VMM costs tens of µs) when every vCPU can have a
+/// host CPU of its own with one to spare for the VMM and device threads;
+/// otherwise 0 — a spinning vCPU would only keep the one it waits for
+/// from running.
+fn spin_before_park_ns(vcpus: u64) -> u64 {
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+    if vcpus < cpus {
+        20_000
+    } else {
+        0
+    }
+}
+
 /// Checks the configuration against the host and the image, with messages
 /// that say what to change. Nothing is started before this passes.
 pub fn check_config(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
@@ -225,7 +240,9 @@ pub fn run(cfg: &VmConfig, services: &[Arc<dyn Service>]) -> Result<RunOutcome> 
     let vm_for_msi = vm.clone();
     let msi: MsiSender = Arc::new(move |address, data| deliver_msi(&vm_for_msi, address, data));
     let stats = Arc::new(VmStats::new(cfg.vcpus));
-    let Wiring { buses, exit_hooks, watches } = Wiring::wire(&mem, cfg.vcpus, msi, stats.clone(), services)?;
+    let parking = Arc::new(Parking::new(cfg.vcpus));
+    let Wiring { buses, exit_hooks, watches } =
+        Wiring::wire(&mem, cfg.vcpus, msi, stats.clone(), parking.clone(), services)?;
     let buses = Arc::new(buses);
     let exit_hooks: Arc<[Arc<dyn ExitHook>]> = exit_hooks.into();
 
@@ -238,9 +255,17 @@ pub fn run(cfg: &VmConfig, services: &[Arc<dyn Service>]) -> Result<RunOutcome> 
     });
 
     let supported = kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let shared = VcpuShared {
+        mem: mem.clone(),
+        core: core.clone(),
+        buses: buses.clone(),
+        exit_hooks: exit_hooks.clone(),
+        stats: stats.clone(),
+        parking: parking.clone(),
+    };
     let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
     for i in 0..cfg.vcpus {
-        let mut v = Vcpu::new(&vm, i, mem.clone(), core.clone(), buses.clone(), exit_hooks.clone(), stats.clone())?;
+        let mut v = Vcpu::new(&vm, i, shared.clone())?;
         v.configure(&supported, image.entry, image.pvh_entry)?;
         vcpus.push(v);
     }
@@ -262,6 +287,7 @@ pub fn run(cfg: &VmConfig, services: &[Arc<dyn Service>]) -> Result<RunOutcome> 
         free_start: layout::FREE_START,
         mode: cfg.mode as u64,
         mode_arg: cfg.mode_arg,
+        spin_before_park_ns: spin_before_park_ns(cfg.vcpus),
         ..Default::default()
     };
     boot::write_boot_info(&mem, &info)?;

@@ -1,0 +1,82 @@
+//! Waiting for a word of shared memory to change: spin, then park.
+//!
+//! The general primitive for every guest thread that waits on another
+//! (litmus `wait`/`barrier`, CPU 0 waiting for the threads, a scheduler's
+//! turn word): [`wait_until`] checks the condition, spins natively for the
+//! boot's budget (`BootInfo::spin_before_park_ns`: only when every vCPU has
+//! a host CPU of its own), then parks the vCPU with the `WAIT` hypercall —
+//! a futex wait the VMM serves by halting the vCPU inside KVM, so no exit
+//! is spent while it sleeps and an interrupt (a shootdown IPI) still gets
+//! through. [`wake`] follows every store a waiter may wait for.
+//!
+//! No wake-up is lost (Dekker between the word and [`WAITERS`]): a waiter
+//! counts itself, then looks at the word once more and parks only if it
+//! is unchanged — and the VMM parks it only if the word still holds the
+//! value it saw, checked under the lock `WAKE` takes; a signaller stores
+//! the word, then looks at the count and skips `WAKE` when nobody waits.
+//! Device programs' `SIGNAL`/`KADD` stores wake waiters in the VMM.
+//!
+//! Works at CPL0 and CPL3. At CPL0 the `WAIT` is issued with interrupts
+//! enabled (`sti; out`), so a parked vCPU still takes IPIs.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use abi::hypercall::calls::{Wait, WaitRequest, Wake, WakeRequest};
+
+use crate::{arch, hypercall, time};
+
+/// vCPUs inside a park right now (any word): signallers skip `WAKE` at 0.
+static WAITERS: AtomicU64 = AtomicU64::new(0);
+
+/// Spin budget before parking, in TSC cycles (set at boot).
+static SPIN_CYCLES: AtomicU64 = AtomicU64::new(0);
+
+/// Parks and wake-ups this boot, for the self-tests.
+pub static PARKS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the spin budget from `BootInfo::spin_before_park_ns` (CPU 0, at boot).
+pub fn init(spin_before_park_ns: u64) {
+    let cycles = spin_before_park_ns.saturating_mul(time::tsc_khz()) / 1_000_000;
+    SPIN_CYCLES.store(cycles, Ordering::Relaxed);
+}
+
+/// Waits until `cond(word)` holds; returns the value that satisfied it.
+/// Spurious returns of the park are absorbed here.
+pub fn wait_until(word: &AtomicU64, cond: impl Fn(u64) -> bool) -> u64 {
+    let v = word.load(Ordering::Acquire);
+    if cond(v) {
+        return v;
+    }
+    let budget = SPIN_CYCLES.load(Ordering::Relaxed);
+    if budget > 0 {
+        let start = arch::rdtsc();
+        while arch::rdtsc().wrapping_sub(start) < budget {
+            let v = word.load(Ordering::Acquire);
+            if cond(v) {
+                return v;
+            }
+            arch::pause();
+        }
+    }
+    loop {
+        let v = word.load(Ordering::Acquire);
+        if cond(v) {
+            return v;
+        }
+        WAITERS.fetch_add(1, Ordering::SeqCst);
+        if word.load(Ordering::SeqCst) == v {
+            PARKS.fetch_add(1, Ordering::Relaxed);
+            hypercall::wait::<Wait>(WaitRequest { gpa: word as *const AtomicU64 as u64, expected: v });
+        }
+        WAITERS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// After a store to `word` that a waiter may be waiting for: wakes the
+/// vCPUs parked on it (nothing when nobody is parked anywhere). The store
+/// must be `SeqCst` (or followed by a full fence) for the Dekker above.
+pub fn wake(word: &AtomicU64) {
+    if WAITERS.load(Ordering::SeqCst) != 0 {
+        hypercall::call::<Wake>(WakeRequest { gpa: word as *const AtomicU64 as u64 });
+    }
+}

@@ -1,0 +1,152 @@
+//! Scheduling help for the guest: WAIT/WAKE (a futex on guest words: the
+//! waiter's vCPU sleeps inside KVM instead of spinning through exits) and
+//! IPI (interrupts sent by code at CPL3, which cannot write the x2APIC ICR).
+//! The DMA engine's kernel-word stores wake waiters through [`Waker`].
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use abi::hypercall::calls::{self, IpiReply, WaitReply, WakeReply};
+use abi::hypercall::{Flag, Op};
+use iommu::mem as gmem;
+
+use crate::vstate::{
+    Call, GuestFault, HypercallHandler, MsiSender, Parking, Reply, Service, SetupError, VcpuCtx, VmSetup,
+};
+
+/// Wakes the vCPUs waiting on a guest word (after a store to it that was
+/// not a guest instruction: a device's `SIGNAL`/`KADD`).
+pub trait Waker: Send + Sync {
+    fn wake(&self, gpa: u64) -> u64;
+}
+
+/// x2APIC MSI address of vCPU `cpu` (physical destination, fixed delivery).
+const fn msi_address(cpu: u64) -> u64 {
+    0xfee0_0000 | (cpu << 12)
+}
+
+struct Wiring {
+    parking: Arc<Parking>,
+    msi: MsiSender,
+    vcpus: u64,
+}
+
+pub struct Sched {
+    wiring: OnceLock<Wiring>,
+    /// Per vCPU, the word it waits on and its park ticket. One entry per
+    /// vCPU (a vCPU waits on one word at a time): bounded whatever the
+    /// guest does. The lock orders a WAIT's look at its word against a
+    /// WAKE's look at the waiters.
+    waiters: Mutex<Vec<Option<(u64, u64)>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sched {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Sched { wiring: OnceLock::new(), waiters: Mutex::new(Vec::new()) })
+    }
+
+    fn wake_word(&self, gpa: u64) -> u64 {
+        let Some(w) = self.wiring.get() else { return 0 };
+        let mut waiters = lock(&self.waiters);
+        let mut woken = 0;
+        for (cpu, slot) in waiters.iter_mut().enumerate() {
+            if let Some((g, ticket)) = *slot {
+                if g == gpa {
+                    *slot = None;
+                    woken += w.parking.wake(cpu as u64, ticket) as u64;
+                }
+            }
+        }
+        woken
+    }
+}
+
+impl Waker for Sched {
+    fn wake(&self, gpa: u64) -> u64 {
+        self.wake_word(gpa)
+    }
+}
+
+impl Service for Sched {
+    fn name(&self) -> &'static str {
+        "sched"
+    }
+
+    fn setup(self: Arc<Self>, vm: &mut VmSetup<'_>) -> Result<(), SetupError> {
+        *lock(&self.waiters) = vec![None; vm.vcpus as usize];
+        let w = Wiring { parking: vm.parking.clone(), msi: vm.msi.clone(), vcpus: vm.vcpus };
+        self.wiring.set(w).map_err(|_| SetupError::service("sched", "set up twice"))?;
+        vm.add_hypercalls(self)
+    }
+}
+
+impl HypercallHandler for Sched {
+    fn name(&self) -> &'static str {
+        "sched"
+    }
+
+    fn ops(&self) -> &'static [Op] {
+        &[Op::Wait, Op::Wake, Op::Ipi]
+    }
+
+    fn handle(&self, ctx: &mut VcpuCtx<'_>, call: &Call<'_>) -> Result<Reply, GuestFault> {
+        let Some(w) = self.wiring.get() else {
+            return Err(GuestFault::service(call.op, "the scheduling service is not set up"));
+        };
+        match call.op {
+            Op::Wait => {
+                let r = call.request::<calls::Wait>()?;
+                if !r.gpa.is_multiple_of(8) {
+                    return Err(GuestFault::rejected(
+                        call.op,
+                        format_args!("WAIT on GPA {:#x}: not 8-byte aligned", r.gpa),
+                    ));
+                }
+                let mut waiters = lock(&self.waiters);
+                let now = gmem::load_u64(ctx.mem, r.gpa)
+                    .map_err(|e| GuestFault::rejected(call.op, format_args!("WAIT on GPA {:#x}: {e}", r.gpa)))?;
+                if now != r.expected {
+                    return Ok(Reply::of::<calls::Wait>(WaitReply { parked: Flag::NO }));
+                }
+                let Some(ticket) = w.parking.park(ctx.cpu) else {
+                    return Err(GuestFault::service(call.op, format!("no vCPU {}", ctx.cpu)));
+                };
+                if let Some(slot) = waiters.get_mut(ctx.cpu as usize) {
+                    *slot = Some((r.gpa, ticket));
+                }
+                Ok(Reply::of::<calls::Wait>(WaitReply { parked: Flag::YES }).then_park())
+            }
+            Op::Wake => {
+                let r = call.request::<calls::Wake>()?;
+                Ok(Reply::of::<calls::Wake>(WakeReply { woken: self.wake_word(r.gpa) }))
+            }
+            Op::Ipi => {
+                let r = call.request::<calls::Ipi>()?;
+                if r.vector < 32 || r.vector > 255 {
+                    return Err(GuestFault::rejected(call.op, format_args!("IPI vector {} (32..=255)", r.vector)));
+                }
+                let mut sent = 0;
+                for (word, bits) in r.targets.iter().enumerate() {
+                    let mut bits = *bits;
+                    while bits != 0 {
+                        let cpu = word as u64 * 64 + bits.trailing_zeros() as u64;
+                        bits &= bits - 1;
+                        if cpu >= w.vcpus {
+                            return Err(GuestFault::rejected(
+                                call.op,
+                                format_args!("IPI to vCPU {cpu} of a VM with {}", w.vcpus),
+                            ));
+                        }
+                        (w.msi)(msi_address(cpu), r.vector as u32);
+                        sent += 1;
+                    }
+                }
+                Ok(Reply::of::<calls::Ipi>(IpiReply { sent }))
+            }
+            other => Err(crate::vstate::HypercallError::NotServed(other).into()),
+        }
+    }
+}
