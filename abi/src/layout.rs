@@ -7,23 +7,32 @@
 //! 0x0000_2000  kernel command line (up to 4 KiB)
 //! 0x0000_3000  GDT written by the VMM
 //! 0x0000_4000  PVH `hvm_start_info` + memory map (images with a PVH note)
-//! 0x0001_0000  boot page tables (PML4, PDPT, 4 PDs: 4 GiB identity, 2 MiB pages)
-//! 0x0020_0000  per-vCPU hypercall mailboxes, one 4 KiB page each
+//! 0x0001_0000  boot page tables (PML4, PDPT, 4 PDs: 4 GiB identity, 2 MiB
+//!              pages; the PD of the shadow region's alias; 4 KiB tables of
+//!              the stack region)
+//! 0x0010_0000  per-vCPU zap lists (shadow slots the guest must clear), a page each
+//! 0x0020_0000  per-vCPU hypercall mailboxes, one 4 KiB page each: the
+//!              kernel's, then (0x0030_0000) the ones CPL3 code uses
 //! 0x0040_0000  kernel image (ELF linked here), up to KERNEL_MAX bytes
-//! 0x0100_0000  per-vCPU stacks, STACK_SIZE each
+//! 0x0100_0000  per-vCPU stacks, STACK_SIZE each: a guard page, the user
+//!              (CPL3) stack, a guard page, the kernel stack
 //! 0x0200_0000  shared area: litmus blob, state page, kernel words, and at
 //!              +0x40_0000 the trace area (`abi::trace::area`)
 //! 0x0300_0000  page-table region: every page table of a test mm lives here;
 //!              a read-only memslot under the lazy/evict TLB models, so the
 //!              guest changes PTEs only through page-table-op hypercalls
 //! 0x0380_0000  shadow region: the VMM's per-vCPU shadow page tables (the
-//!              modelled TLBs), read-only to the guest
+//!              modelled TLBs), read-only in the guest's identity map; the
+//!              guest's CPL0 stubs clear entries through a writable
+//!              supervisor alias at SHADOW_ALIAS (see `ZAP_LIST_BASE`)
 //! FREE_START   free memory for the guest's page allocator (test data pages)
 //! ```
 //!
 //! Virtual addresses: PML4 slot 0 is the kernel's identity map (shared by
-//! every address space); slots 1..=255 are the user half that test address
-//! spaces use ([`USER_BASE`]..[`USER_END`]).
+//! every address space, user-accessible so that code runs at CPL3 on it,
+//! apart from the kernel stacks, the shadow region and its alias); slots
+//! 1..=255 are the user half that test address spaces use
+//! ([`USER_BASE`]..[`USER_END`]).
 
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -40,6 +49,30 @@ pub const BOOT_PML4: u64 = 0x1_0000;
 pub const BOOT_PDPT: u64 = 0x1_1000;
 pub const BOOT_PD: u64 = 0x1_2000;
 pub const BOOT_PD_COUNT: u64 = 4;
+/// The PD of PDPT slot 4: the shadow region's writable alias.
+pub const BOOT_ALIAS_PD: u64 = BOOT_PD + BOOT_PD_COUNT * PAGE_SIZE;
+/// 4 KiB page tables of the stack region (guard pages, user and kernel stacks).
+pub const BOOT_STACK_PT: u64 = BOOT_ALIAS_PD + PAGE_SIZE;
+pub const BOOT_STACK_PT_COUNT: u64 = MAX_VCPUS * STACK_SIZE / (512 * PAGE_SIZE);
+
+/// Per-vCPU zap lists: the shadow-table slots (GPAs) the VMM cleared that
+/// the guest must clear again with a store of its own. CPL3 code runs
+/// natively on the host's own shadow of the modelled TLB's tables, which
+/// sees guest stores but not the VMM's; see `abi::zap`.
+pub const ZAP_LIST_BASE: u64 = 0x10_0000;
+
+pub const fn zap_list(cpu: u64) -> u64 {
+    ZAP_LIST_BASE + cpu * PAGE_SIZE
+}
+
+/// Virtual address of the shadow region's writable, supervisor-only alias
+/// (PDPT slot 4): the only mapping through which the guest writes it.
+pub const SHADOW_ALIAS: u64 = 4 << 30;
+
+/// The alias address of shadow-region GPA `gpa`.
+pub const fn shadow_alias(gpa: u64) -> u64 {
+    gpa - SHADOW_BASE + SHADOW_ALIAS
+}
 
 /// GDT selectors the VMM sets up (and the guest's interrupt frames use).
 pub const SEL_CODE64: u16 = 0x08;
@@ -54,6 +87,13 @@ pub const KERNEL_MAX: u64 = 0xC0_0000;
 
 pub const STACK_BASE: u64 = 0x100_0000;
 pub const STACK_SIZE: u64 = 0x1_0000;
+/// In each vCPU's stack slot: a guard page, the user stack (CPL3 code,
+/// user-accessible), a guard page, the kernel stack (supervisor-only).
+pub const USER_STACK_OFFSET: u64 = PAGE_SIZE;
+pub const USER_STACK_SIZE: u64 = 0x6000;
+pub const KERNEL_STACK_OFFSET: u64 = USER_STACK_OFFSET + USER_STACK_SIZE + PAGE_SIZE;
+pub const KERNEL_STACK_SIZE: u64 = STACK_SIZE - KERNEL_STACK_OFFSET;
+const _: () = assert!(KERNEL_STACK_SIZE >= 0x8000);
 
 pub const SHARED_BASE: u64 = 0x200_0000;
 pub const SHARED_SIZE: u64 = 0x100_0000;
@@ -97,12 +137,44 @@ pub const fn mailbox(cpu: u64) -> u64 {
     MAILBOX_BASE + cpu * PAGE_SIZE
 }
 
-/// Initial stack pointer of `cpu` (16-byte aligned, grows down).
+/// Mailbox of `cpu` for hypercalls made at CPL3 (`HC_USER_PORT`): an
+/// interrupt handler (CPL0) taken while CPL3 code fills its mailbox uses
+/// the kernel's, so it cannot clobber the request (CPL3 cannot mask
+/// interrupts).
+pub const fn user_mailbox(cpu: u64) -> u64 {
+    MAILBOX_BASE + (MAX_VCPUS + cpu) * PAGE_SIZE
+}
+
+/// Initial (kernel) stack pointer of `cpu` (16-byte aligned, grows down).
 pub const fn stack_top(cpu: u64) -> u64 {
     STACK_BASE + (cpu + 1) * STACK_SIZE
 }
 
-const _: () = assert!(MAILBOX_BASE + MAX_VCPUS * PAGE_SIZE <= KERNEL_BASE);
+/// Top of `cpu`'s user (CPL3) stack.
+pub const fn user_stack_top(cpu: u64) -> u64 {
+    STACK_BASE + cpu * STACK_SIZE + USER_STACK_OFFSET + USER_STACK_SIZE
+}
+
+/// Which guard page `addr` lies in: (vCPU, "user"/"kernel" stack it ends).
+pub const fn stack_guard(addr: u64) -> Option<(u64, &'static str)> {
+    if addr < STACK_BASE || addr >= STACK_BASE + MAX_VCPUS * STACK_SIZE {
+        return None;
+    }
+    let (cpu, off) = ((addr - STACK_BASE) / STACK_SIZE, (addr - STACK_BASE) % STACK_SIZE);
+    if off < USER_STACK_OFFSET {
+        Some((cpu, "user"))
+    } else if off >= USER_STACK_OFFSET + USER_STACK_SIZE && off < KERNEL_STACK_OFFSET {
+        Some((cpu, "kernel"))
+    } else {
+        None
+    }
+}
+
+const _: () = assert!(BOOT_STACK_PT + BOOT_STACK_PT_COUNT * PAGE_SIZE <= ZAP_LIST_BASE);
+const _: () = assert!(ZAP_LIST_BASE + MAX_VCPUS * PAGE_SIZE <= MAILBOX_BASE);
+const _: () = assert!(MAILBOX_BASE + 2 * MAX_VCPUS * PAGE_SIZE <= KERNEL_BASE);
+const _: () =
+    assert!(STACK_BASE.is_multiple_of(512 * PAGE_SIZE) && (MAX_VCPUS * STACK_SIZE).is_multiple_of(512 * PAGE_SIZE));
 const _: () = assert!(KERNEL_BASE + KERNEL_MAX <= STACK_BASE);
 const _: () = assert!(STACK_BASE + MAX_VCPUS * STACK_SIZE <= SHARED_BASE);
 

@@ -56,6 +56,36 @@ const _: () = assert!(core::mem::size_of::<BootInfo>() == 13 * 8);
 pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"SHTDOWN1");
 pub const BOOT_INFO_VERSION: u64 = 3;
 
+/// Keeping the host's view of the modelled TLBs coherent ("zapping").
+///
+/// Guest code at CPL3 runs natively on the host KVM's own shadow of the
+/// VMM's shadow page tables (on `kvm_pvm`; on VMX/SVM hosts on the
+/// hardware TLB's copy). The host keeps that copy coherent with *guest*
+/// stores to the tables (it write-tracks them), not with the VMM's, so
+/// every shadow entry the VMM removes — a flush, a `SWITCH_MM`, an
+/// `evict:P` eviction, an emptied table — is listed in the vCPU's zap
+/// list ([`crate::layout::zap_list`]) and the guest clears it once more
+/// with a CPL0 store through the writable alias, then reloads CR3
+/// (dropping the hardware TLB's copies on hosts that have one). Code that
+/// made the FLUSH/SWITCH_MM itself at CPL0 drains the list before it goes
+/// on; otherwise the VMM raises [`VECTOR`] and the handler drains it
+/// before any CPL3 instruction runs. Additions need nothing: the host
+/// finds a not-present entry in its copy and walks the tables afresh.
+pub mod zap {
+    /// Offset of the count of slots listed.
+    pub const COUNT: u64 = 0;
+    /// Offset of a word the VMM sets when slots did not fit: after clearing
+    /// these, write [`crate::hypercall::ZAP_PORT`] for the next ones.
+    pub const MORE: u64 = 8;
+    /// Offset of the first slot (GPAs in the shadow region).
+    pub const SLOTS: u64 = 16;
+    /// Slots a list holds.
+    pub const CAPACITY: u64 = (crate::layout::PAGE_SIZE - SLOTS) / 8;
+    /// The interrupt the VMM raises when the list holds slots no code on
+    /// the way back to CPL3 will clear.
+    pub const VECTOR: u64 = 0xf0;
+}
+
 /// Exit status the guest writes to [`hypercall::EXIT_PORT`]. The VMM turns it
 /// into its own process exit status.
 pub mod exit {

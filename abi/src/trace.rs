@@ -39,7 +39,7 @@ pub mod area {
     pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"SHTRACE1");
     /// Non-zero: record. Guest trace points test only this word.
     pub const ENABLED: u64 = 8;
-    /// Number of rings (= vCPUs).
+    /// Number of rings: two per vCPU ([`ring_of`]).
     pub const NRINGS: u64 = 16;
     /// Records per ring, a power of two.
     pub const CAPACITY: u64 = 24;
@@ -56,8 +56,25 @@ pub mod area {
     /// Times the ring was full and the vCPU waited for the VMM to drain it.
     pub const BLOCKED: u64 = 24;
     /// First byte of ring data.
-    pub const DATA_OFF: u64 = 0x4000;
-    const _: () = assert!(RINGS + RING_HDR_LEN * crate::layout::MAX_VCPUS <= DATA_OFF);
+    pub const DATA_OFF: u64 = 0x5000;
+    const _: () = assert!(RINGS + RING_HDR_LEN * 2 * crate::layout::MAX_VCPUS <= DATA_OFF);
+
+    /// Rings of a VM with `vcpus` vCPUs: each vCPU has one for its kernel
+    /// code (written with interrupts off) and one for its CPL3 code (which
+    /// cannot mask interrupts: an interrupt handler's records go to the
+    /// other ring, so no record is torn; readers order by `seq`).
+    pub const fn rings(vcpus: u64) -> u64 {
+        2 * vcpus
+    }
+
+    /// The ring of `cpu`'s CPL0 or CPL3 records, of `nrings` rings.
+    pub const fn ring_of(cpu: u64, cpl3: bool, nrings: u64) -> u64 {
+        if cpl3 {
+            nrings / 2 + cpu
+        } else {
+            cpu
+        }
+    }
 
     /// Records per ring for `nrings` rings: the largest power of two that fits.
     pub const fn capacity(nrings: u64) -> u64 {
@@ -68,7 +85,7 @@ pub mod area {
         }
         1u64 << (63 - per.leading_zeros())
     }
-    const _: () = assert!(capacity(crate::layout::MAX_VCPUS) >= 512);
+    const _: () = assert!(capacity(rings(crate::layout::MAX_VCPUS)) >= 256);
 
     /// GPA of ring `k`'s header.
     pub const fn ring_header(k: u64) -> u64 {

@@ -38,11 +38,24 @@ pub fn eoi() {
 }
 
 /// Fixed-delivery IPI to the CPU with x2APIC ID `dest` (== its CPU index:
-/// the VMM creates vCPU i with APIC ID i).
+/// the VMM creates vCPU i with APIC ID i). At CPL3, which cannot write the
+/// ICR, the `IPI` hypercall.
 pub fn send_ipi(dest: u64, vector: u64) {
+    if crate::percpu::cpl() == 3 {
+        let mut targets = [0u64; 4];
+        targets[(dest / 64) as usize % 4] |= 1 << (dest % 64);
+        return send_ipi_many(targets, vector);
+    }
     if dest == crate::percpu::cpu() {
         wrmsr(MSR_X2APIC_ICR, ICR_DEST_SELF | vector);
     } else {
         wrmsr(MSR_X2APIC_ICR, (dest << 32) | vector);
     }
+}
+
+/// Fixed-delivery IPI to every CPU in `targets` (bit i = CPU i) with one
+/// `IPI` hypercall: how CPL3 code interrupts other CPUs.
+pub fn send_ipi_many(targets: [u64; 4], vector: u64) {
+    use abi::hypercall::calls::{Ipi, IpiRequest};
+    crate::hypercall::call::<Ipi>(IpiRequest { targets, vector });
 }

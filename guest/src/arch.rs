@@ -68,15 +68,25 @@ pub fn pause() {
     core::hint::spin_loop()
 }
 
+/// At CPL3 interrupts are always on and `cli`/`sti` would fault (the
+/// host runs CPL3 with IOPL 0): there the mask operations do nothing, and
+/// code that runs at CPL3 must not rely on them (it uses the user mailbox
+/// and the CPL3 trace ring instead).
 #[inline]
 pub fn interrupts_enable() {
+    if crate::percpu::cpl() == 3 {
+        return;
+    }
     // SAFETY: the IDT is loaded before any CPU enables interrupts.
     unsafe { asm!("sti", options(nomem, nostack)) }
 }
 
 #[inline]
 pub fn interrupts_disable() {
-    // SAFETY: masking interrupts is always allowed in ring 0.
+    if crate::percpu::cpl() == 3 {
+        return;
+    }
+    // SAFETY: masking interrupts is allowed at CPL0, checked above.
     unsafe { asm!("cli", options(nomem, nostack)) }
 }
 
@@ -96,9 +106,14 @@ pub fn safe_halt() {
     unsafe { asm!("sti; hlt", options(nomem, nostack)) }
 }
 
-/// Halts forever with interrupts off (a CPU that has nothing left to do).
+/// Halts forever with interrupts off (a CPU that has nothing left to do;
+/// at CPL3, which cannot halt, it spins — the VMM is ending the VM).
 pub fn halt_forever() -> ! {
     loop {
+        if crate::percpu::cpl() == 3 {
+            pause();
+            continue;
+        }
         // SAFETY: cli+hlt stops this CPU; only NMI/INIT could wake it.
         unsafe { asm!("cli; hlt", options(nomem, nostack)) }
     }

@@ -7,7 +7,7 @@
 //! into the mailbox and the reply decoded straight out of it, with no
 //! intermediate copies, and empty payloads skip the copy calls.
 
-use abi::hypercall::{status, DecodeError, Hypercall, Mailbox, Op, Wire, DATA_LEN, HC_PORT};
+use abi::hypercall::{status, DecodeError, Hypercall, Mailbox, Op, Wire, DATA_LEN, HC_PORT, HC_USER_PORT};
 use core::arch::asm;
 
 use crate::{arch, percpu};
@@ -48,6 +48,9 @@ fn bad_reply(op: Op, status: u64, e: Option<DecodeError>) -> ! {
 /// into `out`; returns the typed reply and the reply's data length.
 #[inline(always)]
 pub fn call_into<H: Hypercall>(req: H::Request, data: &[u8], out: &mut [u8]) -> (H::Reply, usize) {
+    if percpu::cpl() == 3 {
+        return call_user::<H>(req, data, out);
+    }
     // A hypercall from an interrupt handler on this CPU would clobber the
     // mailbox of one in flight: keep interrupts off while we own it.
     let was_enabled = arch::interrupts_enabled();
@@ -90,6 +93,46 @@ pub fn call_into<H: Hypercall>(req: H::Request, data: &[u8], out: &mut [u8]) -> 
     }
 }
 
+/// [`call_into`] at CPL3: the vCPU's user mailbox and `HC_USER_PORT`.
+/// CPL3 cannot mask interrupts, and needs not: handlers run at CPL0 and
+/// use the kernel mailbox. Nothing between filling the mailbox and the
+/// exit touches user-half memory (callers pass kernel buffers), so no
+/// fault upcall — which makes hypercalls of its own — can run in between.
+#[inline(never)]
+fn call_user<H: Hypercall>(req: H::Request, data: &[u8], out: &mut [u8]) -> (H::Reply, usize) {
+    let mb = percpu::user_mailbox();
+    {
+        // SAFETY: the user mailbox is this vCPU's CPL3 code's alone.
+        let mb: &mut Mailbox = unsafe { &mut *mb };
+        mb.op = H::OP as u64;
+        req.encode(&mut mb.args);
+        let n = data.len().min(DATA_LEN);
+        mb.len = n as u64;
+        if n > 0 {
+            mb.data[..n].copy_from_slice(&data[..n]);
+        }
+    }
+    // SAFETY: as in `call_into`; the TSS I/O bitmap opens this port to CPL3.
+    unsafe { asm!("out dx, al", in("dx") HC_USER_PORT, in("al") 0u8, options(nostack, preserves_flags)) }
+    // SAFETY: as above; the VMM has written its reply.
+    let mb: &Mailbox = unsafe { &*mb };
+    let st = mb.status;
+    let reply = H::Reply::decode(&mb.ret);
+    let len = if out.is_empty() {
+        0
+    } else {
+        let len = (mb.len as usize).min(DATA_LEN);
+        let copy = len.min(out.len());
+        out[..copy].copy_from_slice(&mb.data[..copy]);
+        len
+    };
+    match reply {
+        Ok(r) if st == status::OK => (r, len),
+        Ok(_) => bad_reply(H::OP, st, None),
+        Err(e) => bad_reply(H::OP, st, Some(e)),
+    }
+}
+
 /// Makes hypercall `H` with a data payload.
 #[inline(always)]
 pub fn call_data<H: Hypercall>(req: H::Request, data: &[u8]) -> H::Reply {
@@ -107,8 +150,14 @@ pub fn call<H: Hypercall>(req: H::Request) -> H::Reply {
 /// mailbox is filled with interrupts off, then `sti; out` — the interrupt
 /// shadow of `sti` covers the `out`, so no handler runs (and reuses the
 /// mailbox) between filling it and the exit. The reply is not read: a
-/// handler that ran after the exit may have used the mailbox since.
+/// handler that ran after the exit may have used the mailbox since. At
+/// CPL3, an ordinary call.
 pub fn wait<H: Hypercall>(req: H::Request) {
+    if percpu::cpl() == 3 {
+        // Interrupts are on at CPL3.
+        call_user::<H>(req, &[], &mut []);
+        return;
+    }
     let was_enabled = arch::interrupts_enabled();
     arch::interrupts_disable();
     let mb = percpu::mailbox();

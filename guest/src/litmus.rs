@@ -35,7 +35,7 @@ use crate::sync::SpinLock;
 use crate::trace::{self, Kind};
 use crate::trap::{probe_cmpxchg_u64, probe_read_u64, probe_write_u64, probe_xadd_u64, probe_xchg_u64, Probe};
 use crate::wait::{wait_until, wake};
-use crate::{arch, hypercall, report, smp, time};
+use crate::{arch, cpl3, hypercall, report, smp, time};
 
 /// Locations a test may declare (the kernel-word page holds 512 words).
 const MAX_LOCS: usize = 256;
@@ -145,13 +145,29 @@ pub fn run(first: u64) -> u32 {
         crate::iommu::init();
     }
     PARTICIPANTS.store(h.n_threads as u64, Ordering::Relaxed);
-    for it in first..h.iterations as u64 {
+    // Under the modelled TLBs the iterations run at CPL3 (natively on
+    // hosts that emulate kernel code), the other vCPUs' threads on CPL3
+    // workers; under `native` the host's own TLB is the one under test and
+    // everything stays at CPL0 (where `invlpg` and CR3 reloads are real).
+    if tlb::modelled() {
+        smp::start_cpl3_workers();
+        cpl3::run_at_cpl3(iterations, first);
+    } else {
+        iterations(first);
+    }
+    state_word(state::PHASE).store(state::PHASE_IDLE, Ordering::Release);
+    abi::exit::SUCCESS
+}
+
+/// Iterations `first..` of the blob (CPU 0).
+extern "C" fn iterations(first: u64) -> u64 {
+    let b = blob();
+    for it in first..b.header().iterations as u64 {
         state_word(state::ITERATION).store(it, Ordering::Release);
         run_iteration(&b, it);
         state_word(state::DONE).fetch_add(1, Ordering::AcqRel);
     }
-    state_word(state::PHASE).store(state::PHASE_IDLE, Ordering::Release);
-    abi::exit::SUCCESS
+    0
 }
 
 /// Picks every location's virtual address: pinned ones as given, the rest

@@ -12,6 +12,7 @@ mod apic;
 mod arch;
 mod bench;
 mod console;
+mod cpl3;
 mod hostile;
 mod hypercall;
 mod iommu;
@@ -22,6 +23,7 @@ mod percpu;
 mod probe;
 mod report;
 mod selftest;
+mod selftest_cpl3;
 mod selftest_iommu;
 mod selftest_mm;
 mod selftest_tlb;
@@ -64,6 +66,7 @@ extern "C" fn kmain(cpu: u64, boot: *const BootInfo) -> ! {
         trap::build_idt();
     }
     trap::load_idt();
+    cpl3::init_cpu();
     apic::init();
     let verbose = cmdline(boot).split_ascii_whitespace().any(|w| w == "verbose");
     if verbose {

@@ -32,7 +32,8 @@ pub fn assert_failed(file: &str, line: u32, msg: fmt::Arguments, fatal: bool, ex
 /// A fatal guest error: report it with file:line and end the VM.
 pub fn fatal(file: &str, line: u32, msg: fmt::Arguments) -> ! {
     assert_failed(file, line, msg, true, false);
-    arch::outl(abi::hypercall::EXIT_PORT, abi::exit::GUEST_PANIC);
+    // A byte write works at CPL3 too (`kvm_pvm` refuses wider port I/O there).
+    arch::outb(abi::hypercall::EXIT_PORT, abi::exit::GUEST_PANIC as u8);
     arch::halt_forever()
 }
 

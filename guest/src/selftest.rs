@@ -10,6 +10,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::console::FixedBuf;
 use crate::report::{TestError, TestResult};
+use crate::selftest_cpl3 as cpl3;
 use crate::selftest_iommu as iommu;
 use crate::selftest_mm as mm;
 use crate::selftest_tlb as tlb;
@@ -34,6 +35,11 @@ const TESTS: &[Test] = &[
     Test { name: "tlb.evict.coherent", run: tlb::evict_coherent },
     Test { name: "tlb.pte-ops.atomic", run: tlb::pte_ops_atomic },
     Test { name: "tlb.stray-store.reported", run: tlb::stray_store_reported },
+    Test { name: "tlb.shadow.stores-fault", run: cpl3::shadow_stores_fault },
+    Test { name: "cpl3.enter-return", run: cpl3::enter_return },
+    Test { name: "tlb.cpl3.stale-until-flush", run: cpl3::stale_until_flush },
+    Test { name: "tlb.cpl3.remote-stale-until-shootdown", run: cpl3::remote_stale_until_shootdown },
+    Test { name: "tlb.cpl3.evict.coherent", run: cpl3::evict_coherent },
     Test { name: "iommu.dma.read-write", run: iommu::dma_read_write },
     Test { name: "iommu.invalidate.page", run: iommu::invalidate_page },
     Test { name: "iommu.invalidate.leaf-only-keeps-pwc", run: iommu::invalidate_leaf_only_keeps_pwc },
@@ -158,9 +164,8 @@ fn echo_on_this_cpu(seed: u64) {
             *b = xorshift(&mut s) as u8;
         }
         let (r, rlen) = hypercall::call_into::<calls::Echo>(EchoWords { words: args }, &data[..len], &mut back);
-        let ok = rlen == len
-            && (0..4).all(|i| r.words[i] == !args[i])
-            && (0..len).all(|i| back[i] == data[len - 1 - i]);
+        let ok =
+            rlen == len && (0..4).all(|i| r.words[i] == !args[i]) && (0..len).all(|i| back[i] == data[len - 1 - i]);
         if !ok {
             ECHO_FAILURES.fetch_add(1, Ordering::Relaxed);
         }

@@ -60,23 +60,23 @@ fn write(va: u64, v: u64) -> bool {
     unsafe { probe_write_u64(va, v) }.faulted == 0
 }
 
-const VAL_A: u64 = 0xaaaa_0001;
-const VAL_B: u64 = 0xbbbb_0002;
+pub const VAL_A: u64 = 0xaaaa_0001;
+pub const VAL_B: u64 = 0xbbbb_0002;
 
 /// A test mm with one user page mapped at `va` -> page A; page B spare.
-struct Space {
-    mm: Mm,
-    va: u64,
-    page_a: u64,
-    page_b: u64,
-    ptep: u64,
+pub struct Space {
+    pub mm: Mm,
+    pub va: u64,
+    pub page_a: u64,
+    pub page_b: u64,
+    pub ptep: u64,
 }
 
 static SPACE_PGD: AtomicU64 = AtomicU64::new(0);
 static SPACE_VA: AtomicU64 = AtomicU64::new(0);
 
 impl Space {
-    fn new(flags: u64) -> Space {
+    pub fn new(flags: u64) -> Space {
         let mm = Mm::new();
         let (a, b) = (page_alloc::alloc_page().unwrap_or(0), page_alloc::alloc_page().unwrap_or(0));
         // SAFETY: fresh, identity-mapped data pages.
@@ -97,7 +97,7 @@ impl Space {
     }
 
     /// Every CPU back on the kernel mm, then free everything.
-    fn destroy(self) {
+    pub fn destroy(self) {
         smp::run_on_all(|_| tlb::switch_to_kernel_mm(), 0, TIMEOUT_MS);
         self.mm.destroy();
         page_alloc::free_page(self.page_a);
@@ -105,7 +105,7 @@ impl Space {
     }
 }
 
-fn space_mm() -> Mm {
+pub fn space_mm() -> Mm {
     Mm { pgd: SPACE_PGD.load(Ordering::Acquire) }
 }
 

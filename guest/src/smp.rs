@@ -4,7 +4,8 @@
 use abi::layout::MAX_VCPUS;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use crate::{apic, arch, percpu, time};
+use crate::wait::{wait_until, wake};
+use crate::{apic, arch, cpl3, percpu, time};
 
 const N: usize = MAX_VCPUS as usize;
 
@@ -46,7 +47,12 @@ struct Work {
 const WORK_INIT: Work = Work { func: AtomicUsize::new(0), arg: AtomicU64::new(0), state: AtomicU64::new(IDLE) };
 static WORK: [Work; N] = [WORK_INIT; N];
 
-/// Posts `f(arg)` to `cpu` and kicks it awake. Returns false if the CPU is busy.
+/// CPUs whose work slot is served by a worker at CPL3 ([`start_cpl3_workers`]).
+static CPL3_WORKER: [AtomicBool; N] = [const { AtomicBool::new(false) }; N];
+
+/// Posts `f(arg)` to `cpu` and wakes it: the RESCHEDULE IPI for a CPU in
+/// its idle loop, a `WAKE` of the slot for a CPL3 worker (parked on it).
+/// Returns false if the CPU is busy.
 pub fn run_on(cpu: u64, f: WorkFn, arg: u64) -> bool {
     let w = &WORK[cpu as usize];
     if w.state.load(Ordering::Acquire) != IDLE {
@@ -54,19 +60,71 @@ pub fn run_on(cpu: u64, f: WorkFn, arg: u64) -> bool {
     }
     w.func.store(f as usize, Ordering::Relaxed);
     w.arg.store(arg, Ordering::Relaxed);
-    w.state.store(POSTED, Ordering::Release);
-    apic::send_ipi(cpu, apic::RESCHEDULE_VECTOR);
+    w.state.store(POSTED, Ordering::SeqCst);
+    if CPL3_WORKER[cpu as usize].load(Ordering::Relaxed) {
+        wake(&w.state);
+    } else {
+        apic::send_ipi(cpu, apic::RESCHEDULE_VECTOR);
+    }
     true
 }
 
-/// Waits until the work posted to `cpu` finished; false on timeout.
+/// Waits until the work posted to `cpu` finished; false on timeout. A
+/// CPL3 caller parks until it is done (no timeout: the VMM's watchdog
+/// ends a stuck run).
 pub fn wait_done(cpu: u64, timeout_ms: u64) -> bool {
     let w = &WORK[cpu as usize];
-    let ok = time::spin_until(timeout_ms, || w.state.load(Ordering::Acquire) == DONE);
+    let ok = if percpu::cpl() == 3 {
+        wait_until(&w.state, |s| s == DONE);
+        true
+    } else {
+        time::spin_until(timeout_ms, || w.state.load(Ordering::Acquire) == DONE)
+    };
     if ok {
         w.state.store(IDLE, Ordering::Release);
     }
     ok
+}
+
+/// Turns every other CPU's idle loop into a worker at CPL3 that parks on
+/// its work slot and runs what [`run_on`] posts there at CPL3 (one entry
+/// to CPL3 per boot, not one per piece of work). Returns once all are
+/// waiting for work. Call from CPU 0 at CPL0.
+pub fn start_cpl3_workers() {
+    let me = percpu::cpu();
+    for cpu in (0..num_cpus()).filter(|&c| c != me) {
+        if CPL3_WORKER[cpu as usize].load(Ordering::Acquire) {
+            continue;
+        }
+        while !run_on(cpu, enter_cpl3_worker, 0) {
+            arch::pause();
+        }
+        // The worker marks the entry item done by going back to IDLE.
+        time::spin_until(u64::MAX, || CPL3_WORKER[cpu as usize].load(Ordering::Acquire));
+    }
+}
+
+/// Work item (in the idle loop, CPL0): become this CPU's CPL3 worker.
+fn enter_cpl3_worker(_: u64) {
+    cpl3::run_at_cpl3(cpl3_worker, 0);
+}
+
+extern "C" fn cpl3_worker(_: u64) -> u64 {
+    let cpu = percpu::cpu() as usize;
+    let w = &WORK[cpu];
+    // The item that brought us here is over; from now on the slot is ours.
+    w.state.store(IDLE, Ordering::SeqCst);
+    CPL3_WORKER[cpu].store(true, Ordering::Release);
+    loop {
+        wait_until(&w.state, |s| s == POSTED);
+        w.state.store(RUNNING, Ordering::Relaxed);
+        let func = w.func.load(Ordering::Relaxed);
+        // SAFETY: `func` was stored from a `WorkFn` by `run_on`.
+        let f: WorkFn = unsafe { core::mem::transmute::<usize, WorkFn>(func) };
+        f(w.arg.load(Ordering::Relaxed));
+        w.state.store(DONE, Ordering::SeqCst);
+        wake(&w.state);
+    }
 }
 
 /// Runs `f(arg)` on every online CPU (the caller's included) and waits for all.
@@ -106,11 +164,12 @@ pub fn idle_loop() -> ! {
 struct Csd {
     func: AtomicUsize,
     arg: AtomicU64,
-    pending: AtomicBool,
+    /// 1 while the request is pending (a word: CPL3 senders park on it).
+    pending: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
-const CSD_INIT: Csd = Csd { func: AtomicUsize::new(0), arg: AtomicU64::new(0), pending: AtomicBool::new(false) };
+const CSD_INIT: Csd = Csd { func: AtomicUsize::new(0), arg: AtomicU64::new(0), pending: AtomicU64::new(0) };
 #[allow(clippy::declare_interior_mutable_const)]
 const CSD_ROW: [Csd; N] = [CSD_INIT; N];
 static CSD: [[Csd; N]; N] = [CSD_ROW; N];
@@ -122,14 +181,25 @@ static CSD: [[Csd; N]; N] = [CSD_ROW; N];
 pub fn call_function_single(target: u64, f: WorkFn, arg: u64, timeout_ms: u64) -> bool {
     let me = percpu::cpu();
     let csd = &CSD[target as usize][me as usize];
-    if !time::spin_until(timeout_ms, || !csd.pending.load(Ordering::Acquire)) {
+    if !csd_wait(csd, timeout_ms) {
         return false;
     }
     csd.func.store(f as usize, Ordering::Relaxed);
     csd.arg.store(arg, Ordering::Relaxed);
-    csd.pending.store(true, Ordering::Release);
+    csd.pending.store(1, Ordering::Release);
     apic::send_ipi(target, apic::CALL_FUNCTION_VECTOR);
-    time::spin_until(timeout_ms, || !csd.pending.load(Ordering::Acquire))
+    csd_wait(csd, timeout_ms)
+}
+
+/// Waits until `csd` is no longer pending: spinning with a timeout at
+/// CPL0; at CPL3 spinning, then parked (the handler wakes the word; no
+/// timeout: the VMM's watchdog ends a stuck run).
+fn csd_wait(csd: &Csd, timeout_ms: u64) -> bool {
+    if percpu::cpl() == 3 {
+        wait_until(&csd.pending, |p| p == 0);
+        return true;
+    }
+    time::spin_until(timeout_ms, || csd.pending.load(Ordering::Acquire) == 0)
 }
 
 /// Runs `f(arg)` on every CPU in `targets` (not this one) in interrupt
@@ -142,25 +212,35 @@ pub fn call_function_many(targets: impl Iterator<Item = u64>, f: WorkFn, arg: u6
     // those (every guest instruction counts on hosts that emulate them).
     let mut sent = [0u64; N / 64];
     let mut n = 0;
+    // At CPL3 the IPIs go out in one `IPI` hypercall once all are posted.
+    let batch = percpu::cpl() == 3;
     for target in targets {
         let csd = &CSD[target as usize][me];
-        if !time::spin_until(timeout_ms, || !csd.pending.load(Ordering::Acquire)) {
+        if !csd_wait(csd, timeout_ms) {
             return None;
         }
         csd.func.store(f as usize, Ordering::Relaxed);
         csd.arg.store(arg, Ordering::Relaxed);
-        csd.pending.store(true, Ordering::Release);
-        apic::send_ipi(target, apic::CALL_FUNCTION_VECTOR);
+        csd.pending.store(1, Ordering::Release);
+        if !batch {
+            apic::send_ipi(target, apic::CALL_FUNCTION_VECTOR);
+        }
         sent[target as usize / 64] |= 1 << (target % 64);
         n += 1;
+    }
+    if batch && n > 0 {
+        let mut t = [0u64; 4];
+        for (d, s) in t.iter_mut().zip(sent.iter()) {
+            *d = *s;
+        }
+        apic::send_ipi_many(t, apic::CALL_FUNCTION_VECTOR);
     }
     for (word, bits) in sent.iter().enumerate().take((num_cpus() as usize).div_ceil(64)) {
         let mut bits = *bits;
         while bits != 0 {
             let target = word * 64 + bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            let csd = &CSD[target][me];
-            if !time::spin_until(timeout_ms, || !csd.pending.load(Ordering::Acquire)) {
+            if !csd_wait(&CSD[target][me], timeout_ms) {
                 return None;
             }
         }
@@ -172,12 +252,13 @@ pub fn call_function_many(targets: impl Iterator<Item = u64>, f: WorkFn, arg: u6
 pub fn handle_call_function_ipi() {
     let me = percpu::cpu() as usize;
     for csd in CSD[me].iter().take(num_cpus() as usize) {
-        if csd.pending.load(Ordering::Acquire) {
+        if csd.pending.load(Ordering::Acquire) != 0 {
             let func = csd.func.load(Ordering::Relaxed);
             // SAFETY: stored from a `WorkFn` by `call_function_single`.
             let f: WorkFn = unsafe { core::mem::transmute::<usize, WorkFn>(func) };
             f(csd.arg.load(Ordering::Relaxed));
-            csd.pending.store(false, Ordering::Release);
+            csd.pending.store(0, Ordering::SeqCst);
+            wake(&csd.pending);
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Trace recording: each CPU appends fixed-size records (`abi::trace`) to
-//! its own ring in the trace area, without exiting.
+//! its own rings in the trace area, without exiting.
 //!
 //! A trace point costs one load and a branch while tracing is off (the VMM
 //! sets the `enabled` word only for traced runs). When on, the record takes
 //! its sequence number from the global counter with one `lock xadd` (the
-//! VMM and the device use the same counter), reads the TSC and is written
-//! with interrupts off, so a shootdown IPI's records cannot interleave with
-//! the record it interrupted. A full ring blocks: the `TRACE_DRAIN`
+//! VMM and the device use the same counter) and reads the TSC. Kernel code
+//! writes its CPU's kernel ring with interrupts off, so a shootdown IPI's
+//! records cannot interleave with the record it interrupted; CPL3 code,
+//! which cannot mask interrupts, writes its CPU's CPL3 ring, which no
+//! handler touches (`area::ring_of`). A full ring blocks: the `TRACE_DRAIN`
 //! hypercall makes the VMM consume it before we go on.
 
 use core::arch::asm;
@@ -52,17 +54,22 @@ fn irq_save() -> u64 {
 #[inline(never)]
 #[cold]
 fn record(kind: Kind, va: u64, a: u64, b: u64) {
-    let flags = irq_save();
     let cap = word(area::word(area::CAPACITY)).load(Ordering::Relaxed);
-    store(percpu::cpu(), cap, kind, va, a, b);
+    let nrings = word(area::word(area::NRINGS)).load(Ordering::Relaxed);
+    let cpu = percpu::cpu();
+    if percpu::cpl() == 3 {
+        return store(cpu, area::ring_of(cpu, true, nrings), cap, kind, va, a, b);
+    }
+    let flags = irq_save();
+    store(cpu, area::ring_of(cpu, false, nrings), cap, kind, va, a, b);
     if flags & IF != 0 {
         arch::interrupts_enable();
     }
 }
 
 #[inline(always)]
-fn store(cpu: u64, cap: u64, kind: Kind, va: u64, a: u64, b: u64) {
-    let hdr = area::ring_header(cpu);
+fn store(cpu: u64, ring: u64, cap: u64, kind: Kind, va: u64, a: u64, b: u64) {
+    let hdr = area::ring_header(ring);
     let head = word(hdr + area::HEAD);
     let h = head.load(Ordering::Relaxed);
     if h.wrapping_sub(word(hdr + area::TAIL).load(Ordering::Acquire)) >= cap {
@@ -78,10 +85,11 @@ fn store(cpu: u64, cap: u64, kind: Kind, va: u64, a: u64, b: u64) {
     let seq = word(area::word(area::SEQ)).fetch_add(1, Ordering::SeqCst);
     let tsc = arch::rdtsc();
     let w2 = kind as u64 | (source::GUEST as u64) << 16 | (cpu & 0xff) << 24;
-    let p = (area::ring_data(cpu, cap) + (h & (cap - 1)) * RECORD_LEN as u64) as *mut u64;
-    // SAFETY: slot `h` of this CPU's ring lies inside the trace area (the
-    // VMM sized the rings to fit) and is free: the consumer is past it.
-    // Only this CPU writes its ring, and interrupts are off.
+    let p = (area::ring_data(ring, cap) + (h & (cap - 1)) * RECORD_LEN as u64) as *mut u64;
+    // SAFETY: slot `h` of the ring lies inside the trace area (the VMM
+    // sized the rings to fit) and is free: the consumer is past it. Only
+    // this CPU writes this ring, and nothing interrupts a record in it:
+    // kernel code has interrupts off, handlers never write the CPL3 ring.
     unsafe {
         p.write_volatile(seq);
         p.add(1).write_volatile(tsc);

@@ -22,7 +22,13 @@ isr_stubs:
     .set vec, 0
     .rept 256
     .balign 16
-    .if (vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+    .if vec == 6
+    jmp isr_ud
+    .elseif vec == 14
+    jmp isr_pf
+    .elseif vec == {zap_vector}
+    jmp isr_zap
+    .elseif (vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
     push vec
     .else
     push 0
@@ -32,6 +38,7 @@ isr_stubs:
     .set vec, vec + 1
     .endr
 
+    .global isr_common
 isr_common:
     push rax
     push rbx
@@ -134,6 +141,7 @@ probe_cmpxchg_u64_insn:
     ret
 "#,
     dispatch = sym trap_dispatch,
+    zap_vector = const abi::zap::VECTOR,
 );
 
 extern "C" {
@@ -228,7 +236,9 @@ pub fn build_idt() {
         let entry = IdtEntry {
             offset_lo: addr as u16,
             selector: SEL_CODE64,
-            ist: 0,
+            // #DF on its own stack (IST1): a kernel stack overflow that hit
+            // the guard page below the stack cannot push a frame there.
+            ist: (v == 8) as u8,
             type_attr: 0x8e, // present, DPL 0, 64-bit interrupt gate (IF cleared on entry)
             offset_mid: (addr >> 16) as u16,
             offset_hi: (addr >> 32) as u32,
@@ -255,7 +265,7 @@ fn addr(sym: &u8) -> u64 {
 }
 
 /// Exception-table lookup: the resume address for a fault at `rip`, if any.
-fn fixup_for(rip: u64) -> Option<u64> {
+pub fn fixup_for(rip: u64) -> Option<u64> {
     // SAFETY: taking the addresses of the asm labels only.
     unsafe {
         if rip == addr(&probe_read_u64_insn) {

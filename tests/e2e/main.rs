@@ -220,6 +220,7 @@ fn main() {
             // Everything that needs a second CPU is reported as SKIP, with its reason.
             let two_cpus = &[
                 "tlb.lazy.remote-stale-until-shootdown",
+                "tlb.cpl3.remote-stale-until-shootdown",
                 "mm.madvise.free",
                 "mm.cow",
                 "mm.ksm",
@@ -247,6 +248,9 @@ fn main() {
                     "tlb.lazy.remote-stale-until-shootdown",
                     "tlb.evict.coherent",
                     "tlb.stray-store.reported",
+                    "tlb.cpl3.stale-until-flush",
+                    "tlb.cpl3.remote-stale-until-shootdown",
+                    "tlb.cpl3.evict.coherent",
                 ],
             )
         }),

@@ -171,22 +171,58 @@ fn lowest_load_addr(image: &[u8]) -> u64 {
 
 const PTE_P: u64 = 1;
 const PTE_RW: u64 = 1 << 1;
+const PTE_US: u64 = 1 << 2;
 const PTE_PS: u64 = 1 << 7;
 
-/// Identity map of the first 4 GiB with 2 MiB pages: the kernel's direct
-/// map. PML4 slots 1..255 stay empty for test address spaces.
+/// Identity map of the first 4 GiB, the kernel's direct map: 2 MiB pages,
+/// user-accessible (the guest runs code at CPL3 on it), except
+/// * the stack region, in 4 KiB pages: per vCPU a guard page, the user
+///   stack, a guard page, the supervisor-only kernel stack;
+/// * the shadow region (the modelled TLBs): read-only and supervisor-only,
+///   so no stray guest store can change a modelled TLB — the guest's
+///   CPL0 stubs clear entries through the writable supervisor-only alias
+///   at `SHADOW_ALIAS` (PDPT slot 4), and nothing else writes there.
+///
+/// PML4 slots 1..255 stay empty for test address spaces.
 pub fn write_boot_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
     let w = |addr: u64, val: u64| {
         mem.write_obj(val, GuestAddress(addr)).map_err(|source| ImageError::Memory { what: "boot page tables", source })
     };
-    w(layout::BOOT_PML4, layout::BOOT_PDPT | PTE_P | PTE_RW)?;
+    const TABLE: u64 = PTE_P | PTE_RW | PTE_US;
+    const PAGE_2M: u64 = 2 << 20;
+    w(layout::BOOT_PML4, layout::BOOT_PDPT | TABLE)?;
+    let stacks = layout::STACK_BASE..layout::STACK_BASE + layout::MAX_VCPUS * layout::STACK_SIZE;
+    let shadow = layout::SHADOW_BASE..layout::SHADOW_BASE + layout::SHADOW_SIZE;
     for pd in 0..layout::BOOT_PD_COUNT {
         let pd_addr = layout::BOOT_PD + pd * PAGE_SIZE;
-        w(layout::BOOT_PDPT + pd * 8, pd_addr | PTE_P | PTE_RW)?;
+        w(layout::BOOT_PDPT + pd * 8, pd_addr | TABLE)?;
         for i in 0..512u64 {
             let phys = (pd << 30) | (i << 21);
-            w(pd_addr + i * 8, phys | PTE_P | PTE_RW | PTE_PS)?;
+            let entry = if stacks.contains(&phys) {
+                let pt = layout::BOOT_STACK_PT + (phys - stacks.start) / PAGE_2M * PAGE_SIZE;
+                pt | TABLE
+            } else if shadow.contains(&phys) {
+                phys | PTE_P | PTE_PS
+            } else {
+                phys | PTE_P | PTE_RW | PTE_US | PTE_PS
+            };
+            w(pd_addr + i * 8, entry)?;
         }
+    }
+    for page in 0..layout::BOOT_STACK_PT_COUNT * 512 {
+        let phys = stacks.start + page * PAGE_SIZE;
+        let entry = match layout::stack_guard(phys) {
+            Some(_) => 0,
+            None if (phys - stacks.start) % layout::STACK_SIZE >= layout::KERNEL_STACK_OFFSET => phys | PTE_P | PTE_RW,
+            None => phys | PTE_P | PTE_RW | PTE_US,
+        };
+        w(layout::BOOT_STACK_PT + page * 8, entry)?;
+    }
+    // The alias: supervisor-only, writable.
+    w(layout::BOOT_PDPT + 8 * (layout::SHADOW_ALIAS >> 30), layout::BOOT_ALIAS_PD | PTE_P | PTE_RW)?;
+    for i in 0..layout::SHADOW_SIZE / PAGE_2M {
+        let phys = shadow.start + i * PAGE_2M;
+        w(layout::BOOT_ALIAS_PD + 8 * i, phys | PTE_P | PTE_RW | PTE_PS)?;
     }
     Ok(())
 }

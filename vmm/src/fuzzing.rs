@@ -89,11 +89,12 @@ impl TestVm {
         route(&self.wiring.buses, &mut ctx, exit)
     }
 
-    /// Runs the exit hooks of vCPU `cpu`; true if KVM would have to drop
-    /// its cached translations.
-    pub fn after_exit(&self, cpu: u64) -> bool {
+    /// Runs the exit hooks of vCPU `cpu`.
+    pub fn after_exit(&self, cpu: u64) {
         let mut ctx = VcpuCtx { cpu, mem: &self.mem, regs: &NoRegs };
-        self.wiring.exit_hooks.iter().fold(false, |acc, h| h.after_exit(&mut ctx) | acc)
+        for h in self.wiring.exit_hooks.iter() {
+            h.after_exit(&mut ctx);
+        }
     }
 
     /// Fills `cpu`'s mailbox (op, args, `data`, declared length `len`) and exits on the hypercall port.
@@ -105,7 +106,20 @@ impl TestVm {
         data: &[u8],
         len: u64,
     ) -> Result<RawReply, GuestFault> {
-        let mb = layout::mailbox(cpu);
+        self.hypercall_through(HC_PORT, cpu, op, args, data, len)
+    }
+
+    /// As [`Self::hypercall_raw_len`], through `port` (`HC_USER_PORT`: the user mailbox).
+    fn hypercall_through(
+        &self,
+        port: u16,
+        cpu: u64,
+        op: u64,
+        args: [u64; 8],
+        data: &[u8],
+        len: u64,
+    ) -> Result<RawReply, GuestFault> {
+        let mb = if port == HC_PORT { layout::mailbox(cpu) } else { layout::user_mailbox(cpu) };
         let w = |off: u64, v: u64| self.mem.write_obj(v, GuestAddress(mb + off)).expect("mailbox");
         w(hc::OFF_OP, op);
         for (i, a) in args.iter().enumerate() {
@@ -114,7 +128,7 @@ impl TestVm {
         w(hc::OFF_LEN, len);
         let n = data.len().min(hc::DATA_LEN);
         self.mem.write_slice(&data[..n], GuestAddress(mb + hc::OFF_DATA)).expect("mailbox");
-        match self.exit(cpu, Exit::IoOut { port: HC_PORT, data: &[0] })? {
+        match self.exit(cpu, Exit::IoOut { port, data: &[0] })? {
             // A parked vCPU's reply is already written; there is no KVM to sleep in.
             Flow::Resume | Flow::Park => {}
             Flow::End(e) => panic!("a hypercall ended the VM: {e}"),
@@ -143,6 +157,14 @@ impl TestVm {
         let (ret, out) = self.hypercall_raw(cpu, H::OP as u64, args, data)?;
         let reply = H::Reply::decode(&ret).expect("the VMM's reply decodes");
         Ok((reply, out))
+    }
+
+    /// A typed hypercall as code at CPL3 makes it (user mailbox, `HC_USER_PORT`).
+    pub fn call_user<H: Hypercall>(&self, cpu: u64, req: H::Request) -> Result<H::Reply, GuestFault> {
+        let mut args = [0u64; 8];
+        req.encode(&mut args);
+        let (ret, _) = self.hypercall_through(hc::HC_USER_PORT, cpu, H::OP as u64, args, &[], 0)?;
+        Ok(H::Reply::decode(&ret).expect("the VMM's reply decodes"))
     }
 }
 
@@ -204,7 +226,7 @@ pub fn run_hypercalls(data: &[u8]) {
         // Sometimes an op number nobody knows, or a known one.
         let op = if op & 0x80 != 0 { op as u64 * 0x101 } else { (op % 32) as u64 };
         let _ = vm.hypercall_raw_len(cpu as u64 % VCPUS, op, args, payload, len);
-        let _ = vm.after_exit(cpu as u64 % VCPUS);
+        vm.after_exit(cpu as u64 % VCPUS);
     }
     // Whatever was submitted stops now (Drop), within milliseconds.
 }

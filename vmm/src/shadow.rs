@@ -126,8 +126,8 @@ impl Default for ShadowPool {
 }
 
 /// Non-leaf shadow entries allow everything; the leaf carries the rights.
-/// A and D are preset everywhere so the hardware never writes the
-/// (read-only to the guest) shadow tables.
+/// A and D are preset everywhere so the hardware never writes the shadow
+/// tables (read-only in the guest's page tables).
 const SHADOW_TABLE_FLAGS: u64 = pte::P | pte::RW | pte::US | pte::A;
 
 /// One vCPU's modelled TLB.
@@ -143,8 +143,16 @@ pub struct ShadowMmu {
     guest_root: Option<u64>,
     /// Cached translations: VA page -> shadow leaf entry.
     entries: BTreeMap<u64, u64>,
-    /// Shadow table pages below the root, returned to the pool on a full flush.
-    tables: Vec<u64>,
+    /// Shadow table pages below the root and the slot linking each, in the
+    /// order they were linked; returned to the pool after a full flush.
+    tables: Vec<(u64, u64)>,
+    /// Slots whose present entry was cleared and that the guest has not
+    /// been told to clear again yet (`abi::zap`).
+    zaps: Vec<u64>,
+    /// Table pages emptied by a full flush, waiting until the guest has
+    /// cleared their entries (the host's shadow of a page that still
+    /// holds old entries would resurface when the page is linked again).
+    quarantine: Vec<u64>,
     pub fills: u64,
     pub evictions: u64,
     /// Fills, flushes and evictions go to the trace (traced runs).
@@ -168,6 +176,8 @@ impl ShadowMmu {
             guest_root: None,
             entries: BTreeMap::new(),
             tables: Vec::new(),
+            zaps: Vec::new(),
+            quarantine: Vec::new(),
             fills: 0,
             evictions: 0,
             trace,
@@ -278,7 +288,7 @@ impl ShadowMmu {
                 e & pte::ADDR_MASK
             } else {
                 let t = pool.alloc(mem).ok_or(ShadowError::Exhausted)?;
-                self.tables.push(t);
+                self.tables.push((t, slot));
                 gmem::store_u64(mem, slot, t | SHADOW_TABLE_FLAGS)
                     .map_err(|source| ShadowError::Memory { gpa: slot, source })?;
                 t
@@ -298,7 +308,34 @@ impl ShadowMmu {
                 _ => return,
             }
         }
-        let _ = gmem::store_u64(mem, table + 8 * pt::va_index(va_page, 1), 0);
+        self.clear_slot(mem, table + 8 * pt::va_index(va_page, 1));
+    }
+
+    /// Clears a present shadow entry and lists the slot for the guest.
+    fn clear_slot(&mut self, mem: &GuestMemoryMmap, slot: u64) {
+        if gmem::load_u64(mem, slot).is_ok_and(|e| e & pte::P != 0) {
+            let _ = gmem::store_u64(mem, slot, 0);
+            self.zaps.push(slot);
+        }
+    }
+
+    /// Up to `max` slots the guest must clear again, oldest first.
+    pub fn take_zaps(&mut self, max: usize) -> Vec<u64> {
+        let n = max.min(self.zaps.len());
+        self.zaps.drain(..n).collect()
+    }
+
+    /// Slots not handed to the guest yet.
+    pub fn zaps_pending(&self) -> usize {
+        self.zaps.len()
+    }
+
+    /// The guest has cleared every slot it was given: the emptied tables
+    /// may be used again.
+    pub fn zaps_done(&mut self, pool: &ShadowPool) {
+        if self.zaps.is_empty() {
+            pool.free(self.quarantine.drain(..));
+        }
     }
 
     pub fn flush_page(&mut self, mem: &GuestMemoryMmap, va: u64) {
@@ -319,14 +356,18 @@ impl ShadowMmu {
         self.emit(Kind::ShadowFlush, va & !0xfff, end, 0);
     }
 
-    pub fn flush_all(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool) {
-        if let Some(root) = self.root {
-            for i in 1..256u64 {
-                let _ = gmem::store_u64(mem, root + 8 * i, 0);
-            }
+    pub fn flush_all(&mut self, mem: &GuestMemoryMmap, _pool: &ShadowPool) {
+        // Every present entry of the user half: the leaves, then the slots
+        // linking the tables, deepest first (all of them go to the guest).
+        let leaves: Vec<u64> = self.entries.keys().copied().collect();
+        for va in leaves {
+            self.drop_entry(mem, va);
         }
-        self.entries.clear();
-        pool.free(self.tables.drain(..));
+        let tables = std::mem::take(&mut self.tables);
+        for &(_, link) in tables.iter().rev() {
+            self.clear_slot(mem, link);
+        }
+        self.quarantine.extend(tables.into_iter().map(|(t, _)| t));
         self.emit(Kind::ShadowFlush, 0, 0, 0);
     }
 

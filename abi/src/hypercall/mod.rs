@@ -31,6 +31,13 @@ pub const NOP_PORT: u16 = 0x0512;
 /// vCPU thread): litmus threads waiting on a flag use it so that, with more
 /// vCPUs than host cores, the thread they wait for gets to run.
 pub const YIELD_PORT: u16 = 0x0513;
+/// Hypercalls made at CPL3: the same protocol through the vCPU's user
+/// mailbox ([`crate::layout::user_mailbox`]). The guest's TSS I/O bitmap
+/// opens this port to CPL3, not [`HC_PORT`].
+pub const HC_USER_PORT: u16 = 0x0514;
+/// A write asks the VMM to refill this vCPU's zap list ([`crate::zap`])
+/// from the slots that did not fit (CPL0 only).
+pub const ZAP_PORT: u16 = 0x0518;
 /// 16550 UART (COM1).
 pub const SERIAL_PORT: u16 = 0x03f8;
 

@@ -173,7 +173,9 @@ pub fn unlock_page(pa: u64) {
 pub fn relax(spins: &mut u32) {
     *spins += 1;
     if spins.is_multiple_of(64) {
-        arch::outl(abi::hypercall::YIELD_PORT, 0);
+        // A byte write: `kvm_pvm` refuses 32-bit port I/O from CPL3 (#GP)
+        // even where the TSS I/O bitmap allows every byte of it.
+        arch::outb(abi::hypercall::YIELD_PORT, 0);
     } else {
         arch::pause();
     }

@@ -133,7 +133,10 @@ pub struct Mm {
 impl Mm {
     pub fn new() -> Mm {
         let pgd = table_alloc(4);
-        set_pte(pgd, layout::BOOT_PDPT | pte::P | pte::RW);
+        // The kernel half as the boot tables have it: user-accessible
+        // (code runs at CPL3 on it; the boot tables keep the kernel stacks
+        // and the shadow region supervisor-only below this entry).
+        set_pte(pgd, layout::BOOT_PDPT | pte::P | pte::RW | pte::US);
         Mm { pgd }
     }
 

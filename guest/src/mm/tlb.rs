@@ -3,6 +3,11 @@
 //! and then execute the real instruction; `flush_tlb_mm_range` flushes
 //! locally and shoots down every other CPU running the mm with an IPI whose
 //! handler flushes and acknowledges, waiting for all of them.
+//!
+//! The modelled TLB's entries are gone when the primitive returns, at
+//! either privilege level: at CPL0 the primitive clears the slots the VMM
+//! lists in the zap list itself (`abi::zap`); at CPL3 the VMM raises the
+//! zap interrupt, taken before the next CPL3 instruction.
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -13,18 +18,38 @@ use abi::layout::{MAX_VCPUS, PAGE_SIZE};
 
 use super::pgtable::Mm;
 use crate::trace::{self, Kind};
-use crate::{hypercall, percpu, smp};
+use crate::{arch, cpl3, hypercall, percpu, smp};
+
+/// Whether this VM's vCPU TLBs are modelled by the VMM (`lazy`,
+/// `evict:P`) rather than the host's own (`native`).
+pub fn modelled() -> bool {
+    use abi::hypercall::calls::{TlbConfig, TlbConfigRequest};
+    use abi::hypercall::{TlbConfigAction, TlbModelKind};
+    let r = hypercall::call::<TlbConfig>(TlbConfigRequest { action: TlbConfigAction::Query, evict_ppm: 0 });
+    r.model != TlbModelKind::Native
+}
 
 /// PGD of the mm each CPU runs (0 = none): Linux's `mm_cpumask` in reverse.
 static CURRENT_MM: [AtomicU64; MAX_VCPUS as usize] = [const { AtomicU64::new(0) }; MAX_VCPUS as usize];
 
-/// `switch_mm`: run `mm` on this CPU. The VMM says what to load in CR3.
+/// `switch_mm`: run `mm` on this CPU. The VMM says what to load in CR3
+/// (and empties the modelled TLB's user half, as a CR3 write without PCID).
 pub fn switch_mm(mm: &Mm) {
-    let r = hypercall::call::<SwitchMm>(SwitchMmRequest { pgd: mm.pgd });
+    if percpu::cpl() == 3 {
+        cpl3::switch_mm_gate(mm.pgd);
+    } else {
+        let was_enabled = arch::interrupts_enabled();
+        arch::interrupts_disable();
+        let r = hypercall::call::<SwitchMm>(SwitchMmRequest { pgd: mm.pgd });
+        cpl3::drain_zaps();
+        // SAFETY: CR3 is this vCPU's shadow root (or the PGD in native
+        // mode); both map the kernel identically in slot 0.
+        unsafe { asm!("mov cr3, {}", in(reg) r.cr3, options(nostack, preserves_flags)) }
+        if was_enabled {
+            arch::interrupts_enable();
+        }
+    }
     CURRENT_MM[percpu::cpu() as usize].store(mm.pgd, Ordering::Release);
-    // SAFETY: CR3 is this vCPU's shadow root (or the PGD in native mode);
-    // both map the kernel identically in slot 0.
-    unsafe { asm!("mov cr3, {}", in(reg) r.cr3, options(nostack, preserves_flags)) }
     trace::emit(Kind::MmSwitch, 0, mm.pgd, 0);
 }
 
@@ -37,18 +62,44 @@ pub fn runs_mm(pgd: u64) -> bool {
 pub fn switch_to_kernel_mm() {
     trace::emit(Kind::MmSwitch, 0, 0, 0);
     CURRENT_MM[percpu::cpu() as usize].store(0, Ordering::Release);
+    if percpu::cpl() == 3 {
+        return cpl3::kernel_mm_gate();
+    }
     // SAFETY: the boot page tables map the whole kernel.
     unsafe { asm!("mov cr3, {}", in(reg) abi::layout::BOOT_PML4, options(nostack, preserves_flags)) }
 }
 
+/// The FLUSH hypercall. At CPL0 the slots the VMM cleared are cleared here
+/// (zap list) before the caller executes the real instruction; at CPL3 the
+/// zap interrupt does it before the next instruction (and reloads CR3).
+fn flush(req: FlushRequest) {
+    if percpu::cpl() == 3 {
+        hypercall::call::<Flush>(req);
+        return;
+    }
+    let was_enabled = arch::interrupts_enabled();
+    arch::interrupts_disable();
+    hypercall::call::<Flush>(req);
+    cpl3::drain_zaps();
+    if was_enabled {
+        arch::interrupts_enable();
+    }
+}
+
 pub fn flush_tlb_one_user(va: u64) {
-    hypercall::call::<Flush>(FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE });
+    flush(FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE });
+    if percpu::cpl() == 3 {
+        return;
+    }
     // SAFETY: invlpg only drops a translation.
     unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) }
 }
 
 pub fn flush_tlb_local() {
-    hypercall::call::<Flush>(FlushRequest { kind: FlushKind::All, va: 0, len: 0 });
+    flush(FlushRequest { kind: FlushKind::All, va: 0, len: 0 });
+    if percpu::cpl() == 3 {
+        return;
+    }
     // SAFETY: reloading CR3 with its own value drops non-global translations.
     unsafe { asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) _, options(nostack, preserves_flags)) }
 }
@@ -58,7 +109,10 @@ pub fn flush_tlb_range_local(start: u64, end: u64) {
     if end - start > 64 * PAGE_SIZE {
         return flush_tlb_local();
     }
-    hypercall::call::<Flush>(FlushRequest { kind: FlushKind::Range, va: start, len: end - start });
+    flush(FlushRequest { kind: FlushKind::Range, va: start, len: end - start });
+    if percpu::cpl() == 3 {
+        return;
+    }
     let mut va = start & !(PAGE_SIZE - 1);
     while va < end {
         // SAFETY: as above.

@@ -10,6 +10,7 @@ use abi::hypercall::{
     TlbModelKind,
 };
 use abi::layout::{self, PAGE_SIZE, PT_BASE, USER_BASE};
+use abi::zap;
 use iommu::pagetable::pte;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -161,7 +162,8 @@ fn fill_walks_the_guest_tables_and_stays_until_flushed() {
     assert_eq!(word(&vm, leaf) & (pte::A | pte::D), pte::A | pte::D);
     // Unmapping without a flush leaves the stale entry in place (lazy).
     pt_op(&vm, PtOpKind::Clear, leaf, 0, 0).unwrap();
-    assert!(!vm.after_exit(0), "lazy never evicts");
+    vm.after_exit(0);
+    assert_eq!(word(&vm, layout::zap_list(0) + zap::COUNT), 0, "lazy never evicts");
     let (c, _) =
         vm.call::<TlbConfig>(0, TlbConfigRequest { action: TlbConfigAction::Query, evict_ppm: 0 }, &[]).unwrap();
     assert_eq!((c.model, c.fills), (TlbModelKind::Lazy, 1));
@@ -177,9 +179,17 @@ fn evict_one_drops_a_stale_entry_at_the_next_exit() {
     let leaf = map(&vm, va, pa, pte::P | pte::US);
     vm.call::<SwitchMm>(0, SwitchMmRequest { pgd: PT_BASE }, &[]).unwrap();
     vm.call::<Fill>(0, FillRequest { va, error_code: 0 }, &[]).unwrap();
-    assert!(!vm.after_exit(0), "a current entry is not stale");
+    let (fill_slot, cleared) = zap_state(&vm, 0, va);
+    assert!(!cleared);
+    vm.after_exit(0);
+    assert_eq!(word(&vm, layout::zap_list(0) + zap::COUNT), 0, "a current entry is not stale");
     pt_op(&vm, PtOpKind::Clear, leaf, 0, 0).unwrap();
-    assert!(vm.after_exit(0), "the stale entry goes, and KVM must be told");
+    vm.after_exit(0);
+    // The stale entry went: its slot is in the zap list and the zap
+    // interrupt is raised, so the guest clears it where the host sees it.
+    assert_eq!(word(&vm, layout::zap_list(0) + zap::COUNT), 1);
+    assert_eq!(word(&vm, layout::zap_list(0) + zap::SLOTS), fill_slot);
+    assert_eq!(vm.msis.lock().unwrap().last(), Some(&(0xfee0_0000, zap::VECTOR as u32)));
     let (c, _) =
         vm.call::<TlbConfig>(0, TlbConfigRequest { action: TlbConfigAction::Query, evict_ppm: 0 }, &[]).unwrap();
     assert_eq!((c.model, c.evict_ppm, c.evictions), (TlbModelKind::Evict, 1_000_000, 1));
@@ -447,4 +457,50 @@ fn ipi_sends_one_msi_per_target_and_refuses_bad_vectors_and_vcpus() {
     assert_eq!(msis, vec![(0xfee0_0000, 0xfc), (0xfee0_1000, 0xfc)]);
     assert!(vm.call::<Ipi>(0, IpiRequest { targets: [1, 0, 0, 0], vector: 14 }, &[]).is_err());
     assert!(vm.call::<Ipi>(0, IpiRequest { targets: [0b100, 0, 0, 0], vector: 0xfc }, &[]).is_err());
+}
+
+/// The shadow leaf slot of `va` in `cpu`'s modelled TLB (walking its
+/// shadow root), and whether it is empty.
+fn zap_state(vm: &TestVm, cpu: u64, va: u64) -> (u64, bool) {
+    let mut table = shadow_root(vm, cpu);
+    for level in (2..=4u8).rev() {
+        table = word(vm, table + 8 * iommu::pagetable::va_index(va, level)) & pte::ADDR_MASK;
+    }
+    let slot = table + 8 * iommu::pagetable::va_index(va, 1);
+    (slot, word(vm, slot) & pte::P == 0)
+}
+
+/// `cpu`'s shadow root: what SWITCH_MM returned (the pool hands pages out
+/// from the region's start, the root first).
+fn shadow_root(vm: &TestVm, cpu: u64) -> u64 {
+    let _ = (vm, cpu);
+    layout::SHADOW_BASE
+}
+
+#[test]
+fn a_flush_lists_the_cleared_slot_and_only_a_cpl3_caller_gets_the_zap_interrupt() {
+    let vm = lazy();
+    let (va, pa) = (USER_BASE + 0x9000, layout::FREE_START + 0x5000);
+    map(&vm, va, pa, pte::P | pte::RW | pte::US);
+    vm.call::<SwitchMm>(0, SwitchMmRequest { pgd: PT_BASE }, &[]).unwrap();
+    vm.after_exit(0);
+    vm.call::<Fill>(0, FillRequest { va, error_code: 0 }, &[]).unwrap();
+    vm.after_exit(0);
+    let (slot, _) = zap_state(&vm, 0, va);
+    let msis = vm.msis.lock().unwrap().len();
+    // From CPL0 (kernel mailbox): the caller drains the list itself.
+    vm.call::<Flush>(0, FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE }, &[]).unwrap();
+    vm.after_exit(0);
+    assert_eq!(word(&vm, slot), 0);
+    assert_eq!(word(&vm, layout::zap_list(0) + zap::COUNT), 1);
+    assert_eq!(word(&vm, layout::zap_list(0) + zap::SLOTS), slot);
+    assert_eq!(vm.msis.lock().unwrap().len(), msis, "no interrupt for a CPL0 caller");
+    // The guest drained it; a refill and a flush from CPL3 (user mailbox).
+    vm.mem.write_obj(0u64, GuestAddress(layout::zap_list(0) + zap::COUNT)).unwrap();
+    vm.call::<Fill>(0, FillRequest { va, error_code: 0 }, &[]).unwrap();
+    vm.after_exit(0);
+    vm.call_user::<Flush>(0, FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE }).unwrap();
+    vm.after_exit(0);
+    assert_eq!(word(&vm, layout::zap_list(0) + zap::COUNT), 1);
+    assert_eq!(vm.msis.lock().unwrap().last(), Some(&(0xfee0_0000, zap::VECTOR as u32)));
 }

@@ -1,16 +1,23 @@
 //! The vCPUs' modelled TLBs (`crate::shadow`): FILL, FLUSH, SWITCH_MM,
-//! TLB_CONFIG, and `evict:P`'s eviction at every exit. Owns each vCPU's
-//! shadow MMU and the shadow-page pool they share.
+//! TLB_CONFIG, `evict:P`'s eviction at every exit, and the zap lists that
+//! keep the host's own view of the shadow tables coherent (`abi::zap`).
+//! Owns each vCPU's shadow MMU and the shadow-page pool they share.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use abi::config::TlbModel;
 use abi::hypercall::calls::{self, FillReply, SwitchMmReply, TlbConfigReply};
-use abi::hypercall::{FlushKind, Op, TlbConfigAction, TlbModelKind};
+use abi::hypercall::{FlushKind, Op, TlbConfigAction, TlbModelKind, ZAP_PORT};
+use abi::{layout, zap};
+use iommu::mem as gmem;
 
 use crate::devices::TraceSink;
 use crate::shadow::{ShadowMmu, ShadowPool};
-use crate::vstate::{Call, ExitHook, GuestFault, HypercallHandler, Reply, Service, SetupError, VcpuCtx, VmSetup};
+use crate::vstate::{
+    BusDevice, Call, Caller, ExitHook, Flow, GuestFault, HypercallHandler, MsiSender, Reply, Service, SetupError,
+    VcpuCtx, VmSetup,
+};
 
 pub struct Tlb {
     model: TlbModel,
@@ -18,17 +25,51 @@ pub struct Tlb {
     trace: Option<Arc<dyn TraceSink>>,
     pool: ShadowPool,
     /// One modelled TLB per vCPU, made at set-up.
-    vcpus: OnceLock<Vec<Mutex<ShadowMmu>>>,
+    vcpus: OnceLock<Vec<Vcpu>>,
+    msi: OnceLock<MsiSender>,
+}
+
+struct Vcpu {
+    mmu: Mutex<ShadowMmu>,
+    /// The exit in progress came from CPL0 code that clears the zap list
+    /// itself before going on (a FLUSH or SWITCH_MM through the kernel
+    /// mailbox, a zap-list refill): no interrupt needed.
+    drains_inline: AtomicBool,
 }
 
 impl Tlb {
     pub fn new(model: TlbModel, seed: u64, trace: Option<Arc<dyn TraceSink>>) -> Arc<Self> {
-        Arc::new(Tlb { model, seed, trace, pool: ShadowPool::new(), vcpus: OnceLock::new() })
+        Arc::new(Tlb { model, seed, trace, pool: ShadowPool::new(), vcpus: OnceLock::new(), msi: OnceLock::new() })
+    }
+
+    fn vcpu(&self, cpu: u64) -> &Vcpu {
+        let vcpus = self.vcpus.get().expect("set up before any vCPU runs");
+        &vcpus[cpu as usize]
     }
 
     fn mmu(&self, cpu: u64) -> MutexGuard<'_, ShadowMmu> {
-        let mmus = self.vcpus.get().expect("set up before any vCPU runs");
-        mmus[cpu as usize].lock().unwrap_or_else(|e| e.into_inner())
+        self.vcpu(cpu).mmu.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands the slots this vCPU's TLB cleared to the guest's zap list
+    /// (as many as fit; `MORE` says there are others); returns how many.
+    /// When the guest emptied the list and nothing is pending, the tables
+    /// emptied earlier may be reused.
+    fn publish_zaps(&self, cpu: u64, mem: &vm_memory::GuestMemoryMmap) -> u64 {
+        let mut mmu = self.mmu(cpu);
+        let list = layout::zap_list(cpu);
+        let count = gmem::load_u64(mem, list + zap::COUNT).unwrap_or(0).min(zap::CAPACITY);
+        if count == 0 && mmu.zaps_pending() == 0 {
+            mmu.zaps_done(&self.pool);
+            return 0;
+        }
+        let slots = mmu.take_zaps((zap::CAPACITY - count) as usize);
+        for (i, slot) in slots.iter().enumerate() {
+            let _ = gmem::store_u64(mem, list + zap::SLOTS + 8 * (count + i as u64), *slot);
+        }
+        let _ = gmem::store_u64(mem, list + zap::MORE, (mmu.zaps_pending() > 0) as u64);
+        let _ = gmem::store_u64(mem, list + zap::COUNT, count + slots.len() as u64);
+        slots.len() as u64
     }
 }
 
@@ -38,20 +79,44 @@ impl Service for Tlb {
     }
 
     fn setup(self: Arc<Self>, vm: &mut VmSetup<'_>) -> Result<(), SetupError> {
-        let mmus = (0..vm.vcpus)
-            .map(|cpu| Mutex::new(ShadowMmu::with_trace(cpu, self.model, self.seed, self.trace.clone())))
+        let vcpus = (0..vm.vcpus)
+            .map(|cpu| Vcpu {
+                mmu: Mutex::new(ShadowMmu::with_trace(cpu, self.model, self.seed, self.trace.clone())),
+                drains_inline: AtomicBool::new(false),
+            })
             .collect();
-        self.vcpus.set(mmus).map_err(|_| SetupError::service("tlb", "set up twice"))?;
+        self.vcpus.set(vcpus).map_err(|_| SetupError::service("tlb", "set up twice"))?;
+        let _ = self.msi.set(vm.msi.clone());
         // Under every model: the guest may raise its eviction probability (TLB_CONFIG).
         vm.add_exit_hook(self.clone());
+        vm.add_pio(ZAP_PORT, 1, Arc::new(ZapPort(self.clone())))?;
         vm.add_hypercalls(self)
     }
 }
 
 impl ExitHook for Tlb {
     /// `evict:P`: at an exit, drop each stale entry with probability P.
-    fn after_exit(&self, ctx: &mut VcpuCtx<'_>) -> bool {
-        self.mmu(ctx.cpu).evict_stale(ctx.mem)
+    /// Then every slot cleared since the last exit goes to the zap list,
+    /// with the zap interrupt unless the code that exited drains it itself.
+    fn after_exit(&self, ctx: &mut VcpuCtx<'_>) {
+        self.mmu(ctx.cpu).evict_stale(ctx.mem);
+        let inline = self.vcpu(ctx.cpu).drains_inline.swap(false, Ordering::Relaxed);
+        if self.publish_zaps(ctx.cpu, ctx.mem) > 0 && !inline {
+            if let Some(msi) = self.msi.get() {
+                msi(0xfee0_0000 | (ctx.cpu << 12), zap::VECTOR as u32);
+            }
+        }
+    }
+}
+
+/// `ZAP_PORT`: the guest cleared a full zap list and wants the rest.
+struct ZapPort(Arc<Tlb>);
+
+impl BusDevice for ZapPort {
+    fn write(&self, ctx: &mut VcpuCtx<'_>, _: u64, _: &[u8]) -> Result<Flow, GuestFault> {
+        // The exit hook publishes; the caller goes on draining.
+        self.0.vcpu(ctx.cpu).drains_inline.store(true, Ordering::Relaxed);
+        Ok(Flow::Resume)
     }
 }
 
@@ -65,6 +130,9 @@ impl HypercallHandler for Tlb {
     }
 
     fn handle(&self, ctx: &mut VcpuCtx<'_>, call: &Call<'_>) -> Result<Reply, GuestFault> {
+        if matches!(call.op, Op::Flush | Op::SwitchMm) && call.caller == Caller::Kernel {
+            self.vcpu(ctx.cpu).drains_inline.store(true, Ordering::Relaxed);
+        }
         let mut mmu = self.mmu(ctx.cpu);
         match call.op {
             Op::Fill => {

@@ -111,7 +111,9 @@ impl std::fmt::Debug for TraceConfig {
 /// The guest memory a tracer records from, once its boot set it up.
 struct Area {
     mem: GuestMemoryMmap,
+    /// Two per vCPU (kernel, CPL3).
     nrings: u64,
+    vcpus: u64,
     cap: u64,
 }
 
@@ -150,26 +152,27 @@ impl Tracer {
         })
     }
 
-    /// Lays out the trace area for `vcpus` rings.
+    /// Lays out the trace area: two rings per vCPU (`area::rings`).
     fn attach(&self, mem: &GuestMemoryMmap, vcpus: u64) -> Result<(), gmem::MemError> {
         let cfg = &self.cfg;
-        let fit = area::capacity(vcpus);
+        let nrings = area::rings(vcpus);
+        let fit = area::capacity(nrings);
         let cap = match cfg.ring {
             Some(n) => (1u64 << (63 - n.max(16).leading_zeros())).min(fit),
             None => fit,
         };
         let me = |e: gmem::MemError| e;
         gmem::store_u64(mem, ctrl(area::ENABLED), 0).map_err(me)?;
-        gmem::store_u64(mem, ctrl(area::NRINGS), vcpus).map_err(me)?;
+        gmem::store_u64(mem, ctrl(area::NRINGS), nrings).map_err(me)?;
         gmem::store_u64(mem, ctrl(area::CAPACITY), cap).map_err(me)?;
         gmem::store_u64(mem, ctrl(area::SEQ), 1).map_err(me)?;
-        for k in 0..vcpus {
+        for k in 0..nrings {
             for off in [area::HEAD, area::TAIL, area::DROPPED, area::BLOCKED] {
                 gmem::store_u64(mem, area::ring_header(k) + off, 0).map_err(me)?;
             }
         }
         gmem::store_u64(mem, ctrl(area::MAGIC), area::MAGIC_VALUE).map_err(me)?;
-        let _ = self.area.set(Area { mem: mem.clone(), nrings: vcpus, cap });
+        let _ = self.area.set(Area { mem: mem.clone(), nrings, vcpus, cap });
         Ok(())
     }
 
@@ -182,7 +185,7 @@ impl Tracer {
             boot: self.cfg.boot,
             first_iteration: self.cfg.first_iteration,
             tsc_khz,
-            vcpus: ar.nrings,
+            vcpus: ar.vcpus,
             capacity: ar.cap,
             tsc_offset,
         };

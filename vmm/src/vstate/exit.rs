@@ -62,11 +62,10 @@ pub struct Buses {
     pub mmio: Bus,
 }
 
-/// Runs after every exit of a vCPU (e.g. `evict:P`'s random eviction);
-/// returns true if the guest's TLB state changed under it, so KVM must drop
-/// its own cached translations.
+/// Runs after every exit of a vCPU, before it runs again (e.g. `evict:P`'s
+/// random eviction).
 pub trait ExitHook: Send + Sync {
-    fn after_exit(&self, ctx: &mut VcpuCtx<'_>) -> bool;
+    fn after_exit(&self, ctx: &mut VcpuCtx<'_>);
 }
 
 /// Sends `exit` to its device. Ports nobody claims read as all ones and

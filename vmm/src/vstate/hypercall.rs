@@ -14,12 +14,31 @@ use super::exit::VcpuCtx;
 use super::fault::{GuestFault, HypercallError};
 use super::stats::VmStats;
 
+/// Which mailbox (and port) a call came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// `HC_PORT`: kernel code (CPL0), the vCPU's kernel mailbox.
+    Kernel,
+    /// `HC_USER_PORT`: code running at CPL3, the vCPU's user mailbox.
+    User,
+}
+
+impl Caller {
+    fn mailbox(self, cpu: u64) -> u64 {
+        match self {
+            Caller::Kernel => layout::mailbox(cpu),
+            Caller::User => layout::user_mailbox(cpu),
+        }
+    }
+}
+
 /// One call as the guest made it.
 #[derive(Debug)]
 pub struct Call<'a> {
     pub op: Op,
     pub args: [u64; 8],
     pub data: &'a [u8],
+    pub caller: Caller,
 }
 
 impl Call<'_> {
@@ -116,16 +135,17 @@ impl HypercallTable {
         Ok(())
     }
 
-    /// Serves the call in vCPU `ctx.cpu`'s mailbox; what the vCPU does next.
-    pub fn dispatch(&self, ctx: &mut VcpuCtx<'_>) -> Result<Flow, GuestFault> {
-        let mailbox = layout::mailbox(ctx.cpu);
+    /// Serves the call in vCPU `ctx.cpu`'s mailbox of `caller`; what the
+    /// vCPU does next.
+    pub fn dispatch(&self, ctx: &mut VcpuCtx<'_>, caller: Caller) -> Result<Flow, GuestFault> {
+        let mailbox = caller.mailbox(ctx.cpu);
         let (raw_op, args, data) = read_request(ctx, mailbox)?;
         let op = Op::from_u64(raw_op).ok_or(HypercallError::UnknownOp(raw_op))?;
         if let Some(s) = &self.stats {
             s.vcpu(ctx.cpu).hypercall(op);
         }
         let handler = self.handlers.get(op as usize).and_then(|h| h.as_ref()).ok_or(HypercallError::NotServed(op))?;
-        let reply = handler.handle(ctx, &Call { op, args, data: &data })?;
+        let reply = handler.handle(ctx, &Call { op, args, data: &data, caller })?;
         write_reply(ctx, mailbox, &reply)?;
         Ok(if reply.park { Flow::Park } else { Flow::Resume })
     }
@@ -162,11 +182,14 @@ fn write_reply(ctx: &VcpuCtx<'_>, mailbox: u64, r: &Reply) -> Result<(), GuestFa
     ctx.mem.write_slice(&r.data[..n], at(hc::OFF_DATA)).map_err(mailbox_err)
 }
 
-/// The hypercall port: a write dispatches the caller's mailbox.
-pub struct HypercallPort(pub HypercallTable);
+/// A hypercall port: a write dispatches the vCPU's mailbox of `caller`.
+pub struct HypercallPort {
+    pub table: Arc<HypercallTable>,
+    pub caller: Caller,
+}
 
 impl BusDevice for HypercallPort {
     fn write(&self, ctx: &mut VcpuCtx<'_>, _offset: u64, _data: &[u8]) -> Result<Flow, GuestFault> {
-        self.0.dispatch(ctx)
+        self.table.dispatch(ctx, self.caller)
     }
 }

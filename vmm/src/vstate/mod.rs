@@ -15,7 +15,7 @@ pub mod vm;
 pub use bus::{Bus, BusDevice, Flow};
 pub use exit::{route, Buses, Exit, ExitHook, NoRegs, VcpuCtx, VcpuRegs};
 pub use fault::{EndReason, GuestFault, HypercallError, VcpuDump};
-pub use hypercall::{Call, HypercallHandler, HypercallTable, Reply};
+pub use hypercall::{Call, Caller, HypercallHandler, HypercallTable, Reply};
 pub use park::Parking;
 pub use service::{GuestClock, MsiSender, Service, SetupError, VmSetup, Watch, Wiring};
 pub use stats::{StatsSnapshot, UserExit, VmStats};

@@ -13,7 +13,7 @@ use vm_memory::GuestMemoryMmap;
 use super::bus::{BusConflict, BusDevice};
 use super::exit::{Buses, ExitHook};
 use super::fault::EndReason;
-use super::hypercall::{HandlerConflict, HypercallHandler, HypercallPort, HypercallTable};
+use super::hypercall::{Caller, HandlerConflict, HypercallHandler, HypercallPort, HypercallTable};
 use super::park::Parking;
 use super::stats::VmStats;
 
@@ -146,7 +146,11 @@ impl Wiring {
                 s.clone().setup(&mut setup)?;
             }
         }
-        w.buses.pio.insert(abi::hypercall::HC_PORT as u64, 1, Arc::new(HypercallPort(hypercalls)))?;
+        let table = Arc::new(hypercalls);
+        for (port, caller) in [(abi::hypercall::HC_PORT, Caller::Kernel), (abi::hypercall::HC_USER_PORT, Caller::User)]
+        {
+            w.buses.pio.insert(port as u64, 1, Arc::new(HypercallPort { table: table.clone(), caller }))?;
+        }
         Ok(w)
     }
 }

@@ -224,7 +224,7 @@ impl Vcpu {
         let counters = stats.vcpu(index);
         counters.user_exit(match &ran {
             Ok(VcpuExit::IoOut(port, _)) | Ok(VcpuExit::IoIn(port, _)) => match *port {
-                abi::hypercall::HC_PORT => UserExit::Hypercall,
+                abi::hypercall::HC_PORT | abi::hypercall::HC_USER_PORT => UserExit::Hypercall,
                 abi::hypercall::YIELD_PORT => UserExit::Yield,
                 _ => UserExit::OtherPort,
             },
@@ -313,16 +313,8 @@ impl Vcpu {
         if next == State::Running && !self.exit_hooks.is_empty() {
             let regs = KvmRegs(&self.fd);
             let mut ctx = VcpuCtx { cpu: index, mem: &self.mem, regs: &regs };
-            let mut stale = false;
             for h in self.exit_hooks.iter() {
-                stale |= h.after_exit(&mut ctx);
-            }
-            // The modelled TLB dropped entries: make KVM drop its own cached
-            // copies (KVM_SET_SREGS resets its MMU context).
-            if stale {
-                if let Ok(sregs) = self.fd.get_sregs() {
-                    let _ = self.fd.set_sregs(&sregs);
-                }
+                h.after_exit(&mut ctx);
             }
         }
         counters.vmm_time(thread_cpu_ns().saturating_sub(served_from));

@@ -188,8 +188,8 @@ pub fn open_kvm() -> Result<Kvm> {
     })
 }
 
-/// Guest memory: separate regions so the page-table and shadow regions can
-/// be read-only memslots (under lazy/evict a guest store to them exits).
+/// Guest memory: separate regions so the page-table region can be a
+/// read-only memslot (under lazy/evict a guest store to it exits).
 pub fn guest_memory(mem_size: u64) -> Result<GuestMemoryMmap> {
     let regions = [
         (0, layout::PT_BASE),
@@ -213,7 +213,10 @@ pub fn run(cfg: &VmConfig, services: &[Arc<dyn Service>]) -> Result<RunOutcome> 
     let mem = guest_memory(mem_size)?;
     for (slot, region) in mem.iter().enumerate() {
         let start = region.start_addr().0;
-        let read_only = (start == layout::PT_BASE && cfg.tlb.is_shadowed()) || start == layout::SHADOW_BASE;
+        // The shadow region is writable: the guest's CPL0 stubs repeat the
+        // VMM's clears there so the host's own shadow sees them (`abi::zap`);
+        // the guest's page tables map it read-only except for that alias.
+        let read_only = start == layout::PT_BASE && cfg.tlb.is_shadowed();
         let host =
             region.get_host_address(vm_memory::MemoryRegionAddress(0)).map_err(|e| VmError::Memory(e.to_string()))?;
         let r = kvm_userspace_memory_region {
