@@ -49,6 +49,8 @@
 //! current mapping (`VALUE_FAULT` if nothing is mapped there at the end), or a
 //! kernel word's value for a `var`.
 
+use crate::limits;
+
 /// `b"SDLITMUS"`.
 pub const MAGIC: [u8; 8] = *b"SDLITMUS";
 /// Bumped on any incompatible layout change.
@@ -59,16 +61,13 @@ pub const LOC_LEN: usize = 32;
 pub const THREAD_LEN: usize = 16;
 pub const INSTR_LEN: usize = 32;
 pub const OBS_LEN: usize = 8;
-/// Registers per thread: `r0` … `r31`.
-pub const MAX_REGS: u8 = 32;
 /// "No register" in [`Instr::dst`], [`Instr::src`], [`Instr::src2`].
 pub const NO_REG: u8 = 0xff;
 /// "No location" in [`Instr::loc`] / [`Instr::loc2`].
 pub const NO_LOC: u16 = 0xffff;
-/// Maximal nesting of blocks (loops, hook groups) including the thread body.
-pub const MAX_DEPTH: usize = 8;
-/// Maximal number of threads (vCPU + device) in one test.
-pub const MAX_THREADS: usize = 64;
+// The limits of a test are defined in `crate::limits`; these three are
+// re-exported here because every reader of the format needs them.
+pub use crate::limits::{MAX_DEPTH, MAX_REGS, MAX_THREADS};
 
 /// Number of reserved sentinel values at the top of the `u64` range.
 pub const RESERVED_VALUES: u64 = 16;
@@ -218,6 +217,18 @@ impl Op {
     /// Ops that take hook groups: memory ops (their fault path) and mm ops.
     pub const fn takes_hooks(self) -> bool {
         matches!(self as u8, 1..=5 | 32..=43)
+    }
+    /// DMA-engine ops the guest emits for this op of a device thread:
+    /// `barrier` two (an arrival add and a wait for everyone), `loop` none
+    /// of its own (its body is emitted once per iteration), every other
+    /// device op one. [`Blob::parse`] bounds a device thread's total by
+    /// [`crate::limits::MAX_DEVICE_OPS`] with it.
+    pub const fn device_program_ops(self) -> u64 {
+        match self {
+            Op::Barrier => 2,
+            Op::Loop | Op::Nop | Op::At => 0,
+            _ => 1,
+        }
     }
     /// Ops that write [`Instr::dst`].
     pub const fn writes_dst(self) -> bool {
@@ -957,6 +968,8 @@ pub enum DecodeError {
     BadInstr(u32),
     /// An observation is invalid (its index).
     BadObservation(u16),
+    /// A count exceeds its bound in `crate::limits` (what was counted).
+    TooLarge(&'static str),
 }
 
 /// A checked, zero-copy view of a litmus blob.
@@ -964,6 +977,11 @@ pub enum DecodeError {
 pub struct Blob<'a> {
     bytes: &'a [u8],
     header: Header,
+}
+
+/// A pinned `va` lies on a page of the test's user half.
+pub const fn pinned_va_ok(va: u64) -> bool {
+    va % crate::layout::PAGE_SIZE == 0 && va >= limits::TEST_VA_START && va < limits::TEST_VA_END
 }
 
 fn section(total: usize, off: u32, n: usize, size: usize) -> Result<(), DecodeError> {
@@ -996,10 +1014,21 @@ impl<'a> Blob<'a> {
         if total > bytes.len() || total < HEADER_LEN {
             return Err(DecodeError::Truncated);
         }
-        if h.n_threads as usize != h.n_vcpu_threads as usize + h.n_device_threads as usize
-            || h.n_threads as usize > MAX_THREADS
-        {
+        if h.n_threads as usize != h.n_vcpu_threads as usize + h.n_device_threads as usize {
             return Err(DecodeError::BadHeader);
+        }
+        // The limits the guest's tables are sized by (`crate::limits`).
+        for (what, n, max) in [
+            ("bytes", total, limits::MAX_BLOB_LEN),
+            ("threads", h.n_threads as usize, MAX_THREADS),
+            ("device threads", h.n_device_threads as usize, limits::MAX_DEVICE_THREADS),
+            ("locations", h.n_locs as usize, limits::MAX_LOCATIONS),
+            ("observed values", h.n_obs as usize, limits::MAX_OBSERVED),
+            ("instruction records", h.n_instrs as usize, limits::MAX_RECORDS),
+        ] {
+            if n > max {
+                return Err(DecodeError::TooLarge(what));
+            }
         }
         section(total, h.locs_off, h.n_locs as usize, LOC_LEN)?;
         section(total, h.threads_off, h.n_threads as usize, THREAD_LEN)?;
@@ -1013,15 +1042,23 @@ impl<'a> Blob<'a> {
             return Err(DecodeError::BadPolicy);
         }
         let blob = Blob { bytes: &bytes[..total], header: h };
-        blob.str_at(h.name_off, h.name_len).ok_or(DecodeError::BadString)?;
+        blob.name_at(h.name_off, h.name_len).ok_or(DecodeError::BadString)?;
         for i in 0..h.n_locs {
             let l = blob.location(i).ok_or(DecodeError::BadLocation(i))?;
             let kind = LocKind::from_u8(l.kind).ok_or(DecodeError::BadLocation(i))?;
+            let pinned = l.flags & LOC_PINNED != 0;
             if Perm::from_u8(l.perm).is_none()
                 || l.flags & !(LOC_SHARED | LOC_PINNED | LOC_IMPLICIT) != 0
                 || (kind != LocKind::Page && l.flags & LOC_SHARED != 0)
-                || blob.str_at(l.name_off, l.name_len).is_none()
+                || blob.name_at(l.name_off, l.name_len).is_none()
+                || pinned != (l.va != 0)
+                || (pinned && (kind == LocKind::Var || !pinned_va_ok(l.va)))
             {
+                return Err(DecodeError::BadLocation(i));
+            }
+            // Two pinned locations on one page would be set up twice.
+            // Quadratic in the pinned ones only (few; at most MAX_LOCATIONS).
+            if pinned && (0..i).filter_map(|j| blob.location(j)).any(|o| o.flags & LOC_PINNED != 0 && o.va == l.va) {
                 return Err(DecodeError::BadLocation(i));
             }
         }
@@ -1031,12 +1068,15 @@ impl<'a> Blob<'a> {
             let kind = ThreadKind::from_u8(t.kind).ok_or(DecodeError::BadThread(i))?;
             let expect_kind = if i < h.n_vcpu_threads as u16 { ThreadKind::Vcpu } else { ThreadKind::Device };
             // Threads' code is laid out back to back, in thread order.
-            if kind != expect_kind || t.first_instr != next_instr || blob.str_at(t.name_off, t.name_len).is_none() {
+            if kind != expect_kind || t.first_instr != next_instr || blob.name_at(t.name_off, t.name_len).is_none() {
                 return Err(DecodeError::BadThread(i));
             }
             let end =
                 t.first_instr.checked_add(t.n_instrs).filter(|&e| e <= h.n_instrs).ok_or(DecodeError::BadThread(i))?;
-            blob.check_block(kind, t.first_instr, end, 1, false)?;
+            let device_ops = blob.check_block(kind, t.first_instr, end, 1, false)?;
+            if kind == ThreadKind::Device && device_ops > limits::MAX_DEVICE_OPS {
+                return Err(DecodeError::TooLarge("ops of a device program"));
+            }
             next_instr = end;
         }
         if next_instr != h.n_instrs {
@@ -1057,7 +1097,8 @@ impl<'a> Blob<'a> {
     }
 
     /// Check the block `[start, end)` of a thread of `kind`. `sync_only`:
-    /// inside a hook group.
+    /// inside a hook group. Returns the DMA-engine ops the block unrolls to
+    /// ([`Op::device_program_ops`], saturating; meaningful for device threads).
     fn check_block(
         &self,
         kind: ThreadKind,
@@ -1065,10 +1106,11 @@ impl<'a> Blob<'a> {
         end: u32,
         depth: usize,
         sync_only: bool,
-    ) -> Result<(), DecodeError> {
+    ) -> Result<u64, DecodeError> {
         if depth > MAX_DEPTH {
             return Err(DecodeError::BadInstr(start));
         }
+        let mut ops: u64 = 0;
         let mut pc = start;
         while pc < end {
             let ins = self.instr(pc).ok_or(DecodeError::BadInstr(pc))?;
@@ -1086,9 +1128,11 @@ impl<'a> Blob<'a> {
                 return Err(bad);
             }
             pc += 1;
+            ops = ops.saturating_add(op.device_program_ops());
             if op == Op::Loop {
                 let body_end = pc.checked_add(ins.len).filter(|&e| e <= end).ok_or(bad)?;
-                self.check_block(kind, pc, body_end, depth + 1, false)?;
+                let body_ops = self.check_block(kind, pc, body_end, depth + 1, false)?;
+                ops = ops.saturating_add(body_ops.saturating_mul(ins.imm));
                 pc = body_end;
             }
             if ins.nhooks != 0 && !op.takes_hooks() {
@@ -1104,7 +1148,7 @@ impl<'a> Blob<'a> {
                 pc = g_end;
             }
         }
-        Ok(())
+        Ok(ops)
     }
 
     fn operands_ok(&self, i: &Instr, op: Op) -> bool {
@@ -1150,6 +1194,15 @@ impl<'a> Blob<'a> {
     /// The test's name.
     pub fn name(&self) -> &'a str {
         self.str_at(self.header.name_off, self.header.name_len).unwrap_or("")
+    }
+
+    /// A name (test, location, thread): a string of at most
+    /// [`limits::MAX_NAME_LEN`] bytes.
+    fn name_at(&self, off: u32, len: u16) -> Option<&'a str> {
+        if len as usize > limits::MAX_NAME_LEN {
+            return None;
+        }
+        self.str_at(off, len)
     }
 
     /// A string of the string table; `None` if out of bounds or not UTF-8.
