@@ -74,6 +74,10 @@ pub const TEST_VA_END: u64 = layout::USER_END;
 /// later walk of the condition tree, far from the end of a thread's stack.
 pub const MAX_CONDITION_DEPTH: usize = 64;
 
+/// `[expect]` entries of one test (each is a policy the test runs under by
+/// default). Host only.
+pub const MAX_EXPECTATIONS: usize = 256;
+
 /// Bytes of a compiled blob: the area the VMM writes it to.
 pub const MAX_BLOB_LEN: usize = layout::LITMUS_BLOB_MAX as usize;
 

@@ -981,7 +981,7 @@ pub struct Blob<'a> {
 
 /// A pinned `va` lies on a page of the test's user half.
 pub const fn pinned_va_ok(va: u64) -> bool {
-    va % crate::layout::PAGE_SIZE == 0 && va >= limits::TEST_VA_START && va < limits::TEST_VA_END
+    va & (crate::layout::PAGE_SIZE - 1) == 0 && va >= limits::TEST_VA_START && va < limits::TEST_VA_END
 }
 
 fn section(total: usize, off: u32, n: usize, size: usize) -> Result<(), DecodeError> {

@@ -26,7 +26,7 @@
 //! for policy in policy_matrix(&cli, &test.expect_policies(), &overrides) {
 //!     // 3. Compile and hand the blob to the guest.
 //!     let opts = CompileOptions { seed: 42, iterations: 100, iteration_timeout_ms: 0 };
-//!     let compiled = compile(test, &policy, &opts);
+//!     let compiled = compile(test, &policy, &opts).unwrap();
 //!     assert!(abi::litmus::Blob::parse(&compiled.blob).is_ok());
 //!     // 4. Record what the guest reports: one u64 per observed value.
 //!     let mut run = RunResult::new(test, policy, opts.seed, 100);
@@ -58,9 +58,9 @@ pub mod results;
 
 pub use ast::{CondKind, Condition, Expectation, Expr, Location, Observable, Stmt, Test, Thread, Verdict};
 pub use catalogue::{catalogue, catalogue_sources};
-pub use compile::{compile, disassemble, CompileOptions, Compiled};
-pub use diag::{render_all, Diagnostic, Severity, SourceFile};
-pub use file::{check_all, check_source, load_files, CheckedFile};
+pub use compile::{compile, disassemble, CompileError, CompileOptions, Compiled};
+pub use diag::{decode_source, render_all, Diagnostic, Severity, SourceFile};
+pub use file::{check_all, check_bytes, check_source, load_files, CheckedFile};
 pub use format::{
     evidence_text, file_summary, herd_block, policy_line, state_text, to_json, verdict_table, JSON_SCHEMA,
 };

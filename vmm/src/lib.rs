@@ -8,6 +8,7 @@ pub mod boot;
 pub mod dma;
 pub mod error;
 pub mod hypercall;
+pub mod input;
 pub mod litmus_bench;
 pub mod litmus_run;
 pub mod probe;

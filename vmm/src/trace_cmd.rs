@@ -17,8 +17,8 @@ use crate::vstate::vm::VmConfig;
 
 /// Reads a trace; `None` (after one line on stderr) if the file cannot be read at all.
 fn load(file: &Path) -> Option<Parsed> {
-    match format::read_file(file) {
-        Ok(p) => Some(p),
+    match crate::input::read_input_file(file, crate::input::TRACE_FILE_MAX, "trace") {
+        Ok(bytes) => Some(format::parse(&bytes)),
         Err(e) => {
             eprintln!("vmm: error: trace {}: {e}", file.display());
             None
