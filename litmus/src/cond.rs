@@ -14,7 +14,7 @@ use crate::code::{parse_number, TextMap};
 use crate::diag::{Diagnostic, SourceFile};
 use abi::limits::MAX_CONDITION_DEPTH;
 use abi::litmus::{special_value_from_name, RESERVED_MIN};
-use winnow::combinator::{alt, peek, repeat};
+use winnow::combinator::{alt, dispatch, peek, repeat};
 use winnow::prelude::*;
 use winnow::stream::{LocatingSlice, Location};
 use winnow::token::{any, one_of, take_while};
@@ -71,23 +71,28 @@ fn ident<'a>(i: &mut In<'a>) -> ModalResult<&'a str> {
         .parse_next(i)
 }
 
+/// One token, chosen by its first character (no failed alternatives to
+/// build errors for: a condition may have a hundred thousand tokens).
 fn token(i: &mut In<'_>) -> ModalResult<Tok> {
-    alt((
-        alt(("==", "=")).value(Tok::Eq),
-        alt(("!=", "<>")).value(Tok::Ne),
-        alt(("&&", "/\\")).value(Tok::And),
-        alt(("||", "\\/")).value(Tok::Or),
-        one_of(['!', '~']).value(Tok::Not),
-        ':'.value(Tok::Colon),
-        '('.value(Tok::LParen),
-        ')'.value(Tok::RParen),
-        alt((
+    dispatch! {peek(any);
+        '=' => alt(("==", "=")).value(Tok::Eq),
+        '!' => alt(("!=".value(Tok::Ne), "!".value(Tok::Not))),
+        '<' => "<>".value(Tok::Ne),
+        '&' => "&&".value(Tok::And),
+        '/' => "/\\".value(Tok::And),
+        '|' => "||".value(Tok::Or),
+        '\\' => "\\/".value(Tok::Or),
+        '~' => '~'.value(Tok::Not),
+        ':' => ':'.value(Tok::Colon),
+        '(' => '('.value(Tok::LParen),
+        ')' => ')'.value(Tok::RParen),
+        '0'..='9' => alt((
             (alt(("0x", "0X")), take_while(1.., |c: char| c.is_ascii_hexdigit() || c == '_')).take(),
             take_while(1.., |c: char| c.is_ascii_digit() || c == '_'),
         ))
         .map(|s| Tok::Num(parse_number(s))),
-        ident.map(|s: &str| Tok::Ident(s.to_string())),
-    ))
+        _ => ident.map(|s: &str| Tok::Ident(s.to_string())),
+    }
     .parse_next(i)
 }
 

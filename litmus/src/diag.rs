@@ -273,4 +273,40 @@ mod tests {
         assert!(s.starts_with("t.toml:2:1: error: bad key\n"), "{s}");
         assert!(s.contains("2 | bé = 2\n  | ^^\n  = expected one of: a"), "{s}");
     }
+
+    /// Columns come from an index, not a scan; they match counting chars.
+    #[test]
+    fn columns_with_wide_characters() {
+        let text = "aé€😀b\nxé\n\nz😀😀y";
+        let f = SourceFile::new("t", text);
+        for (off, _) in text.char_indices().chain([(text.len(), ' ')]) {
+            let line_start = text[..off].rfind('\n').map_or(0, |i| i + 1);
+            let line = text[..off].matches('\n').count() as u32 + 1;
+            let col = text[line_start..off].chars().count() as u32 + 1;
+            assert_eq!(f.line_col(off), (line, col), "offset {off}");
+        }
+        // Inside a multi-byte character: its column.
+        assert_eq!(f.line_col(2), (1, 2));
+    }
+
+    /// A long line is shown as a window around the caret; long messages are cut.
+    #[test]
+    fn long_lines_and_messages() {
+        let line = format!("{}HERE{}", "a".repeat(5000), "b".repeat(5000));
+        let f = SourceFile::new("t", line.clone());
+        let d = f.error(5000, 5004, "x".repeat(1000));
+        assert_eq!((d.line, d.col, d.width), (1, 5001, 4));
+        assert!(d.source_line.starts_with('…') && d.source_line.ends_with('…'));
+        assert_eq!(d.source_line.chars().nth(d.source_col as usize - 1), Some('H'));
+        assert!(d.message.chars().count() <= MESSAGE_MAX + 1 && d.message.ends_with('…'));
+        let shown = d.to_string();
+        let caret = shown.lines().nth(3).unwrap();
+        assert_eq!(caret.find('^').unwrap() - caret.find('|').unwrap() - 2, d.source_col as usize - 1);
+        // Near the start or the end the window does not run off the line.
+        let (s, c) = excerpt(&line, 3);
+        assert!(!s.starts_with('…') && s.ends_with('…') && c == 3);
+        let (s, c) = excerpt(&line, 10_004);
+        assert!(s.starts_with('…') && !s.ends_with('…'));
+        assert_eq!(s.chars().nth(c as usize - 1), Some('b'));
+    }
 }

@@ -104,52 +104,65 @@ fn text_map(file: &SourceFile, sp: (usize, usize), value: &str) -> TextMap {
 struct Checker<'a> {
     file: &'a SourceFile,
     diags: Vec<Diagnostic>,
-    /// Errors and warnings past [`MAX_DIAGNOSTICS`] each: counted, not kept.
-    dropped_errors: usize,
-    dropped_warnings: usize,
-    /// Where a dropped diagnostic goes, so callers can still add notes.
+    /// Errors and warnings kept, and those past [`MAX_DIAGNOSTICS`] each
+    /// (counted, never built: building one costs a pass over its line).
+    kept: [usize; 2],
+    dropped: [usize; 2],
+    /// Where a dropped diagnostic's notes go.
     scratch: Option<Diagnostic>,
 }
 
 impl Checker<'_> {
+    fn slot(severity: Severity) -> usize {
+        match severity {
+            Severity::Error => 0,
+            Severity::Warning => 1,
+        }
+    }
     fn push(&mut self, d: Diagnostic) -> &mut Diagnostic {
-        let kept = self.diags.iter().filter(|k| k.severity == d.severity).count();
-        if kept < MAX_DIAGNOSTICS {
+        let k = Self::slot(d.severity);
+        if self.kept[k] < MAX_DIAGNOSTICS {
+            self.kept[k] += 1;
             self.diags.push(d);
             return self.diags.last_mut().expect("just pushed");
         }
-        match d.severity {
-            Severity::Error => self.dropped_errors += 1,
-            Severity::Warning => self.dropped_warnings += 1,
-        }
+        self.dropped[k] += 1;
         self.scratch.insert(d)
     }
+    fn add(&mut self, severity: Severity, sp: (usize, usize), msg: impl Into<String>) -> &mut Diagnostic {
+        let k = Self::slot(severity);
+        if self.kept[k] < MAX_DIAGNOSTICS {
+            let d = self.file.diag(severity, sp.0, sp.1, msg);
+            return self.push(d);
+        }
+        self.dropped[k] += 1;
+        let file = self.file;
+        self.scratch.get_or_insert_with(|| file.diag(severity, 0, 0, ""))
+    }
     fn error(&mut self, sp: (usize, usize), msg: impl Into<String>) -> &mut Diagnostic {
-        let d = self.file.error(sp.0, sp.1, msg);
-        self.push(d)
+        self.add(Severity::Error, sp, msg)
     }
     fn warning(&mut self, sp: (usize, usize), msg: impl Into<String>) -> &mut Diagnostic {
-        let d = self.file.warning(sp.0, sp.1, msg);
-        self.push(d)
+        self.add(Severity::Warning, sp, msg)
     }
 }
 
 /// Check one litmus file.
 pub fn check_source(file_name: &str, text: &str) -> CheckedFile {
     let file = SourceFile::new(file_name, text);
-    let mut c = Checker { file: &file, diags: Vec::new(), dropped_errors: 0, dropped_warnings: 0, scratch: None };
+    let mut c = Checker { file: &file, diags: Vec::new(), kept: [0; 2], dropped: [0; 2], scratch: None };
     let test = check_inner(&mut c);
     let mut diagnostics = c.diags;
     diagnostics.sort_by_key(|d| (d.line, d.col));
-    if c.dropped_errors + c.dropped_warnings > 0 {
+    let [dropped_errors, dropped_warnings] = c.dropped;
+    if dropped_errors + dropped_warnings > 0 {
         if let Some(last) = diagnostics.last_mut() {
             last.notes.push(format!(
-                "{} more error(s) and {} more warning(s) in this file not shown",
-                c.dropped_errors, c.dropped_warnings
+                "{dropped_errors} more error(s) and {dropped_warnings} more warning(s) in this file not shown"
             ));
         }
     }
-    let ok = c.dropped_errors == 0 && !diagnostics.iter().any(|d| d.is_error());
+    let ok = dropped_errors == 0 && !diagnostics.iter().any(|d| d.is_error());
     CheckedFile { test: if ok { test } else { None }, diagnostics }
 }
 

@@ -53,6 +53,7 @@ pub mod cond;
 pub mod diag;
 pub mod file;
 pub mod format;
+pub mod fuzzing;
 pub mod policy;
 pub mod results;
 
