@@ -42,6 +42,99 @@ pub const DEVICE_PROGRAM_SLOT: u64 = 0x1_0000;
 pub const MAX_DEVICE_OPS: u64 = (DEVICE_PROGRAM_SLOT - dma::HEADER_SIZE) / dma::OP_SIZE;
 const _: () = assert!(MAX_DEVICE_OPS <= dma::MAX_OPS);
 
+// ---- the guest mm model's capacities (one test mm per iteration)
+//
+// A test within these never fills a table of the model; the guest sizes
+// the tables by them (`guest/src/mm`).
+
+/// Page and unmapped locations: each can become one one-page VMA of the
+/// test mm (the VMA table holds this many).
+pub const MAX_PAGE_LOCATIONS: usize = 32;
+
+/// Shared (file-backed) page locations: one file each in the model's page
+/// cache (`filemap`).
+pub const MAX_SHARED_PAGES: usize = 16;
+const _: () = assert!(MAX_SHARED_PAGES <= MAX_PAGE_LOCATIONS);
+
+/// Page-table pages below the PGD the test mm may have at once (see
+/// [`page_tables_needed`]).
+pub const MAX_PAGE_TABLES: usize = 64;
+
+/// `cow` statements of one test: each run of one gives the phantom fork
+/// child one more page reference (the model keeps this many).
+pub const MAX_COW_OPS: usize = 32;
+
+/// Addresses one page may be mapped at (the model's reverse map per page).
+/// Only `ksm` maps a page at a second address; `mremap` moves a mapping.
+/// Locations linked by `ksm` and `mremap` statements (a chain `ksm a b`,
+/// `mremap b -> c`, … links a, b, c) may share a page, so a linked group
+/// may have at most this many members.
+pub const MAX_PAGE_MAPPINGS: usize = 4;
+
+/// Worst-case page-table pages (PDPT, PD, PT; the PGD is the mm's own) of a
+/// test whose pinned page and unmapped locations are at `pinned`, and, if
+/// `window`, with unpinned ones: those go to a random 2 MiB window in the
+/// first 256 GiB of [`TEST_VA_START`]'s 512 GiB slot, never a pinned
+/// location's 2 MiB, so it needs its own PT and, at worst, its own PD
+/// (and its own PDPT unless a pinned location is in that slot). Every
+/// location's page may be mapped at once; munmap frees tables and later
+/// operations allocate them again, never more than this.
+pub fn page_tables_needed(pinned: &[u64], window: bool) -> usize {
+    let distinct = |shift: u32| {
+        pinned.iter().enumerate().filter(|&(i, &va)| !pinned[..i].iter().any(|&o| o >> shift == va >> shift)).count()
+    };
+    let mut n = distinct(39) + distinct(30) + distinct(21);
+    if window {
+        n += 2 + usize::from(!pinned.iter().any(|&va| va >> 39 == TEST_VA_START >> 39));
+    }
+    n
+}
+
+/// Groups of locations linked by `ksm` and `mremap` (union-find over
+/// location indices, fixed size so the guest can use it too): a group
+/// larger than [`MAX_PAGE_MAPPINGS`] could map one page at too many
+/// addresses.
+pub struct LinkedLocations {
+    parent: [u16; MAX_LOCATIONS],
+    size: [u16; MAX_LOCATIONS],
+}
+
+impl Default for LinkedLocations {
+    fn default() -> Self {
+        let mut parent = [0u16; MAX_LOCATIONS];
+        for (i, p) in parent.iter_mut().enumerate() {
+            *p = i as u16;
+        }
+        LinkedLocations { parent, size: [1; MAX_LOCATIONS] }
+    }
+}
+
+impl LinkedLocations {
+    fn root(&mut self, mut i: usize) -> usize {
+        while self.parent[i] as usize != i {
+            let up = self.parent[i] as usize;
+            self.parent[i] = self.parent[up];
+            i = up;
+        }
+        i
+    }
+    /// Links locations `a` and `b` (indices below [`MAX_LOCATIONS`], else
+    /// ignored); returns the size of their group.
+    pub fn link(&mut self, a: usize, b: usize) -> usize {
+        if a >= MAX_LOCATIONS || b >= MAX_LOCATIONS {
+            return 1;
+        }
+        let (ra, rb) = (self.root(a), self.root(b));
+        if ra != rb {
+            let (big, small) = if self.size[ra] >= self.size[rb] { (ra, rb) } else { (rb, ra) };
+            self.parent[small] = big as u16;
+            self.size[big] += self.size[small];
+            return self.size[big] as usize;
+        }
+        self.size[ra] as usize
+    }
+}
+
 /// Registers per thread: `r0` … `r31`.
 pub const MAX_REGS: u8 = 32;
 

@@ -1062,6 +1062,7 @@ impl<'a> Blob<'a> {
                 return Err(DecodeError::BadLocation(i));
             }
         }
+        blob.check_mm_capacity()?;
         let mut next_instr: u32 = 0;
         for i in 0..h.n_threads {
             let t = blob.thread(i).ok_or(DecodeError::BadThread(i))?;
@@ -1082,6 +1083,7 @@ impl<'a> Blob<'a> {
         if next_instr != h.n_instrs {
             return Err(DecodeError::BadSection);
         }
+        blob.check_mm_operations()?;
         for i in 0..h.n_obs {
             let o = blob.observation(i).ok_or(DecodeError::BadObservation(i))?;
             let ok = match ObsKind::from_u8(o.kind) {
@@ -1094,6 +1096,56 @@ impl<'a> Blob<'a> {
             }
         }
         Ok(blob)
+    }
+
+    /// The locations fit the guest mm model (`crate::limits`): page and
+    /// unmapped locations, shared pages, the page tables they may need.
+    fn check_mm_capacity(&self) -> Result<(), DecodeError> {
+        let mut pinned = [0u64; limits::MAX_PAGE_LOCATIONS];
+        let (mut pages, mut npinned, mut shared, mut window) = (0, 0, 0, false);
+        for l in (0..self.header.n_locs).filter_map(|i| self.location(i)) {
+            if l.kind() == LocKind::Var {
+                continue;
+            }
+            pages += 1;
+            if pages > limits::MAX_PAGE_LOCATIONS {
+                return Err(DecodeError::TooLarge("page and unmapped locations"));
+            }
+            shared += usize::from(l.is_shared());
+            if l.flags & LOC_PINNED != 0 {
+                pinned[npinned] = l.va;
+                npinned += 1;
+            } else {
+                window = true;
+            }
+        }
+        if shared > limits::MAX_SHARED_PAGES {
+            return Err(DecodeError::TooLarge("shared pages"));
+        }
+        if limits::page_tables_needed(&pinned[..npinned], window) > limits::MAX_PAGE_TABLES {
+            return Err(DecodeError::TooLarge("page tables"));
+        }
+        Ok(())
+    }
+
+    /// The operations fit the guest mm model: `cow` statements, and pages
+    /// shared by locations `ksm` and `mremap` link.
+    fn check_mm_operations(&self) -> Result<(), DecodeError> {
+        let mut cows = 0;
+        let mut linked = limits::LinkedLocations::default();
+        for i in (0..self.header.n_instrs).filter_map(|pc| self.instr(pc)) {
+            match i.op() {
+                Op::Cow => cows += 1,
+                Op::Ksm | Op::Mremap if linked.link(i.loc as usize, i.loc2 as usize) > limits::MAX_PAGE_MAPPINGS => {
+                    return Err(DecodeError::TooLarge("mappings of one page"));
+                }
+                _ => {}
+            }
+        }
+        if cows > limits::MAX_COW_OPS {
+            return Err(DecodeError::TooLarge("cow operations"));
+        }
+        Ok(())
     }
 
     /// Check the block `[start, end)` of a thread of `kind`. `sync_only`:

@@ -12,8 +12,9 @@ use crate::cond::{parse_condition, RawExpr};
 use crate::diag::{decode_source, Diagnostic, Severity, SourceFile, MAX_DIAGNOSTICS};
 use crate::policy::{Key, Policy, KEYS};
 use abi::limits::{
-    MAX_DEVICE_OPS, MAX_DEVICE_THREADS, MAX_EXPECTATIONS, MAX_LOCATIONS, MAX_NAME_LEN, MAX_OBSERVED, TEST_VA_END,
-    TEST_VA_START,
+    page_tables_needed, LinkedLocations, MAX_COW_OPS, MAX_DEVICE_OPS, MAX_DEVICE_THREADS, MAX_EXPECTATIONS,
+    MAX_LOCATIONS, MAX_NAME_LEN, MAX_OBSERVED, MAX_PAGE_LOCATIONS, MAX_PAGE_MAPPINGS, MAX_PAGE_TABLES,
+    MAX_SHARED_PAGES, TEST_VA_END, TEST_VA_START,
 };
 use abi::litmus::{pinned_va_ok, LocKind, Op, Perm, ThreadKind, WaitCmp, MAX_THREADS, RESERVED_MIN};
 use md5::{Digest, Md5};
@@ -286,6 +287,7 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
         }
         loc_spans.push(span(k));
     }
+    check_mm_capacity(c, &raw, &locations, &loc_spans);
     let declared: HashMap<String, LocKind> = locations.iter().map(|l| (l.name.clone(), l.kind)).collect();
 
     // --- threads: vCPU threads in file order, then devices in file order
@@ -346,6 +348,8 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
         );
     }
 
+    check_mm_operations(c, &threads, &locations);
+
     // --- final and expect (both checked even if one fails, to report everything)
     let fin = check_final(c, &raw, &threads, &locations);
     let expect = check_expect(c, &raw);
@@ -364,6 +368,91 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
     };
     test.hash = test_hash(&test);
     Some(test)
+}
+
+/// The declared locations fit the guest mm model (`abi::limits`, the same
+/// rules `Blob::parse` applies): page and unmapped locations (one VMA
+/// each), shared pages (one file each), and the page tables their
+/// addresses may need. Each is refused at the location that goes past.
+fn check_mm_capacity(c: &mut Checker<'_>, raw: &RawFile, locations: &[Location], spans: &[(usize, usize)]) {
+    let mut pinned: Vec<u64> = Vec::new();
+    let (mut pages, mut shared, mut window) = (0, 0, false);
+    for (l, &sp) in locations.iter().zip(spans) {
+        if l.kind == LocKind::Var {
+            continue;
+        }
+        pages += 1;
+        if pages > MAX_PAGE_LOCATIONS {
+            c.error(
+                sp,
+                format!("too many page locations: `{}` is page or unmapped location number {pages}; a test has at most {MAX_PAGE_LOCATIONS} (one VMA of the test mm each)", l.name),
+            );
+            return;
+        }
+        let raw_loc = raw.locations.iter().find(|(k, _)| k.span().start == sp.0).map(|(_, v)| v.get_ref());
+        if l.shared {
+            shared += 1;
+            if shared > MAX_SHARED_PAGES {
+                let at = raw_loc.and_then(|r| r.shared.as_ref()).map_or(sp, span);
+                c.error(at, format!("too many shared pages: a test has at most {MAX_SHARED_PAGES} (one file of the page cache each)"));
+            }
+        }
+        match l.va {
+            Some(va) => pinned.push(va),
+            None => window = true,
+        }
+        let needed = page_tables_needed(&pinned, window);
+        if needed > MAX_PAGE_TABLES {
+            let at = raw_loc.and_then(|r| r.va.as_ref()).map_or(sp, span);
+            c.error(
+                at,
+                format!("the pinned addresses up to here may need {needed} page-table pages; the test mm has at most {MAX_PAGE_TABLES}"),
+            )
+            .notes
+            .push("each distinct 512 GiB, 1 GiB and 2 MiB region of a page needs a table; unpinned pages share one 2 MiB window".into());
+            return;
+        }
+    }
+}
+
+/// The operations fit the guest mm model: at most [`MAX_COW_OPS`] `cow`
+/// statements, and no more than [`MAX_PAGE_MAPPINGS`] locations linked by
+/// `ksm`/`mremap` (they may end up mapping one page). Refused at the
+/// statement that goes past.
+fn check_mm_operations(c: &mut Checker<'_>, threads: &[Thread], locations: &[Location]) {
+    let index: HashMap<&str, usize> = locations.iter().enumerate().map(|(i, l)| (l.name.as_str(), i)).rev().collect();
+    let mut linked = LinkedLocations::default();
+    let (mut cows, mut reported) = (0, false);
+    for t in threads {
+        let mut all: Vec<&Stmt> = Vec::new();
+        for s in &t.code {
+            s.walk(&mut |s| all.push(s));
+        }
+        for s in all {
+            match s.op {
+                Op::Cow => {
+                    cows += 1;
+                    if cows == MAX_COW_OPS + 1 {
+                        c.error(s.span, format!("more than {MAX_COW_OPS} `cow` statements in this test (each gives the fork child one more page reference)"));
+                    }
+                }
+                Op::Ksm | Op::Mremap => {
+                    let loc = |n: &Option<String>| n.as_deref().and_then(|n| index.get(n)).copied();
+                    if let (Some(a), Some(b)) = (loc(&s.loc), loc(&s.loc2)) {
+                        let n = linked.link(a, b);
+                        if n > MAX_PAGE_MAPPINGS && !reported {
+                            reported = true;
+                            c.error(
+                                s.span,
+                                format!("this `{}` links {n} locations by ksm/mremap: one page could be mapped at {n} addresses; the mm model maps a page at most {MAX_PAGE_MAPPINGS} times", s.op.name()),
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Names are length-prefixed with `u16` in the blob and printed in results:

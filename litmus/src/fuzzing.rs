@@ -279,7 +279,17 @@ const POLICIES: &[&str] = &[
 /// Sizes of one generated test: usually small; one test in ten has one
 /// dimension at or just past its limit.
 struct Shape {
-    locs: usize,
+    /// Page and unmapped locations, then `var`s.
+    pages: usize,
+    vars: usize,
+    /// Pin every page in its own 512 GiB slot (page tables near their limit).
+    spread: bool,
+    /// Shared pages among the first ones.
+    shared: usize,
+    /// `cow` statements added to the first thread.
+    cows: usize,
+    /// Locations linked by a `ksm` chain in the first thread.
+    ksm_chain: usize,
     vcpus: usize,
     devices: usize,
     stmts: usize,
@@ -292,14 +302,28 @@ struct Shape {
 
 impl Shape {
     fn new(rng: &mut Rng) -> Shape {
-        let big = if rng.one_in(10) { rng.below(9) } else { usize::MAX };
+        use abi::limits::*;
+        let big = if rng.one_in(8) { rng.below(14) } else { usize::MAX };
         let around = |rng: &mut Rng, limit: usize| limit - 2 + rng.below(5);
+        let pages = match big {
+            9 => around(rng, MAX_PAGE_LOCATIONS),
+            // 3 tables per slot: 59 to 67 in all.
+            10 => MAX_PAGE_TABLES / 3 + rng.below(3),
+            11 => MAX_SHARED_PAGES + 2,
+            13 => 2 * MAX_PAGE_MAPPINGS,
+            _ => 1 + rng.below(5),
+        };
         Shape {
-            locs: match big {
-                0 => around(rng, abi::limits::MAX_LOCATIONS),
-                8 => abi::limits::MAX_OBSERVED + 3,
-                _ => rng.below(6),
+            pages,
+            vars: match big {
+                0 => around(rng, MAX_LOCATIONS) - pages,
+                8 => MAX_OBSERVED + 3,
+                _ => rng.below(3),
             },
+            spread: big == 10,
+            shared: if big == 11 { around(rng, MAX_SHARED_PAGES) } else { 0 },
+            cows: if big == 12 { around(rng, MAX_COW_OPS) } else { 0 },
+            ksm_chain: if big == 13 { around(rng, MAX_PAGE_MAPPINGS) } else { 0 },
             vcpus: if big == 1 { around(rng, abi::limits::MAX_THREADS) } else { 1 + rng.below(3) },
             devices: if big == 2 { around(rng, abi::limits::MAX_DEVICE_THREADS) } else { rng.below(3) },
             stmts: match big {
@@ -505,11 +529,13 @@ pub fn generate(rng: &mut Rng) -> String {
     let good_vas = ["0x7f0000000000", "0x7f0000001000", "0x8000000000", "0x7ffffffff000", "0x123456789000"];
     let bad_vas = ["0x1000", "0x800000000000", "0x7f0000000800", "0x0", "0x7fffffffffff"];
     let mut used_vas = std::collections::HashSet::new();
-    for i in 0..g.shape.locs.max(1) {
+    for i in 0..g.shape.pages + g.shape.vars {
         let name = if g.slip() || g.rng.one_in(300) { "x".repeat(254 + g.rng.below(4)) } else { format!("x{i}") };
-        let var = i > 0 && g.rng.one_in(5);
+        let var = i >= g.shape.pages;
         let kind = if var {
             format!("var = {}", g.rng.below(3))
+        } else if i < g.shape.shared {
+            "page = \"rw\"".into()
         } else {
             match g.rng.below(5) {
                 0 => "page = \"unmapped\"".into(),
@@ -519,7 +545,13 @@ pub fn generate(rng: &mut Rng) -> String {
             }
         };
         let mut va = String::new();
-        if !var && g.rng.one_in(4) {
+        if g.shape.spread && !var {
+            // Slot i + 2 of 512 GiB; a few extra pages share slot 2 at the
+            // 1 GiB or 2 MiB level, to land on both sides of the limit.
+            let slot = if i + 3 >= g.shape.pages { 2 } else { i as u64 + 3 };
+            let offset = if slot == 2 { ((i % 3) as u64) << (21 + 9 * g.rng.below(2) as u32) } else { 0 };
+            va = format!(", va = \"{:#x}\"", (slot << 39) | offset);
+        } else if !var && g.rng.one_in(4) {
             let bad = g.slip() || g.rng.one_in(12);
             let v = if bad { g.rng.pick(&bad_vas).to_string() } else { g.rng.pick(&good_vas).to_string() };
             // Now and then a second location on one page (refused).
@@ -527,7 +559,11 @@ pub fn generate(rng: &mut Rng) -> String {
                 va = format!(", va = \"{v}\"");
             }
         }
-        let shared = if kind.contains("rw") && g.rng.one_in(5) { ", shared = true" } else { "" };
+        let shared = if !var && (i < g.shape.shared || (kind.contains("rw") && g.rng.one_in(5))) {
+            ", shared = true"
+        } else {
+            ""
+        };
         let _ = writeln!(out, "{name} = {{ {kind}{va}{shared} }}");
         if var {
             g.vars.push(name);
@@ -540,10 +576,18 @@ pub fn generate(rng: &mut Rng) -> String {
             let name = if kind == "thread" { format!("P{i}") } else { format!("D{i}") };
             let _ = writeln!(out, "[{kind}.{name}]\ncode = \"\"\"");
             let mut writes = Vec::new();
-            if i == 0 && kind == "thread" && g.shape.flags > 100 {
-                // Every flag in use: the location limit counts them.
-                for f in 0..g.shape.flags {
-                    let _ = writeln!(out, "signal f{f}");
+            if i == 0 && kind == "thread" {
+                if g.shape.flags > 100 {
+                    // Every flag in use: the location limit counts them.
+                    for f in 0..g.shape.flags {
+                        let _ = writeln!(out, "signal f{f}");
+                    }
+                }
+                for k in 0..g.shape.cows {
+                    let _ = writeln!(out, "cow x{}", k % g.shape.pages);
+                }
+                for k in 1..g.shape.ksm_chain.min(g.shape.pages) {
+                    let _ = writeln!(out, "ksm x{k} x{}", k - 1);
                 }
             }
             for _ in 0..g.shape.stmts {
@@ -556,7 +600,7 @@ pub fn generate(rng: &mut Rng) -> String {
     out.push_str("[final]\n");
     if g.shape.observe > 10 {
         // Distinct observables around the limit: one location each.
-        let items: Vec<String> = (0..g.shape.observe).map(|i| format!("\"x{i}\"")).collect();
+        let items: Vec<String> = (0..g.shape.observe).map(|i| format!("\"x{}\"", g.shape.pages + i)).collect();
         let _ = writeln!(out, "observe = [{}]", items.join(", "));
     } else if g.shape.observe > 0 {
         let mut items: Vec<String> = Vec::new();

@@ -8,8 +8,9 @@
 //! the right result, quickly.
 
 use abi::limits::{
-    MAX_CONDITION_DEPTH, MAX_DEVICE_OPS, MAX_DEVICE_THREADS, MAX_EXPECTATIONS, MAX_LOCATIONS, MAX_NAME_LEN,
-    MAX_OBSERVED, MAX_RECORDS, MAX_THREADS,
+    page_tables_needed, MAX_CONDITION_DEPTH, MAX_COW_OPS, MAX_DEVICE_OPS, MAX_DEVICE_THREADS, MAX_EXPECTATIONS,
+    MAX_LOCATIONS, MAX_NAME_LEN, MAX_OBSERVED, MAX_PAGE_LOCATIONS, MAX_PAGE_MAPPINGS, MAX_PAGE_TABLES, MAX_RECORDS,
+    MAX_SHARED_PAGES, MAX_THREADS, TEST_VA_START,
 };
 use abi::litmus::{Blob, DecodeError, LOC_LEN};
 use litmus::diag::MAX_DIAGNOSTICS;
@@ -44,19 +45,29 @@ fn line_of(src: &str, needle: &str) -> u32 {
 
 const TAIL: &str = "[final]\nexists = \"true\"\n";
 
-fn pages(n: usize) -> String {
+/// `n` locations: `x0` a page, the rest kernel words.
+fn locations(n: usize) -> String {
+    let mut s = String::from("name = \"t\"\n[locations]\nx0 = { page = \"rw\" }\n");
+    for i in 1..n {
+        let _ = writeln!(s, "x{i} = {{ var = 0 }}");
+    }
+    s
+}
+
+/// `n` page locations `x0`…, with `extra` appended to each declaration.
+fn pages(n: usize, extra: impl Fn(usize) -> String) -> String {
     let mut s = String::from("name = \"t\"\n[locations]\n");
     for i in 0..n {
-        let _ = writeln!(s, "x{i} = {{ page = \"rw\" }}");
+        let _ = writeln!(s, "x{i} = {{ page = \"rw\"{} }}", extra(i));
     }
     s
 }
 
 #[test]
 fn locations_declared() {
-    let ok = pages(MAX_LOCATIONS) + "[thread.P0]\ncode = \"load x0 -> r0\"\n" + TAIL;
+    let ok = locations(MAX_LOCATIONS) + "[thread.P0]\ncode = \"load x0 -> r0\"\n" + TAIL;
     assert_eq!(accepted(&ok).locations.len(), MAX_LOCATIONS);
-    let bad = pages(MAX_LOCATIONS + 1) + "[thread.P0]\ncode = \"load x0 -> r0\"\n" + TAIL;
+    let bad = locations(MAX_LOCATIONS + 1) + "[thread.P0]\ncode = \"load x0 -> r0\"\n" + TAIL;
     let d = refused_src(&bad);
     assert_eq!((d.line, d.col), (line_of(&bad, &format!("x{MAX_LOCATIONS} ")), 1), "{d}");
     assert!(d.message.starts_with(&format!("too many locations: `x{MAX_LOCATIONS}` is location number 257")), "{d}");
@@ -66,9 +77,9 @@ fn locations_declared() {
 fn locations_with_flags() {
     // Declared locations and flags share the limit.
     let code = |flags: usize| (0..flags).map(|f| format!("signal f{f}\n")).collect::<String>();
-    let ok = pages(6) + "[thread.P0]\ncode = \"\"\"\n" + &code(MAX_LOCATIONS - 6) + "\"\"\"\n" + TAIL;
+    let ok = locations(6) + "[thread.P0]\ncode = \"\"\"\n" + &code(MAX_LOCATIONS - 6) + "\"\"\"\n" + TAIL;
     accepted(&ok);
-    let bad = pages(6) + "[thread.P0]\ncode = \"\"\"\n" + &code(MAX_LOCATIONS - 5) + "\"\"\"\n" + TAIL;
+    let bad = locations(6) + "[thread.P0]\ncode = \"\"\"\n" + &code(MAX_LOCATIONS - 5) + "\"\"\"\n" + TAIL;
     let d = refused_src(&bad);
     let f = MAX_LOCATIONS - 6;
     let line = bad.lines().position(|l| l == format!("signal f{f}")).unwrap() as u32 + 1;
@@ -163,7 +174,10 @@ fn instruction_records() {
 fn observed_values() {
     let obs = |n: usize| {
         let items: Vec<String> = (0..n).map(|i| format!("\"x{i}\"")).collect();
-        pages(n) + "[thread.P0]\ncode = \"mfence\"\n[final]\nobserve = [" + &items.join(", ") + "]\nexists = \"true\"\n"
+        locations(n)
+            + "[thread.P0]\ncode = \"mfence\"\n[final]\nobserve = ["
+            + &items.join(", ")
+            + "]\nexists = \"true\"\n"
     };
     assert_eq!(accepted(&obs(MAX_OBSERVED)).observed.len(), MAX_OBSERVED);
     let bad = obs(MAX_OBSERVED + 1);
@@ -173,8 +187,10 @@ fn observed_values() {
     assert!(d.message.starts_with("too many observed values"), "{d}");
     // What the condition reads counts too.
     let cond: Vec<String> = (0..=MAX_OBSERVED).map(|i| format!("x{i} == 0")).collect();
-    let bad =
-        pages(MAX_OBSERVED + 1) + "[thread.P0]\ncode = \"mfence\"\n[final]\nexists = \"" + &cond.join(" && ") + "\"\n";
+    let bad = locations(MAX_OBSERVED + 1)
+        + "[thread.P0]\ncode = \"mfence\"\n[final]\nexists = \""
+        + &cond.join(" && ")
+        + "\"\n";
     assert!(refused_src(&bad).message.starts_with("too many observed values"));
 }
 
@@ -340,7 +356,7 @@ fn blob_format_enforces_the_limits() {
 /// error, not a wrapped count.
 #[test]
 fn compile_refuses_unchecked_tests() {
-    let mut t = accepted(&(pages(1) + "[thread.P0]\ncode = \"load x0 -> r0\"\n" + TAIL));
+    let mut t = accepted(&(locations(1) + "[thread.P0]\ncode = \"load x0 -> r0\"\n" + TAIL));
     let l = t.locations[0].clone();
     for i in 0..70_000 {
         t.locations.push(litmus::Location { name: format!("y{i}"), ..l.clone() });
@@ -350,4 +366,90 @@ fn compile_refuses_unchecked_tests() {
     t.locations.truncate(300);
     let e = compile(&t, &Policy::default(), &CompileOptions::default()).unwrap_err();
     assert_eq!(e.to_string(), "cannot compile: the blob format refuses it: TooLarge(\"locations\")");
+}
+
+// ---- the guest mm model's capacities (each reproduced on KVM before the
+// checker refused it: "cannot set up location", "more than 16 shared
+// files", "more than 64 page tables", "fork child holds more than 32
+// pages", "page mapped at more than 4 addresses")
+
+const P0_LOAD: &str = "[thread.P0]\ncode = \"load x0 -> r0\"\n";
+
+#[test]
+fn page_locations() {
+    accepted(&(pages(MAX_PAGE_LOCATIONS, |_| String::new()) + P0_LOAD + TAIL));
+    let bad = pages(MAX_PAGE_LOCATIONS + 1, |_| String::new()) + P0_LOAD + TAIL;
+    let d = refused_src(&bad);
+    assert_eq!((d.line, d.col), (line_of(&bad, "x32 "), 1), "{d}");
+    assert!(d.message.starts_with("too many page locations: `x32` is page or unmapped location number 33"), "{d}");
+    // Unmapped locations count (an mmap or alloc gives each a VMA); vars do not.
+    let mixed = pages(MAX_PAGE_LOCATIONS, |_| String::new()) + "u = { page = \"unmapped\" }\n" + P0_LOAD + TAIL;
+    assert!(refused_src(&mixed).message.contains("`u` is page or unmapped location number 33"));
+    let vars = pages(MAX_PAGE_LOCATIONS, |_| String::new()) + "v = { var = 1 }\n" + P0_LOAD + TAIL;
+    accepted(&vars);
+}
+
+#[test]
+fn shared_pages() {
+    let shared = |n: usize| pages(n, |_| ", shared = true".into()) + P0_LOAD + TAIL;
+    accepted(&shared(MAX_SHARED_PAGES));
+    let bad = shared(MAX_SHARED_PAGES + 1);
+    let d = refused_src(&bad);
+    assert_eq!((d.line, d.col), (line_of(&bad, "x16 "), 31), "{d}");
+    assert!(d.message.starts_with("too many shared pages: a test has at most 16"), "{d}");
+}
+
+/// Pinned pages each in their own 512 GiB slot need three tables each; the
+/// limit is reached exactly, then passed by one table.
+#[test]
+fn page_tables() {
+    let slots = MAX_PAGE_TABLES / 3; // 21 slots: 63 tables
+    let va = |i: usize| {
+        if i < slots {
+            format!(", va = \"{:#x}\"", (i as u64 + 2) << 39)
+        } else {
+            // Slot 2 again: a new 2 MiB (one more table) or 1 GiB (two more).
+            format!(", va = \"{:#x}\"", (2u64 << 39) | (1 << if i == slots { 21 } else { 30 }))
+        }
+    };
+    let t = accepted(&(pages(slots + 1, va) + P0_LOAD + TAIL));
+    let pinned: Vec<u64> = t.locations.iter().filter_map(|l| l.va).collect();
+    assert_eq!(page_tables_needed(&pinned, false), MAX_PAGE_TABLES);
+    let bad = pages(slots + 2, va) + P0_LOAD + TAIL;
+    let d = refused_src(&bad);
+    assert_eq!((d.line, d.col), (line_of(&bad, &format!("x{} ", slots + 1)), 27), "{d}");
+    assert!(d.message.starts_with("the pinned addresses up to here may need 66 page-table pages"), "{d}");
+    // An unpinned page adds its window: a PT, a PD and (no pinned page in
+    // the first slot) a PDPT.
+    assert_eq!(page_tables_needed(&pinned, true), MAX_PAGE_TABLES + 3);
+    assert_eq!(page_tables_needed(&[TEST_VA_START], true), 3 + 2);
+}
+
+#[test]
+fn cow_statements() {
+    let cows = |n: usize| {
+        pages(1, |_| String::new()) + "[thread.P0]\ncode = \"\"\"\n" + &"cow x0\n".repeat(n) + "\"\"\"\n" + TAIL
+    };
+    accepted(&cows(MAX_COW_OPS));
+    let d = refused_src(&cows(MAX_COW_OPS + 1));
+    assert_eq!((d.line, d.col), (5 + MAX_COW_OPS as u32 + 1, 1), "{d}");
+    assert!(d.message.starts_with("more than 32 `cow` statements"), "{d}");
+}
+
+/// `ksm` maps a page at a second address; `mremap` moves a mapping: a group
+/// of locations linked by them may share a page, at most 4 of them.
+#[test]
+fn page_mappings() {
+    let code = |stmts: &[&str]| {
+        pages(8, |_| String::new()) + "[thread.P0]\ncode = \"\"\"\n" + &stmts.join("\n") + "\n\"\"\"\n" + TAIL
+    };
+    accepted(&code(&["ksm x1 x0", "ksm x2 x0", "ksm x3 x0", "ksm x3 x1", "mremap x4 -> x5"]));
+    let bad = code(&["ksm x1 x0", "ksm x2 x0", "ksm x3 x0", "ksm x4 x0"]);
+    let d = refused_src(&bad);
+    assert_eq!((d.line, d.col), (line_of(&bad, "ksm x4"), 1), "{d}");
+    assert!(d.message.starts_with("this `ksm` links 5 locations by ksm/mremap"), "{d}");
+    // Two groups of three joined by one mremap.
+    let d = refused_src(&code(&["ksm x1 x0", "ksm x2 x0", "ksm x4 x3", "ksm x5 x3", "mremap x2 -> x5"]));
+    assert!(d.message.starts_with("this `mremap` links 6 locations"), "{d}");
+    const { assert!(MAX_PAGE_MAPPINGS < 6) };
 }
