@@ -979,6 +979,28 @@ pub struct Blob<'a> {
     header: Header,
 }
 
+/// What the mm operations of a test use of the guest mm model (counted
+/// while [`Blob::parse`] walks the records): `cow` statements, and the
+/// locations `ksm` and `mremap` link onto one page.
+#[derive(Default)]
+struct MmUse {
+    cows: usize,
+    linked: limits::LinkedLocations,
+}
+
+impl MmUse {
+    fn count(&mut self, i: &Instr, op: Op) -> Result<(), DecodeError> {
+        match op {
+            Op::Cow => self.cows += 1,
+            Op::Ksm | Op::Mremap if self.linked.link(i.loc as usize, i.loc2 as usize) > limits::MAX_PAGE_MAPPINGS => {
+                return Err(DecodeError::TooLarge("mappings of one page"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 /// A pinned `va` lies on a page of the test's user half.
 pub const fn pinned_va_ok(va: u64) -> bool {
     va & (crate::layout::PAGE_SIZE - 1) == 0 && va >= limits::TEST_VA_START && va < limits::TEST_VA_END
@@ -1063,6 +1085,7 @@ impl<'a> Blob<'a> {
             }
         }
         blob.check_mm_capacity()?;
+        let mut mm = MmUse::default();
         let mut next_instr: u32 = 0;
         for i in 0..h.n_threads {
             let t = blob.thread(i).ok_or(DecodeError::BadThread(i))?;
@@ -1074,7 +1097,7 @@ impl<'a> Blob<'a> {
             }
             let end =
                 t.first_instr.checked_add(t.n_instrs).filter(|&e| e <= h.n_instrs).ok_or(DecodeError::BadThread(i))?;
-            let device_ops = blob.check_block(kind, t.first_instr, end, 1, false)?;
+            let device_ops = blob.check_block(kind, t.first_instr, end, 1, false, &mut mm)?;
             if kind == ThreadKind::Device && device_ops > limits::MAX_DEVICE_OPS {
                 return Err(DecodeError::TooLarge("ops of a device program"));
             }
@@ -1083,7 +1106,9 @@ impl<'a> Blob<'a> {
         if next_instr != h.n_instrs {
             return Err(DecodeError::BadSection);
         }
-        blob.check_mm_operations()?;
+        if mm.cows > limits::MAX_COW_OPS {
+            return Err(DecodeError::TooLarge("cow operations"));
+        }
         for i in 0..h.n_obs {
             let o = blob.observation(i).ok_or(DecodeError::BadObservation(i))?;
             let ok = match ObsKind::from_u8(o.kind) {
@@ -1128,26 +1153,6 @@ impl<'a> Blob<'a> {
         Ok(())
     }
 
-    /// The operations fit the guest mm model: `cow` statements, and pages
-    /// shared by locations `ksm` and `mremap` link.
-    fn check_mm_operations(&self) -> Result<(), DecodeError> {
-        let mut cows = 0;
-        let mut linked = limits::LinkedLocations::default();
-        for i in (0..self.header.n_instrs).filter_map(|pc| self.instr(pc)) {
-            match i.op() {
-                Op::Cow => cows += 1,
-                Op::Ksm | Op::Mremap if linked.link(i.loc as usize, i.loc2 as usize) > limits::MAX_PAGE_MAPPINGS => {
-                    return Err(DecodeError::TooLarge("mappings of one page"));
-                }
-                _ => {}
-            }
-        }
-        if cows > limits::MAX_COW_OPS {
-            return Err(DecodeError::TooLarge("cow operations"));
-        }
-        Ok(())
-    }
-
     /// Check the block `[start, end)` of a thread of `kind`. `sync_only`:
     /// inside a hook group. Returns the DMA-engine ops the block unrolls to
     /// ([`Op::device_program_ops`], saturating; meaningful for device threads).
@@ -1158,6 +1163,7 @@ impl<'a> Blob<'a> {
         end: u32,
         depth: usize,
         sync_only: bool,
+        mm: &mut MmUse,
     ) -> Result<u64, DecodeError> {
         if depth > MAX_DEPTH {
             return Err(DecodeError::BadInstr(start));
@@ -1179,11 +1185,12 @@ impl<'a> Blob<'a> {
             if !allowed || !self.operands_ok(&ins, op) {
                 return Err(bad);
             }
+            mm.count(&ins, op)?;
             pc += 1;
             ops = ops.saturating_add(op.device_program_ops());
             if op == Op::Loop {
                 let body_end = pc.checked_add(ins.len).filter(|&e| e <= end).ok_or(bad)?;
-                let body_ops = self.check_block(kind, pc, body_end, depth + 1, false)?;
+                let body_ops = self.check_block(kind, pc, body_end, depth + 1, false, mm)?;
                 ops = ops.saturating_add(body_ops.saturating_mul(ins.imm));
                 pc = body_end;
             }
@@ -1196,7 +1203,7 @@ impl<'a> Blob<'a> {
                     return Err(DecodeError::BadInstr(pc));
                 }
                 let g_end = (pc + 1).checked_add(at.len).filter(|&e| e <= end).ok_or(bad)?;
-                self.check_block(kind, pc + 1, g_end, depth + 1, true)?;
+                self.check_block(kind, pc + 1, g_end, depth + 1, true, mm)?;
                 pc = g_end;
             }
         }

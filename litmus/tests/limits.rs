@@ -453,3 +453,44 @@ fn page_mappings() {
     assert!(d.message.starts_with("this `mremap` links 6 locations"), "{d}");
     const { assert!(MAX_PAGE_MAPPINGS < 6) };
 }
+
+/// The guide's table of limits states the values `abi::limits` defines.
+#[test]
+fn the_guide_states_the_limits() {
+    let guide = include_str!("../../docs/litmus-guide.md");
+    let table = guide.split("\n## Limits\n").nth(1).expect("a Limits section");
+    let thousands = |n: usize| {
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    };
+    for (row, n) in [
+        ("| locations (declared", MAX_LOCATIONS),
+        ("| page and unmapped locations", MAX_PAGE_LOCATIONS),
+        ("| shared pages", MAX_SHARED_PAGES),
+        ("| page tables", MAX_PAGE_TABLES),
+        ("| `cow` statements", MAX_COW_OPS),
+        ("| locations linked", MAX_PAGE_MAPPINGS),
+        ("| threads", MAX_THREADS),
+        ("| device threads", MAX_DEVICE_THREADS),
+        ("| DMA-engine ops", MAX_DEVICE_OPS as usize),
+        ("| instruction records", MAX_RECORDS),
+        ("| observed values", MAX_OBSERVED),
+        ("| block nesting", abi::limits::MAX_DEPTH),
+        ("| `(` and `!` nesting", MAX_CONDITION_DEPTH),
+        ("| name length", MAX_NAME_LEN),
+        ("| `[expect]` entries", MAX_EXPECTATIONS),
+    ] {
+        let line = table.lines().find(|l| l.starts_with(row)).unwrap_or_else(|| panic!("no row {row}"));
+        let shown = thousands(n);
+        assert!(line.contains(&format!("| {shown} |")) || line.contains(&format!("| {shown} bytes |")), "{line}");
+    }
+    let regs = table.lines().find(|l| l.starts_with("| registers")).unwrap();
+    assert!(regs.contains(&format!("r{}", abi::limits::MAX_REGS - 1)));
+}
