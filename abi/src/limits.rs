@@ -1,4 +1,6 @@
-//! The limits of a litmus test, defined once.
+//! Limits the guest and the host share, each defined once.
+//!
+//! # Litmus tests
 //!
 //! The guest interpreter sizes its tables from these constants,
 //! [`crate::litmus::Blob::parse`] refuses a blob that exceeds any of them
@@ -56,7 +58,7 @@ pub const MAX_PAGE_LOCATIONS: usize = 32;
 pub const MAX_SHARED_PAGES: usize = 16;
 const _: () = assert!(MAX_SHARED_PAGES <= MAX_PAGE_LOCATIONS);
 
-/// Page-table pages below the PGD the test mm may have at once (see
+/// Page-table pages the test mm may have at once, its PGD included (see
 /// [`page_tables_needed`]).
 pub const MAX_PAGE_TABLES: usize = 64;
 
@@ -71,7 +73,7 @@ pub const MAX_COW_OPS: usize = 32;
 /// may have at most this many members.
 pub const MAX_PAGE_MAPPINGS: usize = 4;
 
-/// Worst-case page-table pages (PDPT, PD, PT; the PGD is the mm's own) of a
+/// Worst-case page-table pages (the PGD, and each PDPT, PD and PT) of a
 /// test whose pinned page and unmapped locations are at `pinned`, and, if
 /// `window`, with unpinned ones: those go to a random 2 MiB window in the
 /// first 256 GiB of [`TEST_VA_START`]'s 512 GiB slot, never a pinned
@@ -83,7 +85,7 @@ pub fn page_tables_needed(pinned: &[u64], window: bool) -> usize {
     let distinct = |shift: u32| {
         pinned.iter().enumerate().filter(|&(i, &va)| !pinned[..i].iter().any(|&o| o >> shift == va >> shift)).count()
     };
-    let mut n = distinct(39) + distinct(30) + distinct(21);
+    let mut n = 1 + distinct(39) + distinct(30) + distinct(21);
     if window {
         n += 2 + usize::from(!pinned.iter().any(|&va| va >> 39 == TEST_VA_START >> 39));
     }

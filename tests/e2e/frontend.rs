@@ -75,15 +75,18 @@ const TAIL: &str = "[final]\nexists = \"true\"\n";
 /// per iteration on our machines: interpreted at emulated CPL0).
 fn at_every_limit(long: bool) -> String {
     let mut s = format!("name = \"{}\"\n[locations]\n", "t".repeat(MAX_NAME_LEN));
-    let slots = (MAX_PAGE_TABLES - 3) / 3 - 1; // 20 slots of 3 tables, +3 for the window
+    // The PGD, 3 tables for the unpinned pages' window (no pinned page in
+    // its slot), 3 per pinned page in a slot of its own, 1 per page in
+    // another 2 MiB of slot 2: exactly MAX_PAGE_TABLES.
+    let slots = (MAX_PAGE_TABLES - 4) / 3;
+    let extra = (MAX_PAGE_TABLES - 4) % 3;
     for i in 0..MAX_PAGE_LOCATIONS {
         let mut decl =
             if i < MAX_SHARED_PAGES { "page = \"rw\", shared = true".to_string() } else { "page = \"rw\"".into() };
         if i < slots {
             let _ = write!(decl, ", va = \"{:#x}\"", (i as u64 + 2) << 39);
-        } else if i == slots {
-            // Slot 2 again, another 2 MiB: the 64th table.
-            let _ = write!(decl, ", va = \"{:#x}\"", (2u64 << 39) | (1 << 21));
+        } else if i < slots + extra {
+            let _ = write!(decl, ", va = \"{:#x}\"", (2u64 << 39) | ((i - slots + 1) as u64) << 21);
         }
         let name = if i == 0 { "p".repeat(MAX_NAME_LEN) } else { format!("p{i}") };
         let _ = writeln!(s, "{name} = {{ {decl} }}");
@@ -203,11 +206,15 @@ fn past_a_limit() -> Vec<(&'static str, Vec<u8>, Vec<String>)> {
         pages(MAX_SHARED_PAGES + 1, &|_| ", shared = true".into()) + &thread("load x0 -> r0\n"),
         &[":19:31: error: too many shared pages"],
     );
-    let spread = |i: usize| format!(", va = \"{:#x}\"", (i as u64 + 2) << 39);
+    // 21 slots of 3 and the PGD: 64; one more 2 MiB in the first slot: 65.
+    let spread = |i: usize| {
+        let va = if i < MAX_PAGE_TABLES / 3 { (i as u64 + 2) << 39 } else { (2u64 << 39) | (1 << 21) };
+        format!(", va = \"{va:#x}\"")
+    };
     add(
         "page-tables",
         pages(MAX_PAGE_TABLES / 3 + 1, &spread) + &thread("load x0 -> r0\n"),
-        &[":24:27: error: the pinned addresses up to here may need 66 page-table pages"],
+        &[":24:27: error: the pinned addresses up to here may need 65 page-table pages"],
     );
     add(
         "cow",
@@ -257,7 +264,37 @@ fn past_limit(name: &'static str, bytes: Vec<u8>, want: Vec<String>) -> Result<(
 /// The test at every limit runs on the real guest: no guest error, every
 /// iteration reported.
 fn at_limits_runs(long: bool) -> Result<(), Failed> {
-    let f = write(&format!("at-every-limit-{long}.toml"), at_every_limit(long).as_bytes());
+    let src = at_every_limit(long);
+    // It is at the limits it claims to be at.
+    let t = litmus::check_source("at-every-limit.toml", &src).test.ok_or("the checker refuses it")?;
+    let pages: Vec<&litmus::Location> = t.locations.iter().filter(|l| l.kind != abi::litmus::LocKind::Var).collect();
+    let pinned: Vec<u64> = pages.iter().filter_map(|l| l.va).collect();
+    let count = |op: abi::litmus::Op| {
+        let mut n = 0;
+        for th in &t.threads {
+            for s in &th.code {
+                s.walk(&mut |s| n += usize::from(s.op == op));
+            }
+        }
+        n
+    };
+    let facts = [
+        (t.locations.len(), MAX_LOCATIONS),
+        (pages.len(), MAX_PAGE_LOCATIONS),
+        (pages.iter().filter(|l| l.shared).count(), MAX_SHARED_PAGES),
+        (page_tables_needed(&pinned, pinned.len() < pages.len()), MAX_PAGE_TABLES),
+        (count(abi::litmus::Op::Cow), MAX_COW_OPS),
+        (t.threads.iter().filter(|t| t.kind == abi::litmus::ThreadKind::Device).count(), MAX_DEVICE_THREADS),
+        (t.observed.len(), MAX_OBSERVED),
+        (t.name.len(), MAX_NAME_LEN),
+    ];
+    for (i, (got, want)) in facts.iter().enumerate() {
+        ensure(got == want, || format!("fact {i}: {got} != {want}"))?;
+    }
+    let c = litmus::compile(&t, &litmus::Policy::default(), &litmus::CompileOptions::default())?;
+    let records = abi::litmus::Blob::parse(&c.blob).map_err(|e| format!("{e:?}"))?.header().n_instrs as usize;
+    ensure(!long || records == MAX_RECORDS, || format!("{records} records"))?;
+    let f = write(&format!("at-every-limit-{long}.toml"), src.as_bytes());
     let o = vmm_bounded(
         &["--timeout", "1200", "litmus", "--runs", "2", "--iteration-timeout", "300000", f.to_str().unwrap()],
         Duration::from_secs(1500),
