@@ -68,7 +68,8 @@ const TAIL: &str = "[final]\nexists = \"true\"\n";
 
 /// A test at every limit of `abi::limits` at once (that can be combined):
 /// 256 locations (32 pages, 16 of them shared, pinned so their page tables
-/// number exactly 64; the rest vars and flags), 16 device threads, 32
+/// number exactly 64; the rest vars and flags), 64 threads of which 16 are
+/// devices (so 48 vCPUs), 32
 /// `cow`s, a page linked to 3 others by `ksm`, 64 observed values, names
 /// of 255 bytes, a condition nested 64 deep; if `long`, also 2,047 DMA ops
 /// per device and exactly 32,768 instruction records (about half a minute
@@ -109,12 +110,17 @@ fn at_every_limit(long: bool) -> String {
     let _ = writeln!(code, "load {p0} -> r31");
     let p0_records = MAX_COW_OPS + MAX_PAGE_MAPPINGS - 1 + flags + 1;
     let dev_records = 2 * MAX_DEVICE_THREADS;
+    // vCPU threads P0, P1 and these fill the thread limit with the devices.
+    let more_vcpus = MAX_THREADS - MAX_DEVICE_THREADS - 2;
     let _ = write!(s, "[thread.{}]\ncode = \"\"\"\n{code}\"\"\"\n", "P".repeat(MAX_NAME_LEN));
     s.push_str("[thread.P1]\ncode = \"\"\"\n");
-    for _ in 0..if long { MAX_RECORDS - p0_records - dev_records } else { 1 } {
+    for _ in 0..if long { MAX_RECORDS - p0_records - dev_records - more_vcpus } else { 1 } {
         s.push_str("mfence\n");
     }
     s.push_str("\"\"\"\n");
+    for i in 0..more_vcpus {
+        let _ = write!(s, "[thread.Q{i}]\ncode = \"mfence\"\n");
+    }
     let ops = if long { MAX_DEVICE_OPS } else { 3 };
     for d in 0..MAX_DEVICE_THREADS {
         let _ = write!(s, "[device.D{d}]\ncode = \"loop {ops} {{ dma_load p{} -> r0 }}\"\n", 1 + d);
@@ -285,6 +291,7 @@ fn at_limits_runs(long: bool) -> Result<(), Failed> {
         (page_tables_needed(&pinned, pinned.len() < pages.len()), MAX_PAGE_TABLES),
         (count(abi::litmus::Op::Cow), MAX_COW_OPS),
         (t.threads.iter().filter(|t| t.kind == abi::litmus::ThreadKind::Device).count(), MAX_DEVICE_THREADS),
+        (t.threads.len(), MAX_THREADS),
         (t.observed.len(), MAX_OBSERVED),
         (t.name.len(), MAX_NAME_LEN),
     ];
