@@ -30,23 +30,33 @@ fn write(name: &str, bytes: &[u8]) -> PathBuf {
 /// the bug some of these tests look for; the limit is generous, not a
 /// speed claim).
 fn vmm_bounded(args: &[&str], limit: Duration) -> Result<Output, Failed> {
+    // Output goes to files, not pipes: a child writing more than a pipe
+    // holds would wait for a reader while we wait for it.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (out_path, err_path) = (scratch_dir().join(format!("out-{n}")), scratch_dir().join(format!("err-{n}")));
+    let file = |p: &Path| std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()));
     let mut child = Command::new(VMM)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(file(&out_path)?)
+        .stderr(file(&err_path)?)
         .spawn()
         .map_err(|e| format!("cannot run vmm: {e}"))?;
     let start = Instant::now();
-    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break st;
+        }
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!("vmm {args:?} did not end within {} s", limit.as_secs()).into());
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().map_err(|e| e.to_string().into())
+    };
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    Ok(Output { status, stdout: read(&out_path)?, stderr: read(&err_path)? })
 }
 
 /// Exit 2, `want` in the first stderr line, nothing ran, no panic.
