@@ -1,5 +1,6 @@
 //! Reading a file named on the command line (a guest image, a trace, a
-//! litmus file): a regular file only, up to a size limit, never blocking.
+//! litmus file, a results file): a regular file only, up to a size limit,
+//! never blocking.
 //!
 //! `std::fs::read` on a FIFO waits for a writer forever; on `/dev/zero` it
 //! grows memory until the process dies; on a directory it fails with a
@@ -18,6 +19,9 @@ use std::path::Path;
 pub const GUEST_IMAGE_MAX: u64 = 256 << 20;
 /// Largest trace `vmm trace report|export|dump` reads (whole, in memory).
 pub const TRACE_FILE_MAX: u64 = 2 << 30;
+/// Largest results file (`--json` output) `vmm compare` and `vmm results
+/// merge` read.
+pub const RESULTS_FILE_MAX: u64 = 1 << 30;
 /// Largest litmus file `vmm litmus` reads. A test at every limit of
 /// `abi::limits` is well under 2 MiB of text.
 pub const LITMUS_FILE_MAX: u64 = 8 << 20;
