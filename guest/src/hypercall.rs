@@ -48,6 +48,10 @@ fn bad_reply(op: Op, status: u64, e: Option<DecodeError>) -> ! {
 /// into `out`; returns the typed reply and the reply's data length.
 #[inline(always)]
 pub fn call_into<H: Hypercall>(req: H::Request, data: &[u8], out: &mut [u8]) -> (H::Reply, usize) {
+    // Queued page-table updates (lazy MMU mode) go before anything else.
+    if H::OP != abi::hypercall::Op::PtBatch {
+        crate::mm::pgtable::lazy_mmu_flush();
+    }
     if percpu::cpl() == 3 {
         return call_user::<H>(req, data, out);
     }

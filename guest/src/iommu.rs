@@ -29,6 +29,8 @@ pub fn mmio_read(off: u64) -> u64 {
 }
 
 pub fn mmio_write(off: u64, v: u64) {
+    // The device must see the page-table updates made before.
+    crate::mm::pgtable::lazy_mmu_flush();
     // SAFETY: as above.
     unsafe { core::ptr::write_volatile((IOMMU_MMIO_BASE + off) as *mut u64, v) }
 }

@@ -30,6 +30,7 @@ use abi::litmus::{
 use crate::mm::hooks;
 use crate::mm::mm_types::{TEST_MM, VM_READ, VM_WRITE};
 use crate::mm::page_alloc;
+use crate::mm::pgtable;
 use crate::mm::policy;
 use crate::mm::tlb;
 use crate::sync::SpinLock;
@@ -209,6 +210,9 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
     let mut held = [0u64; MAX_HELD];
     let want = rng.below(MAX_HELD as u64 + 1) as usize;
     let nheld = page_alloc::hold_pages(&mut held[..want]);
+    // Building the fresh mm: no thread, TLB or device walks it yet, so its
+    // page-table updates go to the VMM in one batch (lazy MMU mode).
+    pgtable::lazy_mmu_enter();
     TEST_MM.init();
     place(b, &mut rng);
     for i in 0..h.n_locs {
@@ -229,6 +233,7 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
             _ => {}
         }
     }
+    pgtable::lazy_mmu_leave();
     if h.n_device_threads > 0 {
         TEST_MM.bind_pasid(TEST_PASID);
     }
@@ -284,9 +289,15 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
     if let Some(t) = mine {
         thread_main(t as u64);
     }
+    // A thread on another vCPU is over when its work item is (it published
+    // FINISHED before): at CPL3 that is one wait, parked without a
+    // timeout; at CPL0 (whose `wait_done` gives up after a while) the
+    // thread's FINISHED first. Ours ran above.
     for (t, &cpu) in cpus.iter().enumerate().take(h.n_vcpu_threads as usize) {
-        wait_until(position(t), |p| p & state::pos::FINISHED != 0);
         if cpu != me {
+            if crate::percpu::cpl() == 0 {
+                wait_until(position(t), |p| p & state::pos::FINISHED != 0);
+            }
             smp::wait_done(cpu, 10_000);
         }
     }
@@ -305,7 +316,12 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
     }
 
     state_word(state::PHASE).store(state::PHASE_TEARDOWN, Ordering::Release);
+    // exit_mmap: the threads and devices are done, so the teardown's
+    // page-table updates are batched too (its flushes and the IOMMU unbind
+    // send the queue before them).
+    pgtable::lazy_mmu_enter();
     TEST_MM.teardown();
+    pgtable::lazy_mmu_leave();
     page_alloc::unhold_pages(&held[..nheld]);
     let leaked_data = data_in_use().wrapping_sub(data0);
     let leaked_tables = page_alloc::table_pages_in_use().wrapping_sub(tables0);

@@ -9,11 +9,13 @@
 //! is spent while it sleeps and an interrupt (a shootdown IPI) still gets
 //! through. [`wake`] follows every store a waiter may wait for.
 //!
-//! No wake-up is lost (Dekker between the word and [`WAITERS`]): a waiter
-//! counts itself, then looks at the word once more and parks only if it
-//! is unchanged — and the VMM parks it only if the word still holds the
-//! value it saw, checked under the lock `WAKE` takes; a signaller stores
-//! the word, then looks at the count and skips `WAKE` when nobody waits.
+//! No wake-up is lost (Dekker between the word and its [`WAITERS`]
+//! bucket): a waiter counts itself in the word's bucket, then looks at the
+//! word once more and parks only if it is unchanged — and the VMM parks it
+//! only if the word still holds the value it saw, checked under the lock
+//! `WAKE` takes; a signaller stores the word, then looks at the bucket and
+//! skips `WAKE` when nobody waits on a word of it (the common case: a
+//! signal nobody is parked for costs no exit).
 //! Device programs' `SIGNAL`/`KADD` stores wake waiters in the VMM.
 //!
 //! Works at CPL0 and CPL3. At CPL0 the `WAIT` is issued with interrupts
@@ -25,8 +27,13 @@ use abi::hypercall::calls::{Wait, WaitRequest, Wake, WakeRequest};
 
 use crate::{arch, hypercall, time};
 
-/// vCPUs inside a park right now (any word): signallers skip `WAKE` at 0.
-static WAITERS: AtomicU64 = AtomicU64::new(0);
+/// vCPUs inside a park right now, by a hash of the word they wait on:
+/// signallers skip `WAKE` when the word's bucket is 0.
+static WAITERS: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+
+fn bucket(word: &AtomicU64) -> &'static AtomicU64 {
+    &WAITERS[(word as *const AtomicU64 as usize >> 3) % WAITERS.len()]
+}
 
 /// Spin budget before parking, in TSC cycles (set at boot).
 static SPIN_CYCLES: AtomicU64 = AtomicU64::new(0);
@@ -63,20 +70,22 @@ pub fn wait_until(word: &AtomicU64, cond: impl Fn(u64) -> bool) -> u64 {
         if cond(v) {
             return v;
         }
-        WAITERS.fetch_add(1, Ordering::SeqCst);
+        let waiters = bucket(word);
+        waiters.fetch_add(1, Ordering::SeqCst);
         if word.load(Ordering::SeqCst) == v {
             PARKS.fetch_add(1, Ordering::Relaxed);
             hypercall::wait::<Wait>(WaitRequest { gpa: word as *const AtomicU64 as u64, expected: v });
         }
-        WAITERS.fetch_sub(1, Ordering::SeqCst);
+        waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// After a store to `word` that a waiter may be waiting for: wakes the
-/// vCPUs parked on it (nothing when nobody is parked anywhere). The store
-/// must be `SeqCst` (or followed by a full fence) for the Dekker above.
+/// vCPUs parked on it (nothing when nobody waits on a word of its
+/// bucket). The store must be `SeqCst` (or followed by a full fence) for
+/// the Dekker above.
 pub fn wake(word: &AtomicU64) {
-    if WAITERS.load(Ordering::SeqCst) != 0 {
+    if bucket(word).load(Ordering::SeqCst) != 0 {
         hypercall::call::<Wake>(WakeRequest { gpa: word as *const AtomicU64 as u64 });
     }
 }

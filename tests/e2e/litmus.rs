@@ -145,10 +145,12 @@ pub fn examples() -> Result<(), Failed> {
 }
 
 /// An iteration that deadlocks under the PTL is recorded as `timeout` with
-/// every thread's position, and the run goes on with the next iteration.
+/// every thread's position, and the run goes on with the next iteration
+/// (1 s per iteration: the threads must reach their positions first, also on
+/// a loaded host).
 pub fn timeout_is_recorded_and_run_goes_on() -> Result<(), Failed> {
     let f = repo().join("tests/e2e/data/deadlock-under-ptl.toml");
-    let o = vmm(&["litmus", "--runs", "2", "--seed", "1", "--iteration-timeout", "300", f.to_str().unwrap()]);
+    let o = vmm(&["litmus", "--runs", "2", "--seed", "1", "--iteration-timeout", "1000", f.to_str().unwrap()]);
     let (out, err) = text(&o);
     let ctx = || format!("status {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
     ensure(o.status.code() == Some(0), || format!("non-zero exit\n{}", ctx()))?;

@@ -148,6 +148,23 @@ crate::hypercall!(
 );
 
 crate::wire_struct! {
+    /// `PT_BATCH`: `count` [`super::BatchEntry`]s in `data`, done in order,
+    /// each as its own call would (Linux's lazy MMU mode as Xen PV batches
+    /// `mmu_update`s in a multicall: updates nobody else may observe before
+    /// the batch ends, sent in one exit).
+    pub struct PtBatchRequest { pub count: u64 }
+}
+crate::wire_struct! {
+    /// `PT_BATCH`'s reply: the result of the last entry (a `PT_OP`'s old
+    /// value, `PAGE_OP` compare's `same` as 0/1, 0 for a `PT_TABLE`).
+    pub struct PtBatchReply { pub last: u64 }
+}
+crate::hypercall!(
+    /// Several page-table, page-table page and page operations.
+    PtBatch = PtBatch(PtBatchRequest) -> PtBatchReply
+);
+
+crate::wire_struct! {
     /// `PAGE_OP`: zero, copy (`src` → `dst`) or compare whole 4 KiB data
     /// pages (`FREE_START` up) on host memory (Xen PV's `MMUEXT_CLEAR_PAGE`
     /// / `MMUEXT_COPY_PAGE`): on hosts that emulate every guest instruction

@@ -106,6 +106,7 @@ crate::wire_enum! {
         Wait = 40,
         Wake = 41,
         Ipi = 42,
+        PtBatch = 43,
     }
 }
 
@@ -140,6 +141,7 @@ impl Op {
             Op::Wait => "WAIT",
             Op::Wake => "WAKE",
             Op::Ipi => "IPI",
+            Op::PtBatch => "PT_BATCH",
         }
     }
 }
@@ -193,6 +195,47 @@ crate::wire_enum! {
         ClearBits = 4,
         /// entry |= a
         SetBits = 5,
+    }
+}
+
+/// One operation of a `PT_BATCH` (lazy MMU mode, `calls::PtBatch`): a
+/// page-table op, a page-table page event or a page op, four words each
+/// in the call's data (`tag`, then the operands). Tags: class in bits
+/// 8..16 (0 `PT_OP`, 1 `PT_TABLE`, 2 `PAGE_OP`), the sub-kind in bits 0..8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchEntry {
+    PtOp { kind: PtOpKind, entry: u64, a: u64, b: u64 },
+    PtTable { event: TableEvent, table: u64, level: u64 },
+    PageOp { kind: PageOpKind, dst: u64, src: u64 },
+}
+
+impl BatchEntry {
+    /// Bytes of one entry in the data area.
+    pub const LEN: usize = 32;
+    /// Entries one call carries.
+    pub const MAX: usize = DATA_LEN / Self::LEN;
+
+    pub fn encode(&self) -> [u64; 4] {
+        match *self {
+            BatchEntry::PtOp { kind, entry, a, b } => [kind as u64, entry, a, b],
+            BatchEntry::PtTable { event, table, level } => [1 << 8 | event as u64, table, level, 0],
+            BatchEntry::PageOp { kind, dst, src } => [2 << 8 | kind as u64, dst, src, 0],
+        }
+    }
+
+    pub fn decode(w: [u64; 4]) -> Result<Self, DecodeError> {
+        let bad = |value| DecodeError { what: "BatchEntry", field: "tag", value };
+        let sub = w[0] & 0xff;
+        match w[0] >> 8 {
+            0 => {
+                Ok(BatchEntry::PtOp { kind: PtOpKind::from_u64(sub).ok_or(bad(w[0]))?, entry: w[1], a: w[2], b: w[3] })
+            }
+            1 => {
+                Ok(BatchEntry::PtTable { event: TableEvent::from_u64(sub).ok_or(bad(w[0]))?, table: w[1], level: w[2] })
+            }
+            2 => Ok(BatchEntry::PageOp { kind: PageOpKind::from_u64(sub).ok_or(bad(w[0]))?, dst: w[1], src: w[2] }),
+            _ => Err(bad(w[0])),
+        }
     }
 }
 
@@ -332,5 +375,25 @@ pub fn vector_name(v: u64) -> &'static str {
         18 => "#MC",
         19 => "#XM",
         _ => "vector",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_entries_round_trip_and_unknown_tags_do_not_decode() {
+        let all = [
+            BatchEntry::PtOp { kind: PtOpKind::Cmpxchg, entry: 0x300_0008, a: 1, b: 2 },
+            BatchEntry::PtTable { event: TableEvent::Freed, table: 0x300_1000, level: 3 },
+            BatchEntry::PageOp { kind: PageOpKind::Copy, dst: 0x400_0000, src: 0x400_1000 },
+        ];
+        for e in all {
+            assert_eq!(BatchEntry::decode(e.encode()), Ok(e));
+        }
+        for tag in [3 << 8, 7, 1 << 8 | 9, 2 << 8 | 3] {
+            assert!(BatchEntry::decode([tag, 0, 0, 0]).is_err(), "tag {tag:#x}");
+        }
     }
 }

@@ -508,6 +508,9 @@ impl MmStruct {
 /// mm that the modelled TLB could not fill. Returns true if the access can
 /// be retried.
 pub fn do_user_addr_fault(va: u64, error_code: u64) -> bool {
+    // The modelled TLB's fill walked tables whose queued updates it could
+    // not see: lazy MMU mode regions touch no user memory.
+    crate::guest_assert!(!super::pgtable::in_lazy_mmu(), "user fault at {:#x} in lazy MMU mode", va);
     if !TEST_MM.is_live() || !tlb::runs_mm(TEST_MM.pt().pgd) {
         return false;
     }

@@ -187,6 +187,9 @@ pub fn relax(spins: &mut u32) {
 /// hypercall ~30 µs.
 fn page_op(kind: abi::hypercall::PageOpKind, dst: u64, src: u64) -> bool {
     use abi::hypercall::calls::{PageOp, PageOpRequest};
+    if let Some(same) = super::pgtable::lazy_page_op(kind, dst, src) {
+        return same != 0;
+    }
     crate::hypercall::call::<PageOp>(PageOpRequest { kind, dst, src }).same.get()
 }
 

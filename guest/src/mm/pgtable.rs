@@ -3,12 +3,15 @@
 //! page-table ops (`set_pte_at`, `ptep_get_and_clear`, … as in Linux's
 //! `include/linux/pgtable.h`), so every change is seen by the VMM.
 
-use abi::hypercall::calls::{self, PtOpRequest, PtTableRequest};
-use abi::hypercall::{ptop, PtOpKind, TableEvent};
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use abi::hypercall::calls::{self, PtBatchRequest, PtOpRequest, PtTableRequest};
+use abi::hypercall::{ptop, BatchEntry, PageOpKind, PtOpKind, TableEvent};
 use abi::layout::{self, PAGE_SIZE};
 
 use super::page_alloc;
-use crate::{guest_assert, hypercall};
+use crate::{guest_assert, hypercall, percpu};
 
 pub mod pte {
     pub const P: u64 = 1 << 0;
@@ -78,9 +81,147 @@ pub const fn pte_dirty(e: u64) -> bool {
 /// Flags of non-leaf entries of the user half (rights are decided at the leaf).
 const TABLE_FLAGS: u64 = pte::P | pte::RW | pte::US;
 
-/// One page-table op by the VMM; returns the old entry.
+/// One page-table op by the VMM; returns the old entry. In lazy MMU mode
+/// a `SET` is queued (its old value read through the queue); an op whose
+/// old value matters goes out at once with the queue before it.
 pub fn pt_op(kind: PtOpKind, entry_gpa: u64, a: u64, b: u64) -> u64 {
+    if let Some(q) = lazy() {
+        let op = BatchEntry::PtOp { kind, entry: entry_gpa, a, b };
+        if kind == ptop::SET {
+            let old = q.read(entry_gpa);
+            q.push(op);
+            return old;
+        }
+        return q.send_with(op);
+    }
     hypercall::call::<calls::PtOp>(PtOpRequest { kind, entry: entry_gpa, a, b }).old
+}
+
+// ---- lazy MMU mode ----------------------------------------------------------
+//
+// Linux's `arch_enter_lazy_mmu_mode()`/`arch_leave_lazy_mmu_mode()` as Xen
+// PV implements them (`xen_enter_lazy_mmu`, multicalls of `mmu_update`):
+// page-table updates nobody else may observe yet are queued and sent to
+// the hypervisor in one call (`PT_BATCH`) when the mode ends, when a
+// result is needed, or before any other hypercall or device access. The
+// litmus runner uses it only where no other CPU, TLB or device walks the
+// test mm: building a fresh mm before its threads start, and the teardown
+// after they and the devices finished. The operations themselves — and
+// their order — are the ones the mm model makes; only the exits go.
+
+/// Queued entries of the CPU in lazy MMU mode (one at a time).
+struct LazyQueue {
+    n: usize,
+    entries: [[u64; 4]; BatchEntry::MAX],
+}
+
+/// The CPU in lazy MMU mode, or `NO_CPU`.
+static LAZY_CPU: AtomicU64 = AtomicU64::new(NO_CPU);
+const NO_CPU: u64 = u64::MAX;
+
+struct LazyCell(UnsafeCell<LazyQueue>);
+// SAFETY: only the CPU named in `LAZY_CPU` touches the queue, and it does
+// not touch it from interrupt handlers (they make no page-table ops).
+unsafe impl Sync for LazyCell {}
+static LAZY: LazyCell = LazyCell(UnsafeCell::new(LazyQueue { n: 0, entries: [[0; 4]; BatchEntry::MAX] }));
+
+/// This CPU's queue, if it is in lazy MMU mode.
+fn lazy() -> Option<&'static mut LazyQueue> {
+    let owner = LAZY_CPU.load(Ordering::Relaxed);
+    // SAFETY: the queue is the owner's alone (see `LazyCell`), and no
+    // caller holds two of these references at once.
+    (owner != NO_CPU && owner == percpu::cpu()).then(|| unsafe { &mut *LAZY.0.get() })
+}
+
+impl LazyQueue {
+    fn push(&mut self, e: BatchEntry) {
+        if self.n == self.entries.len() {
+            self.send();
+        }
+        self.entries[self.n] = e.encode();
+        self.n += 1;
+    }
+
+    /// Sends the queue; returns the last entry's result.
+    fn send(&mut self) -> u64 {
+        if self.n == 0 {
+            return 0;
+        }
+        let mut data = [0u8; BatchEntry::MAX * BatchEntry::LEN];
+        for (i, e) in self.entries[..self.n].iter().enumerate() {
+            for (k, w) in e.iter().enumerate() {
+                data[i * BatchEntry::LEN + 8 * k..][..8].copy_from_slice(&w.to_le_bytes());
+            }
+        }
+        let n = self.n;
+        self.n = 0;
+        let r =
+            hypercall::call_data::<calls::PtBatch>(PtBatchRequest { count: n as u64 }, &data[..n * BatchEntry::LEN]);
+        r.last
+    }
+
+    /// Queues `e` and sends the queue: `e`'s result.
+    fn send_with(&mut self, e: BatchEntry) -> u64 {
+        self.push(e);
+        self.send()
+    }
+
+    /// The entry at `gpa` as the queued updates leave it: the last queued
+    /// `SET` of it, 0 in a table page allocated in the queue (the VMM
+    /// zeroes it then), or what memory holds.
+    fn read(&self, gpa: u64) -> u64 {
+        for e in self.entries[..self.n].iter().rev() {
+            match BatchEntry::decode(*e) {
+                Ok(BatchEntry::PtOp { kind: PtOpKind::Set, entry, a, .. }) if entry == gpa => return a,
+                Ok(BatchEntry::PtTable { event: TableEvent::Allocated, table, .. })
+                    if table == gpa & !(PAGE_SIZE - 1) =>
+                {
+                    return 0
+                }
+                _ => {}
+            }
+        }
+        // SAFETY: the page-table region is identity-mapped and readable.
+        unsafe { core::ptr::read_volatile(gpa as *const u64) }
+    }
+}
+
+/// Enters lazy MMU mode on this CPU (`arch_enter_lazy_mmu_mode`): see above.
+pub fn lazy_mmu_enter() {
+    let me = percpu::cpu();
+    let was = LAZY_CPU.swap(me, Ordering::AcqRel);
+    guest_assert!(was == NO_CPU, "lazy MMU mode entered on CPU {} while CPU {} is in it", me, was);
+}
+
+/// Sends what is queued and leaves lazy MMU mode (`arch_leave_lazy_mmu_mode`).
+pub fn lazy_mmu_leave() {
+    if let Some(q) = lazy() {
+        q.send();
+    }
+    LAZY_CPU.store(NO_CPU, Ordering::Release);
+}
+
+/// Sends what is queued (before a hypercall or a device access that must
+/// come after the queued updates); nothing outside lazy MMU mode.
+#[inline]
+pub fn lazy_mmu_flush() {
+    if LAZY_CPU.load(Ordering::Relaxed) == NO_CPU {
+        return;
+    }
+    if let Some(q) = lazy() {
+        q.send();
+    }
+}
+
+/// Whether this CPU is in lazy MMU mode.
+pub fn in_lazy_mmu() -> bool {
+    lazy().is_some()
+}
+
+/// A page op (`PAGE_OP`) in program order with the queued updates: sent
+/// with them in lazy MMU mode; `None` outside it.
+pub fn lazy_page_op(kind: PageOpKind, dst: u64, src: u64) -> Option<u64> {
+    lazy().map(|q| q.send_with(BatchEntry::PageOp { kind, dst, src }))
 }
 
 pub fn set_pte(entry_gpa: u64, val: u64) {
@@ -97,15 +238,27 @@ pub fn ptep_clear_bits(entry_gpa: u64, bits: u64) -> u64 {
 }
 
 pub fn read_entry(entry_gpa: u64) -> u64 {
+    if let Some(q) = lazy() {
+        return q.read(entry_gpa);
+    }
     // SAFETY: the page-table region is identity-mapped and readable.
     unsafe { core::ptr::read_volatile(entry_gpa as *const u64) }
+}
+
+fn pt_table(event: TableEvent, table: u64, level: u64) {
+    match lazy() {
+        Some(q) => q.push(BatchEntry::PtTable { event, table, level }),
+        None => {
+            hypercall::call::<calls::PtTable>(PtTableRequest { event, table, level });
+        }
+    }
 }
 
 fn table_alloc(level: u64) -> u64 {
     let t = page_alloc::alloc_table_page();
     guest_assert!(t.is_some(), "out of page-table pages");
     let t = t.unwrap_or(0);
-    hypercall::call::<calls::PtTable>(PtTableRequest { event: TableEvent::Allocated, table: t, level });
+    pt_table(TableEvent::Allocated, t, level);
     super::ptdesc::ptdesc(t).reset();
     t
 }
@@ -113,7 +266,7 @@ fn table_alloc(level: u64) -> u64 {
 /// Returns a page-table page to the allocator (after the TLBs that may cache
 /// walks through it were flushed).
 pub fn free_table(t: u64) {
-    hypercall::call::<calls::PtTable>(PtTableRequest { event: TableEvent::Freed, table: t, level: 0 });
+    pt_table(TableEvent::Freed, t, 0);
     page_alloc::free_table_page(t);
 }
 

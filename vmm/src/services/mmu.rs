@@ -1,14 +1,15 @@
 //! Page tables and data pages, done by the VMM for the guest: PT_OP (host
 //! atomics on the page-table region), PT_TABLE (a table page is born empty,
 //! and the IOMMU learns which tables are live), PAGE_OP (zero/copy/compare
-//! data pages), and the guard on the read-only page-table region that
+//! data pages), PT_BATCH (several of them in one exit), and the guard on
+//! the read-only page-table region that
 //! reports a direct store (EXPECT_STRAY_STORE / LAST_STRAY_STORE let the
 //! self-test make one on purpose).
 
 use std::sync::{Arc, Mutex};
 
-use abi::hypercall::calls::{self, PageOpReply, PtOpReply, StrayStoreReply};
-use abi::hypercall::{Flag, Op, PageOpKind, TableEvent};
+use abi::hypercall::calls::{self, PageOpReply, PtBatchReply, PtOpReply, StrayStoreReply};
+use abi::hypercall::{BatchEntry, Flag, Op, PageOpKind, TableEvent};
 use abi::layout::{self, PAGE_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -46,6 +47,31 @@ impl Mmu {
         if let Some(st) = s.get_mut(cpu as usize) {
             f(st);
         }
+    }
+}
+
+impl Mmu {
+    /// A page-table page was allocated (it is zeroed: the guest cannot
+    /// write the region) or freed; the IOMMU's live-table registry hears it.
+    fn pt_table(&self, mem: &GuestMemoryMmap, event: TableEvent, table: u64) -> Result<(), String> {
+        if !layout::in_pt_region(table) || !table.is_multiple_of(PAGE_SIZE) {
+            return Err(format!("PT_TABLE {table:#x} is not a page of the page-table region"));
+        }
+        match event {
+            TableEvent::Allocated => {
+                let zero = [0u8; PAGE_SIZE as usize];
+                mem.write_slice(&zero, GuestAddress(table)).map_err(|e| format!("PT_TABLE {table:#x}: {e}"))?;
+                if let Some(t) = &self.tables {
+                    t.table_allocated(table);
+                }
+            }
+            TableEvent::Freed => {
+                if let Some(t) = &self.tables {
+                    t.table_freed(table);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -109,7 +135,7 @@ impl HypercallHandler for Mmu {
     }
 
     fn ops(&self) -> &'static [Op] {
-        &[Op::PtOp, Op::PtTable, Op::PageOp, Op::ExpectStrayStore, Op::LastStrayStore]
+        &[Op::PtOp, Op::PtTable, Op::PageOp, Op::PtBatch, Op::ExpectStrayStore, Op::LastStrayStore]
     }
 
     fn handle(&self, ctx: &mut VcpuCtx<'_>, call: &Call<'_>) -> Result<Reply, GuestFault> {
@@ -122,35 +148,50 @@ impl HypercallHandler for Mmu {
             }
             Op::PtTable => {
                 let r = call.request::<calls::PtTable>()?;
-                if !layout::in_pt_region(r.table) || !r.table.is_multiple_of(PAGE_SIZE) {
-                    return Err(GuestFault::rejected(
-                        call.op,
-                        format_args!("PT_TABLE {:#x} is not a page of the page-table region", r.table),
-                    ));
-                }
-                match r.event {
-                    TableEvent::Allocated => {
-                        // A new table starts empty; the guest cannot write the region itself.
-                        let zero = [0u8; PAGE_SIZE as usize];
-                        ctx.mem
-                            .write_slice(&zero, GuestAddress(r.table))
-                            .map_err(|e| GuestFault::rejected(call.op, format_args!("PT_TABLE {:#x}: {e}", r.table)))?;
-                        if let Some(t) = &self.tables {
-                            t.table_allocated(r.table);
-                        }
-                    }
-                    TableEvent::Freed => {
-                        if let Some(t) = &self.tables {
-                            t.table_freed(r.table);
-                        }
-                    }
-                }
+                self.pt_table(ctx.mem, r.event, r.table).map_err(|e| GuestFault::rejected(call.op, e))?;
                 Ok(Reply::empty())
             }
             Op::PageOp => {
                 let r = call.request::<calls::PageOp>()?;
                 let same = page_op(ctx.mem, r.kind, r.dst, r.src).map_err(|e| GuestFault::rejected(call.op, e))?;
                 Ok(Reply::of::<calls::PageOp>(PageOpReply { same: same.into() }))
+            }
+            Op::PtBatch => {
+                let r = call.request::<calls::PtBatch>()?;
+                let n = r.count as usize;
+                if n > BatchEntry::MAX || n * BatchEntry::LEN > call.data.len() {
+                    return Err(GuestFault::rejected(
+                        call.op,
+                        format_args!(
+                            "PT_BATCH of {n} entries with {} bytes of data (at most {})",
+                            call.data.len(),
+                            BatchEntry::MAX
+                        ),
+                    ));
+                }
+                let mut last = 0;
+                for (i, chunk) in call.data[..n * BatchEntry::LEN].chunks_exact(BatchEntry::LEN).enumerate() {
+                    let mut w = [0u64; 4];
+                    for (k, v) in w.iter_mut().enumerate() {
+                        *v = u64::from_le_bytes(chunk[8 * k..8 * k + 8].try_into().unwrap_or([0; 8]));
+                    }
+                    let entry = BatchEntry::decode(w)
+                        .map_err(|e| GuestFault::rejected(call.op, format_args!("entry {i}: {e}")))?;
+                    let at = |e: String| GuestFault::rejected(call.op, format_args!("entry {i}: {e}"));
+                    last = match entry {
+                        BatchEntry::PtOp { kind, entry, a, b } => {
+                            shadow::pt_op(ctx.mem, kind, entry, a, b).map_err(|e| at(e.to_string()))?.0
+                        }
+                        BatchEntry::PtTable { event, table, .. } => {
+                            self.pt_table(ctx.mem, event, table).map_err(&at)?;
+                            0
+                        }
+                        BatchEntry::PageOp { kind, dst, src } => {
+                            page_op(ctx.mem, kind, dst, src).map_err(|e| at(e.to_string()))? as u64
+                        }
+                    };
+                }
+                Ok(Reply::of::<calls::PtBatch>(PtBatchReply { last }))
             }
             Op::ExpectStrayStore => {
                 self.stray(ctx.cpu, |s| *s = StrayState { expected: true, last: None });

@@ -6,8 +6,8 @@ use abi::config::TlbModel;
 use abi::dma;
 use abi::hypercall::calls::*;
 use abi::hypercall::{
-    Empty, FillResult, Flag, FlushKind, Metric, Op, Outcome, PageOpKind, PtOpKind, TableEvent, TlbConfigAction,
-    TlbModelKind,
+    BatchEntry, Empty, FillResult, Flag, FlushKind, Metric, Op, Outcome, PageOpKind, PtOpKind, TableEvent,
+    TlbConfigAction, TlbModelKind,
 };
 use abi::layout::{self, PAGE_SIZE, PT_BASE, USER_BASE};
 use abi::zap;
@@ -503,4 +503,26 @@ fn a_flush_lists_the_cleared_slot_and_only_a_cpl3_caller_gets_the_zap_interrupt(
     vm.after_exit(0);
     assert_eq!(word(&vm, layout::zap_list(0) + zap::COUNT), 1);
     assert_eq!(vm.msis.lock().unwrap().last(), Some(&(0xfee0_0000, zap::VECTOR as u32)));
+}
+
+#[test]
+fn pt_batch_does_each_entry_in_order_and_returns_the_last_result() {
+    let vm = lazy();
+    let entries = [
+        BatchEntry::PtTable { event: TableEvent::Allocated, table: PT_BASE + PAGE_SIZE, level: 1 },
+        BatchEntry::PtOp { kind: PtOpKind::Set, entry: PT_BASE + PAGE_SIZE + 8, a: 0x1234_5003, b: 0 },
+        BatchEntry::PageOp { kind: PageOpKind::Zero, dst: layout::FREE_START, src: 0 },
+        BatchEntry::PtOp { kind: PtOpKind::Xchg, entry: PT_BASE + PAGE_SIZE + 8, a: 7, b: 0 },
+    ];
+    let data: Vec<u8> = entries.iter().flat_map(|e| e.encode()).flat_map(u64::to_le_bytes).collect();
+    let (r, _) = vm.call::<PtBatch>(0, PtBatchRequest { count: 4 }, &data).unwrap();
+    assert_eq!(r.last, 0x1234_5003, "the xchg saw the set before it");
+    assert_eq!(word(&vm, PT_BASE + PAGE_SIZE + 8), 7);
+    // More entries than data, an unknown tag, an entry outside the region.
+    assert!(vm.call::<PtBatch>(0, PtBatchRequest { count: 5 }, &data).is_err());
+    let bad: Vec<u8> = [9u64 << 8, 0, 0, 0].iter().flat_map(|w| w.to_le_bytes()).collect();
+    assert!(vm.call::<PtBatch>(0, PtBatchRequest { count: 1 }, &bad).is_err());
+    let outside = BatchEntry::PtOp { kind: PtOpKind::Set, entry: layout::FREE_START, a: 1, b: 0 };
+    let data: Vec<u8> = outside.encode().iter().flat_map(|w| w.to_le_bytes()).collect();
+    assert!(vm.call::<PtBatch>(0, PtBatchRequest { count: 1 }, &data).is_err());
 }
