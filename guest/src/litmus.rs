@@ -36,7 +36,7 @@ use crate::mm::tlb;
 use crate::sync::SpinLock;
 use crate::trace::{self, Kind};
 use crate::trap::{probe_cmpxchg_u64, probe_read_u64, probe_write_u64, probe_xadd_u64, probe_xchg_u64, Probe};
-use crate::wait::{wait_until, wake};
+use crate::wait::{wait_until, wake, wake_then_wait_until};
 use crate::{arch, cpl3, hypercall, report, smp, time};
 
 /// The test's limits (`abi::limits`): `Blob::parse` refuses a blob beyond
@@ -417,6 +417,13 @@ impl ThreadCtx {
             let Some(ins) = b.thread_instr(td, pc) else { return };
             let len = b.item_len(td, pc).unwrap_or(1);
             self.publish(pc, None);
+            // `signal` then `wait`: one exit for both (see `signal_then_wait`).
+            let next = (pc + len < end).then(|| b.thread_instr(td, pc + len)).flatten();
+            if let Some(next) = next.filter(|n| pairs_with_wait(&ins, n)) {
+                self.signal_then_wait(&ins, &next, pc + len, None);
+                pc += len + b.item_len(td, pc + len).unwrap_or(1);
+                continue;
+            }
             if ins.op() == Op::Loop {
                 for _ in 0..ins.imm {
                     self.block(b, td, pc + 1, pc + 1 + ins.len);
@@ -499,18 +506,39 @@ impl ThreadCtx {
         }
     }
 
+    /// A `signal`'s store; returns the word.
+    fn signal_store(&self, ins: &lt::Instr) -> &'static AtomicU64 {
+        let v = if ins.src != NO_REG { self.reg(ins.src) } else { ins.imm };
+        let w = var_word(ins.loc);
+        w.store(v, Ordering::SeqCst);
+        w
+    }
+
+    /// A `wait`'s condition on its word.
+    fn wait_cond(ins: &lt::Instr) -> impl Fn(u64) -> bool {
+        let eq = WaitCmp::from_u8(ins.arg) == Some(WaitCmp::Eq);
+        let imm = ins.imm;
+        move |v| if eq { v == imm } else { v != 0 }
+    }
+
+    /// `signal` then `wait` (at `wait_pc`, in hook group `hook`): the
+    /// wait's park wakes the signalled word's waiters first, so the pair
+    /// costs one exit, not two. Nothing but publishing the wait's position
+    /// happens between the store and the wake-up, as with the two apart.
+    fn signal_then_wait(&mut self, signal: &lt::Instr, wait: &lt::Instr, wait_pc: u32, hook: Option<Hook>) {
+        let signalled = self.signal_store(signal);
+        self.publish(wait_pc, hook);
+        wake_then_wait_until(signalled, var_word(wait.loc), Self::wait_cond(wait));
+    }
+
     /// The sync ops (also the only ops of hook groups).
     fn sync(&mut self, ins: &lt::Instr) {
         match ins.op() {
             Op::Wait => {
-                let eq = WaitCmp::from_u8(ins.arg) == Some(WaitCmp::Eq);
-                let imm = ins.imm;
-                wait_until(var_word(ins.loc), |v| if eq { v == imm } else { v != 0 });
+                wait_until(var_word(ins.loc), Self::wait_cond(ins));
             }
             Op::Signal => {
-                let v = if ins.src != NO_REG { self.reg(ins.src) } else { ins.imm };
-                let w = var_word(ins.loc);
-                w.store(v, Ordering::SeqCst);
+                let w = self.signal_store(ins);
                 wake(w);
             }
             Op::Barrier => {
@@ -597,11 +625,22 @@ fn run_hook(h: Hook, arg: u64) {
     while at < end {
         if let Some(ins) = b.thread_instr(&td, at) {
             ctx.publish(at, Some(h));
+            let next = (at + 1 < end).then(|| b.thread_instr(&td, at + 1)).flatten();
+            if let Some(next) = next.filter(|n| pairs_with_wait(&ins, n)) {
+                ctx.signal_then_wait(&ins, &next, at + 1, Some(h));
+                at += 2;
+                continue;
+            }
             ctx.sync(&ins);
         }
         at += 1;
     }
     ctx.publish(pc, None);
+}
+
+/// A `signal` directly followed by a `wait`, neither with hooks.
+fn pairs_with_wait(ins: &lt::Instr, next: &lt::Instr) -> bool {
+    ins.op() == Op::Signal && ins.nhooks == 0 && next.op() == Op::Wait && next.nhooks == 0
 }
 
 // ---- device threads -----------------------------------------------------------

@@ -4,7 +4,7 @@
 use abi::layout::MAX_VCPUS;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use crate::wait::{wait_until, wake};
+use crate::wait::{wait_until, wake, wake_then_wait_until};
 use crate::{apic, arch, cpl3, percpu, time};
 
 const N: usize = MAX_VCPUS as usize;
@@ -115,15 +115,16 @@ extern "C" fn cpl3_worker(_: u64) -> u64 {
     // The item that brought us here is over; from now on the slot is ours.
     w.state.store(IDLE, Ordering::SeqCst);
     CPL3_WORKER[cpu].store(true, Ordering::Release);
+    wait_until(&w.state, |s| s == POSTED);
     loop {
-        wait_until(&w.state, |s| s == POSTED);
         w.state.store(RUNNING, Ordering::Relaxed);
         let func = w.func.load(Ordering::Relaxed);
         // SAFETY: `func` was stored from a `WorkFn` by `run_on`.
         let f: WorkFn = unsafe { core::mem::transmute::<usize, WorkFn>(func) };
         f(w.arg.load(Ordering::Relaxed));
         w.state.store(DONE, Ordering::SeqCst);
-        wake(&w.state);
+        // Tell the poster, and park for the next item, in one exit.
+        wake_then_wait_until(&w.state, &w.state, |s| s == POSTED);
     }
 }
 

@@ -50,12 +50,31 @@ pub fn init(spin_before_park_ns: u64) {
 /// Waits until `cond(word)` holds; returns the value that satisfied it.
 /// Spurious returns of the park are absorbed here.
 pub fn wait_until(word: &AtomicU64, cond: impl Fn(u64) -> bool) -> u64 {
+    wait_until_waking(None, word, cond)
+}
+
+/// `wake(signalled)` then `wait_until(word, cond)`, in one exit when both
+/// are needed (a signal followed by a wait: the `WAIT` wakes first).
+pub fn wake_then_wait_until(signalled: &AtomicU64, word: &AtomicU64, cond: impl Fn(u64) -> bool) -> u64 {
+    wait_until_waking(Some(signalled), word, cond)
+}
+
+fn wait_until_waking(mut signalled: Option<&AtomicU64>, word: &AtomicU64, cond: impl Fn(u64) -> bool) -> u64 {
+    // The wake may not wait for a park that never comes.
+    let wake_now = |s: &mut Option<&AtomicU64>| {
+        if let Some(w) = s.take() {
+            wake(w);
+        }
+    };
     let v = word.load(Ordering::Acquire);
     if cond(v) {
+        wake_now(&mut signalled);
         return v;
     }
     let budget = SPIN_CYCLES.load(Ordering::Relaxed);
     if budget > 0 {
+        // Whoever we signalled may be what we wait for: wake them first.
+        wake_now(&mut signalled);
         let start = arch::rdtsc();
         while arch::rdtsc().wrapping_sub(start) < budget {
             let v = word.load(Ordering::Acquire);
@@ -68,13 +87,23 @@ pub fn wait_until(word: &AtomicU64, cond: impl Fn(u64) -> bool) -> u64 {
     loop {
         let v = word.load(Ordering::Acquire);
         if cond(v) {
+            wake_now(&mut signalled);
             return v;
         }
         let waiters = bucket(word);
         waiters.fetch_add(1, Ordering::SeqCst);
+        // The signalled word's waiters are woken by this WAIT, or now if it
+        // does not park (or nobody waits on the signalled word).
+        let wake_first = signalled
+            .take()
+            .filter(|w| bucket(w).load(Ordering::SeqCst) != 0)
+            .map_or(0, |w| w as *const AtomicU64 as u64);
         if word.load(Ordering::SeqCst) == v {
             PARKS.fetch_add(1, Ordering::Relaxed);
-            hypercall::wait::<Wait>(WaitRequest { gpa: word as *const AtomicU64 as u64, expected: v });
+            let gpa = word as *const AtomicU64 as u64;
+            hypercall::wait::<Wait>(WaitRequest { gpa, expected: v, wake_first });
+        } else if wake_first != 0 {
+            hypercall::call::<Wake>(WakeRequest { gpa: wake_first });
         }
         waiters.fetch_sub(1, Ordering::SeqCst);
     }

@@ -99,6 +99,9 @@ impl HypercallHandler for Sched {
         match call.op {
             Op::Wait => {
                 let r = call.request::<calls::Wait>()?;
+                if r.wake_first != 0 {
+                    self.wake_word(r.wake_first);
+                }
                 if !r.gpa.is_multiple_of(8) {
                     return Err(GuestFault::rejected(
                         call.op,

@@ -417,24 +417,29 @@ fn wait_parks_only_while_the_word_holds_its_value_and_wake_ends_that_park() {
     let w = layout::LITMUS_VARS + 8;
     vm.mem.write_obj(5u64, GuestAddress(w)).unwrap();
     // The word moved on: no park.
-    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 4 }, &[]).unwrap();
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 4, wake_first: 0 }, &[]).unwrap();
     assert!(!r.parked.get() && !vm.parking.is_parked(1));
-    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 5 }, &[]).unwrap();
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 5, wake_first: 0 }, &[]).unwrap();
     assert!(r.parked.get() && vm.parking.is_parked(1));
     // Another word wakes nobody; this one wakes vCPU 1, once.
     assert_eq!(vm.call::<Wake>(0, WakeRequest { gpa: w + 8 }, &[]).unwrap().0.woken, 0);
     assert_eq!(vm.call::<Wake>(0, WakeRequest { gpa: w }, &[]).unwrap().0.woken, 1);
     assert_eq!(vm.call::<Wake>(0, WakeRequest { gpa: w }, &[]).unwrap().0.woken, 0);
+    // A wait that wakes another word's waiters first (signal, then wait).
+    vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 5, wake_first: 0 }, &[]).unwrap();
+    let (r, _) = vm.call::<Wait>(0, WaitRequest { gpa: w + 8, expected: 0, wake_first: w }, &[]).unwrap();
+    assert!(r.parked.get() && vm.parking.is_parked(0));
+    assert_eq!(vm.call::<Wake>(0, WakeRequest { gpa: w }, &[]).unwrap().0.woken, 0, "vCPU 1 was woken by the wait");
     // Misaligned or outside RAM: a bad hypercall.
-    assert!(vm.call::<Wait>(0, WaitRequest { gpa: w + 4, expected: 0 }, &[]).is_err());
-    assert!(vm.call::<Wait>(0, WaitRequest { gpa: 1 << 50, expected: 0 }, &[]).is_err());
+    assert!(vm.call::<Wait>(0, WaitRequest { gpa: w + 4, expected: 0, wake_first: 0 }, &[]).is_err());
+    assert!(vm.call::<Wait>(0, WaitRequest { gpa: 1 << 50, expected: 0, wake_first: 0 }, &[]).is_err());
 }
 
 #[test]
 fn a_device_store_wakes_the_vcpus_waiting_on_its_word() {
     let vm = lazy();
     let w = layout::LITMUS_VARS + 16;
-    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0 }, &[]).unwrap();
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0 }, &[]).unwrap();
     assert!(r.parked.get());
     // A one-op device program: SIGNAL w = 1 (header: pasid, nops, status;
     // op: op, va, value, result).
