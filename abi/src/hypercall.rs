@@ -85,15 +85,19 @@ pub mod op {
     /// faulting entry.
     pub const FILL: u64 = 10;
     /// Drop entries of this vCPU's modelled TLB: `args[0]` = `flush::*`,
-    /// `args[1]` = VA, `args[2]` = length in bytes (range). The guest then
-    /// executes the real `invlpg`/CR3 reload.
+    /// `args[1]` = VA, `args[2]` = length in bytes (range), `args[3]` =
+    /// `flush::LAST_LEVEL` if the flush is last-level only (Linux's
+    /// `last_level` / `!freed_tables`: no page table was freed, so an arm64
+    /// walk cache may keep its entries). The guest then executes the real
+    /// `invlpg`/CR3 reload.
     pub const FLUSH: u64 = 11;
     /// Switch this vCPU to the mm whose PGD is at `args[0]` (a GPA in the
     /// page-table region). `ret[0]` = the value the guest must load into
     /// CR3 (its shadow root, or the PGD itself in native mode).
     pub const SWITCH_MM: u64 = 12;
     /// TLB model: `args[0]` = 0 query, 1 set the eviction probability to
-    /// `args[1]` parts per million (lazy/evict models only).
+    /// `args[1]` parts per million (lazy/evict models only), 2 set the walk
+    /// cache model to `args[1]` (`abi::policy::WalkCache` wire number).
     /// `ret[0]` = `tlb_model::*`, `ret[1]` = eviction ppm, `ret[2]` = fills
     /// served for this vCPU so far, `ret[3]` = entries evicted so far.
     pub const TLB_CONFIG: u64 = 13;
@@ -188,6 +192,8 @@ pub mod flush {
     pub const PAGE: u64 = 0;
     pub const RANGE: u64 = 1;
     pub const ALL: u64 = 2;
+    /// `args[3]` flag: last-level only (no page table was freed).
+    pub const LAST_LEVEL: u64 = 1;
 }
 
 /// `op::TLB_CONFIG` models.

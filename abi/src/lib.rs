@@ -11,6 +11,7 @@ pub mod hypercall;
 pub mod iommu;
 pub mod layout;
 pub mod litmus;
+pub mod policy;
 pub mod trace;
 
 /// Boot information the VMM writes at [`layout::BOOT_INFO`] before any vCPU runs.

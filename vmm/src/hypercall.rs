@@ -220,9 +220,10 @@ impl Hypercalls {
                 self.reply(mem, status::OK, [result, entry, 0, 0], &[])?;
             }
             op::FLUSH => {
+                let last_level = a[3] & flush::LAST_LEVEL != 0;
                 match a[0] {
-                    flush::PAGE => self.shadow.flush_page(mem, a[1]),
-                    flush::RANGE => self.shadow.flush_range(mem, &shared.shadow_pool, a[1], a[2]),
+                    flush::PAGE => self.shadow.flush_page(mem, a[1], last_level),
+                    flush::RANGE => self.shadow.flush_range(mem, &shared.shadow_pool, a[1], a[2], last_level),
                     flush::ALL => self.shadow.flush_all(mem, &shared.shadow_pool),
                     k => return Err(guest_error(format!("bad hypercall: unknown flush kind {k}"))),
                 }
@@ -239,6 +240,10 @@ impl Hypercalls {
                 if a[0] == 1 {
                     self.shadow
                         .set_evict_ppm(a[1])
+                        .map_err(|e| guest_error(format!("bad hypercall: TLB_CONFIG: {e}")))?;
+                } else if a[0] == 2 {
+                    self.shadow
+                        .set_walk_cache(a[1])
                         .map_err(|e| guest_error(format!("bad hypercall: TLB_CONFIG: {e}")))?;
                 }
                 let model = match self.shadow.model() {
