@@ -53,6 +53,8 @@ const MAX_HELD: usize = 16;
 static BLOB: SpinLock<Option<Blob<'static>>> = SpinLock::new(None);
 /// Virtual address of each page/unmapped location in this iteration.
 static LOC_VA: [AtomicU64; MAX_LOCS] = [const { AtomicU64::new(0) }; MAX_LOCS];
+/// The file of each shared page location (id + 1; 0 = none), for `truncate`.
+static LOC_FILE: [AtomicU64; MAX_LOCS] = [const { AtomicU64::new(0) }; MAX_LOCS];
 /// Registers of every thread.
 static REGS: [[AtomicU64; MAX_REGS as usize]; MAX_THREADS] =
     [const { [const { AtomicU64::new(0) }; MAX_REGS as usize] }; MAX_THREADS];
@@ -154,6 +156,9 @@ pub fn run(cmdline: &str) -> u32 {
     }
     *BLOB.lock() = Some(b);
     policy::set(b.policy());
+    // The walk-cache model is the VMM's (each vCPU's shadow MMU).
+    let walk_cache = b.policy().byte(abi::policy::Key::WalkCache) as u64;
+    smp::run_on_all(tlb::set_walk_cache, walk_cache, 20_000);
     if h.n_device_threads > 0 {
         crate::iommu::init();
     }
@@ -221,12 +226,13 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
             Some(LocKind::Page) => {
                 let va = LOC_VA[i as usize].load(Ordering::Relaxed);
                 let perm = Perm::from_u8(l.perm).unwrap_or(Perm::Rw);
-                if TEST_MM.setup_page(va, perm, l.flags & LOC_SHARED != 0, l.init).is_err() {
-                    report::fatal(
+                match TEST_MM.setup_page(va, perm, l.flags & LOC_SHARED != 0, l.init) {
+                    Ok(file) => LOC_FILE[i as usize].store(file.map_or(0, |f| f as u64 + 1), Ordering::Relaxed),
+                    Err(_) => report::fatal(
                         file!(),
                         line!(),
                         format_args!("cannot set up location {} at {va:#x}", b.location_name(i).unwrap_or("?")),
-                    );
+                    ),
                 }
             }
             _ => {}
@@ -563,19 +569,30 @@ impl ThreadCtx {
             Op::Alloc => {
                 let _ = TEST_MM.alloc(va);
             }
+            Op::Truncate => {
+                // The location's file, wherever it is mapped now (mremap
+                // may have moved it).
+                if let Some(f) = LOC_FILE[ins.loc as usize].load(Ordering::Relaxed).checked_sub(1) {
+                    TEST_MM.truncate_file(f as usize);
+                }
+            }
+            Op::UffdWp => {
+                TEST_MM.uffd_wp(va, ins.arg == 1);
+            }
             _ => {}
         }
         trace::emit(Kind::OpEnd, va, op as u64, 0);
     }
 }
 
-/// An armed hook fired: run the op's group for it. `arg` = thread | pc << 16.
-fn run_hook(h: Hook, arg: u64) {
+/// An armed hook fired for the `n`-th time in this op: run the op's group
+/// for it (`at HOOK#n`, else `at HOOK`). `arg` = thread | pc << 16.
+fn run_hook(h: Hook, n: u32, arg: u64) {
     let t = (arg & 0xffff) as usize;
     let pc = ((arg >> 16) & 0xffff_ffff) as u32;
     let b = blob();
     let Some(td) = b.thread(t as u16) else { return };
-    let Some((start, end)) = b.hook_group(&td, pc, h) else { return };
+    let Some((start, end)) = b.hook_group(&td, pc, h, n) else { return };
     let mut ctx = ThreadCtx { t };
     let mut at = start;
     while at < end {

@@ -146,6 +146,9 @@ impl TextMap {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Tok {
     Ident(String),
+    /// `#N` right after an identifier (`at after_pte_clear#2`); a `#`
+    /// anywhere else starts a comment.
+    Nth(Option<u64>),
     Num(Option<u64>),
     Arrow,
     EqEq,
@@ -237,7 +240,18 @@ fn lex(src: &str) -> Vec<Token> {
         }
         let start = input.current_token_start();
         match token(&mut input) {
-            Ok(tok) => toks.push(Token { tok, start, end: input.current_token_start() }),
+            Ok(tok) => {
+                let is_ident = matches!(tok, Tok::Ident(_));
+                toks.push(Token { tok, start, end: input.current_token_start() });
+                let mut digits = input.chars().skip(1);
+                if is_ident && input.starts_with('#') && digits.next().is_some_and(|c| c.is_ascii_digit()) {
+                    let s = input.current_token_start();
+                    let n: Result<&str, winnow::error::ContextError> =
+                        ('#', take_while(1.., |c: char| c.is_ascii_digit())).take().parse_next(&mut input);
+                    let n = n.ok().and_then(|t| t[1..].parse().ok());
+                    toks.push(Token { tok: Tok::Nth(n), start: s, end: input.current_token_start() });
+                }
+            }
             Err(_) => {
                 let c: char = any::<_, winnow::error::ContextError>(&mut input).unwrap_or('?');
                 toks.push(Token { tok: Tok::Bad(c), start, end: start + c.len_utf8() });
@@ -318,6 +332,7 @@ impl<'a> CodeParser<'a> {
         match &t.tok {
             Tok::Ident(s) => format!("`{s}`"),
             Tok::Num(_) => "a number".into(),
+            Tok::Nth(_) => "`#N`".into(),
             Tok::Arrow => "`->`".into(),
             Tok::EqEq => "`==`".into(),
             Tok::LBrace => "`{`".into(),
@@ -606,7 +621,12 @@ impl<'a> CodeParser<'a> {
                 let i = self.word(&["dontneed", "free"], "an advice")?;
                 st.arg = [Advice::DontNeed, Advice::Free][i] as u8;
             }
-            Op::Munmap | Op::Cow | Op::Migrate | Op::Reclaim | Op::Alloc | Op::Prefetch => loc!(),
+            Op::Munmap | Op::Cow | Op::Migrate | Op::Reclaim | Op::Alloc | Op::Prefetch | Op::Truncate => loc!(),
+            Op::UffdWp => {
+                loc!();
+                let i = self.word(&["on", "off"], "`on` (write-protect) or `off` (resolve)")?;
+                st.arg = (i == 0) as u8;
+            }
             Op::Ksm => {
                 loc!();
                 loc2!();
@@ -657,15 +677,28 @@ impl<'a> CodeParser<'a> {
                 );
                 return Err(Skip);
             };
-            if st.hooks.iter().any(|h| h.hook == hook) {
-                return Err(self.error_at(&ht, format!("hook `{hname}` given twice for one operation")));
+            let mut nth = 0;
+            if let Tok::Nth(n) = self.peek().tok.clone() {
+                let nt = self.bump();
+                match n.filter(|n| (1..=u32::MAX as u64).contains(n)) {
+                    Some(n) => nth = n as u32,
+                    None => {
+                        return Err(
+                            self.error_at(&nt, format!("`{hname}#N`: N counts firings from 1 (at most {})", u32::MAX))
+                        )
+                    }
+                }
+            }
+            if st.hooks.iter().any(|h| h.hook == hook && h.nth == nth) {
+                let which = if nth == 0 { format!("`{hname}`") } else { format!("`{hname}#{nth}`") };
+                return Err(self.error_at(&ht, format!("hook {which} given twice for one operation")));
             }
             if self.peek().tok != Tok::LBrace {
                 return Err(self.expected("`{` to open the hook body"));
             }
             let open = self.bump();
             let body = self.block(Ctx::Hook, Some(&open), depth + 1);
-            st.hooks.push(HookBlock { hook, body });
+            st.hooks.push(HookBlock { hook, nth, body });
         }
         Ok(st)
     }
@@ -694,7 +727,9 @@ mod tests {
         let src = "load x -> r0\nstore x 1; store x r0\nxchg x 2 -> r1\ncmpxchg x 1 r1 -> r2\nfetch_add x 1 -> r3\nmfence\n\
                    wait f\nwait f == 2\nsignal f\nsignal f 3\nbarrier\ndelay 100\ntouch x write\ntouch x\nmmap u rw\nmunmap x\n\
                    mprotect x none\nmadvise x free\ncow x\nksm x y\nmigrate x\nmkclean x -> r4\nreclaim x\nmremap x -> u\nalloc u # c\n\
-                   madvise x dontneed at after_ptl_release { signal s1; wait s2 } at before_free {\n delay 5\n}\n";
+                   truncate x\nuffd_wp x on\nuffd_wp x off\n\
+                   madvise x dontneed at after_ptl_release { signal s1; wait s2 } at before_free {\n delay 5\n}\n\
+                   munmap x at after_pte_clear#2 { signal a } # a comment\n";
         let (code, d) = parse(src, ThreadKind::Vcpu);
         assert!(d.is_empty(), "{d:?}");
         let printed: Vec<String> = code.iter().map(|s| s.to_string()).collect();
@@ -703,10 +738,15 @@ mod tests {
         assert_eq!(printed[4], "cmpxchg x 1 r1 -> r2");
         assert_eq!(printed[9], "signal f 1");
         assert_eq!(
-            printed.last().unwrap(),
+            printed[printed.len() - 2],
             "madvise x dontneed at after_ptl_release { signal s1 1; wait s2 } at before_free { delay 5 }"
         );
-        assert_eq!(code.len(), 27);
+        assert_eq!(printed[26], "truncate x");
+        assert_eq!(printed[27], "uffd_wp x on");
+        assert_eq!(printed[28], "uffd_wp x off");
+        assert_eq!(printed.last().unwrap(), "munmap x at after_pte_clear#2 { signal a 1 }");
+        assert_eq!(code.last().unwrap().hooks[0].nth, 2);
+        assert_eq!(code.len(), 31);
     }
 
     #[test]
@@ -749,6 +789,14 @@ mod tests {
         assert!(d[0].message.contains("reserved"));
         let (_, d) = parse("load x -> r32", ThreadKind::Vcpu);
         assert!(d[0].message.contains("invalid register"));
+        let (_, d) = parse("munmap x at after_pte_clear#0 { signal a }", ThreadKind::Vcpu);
+        assert!(d[0].message.contains("counts firings from 1"), "{d:?}");
+        let (_, d) = parse("munmap x at before_free#2 { signal a } at before_free#2 { signal b }", ThreadKind::Vcpu);
+        assert!(d[0].message.contains("`before_free#2` given twice"), "{d:?}");
+        let (c, d) = parse("munmap x at before_free { signal a } at before_free#2 { signal b }", ThreadKind::Vcpu);
+        assert!(d.is_empty() && c[0].hooks.len() == 2, "{d:?}");
+        let (_, d) = parse("uffd_wp x maybe", ThreadKind::Vcpu);
+        assert!(d[0].notes[0].contains("on, off"), "{d:?}");
     }
 
     #[test]

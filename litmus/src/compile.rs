@@ -97,7 +97,7 @@ impl Emitter<'_> {
         }
         for h in &s.hooks {
             let hat = self.out.len();
-            self.out.push((Instr { op: Op::At as u8, arg: h.hook as u8, ..Instr::default() }, pos));
+            self.out.push((Instr { op: Op::At as u8, arg: h.hook as u8, imm: h.nth as u64, ..Instr::default() }, pos));
             for b in &h.body {
                 self.stmt(b);
             }
@@ -240,7 +240,7 @@ pub fn disassemble(blob: &Blob<'_>) -> String {
     out.push_str(&format!(
         "test {} policy-bytes {:?} seed {} iterations {}\n",
         blob.name(),
-        &h.policy.to_bytes()[..13],
+        &h.policy.bytes[..abi::policy::N_KEYS],
         h.seed,
         h.iterations
     ));
@@ -352,7 +352,7 @@ observe = ["P0:r0", "D0:r1", "x"]
 exists = "P0:r0 == 1 && D0:r1 == fault"
 "#;
         let t = check_source("rt.toml", src).test.expect("valid");
-        let p = Policy::parse("flush=gather,tlb=evict:0.5").unwrap();
+        let p = Policy::parse("kernel=v4.9,tlb=evict:0.5").unwrap();
         let c = compile(&t, &p, &CompileOptions { seed: 42, iterations: 7, iteration_timeout_ms: 100 });
         let b = Blob::parse(&c.blob).expect("decodes");
         assert_eq!(b.name(), "rt");
@@ -376,7 +376,7 @@ exists = "P0:r0 == 1 && D0:r1 == fault"
         assert!(d.contains("observe D0:r1\nobserve x\n"), "{d}");
         // Hook lookup as the interpreter does it.
         let p0 = b.thread(0).unwrap();
-        let (gs, ge) = b.hook_group(&p0, 2, Hook::AfterPtlRelease).unwrap();
+        let (gs, ge) = b.hook_group(&p0, 2, Hook::AfterPtlRelease, 1).unwrap();
         assert_eq!(ge - gs, 2);
         assert_eq!(b.thread_instr(&p0, gs).unwrap().op(), Op::Wait);
         assert_eq!(b.item_len(&p0, 2), Some(6));

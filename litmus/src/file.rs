@@ -99,6 +99,15 @@ fn text_map(file: &SourceFile, sp: (usize, usize), value: &str) -> TextMap {
 struct Checker<'a> {
     file: &'a SourceFile,
     diags: Vec<Diagnostic>,
+    opts: CheckOptions,
+}
+
+/// How strictly files are checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// Accept `[expect]` policies no kernel ever had (`--allow-hypothetical`);
+    /// they are still labelled hypothetical in the output.
+    pub allow_hypothetical: bool,
 }
 
 impl Checker<'_> {
@@ -114,8 +123,13 @@ impl Checker<'_> {
 
 /// Check one litmus file.
 pub fn check_source(file_name: &str, text: &str) -> CheckedFile {
+    check_source_with(file_name, text, &CheckOptions::default())
+}
+
+/// Check one litmus file with `opts`.
+pub fn check_source_with(file_name: &str, text: &str, opts: &CheckOptions) -> CheckedFile {
     let file = SourceFile::new(file_name, text);
-    let mut c = Checker { file: &file, diags: Vec::new() };
+    let mut c = Checker { file: &file, diags: Vec::new(), opts: *opts };
     let test = check_inner(&mut c);
     let mut diagnostics = c.diags;
     diagnostics.sort_by_key(|d| (d.line, d.col));
@@ -126,11 +140,19 @@ pub fn check_source(file_name: &str, text: &str) -> CheckedFile {
 /// Check several files. `Ok` only if no file has an error; the warnings of
 /// every file come along either way.
 pub fn check_all(sources: &[(String, String)]) -> Result<(Vec<Test>, Vec<Diagnostic>), Vec<Diagnostic>> {
+    check_all_with(sources, &CheckOptions::default())
+}
+
+/// [`check_all`] with `opts`.
+pub fn check_all_with(
+    sources: &[(String, String)],
+    opts: &CheckOptions,
+) -> Result<(Vec<Test>, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut tests = Vec::new();
     let mut diags = Vec::new();
     let mut failed = false;
     for (name, text) in sources {
-        let r = check_source(name, text);
+        let r = check_source_with(name, text, opts);
         diags.extend(r.diagnostics);
         match r.test {
             Some(t) => tests.push(t),
@@ -146,6 +168,14 @@ pub fn check_all(sources: &[(String, String)]) -> Result<(Vec<Test>, Vec<Diagnos
 
 /// Read and check files from disk (an unreadable file is an error at 1:1).
 pub fn load_files<P: AsRef<std::path::Path>>(paths: &[P]) -> Result<(Vec<Test>, Vec<Diagnostic>), Vec<Diagnostic>> {
+    load_files_with(paths, &CheckOptions::default())
+}
+
+/// [`load_files`] with `opts`.
+pub fn load_files_with<P: AsRef<std::path::Path>>(
+    paths: &[P],
+    opts: &CheckOptions,
+) -> Result<(Vec<Test>, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut sources = Vec::new();
     let mut io_errors = Vec::new();
     for p in paths {
@@ -155,7 +185,7 @@ pub fn load_files<P: AsRef<std::path::Path>>(paths: &[P]) -> Result<(Vec<Test>, 
             Err(e) => io_errors.push(SourceFile::new(name, "").error(0, 0, format!("cannot read file: {e}"))),
         }
     }
-    match check_all(&sources) {
+    match check_all_with(&sources, opts) {
         Ok(r) if io_errors.is_empty() => Ok(r),
         Ok((_, d)) | Err(d) => {
             io_errors.extend(d);
@@ -245,7 +275,7 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
 
     // --- final and expect (both checked even if one fails, to report everything)
     let fin = check_final(c, &raw, &threads, &locations);
-    let expect = check_expect(c, &raw);
+    let expect = check_expect(c, &raw, &threads);
     let (observed, condition) = fin?;
 
     let mut test = Test {
@@ -620,7 +650,19 @@ fn check_final(
     Some((observed, Condition { kind, expr }))
 }
 
-fn check_expect(c: &mut Checker<'_>, raw: &RawFile) -> Vec<Expectation> {
+fn check_expect(c: &mut Checker<'_>, raw: &RawFile, threads: &[Thread]) -> Vec<Expectation> {
+    // Operations younger than some profile (uffd_wp): a kernel before it
+    // cannot run the test at all.
+    let mut young: Vec<Op> = Vec::new();
+    for t in threads {
+        for s in &t.code {
+            s.walk(&mut |s| {
+                if s.op.since().is_some() && !young.contains(&s.op) {
+                    young.push(s.op);
+                }
+            });
+        }
+    }
     let mut items: Vec<_> = raw.expect.iter().collect();
     items.sort_by_key(|(k, _)| k.span().start);
     let mut out: Vec<Expectation> = Vec::new();
@@ -659,6 +701,45 @@ fn check_expect(c: &mut Checker<'_>, raw: &RawFile) -> Vec<Expectation> {
                 };
                 let d = c.error(span(k), msg);
                 d.notes.push(format!("both mean: {}", full_policy_text(&policy)));
+                continue;
+            }
+            // Every kernel it covers must have been real, and have the test's operations.
+            let mut bad = false;
+            for kern in policy.kernels() {
+                let p = policy.on_kernel(kern);
+                let reality = p.reality();
+                if reality.is_hypothetical() && !c.opts.allow_hypothetical {
+                    let d = c.error(span(k), format!("[expect] `{key}` is no kernel that existed"));
+                    d.notes.push(format!("on {}: {reality}", kern.name()));
+                    d.notes.push("run with --allow-hypothetical to accept it (labelled hypothetical)".into());
+                    bad = true;
+                    break;
+                }
+                if let Some(op) = young.iter().find(|op| op.since().is_some_and(|r| kern.release() < r)) {
+                    let since = op.since().map(|r| r.to_string()).unwrap_or_default();
+                    c.error(
+                        span(k),
+                        format!("[expect] `{key}`: {} has no `{}` (since {since})", kern.name(), op.name()),
+                    );
+                    bad = true;
+                    break;
+                }
+            }
+            if bad {
+                continue;
+            }
+            // Entries that cover one run must agree.
+            let runs: Vec<Policy> = policy.kernels().into_iter().map(|kern| policy.on_kernel(kern)).collect();
+            if let Some(prev) =
+                out.iter().find(|e| e.verdict != verdict && runs.iter().any(|r| e.policy.expectation_applies(r)))
+            {
+                let msg = format!(
+                    "[expect] `{key}` = \"{}\" contradicts `{}` = \"{}\": both cover one kernel",
+                    verdict.name(),
+                    prev.key,
+                    prev.verdict.name()
+                );
+                c.error(span(k), msg);
                 continue;
             }
             out.push(Expectation { key: key.clone(), policy, verdict });

@@ -53,6 +53,7 @@ pub mod cond;
 pub mod diag;
 pub mod file;
 pub mod format;
+pub mod kernels;
 pub mod policy;
 pub mod results;
 
@@ -60,11 +61,14 @@ pub use ast::{CondKind, Condition, Expectation, Expr, Location, Observable, Stmt
 pub use catalogue::{catalogue, catalogue_sources};
 pub use compile::{compile, disassemble, CompileOptions, Compiled};
 pub use diag::{render_all, Diagnostic, Severity, SourceFile};
-pub use file::{check_all, check_source, load_files, CheckedFile};
+pub use file::{
+    check_all, check_all_with, check_source, check_source_with, load_files, load_files_with, CheckOptions, CheckedFile,
+};
 pub use format::{
     evidence_text, file_summary, herd_block, policy_line, state_text, to_json, verdict_table, JSON_SCHEMA,
 };
-pub use policy::{policy_matrix, Key, KeyInfo, Policy, PolicyError, KEYS};
+pub use kernels::{kernel_table, unavailable, KernelCell};
+pub use policy::{kernel_matrix, policy_matrix, profiles, Key, KeyInfo, Policy, PolicyError, Profile, Reality, KEYS};
 pub use results::{
     any_mismatch, judge, ArityError, Evidence, ExpectResult, RunResult, Summary, ThreadPosition, TimeoutRecord, Value,
 };
@@ -76,11 +80,79 @@ pub fn list_hooks() -> String {
     Hook::ALL.iter().map(|h| format!("{:<w$}  {}\n", h.name(), h.description())).collect()
 }
 
-/// `vmm litmus --list-policies`: every key, its values, default and meaning.
+/// `vmm litmus --list-policies`: every key, its values (with the commits
+/// and releases each stands for), default and meaning — the table of
+/// [`abi::policy`].
 pub fn list_policies() -> String {
-    KEYS.iter()
-        .map(|k| format!("{}={}  (default {})\n    {}\n", k.name, k.values.join("|"), k.default, k.meaning))
-        .collect()
+    use abi::policy::{KeyKind, Status};
+    let mut o = String::new();
+    for k in KEYS {
+        let default = k.value(k.default).map_or("?", |v| v.name);
+        let kind = match k.kind {
+            KeyKind::Profile => "profile",
+            KeyKind::Hardware => "hardware",
+            KeyKind::Kernel => "kernel, set by the profile",
+        };
+        o += &format!("{}={}  (default {default}; {kind})\n    {}\n", k.name, policy::value_names(k).join("|"), k.doc);
+        for v in k.values {
+            let what = match v.status {
+                Status::Kernel(eras) => eras
+                    .iter()
+                    .map(|e| match (e.since == abi::policy::Release::EPOCH, e.until == abi::policy::Release::OPEN) {
+                        (true, true) => "every release".to_string(),
+                        (true, false) => format!("before {}", e.until),
+                        (false, true) => format!("{}+", e.since),
+                        (false, false) => format!("{}..{}", e.since, e.until),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Status::Proposal => "proposal".into(),
+                Status::Model => "model (no kernel)".into(),
+                Status::Hardware => "hardware".into(),
+                Status::Profile(r) => r.to_string(),
+            };
+            o += &format!("      {:<20} [{what}] {}\n", v.name, v.doc);
+        }
+    }
+    o
+}
+
+/// `vmm litmus --list-kernels`: every profile and the value of each kernel
+/// key in it (the mark `*` flags a value that differs from the previous
+/// profile).
+pub fn list_kernels() -> String {
+    use abi::policy::KeyKind;
+    let profs = profiles();
+    let keys: Vec<&KeyInfo> = KEYS.iter().filter(|k| k.kind == KeyKind::Kernel).collect();
+    let w = keys.iter().map(|k| k.name.len()).max().unwrap_or(0);
+    let cell = |p: &Policy, k: &KeyInfo| p.get(k.key);
+    let pols: Vec<Policy> = profs.iter().map(|p| Policy::profile(*p)).collect();
+    let cw: Vec<usize> = pols
+        .iter()
+        .zip(profs)
+        .map(|(p, prof)| keys.iter().map(|k| cell(p, k).len() + 1).max().unwrap_or(0).max(prof.name().len()))
+        .collect();
+    let mut o = String::new();
+    let pw = profs.iter().map(|p| p.name().len()).max().unwrap_or(0);
+    for p in profs {
+        o += &format!("{:<pw$}  {}\n", p.name(), KEYS[Key::Kernel as usize].value(*p as u8).map_or("", |v| v.doc));
+    }
+    o += "\n";
+    o += &format!("{:<w$}", "key");
+    for (p, c) in profs.iter().zip(&cw) {
+        o += &format!("  {:<c$}", p.name());
+    }
+    o += "\n";
+    for k in keys {
+        o += &format!("{:<w$}", k.name);
+        for (i, (p, c)) in pols.iter().zip(&cw).enumerate() {
+            let v = cell(p, k);
+            let changed = i > 0 && cell(&pols[i - 1], k) != v;
+            o += &format!("  {:<c$}", format!("{v}{}", if changed { "*" } else { "" }));
+        }
+        o += "\n";
+    }
+    o
 }
 
 #[cfg(test)]
@@ -91,10 +163,17 @@ mod tests {
         assert!(h.lines().any(|l| l.starts_with("after_ptl_release ")));
         assert_eq!(h.lines().count(), abi::litmus::Hook::ALL.len());
         let p = super::list_policies();
-        assert!(p.contains("flush=ptl|gather|pending|per-ptl|generation  (default pending)"));
+        assert!(
+            p.contains("flush=pending|per-ptl|generation|ptl  (default pending; kernel, set by the profile)"),
+            "{p}"
+        );
         // The documented defaults are the ones the parser produces.
         for k in super::KEYS {
-            assert_eq!(super::Policy::default().get(k.key), k.default, "{}", k.name);
+            let def = super::Policy::default().get(k.key);
+            assert!(def.starts_with(k.value(k.default).unwrap().name), "{}", k.name);
         }
+        let l = super::list_kernels();
+        assert!(l.lines().any(|l| l.starts_with("v4.14 ")), "{l}");
+        assert!(l.lines().any(|l| l.starts_with("notifier ") && l.contains("tlb-flush*")), "{l}");
     }
 }

@@ -3,6 +3,12 @@
 //! and then execute the real instruction; `flush_tlb_mm_range` flushes
 //! locally and shoots down every other CPU running the mm with an IPI whose
 //! handler flushes and acknowledges, waiting for all of them.
+//!
+//! Every flush carries Linux's last-level hint (`!freed_tables`, arm64's
+//! `__flush_tlb_range(…, last_level)`) to the VMM, whose walk-cache model
+//! (`walk-cache=`) decides what it keeps. Not modelled: x86 lazy-TLB CPUs
+//! (since v4.19 skipped by shootdowns unless tables were freed) — a CPU
+//! whose litmus thread ended loads the kernel page tables instead.
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +22,12 @@ use crate::{hypercall, percpu, smp};
 
 /// PGD of the mm each CPU runs (0 = none): Linux's `mm_cpumask` in reverse.
 static CURRENT_MM: [AtomicU64; MAX_VCPUS as usize] = [const { AtomicU64::new(0) }; MAX_VCPUS as usize];
+
+/// Tells the VMM this vCPU's walk-cache model (`walk-cache=`, the
+/// `abi::policy::WalkCache` wire number).
+pub fn set_walk_cache(model: u64) {
+    hypercall::call(op::TLB_CONFIG, &[2, model], &[]);
+}
 
 /// `switch_mm`: run `mm` on this CPU. The VMM says what to load in CR3.
 pub fn switch_mm(mm: &Mm) {
@@ -40,8 +52,9 @@ pub fn switch_to_kernel_mm() {
     unsafe { asm!("mov cr3, {}", in(reg) abi::layout::BOOT_PML4, options(nostack, preserves_flags)) }
 }
 
+/// `flush_tlb_one_user`: one page, last-level (no table was freed).
 pub fn flush_tlb_one_user(va: u64) {
-    hypercall::call(op::FLUSH, &[flush::PAGE, va, PAGE_SIZE], &[]);
+    hypercall::call(op::FLUSH, &[flush::PAGE, va, PAGE_SIZE, flush::LAST_LEVEL], &[]);
     // SAFETY: invlpg only drops a translation.
     unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) }
 }
@@ -52,12 +65,18 @@ pub fn flush_tlb_local() {
     unsafe { asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) _, options(nostack, preserves_flags)) }
 }
 
-/// Flushes `start..end` on this CPU only.
-pub fn flush_tlb_range_local(start: u64, end: u64) {
-    if end - start > 64 * PAGE_SIZE {
+/// `tlb_single_page_flush_ceiling` (arch/x86/mm/tlb.c): a flush of more
+/// pages than this is a full flush.
+pub const TLB_SINGLE_PAGE_FLUSH_CEILING: u64 = 33;
+
+/// Flushes `start..end` on this CPU only; `freed_tables`: page tables of
+/// the range were freed, so walk caches must go too (not last-level).
+pub fn flush_tlb_range_local(start: u64, end: u64, freed_tables: bool) {
+    if end.wrapping_sub(start) > TLB_SINGLE_PAGE_FLUSH_CEILING * PAGE_SIZE {
         return flush_tlb_local();
     }
-    hypercall::call(op::FLUSH, &[flush::RANGE, start, end - start], &[]);
+    let hint = if freed_tables { 0 } else { flush::LAST_LEVEL };
+    hypercall::call(op::FLUSH, &[flush::RANGE, start, end - start, hint], &[]);
     let mut va = start & !(PAGE_SIZE - 1);
     while va < end {
         // SAFETY: as above.
@@ -66,21 +85,27 @@ pub fn flush_tlb_range_local(start: u64, end: u64) {
     }
 }
 
+/// `struct flush_tlb_info`.
 #[derive(Clone, Copy)]
 struct FlushInfo {
     start: u64,
     end: u64,
+    freed_tables: bool,
 }
 
-static FLUSH_INFO: [[AtomicU64; 2]; MAX_VCPUS as usize] =
-    [const { [AtomicU64::new(0), AtomicU64::new(0)] }; MAX_VCPUS as usize];
+static FLUSH_INFO: [[AtomicU64; 3]; MAX_VCPUS as usize] =
+    [const { [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)] }; MAX_VCPUS as usize];
 
 /// The shootdown IPI's function (`flush_tlb_func`), run in interrupt context.
 fn flush_tlb_func(sender: u64) {
     let info = &FLUSH_INFO[sender as usize];
-    let f = FlushInfo { start: info[0].load(Ordering::Acquire), end: info[1].load(Ordering::Acquire) };
+    let f = FlushInfo {
+        start: info[0].load(Ordering::Acquire),
+        end: info[1].load(Ordering::Acquire),
+        freed_tables: info[2].load(Ordering::Acquire) != 0,
+    };
     trace::emit(Kind::IpiRecv, f.start, sender, f.end);
-    flush_tlb_range_local(f.start, f.end);
+    flush_tlb_range_local(f.start, f.end, f.freed_tables);
     trace::emit(Kind::IpiAck, f.start, sender, f.end);
     SHOOTDOWN_ACKS.fetch_add(1, Ordering::Relaxed);
 }
@@ -93,12 +118,13 @@ pub static SHOOTDOWN_ACKS: AtomicU64 = AtomicU64::new(0);
 /// `None` if one did not answer in time. Traced as `FlushBegin` … `FlushEnd`
 /// (`b` = CPUs shot down, `u64::MAX` if one did not answer), with an
 /// `IpiSend` per target.
-pub fn flush_tlb_mm_range(mm: &Mm, start: u64, end: u64) -> Option<u64> {
+pub fn flush_tlb_mm_range(mm: &Mm, start: u64, end: u64, freed_tables: bool) -> Option<u64> {
     let me = percpu::cpu();
     trace::emit(Kind::FlushBegin, start, end, 0);
-    flush_tlb_range_local(start, end);
+    flush_tlb_range_local(start, end, freed_tables);
     let info = &FLUSH_INFO[me as usize];
     info[0].store(start, Ordering::Relaxed);
+    info[2].store(freed_tables as u64, Ordering::Relaxed);
     info[1].store(end, Ordering::Release);
     let targets = (0..smp::num_cpus())
         .filter(|&c| c != me && CURRENT_MM[c as usize].load(Ordering::Acquire) == mm.pgd)
