@@ -18,8 +18,9 @@ use abi::litmus::{state, Hook, VALUE_TIMEOUT};
 use abi::{dma, layout};
 use iommu::mem as gmem;
 use litmus::{
-    any_mismatch, compile, file_summary, herd_block, policy_matrix, render_all, to_json, verdict_table, CompileOptions,
-    Key, Policy, RunResult, Test, ThreadPosition,
+    any_mismatch, compile, file_summary, herd_block, kernel_matrix, kernel_table, policy_matrix, render_all, to_json,
+    unavailable, verdict_table, CheckOptions, CompileOptions, KernelCell, Key, Policy, Profile, RunResult, Test,
+    ThreadPosition,
 };
 use vm_memory::GuestMemoryMmap;
 
@@ -161,6 +162,10 @@ pub struct LitmusArgs {
     pub trace_runs: Option<u64>,
     /// `--trace-ring N`: records per vCPU ring.
     pub trace_ring: Option<u64>,
+    /// `--kernel PROFILE|all`: run on that profile, or one row per profile.
+    pub kernel: Option<String>,
+    /// `--allow-hypothetical`: run policies no kernel ever had (labelled).
+    pub allow_hypothetical: bool,
 }
 
 fn collect_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -195,10 +200,15 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 /// Loads and checks every test; nothing runs if any file is invalid.
 pub fn load(paths: &[PathBuf]) -> Result<Vec<Test>> {
+    load_with(paths, &CheckOptions::default())
+}
+
+/// [`load`] with check options (`--allow-hypothetical`).
+pub fn load_with(paths: &[PathBuf], opts: &CheckOptions) -> Result<Vec<Test>> {
     let (tests, warnings) = if paths.is_empty() {
-        litmus::check_all(&litmus::catalogue_sources())
+        litmus::check_all_with(&litmus::catalogue_sources(), opts)
     } else {
-        litmus::load_files(&collect_paths(paths)?)
+        litmus::load_files_with(&collect_paths(paths)?, opts)
     }
     .map_err(|d| Error::Litmus(render_all(&d)))?;
     if !warnings.is_empty() {
@@ -220,7 +230,8 @@ pub struct PolicyRun {
 
 /// Runs every (test, policy) and prints the results; returns the exit status.
 pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
-    let tests = load(&args.paths)?;
+    let tests = load_with(&args.paths, &CheckOptions { allow_hypothetical: args.allow_hypothetical })?;
+    let kernel_all = args.kernel.as_deref() == Some("all");
     let trace = match &args.trace {
         Some(p) => Some(std::sync::Arc::new(Mutex::new(TraceOut::create(p)?))),
         None => None,
@@ -237,20 +248,70 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
             overrides += &format!("{}{k}={v}", if overrides.is_empty() { "" } else { "," });
         }
     }
-    let overrides = Policy::parse(&overrides).map_err(|e| Error::Litmus(format!("--tlb/--iotlb/--pwc: {e}")))?;
+    if let Some(k) = args.kernel.as_deref().filter(|k| *k != "all") {
+        overrides += &format!("{}kernel={k}", if overrides.is_empty() { "" } else { "," });
+    }
+    let overrides =
+        Policy::parse(&overrides).map_err(|e| Error::Litmus(format!("--tlb/--iotlb/--pwc/--kernel: {e}")))?;
     let mut cli_policies = Vec::new();
     for p in &args.policies {
-        cli_policies.push(Policy::parse(p).map_err(|e| Error::Litmus(format!("--policy {p}: {e}")))?);
+        let pol = Policy::parse(p).map_err(|e| Error::Litmus(format!("--policy {p}: {e}")))?;
+        if pol.kernel_range().is_some() {
+            return Err(Error::Litmus(format!("--policy {p}: a kernel range runs with --kernel all, not --policy")));
+        }
+        cli_policies.push(pol);
+    }
+    // Every row must be a kernel that existed, unless asked otherwise:
+    // refuse before anything runs.
+    let rows_of = |test: &Test| -> Vec<Policy> {
+        if kernel_all {
+            let base: Vec<Policy> = if cli_policies.is_empty() { vec![overrides] } else { cli_policies.clone() };
+            base.iter().flat_map(|p| kernel_matrix(&p.merged(&overrides))).collect()
+        } else {
+            policy_matrix(&cli_policies, &test.expect_policies(), &overrides)
+        }
+    };
+    if !args.allow_hypothetical {
+        for test in &tests {
+            for p in rows_of(test) {
+                let r = p.reality();
+                if r.is_hypothetical() {
+                    return Err(Error::Litmus(format!(
+                        "{}: policy `{}` is no kernel that existed: {}
+(run with --allow-hypothetical to run it anyway, labelled hypothetical)",
+                        test.name,
+                        p.canonical(),
+                        r.to_string().trim_start_matches("hypothetical: ")
+                    )));
+                }
+            }
+        }
     }
 
     let mut runs: Vec<(usize, PolicyRun)> = Vec::new();
+    // Per test: per row, the profile and the index of its run in `runs` (or why it was skipped).
+    type KernelRow = (Profile, Option<usize>, Option<String>);
+    let mut kernel_rows: Vec<(usize, Vec<KernelRow>)> = Vec::new();
     let mut worst = status::OK;
     for (ti, test) in tests.iter().enumerate() {
-        let matrix = policy_matrix(&cli_policies, &test.expect_policies(), &overrides);
+        let matrix = rows_of(test);
         let mut file_runs = Vec::new();
+        let mut cells = Vec::new();
         for policy in matrix {
+            if let Some(why) = unavailable(test, &policy) {
+                println!(
+                    "Skip {} {}: {why}
+",
+                    test.name,
+                    policy.canonical()
+                );
+                cells.push((policy.kernel(), None, Some(why)));
+                continue;
+            }
             let pr = run_policy(base, args, test, policy, seed, trace.as_ref())?;
+            cells.push((policy.kernel(), Some(runs.len() + file_runs.len()), None));
             print!("{}", herd_block(test, &pr.result));
+            println!("Kernel {}", policy.reality());
             if pr.leaks > 0 {
                 println!("Leak {} {} iterations did not return every page", test.name, pr.leaks);
             }
@@ -265,9 +326,30 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         print!("{}", file_summary(test, &refs));
         println!();
         runs.extend(file_runs.into_iter().map(|r| (ti, r)));
+        kernel_rows.push((ti, cells));
     }
     let pairs: Vec<(&Test, &RunResult)> = runs.iter().map(|(ti, r)| (&tests[*ti], &r.result)).collect();
     print!("{}", verdict_table(&pairs));
+    if kernel_all {
+        let rows: Vec<(&Test, Vec<(Profile, KernelCell<'_>)>)> = kernel_rows
+            .iter()
+            .map(|(ti, cells)| {
+                let cells = cells
+                    .iter()
+                    .map(|(k, run, why)| {
+                        let cell = match (run, why) {
+                            (Some(i), _) => KernelCell::Ran(&runs[*i].1.result),
+                            (None, w) => KernelCell::Skipped(w.clone().unwrap_or_default()),
+                        };
+                        (*k, cell)
+                    })
+                    .collect();
+                (&tests[*ti], cells)
+            })
+            .collect();
+        println!();
+        print!("{}", kernel_table(&rows));
+    }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&to_json(&pairs)).map_err(|e| Error::Other(e.to_string()))?;
         std::fs::write(path, text + "\n").map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;

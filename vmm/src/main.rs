@@ -90,6 +90,18 @@ enum Command {
         /// Print every policy key, its values and default, then exit.
         #[arg(long)]
         list_policies: bool,
+        /// Print every kernel profile and the value of each kernel key in it, then exit.
+        #[arg(long)]
+        list_kernels: bool,
+        /// Run on this kernel profile (`v4.14`, …, `mainline`; overrides the
+        /// policies' `kernel=`), or `all`: one row per profile and a kernel ×
+        /// verdict table.
+        #[arg(long, value_name = "PROFILE|all")]
+        kernel: Option<String>,
+        /// Run policies no kernel ever had (a switch of one era with the
+        /// notifier placement of another…); they are labelled hypothetical.
+        #[arg(long)]
+        allow_hypothetical: bool,
         /// Record a trace of every (test, policy) run into FILE (see
         /// `vmm trace report`); streamed, so a crash or timeout keeps it.
         #[arg(long, value_name = "FILE")]
@@ -234,6 +246,9 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         iteration_timeout: 3000,
         list_hooks: false,
         list_policies: false,
+        list_kernels: false,
+        kernel: None,
+        allow_hypothetical: false,
         trace: None,
         trace_runs: None,
         trace_ring: None,
@@ -245,6 +260,10 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         }
         Command::Litmus { list_policies: true, .. } => {
             print!("{}", litmus::list_policies());
+            return Ok(status::OK);
+        }
+        Command::Litmus { list_kernels: true, .. } => {
+            print!("{}", litmus::list_kernels());
             return Ok(status::OK);
         }
         Command::Litmus { .. } => {}
@@ -291,6 +310,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         trace,
         trace_runs,
         trace_ring,
+        kernel,
+        allow_hypothetical,
         ..
     } = command
     {
@@ -309,6 +330,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             trace,
             trace_runs,
             trace_ring,
+            kernel,
+            allow_hypothetical,
         };
         return vmm::litmus_run::run(&cfg, &args);
     }

@@ -254,7 +254,10 @@ impl ShadowMmu {
     /// `walk-cache=` for this vCPU (`TLB_CONFIG` with `args[0]` = 2).
     pub fn set_walk_cache(&mut self, model: u64) -> Result<(), String> {
         let m = u8::try_from(model).ok().and_then(WalkCache::from_u8).ok_or_else(|| {
-            format!("unknown walk-cache model {model}; valid: {:?}", WalkCache::ALL.iter().map(|m| m.name()).collect::<Vec<_>>())
+            format!(
+                "unknown walk-cache model {model}; valid: {:?}",
+                WalkCache::ALL.iter().map(|m| m.name()).collect::<Vec<_>>()
+            )
         })?;
         self.walk_cache = if self.model.is_shadowed() { m } else { WalkCache::None };
         self.walk_entries.clear();
@@ -333,7 +336,14 @@ impl ShadowMmu {
                 self.walk_hits += 1;
                 let linked = pmd_target(mem, pgd, va);
                 self.emit(Kind::ShadowWalkHit, va & !0xfff, table, (linked != Some(table)) as u64);
-                pt::walk_from(mem, WalkStart { level: 1, table, perms }, va, access, WalkMode::SetAccessedDirty, &AllLive)
+                pt::walk_from(
+                    mem,
+                    WalkStart { level: 1, table, perms },
+                    va,
+                    access,
+                    WalkMode::SetAccessedDirty,
+                    &AllLive,
+                )
             }
             None => {
                 let w = pt::walk(mem, pgd, va, access, WalkMode::SetAccessedDirty, &AllLive);
