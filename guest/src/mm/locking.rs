@@ -270,12 +270,11 @@ impl Drop for FaultGuard<'_> {
 pub fn lock_for_fault(mm: &MmStruct, va: u64) -> FaultGuard<'_> {
     if policy::get::<FaultLock>() == FaultLock::VmaLock {
         if let Some(v) = mm.find_vma(va) {
-            let mut ok = false;
             // One try, as lock_vma_under_rcu does; the wait is mmap_read_lock's.
-            acquire(lock_kind::VMA_READ, v.start, || {
-                ok = mm.vma_locks.try_start_read(v.start, v.end);
-                true
-            });
+            let ok = mm.vma_locks.try_start_read(v.start, v.end);
+            if ok {
+                trace::emit(Kind::LockAcquire, v.start, lock_kind::VMA_READ, 0);
+            }
             // The VMA may have changed between the lookup and the lock
             // (vma_start_read rechecks vm_lock_seq and the range).
             if ok && mm.find_vma(va) == Some(v) {
