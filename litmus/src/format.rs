@@ -150,7 +150,10 @@ pub fn verdict_table(runs: &[(&Test, &RunResult)]) -> String {
         let s = r.summary(t);
         rows.push([
             t.name.clone(),
-            r.policy.canonical(),
+            match r.policy.label() {
+                Some(l) => format!("{} [{l}]", r.policy.canonical()),
+                None => r.policy.canonical(),
+            },
             format!("{}/{}", s.completed, r.requested),
             s.timed_out.to_string(),
             s.observation.name().into(),

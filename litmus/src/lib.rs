@@ -177,3 +177,105 @@ mod tests {
         assert!(l.lines().any(|l| l.starts_with("notifier ") && l.contains("tlb-flush*")), "{l}");
     }
 }
+
+/// The guide's policy table (docs/litmus-guide.md, between the
+/// `policy-table` markers), generated from [`abi::policy::KEYS`]: one row
+/// per key, then one per value with its status (the releases it was
+/// upstream, *proposal*, *model*). A unit test keeps the guide in step.
+pub fn policy_table_markdown() -> String {
+    use abi::policy::{KeyKind, Release, Status};
+    let mut o = String::from("| key | value | kernels | what it stands for |\n|---|---|---|---|\n");
+    for k in KEYS {
+        let kind = match k.kind {
+            KeyKind::Profile => "profile",
+            KeyKind::Hardware => "hardware",
+            KeyKind::Kernel => "kernel",
+        };
+        o += &format!("| **`{}`** ({kind}) | | | {} |\n", k.name, k.doc.replace('|', "\\|"));
+        for v in k.values {
+            let status = match v.status {
+                Status::Kernel(eras) => eras
+                    .iter()
+                    .map(|e| match (e.since == Release::EPOCH, e.until == Release::OPEN) {
+                        (true, true) => "all".to_string(),
+                        (true, false) => format!("< {}", e.until),
+                        (false, true) => format!("{}+", e.since),
+                        (false, false) => format!("{} – {}", e.since, e.until),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Status::Proposal => "*proposal*".into(),
+                Status::Model => "*model (no kernel)*".into(),
+                Status::Hardware => "".into(),
+                Status::Profile(r) => r.to_string(),
+            };
+            let name = match k.param {
+                Some(p) if p.value == v.num => format!("{}:P", v.name),
+                _ => v.name.to_string(),
+            };
+            let def = if v.num == k.default { " (default)" } else { "" };
+            o += &format!("| | `{name}`{def} | {status} | {} |\n", v.doc.replace('|', "\\|"));
+        }
+    }
+    o
+}
+
+/// The guide's profile table (between the `kernel-table` markers): each
+/// kernel key's value in each profile, `*` where it changed.
+pub fn kernel_table_markdown() -> String {
+    use abi::policy::KeyKind;
+    let profs = profiles();
+    let pols: Vec<Policy> = profs.iter().map(|p| Policy::profile(*p)).collect();
+    let mut o = String::from("| key |");
+    for p in profs {
+        o += &format!(" {} |", p.name());
+    }
+    o += "\n|---|";
+    for _ in profs {
+        o += "---|";
+    }
+    o += "\n";
+    for k in KEYS.iter().filter(|k| k.kind == KeyKind::Kernel) {
+        o += &format!("| `{}` |", k.name);
+        for (i, p) in pols.iter().enumerate() {
+            let v = p.get(k.key);
+            let changed = i > 0 && pols[i - 1].get(k.key) != v;
+            o += &format!(" {v}{} |", if changed { " *" } else { "" });
+        }
+        o += "\n";
+    }
+    o
+}
+
+#[cfg(test)]
+mod guide_tests {
+    use std::path::Path;
+
+    /// The tables in docs/litmus-guide.md are the generated ones. Run with
+    /// `UPDATE_GUIDE=1` to rewrite them.
+    #[test]
+    fn the_guide_has_the_tables_of_the_policy_table() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/litmus-guide.md");
+        let text = std::fs::read_to_string(&path).expect("docs/litmus-guide.md");
+        let mut out = text.clone();
+        for (name, table) in
+            [("policy-table", super::policy_table_markdown()), ("kernel-table", super::kernel_table_markdown())]
+        {
+            let begin = format!("<!-- {name}:begin (generated: UPDATE_GUIDE=1 cargo test -p litmus) -->\n");
+            let end = format!("<!-- {name}:end -->");
+            let (Some(b), Some(e)) = (out.find(&begin), out.find(&end)) else {
+                panic!("docs/litmus-guide.md lacks the {name} markers");
+            };
+            out.replace_range(b + begin.len()..e, &table);
+        }
+        if out != text {
+            if std::env::var_os("UPDATE_GUIDE").is_some() {
+                std::fs::write(&path, out).unwrap();
+            } else {
+                panic!(
+                    "docs/litmus-guide.md's generated tables are out of date: run UPDATE_GUIDE=1 cargo test -p litmus"
+                );
+            }
+        }
+    }
+}

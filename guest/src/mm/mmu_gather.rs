@@ -199,10 +199,12 @@ impl<'a> MmuGather<'a> {
         self.npages += 1;
     }
 
-    /// `tlb_remove_table` (`pte_free_tlb`): a PTE table unhooked from its PMD.
+    /// `pte_free_tlb`: a PTE table unhooked from its PMD —
+    /// `tlb_flush_pmd_range(tlb, addr, PAGE_SIZE)` at the region's start
+    /// (`free_pgd_range` aligns `addr` down to the PMD), `freed_tables`.
     pub fn remove_table(&mut self, table: u64, va: u64) {
         self.freed_tables = true;
-        self.adjust_range(va & !(PMD_SIZE - 1), PMD_SIZE);
+        self.adjust_range(va & !(PMD_SIZE - 1), PAGE_SIZE);
         if self.ntables == GATHER_TABLES {
             self.flush();
         }
