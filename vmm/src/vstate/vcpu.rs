@@ -218,6 +218,10 @@ impl Vcpu {
             }
             Err(e) => Exit::Fatal(format!("KVM_RUN failed: {e}")),
         };
+        // A spin-wait's yield is the harness waiting, not TLB activity: it
+        // evicts nothing (evict:P models a finite TLB, whose entries go when
+        // the vCPU does something, not when it waits on a flag).
+        let waiting = matches!(exit, Exit::IoOut(YIELD_PORT, ..));
         let next = match exit {
             Exit::Handled => State::Running,
             Exit::IoOut(port, value, len) => self.io_out(port, value, len),
@@ -235,7 +239,7 @@ impl Vcpu {
         };
         // evict:P — at each exit, drop stale modelled-TLB entries at random;
         // then make KVM drop its own cached copies (KVM_SET_SREGS resets its MMU context).
-        if next == State::Running && self.hypercalls.shadow.evict_stale(&self.mem) {
+        if next == State::Running && !waiting && self.hypercalls.shadow.evict_stale(&self.mem) {
             if let Ok(sregs) = self.fd.get_sregs() {
                 let _ = self.fd.set_sregs(&sregs);
             }
