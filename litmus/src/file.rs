@@ -653,12 +653,15 @@ fn check_final(
 fn check_expect(c: &mut Checker<'_>, raw: &RawFile, threads: &[Thread]) -> Vec<Expectation> {
     // Operations younger than some profile (uffd_wp): a kernel before it
     // cannot run the test at all.
-    let mut young: Vec<Op> = Vec::new();
+    let mut young: Vec<(String, abi::policy::Release)> = Vec::new();
     for t in threads {
         for s in &t.code {
             s.walk(&mut |s| {
-                if s.op.since().is_some() && !young.contains(&s.op) {
-                    young.push(s.op);
+                if let Some(r) = crate::kernels::since(s) {
+                    let what = if s.op == Op::Madvise { "madvise free".to_string() } else { s.op.name().to_string() };
+                    if !young.iter().any(|(w, _)| *w == what) {
+                        young.push((what, r));
+                    }
                 }
             });
         }
@@ -715,12 +718,8 @@ fn check_expect(c: &mut Checker<'_>, raw: &RawFile, threads: &[Thread]) -> Vec<E
                     bad = true;
                     break;
                 }
-                if let Some(op) = young.iter().find(|op| op.since().is_some_and(|r| kern.release() < r)) {
-                    let since = op.since().map(|r| r.to_string()).unwrap_or_default();
-                    c.error(
-                        span(k),
-                        format!("[expect] `{key}`: {} has no `{}` (since {since})", kern.name(), op.name()),
-                    );
+                if let Some((what, since)) = young.iter().find(|(_, r)| kern.release() < *r) {
+                    c.error(span(k), format!("[expect] `{key}`: {} has no `{what}` (since {since})", kern.name()));
                     bad = true;
                     break;
                 }

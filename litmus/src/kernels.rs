@@ -13,17 +13,32 @@ pub enum KernelCell<'a> {
     Skipped(String),
 }
 
+/// The first release with a statement's operation, if younger than every
+/// profile: `uffd_wp` (v5.7), `madvise L free` (MADV_FREE, 854e9ed09ded, v4.5).
+pub fn since(s: &crate::ast::Stmt) -> Option<abi::policy::Release> {
+    use abi::litmus::{Advice, Op};
+    match s.op {
+        Op::Madvise if s.arg == Advice::Free as u8 => Some(abi::policy::r(4, 5)),
+        op => op.since(),
+    }
+}
+
 /// Why `test` cannot run on `policy`'s kernel: an operation younger than it
-/// (`uffd_wp` before v5.7).
+/// (`uffd_wp` before v5.7, MADV_FREE before v4.5).
 pub fn unavailable(test: &Test, policy: &Policy) -> Option<String> {
     let rel = policy.kernel().release();
     let mut why = None;
     for t in &test.threads {
         for s in &t.code {
             s.walk(&mut |s| {
-                if let Some(since) = s.op.since() {
+                if let Some(since) = since(s) {
                     if rel < since && why.is_none() {
-                        why = Some(format!("{} has no `{}` (since {since})", policy.kernel().name(), s.op.name()));
+                        let what = if s.op == abi::litmus::Op::Madvise {
+                            "madvise free".to_string()
+                        } else {
+                            s.op.name().to_string()
+                        };
+                        why = Some(format!("{} has no `{what}` (since {since})", policy.kernel().name()));
                     }
                 }
             });

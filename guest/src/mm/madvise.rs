@@ -24,6 +24,10 @@ use super::{rmap, swap};
 impl MmStruct {
     /// `madvise(MADV_FREE)` on the anonymous VMAs of the range.
     pub fn madvise_free(&self, start: u64, len: u64) {
+        // MADV_FREE arrived in v4.5 (854e9ed09ded): EINVAL before.
+        if super::policy::get::<abi::policy::Profile>().release() < abi::policy::r(4, 5) {
+            return;
+        }
         let _l = locking::mmap_read_lock(self);
         let end = start + len;
         let mut tlb = MmuGather::new(self, start, end);
