@@ -3,7 +3,7 @@
 
 use crate::ast::Test;
 use crate::policy::{profiles, Policy, Profile};
-use crate::results::RunResult;
+use crate::results::{ExpectResult, RunResult};
 
 /// One cell of the table: what a (test, profile) row gave.
 pub enum KernelCell<'a> {
@@ -49,7 +49,8 @@ pub fn unavailable(test: &Test, policy: &Policy) -> Option<String> {
 
 /// The kernel × verdict table: one line per test, one column per profile.
 /// A cell is the observation (`never`, `sometimes`, `always`), with `!` if
-/// it disagrees with the test's `[expect]` for that kernel and `?` if no
+/// it disagrees with the test's `[expect]` for that kernel, `~` if the run
+/// is inconclusive (with completed/requested iterations), `?` if no
 /// expectation covers it; `n/a` if the kernel cannot run the test.
 pub fn kernel_table(rows: &[(&Test, Vec<(Profile, KernelCell<'_>)>)]) -> String {
     let profs = profiles();
@@ -63,12 +64,18 @@ pub fn kernel_table(rows: &[(&Test, Vec<(Profile, KernelCell<'_>)>)]) -> String 
                 Some(KernelCell::Skipped(_)) => "n/a".to_string(),
                 Some(KernelCell::Ran(r)) => {
                     let s = r.summary(test);
-                    let mark = match s.expect_ok {
-                        Some(true) => "",
-                        Some(false) => "!",
+                    let mark = match s.expect {
+                        Some(ExpectResult::Ok) => "",
+                        Some(ExpectResult::Mismatch) => "!",
+                        Some(ExpectResult::Inconclusive) => "~",
                         None => "?",
                     };
-                    format!("{}{mark}", s.observation.name())
+                    let seen = if s.completed < r.requested {
+                        format!("{}({}/{})", s.observation.name(), s.completed, r.requested)
+                    } else {
+                        s.observation.name().to_string()
+                    };
+                    format!("{seen}{mark}")
                 }
             };
             line.push(cell);
@@ -77,7 +84,9 @@ pub fn kernel_table(rows: &[(&Test, Vec<(Profile, KernelCell<'_>)>)]) -> String 
     }
     let n = lines[0].len();
     let w: Vec<usize> = (0..n).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
-    let mut o = String::from("Kernels (observed per profile; `!` disagrees with [expect], `?` no expectation)\n");
+    let mut o = String::from(
+        "Kernels (observed per profile; `!` disagrees with [expect], `~` inconclusive, `?` no expectation)\n",
+    );
     for l in &lines {
         let cells: Vec<String> = l.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
         o.push_str(cells.join("  ").trim_end());
