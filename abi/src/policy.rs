@@ -371,6 +371,14 @@ policy_table! {
         On = 1 => "on", k(&[since(r(4, 3))]), "72b252aed506 (v4.3): TTU_BATCH_FLUSH, set_tlb_ubc_flush_pending, one flush per batch in try_to_unmap_flush";
     }
 
+    /// `migrate-batch=`
+    key MigrateBatch = "migrate-batch", Kernel, default On, param None,
+        doc "whether (asynchronous) migration batches the TLB flushes of try_to_migrate like reclaim",
+    enum MigrateBatch {
+        Off = 0 => "off", k(&[before(r(6, 3))]), "before 7e12beb8ca2a (v6.3): try_to_migrate_one flushes each PTE at once (ptep_clear_flush)";
+        On = 1 => "on", k(&[since(r(6, 3))]), "7e12beb8ca2a (v6.3): migrate_folio_unmap passes TTU_BATCH_FLUSH for MIGRATE_ASYNC, try_to_migrate_one calls set_tlb_ubc_flush_pending, migrate_pages_batch calls try_to_unmap_flush before moving (copying) the folios";
+    }
+
     /// `batched-pending-check=`
     key BatchedPendingCheck = "batched-pending-check", Kernel, default Counted, param None,
         doc "flush_tlb_batched_pending: a PTL holder flushes what reclaim batched and did not flush yet",
@@ -493,6 +501,20 @@ pub struct Requirement {
 /// Values that only exist in the context of another key's values: a
 /// policy that breaks one is hypothetical whatever the eras say.
 pub const REQUIREMENTS: &[Requirement] = &[
+    Requirement {
+        key: Key::Migrc,
+        value: Migrc::On as u8,
+        needs: Key::MigrateBatch,
+        needs_values: &[MigrateBatch::On as u8],
+        why: "migrc defers the flush of migrate_pages_batch's batched unmap (7e12beb8ca2a, v6.3): it has no base before that",
+    },
+    Requirement {
+        key: Key::MigrateBatch,
+        value: MigrateBatch::On as u8,
+        needs: Key::ReclaimBatch,
+        needs_values: &[ReclaimBatch::On as u8],
+        why: "batched migration uses reclaim's batched-flush machinery (set_tlb_ubc_flush_pending)",
+    },
     Requirement {
         key: Key::NestedRange,
         value: NestedRange::Sentinel as u8,

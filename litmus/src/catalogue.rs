@@ -29,6 +29,7 @@ static CATALOGUE: &[(&str, &str)] = entries![
     "examples/fault-waits-for-mremap.toml",
     "examples/ksm-merge-then-cow.toml",
     "examples/madv-free-nested.toml",
+    "examples/migrate-batched-device.toml",
     "examples/migrate-moves-page.toml",
     "examples/migrate-prot-none.toml",
     "examples/mkclean-writeback.toml",

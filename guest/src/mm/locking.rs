@@ -4,10 +4,11 @@
 //! (`vma_start_read`/`vma_start_write`, 5e31275cc997), and the page lock
 //! (`folio_lock`). The split PTL lives in `ptdesc`.
 //!
-//! Every acquisition of every lock kind goes through [`acquire`]: one place
+//! Every acquisition of every lock kind goes through [`acquire`] (one place
 //! where a thread may wait, fires the `lock_contended` hook when it must,
-//! and records the lock in the trace — the point a scheduler (`vmm
-//! explore`) serialises threads at.
+//! and records the lock in the trace) or, for a single try, through
+//! [`try_acquire`] — the two points a scheduler (`vmm explore`) serialises
+//! threads at.
 //!
 //! Simplifications (docs/modelling.md): rwsem readers may take the lock
 //! whenever no writer holds it (Linux's reader lock stealing, rwsem.c; the
@@ -47,6 +48,16 @@ pub fn acquire(kind: u64, id: u64, mut try_lock: impl FnMut() -> bool) {
         // staleness analysis reads.
         trace::emit(Kind::LockAcquire, id, kind, waited as u64);
     }
+}
+
+/// One try at a lock (`*_trylock`, `lock_vma_under_rcu`): the other place a
+/// lock is taken, never waiting; traced when it succeeds.
+pub fn try_acquire(kind: u64, id: u64, try_lock: impl FnOnce() -> bool) -> bool {
+    let ok = try_lock();
+    if ok {
+        trace::emit(Kind::LockAcquire, id, kind, 0);
+    }
+    ok
 }
 
 fn released(kind: u64, id: u64) {
@@ -271,10 +282,7 @@ pub fn lock_for_fault(mm: &MmStruct, va: u64) -> FaultGuard<'_> {
     if policy::get::<FaultLock>() == FaultLock::VmaLock {
         if let Some(v) = mm.find_vma(va) {
             // One try, as lock_vma_under_rcu does; the wait is mmap_read_lock's.
-            let ok = mm.vma_locks.try_start_read(v.start, v.end);
-            if ok {
-                trace::emit(Kind::LockAcquire, v.start, lock_kind::VMA_READ, 0);
-            }
+            let ok = try_acquire(lock_kind::VMA_READ, v.start, || mm.vma_locks.try_start_read(v.start, v.end));
             // The VMA may have changed between the lookup and the lock
             // (vma_start_read rechecks vm_lock_seq and the range).
             if ok && mm.find_vma(va) == Some(v) {
@@ -298,11 +306,7 @@ pub fn lock_page(pa: u64, flags: &core::sync::atomic::AtomicU32, bit: u32) {
 
 /// `folio_trylock`: true if the lock was free (and is now ours).
 pub fn trylock_page(pa: u64, flags: &core::sync::atomic::AtomicU32, bit: u32) -> bool {
-    let ok = flags.fetch_or(bit, Ordering::Acquire) & bit == 0;
-    if ok {
-        trace::emit(Kind::LockAcquire, pa, lock_kind::PAGE, 0);
-    }
-    ok
+    try_acquire(lock_kind::PAGE, pa, || flags.fetch_or(bit, Ordering::Acquire) & bit == 0)
 }
 
 /// `folio_unlock` (after the caller cleared the bit).

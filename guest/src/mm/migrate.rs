@@ -2,7 +2,9 @@
 //! (`migrate_pages` → `migrate_folio_unmap`: lock the page,
 //! `try_to_migrate` puts a migration entry in every PTE — faults on it wait
 //! — then `move_to_new_folio` copies, and `remove_migration_ptes` maps the
-//! new page), plus migrc (seed 001): for a page mapped read-only the TLB
+//! new page). `migrate L` is an asynchronous migration (NUMA balancing,
+//! async compaction: `MIGRATE_ASYNC`), which since v6.3 batches the unmap
+//! flushes (`migrate-batch=`, 7e12beb8ca2a). Plus migrc (seed 001): for a page mapped read-only the TLB
 //! flush is deferred and the source page kept until the deferred flush
 //! (`migrc_try_flush_free_folios`), which a later write-enable of the page
 //! forces — in `do_wp_page` only (`migrc-upgrade=wp-only`, the v3 patch) or
@@ -13,7 +15,7 @@ use core::sync::atomic::Ordering;
 
 use abi::layout::PAGE_SIZE;
 use abi::litmus::Hook;
-use abi::policy::{Migrc, Notifier};
+use abi::policy::{MigrateBatch, Migrc, Notifier};
 
 use super::hooks::hook;
 use super::mm_types::{page_align, MmStruct, Segv, MAX_MIGRC, VM_READ, VM_WRITE};
@@ -22,7 +24,7 @@ use super::page::{
     self, get_page, lock_page, page, put_page, unlock_page, PG_ANON, PG_DIRTY, PG_FILE, PG_KSM, PG_MIGRC, PG_SWAPBACKED,
 };
 use super::pgtable::{pte, pte_dirty, pte_maps_page, pte_page, pte_write, swp};
-use super::{filemap, flush, page_alloc, policy};
+use super::{filemap, flush, page_alloc, policy, rmap};
 use crate::guest_assert;
 
 /// A PTE `try_to_migrate_one` replaced, for `remove_migration_ptes`.
@@ -59,6 +61,12 @@ impl MmStruct {
             }
         }
         let deferred = done[..n].iter().any(|m| m.deferred);
+        if policy::get::<MigrateBatch>() == MigrateBatch::On {
+            // migrate_pages_batch (7e12beb8ca2a, v6.3): "Flush TLBs for
+            // all unmapped folios" — after the unmap, before the move
+            // (copy), the source folio still locked.
+            rmap::try_to_unmap_flush(self);
+        }
         page::copy_page(new, old);
         page(new).flags.fetch_or(
             page(old).flags.load(Ordering::Acquire) & (PG_ANON | PG_SWAPBACKED | PG_DIRTY | PG_FILE),
@@ -87,8 +95,9 @@ impl MmStruct {
     }
 
     /// `try_to_migrate_one`: the PTE becomes a migration entry; its flush
-    /// is done now (`ptep_clear_flush`), or — migrc, for a PTE that is not
-    /// writable — deferred.
+    /// is done now (`ptep_clear_flush`), batched until `migrate` is about
+    /// to copy (`migrate-batch=on`, v6.3+), or — migrc, for a PTE that is
+    /// not writable — deferred past the migration.
     fn try_to_migrate_one(&self, p: u64, va: u64) -> Option<Migrated> {
         let mut range = MmuNotifierRange::start(self, va, va + PAGE_SIZE);
         let Some(mut pt) = self.pte_offset_map_lock(va) else {
@@ -104,6 +113,17 @@ impl MmStruct {
                 // 6.6+: the batched path tells the secondary MMU at once.
                 if policy::get::<Notifier>() == Notifier::TlbFlush {
                     arch_invalidate_secondary_tlbs(self, 0, flush::TLB_FLUSH_ALL);
+                }
+                old
+            } else if policy::get::<MigrateBatch>() == MigrateBatch::On {
+                // 7e12beb8ca2a (v6.3): an asynchronous migration passes
+                // TTU_BATCH_FLUSH, and should_defer_flush holds (another
+                // CPU in mm_cpumask): clear, and batch the flush as reclaim
+                // does — which since 4d4b6d66db63 (v6.4) skips a PTE that
+                // is not pte_accessible, as ptep_clear_flush does.
+                let old = pt.get_and_clear(va);
+                if self.pte_accessible(&pt, old) {
+                    rmap::set_tlb_ubc_flush_pending(self, pte_write(old) && pte_dirty(old));
                 }
                 old
             } else {

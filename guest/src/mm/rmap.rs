@@ -71,7 +71,7 @@ pub fn flush_tlb_batched_pending(mm: &MmStruct) {
 /// batch and mark the mm (the flag, or one more pending generation); since
 /// v6.6 `arch_tlbbatch_add_pending` also tells the secondary MMU now, with
 /// the flush-all range `[0, -1UL)` (6bbd42e2df8f).
-fn set_tlb_ubc_flush_pending(mm: &MmStruct, writable: bool) {
+pub(super) fn set_tlb_ubc_flush_pending(mm: &MmStruct, writable: bool) {
     let c = percpu::cpu() as usize;
     if policy::get::<Notifier>() == Notifier::TlbFlush {
         arch_invalidate_secondary_tlbs(mm, 0, flush::TLB_FLUSH_ALL);
