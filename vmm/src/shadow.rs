@@ -467,8 +467,8 @@ impl ShadowMmu {
 
     /// `evict:P`: at an exit, drop each stale entry with probability P.
     /// An entry is stale if the page tables no longer give it: another
-    /// page, fewer rights, or another dirty state (a TLB entry with D set
-    /// writes without setting D in a PTE that was cleaned since); a
+    /// page, fewer rights, or D set over a PTE that was cleaned since (a
+    /// TLB entry with D set writes without setting D again); a
     /// walk-cache entry is stale if the PMD no longer points at its table.
     /// Returns true if a leaf entry was dropped (the caller must then make
     /// KVM flush its own cached translations of the shadow tables).
@@ -495,7 +495,10 @@ impl ShadowMmu {
                 Ok(t) => {
                     t.pa_4k() != leaf & pte::ADDR_MASK
                         || (leaf & pte::RW != 0 && !t.perms.write)
-                        || (leaf & pte::D != 0) != t.dirty
+                        // Only D set over a clean PTE: an entry without D
+                        // (a read fill of a dirty read-only PTE) is what a
+                        // fill gives now, and a write through it faults.
+                        || (leaf & pte::D != 0 && !t.dirty)
                 }
                 Err(_) => true,
             };
