@@ -22,11 +22,11 @@ use super::ptdesc::PteTable;
 use super::{rmap, swap};
 
 impl MmStruct {
-    /// `madvise(MADV_FREE)` on the anonymous VMAs of the range.
-    pub fn madvise_free(&self, start: u64, len: u64) {
-        // MADV_FREE arrived in v4.5 (854e9ed09ded): EINVAL before.
+    /// `madvise(MADV_FREE)` on the anonymous VMAs of the range; false
+    /// (EINVAL) before v4.5, which has no MADV_FREE (854e9ed09ded).
+    pub fn madvise_free(&self, start: u64, len: u64) -> bool {
         if super::policy::get::<abi::policy::Profile>().release() < abi::policy::r(4, 5) {
-            return;
+            return false;
         }
         let _l = locking::mmap_read_lock(self);
         let end = start + len;
@@ -40,6 +40,7 @@ impl MmStruct {
         }
         range.end();
         tlb.finish();
+        true
     }
 
     /// `madvise_free_pte_range`: like every deferring path, it flushes
