@@ -387,6 +387,9 @@ fn main() {
         litmus::guest_stopping_early_is_an_error(&scratch("exit-zero", &exit_zero_elf()))
     }));
     trials.push(Trial::test("litmus::evidence::zero_runs_refused", litmus::zero_runs_refused));
+    trials.push(Trial::test("litmus::kernels::list_kernels", litmus::list_kernels));
+    trials.push(Trial::test("litmus::kernels::hypothetical_refused", litmus::hypothetical_refused));
+    trials.push(kvm_trial("litmus::kernels::kernel_all_check", litmus::kernel_all_check));
     trials.push(kvm_trial("selftest::filter_matching_nothing_is_an_error", || {
         let o = vmm(&["selftest", "no-such-test."]);
         let (out, err) = text(&o);
@@ -420,7 +423,10 @@ fn main() {
         ("unknown-hook.toml", &["unknown-hook.toml:6:23", "unknown hook `after_lunch`", "after_ptl_release"]),
         ("bad-cond.toml", &["bad-cond.toml:10:19", "expected a number", "found `==`"]),
         ("undeclared-reg.toml", &["undeclared-reg.toml:9:12", "never writes r5"]),
-        ("unknown-policy.toml", &["unknown-policy.toml:12:8", "`sometimes-later`", "ptl, gather, pending"]),
+        (
+            "unknown-policy.toml",
+            &["unknown-policy.toml:12:8", "`sometimes-later`", "pending, per-ptl, generation, ptl"],
+        ),
         (
             "contradictory-expect.toml",
             &["contradictory-expect.toml:15:1", "`default` = \"sometimes\" contradicts `flush=pending` = \"never\""],
