@@ -195,12 +195,15 @@ kinds! {
     /// 0 = the kernel's (no user mm). A litmus thread's body lies between
     /// its switch to the test mm and its switch back.
     MmSwitch = 20 => "mm_switch",
+    /// A litmus vCPU thread starts its body on this vCPU (the placement
+    /// changes per iteration): `a` = thread index (as in the test).
+    ThreadStart = 21 => "thread_start",
     /// A lock of the mm model was taken (`guest::mm::locking`): `va` = the
     /// lock's address (mm, VMA start, PTE table, page), `a` = lock kind
     /// ([`lock_kind`]), `b` = 1 if the thread had to wait for it.
-    LockAcquire = 21 => "lock_acquire",
+    LockAcquire = 22 => "lock_acquire",
     /// That lock was released: `va`, `a` as for `LockAcquire`.
-    LockRelease = 22 => "lock_release",
+    LockRelease = 23 => "lock_release",
     // ---- VMM (shadow MMU) ----
     /// Shadow fill of one translation: `va`, `a` = guest PTE used, `b` = GPA of the page.
     ShadowFill = 32 => "shadow_fill",

@@ -19,7 +19,8 @@
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 use abi::dma::{self as dmaabi, op as dop, OpRecord, ProgramHeader};
-use abi::hypercall::{op, YIELD_PORT};
+use abi::hypercall::calls::{DmaSubmit, DmaSubmitRequest, LitmusIteration, LitmusResult};
+use abi::hypercall::YIELD_PORT;
 use abi::layout::{self, PAGE_SIZE};
 use abi::litmus::{
     self as lt, state, Advice, Blob, Hook, LocKind, ObsKind, Op, Perm, ThreadDesc, ThreadKind, WaitCmp, LOC_PINNED,
@@ -121,13 +122,8 @@ fn perm_flags(p: Perm) -> u8 {
     }
 }
 
-/// `mode=litmus`: run iterations `litmus.first=K` … `iterations - 1`.
-pub fn run(cmdline: &str) -> u32 {
-    let first: u64 = cmdline
-        .split_ascii_whitespace()
-        .find_map(|w| w.strip_prefix("litmus.first="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+/// `GuestMode::Litmus`: run iterations `first` … `iterations - 1`.
+pub fn run(first: u64) -> u32 {
     // SAFETY: the VMM wrote the blob into this reserved, identity-mapped
     // region before boot; nothing writes it afterwards.
     let bytes =
@@ -277,7 +273,7 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
     }
     state_word(state::PHASE).store(state::PHASE_RUNNING, Ordering::Release);
     for d in 0..h.n_device_threads as u64 {
-        hypercall::call(op::DMA_SUBMIT, &[DEV_AREA + d * DEV_STRIDE], &[]);
+        hypercall::call::<DmaSubmit>(DmaSubmitRequest { program: DEV_AREA + d * DEV_STRIDE, slot: d });
     }
     let me = crate::percpu::cpu();
     let mut mine = None;
@@ -326,7 +322,14 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
     // SAFETY: any u64 is 8 valid bytes, and this little-endian target's
     // in-memory order is the wire format's (u64 LE).
     let data = unsafe { core::slice::from_raw_parts(values.as_ptr().cast::<u8>(), 8 * nobs) };
-    hypercall::call(op::LITMUS_RESULT, &[it, nobs as u64, leaked_data, leaked_tables, ns], data);
+    let report = LitmusIteration {
+        iteration: it,
+        values: nobs as u64,
+        leaked_pages: leaked_data as i64,
+        leaked_tables: leaked_tables as i64,
+        guest_ns: ns,
+    };
+    hypercall::call_data::<LitmusResult>(report, data);
 }
 
 /// One observed value: a register, a location's first word through the
@@ -359,6 +362,8 @@ fn thread_main(t: u64) {
     let b = blob();
     let Some(td) = b.thread(t as u16) else { return };
     position(t).store(state::pos::STARTED, Ordering::Release);
+    // Which vCPU runs which thread this iteration, for trace readers.
+    trace::emit(Kind::ThreadStart, 0, t as u64, 0);
     tlb::switch_mm(&TEST_MM.pt());
     let mut ctx = ThreadCtx { t };
     ctx.block(&b, &td, 0, td.n_instrs);

@@ -15,6 +15,8 @@
 //! all co-existed in some release; a proposal on top of one; or a
 //! combination no kernel ever had (refused unless `--allow-hypothetical`).
 
+use abi::config::{IotlbModel, TlbModel};
+use abi::policy::Pwc;
 pub use abi::policy::{
     profile_abi, Key, KeyDesc, KeyKind, PolicyAbi, Profile, Release, Status, ValueDesc, KEYS, PPM, REQUIREMENTS,
 };
@@ -278,6 +280,39 @@ impl Policy {
             Some((a, b)) => profiles().iter().copied().filter(|p| *p >= a && *p <= b).collect(),
             None => vec![self.kernel()],
         }
+    }
+
+    /// The `tlb` key, typed (what the VMM's TLB model is built from).
+    pub fn tlb_model(&self) -> TlbModel {
+        TlbModel::from_policy(&self.abi)
+    }
+
+    /// The `iotlb` key, typed.
+    pub fn iotlb_model(&self) -> IotlbModel {
+        IotlbModel::from_policy(&self.abi)
+    }
+
+    /// The `pwc` key: is the paging-structure cache on?
+    pub fn pwc_on(&self) -> bool {
+        self.abi.get::<Pwc>() != Pwc::Off
+    }
+
+    /// Sets `tlb` explicitly from a typed model (`--tlb`).
+    pub fn set_tlb_model(&mut self, m: TlbModel) {
+        m.apply_to(&mut self.abi);
+        self.explicit |= bit(Key::Tlb);
+    }
+
+    /// Sets `iotlb` explicitly from a typed model (`--iotlb`).
+    pub fn set_iotlb_model(&mut self, m: IotlbModel) {
+        m.apply_to(&mut self.abi);
+        self.explicit |= bit(Key::Iotlb);
+    }
+
+    /// Sets `pwc` explicitly (`--pwc`).
+    pub fn set_pwc(&mut self, on: bool) {
+        self.abi.set(if on { Pwc::On } else { Pwc::Off });
+        self.explicit |= bit(Key::Pwc);
     }
 
     pub fn is_explicit(&self, key: Key) -> bool {
