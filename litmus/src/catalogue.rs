@@ -38,6 +38,7 @@ static CATALOGUE: &[(&str, &str)] = entries![
     "examples/mremap-dirty-flushed-under-ptl.toml",
     "examples/mremap-moves-page.toml",
     "examples/mremap-stale-after-unlock.toml",
+    "examples/munmap-device-freed-table.toml",
     "examples/munmap-load-faults.toml",
     "examples/pte-accessible-prot-none.toml",
     "examples/reclaim-batched-flag-lost.toml",
