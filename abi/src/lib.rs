@@ -11,6 +11,7 @@ pub mod dma;
 pub mod hypercall;
 pub mod iommu;
 pub mod layout;
+pub mod limits;
 pub mod litmus;
 pub mod policy;
 pub mod rng;

@@ -119,7 +119,11 @@ pub fn load_with(paths: &[PathBuf], opts: &CheckOptions) -> Result<Vec<Test>> {
     let (tests, warnings) = if paths.is_empty() {
         litmus::check_all_with(&litmus::catalogue_sources(), opts)
     } else {
-        litmus::load_files_with(&collect_paths(paths)?, opts)
+        litmus::load_files_with(
+            &collect_paths(paths)?,
+            |p| crate::input::read_input_file(p, crate::input::LITMUS_FILE_MAX, "litmus file"),
+            opts,
+        )
     }
     .map_err(|d| Error::Litmus(render_all(&d)))?;
     if !warnings.is_empty() {
@@ -530,7 +534,7 @@ pub fn run_policy_range(
         iterations: runs as u32,
         iteration_timeout_ms: args.iteration_timeout.as_millis().min(u32::MAX as u128) as u32,
     };
-    let compiled = compile(test, &policy, &opts);
+    let compiled = compile(test, &policy, &opts).map_err(|e| Error::Litmus(format!("{}: internal: {e}", test.file)))?;
     let blob = abi::litmus::Blob::parse(&compiled.blob)
         .map_err(|e| Error::GuestReport(format!("internal: compiled blob rejected: {e:?}")))?;
     let hdr = *blob.header();
