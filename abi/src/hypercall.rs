@@ -129,6 +129,11 @@ pub mod op {
     /// `ret[0]` = 1 if COMPARE found the pages identical. On hosts that
     /// emulate every guest instruction a page loop costs ~1 ms in the guest.
     pub const PAGE_OP: u64 = 28;
+    /// `vmm explore`: the previous schedule (if any) is over — its log is
+    /// in the explore area (`abi::explore`), its values came with
+    /// LITMUS_RESULT; the VMM writes the next schedule's plan there.
+    /// `ret[0]` = 1 if there is one, 0 when the search is over.
+    pub const EXPLORE_NEXT: u64 = 33;
 }
 
 /// `op::PAGE_OP` kinds.

@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod dma;
+pub mod explore;
 pub mod hypercall;
 pub mod iommu;
 pub mod layout;

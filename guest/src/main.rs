@@ -12,6 +12,7 @@ mod apic;
 mod arch;
 mod bench;
 mod console;
+mod explore;
 mod hypercall;
 mod iommu;
 mod litmus;

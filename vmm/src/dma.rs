@@ -104,7 +104,11 @@ fn run_program(
         return Err(());
     }
     let pasid = pasid as u32;
-    crate::trace::set_device_unit(device_index(gpa, mem));
+    let device = device_index(gpa, mem);
+    crate::trace::set_device_unit(device);
+    // Under `vmm explore` each op is a scheduling point of this device thread.
+    let mut sched = crate::explore_run::DeviceThread::join(mem, device as u64);
+    let stopped = || stop.load(Ordering::Acquire);
     for i in 0..nops {
         let at = gpa + dma::HEADER_SIZE + i * dma::OP_SIZE;
         let mut rec = OpRecord {
@@ -120,10 +124,51 @@ fn run_program(
             let from = gpa + dma::HEADER_SIZE + rec.value * dma::OP_SIZE + 24;
             rec.value = mem.read_obj(GuestAddress(from)).map_err(|_| ())?;
         }
+        if let Some(d) = &mut sched {
+            let (guard, note) = explore_step(&rec);
+            if d.point((rec.op >> op::TAG_SHIFT) as u32, guard, &stopped) {
+                if let Some((obj, write)) = note {
+                    d.note(obj, write);
+                }
+            } else {
+                sched = None;
+            }
+        }
         let result = run_op(pasid, &rec, mem, iommu, deliver, stop)?;
         gmem::store_u64(mem, at + 24, result).map_err(|_| ())?;
     }
+    if let Some(d) = &sched {
+        d.finish();
+    }
     Ok(())
+}
+
+/// A device op's guard and footprint under `vmm explore`: waits wait on
+/// their kernel word; loads read the mm model (IOTLB, page tables, data),
+/// stores and atomics write it.
+fn explore_step(r: &OpRecord) -> (abi::explore::Guard, Option<(u16, bool)>) {
+    use abi::explore::{guard, object, Guard};
+    use abi::layout::{LITMUS_STATE, LITMUS_VARS, PAGE_SIZE};
+    let word_object = |va: u64| {
+        if (LITMUS_VARS..LITMUS_VARS + PAGE_SIZE).contains(&va) {
+            object::VAR + ((va - LITMUS_VARS) / 8) as u16
+        } else if va == LITMUS_STATE + abi::litmus::state::BARRIER {
+            object::BARRIER
+        } else {
+            object::MEM
+        }
+    };
+    let kind = r.op & op::KIND_MASK;
+    let wait = |k| Guard { kind: k, addr: r.va, value: r.value, object: word_object(r.va) };
+    match kind {
+        op::WAIT_EQ => (wait(guard::EQ), Some((word_object(r.va), false))),
+        op::WAIT_NE => (wait(guard::NE), Some((word_object(r.va), false))),
+        op::WAIT_GE => (wait(guard::GE), Some((word_object(r.va), false))),
+        op::SIGNAL | op::KADD => (Guard::NONE, Some((word_object(r.va), true))),
+        op::LOAD | op::PREFETCH => (Guard::NONE, Some((object::MEM, false))),
+        op::STORE | op::XCHG | op::FETCH_ADD => (Guard::NONE, Some((object::MEM, true))),
+        _ => (Guard::NONE, None),
+    }
 }
 
 /// Which litmus device thread a program is (its slot in the litmus state

@@ -142,8 +142,11 @@ impl Hypercalls {
                         req.data.len()
                     )));
                 }
-                let values =
+                let values: Vec<u64> =
                     req.data[..n * 8].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+                if let Some(x) = &session.explore {
+                    x.values(values.clone());
+                }
                 session.report(crate::litmus_run::IterReport {
                     iteration: a[0],
                     values,
@@ -156,6 +159,16 @@ impl Hypercalls {
                     t.iteration_done(a[0]);
                 }
                 self.reply(mem, status::OK, [0; 4], &[])?;
+            }
+            op::EXPLORE_NEXT => {
+                let Some(x) = shared.litmus.as_ref().and_then(|l| l.explore.clone()) else {
+                    return Err(guest_error("bad hypercall: EXPLORE_NEXT outside vmm explore"));
+                };
+                match x.next(mem) {
+                    Ok(more) => self.reply(mem, status::OK, [more as u64, 0, 0, 0], &[])?,
+                    // The search cannot go on: end the boot; the runner reports why.
+                    Err(_) => self.reply(mem, status::OK, [0; 4], &[])?,
+                }
             }
             op::TEST_BEGIN => {
                 shared.results.lock().unwrap().begin(&text(&req.data));

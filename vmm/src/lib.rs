@@ -7,6 +7,7 @@ pub mod bench;
 pub mod boot;
 pub mod dma;
 pub mod error;
+pub mod explore_run;
 pub mod hypercall;
 pub mod litmus_bench;
 pub mod litmus_run;

@@ -65,6 +65,9 @@ pub struct LitmusSession {
     progress: AtomicU64,
     last_progress: Mutex<(u64, Instant)>,
     stall: Mutex<Option<Stall>>,
+    /// Set under `vmm explore`: the search the guest's iterations follow.
+    pub explore: Option<std::sync::Arc<crate::explore_run::ExploreSession>>,
+    explore_log: Mutex<Vec<explore::StepRecord>>,
 }
 
 impl LitmusSession {
@@ -78,7 +81,24 @@ impl LitmusSession {
             progress: AtomicU64::new(0),
             last_progress: Mutex::new((0, Instant::now())),
             stall: Mutex::new(None),
+            explore: None,
+            explore_log: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The stall snapshot of the last iteration timeout, if any.
+    pub fn take_stall(&self) -> Option<Stall> {
+        self.stall.lock().unwrap().take()
+    }
+
+    /// The reports received so far (emptied).
+    pub fn drain_reports(&self) -> Vec<IterReport> {
+        self.take_reports()
+    }
+
+    /// Restarts the stall clock (before a boot).
+    pub fn restart_clock(&self) {
+        self.reset_clock()
     }
 
     /// The hypercall handler's entry.
@@ -109,7 +129,15 @@ impl LitmusSession {
             return false;
         }
         *self.stall.lock().unwrap() = Some(self.snapshot(mem));
+        if self.explore.is_some() {
+            *self.explore_log.lock().unwrap() = crate::explore_run::read_log(&crate::explore_run::GuestShared(mem));
+        }
         true
+    }
+
+    /// The explore log captured when the iteration stalled.
+    pub fn take_explore_log(&self) -> Vec<explore::StepRecord> {
+        std::mem::take(&mut *self.explore_log.lock().unwrap())
     }
 
     fn snapshot(&self, mem: &GuestMemoryMmap) -> Stall {

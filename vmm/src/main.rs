@@ -103,6 +103,40 @@ enum Command {
         #[arg(long, value_name = "N", requires = "trace")]
         trace_ring: Option<u64>,
     },
+    /// Search the schedules of litmus tests (hook-free tests: every
+    /// interleaving within a preemption bound, or PCT samples) and print
+    /// herdtools7-style results with the search's completeness.
+    Explore {
+        /// Litmus files or directories.
+        paths: Vec<PathBuf>,
+        /// A policy `k=v,k=v` to run (repeatable). Default: each test's [expect] policies.
+        #[arg(long = "policy", value_name = "POLICY")]
+        policies: Vec<String>,
+        /// Preemption bound K of the systematic search.
+        #[arg(long, default_value_t = explore::DEFAULT_PREEMPTIONS, value_name = "K")]
+        preemptions: u32,
+        /// PCT with bug depth D instead of the systematic search.
+        #[arg(long, value_name = "D")]
+        pct: Option<u32>,
+        /// PCT runs.
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        runs: u64,
+        /// Stop after N schedules (the result then says `limit`).
+        #[arg(long, value_name = "N")]
+        max_schedules: Option<u64>,
+        /// Search only shard I of N (1-based).
+        #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+        shard: Option<explore::Shard>,
+        /// Turn the partial-order reduction off (every schedule within the bound).
+        #[arg(long)]
+        no_reduction: bool,
+        /// Exit with status 1 if an [expect] entry is contradicted or inconclusive.
+        #[arg(long)]
+        check: bool,
+        /// Time limit per schedule; one that runs out is recorded as `timeout`.
+        #[arg(long, default_value_t = 3000, value_name = "MS")]
+        iteration_timeout: u64,
+    },
     /// Staleness-window report, Perfetto and SVG export of a trace
     /// written by `vmm litmus --trace`.
     Trace {
@@ -254,7 +288,11 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
                 cmdline += &format!(" selftest.filter={}", filter.join(","));
             }
         }
-        Command::Run | Command::Bench { .. } | Command::Probe { .. } | Command::Trace { .. } => {}
+        Command::Run
+        | Command::Bench { .. }
+        | Command::Probe { .. }
+        | Command::Trace { .. }
+        | Command::Explore { .. } => {}
     }
     if cli.verbose {
         cmdline += " verbose";
@@ -312,6 +350,36 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         };
         return vmm::litmus_run::run(&cfg, &args);
     }
+    if let Command::Explore {
+        paths,
+        policies,
+        preemptions,
+        pct,
+        runs,
+        max_schedules,
+        shard,
+        no_reduction,
+        check,
+        iteration_timeout,
+    } = command
+    {
+        let reduction = if no_reduction { explore::Reduction::None } else { explore::Reduction::SleepSets };
+        let strategy = match pct {
+            Some(depth) => explore::Strategy::Pct { depth, runs },
+            None => explore::Strategy::Bounded { preemptions: Some(preemptions), reduction },
+        };
+        let args = vmm::explore_run::ExploreArgs {
+            paths,
+            policies,
+            strategy,
+            max_schedules,
+            shard: shard.unwrap_or_default(),
+            seed: cli.seed.unwrap_or(1),
+            check,
+            iteration_timeout: Duration::from_millis(iteration_timeout.max(1)),
+        };
+        return vmm::explore_run::run(&cfg, &args);
+    }
     if let Command::Probe { tries } = command {
         vmm::probe::run(&cfg, tries.max(1))?;
         return Ok(status::OK);
@@ -366,4 +434,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
     }
     // Tests failed but the guest itself was fine: still non-zero.
     Ok(if code == status::OK && results.failed > 0 { status::TESTS_FAILED } else { code })
+}
+
+fn parse_shard(s: &str) -> std::result::Result<explore::Shard, String> {
+    s.parse().map_err(|e: explore::ShardError| e.to_string())
 }

@@ -61,6 +61,8 @@ pub const fn bit(h: Hook) -> u32 {
 #[inline]
 pub fn hook(h: Hook) {
     crate::trace::emit(crate::trace::Kind::Hook, 0, h as u64, 0);
+    // Under `vmm explore` every hook is a scheduling point.
+    crate::explore::hook_point(h);
     let c = percpu::cpu() as usize;
     let mask = MASK[c].load(Ordering::Acquire);
     if mask & bit(h) == 0 {

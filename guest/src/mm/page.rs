@@ -158,6 +158,15 @@ pub fn put_page(pa: u64) {
 pub fn lock_page(pa: u64) {
     let p = page(pa);
     let mut spins = 0u32;
+    crate::explore::lock_point(
+        crate::explore::LOCK_PAGE,
+        abi::explore::Guard {
+            kind: abi::explore::guard::MASK32_ZERO,
+            addr: &p.flags as *const _ as u64,
+            value: PG_LOCKED as u64,
+            object: abi::explore::object::MEM,
+        },
+    );
     while p.flags.fetch_or(PG_LOCKED, Ordering::Acquire) & PG_LOCKED != 0 {
         relax(&mut spins);
     }

@@ -75,6 +75,15 @@ impl PteTable {
     pub fn lock(table: u64, va: u64) -> PteTable {
         let d = ptdesc(table);
         let mut spins = 0u32;
+        crate::explore::lock_point(
+            crate::explore::LOCK_PTL,
+            abi::explore::Guard {
+                kind: abi::explore::guard::BYTE_ZERO,
+                addr: &d.ptl as *const AtomicBool as u64,
+                value: 0,
+                object: abi::explore::object::MEM,
+            },
+        );
         while d.ptl.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
             relax(&mut spins);
         }
