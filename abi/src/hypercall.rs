@@ -15,6 +15,11 @@ pub const NOP_PORT: u16 = 0x0512;
 /// vCPU thread): litmus threads waiting on a flag use it so that, with more
 /// vCPUs than host cores, the thread they wait for gets to run.
 pub const YIELD_PORT: u16 = 0x0513;
+/// `vmm explore`: a 32-bit write of thread index t parks this vCPU until the
+/// explore area's turn word names t, for at most about a millisecond (the
+/// caller loops). A port write, not a hypercall, so the vCPU goes back into
+/// the guest with interrupts enabled and a shootdown IPI reaches it.
+pub const EXPLORE_PARK_PORT: u16 = 0x0515;
 /// 16550 UART (COM1).
 pub const SERIAL_PORT: u16 = 0x03f8;
 

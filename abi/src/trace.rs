@@ -195,6 +195,9 @@ kinds! {
     /// 0 = the kernel's (no user mm). A litmus thread's body lies between
     /// its switch to the test mm and its switch back.
     MmSwitch = 20 => "mm_switch",
+    /// A litmus vCPU thread starts its body on this vCPU (the placement
+    /// changes per iteration): `a` = thread index (as in the test).
+    ThreadStart = 21 => "thread_start",
     // ---- VMM (shadow MMU) ----
     /// Shadow fill of one translation: `va`, `a` = guest PTE used, `b` = GPA of the page.
     ShadowFill = 32 => "shadow_fill",

@@ -363,6 +363,8 @@ fn thread_main(t: u64) {
     let b = blob();
     let Some(td) = b.thread(t as u16) else { return };
     position(t).store(state::pos::STARTED, Ordering::Release);
+    // Which vCPU runs which thread this iteration, for trace readers.
+    trace::emit(Kind::ThreadStart, 0, t as u64, 0);
     tlb::switch_mm(&TEST_MM.pt());
     let scheduled = explore::iteration_active();
     if scheduled {

@@ -235,12 +235,32 @@ impl Observable {
             Observable::Loc { loc } => test.locations[*loc].name.clone(),
         }
     }
-    /// litmus7's spelling in histograms and conditions: `P2:r1`, `[x]`.
+    /// litmus7's spelling in histograms and conditions: `2:r1`, `[x]`.
+    /// Threads are numbered by their index in [`Test::threads`] (vCPU
+    /// threads in file order, then device threads), as herdtools7's log
+    /// lexer wants a number before the `:` (`pline`: `num ':' reg`); the
+    /// names are on the block's `Threads` line and in the JSON.
     pub fn herd_name(&self, test: &Test) -> String {
         match self {
-            Observable::Reg { .. } => self.name(test),
+            Observable::Reg { thread, reg } => format!("{thread}:r{reg}"),
             Observable::Loc { loc } => format!("[{}]", test.locations[*loc].name),
         }
+    }
+}
+
+/// A value as the herdtools7 output spells it: numbers in decimal, the
+/// outcomes `fault`, `stale-walk` and `timeout` as the constants `FAULT`,
+/// `STALE_WALK` and `TIMEOUT`. herdtools7's log lexer reads a value only as
+/// a number or a name without `-` (`tools/lexLog_tools.mll`), and its
+/// condition lexer takes `fault`/`Fault` as the keyword of its own
+/// `fault(P1:L0,x)` atoms (`lib/stateLexer.mll`), so neither `stale-walk`
+/// nor `fault` would survive a round trip through `msum7`.
+pub fn herd_value(v: u64) -> String {
+    match v {
+        abi::litmus::VALUE_FAULT => "FAULT".into(),
+        abi::litmus::VALUE_STALE_WALK => "STALE_WALK".into(),
+        abi::litmus::VALUE_TIMEOUT => "TIMEOUT".into(),
+        n => n.to_string(),
     }
 }
 
@@ -296,7 +316,7 @@ impl Expr {
         }
     }
 
-    /// herdtools syntax: `P2:r1=1 /\ ~([x]=0)`.
+    /// herdtools syntax: `2:r1=1 /\ ~([x]=0)`.
     pub fn herd(&self, test: &Test) -> String {
         self.pp(test, true)
     }
@@ -326,9 +346,9 @@ impl Expr {
         match self {
             Expr::True => "true".into(),
             Expr::False => "false".into(),
-            Expr::Eq(i, v) if herd => format!("{}={v}", name(*i)),
+            Expr::Eq(i, v) if herd => format!("{}={}", name(*i), herd_value(v.0)),
             Expr::Eq(i, v) => format!("{} == {v}", name(*i)),
-            Expr::Ne(i, v) if herd => format!("~({}={v})", name(*i)),
+            Expr::Ne(i, v) if herd => format!("~({}={})", name(*i), herd_value(v.0)),
             Expr::Ne(i, v) => format!("{} != {v}", name(*i)),
             Expr::Not(e) => {
                 let s = e.pp(test, herd);

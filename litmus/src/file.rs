@@ -682,32 +682,83 @@ fn full_policy_text(p: &Policy) -> String {
     p.full().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
-/// litmus7-style hash: MD5 of the normalised test (locations with kinds and
-/// initial values, each thread's canonical code, observed list, condition).
-/// Whitespace, comments and the name do not change it.
+/// The test's `Hash=`, built the way herdtools7 builds it
+/// (`lib/testHash.ml`, `digest`): the hex MD5 of the concatenated raw MD5s
+/// of the metadata (none for us: empty, as herd's when no digested key is
+/// given), the initial state, the code and the observed locations. As in
+/// herd, the condition is left out, so a test whose condition alone changes
+/// (herd's `recond7`) keeps its hash, and so do renamed, re-commented or
+/// reformatted copies. Each part is our own normal form in herd's layout:
+///
+/// * init: `TYPE NAME=VALUE` sorted by name, joined by `"; "` (herd's
+///   `digest_init`), TYPE being our location kind (`page-rw`,
+///   `shared-page-ro`, `unmapped`, `var`, with `@0x…` for a pinned VA);
+/// * code: one column per thread (vCPU threads, then devices), the first
+///   row the thread kinds, then one canonical statement per cell, cells
+///   `" %-W "` joined by `|`, each row ended by `";\n"` (herd's
+///   `Misc.string_of_prog`);
+/// * observed: the observed list in herd spelling (`2:r1`, `x`), sorted,
+///   joined by `"; "` (herd's `digest_observed`).
+///
+/// The value cannot equal herd's for any herd test (our code is not
+/// assembly); what carries over is what the hash is for: two logs with
+/// one hash ran the same program from the same state.
 pub fn test_hash(t: &Test) -> String {
-    let mut s = String::new();
-    for l in &t.locations {
-        s.push_str(&format!("{} {} {} {} {} {:?};", l.name, l.kind.name(), l.perm.name(), l.init, l.shared, l.va));
+    let md5 = |s: &str| -> [u8; 16] { Md5::digest(s.as_bytes()).into() };
+    // Init.
+    let mut init: Vec<(String, String)> = t
+        .locations
+        .iter()
+        .map(|l| {
+            let mut ty = match l.kind {
+                LocKind::Page => format!("{}page-{}", if l.shared { "shared-" } else { "" }, l.perm.name()),
+                other => other.name().to_string(),
+            };
+            if let Some(va) = l.va {
+                ty += &format!("@{va:#x}");
+            }
+            (l.name.clone(), format!("{ty} {}={}", l.name, l.init))
+        })
+        .collect();
+    init.sort();
+    let init: Vec<String> = init.into_iter().map(|(_, s)| s).collect();
+    // Code, in herd's column layout.
+    let columns: Vec<Vec<String>> = t
+        .threads
+        .iter()
+        .map(|th| {
+            let mut col = vec![th.kind.name().to_string()];
+            col.extend(th.code.iter().map(|st| st.to_string().split_whitespace().collect::<Vec<_>>().join(" ")));
+            col
+        })
+        .collect();
+    let widths: Vec<usize> = columns.iter().map(|c| c.iter().map(|s| s.len()).max().unwrap_or(0)).collect();
+    let rows = columns.iter().map(|c| c.len()).max().unwrap_or(0);
+    let mut code = String::new();
+    for row in 0..rows {
+        let cells: Vec<String> = columns
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!(" {:<w$} ", c.get(row).map_or("", |s| s.as_str()), w = *w))
+            .collect();
+        code += &cells.join("|");
+        code += ";\n";
     }
-    s.push('\n');
-    for th in &t.threads {
-        s.push_str(&format!("{} {}:", th.kind.name(), th.name));
-        for st in &th.code {
-            s.push_str(&st.to_string());
-            s.push(';');
-        }
-        s.push('\n');
-    }
-    let obs: Vec<String> = t.observed.iter().map(|o| o.name(t)).collect();
-    s.push_str(&obs.join(","));
-    s.push('\n');
-    s.push_str(match t.condition.kind {
-        CondKind::Forbidden => "~exists ",
-        CondKind::Exists => "exists ",
-    });
-    s.push_str(&t.condition.expr.source(t));
-    let d = Md5::digest(s.as_bytes());
+    // Observed locations.
+    let mut observed: Vec<String> = t
+        .observed
+        .iter()
+        .map(|o| match o {
+            Observable::Reg { .. } => o.herd_name(t),
+            Observable::Loc { loc } => t.locations[*loc].name.clone(),
+        })
+        .collect();
+    observed.sort();
+    let mut all = Vec::with_capacity(48);
+    all.extend_from_slice(&md5(&init.join("; ")));
+    all.extend_from_slice(&md5(&code));
+    all.extend_from_slice(&md5(&observed.join("; ")));
+    let d = Md5::digest(&all);
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -771,7 +822,7 @@ forbidden = "P2:r1 == 1"
         assert_eq!(names, ["x", "warm", "s1", "s2", "done", "read"]);
         assert!(t.locations[1].implicit);
         assert_eq!(t.observed.len(), 2);
-        assert_eq!(t.condition.expr.herd(&t), "P2:r1=1");
+        assert_eq!(t.condition.expr.herd(&t), "2:r1=1");
         assert_eq!(t.expect.len(), 2);
         assert_eq!(t.expect[1].verdict, Verdict::Sometimes);
         assert_eq!(t.hash.len(), 32);
@@ -781,6 +832,13 @@ forbidden = "P2:r1 == 1"
         assert_eq!(t.hash, t2.hash);
         let t3 = check_source("c", &EXAMPLE.replace("load x -> r1 ", "load x -> r2\nload x -> r1")).test.unwrap();
         assert_ne!(t.hash, t3.hash);
+        // As in herdtools7 (lib/testHash.ml), the condition is not hashed:
+        // a re-conditioned test keeps its hash; the observed list is.
+        let t4 = check_source("d", &EXAMPLE.replace("forbidden = \"P2:r1 == 1\"", "forbidden = \"P2:r1 == 0\""));
+        assert_eq!(t.hash, t4.test.unwrap().hash);
+        let t5 =
+            check_source("e", &EXAMPLE.replace("forbidden = \"P2:r1 == 1\"", "forbidden = \"P2:r1 == 0 && x == 1\""));
+        assert_ne!(t.hash, t5.test.unwrap().hash);
     }
 
     #[test]
@@ -913,6 +971,6 @@ forbidden = "P2:r1 == 1"
         assert!(r.diagnostics[1].message.contains("never writes"));
         // x was added to the observed list by the condition.
         assert_eq!(t.observed.len(), 2);
-        assert_eq!(t.condition.expr.herd(&t), "P0:r0=0 /\\ [x]=fault");
+        assert_eq!(t.condition.expr.herd(&t), "0:r0=0 /\\ [x]=FAULT");
     }
 }

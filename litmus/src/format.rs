@@ -1,5 +1,7 @@
-//! Output: herdtools7-style text, JSON, and the verdict table. Pure
-//! functions of ([`Test`], [`RunResult`]) so they are unit-tested to the byte.
+//! Output: herdtools7-style text, JSON and the verdict table. Pure
+//! functions of ([`Test`], [`RunResult`]) — or of a [`RunRecord`] read back
+//! from JSON, so merged shards print exactly as one run would — unit-tested
+//! to the byte.
 //!
 //! The text block follows what litmus7's generated harness prints (its
 //! `postlude` in `litmus/skelUtil.ml` and `do_dump_outcome`): histogram lines
@@ -9,16 +11,23 @@
 //! forbidden outcome, as in litmus7); `Condition ~exists (…) is NOT
 //! validated`; `Hash=`; `Observation NAME Never|Sometimes|Always T F`;
 //! `Time NAME 0.21`. Memory locations print as `[x]`, as recent litmus7
-//! does. Our additions are lines herdtools' log readers skip: `Policy …`
-//! after `Test`, `Fidelity …`, `Timeout …` and `Expect …: ok|MISMATCH`.
+//! does, registers as `2:r1` (thread number, as herd's log lexer wants).
+//!
+//! The block must survive herdtools7's own log readers (`mcompare7`,
+//! `msum7`: `tools/lexLog_tools.mll`), which [`crate::herdlog`] transcribes
+//! and the tests check every block against. Hence where our own lines go:
+//! `Policy`, `Threads`, `Fidelity` and `Iterations` before `Histogram`
+//! (the lexer skips anything there), `Expect` and `Timeout(s)` after
+//! `Time` (its `phash` rule stops at the first line it does not know, and
+//! `Time` must come before that).
 
-use crate::ast::{CondKind, Test};
-use crate::policy::{Key, Policy, KEYS};
-use crate::results::{ExpectResult, RunResult, Summary, Value};
-use serde_json::{json, Value as Json};
+use crate::ast::{herd_value, Test};
+use crate::policy::{Key, Policy};
+use crate::results::{ExpectResult, RunResult, Summary};
+use crate::results_file::{ResultsFile, RunRecord, ThreadPositionRecord};
+use serde_json::Value as Json;
 
-/// Schema id of [`to_json`]'s output. Bump the number on incompatible changes.
-pub const JSON_SCHEMA: &str = "shootdown-results/2";
+pub use crate::results_file::JSON_SCHEMA;
 
 /// `1000 of 1000 completed` or `998 of 1000 completed, 1 timed out, 1 never ran`.
 pub fn evidence_text(s: &Summary, requested: u64) -> String {
@@ -32,14 +41,6 @@ pub fn evidence_text(s: &Summary, requested: u64) -> String {
     t
 }
 
-fn condition_text(test: &Test) -> String {
-    let kw = match test.condition.kind {
-        CondKind::Forbidden => "~exists",
-        CondKind::Exists => "exists",
-    };
-    format!("{kw} ({})", test.condition.expr.herd(test))
-}
-
 /// `Policy flush=pending,madv-nested-check=off tlb=lazy iotlb=lazy seed=42`.
 pub fn policy_line(policy: &Policy, seed: u64) -> String {
     format!(
@@ -50,63 +51,97 @@ pub fn policy_line(policy: &Policy, seed: u64) -> String {
     )
 }
 
-/// One state as litmus7 prints it: `P2:r0=1; P2:r1=fault; [x]=0;`.
+/// One state as herd prints it: `2:r0=1; 2:r1=FAULT; [x]=0;`.
 pub fn state_text(test: &Test, values: &[u64]) -> String {
     test.observed
         .iter()
         .zip(values)
-        .map(|(o, v)| format!("{}={};", o.herd_name(test), Value::from_raw(*v)))
+        .map(|(o, v)| format!("{}={};", o.herd_name(test), herd_value(*v)))
         .collect::<Vec<_>>()
         .join(" ")
 }
 
+/// `Threads 0=P0 1=P1 2=D0 (device)`: the herd thread numbers used in
+/// states and conditions, and the names the test gave them.
+pub fn threads_line(rec: &RunRecord) -> String {
+    let mut o = String::from("Threads");
+    for t in &rec.threads {
+        o += &format!(" {}={}{}", t.id, t.name, if t.kind == "device" { " (device)" } else { "" });
+    }
+    o
+}
+
+fn position_text(p: &ThreadPositionRecord) -> String {
+    let mut o = match (p.pc, p.line, p.column) {
+        (None, _, _) => format!("{} finished", p.thread),
+        (Some(_), Some(l), Some(c)) => format!("{} at line {l}:{c}", p.thread),
+        (Some(pc), _, _) => format!("{} at pc {pc}", p.thread),
+    };
+    if let Some(h) = &p.hook {
+        o += &format!(" in hook {h}");
+    }
+    o
+}
+
 /// The herdtools7-style block of one (test, policy) run, newline-terminated.
 pub fn herd_block(test: &Test, run: &RunResult) -> String {
-    let s = run.summary(test);
+    herd_block_of(&RunRecord::new(test, run))
+}
+
+/// The block of a run record (from this process or read back from JSON).
+pub fn herd_block_of(rec: &RunRecord) -> String {
+    let s = rec.summary();
     let mut o = String::new();
-    let kind = match test.condition.kind {
-        CondKind::Forbidden => "Forbidden",
-        CondKind::Exists => "Allowed",
-    };
-    o.push_str(&format!("Test {} {kind}\n", test.name));
-    o.push_str(&policy_line(&run.policy, run.seed));
+    let kind = if rec.kind == "exists" { "Allowed" } else { "Forbidden" };
+    o.push_str(&format!("Test {} {kind}\n", rec.test));
+    let key = |k: &str| rec.policy_keys.get(k).map_or("?", |v| v.as_str());
+    o.push_str(&format!("Policy {} tlb={} iotlb={} seed={}\n", rec.policy_mm, key("tlb"), key("iotlb"), rec.seed));
+    o.push_str(&threads_line(rec));
     o.push('\n');
-    if let Some(f) = &run.fidelity {
+    if let Some(f) = &rec.fidelity {
         o.push_str(&format!("Fidelity {f}\n"));
     }
+    if rec.requested != rec.planned {
+        o.push_str(&format!(
+            "Iterations {}..{} of {}\n",
+            rec.first_iteration,
+            rec.first_iteration + rec.requested,
+            rec.planned
+        ));
+    }
     o.push_str(&format!("Histogram ({} states)\n", s.states));
-    for (state, count) in &run.histogram {
-        let mark = if test.condition.expr.eval(state) { '*' } else { ':' };
-        o.push_str(&format!("{count:<6}{mark}>{}\n", state_text(test, state)));
+    for st in &rec.histogram {
+        let mark = if st.matches { '*' } else { ':' };
+        o.push_str(&format!("{:<6}{mark}>{}\n", st.count, rec.herd_state(st)));
     }
     o.push_str(if s.validated { "Ok\n" } else { "No\n" });
     o.push_str("\nWitnesses\n");
     o.push_str(&format!("Positive: {}, Negative: {}\n", s.positive, s.negative));
-    o.push_str(&format!("Condition {} is {}validated\n", condition_text(test), if s.validated { "" } else { "NOT " }));
-    o.push_str(&format!("Hash={}\n", test.hash));
+    o.push_str(&format!("Condition {} is {}validated\n", rec.herd_condition, if s.validated { "" } else { "NOT " }));
+    o.push_str(&format!("Hash={}\n", rec.hash));
     o.push_str(&format!(
         "Observation {} {} {} {}\n",
-        test.name,
+        rec.test,
         s.observation.herd_name(),
         s.matching,
         s.completed - s.matching
     ));
+    o.push_str(&format!("Time {} {:.2}\n", rec.test, rec.time_secs));
     if let (Some(e), Some(res)) = (s.expected, s.expect) {
         match res {
             ExpectResult::Inconclusive => {
-                o.push_str(&format!("Expect {}: inconclusive ({})\n", e.name(), evidence_text(&s, run.requested)))
+                o.push_str(&format!("Expect {}: inconclusive ({})\n", e.name(), evidence_text(&s, rec.requested)))
             }
             _ => o.push_str(&format!("Expect {}: {}\n", e.name(), res.name())),
         }
     }
-    if run.n_timeouts > 0 {
-        o.push_str(&format!("Timeouts {}\n", run.n_timeouts));
-        for t in &run.timeouts {
-            let pos: Vec<String> = t.positions.iter().map(|p| p.to_string()).collect();
+    if rec.timed_out > 0 {
+        o.push_str(&format!("Timeouts {}\n", rec.timed_out));
+        for t in &rec.timeout_samples {
+            let pos: Vec<String> = t.threads.iter().map(position_text).collect();
             o.push_str(&format!("Timeout iteration {}: {}\n", t.iteration, pos.join(", ")));
         }
     }
-    o.push_str(&format!("Time {} {:.2}\n", test.name, run.time_secs));
     o
 }
 
@@ -136,6 +171,12 @@ pub fn file_summary(test: &Test, runs: &[&RunResult]) -> String {
 /// `runs` is completed/requested iterations and `timeouts` the timed-out
 /// ones, so an `inconclusive` row says why at a glance.
 pub fn verdict_table(runs: &[(&Test, &RunResult)]) -> String {
+    let recs: Vec<RunRecord> = runs.iter().map(|(t, r)| RunRecord::new(t, r)).collect();
+    verdict_table_of(&recs)
+}
+
+/// [`verdict_table`] of run records (e.g. merged shards).
+pub fn verdict_table_of(runs: &[RunRecord]) -> String {
     const COLS: usize = 7;
     let mut rows: Vec<[String; COLS]> = vec![[
         "test".into(),
@@ -146,11 +187,11 @@ pub fn verdict_table(runs: &[(&Test, &RunResult)]) -> String {
         "expected".into(),
         "result".into(),
     ]];
-    for (t, r) in runs {
-        let s = r.summary(t);
+    for r in runs {
+        let s = r.summary();
         rows.push([
-            t.name.clone(),
-            r.policy.canonical(),
+            r.test.clone(),
+            r.policy.clone(),
             format!("{}/{}", s.completed, r.requested),
             s.timed_out.to_string(),
             s.observation.name().into(),
@@ -177,88 +218,11 @@ pub fn verdict_table(runs: &[(&Test, &RunResult)]) -> String {
     o
 }
 
-fn json_value(v: u64) -> Json {
-    match Value::from_raw(v) {
-        Value::Num(n) => json!(n),
-        other => json!(other.to_string()),
-    }
-}
-
-/// The same facts as the text output, as JSON (schema [`JSON_SCHEMA`]).
-/// Values are numbers, or the strings `"fault"`, `"stale-walk"`, `"timeout"`.
+/// The same facts as the text output, as JSON (schema [`JSON_SCHEMA`],
+/// [`ResultsFile`]). Values are numbers, or the strings `"fault"`,
+/// `"stale-walk"`, `"timeout"`.
 pub fn to_json(runs: &[(&Test, &RunResult)]) -> Json {
-    let runs: Vec<Json> = runs
-        .iter()
-        .map(|(t, r)| {
-            let s = r.summary(t);
-            let names: Vec<String> = t.observed.iter().map(|o| o.name(t)).collect();
-            let histogram: Vec<Json> = r
-                .histogram
-                .iter()
-                .map(|(state, count)| {
-                    let values: serde_json::Map<String, Json> =
-                        names.iter().cloned().zip(state.iter().map(|v| json_value(*v))).collect();
-                    json!({
-                        "count": count,
-                        "values": values,
-                        "matches": t.condition.expr.eval(state),
-                    })
-                })
-                .collect();
-            let policy_keys: serde_json::Map<String, Json> =
-                KEYS.iter().map(|k| (k.name.to_string(), json!(r.policy.get(k.key)))).collect();
-            let timeouts: Vec<Json> = r
-                .timeouts
-                .iter()
-                .map(|to| {
-                    json!({
-                        "iteration": to.iteration,
-                        "threads": to.positions.iter().map(|p| json!({
-                            "thread": p.thread,
-                            "pc": p.pc,
-                            "line": p.source.map(|s| s.0),
-                            "column": p.source.map(|s| s.1),
-                            "hook": p.hook.map(|h| h.name()),
-                        })).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            json!({
-                "test": t.name,
-                "file": t.file,
-                "hash": t.hash,
-                "kind": match t.condition.kind { CondKind::Forbidden => "forbidden", CondKind::Exists => "exists" },
-                "condition": t.condition.expr.source(t),
-                "herd_condition": condition_text(t),
-                "policy": r.policy.canonical(),
-                "policy_keys": policy_keys,
-                "seed": r.seed,
-                "observed": names,
-                "requested": r.requested,
-                "iterations": s.total,
-                "completed": s.completed,
-                "timed_out": s.timed_out,
-                "missing": s.missing,
-                "histogram": histogram,
-                "positive": s.positive,
-                "negative": s.negative,
-                "validated": s.validated,
-                "observation": s.observation.name(),
-                "matching": s.matching,
-                "expected": s.expected.map(|e| e.name()),
-                "expect_ok": s.expect.map(|e| e.passed()),
-                "expect_result": s.expect.map(|e| match e {
-                    ExpectResult::Ok => "ok",
-                    ExpectResult::Mismatch => "mismatch",
-                    ExpectResult::Inconclusive => "inconclusive",
-                }),
-                "timeout_samples": timeouts,
-                "time_secs": r.time_secs,
-                "fidelity": r.fidelity,
-            })
-        })
-        .collect();
-    json!({ "schema": JSON_SCHEMA, "runs": runs })
+    ResultsFile::litmus(runs, None, true).to_json()
 }
 
 #[cfg(test)]
@@ -300,18 +264,19 @@ forbidden = "P2:r1 == 1"
         let want = format!(
             "Test madv-dontneed-concurrent Forbidden
 Policy flush=pending,madv-nested-check=off tlb=lazy iotlb=lazy seed=42
+Threads 0=P0 1=P1 2=P2
 Histogram (2 states)
-400   :>P2:r0=1; P2:r1=0;
-600   *>P2:r0=1; P2:r1=1;
+400   :>2:r0=1; 2:r1=0;
+600   *>2:r0=1; 2:r1=1;
 No
 
 Witnesses
 Positive: 400, Negative: 600
-Condition ~exists (P2:r1=1) is NOT validated
+Condition ~exists (2:r1=1) is NOT validated
 Hash={}
 Observation madv-dontneed-concurrent Sometimes 600 400
-Expect sometimes: ok
 Time madv-dontneed-concurrent 0.21
+Expect sometimes: ok
 ",
             t.hash
         );
@@ -343,22 +308,23 @@ Time madv-dontneed-concurrent 0.21
         let want = format!(
             "Test madv-dontneed-concurrent Forbidden
 Policy default tlb=lazy iotlb=lazy seed=7
+Threads 0=P0 1=P1 2=P2
 Fidelity tlb=lazy (deterministic)
 Histogram (3 states)
-998   :>P2:r0=1; P2:r1=0;
-1     :>P2:r0=1; P2:r1=timeout;
-1     :>P2:r0=1; P2:r1=fault;
+998   :>2:r0=1; 2:r1=0;
+1     :>2:r0=1; 2:r1=TIMEOUT;
+1     :>2:r0=1; 2:r1=FAULT;
 Ok
 
 Witnesses
 Positive: 999, Negative: 0
-Condition ~exists (P2:r1=1) is validated
+Condition ~exists (2:r1=1) is validated
 Hash={}
 Observation madv-dontneed-concurrent Never 0 999
+Time madv-dontneed-concurrent 0.00
 Expect never: inconclusive (999 of 1000 completed, 1 timed out)
 Timeouts 1
 Timeout iteration 5: P0 at line 5:8 in hook after_ptl_release, P1 finished
-Time madv-dontneed-concurrent 0.00
 ",
             t.hash
         );
@@ -374,10 +340,10 @@ Time madv-dontneed-concurrent 0.00
         r.record_n(&[1, 0, 1], 1234567).unwrap();
         let out = herd_block(&t, &r);
         assert!(out.starts_with("Test madv-dontneed-concurrent Allowed\n"), "{out}");
-        assert!(out.contains("1234567:>P2:r0=1; P2:r1=0; [x]=1;\n"), "{out}");
-        assert!(out.contains("3     *>P2:r0=1; P2:r1=1; [x]=1;\n"), "{out}");
+        assert!(out.contains("1234567:>2:r0=1; 2:r1=0; [x]=1;\n"), "{out}");
+        assert!(out.contains("3     *>2:r0=1; 2:r1=1; [x]=1;\n"), "{out}");
         assert!(out.contains("Ok\n\nWitnesses\nPositive: 3, Negative: 1234567\n"), "{out}");
-        assert!(out.contains("Condition exists (P2:r1=1 \\/ ~([x]=1)) is validated\n"), "{out}");
+        assert!(out.contains("Condition exists (2:r1=1 \\/ ~([x]=1)) is validated\n"), "{out}");
         assert!(out.contains("Observation madv-dontneed-concurrent Sometimes 3 1234567\n"), "{out}");
         assert!(out.contains("Expect never: MISMATCH\n"), "{out}");
         assert!(crate::results::any_mismatch(&[(&t, &r)]));
@@ -458,7 +424,14 @@ Time madv-dontneed-concurrent 0.00
         let mut r = RunResult::new(&t, Policy::parse("flush=ptl").unwrap(), 3, 1);
         r.record(&[1, VALUE_FAULT]).unwrap();
         let j = to_json(&[(&t, &r)]);
-        assert_eq!(j["schema"], "shootdown-results/2");
+        assert_eq!(j["schema"], "shootdown-results/3");
+        assert_eq!(j["kind"], "litmus");
+        assert_eq!(j["runs"][0]["herd_observed"][1], "2:r1");
+        assert_eq!(j["runs"][0]["threads"][2]["name"], "P2");
+        assert_eq!(j["runs"][0]["herd_condition"], "~exists (2:r1=1)");
+        // The file reads back, and prints the same block.
+        let back = ResultsFile::parse(&j.to_string()).unwrap();
+        assert_eq!(herd_block_of(&back.runs[0]), herd_block(&t, &r));
         assert_eq!(run_requested(&j), 1);
         let run = &j["runs"][0];
         assert_eq!(run["policy"], "flush=ptl");

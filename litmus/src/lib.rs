@@ -48,26 +48,37 @@
 pub mod ast;
 pub mod catalogue;
 pub mod code;
+pub mod compare;
 pub mod compile;
 pub mod cond;
 pub mod diag;
 pub mod file;
 pub mod format;
+pub mod herdlog;
+pub mod logdir;
+pub mod merge;
 pub mod policy;
 pub mod results;
+pub mod results_file;
+pub mod shard;
+pub mod tap;
 
-pub use ast::{CondKind, Condition, Expectation, Expr, Location, Observable, Stmt, Test, Thread, Verdict};
+pub use ast::{herd_value, CondKind, Condition, Expectation, Expr, Location, Observable, Stmt, Test, Thread, Verdict};
 pub use catalogue::{catalogue, catalogue_sources};
 pub use compile::{compile, disassemble, CompileOptions, Compiled};
 pub use diag::{render_all, Diagnostic, Severity, SourceFile};
 pub use file::{check_all, check_source, load_files, CheckedFile};
 pub use format::{
-    evidence_text, file_summary, herd_block, policy_line, state_text, to_json, verdict_table, JSON_SCHEMA,
+    evidence_text, file_summary, herd_block, herd_block_of, policy_line, state_text, threads_line, to_json,
+    verdict_table, verdict_table_of, JSON_SCHEMA,
 };
 pub use policy::{policy_matrix, Key, KeyInfo, Policy, PolicyError, KEYS};
 pub use results::{
-    any_mismatch, judge, ArityError, Evidence, ExpectResult, RunResult, Summary, ThreadPosition, TimeoutRecord, Value,
+    any_mismatch, judge, summarize, ArityError, Evidence, ExpectResult, RunResult, StateCount, Summary, ThreadPosition,
+    TimeoutRecord, Value,
 };
+pub use results_file::{PlannedRun, ResultsFile, RunRecord, ShardInfo, StateRecord, KIND_LITMUS};
+pub use shard::{Piece, Shard};
 
 /// `vmm litmus --list-hooks`: one line per hook, `name  description`.
 pub fn list_hooks() -> String {

@@ -112,6 +112,11 @@ pub struct RunResult {
     /// Iterations the run was asked for. `never`/`always` need every one of
     /// them completed (SCENARIOS.md "Verdicts need evidence").
     pub requested: u64,
+    /// Number of the first of them (non-zero in a shard of a job, `--shard`).
+    pub first_iteration: u64,
+    /// Iterations the whole job planned for this (test, policy): `requested`
+    /// unless the job was sharded.
+    pub planned: u64,
     /// Number of values per state (= `Test::observed.len()`).
     pub arity: usize,
     /// Final state (raw values in observed order) → number of iterations.
@@ -136,6 +141,8 @@ impl RunResult {
             policy,
             seed,
             requested,
+            first_iteration: 0,
+            planned: requested,
             arity: test.observed.len(),
             histogram: BTreeMap::new(),
             timeouts: Vec::new(),
@@ -189,6 +196,7 @@ impl RunResult {
         }
         self.time_secs += other.time_secs;
         self.requested += other.requested;
+        self.planned = self.planned.max(self.requested);
     }
 
     /// Iterations recorded, timed-out ones included.
@@ -206,49 +214,85 @@ impl RunResult {
         self.requested.saturating_sub(self.total())
     }
 
-    /// Evaluate the test's condition over the histogram.
+    /// Evaluate the condition over the histogram.
     ///
     /// `matching` counts completed iterations only: a timed-out iteration's
     /// values are `timeout` placeholders, not an outcome.
     pub fn summary(&self, test: &Test) -> Summary {
-        let total = self.total();
-        let matching: u64 = self
-            .histogram
-            .iter()
-            .filter(|(k, _)| !k.contains(&VALUE_TIMEOUT) && test.condition.expr.eval(k))
-            .map(|(_, c)| c)
-            .sum();
-        let completed = self.completed();
-        // Over completed iterations: a timeout is not a state of the test.
-        let (positive, negative, validated) = match test.condition.kind {
-            // litmus7: for `exists p`, Positive counts states with p.
-            CondKind::Exists => (matching, completed - matching, matching > 0),
-            // litmus7: for `~exists p`, Positive counts states without p.
-            CondKind::Forbidden => (completed - matching, matching, matching == 0),
-        };
-        let observation = if matching == 0 {
-            Verdict::Never
-        } else if matching == completed {
-            Verdict::Always
-        } else {
-            Verdict::Sometimes
-        };
+        let states = self.histogram.iter().map(|(k, c)| StateCount {
+            count: *c,
+            timed_out: k.contains(&VALUE_TIMEOUT),
+            matches: test.condition.expr.eval(k),
+        });
         let expected = test.expected_for(&self.policy).map(|e| e.verdict);
-        let evidence = Evidence { requested: self.requested, completed, matching };
-        Summary {
-            states: self.histogram.len(),
-            total,
-            completed,
-            timed_out: self.n_timeouts,
-            missing: self.missing(),
-            matching,
-            positive,
-            negative,
-            validated,
-            observation,
-            expected,
-            expect: expected.map(|e| judge(e, &evidence)),
+        summarize(test.condition.kind, expected, self.requested, self.n_timeouts, states)
+    }
+
+    /// The iterations `[first_iteration, first_iteration + requested)` of a
+    /// job that planned `planned` for this (test, policy) (`--shard`).
+    pub fn with_range(mut self, first_iteration: u64, planned: u64) -> RunResult {
+        self.first_iteration = first_iteration;
+        self.planned = planned;
+        self
+    }
+}
+
+/// One histogram entry as [`summarize`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateCount {
+    pub count: u64,
+    /// The state is a timed-out iteration's (`timeout` placeholders).
+    pub timed_out: bool,
+    /// The state satisfies the condition's expression.
+    pub matches: bool,
+}
+
+/// litmus7's reading of a histogram (shared by [`RunResult::summary`] and
+/// by results read back from JSON, e.g. merged shards).
+pub fn summarize(
+    kind: CondKind,
+    expected: Option<Verdict>,
+    requested: u64,
+    n_timeouts: u64,
+    states: impl Iterator<Item = StateCount>,
+) -> Summary {
+    let (mut n_states, mut total, mut matching) = (0usize, 0u64, 0u64);
+    for s in states {
+        n_states += 1;
+        total += s.count;
+        if s.matches && !s.timed_out {
+            matching += s.count;
         }
+    }
+    let completed = total.saturating_sub(n_timeouts);
+    // Over completed iterations: a timeout is not a state of the test.
+    let (positive, negative, validated) = match kind {
+        // litmus7: for `exists p`, Positive counts states with p.
+        CondKind::Exists => (matching, completed - matching, matching > 0),
+        // litmus7: for `~exists p`, Positive counts states without p.
+        CondKind::Forbidden => (completed - matching, matching, matching == 0),
+    };
+    let observation = if matching == 0 {
+        Verdict::Never
+    } else if matching == completed {
+        Verdict::Always
+    } else {
+        Verdict::Sometimes
+    };
+    let evidence = Evidence { requested, completed, matching };
+    Summary {
+        states: n_states,
+        total,
+        completed,
+        timed_out: n_timeouts,
+        missing: requested.saturating_sub(total),
+        matching,
+        positive,
+        negative,
+        validated,
+        observation,
+        expected,
+        expect: expected.map(|e| judge(e, &evidence)),
     }
 }
 

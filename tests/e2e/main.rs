@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod litmus;
+mod results;
 mod trace;
 
 const VMM: &str = env!("CARGO_BIN_EXE_vmm");
@@ -387,6 +388,14 @@ fn main() {
         litmus::guest_stopping_early_is_an_error(&scratch("exit-zero", &exit_zero_elf()))
     }));
     trials.push(Trial::test("litmus::evidence::zero_runs_refused", litmus::zero_runs_refused));
+    trials.push(kvm_trial(
+        "results::four_merged_shards_equal_the_unsharded_run",
+        results::four_merged_shards_equal_the_unsharded_run,
+    ));
+    trials.push(kvm_trial("results::baseline_and_compare", results::baseline_and_compare));
+    trials.push(kvm_trial("results::log_dir_one_log_per_policy", results::log_dir_one_log_per_policy));
+    trials.push(kvm_trial("results::tap_for_kernel_ci", results::tap_for_kernel_ci));
+    trials.push(kvm_trial("results::progress_on_stderr", results::progress_on_stderr));
     trials.push(kvm_trial("selftest::filter_matching_nothing_is_an_error", || {
         let o = vmm(&["selftest", "no-such-test."]);
         let (out, err) = text(&o);
@@ -410,6 +419,7 @@ fn main() {
     for (name, f) in [
         ("trace::s5_end_after_release", trace::s5_end_after_release as fn() -> Result<(), Failed>),
         ("trace::s5_ptl_no_after_release", trace::s5_ptl_no_after_release),
+        ("trace::s5_end_timeline", trace::s5_end_timeline),
     ] {
         trials.push(Trial::test(name, f).with_ignored_flag(no_kvm.is_some() || no_cow.is_some()));
     }

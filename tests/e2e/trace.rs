@@ -177,6 +177,49 @@ pub fn s5_end_after_release() -> Result<(), Failed> {
     })
 }
 
+/// `vmm trace timeline` of S5 under notifier=end: one column per litmus
+/// thread (named, with the vCPU it ran on) and the IOMMU, the CoW break in
+/// the kernel's words, and D0's read of x through its stale IOTLB entry
+/// marked, in D0's column, before P0's range_end invalidation.
+pub fn s5_end_timeline() -> Result<(), Failed> {
+    let p = scratch_dir().join("s5-timeline.trace");
+    record("s5-cow-two-pages-device.toml", &["notifier=end"], 2, &p, &[])?;
+    let o = vmm(&["trace", "timeline", p.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    ensure(o.status.code() == Some(0), || format!("{:?}\n{out}\n{err}", o.status.code()))?;
+    let header = out.lines().find(|l| l.trim_start().starts_with("µs")).unwrap_or("");
+    // Character columns (`µ` and `…` are more than one byte).
+    let chars_to = |l: &str, byte: usize| l[..byte].chars().count();
+    let col = |c: &str| header.find(c).map(|b| chars_to(header, b));
+    for c in ["P0 (vCPU ", "P1 (vCPU ", "P2 (vCPU ", "D0", "IOMMU"] {
+        ensure(col(c).is_some(), || format!("no column `{c}`:\n{out}"))?;
+    }
+    for want in [
+        "handle_mm_fault(",
+        "copy to the new page done",
+        "ptep_get_and_clear(",
+        "set_pte_at(",
+        "pte_unmap_unlock()",
+        "mmu_notifier_invalidate_range_end() {",
+        "!! STALE dma_load",
+    ] {
+        ensure(out.contains(want), || format!("no `{want}`:\n{out}"))?;
+    }
+    let line_of = |needle: &str| out.lines().position(|l| l.contains(needle));
+    let stale = out.lines().find(|l| l.contains("!! STALE dma_load")).unwrap_or("");
+    ensure(stale.find("!! STALE").is_some_and(|x| Some(chars_to(stale, x)) == col("D0")), || {
+        format!("stale read not in D0's column:\n{out}")
+    })?;
+    // The stale read comes before the range_end that would have prevented it.
+    let last_end = out
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("mmu_notifier_invalidate_range_end() {"))
+        .map(|(i, _)| i)
+        .max();
+    ensure(line_of("!! STALE dma_load") < last_end, || format!("stale read after the last range_end:\n{out}"))
+}
+
 /// S5 under notifier=ptl: the after-release window is 0 for every VA of
 /// every iteration.
 pub fn s5_ptl_no_after_release() -> Result<(), Failed> {

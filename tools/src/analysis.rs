@@ -18,17 +18,36 @@
 //! everything (munmap, PASID unbind) — is *open* and lasts until the
 //! iteration's end. It is split at the release of the page-table lock of the table
 //! holding the VA, by the vCPU that made the change: the part under the
-//! PTL and the part after the release, in ns and in events (records). A
-//! stale access is a device access the IOMMU flags as done through a stale
-//! cached translation of the page, or a vCPU access (not faulted) to the
-//! page from a vCPU whose shadow TLB entry was filled before the change and
-//! not flushed since (a switch of address space counts as a flush).
+//! PTL and the part after the release, in ns and in events (records).
+//!
+//! A clear followed, under the same PTL hold, by the same CPU installing an
+//! entry for the page is one change (`ptep_modify_prot_start/commit` in
+//! `change_pte_range`, `ptep_clear_flush` + `set_pte_at` in `wp_page_copy`,
+//! migration and KSM): judged from the entry before the clear to the one
+//! installed — `remap` if the page changed, `wrprotect` if write permission
+//! went, nothing if nothing was taken away (an `mprotect` upgrade).
+//!
+//! A stale access is a device access the IOMMU flags as done through a
+//! stale cached translation of the page, or a vCPU access (not faulted) to
+//! the page from a vCPU whose shadow TLB entry was filled before a change
+//! and not flushed since (a switch of address space counts as a flush). It
+//! is charged to the change that made it stale: the first change of the
+//! page after the translation it used was cached (the IOTLB fill, the
+//! shadow fill) — not to a later change of the same VA. A stale access made
+//! before the copy of a page that is being replaced (migration, CoW, KSM's
+//! compare) does no harm: a store lands in the old page before it is copied
+//! or compared, a load reads what the copy will hold. Those are listed as
+//! harmless and left out of the counts. A device access found stale after
+//! the invalidation that closed its window shows that invalidation did not
+//! drop the entry (a leaf-only or mis-sized range): it is kept as the
+//! window's `failed_invalidation`, and the window runs on to the next
+//! invalidation of the page (or stays open).
 //!
 //! Only the test's body counts by default: from the first switch of a vCPU
 //! to the test mm to the last switch back (and the last device-thread
 //! record); set-up and teardown windows are reported with `all_phases`.
 
-use abi::litmus::VALUE_FAULT;
+use abi::litmus::{Hook, VALUE_FAULT};
 use abi::trace::{dev_access, dev_op, Kind, UNIT_IOMMU};
 use serde::Serialize;
 
@@ -84,13 +103,19 @@ pub struct CpuFlush {
 pub struct StaleAccess {
     /// `device` or `vcpu`.
     pub source: &'static str,
-    /// Device thread name or `vCPU k`.
+    /// Device thread name, or the litmus thread and its vCPU (`P2 (vCPU 0)`).
     pub by: String,
+    /// The device thread or vCPU index (per `source`).
+    pub unit: u64,
     pub seq: u64,
     pub ns: u64,
     pub op: String,
     pub value: u64,
     pub after_release: bool,
+    /// Made before the copy of the page being replaced: no harm done.
+    pub harmless: bool,
+    /// When the translation it used was cached (the fill's sequence number).
+    pub cached_seq: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -106,13 +131,21 @@ pub struct Window {
     pub change: &'static str,
     /// `setup`, `body`, `teardown`.
     pub phase: &'static str,
-    /// vCPU that changed the PTE.
+    /// vCPU that changed the PTE …
     pub vcpu: u64,
+    /// … and the litmus thread it was running, if the trace says.
+    pub thread: Option<String>,
     pub old_pte: u64,
     pub new_pte: u64,
     pub pte_change: At,
     pub ptl_release: Option<At>,
     pub invalidation: Option<Invalidation>,
+    /// A covering invalidation after which the device still used a stale
+    /// translation of the page (it did not drop the entry).
+    pub failed_invalidation: Option<Invalidation>,
+    /// The copy (or KSM's compare) of the page being replaced, if the
+    /// operation has one after the change: stale accesses before it are harmless.
+    pub copy: Option<At>,
     pub primary_flush: Vec<CpuFlush>,
     /// The primary flush covering the page completed (initiator's
     /// `FlushEnd`, and every vCPU that had it cached flushed).
@@ -131,6 +164,8 @@ pub struct Window {
     pub stale_device_accesses_after_release: u64,
     pub stale_vcpu_accesses_after_release: u64,
     pub stale_accesses_under_ptl: u64,
+    /// Stale accesses before the copy (not in the counts above).
+    pub harmless_stale_accesses: u64,
     pub stale_accesses: Vec<StaleAccess>,
 }
 
@@ -220,28 +255,53 @@ fn classify(old: u64, new: u64) -> Option<&'static str> {
     }
 }
 
-/// What a PTE change did. A clear followed, before the PTL is released, by
-/// the same CPU installing another page at the same address is one
-/// replacement done break-before-make (`ptep_clear_flush` then
-/// `set_pte_at`: CoW, migration, KSM): a `remap`, not an `unmap`.
-fn change_kind(e: &Event, later: &[Event], release: Option<At>) -> &'static str {
-    let kind = classify(e.rec.a, e.rec.b).unwrap_or("change");
-    if kind != "unmap" {
-        return kind;
+/// A PTE change that takes something away, as one change: `i` is the
+/// record that opened it, `old`/`new` the entries before and after (for a
+/// clear followed by an install under the same PTL hold, the installed
+/// one), `kind` what was taken away.
+struct Change {
+    i: usize,
+    old: u64,
+    new: u64,
+    kind: &'static str,
+}
+
+/// The changes of an iteration that revoke something, in order.
+fn changes(ev: &[Event]) -> Vec<Change> {
+    let mut out = Vec::new();
+    for (i, e) in ev.iter().enumerate() {
+        if !(e.guest() && e.is(Kind::PteChange)) || e.rec.a & P == 0 {
+            continue;
+        }
+        let (old, mut new) = (e.rec.a, e.rec.b);
+        if new & P == 0 {
+            // A clear: does the same CPU install an entry for the page
+            // before it drops the PTL?
+            let cpu = e.rec.unit;
+            let later = &ev[i + 1..];
+            let release = later
+                .iter()
+                .position(|x| {
+                    x.guest() && x.is(Kind::PtlRelease) && x.rec.unit == cpu && x.rec.va >> 21 == e.rec.va >> 21
+                })
+                .unwrap_or(later.len());
+            let install = later[..release].iter().find(|x| {
+                x.guest()
+                    && x.is(Kind::PteChange)
+                    && x.rec.unit == cpu
+                    && page(x.rec.va) == page(e.rec.va)
+                    && x.rec.a & P == 0
+                    && x.rec.b & P != 0
+            });
+            if let Some(x) = install {
+                new = x.rec.b;
+            }
+        }
+        if let Some(kind) = classify(old, new) {
+            out.push(Change { i, old, new, kind });
+        }
     }
-    let until = release.map_or(u64::MAX, |r| r.seq);
-    let installed = later.iter().take_while(|x| x.rec.seq < until).find(|x| {
-        x.guest()
-            && x.is(Kind::PteChange)
-            && x.rec.unit == e.rec.unit
-            && page(x.rec.va) == page(e.rec.va)
-            && x.rec.a & P == 0
-            && x.rec.b & P != 0
-    });
-    match installed {
-        Some(x) if x.rec.b & ADDR != e.rec.a & ADDR => "remap",
-        _ => kind,
-    }
+    out
 }
 
 /// Does `[start, end)` cover `va`? (0, 0) and an end of `u64::MAX` mean
@@ -331,17 +391,65 @@ fn device_name(run: &Run, unit: u64) -> String {
     run.meta.devices().get(unit as usize).map_or_else(|| format!("device {unit}"), |s| s.to_string())
 }
 
+/// The vCPU (or device) access `x` to page `pg` used a translation cached
+/// at the returned sequence number, if it was a stale one: vCPU accesses
+/// through a shadow entry filled before a change and not flushed since;
+/// device accesses the IOMMU flagged.
+fn stale_use(ev: &[Event], idx: usize, changes: &[(u64, u64)]) -> Option<u64> {
+    let x = &ev[idx];
+    let pg = page(x.rec.va);
+    let before = &ev[..idx];
+    if x.device() && x.is(Kind::DevAccess) {
+        if x.rec.b & dev_access::STALE == 0 {
+            return None;
+        }
+        let fill = before.iter().rev().find(|y| y.device() && y.is(Kind::IotlbFill) && page(y.rec.va) == pg);
+        return Some(fill.map_or(0, |f| f.rec.seq));
+    }
+    if !(x.guest() && x.is(Kind::Access)) || x.rec.a == VALUE_FAULT {
+        return None;
+    }
+    let k = x.rec.unit;
+    let last = before.iter().rev().find(|y| {
+        y.rec.unit == k
+            && match y.kind {
+                Some(Kind::ShadowFill) | Some(Kind::ShadowEvict) => y.vmm() && page(y.rec.va) == pg,
+                Some(Kind::ShadowFlush) => y.vmm() && covers(y.rec.va, y.rec.a, pg),
+                Some(Kind::MmSwitch) => y.guest(),
+                _ => false,
+            }
+    })?;
+    if !last.is(Kind::ShadowFill) {
+        return None;
+    }
+    let f = last.rec.seq;
+    // Stale only if the page changed after the fill.
+    changes.iter().any(|&(p, c)| p == pg && c > f && c < x.rec.seq).then_some(f)
+}
+
 fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec<Window> {
     let ev = &it.events;
     let (body_start, body_end) = body_range(it);
     let has_devices = !run.meta.devices().is_empty() || ev.iter().any(|e| e.device());
     let vcpus = run.meta.vcpus.max(ev.iter().filter_map(|e| e.vcpu()).max().map_or(0, |m| m + 1));
     let last = ev.last().map(|e| At { seq: e.rec.seq + 1, ns: e.ns }).unwrap_or(At { seq: 0, ns: 0 });
-    let changes: Vec<usize> = (0..ev.len())
-        .filter(|&i| ev[i].guest() && ev[i].is(Kind::PteChange) && classify(ev[i].rec.a, ev[i].rec.b).is_some())
-        .collect();
+    let changes = changes(ev);
+    let change_seqs: Vec<(u64, u64)> = changes.iter().map(|c| (page(ev[c.i].rec.va), ev[c.i].rec.seq)).collect();
+    // Every stale access, charged to the first change of its page after
+    // the translation it used was cached.
+    let mut charged: Vec<Vec<(usize, u64)>> = vec![Vec::new(); changes.len()];
+    for idx in 0..ev.len() {
+        let Some(cached) = stale_use(ev, idx, &change_seqs) else { continue };
+        let (pg, seq) = (page(ev[idx].rec.va), ev[idx].rec.seq);
+        let after = change_seqs.iter().position(|&(p, c)| p == pg && c > cached && c < seq);
+        let latest = change_seqs.iter().rposition(|&(p, c)| p == pg && c < seq);
+        if let Some(w) = after.or(latest) {
+            charged[w].push((idx, cached));
+        }
+    }
     let mut out = Vec::new();
-    for (ci, &i) in changes.iter().enumerate() {
+    for (ci, c) in changes.iter().enumerate() {
+        let i = c.i;
         let e = &ev[i];
         let seq = e.rec.seq;
         let phase = if seq < body_start {
@@ -357,18 +465,59 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
         let pg = page(e.rec.va);
         let cpu = e.rec.unit as u64;
         let later = &ev[i + 1..];
-        // The next change of the same page: stale accesses after it belong to it.
-        let next_change = changes[ci + 1..].iter().map(|&j| &ev[j]).find(|n| page(n.rec.va) == pg).map(|n| n.rec.seq);
         let release = later
             .iter()
             .find(|x| x.guest() && x.is(Kind::PtlRelease) && x.rec.unit as u64 == cpu && x.rec.va >> 21 == pg >> 21)
             .map(At::of);
-        let inv = later.iter().find(|x| x.device() && x.is(Kind::InvCompleted) && covers(x.rec.va, x.rec.a, pg));
-        let notifier = later.iter().find(|x| x.guest() && x.is(Kind::NotifierEnd) && covers(x.rec.va, x.rec.a, pg));
-        let invalidation = match (inv, notifier) {
-            (Some(x), _) => Some(Invalidation { seq: x.rec.seq, ns: x.ns, by: "iommu" }),
-            (None, Some(x)) => Some(Invalidation { seq: x.rec.seq, ns: x.ns, by: "notifier" }),
-            _ => None,
+        // The copy (or KSM's compare) of this operation, after the change.
+        let op_end =
+            later.iter().find(|x| x.guest() && x.rec.unit as u64 == cpu && x.is(Kind::OpEnd)).map(|x| x.rec.seq);
+        let copy = later
+            .iter()
+            .take_while(|x| op_end.is_none_or(|s| x.rec.seq < s))
+            .find(|x| {
+                x.guest()
+                    && x.rec.unit as u64 == cpu
+                    && x.is(Kind::Hook)
+                    && matches!(Hook::from_u8(x.rec.a as u8), Some(Hook::AfterCopy) | Some(Hook::AfterCompare))
+            })
+            .map(At::of);
+        let invalidations: Vec<Invalidation> = later
+            .iter()
+            .filter_map(|x| {
+                if x.device() && x.is(Kind::InvCompleted) && covers(x.rec.va, x.rec.a, pg) {
+                    Some(Invalidation { seq: x.rec.seq, ns: x.ns, by: "iommu" })
+                } else if x.guest() && x.is(Kind::NotifierEnd) && covers(x.rec.va, x.rec.a, pg) {
+                    Some(Invalidation { seq: x.rec.seq, ns: x.ns, by: "notifier" })
+                } else {
+                    None
+                }
+            })
+            .collect();
+        // IOMMU completions first: they say the entries are gone.
+        let first_inv = |after: u64| {
+            let iommu = invalidations.iter().find(|v| v.by == "iommu" && v.seq > after);
+            iommu.or_else(|| invalidations.iter().find(|v| v.seq > after)).cloned()
+        };
+        // Stale device accesses after an invalidation show it failed: the
+        // window closes at the first invalidation after the last of them.
+        let last_stale_dev =
+            charged[ci].iter().filter(|(j, _)| ev[*j].device()).map(|(j, _)| ev[*j].rec.seq).max().unwrap_or(0);
+        let first = first_inv(seq);
+        // The operation's own notifier call, even if its range misses the
+        // page (the v6.6 VT-d flush-all overflow gave an empty range).
+        let own_notifier = later
+            .iter()
+            .take_while(|x| op_end.is_none_or(|s| x.rec.seq < s))
+            .find(|x| x.guest() && x.is(Kind::NotifierEnd) && x.rec.unit as u64 == cpu)
+            .map(|x| Invalidation { seq: x.rec.seq, ns: x.ns, by: "notifier" });
+        let failed_invalidation = match first.clone().filter(|v| v.seq < last_stale_dev) {
+            Some(v) => Some(v),
+            None => own_notifier.filter(|n| n.seq < last_stale_dev && first.as_ref().is_none_or(|f| f.seq > n.seq)),
+        };
+        let invalidation = match &failed_invalidation {
+            Some(f) if first.as_ref().is_some_and(|v| v.seq == f.seq) => first_inv(last_stale_dev),
+            _ => first,
         };
         // Primary: each vCPU's shadow state for the page.
         let mut primary = Vec::new();
@@ -417,52 +566,40 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
             None => start,
         };
         let count = |a: u64, b: u64| ev.iter().filter(|x| x.rec.seq > a && x.rec.seq < b).count() as u64;
-        // Stale accesses.
         let after_rel = |s: u64| release.is_none_or(|r| s > r.seq);
-        let mut stale = Vec::new();
-        let dev_limit = end.seq.min(next_change.unwrap_or(u64::MAX));
-        for x in later.iter().take_while(|x| x.rec.seq < dev_limit) {
-            if x.device() && x.is(Kind::DevAccess) && page(x.rec.va) == pg && x.rec.b & dev_access::STALE != 0 {
-                let op = (x.rec.b & dev_access::OP_MASK) >> dev_access::OP_SHIFT;
-                stale.push(StaleAccess {
-                    source: "device",
-                    by: device_name(run, x.rec.unit as u64),
-                    seq: x.rec.seq,
-                    ns: x.ns,
-                    op: dev_op::name(op).to_string(),
-                    value: x.rec.a,
-                    after_release: after_rel(x.rec.seq),
-                });
-            }
-        }
-        for f in primary.iter().filter(|f| f.cached) {
-            let limit = f.flushed.map_or(u64::MAX, |a| a.seq).min(next_change.unwrap_or(u64::MAX));
-            for x in later.iter().take_while(|x| x.rec.seq < limit) {
-                if x.guest()
-                    && x.is(Kind::Access)
-                    && x.rec.unit as u64 == f.vcpu
-                    && page(x.rec.va) == pg
-                    && x.rec.a != VALUE_FAULT
-                {
+        let mut stale: Vec<StaleAccess> = charged[ci]
+            .iter()
+            .map(|&(j, cached)| {
+                let x = &ev[j];
+                let (source, by, op) = if x.device() {
+                    let op = (x.rec.b & dev_access::OP_MASK) >> dev_access::OP_SHIFT;
+                    ("device", device_name(run, x.rec.unit as u64), dev_op::name(op).to_string())
+                } else {
                     let op = match x.rec.b {
                         0 => "load",
                         1 => "store",
                         _ => "rmw",
                     };
-                    stale.push(StaleAccess {
-                        source: "vcpu",
-                        by: format!("vCPU {}", f.vcpu),
-                        seq: x.rec.seq,
-                        ns: x.ns,
-                        op: op.into(),
-                        value: x.rec.a,
-                        after_release: after_rel(x.rec.seq),
-                    });
+                    ("vcpu", it.vcpu_label(run, x.rec.unit as u64), op.to_string())
+                };
+                StaleAccess {
+                    source,
+                    by,
+                    unit: x.rec.unit as u64,
+                    seq: x.rec.seq,
+                    ns: x.ns,
+                    op,
+                    value: x.rec.a,
+                    after_release: after_rel(x.rec.seq),
+                    harmless: copy.is_some_and(|c| x.rec.seq < c.seq),
+                    cached_seq: (cached > 0).then_some(cached),
                 }
-            }
-        }
+            })
+            .collect();
         stale.sort_by_key(|s| s.seq);
-        let n_after = |src: &str| stale.iter().filter(|s| s.after_release && s.source == src).count() as u64;
+        let harmful = |s: &&StaleAccess| !s.harmless;
+        let n_after =
+            |src: &str| stale.iter().filter(harmful).filter(|s| s.after_release && s.source == src).count() as u64;
         let (dev_after, cpu_after) = (n_after("device"), n_after("vcpu"));
         out.push(Window {
             test: run.meta.test.clone(),
@@ -471,14 +608,17 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
             iteration: it.number,
             va: pg,
             va_hex: format!("{pg:#x}"),
-            change: change_kind(e, later, release),
+            change: c.kind,
             phase,
             vcpu: cpu,
-            old_pte: e.rec.a,
-            new_pte: e.rec.b,
+            thread: it.thread_on(run, cpu),
+            old_pte: c.old,
+            new_pte: c.new,
             pte_change: start,
             ptl_release: release,
             invalidation,
+            failed_invalidation,
+            copy,
             primary_flush: primary,
             primary_done,
             closed_by,
@@ -492,7 +632,8 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
             stale_accesses_after_release: dev_after + cpu_after,
             stale_device_accesses_after_release: dev_after,
             stale_vcpu_accesses_after_release: cpu_after,
-            stale_accesses_under_ptl: stale.iter().filter(|s| !s.after_release).count() as u64,
+            stale_accesses_under_ptl: stale.iter().filter(harmful).filter(|s| !s.after_release).count() as u64,
+            harmless_stale_accesses: stale.iter().filter(|s| s.harmless).count() as u64,
             stale_accesses: stale,
         });
     }
@@ -547,11 +688,11 @@ pub fn render_text(r: &Report, file: &str) -> String {
         }
         o += "  times in µs; release/inval/flush relative to the PTE change; events = records inside the part\n";
         o += &format!(
-            "  {:>5} {:<16} {:<9} {:>3} {:>9} {:>10} {:>10} {:<22} {:>10} {:>10} {:>10} {:>7} {:>9}\n",
+            "  {:>5} {:<16} {:<9} {:<8} {:>9} {:>10} {:>10} {:<22} {:>10} {:>10} {:>10} {:>7} {:>9}\n",
             "iter",
             "va",
             "change",
-            "cpu",
+            "by",
             "release",
             "inval",
             "primary",
@@ -576,11 +717,11 @@ pub fn render_text(r: &Report, file: &str) -> String {
                 None => "none".into(),
             };
             o += &format!(
-                "  {:>5} {:<16} {:<9} {:>3} {:>9} {:>10} {:>10} {:<22} {:>10} {:>10} {:>10} {:>7} {:>9}{}{}\n",
+                "  {:>5} {:<16} {:<9} {:<8} {:>9} {:>10} {:>10} {:<22} {:>10} {:>10} {:>10} {:>7} {:>9}{}{}{}{}\n",
                 w.iteration,
                 w.va_hex,
                 w.change,
-                w.vcpu,
+                w.thread.as_ref().map_or_else(|| format!("cpu{}", w.vcpu), |t| format!("{t}@cpu{}", w.vcpu)),
                 rel(w.ptl_release.map(|a| a.ns), base),
                 inval,
                 rel(w.primary_done.map(|a| a.ns), base),
@@ -592,6 +733,15 @@ pub fn render_text(r: &Report, file: &str) -> String {
                 format!("{}/{}", w.stale_device_accesses_after_release, w.stale_vcpu_accesses_after_release),
                 if w.open { "  OPEN (until iteration end)" } else { "" },
                 if w.phase != "body" { format!("  [{}]", w.phase) } else { String::new() },
+                match &w.failed_invalidation {
+                    Some(f) => format!("  invalidation at {} did not stop it", rel(Some(f.ns), base)),
+                    None => String::new(),
+                },
+                if w.harmless_stale_accesses > 0 {
+                    format!("  (+{} harmless before the copy)", w.harmless_stale_accesses)
+                } else {
+                    String::new()
+                },
             );
         }
         let d = &run.distribution;
@@ -612,6 +762,34 @@ pub fn render_text(r: &Report, file: &str) -> String {
         o += &row("stale accesses after release", &d.stale_accesses_after_release, &|v| v.to_string());
     }
     o
+}
+
+/// What a record's operands name, for people: hook and operation names,
+/// the thread a vCPU starts, a device access's op and staleness.
+fn decode(run: &Run, e: &Event) -> Option<String> {
+    let r = &e.rec;
+    match e.kind? {
+        Kind::Hook => Some(Hook::from_u8(r.a as u8).map_or_else(|| format!("hook {}", r.a), |h| h.name().to_string())),
+        Kind::OpBegin | Kind::OpEnd => {
+            Some(abi::litmus::Op::from_u8(r.a as u8).map_or_else(|| format!("op {}", r.a), |o| o.name().to_string()))
+        }
+        Kind::ThreadStart => {
+            Some(run.meta.threads.get(r.a as usize).map_or_else(|| format!("thread {}", r.a), |t| t.name.clone()))
+        }
+        Kind::DevAccess => {
+            let op = dev_op::name((r.b & dev_access::OP_MASK) >> dev_access::OP_SHIFT);
+            Some(format!("{op}{}", if r.b & dev_access::STALE != 0 { " STALE" } else { "" }))
+        }
+        Kind::Access => Some(
+            match r.b {
+                0 => "load",
+                1 => "store",
+                _ => "rmw",
+            }
+            .to_string(),
+        ),
+        _ => None,
+    }
 }
 
 /// Every record of a run (optionally one iteration), one line each, in
@@ -635,19 +813,25 @@ pub fn render_dump(parsed: &Parsed, run: Option<usize>, iteration: Option<u64>) 
             );
             for e in &it.events {
                 let who = match e.track() {
-                    model::Track::Vcpu(k) => format!("{}{k}", if e.vmm() { "vmm" } else { "cpu" }),
-                    model::Track::Device(d) => format!("dev{d}"),
+                    model::Track::Vcpu(k) => {
+                        let t = it.thread_on(r, k).map_or(String::new(), |t| format!("/{t}"));
+                        format!("{}{k}{t}", if e.vmm() { "vmm" } else { "cpu" })
+                    }
+                    model::Track::Device(d) => {
+                        r.meta.devices().get(d as usize).map_or_else(|| format!("dev{d}"), |n| format!("dev{d}/{n}"))
+                    }
                     _ => "iommu".into(),
                 };
                 o += &format!(
-                    "{:>8} {:>12.3} {:<6} {:<16} va={:#x} a={:#x} b={:#x}\n",
+                    "{:>8} {:>12.3} {:<9} {:<16} va={:#x} a={:#x} b={:#x}{}\n",
                     e.rec.seq,
                     e.ns as f64 / 1e3,
                     who,
                     e.kind_name(),
                     e.rec.va,
                     e.rec.a,
-                    e.rec.b
+                    e.rec.b,
+                    decode(r, e).map_or(String::new(), |d| format!("  {d}"))
                 );
             }
         }
@@ -761,5 +945,182 @@ mod tests {
         assert_eq!((s.min, s.median, s.p99, s.max, s.count), (1, 50, 99, 100, 100));
         assert_eq!(Stats::of(vec![]), Stats::default());
         assert_eq!(Stats::of(vec![7]).p99, 7);
+    }
+
+    fn run_of(recs: Vec<Record>, threads: Vec<ThreadMeta>, vcpus: u64) -> Run {
+        Run {
+            meta: RunMeta { test: "t".into(), policy: "p".into(), vcpus, threads, ..Default::default() },
+            boots: vec![Boot {
+                meta: BootMeta { tsc_khz: 1_000_000, vcpus, ..Default::default() },
+                records: recs,
+                end: None,
+            }],
+            end: None,
+        }
+    }
+
+    fn vcpu_threads(n: usize) -> Vec<ThreadMeta> {
+        (0..n).map(|i| ThreadMeta { name: format!("P{i}"), kind: "vcpu".into() }).collect()
+    }
+
+    /// mprotect's `ptep_modify_prot_start` (clear) then `_commit` (set) of
+    /// the same page under one PTL hold is one change: a write-protect
+    /// (closed by the flush, not an open `unmap`), and an upgrade is none.
+    #[test]
+    fn mprotect_clear_then_set_is_one_change() {
+        let g = source::GUEST;
+        let table = X & !0x1f_ffff;
+        for (new, want) in [(0x1234_5005u64, Some("wrprotect")), (0x1234_5007, None)] {
+            let mut b = B { recs: Vec::new(), seq: 0 };
+            b.push(g, 0, Kind::IterBegin, 0, 0, 0);
+            b.push(g, 0, Kind::MmSwitch, 0, 0x300_0000, 0);
+            b.push(g, 1, Kind::MmSwitch, 0, 0x300_0000, 0);
+            b.push(source::VMM, 1, Kind::ShadowFill, X, 0x1234_5007, 0x1234_5000);
+            b.push(g, 0, Kind::PtlAcquire, table, 0x300_1000, 0);
+            b.push(g, 0, Kind::PteChange, X, if want.is_some() { 0x1234_5007 } else { 0x1234_5005 }, 0);
+            b.push(g, 0, Kind::PteChange, X, 0, new);
+            b.push(g, 0, Kind::PtlRelease, table, 0x300_1000, 0);
+            b.push(g, 0, Kind::FlushBegin, X, X + 4096, 0);
+            b.push(source::VMM, 1, Kind::ShadowFlush, X, X + 4096, 0);
+            b.push(g, 0, Kind::FlushEnd, X, X + 4096, 1);
+            b.push(g, 0, Kind::MmSwitch, 0, 0, 0);
+            b.push(g, 1, Kind::MmSwitch, 0, 0, 0);
+            b.push(g, 0, Kind::IterEnd, 0, 0, 0);
+            let (_, w) = analyse_run(0, &run_of(b.recs, vcpu_threads(2), 2), Options::default());
+            match want {
+                Some(kind) => {
+                    assert_eq!(w.len(), 1, "{w:#?}");
+                    assert_eq!((w[0].change, w[0].open, w[0].closed_by), (kind, false, "primary"));
+                    assert_eq!((w[0].old_pte, w[0].new_pte), (0x1234_5007, new));
+                }
+                None => assert!(w.is_empty(), "an upgrade takes nothing away: {w:#?}"),
+            }
+        }
+    }
+
+    /// S3's shape: P1 caches x, P0 migrates it (remap, flush deferred), P3
+    /// then changes x again; P1's stale read is charged to the migration
+    /// that made its entry stale, not to the later change.
+    #[test]
+    fn stale_access_is_charged_to_the_change_that_made_it_stale() {
+        let g = source::GUEST;
+        let table = X & !0x1f_ffff;
+        let mut b = B { recs: Vec::new(), seq: 0 };
+        b.push(g, 0, Kind::IterBegin, 0, 0, 0);
+        for k in 0..4 {
+            b.push(g, k, Kind::ThreadStart, 0, [1, 0, 3, 2][k as usize], 0);
+            b.push(g, k, Kind::MmSwitch, 0, 0x300_0000, 0);
+        }
+        b.push(source::VMM, 0, Kind::ShadowFill, X, 0x1234_5005, 0x1234_5000);
+        b.push(g, 1, Kind::Access, X, 0, 0);
+        // P0 (vCPU 1) migrates x: Psrc → Pdst, the flush deferred.
+        b.push(g, 1, Kind::PtlAcquire, table, 0x300_1000, 0);
+        let migrate = b.push(g, 1, Kind::PteChange, X, 0x1234_5005, 0x5678_9005);
+        b.push(g, 1, Kind::PtlRelease, table, 0x300_1000, 0);
+        // P3 (vCPU 2) write-protects x again (clean → ro), no flush either.
+        b.push(g, 2, Kind::PtlAcquire, table, 0x300_1000, 0);
+        let later = b.push(g, 2, Kind::PteChange, X, 0x5678_9047, 0x5678_9005);
+        b.push(g, 2, Kind::PtlRelease, table, 0x300_1000, 0);
+        // P1 (vCPU 0) reads x through its entry for Psrc.
+        let read = b.push(g, 0, Kind::Access, X, 0, 0);
+        for k in 0..4 {
+            b.push(g, k, Kind::MmSwitch, 0, 0, 0);
+        }
+        b.push(g, 0, Kind::IterEnd, 0, 0, 0);
+        let (_, w) = analyse_run(0, &run_of(b.recs, vcpu_threads(4), 4), Options::default());
+        let of = |seq: u64| w.iter().find(|w| w.pte_change.seq == seq).unwrap();
+        assert_eq!(of(migrate).change, "remap");
+        assert_eq!(of(migrate).thread.as_deref(), Some("P0"));
+        let s = &of(migrate).stale_accesses;
+        assert_eq!(s.len(), 1, "{w:#?}");
+        assert_eq!((s[0].seq, s[0].by.as_str()), (read, "P1 (vCPU 0)"));
+        assert!(of(later).stale_accesses.is_empty(), "{w:#?}");
+    }
+
+    /// Migration: a stale device store before the copy lands in the old
+    /// page and is copied (harmless); one after the copy is lost.
+    #[test]
+    fn stale_access_before_the_copy_is_harmless() {
+        let g = source::GUEST;
+        let d = source::DEVICE;
+        let table = X & !0x1f_ffff;
+        let mut b = B { recs: Vec::new(), seq: 0 };
+        b.push(g, 0, Kind::IterBegin, 0, 0, 0);
+        b.push(g, 0, Kind::MmSwitch, 0, 0x300_0000, 0);
+        b.push(d, 0, Kind::IotlbFill, X, 0x1234_5067, 0x1234_5000);
+        b.push(g, 0, Kind::OpBegin, X, abi::litmus::Op::Migrate as u64, 0);
+        b.push(g, 0, Kind::PtlAcquire, table, 0x300_1000, 0);
+        b.push(g, 0, Kind::PteChange, X, 0x1234_5067, 0x0000_0000_0abc_0000); // migration entry
+        b.push(g, 0, Kind::PtlRelease, table, 0x300_1000, 0);
+        let early = b.push(d, 0, Kind::DevAccess, X, 5, 0x1234_5000 | dev_access::STALE | (1 << dev_access::OP_SHIFT));
+        b.push(g, 0, Kind::Hook, 0, abi::litmus::Hook::AfterCopy as u64, 0);
+        let late = b.push(d, 0, Kind::DevAccess, X, 6, 0x1234_5000 | dev_access::STALE | (1 << dev_access::OP_SHIFT));
+        b.push(g, 0, Kind::NotifierBegin, X, X + 4096, 0);
+        b.push(d, UNIT_IOMMU, Kind::InvCompleted, X, X + 4096, 1);
+        b.push(g, 0, Kind::NotifierEnd, X, X + 4096, 0);
+        b.push(g, 0, Kind::OpEnd, X, abi::litmus::Op::Migrate as u64, 0);
+        b.push(g, 0, Kind::MmSwitch, 0, 0, 0);
+        b.push(g, 0, Kind::IterEnd, 0, 0, 0);
+        let threads = vec![
+            ThreadMeta { name: "P0".into(), kind: "vcpu".into() },
+            ThreadMeta { name: "D0".into(), kind: "device".into() },
+        ];
+        let (_, w) = analyse_run(0, &run_of(b.recs, threads, 1), Options::default());
+        assert_eq!(w.len(), 1, "{w:#?}");
+        let w = &w[0];
+        assert!(w.copy.is_some());
+        let harmless: Vec<(u64, bool)> = w.stale_accesses.iter().map(|s| (s.seq, s.harmless)).collect();
+        assert_eq!(harmless, [(early, true), (late, false)]);
+        assert_eq!((w.stale_device_accesses_after_release, w.harmless_stale_accesses), (1, 1));
+        assert!(!w.open && w.failed_invalidation.is_none());
+    }
+
+    /// An invalidation after which the device still hits its stale entry
+    /// did not stop the window: it is reported as failed, and the window
+    /// stays open (S4/S8: a leaf-only or mis-sized range).
+    #[test]
+    fn invalidation_that_failed_to_stop_a_stale_access() {
+        let g = source::GUEST;
+        let d = source::DEVICE;
+        let table = X & !0x1f_ffff;
+        let mut b = B { recs: Vec::new(), seq: 0 };
+        b.push(g, 0, Kind::IterBegin, 0, 0, 0);
+        b.push(g, 0, Kind::MmSwitch, 0, 0x300_0000, 0);
+        b.push(d, 0, Kind::IotlbFill, X, 0x1234_5067, 0x1234_5000);
+        b.push(g, 0, Kind::PtlAcquire, table, 0x300_1000, 0);
+        b.push(g, 0, Kind::PteChange, X, 0x1234_5067, 0);
+        b.push(g, 0, Kind::PtlRelease, table, 0x300_1000, 0);
+        b.push(g, 0, Kind::NotifierBegin, 0, u64::MAX, 0);
+        let inv = b.push(d, UNIT_IOMMU, Kind::InvCompleted, 0, u64::MAX, 0);
+        b.push(g, 0, Kind::NotifierEnd, 0, u64::MAX, 0);
+        b.push(d, 0, Kind::DevAccess, X, 1, 0x1234_5000 | dev_access::STALE);
+        b.push(g, 0, Kind::MmSwitch, 0, 0, 0);
+        b.push(g, 0, Kind::IterEnd, 0, 0, 0);
+        let threads = vec![ThreadMeta { name: "D0".into(), kind: "device".into() }];
+        let (_, w) = analyse_run(0, &run_of(b.recs, threads, 1), Options::default());
+        assert_eq!(w[0].failed_invalidation.as_ref().map(|v| v.seq), Some(inv));
+        assert!(w[0].open, "{:#?}", w[0]);
+        assert_eq!(w[0].stale_device_accesses_after_release, 1);
+
+        // S8 on v6.6: the zap's own notifier call is given the flush-all
+        // range that the VT-d driver turned into nothing (no descriptor).
+        let mut b = B { recs: Vec::new(), seq: 0 };
+        b.push(g, 0, Kind::IterBegin, 0, 0, 0);
+        b.push(g, 0, Kind::MmSwitch, 0, 0x300_0000, 0);
+        b.push(d, 0, Kind::IotlbFill, X, 0x1234_5067, 0x1234_5000);
+        b.push(g, 0, Kind::OpBegin, X, abi::litmus::Op::Madvise as u64, 0);
+        b.push(g, 0, Kind::PtlAcquire, table, 0x300_1000, 0);
+        b.push(g, 0, Kind::PteChange, X, 0x1234_5067, 0);
+        b.push(g, 0, Kind::PtlRelease, table, 0x300_1000, 0);
+        b.push(g, 0, Kind::NotifierBegin, u64::MAX, u64::MAX, 0);
+        let empty = b.push(g, 0, Kind::NotifierEnd, u64::MAX, u64::MAX, 0);
+        b.push(g, 0, Kind::OpEnd, X, abi::litmus::Op::Madvise as u64, 0);
+        b.push(d, 0, Kind::DevAccess, X, 2, 0x1234_5000 | dev_access::STALE);
+        b.push(g, 0, Kind::MmSwitch, 0, 0, 0);
+        b.push(g, 0, Kind::IterEnd, 0, 0, 0);
+        let threads = vec![ThreadMeta { name: "D0".into(), kind: "device".into() }];
+        let (_, w) = analyse_run(0, &run_of(b.recs, threads, 1), Options::default());
+        assert_eq!(w[0].failed_invalidation.as_ref().map(|v| (v.seq, v.by)), Some((empty, "notifier")));
+        assert!(w[0].open);
     }
 }

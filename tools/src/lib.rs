@@ -16,6 +16,7 @@ pub mod format;
 pub mod model;
 pub mod perfetto;
 pub mod svg;
+pub mod text_timeline;
 pub mod timeline;
 
 #[cfg(test)]
@@ -85,6 +86,8 @@ mod robustness {
         let _ = crate::perfetto::export(&p);
         for run in 0..p.trace.runs.len() {
             let _ = crate::svg::render(&p, crate::svg::SvgOptions { run, iteration: None });
+            let opts = crate::text_timeline::TimelineOptions { run, ..Default::default() };
+            let _ = crate::text_timeline::render(&p, opts);
         }
     }
 
@@ -101,6 +104,99 @@ mod robustness {
         let svg = crate::svg::render(&p, Default::default()).unwrap();
         assert_eq!(svg.matches(r#"class="track vcpu""#).count(), 2);
         assert_eq!(svg.matches(r#"class="track device""#).count(), 1);
+    }
+
+    /// The SVG: set-up cut away, a legend for every mark, stale accesses
+    /// labelled (not only in tooltips), labels that do not overlap.
+    #[test]
+    fn svg_legend_labels_and_no_setup() {
+        let svg = crate::svg::render(&parse(&sample()), Default::default()).unwrap();
+        assert!(svg.contains("set-up (0–"), "the set-up is said to be cut");
+        for legend in [
+            "mm operation",
+            "PTL held",
+            "primary TLB flush",
+            "notifier call / IOMMU invalidation",
+            "window under the PTL",
+            "window after the PTL release",
+            "window never closed (open)",
+            "PTE change",
+            "access (vCPU or device)",
+            "stale access / stale walk",
+            "stale, before the copy: harmless",
+            "shootdown IPI sent / received / acked",
+            "TLB / IOTLB fill, flush, eviction",
+            "invalidation that did not drop the entry",
+        ] {
+            assert!(svg.contains(&format!(">{}<", legend)), "no legend entry `{legend}`");
+        }
+        // Labels: (x, y, text) of every `label` text; none overlaps another on its line.
+        let labels: Vec<(f64, f64, String)> = svg
+            .lines()
+            .filter(|l| l.contains(r#"<text class="label"#))
+            .map(|l| {
+                let num =
+                    |k: &str| l.split(&format!(" {k}=\"")).nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+                let text = l.split('>').nth(1).unwrap().split('<').next().unwrap().to_string();
+                (num("x"), num("y"), text)
+            })
+            .collect();
+        assert!(labels.iter().any(|l| l.2.starts_with("stale")), "{labels:?}");
+        for (i, a) in labels.iter().enumerate() {
+            for b in &labels[i + 1..] {
+                let wa = a.2.chars().count() as f64 * 5.6;
+                let wb = b.2.chars().count() as f64 * 5.6;
+                assert!(a.1 != b.1 || a.0 + wa <= b.0 || b.0 + wb <= a.0, "labels overlap: {a:?} {b:?}");
+            }
+        }
+    }
+
+    /// Perfetto: stale accesses and PTE changes are slices too (instants
+    /// get dropped by some trace engines), joined by flow arrows.
+    #[test]
+    fn perfetto_slices_and_flows_for_stale_accesses() {
+        let v = crate::perfetto::export(&parse(&sample()));
+        let ev = v["traceEvents"].as_array().unwrap();
+        let count = |ph: &str, cat: &str| ev.iter().filter(|e| e["ph"] == ph && e["cat"] == cat).count();
+        assert_eq!(count("X", "stale"), 2, "a vCPU and a device stale access");
+        assert!(count("X", "pte") >= 1);
+        assert_eq!((count("s", "stale"), count("f", "stale")), (2, 2));
+        for f in ev.iter().filter(|e| e["ph"] == "f") {
+            assert_eq!(f["bp"], "e");
+            let start = ev.iter().find(|e| e["ph"] == "s" && e["id"] == f["id"]).unwrap();
+            // From the PTE change's slice to the stale access's.
+            let at = |e: &serde_json::Value, cat: &str| {
+                ev.iter().any(|x| x["ph"] == "X" && x["cat"] == cat && x["ts"] == e["ts"] && x["tid"] == e["tid"])
+            };
+            assert!(at(start, "pte") && at(f, "stale"), "{start} → {f}");
+        }
+    }
+
+    /// The text timeline: one column per thread, the kernel's words, the
+    /// stale accesses marked.
+    #[test]
+    fn text_timeline_of_the_sample() {
+        let p = parse(&sample());
+        let t = crate::text_timeline::render(&p, Default::default()).unwrap();
+        let header = t.lines().find(|l| l.trim_start().starts_with("µs")).unwrap();
+        let at = |c: &str| header.find(c).unwrap_or_else(|| panic!("no column {c}: {header}"));
+        assert!(at("vCPU 0") < at("vCPU 1") && at("vCPU 1") < at("D0") && at("D0") < at("IOMMU"), "{header}");
+        for want in [
+            "madvise(…003000)",
+            "pte_offset_map_lock()",
+            "ptep_get_and_clear(…003000)",
+            "flush_tlb_mm_range(…003000)",
+            "pte_unmap_unlock()",
+            "!! STALE load …003000 = 1",
+            "!! STALE dma_load …003000 = 1",
+            "→ invalidate secondary TLB",
+            "invalidate …003000..…004000",
+        ] {
+            assert!(t.contains(want), "no `{want}` in\n{t}");
+        }
+        // The column of each line is its thread's.
+        let col = |needle: &str| t.lines().find(|l| l.contains(needle)).map(|l| l.find(needle).unwrap()).unwrap();
+        assert!(col("!! STALE dma_load") > col("!! STALE load"));
     }
 
     /// Truncated and bit-flipped files never panic any stage.

@@ -70,6 +70,35 @@ pub struct Iteration {
     pub start_boot_ns: u64,
     /// Last event's time relative to the start.
     pub end_ns: u64,
+    /// vCPU → litmus thread index it ran this iteration (`thread_start`
+    /// records; empty in traces written before they existed).
+    pub placement: std::collections::BTreeMap<u64, u64>,
+}
+
+impl Iteration {
+    /// The litmus thread vCPU `k` ran in this iteration, by name.
+    pub fn thread_on(&self, run: &Run, k: u64) -> Option<String> {
+        let t = *self.placement.get(&k)?;
+        Some(run.meta.threads.get(t as usize).map_or_else(|| format!("thread {t}"), |m| m.name.clone()))
+    }
+
+    /// `P2 (vCPU 0)`, or `vCPU 0` if the placement is not known.
+    pub fn vcpu_label(&self, run: &Run, k: u64) -> String {
+        match self.thread_on(run, k) {
+            Some(n) => format!("{n} (vCPU {k})"),
+            None => format!("vCPU {k}"),
+        }
+    }
+
+    /// The body of the iteration as a time range (ns since its start):
+    /// from the first vCPU's switch to the test mm (a thread starting) to
+    /// the last event; set-up before it is usually most of an iteration.
+    pub fn body_start_ns(&self) -> u64 {
+        self.events
+            .iter()
+            .find(|e| (e.is(Kind::ThreadStart) || (e.is(Kind::MmSwitch) && e.rec.a != 0)) && e.guest())
+            .map_or(0, |e| e.ns)
+    }
 }
 
 /// TSC → ns for one boot: relative to the boot's first record.
@@ -108,7 +137,20 @@ pub fn iterations(run: &Run) -> Vec<Iteration> {
             }
             let complete = events.iter().any(|e| e.is(Kind::IterEnd));
             let end_ns = events.iter().map(|e| e.ns).max().unwrap_or(0);
-            out.push(Iteration { number: n as u64, boot: bi, events, complete, start_boot_ns: start, end_ns });
+            let placement = events
+                .iter()
+                .filter(|e| e.guest() && e.is(Kind::ThreadStart))
+                .map(|e| (e.rec.unit as u64, e.rec.a))
+                .collect();
+            out.push(Iteration {
+                number: n as u64,
+                boot: bi,
+                events,
+                complete,
+                start_boot_ns: start,
+                end_ns,
+                placement,
+            });
         }
     }
     out.sort_by_key(|i| (i.number, i.boot));

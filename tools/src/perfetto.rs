@@ -7,7 +7,12 @@
 //! PTL holds, primary flushes, notifier calls, mm operations, IOMMU
 //! invalidations and iterations; instant events (`ph: i`) for PTE changes,
 //! accesses, IPIs, hooks, fills, and — category `stale` — every stale
-//! access. Boots of a run are laid end to end. Times are µs.
+//! access. PTE changes and stale accesses are also 1 ns slices (`ph: X`),
+//! since some trace engines (Chrome's, in at least one consumer) drop
+//! instants, and each stale access is joined to the PTE change that made it
+//! stale by a flow arrow (`ph: s`/`f`). Events on a vCPU track carry the
+//! litmus thread it ran in that iteration (`args.thread`: the placement
+//! changes per iteration). Boots of a run are laid end to end. Times are µs.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -59,9 +64,10 @@ fn meta(pid: u64, tid: u64, name: &str, value: Value) -> Value {
 pub fn export(parsed: &Parsed) -> Value {
     let report = analysis::analyse(parsed, Options::default());
     let mut events = Vec::new();
+    let mut flow_id = 0;
     for (ri, run) in parsed.trace.runs.iter().enumerate() {
         let windows: Vec<&Window> = report.windows.iter().filter(|w| w.run == ri).collect();
-        run_events(ri, run, &windows, &mut events);
+        run_events(ri, run, &windows, &mut events, &mut flow_id);
     }
     json!({
         "traceEvents": events,
@@ -73,7 +79,7 @@ pub fn export(parsed: &Parsed) -> Value {
     })
 }
 
-fn run_events(ri: usize, run: &Run, windows: &[&Window], out: &mut Vec<Value>) {
+fn run_events(ri: usize, run: &Run, windows: &[&Window], out: &mut Vec<Value>, flow_id: &mut u64) {
     let pid = ri as u64 + 1;
     out.push(meta(pid, 0, "process_name", json!({"name": format!("run {ri}: {}", run.meta.label())})));
     out.push(meta(pid, 0, "process_sort_index", json!({"sort_index": ri})));
@@ -102,6 +108,11 @@ fn run_events(ri: usize, run: &Run, windows: &[&Window], out: &mut Vec<Value>) {
             tracks.insert(s.track);
             let mut a = args(&s.args);
             a["iteration"] = json!(it.number);
+            if let Track::Vcpu(k) = s.track {
+                if let Some(t) = it.thread_on(run, k) {
+                    a["thread"] = json!(t);
+                }
+            }
             out.push(json!({
                 "name": s.name, "cat": s.cat, "ph": "X",
                 "ts": us(s.start_ns), "dur": us(s.end_ns - s.start_ns),
@@ -113,6 +124,17 @@ fn run_events(ri: usize, run: &Run, windows: &[&Window], out: &mut Vec<Value>) {
             let mut a = args(&m.args);
             a["seq"] = json!(m.seq);
             a["iteration"] = json!(it.number);
+            if let Track::Vcpu(k) = m.track {
+                if let Some(t) = it.thread_on(run, k) {
+                    a["thread"] = json!(t);
+                }
+            }
+            if m.cat == "stale" || m.cat == "pte" {
+                out.push(json!({
+                    "name": m.name, "cat": m.cat, "ph": "X",
+                    "ts": us(m.ns), "dur": 0.001, "pid": pid, "tid": tid(m.track), "args": a.clone(),
+                }));
+            }
             out.push(json!({
                 "name": m.name, "cat": m.cat, "ph": "i", "s": "t",
                 "ts": us(m.ns), "pid": pid, "tid": tid(m.track), "args": a,
@@ -151,7 +173,19 @@ fn run_events(ri: usize, run: &Run, windows: &[&Window], out: &mut Vec<Value>) {
             out.push(json!({
                 "name": format!("stale {} by {}", s.op, s.by), "cat": "stale", "ph": "i", "s": "t",
                 "ts": us(start + s.ns), "pid": pid, "tid": t,
-                "args": {"after_release": s.after_release, "value": s.value, "seq": s.seq},
+                "args": {"after_release": s.after_release, "value": s.value, "seq": s.seq, "harmless": s.harmless},
+            }));
+            // PTE change → the stale access it allowed, as a flow arrow
+            // between the two 1 ns slices.
+            *flow_id += 1;
+            let to = if s.source == "device" { Track::Device(s.unit) } else { Track::Vcpu(s.unit) };
+            out.push(json!({
+                "name": "made stale by", "cat": "stale", "ph": "s", "id": *flow_id,
+                "ts": us(t0), "pid": pid, "tid": tid(Track::Vcpu(w.vcpu)),
+            }));
+            out.push(json!({
+                "name": "made stale by", "cat": "stale", "ph": "f", "bp": "e", "id": *flow_id,
+                "ts": us(start + s.ns), "pid": pid, "tid": tid(to),
             }));
         }
     }

@@ -125,6 +125,7 @@ pub fn build(events: &[Event], ns: &dyn Fn(&Event) -> u64, stale_vcpu: &HashSet<
             Kind::IpiSend => mark("ipi", format!("IPI → {}", r.a), vec![("start", hex(r.va)), ("end", hex(r.b))]),
             Kind::IpiRecv => mark("ipi", format!("IPI ← {}", r.a), vec![]),
             Kind::IpiAck => mark("ipi", format!("IPI ack → {}", r.a), vec![]),
+            Kind::ThreadStart => mark("mm", format!("thread {} starts", r.a), vec![("thread", r.a.to_string())]),
             Kind::MmSwitch => mark(
                 "mm",
                 if r.a == 0 { "switch to kernel mm".into() } else { format!("switch_mm {}", hex(r.a)) },

@@ -24,7 +24,7 @@ fn run_ok(cfg: &VmConfig) -> Result<vm::RunOutcome> {
 }
 
 /// Runs the benchmarks with `base` (image, memory) and prints the figures.
-pub fn run(base: &VmConfig, boot_runs: usize) -> Result<()> {
+pub fn run(base: &VmConfig, boot_runs: usize, force_progress: bool) -> Result<()> {
     println!(
         "shootdown bench (medians; host: {} cores)",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -92,5 +92,5 @@ pub fn run(base: &VmConfig, boot_runs: usize) -> Result<()> {
             );
         }
     }
-    crate::litmus_bench::run(base)
+    crate::litmus_bench::run(base, force_progress)
 }

@@ -118,12 +118,7 @@ impl std::fmt::Debug for ExploreSession {
 }
 
 impl ExploreSession {
-    pub fn new(
-        explorer: Explorer<Vec<u64>>,
-        nthreads: usize,
-        nvcpu: usize,
-        violating: Violating,
-    ) -> Self {
+    pub fn new(explorer: Explorer<Vec<u64>>, nthreads: usize, nvcpu: usize, violating: Violating) -> Self {
         ExploreSession {
             inner: Mutex::new(Inner {
                 explorer,
@@ -224,6 +219,23 @@ impl ExploreSession {
     }
 }
 
+/// How long a waiting thread sleeps between two looks at the turn word.
+const POLL: Duration = Duration::from_micros(20);
+
+/// Blocks (polling, without burning a host CPU) until the turn is `t`'s,
+/// the schedule broke, or `limit` passed.
+pub fn park(mem: &GuestMemoryMmap, t: u64, limit: Duration) {
+    let m = GuestShared(mem);
+    let start = Instant::now();
+    loop {
+        let turn = m.load(ex::AREA + ex::ctl::TURN);
+        if turn == t || turn == ex::NOBODY || start.elapsed() >= limit {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 /// The device side of the turn protocol: a DMA worker running litmus
 /// device thread `t` under the scheduler.
 pub struct DeviceThread<'a> {
@@ -252,7 +264,7 @@ impl<'a> DeviceThread<'a> {
             if (turn == ex::NOBODY && self.m.load(ex::AREA + ex::ctl::ERROR) != ex::error::NONE) || stop() {
                 return false;
             }
-            std::thread::yield_now();
+            std::thread::sleep(POLL);
         }
     }
 
@@ -483,6 +495,18 @@ fn search(base: &VmConfig, args: &ExploreArgs, test: &Test, policy: Policy) -> R
             EndReason::GuestExit(abi::exit::SUCCESS) if session.is_done() => break,
             EndReason::IterationTimeout => {
                 let log = ls.take_explore_log();
+                if std::env::var_os("SHOOTDOWN_EXPLORE_DEBUG").is_some() {
+                    eprintln!("timeout: stall {:?}", ls.take_stall());
+                    for (i, st) in log.iter().enumerate() {
+                        eprintln!(
+                            "  {i}: t{} en={:#x} {} {}",
+                            st.thread,
+                            st.enabled,
+                            st.footprint,
+                            site_text(test, st)
+                        );
+                    }
+                }
                 if let Err(e) = session.timed_out(test.observed.len(), log) {
                     error = Some(e);
                     break;

@@ -18,8 +18,8 @@ use abi::litmus::{state, Hook, VALUE_TIMEOUT};
 use abi::{dma, layout};
 use iommu::mem as gmem;
 use litmus::{
-    any_mismatch, compile, file_summary, herd_block, policy_matrix, render_all, to_json, verdict_table, CompileOptions,
-    Key, Policy, RunResult, Test, ThreadPosition,
+    any_mismatch, compile, file_summary, herd_block, policy_matrix, render_all, verdict_table, CompileOptions, Key,
+    Policy, ResultsFile, RunResult, Shard, Test, ThreadPosition,
 };
 use vm_memory::GuestMemoryMmap;
 
@@ -68,6 +68,8 @@ pub struct LitmusSession {
     /// Set under `vmm explore`: the search the guest's iterations follow.
     pub explore: Option<std::sync::Arc<crate::explore_run::ExploreSession>>,
     explore_log: Mutex<Vec<explore::StepRecord>>,
+    /// Ticked by every report (`--progress`).
+    progress_bar: Mutex<crate::progress::Progress>,
 }
 
 impl LitmusSession {
@@ -83,6 +85,7 @@ impl LitmusSession {
             stall: Mutex::new(None),
             explore: None,
             explore_log: Mutex::new(Vec::new()),
+            progress_bar: Mutex::new(crate::progress::Progress::hidden()),
         }
     }
 
@@ -106,6 +109,16 @@ impl LitmusSession {
         r.received = Some(Instant::now());
         self.reports.lock().unwrap().push(r);
         self.progress.fetch_add(1, Ordering::AcqRel);
+        self.shown_progress().inc(1);
+    }
+
+    fn shown_progress(&self) -> crate::progress::Progress {
+        self.progress_bar.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Where reports tick (`--progress`).
+    pub fn set_progress(&self, p: crate::progress::Progress) {
+        *self.progress_bar.lock().unwrap_or_else(|e| e.into_inner()) = p;
     }
 
     fn take_reports(&self) -> Vec<IterReport> {
@@ -174,6 +187,8 @@ pub struct LitmusArgs {
     pub runs: u64,
     pub policies: Vec<String>,
     pub json: Option<PathBuf>,
+    /// `--log-dir DIR`: one herdtools7 log per policy.
+    pub log_dir: Option<PathBuf>,
     pub check: bool,
     /// `--tlb` (None = the policy's or the default).
     pub tlb: Option<String>,
@@ -189,6 +204,17 @@ pub struct LitmusArgs {
     pub trace_runs: Option<u64>,
     /// `--trace-ring N`: records per vCPU ring.
     pub trace_ring: Option<u64>,
+    /// `--shard I/N`: run only this part of the job.
+    pub shard: Option<Shard>,
+    /// `--baseline POLICY`: also run every test under POLICY and compare.
+    pub baseline: Option<String>,
+    /// `--progress`: show progress on stderr even when it is not a terminal.
+    pub force_progress: bool,
+    /// Where iterations are counted (set by [`run`] for the whole job).
+    pub progress: crate::progress::Progress,
+    /// `--tap`: stdout is TAP (kselftest's `TAP version 13`), the herd
+    /// blocks as `#` diagnostic lines.
+    pub tap: bool,
 }
 
 fn collect_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -246,9 +272,19 @@ pub struct PolicyRun {
     pub first_match: Option<Duration>,
 }
 
-/// Runs every (test, policy) and prints the results; returns the exit status.
+/// Runs every (test, policy) — or this shard's part of them — and prints
+/// the results; returns the exit status.
 pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     let tests = load(&args.paths)?;
+    // With --tap, stdout is TAP: everything else goes out as `#` lines.
+    let tap = args.tap;
+    let say = |text: &str| {
+        if tap {
+            print!("{}", litmus::tap::diagnostics(text));
+        } else {
+            print!("{text}");
+        }
+    };
     let trace = match &args.trace {
         Some(p) => Some(std::sync::Arc::new(Mutex::new(TraceOut::create(p)?))),
         None => None,
@@ -256,7 +292,10 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     let seed = args.seed.unwrap_or_else(|| {
         let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
         let s = s % 1_000_000_000;
-        println!("Seed {s} (re-run with --seed {s})");
+        if tap {
+            println!("{}", litmus::tap::HEADER);
+        }
+        say(&format!("Seed {s} (re-run with --seed {s})\n"));
         s
     });
     let mut overrides = String::new();
@@ -270,34 +309,127 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     for p in &args.policies {
         cli_policies.push(Policy::parse(p).map_err(|e| Error::Litmus(format!("--policy {p}: {e}")))?);
     }
+    let baseline = match &args.baseline {
+        Some(b) => {
+            Some(Policy::parse(b).map_err(|e| Error::Litmus(format!("--baseline {b}: {e}")))?.merged(&overrides))
+        }
+        None => None,
+    };
+    let mut log_dir = match &args.log_dir {
+        Some(d) => Some(
+            litmus::logdir::LogDir::create(d).map_err(|e| Error::Other(format!("--log-dir {}: {e}", d.display())))?,
+        ),
+        None => None,
+    };
+
+    // The job: every (test, policy) in order, the baseline first.
+    let mut units: Vec<(usize, Policy)> = Vec::new();
+    for (ti, test) in tests.iter().enumerate() {
+        let mut matrix = policy_matrix(&cli_policies, &test.expect_policies(), &overrides);
+        if let Some(b) = baseline {
+            matrix.retain(|p| p.abi != b.abi);
+            matrix.insert(0, b);
+        }
+        units.extend(matrix.into_iter().map(|p| (ti, p)));
+    }
+    let shard = args.shard.unwrap_or(Shard::ALL);
+    let pieces = litmus::shard::plan(&vec![args.runs; units.len()], shard);
+    if args.shard.is_some() {
+        let n: u64 = pieces.iter().map(|p| p.end - p.first).sum();
+        say(&format!(
+            "Shard {shard}: {n} of {} iterations, {} (test, policy) part(s)\n\n",
+            args.runs * units.len() as u64,
+            pieces.len()
+        ));
+    }
+
+    if tap {
+        if args.seed.is_some() {
+            println!("{}", litmus::tap::HEADER);
+        }
+        println!("{}", litmus::tap::plan(pieces.len()));
+    }
+    let mut tap_points = Vec::new();
+    let total: u64 = pieces.iter().map(|p| p.end - p.first).sum();
+    let mut args = args.clone();
+    args.progress = crate::progress::Progress::new(total, "iterations", args.force_progress);
+    let args = &args;
 
     let mut runs: Vec<(usize, PolicyRun)> = Vec::new();
     let mut worst = status::OK;
-    for (ti, test) in tests.iter().enumerate() {
-        let matrix = policy_matrix(&cli_policies, &test.expect_policies(), &overrides);
-        let mut file_runs = Vec::new();
-        for policy in matrix {
-            let pr = run_policy(base, args, test, policy, seed, trace.as_ref())?;
-            print!("{}", herd_block(test, &pr.result));
-            if pr.leaks > 0 {
-                println!("Leak {} {} iterations did not return every page", test.name, pr.leaks);
-            }
-            if let Some(e) = &pr.guest_error {
-                println!("Error {} {e}", test.name);
-                worst = worst.max(status::GUEST_ERROR);
-            }
-            println!();
-            file_runs.push(pr);
+    let mut file_runs: Vec<PolicyRun> = Vec::new();
+    let flush_file = |ti: usize, file_runs: &mut Vec<PolicyRun>, runs: &mut Vec<(usize, PolicyRun)>| {
+        if file_runs.is_empty() {
+            return;
         }
         let refs: Vec<&RunResult> = file_runs.iter().map(|r| &r.result).collect();
-        print!("{}", file_summary(test, &refs));
-        println!();
-        runs.extend(file_runs.into_iter().map(|r| (ti, r)));
+        say(&format!("{}\n", file_summary(&tests[ti], &refs)));
+        runs.extend(file_runs.drain(..).map(|r| (ti, r)));
+    };
+    let mut current = None;
+    for piece in &pieces {
+        let (ti, policy) = units[piece.unit];
+        if current.is_some_and(|c| c != ti) {
+            flush_file(current.unwrap(), &mut file_runs, &mut runs);
+        }
+        current = Some(ti);
+        let test = &tests[ti];
+        args.progress.set_message(format!("{} [{}]", test.name, policy.canonical()));
+        let pr = run_policy_range(base, args, test, policy, seed, trace.as_ref(), piece.first..piece.end, args.runs)?;
+        let block = herd_block(test, &pr.result);
+        say(&block);
+        if let Some(l) = &mut log_dir {
+            l.append(&pr.result.policy, &block)
+                .map_err(|e| Error::Other(format!("--log-dir {}: {e}", l.dir().display())))?;
+        }
+        if pr.leaks > 0 {
+            say(&format!("Leak {} {} iterations did not return every page\n", test.name, pr.leaks));
+        }
+        if let Some(e) = &pr.guest_error {
+            say(&format!("Error {} {e}\n", test.name));
+            worst = worst.max(status::GUEST_ERROR);
+        }
+        say("\n");
+        if tap {
+            let mut point = litmus::tap::litmus_point(&litmus::RunRecord::new(test, &pr.result));
+            if pr.leaks > 0 || pr.guest_error.is_some() {
+                point.outcome = litmus::tap::Outcome::Fail;
+                point.reason =
+                    pr.guest_error.clone().unwrap_or_else(|| format!("{} iterations leaked pages", pr.leaks));
+            }
+            tap_points.push(point);
+            print!("{}", litmus::tap::line(tap_points.len(), tap_points.last().unwrap()));
+        }
+        file_runs.push(pr);
     }
+    if let Some(ti) = current {
+        flush_file(ti, &mut file_runs, &mut runs);
+    }
+    args.progress.finish();
     let pairs: Vec<(&Test, &RunResult)> = runs.iter().map(|(ti, r)| (&tests[*ti], &r.result)).collect();
-    print!("{}", verdict_table(&pairs));
+    say(&verdict_table(&pairs));
+    let mut results = ResultsFile::litmus(&pairs, args.shard.map(|s| s.info()), true);
+    if args.shard.is_some() {
+        results.job = units
+            .iter()
+            .map(|(ti, p)| litmus::PlannedRun {
+                test: tests[*ti].name.clone(),
+                policy: p.canonical(),
+                planned: args.runs,
+            })
+            .collect();
+    }
+    if let Some(b) = baseline {
+        let cmp =
+            litmus::compare::against_baseline(&results, |r| Policy::parse(&r.policy).is_ok_and(|p| p.abi == b.abi));
+        say(&format!("\nCompared with the baseline {}\n", b.canonical()));
+        say(&cmp.render());
+        if cmp.new_violations() > 0 {
+            worst = worst.max(status::TESTS_FAILED);
+        }
+    }
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&to_json(&pairs)).map_err(|e| Error::Other(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&results.to_json()).map_err(|e| Error::Other(e.to_string()))?;
         std::fs::write(path, text + "\n").map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
     }
     if let (Some(t), Some(p)) = (&trace, &args.trace) {
@@ -307,8 +439,11 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
                 eprintln!("vmm: error: {e}");
                 worst = worst.max(status::SETUP_ERROR);
             }
-            None => println!("Trace written to {} (vmm trace report {})", p.display(), p.display()),
+            None => say(&format!("Trace written to {} (vmm trace report {})\n", p.display(), p.display())),
         }
+    }
+    if tap {
+        print!("{}", litmus::tap::totals(&tap_points));
     }
     let leaks = runs.iter().any(|(_, r)| r.leaks > 0);
     if args.check && (any_mismatch(&pairs) || leaks) {
@@ -332,9 +467,28 @@ pub fn run_policy(
     seed: u64,
     trace: Option<&SharedOut>,
 ) -> Result<PolicyRun> {
+    run_policy_range(base, args, test, policy, seed, trace, 0..args.runs, args.runs)
+}
+
+/// Runs iterations `range` of a job that planned `planned` for this (test,
+/// policy) (all of them unless `--shard` cut the job): the guest runs
+/// iterations `first..end` of a blob compiled for `end`, and iteration i's
+/// placement depends on the seed and i alone, so a part behaves as inside
+/// the whole run.
+#[allow(clippy::too_many_arguments)]
+pub fn run_policy_range(
+    base: &VmConfig,
+    args: &LitmusArgs,
+    test: &Test,
+    policy: Policy,
+    seed: u64,
+    trace: Option<&SharedOut>,
+    range: std::ops::Range<u64>,
+    planned: u64,
+) -> Result<PolicyRun> {
     let started = Instant::now();
     // `--runs` is checked at the CLI edge (1..=u32::MAX).
-    let runs = args.runs;
+    let runs = range.end;
     let opts = CompileOptions {
         seed,
         iterations: runs as u32,
@@ -357,7 +511,8 @@ pub fn run_policy(
         iommu.set_policy(key.name(), &v).map_err(|e| Error::Litmus(format!("{}={v}: {e}", key.name())))?;
     }
     let session = std::sync::Arc::new(LitmusSession::new(compiled.blob.clone(), nv, nd, args.iteration_timeout));
-    let mut result = RunResult::new(test, policy, seed, runs);
+    session.set_progress(args.progress.clone());
+    let mut result = RunResult::new(test, policy, seed, range.end - range.start).with_range(range.start, planned);
     result.fidelity = Some(fidelity(&policy));
     let trace_limit = args.trace_runs.unwrap_or(u64::MAX).min(runs);
     if let Some(t) = trace {
@@ -384,7 +539,7 @@ pub fn run_policy(
     let mut leaks = 0;
     let mut guest_error = None;
     let mut first_match = None;
-    let mut first = 0u64;
+    let mut first = range.start;
     let mut boot = 0u64;
     while first < runs {
         let traced = trace.filter(|_| first < trace_limit).map(|out| TraceConfig {
@@ -431,8 +586,11 @@ pub fn run_policy(
             // or the run's verdict would rest on iterations that never ran.
             EndReason::GuestExit(abi::exit::SUCCESS) if first >= runs => break,
             EndReason::GuestExit(abi::exit::SUCCESS) => {
+                let part = if range.start > 0 { format!(" {}..{}", range.start, range.end) } else { String::new() };
                 guest_error = Some(format!(
-                    "the guest ended the run after {first} of {runs} iterations (it must report every one)"
+                    "the guest ended the run after {} of {} iterations{part} (it must report every one)",
+                    first - range.start,
+                    range.end - range.start
                 ));
                 break;
             }
@@ -450,6 +608,7 @@ pub fn run_policy(
                     })
                     .collect();
                 let it = stall.iteration.max(first);
+                args.progress.inc(1);
                 let values = vec![VALUE_TIMEOUT; result.arity];
                 result.record_timeout(it, &values, positions).map_err(|e| Error::Other(e.to_string()))?;
                 first = it + 1;

@@ -17,38 +17,40 @@ use vmm::vstate::vm::{self, EndReason, VmConfig};
 #[command(
     name = "vmm",
     version,
-    about = "shootdown: TLB-shootdown and mmu_notifier correctness on a KVM-booted model of the Linux mm"
+    about = "shootdown: TLB-shootdown and mmu_notifier correctness on a KVM-booted model of the Linux mm",
+    after_help = "With no command, vmm runs `vmm litmus --check` on the built-in catalogue (S1–S8 and the \
+                  examples, every [expect] policy, 100 iterations each) and exits 0 only if every expectation holds."
 )]
 struct Cli {
     /// Boot this ELF image instead of the embedded shootdown guest.
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, help_heading = VM_HEADING, value_name = "PATH")]
     guest: Option<PathBuf>,
     /// Number of vCPUs, each on its own host thread (default: 2; for
     /// `litmus`, as many as the test has vCPU threads).
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, global = true, help_heading = VM_HEADING, value_name = "N")]
     vcpus: Option<u64>,
     /// Guest RAM in MiB.
-    #[arg(long, global = true, default_value_t = 256, value_name = "MiB")]
+    #[arg(long, global = true, help_heading = VM_HEADING, default_value_t = 256, value_name = "MiB")]
     mem: u64,
     /// Extra kernel command line, passed to the guest.
-    #[arg(long, global = true, default_value = "", value_name = "STR")]
+    #[arg(long, global = true, help_heading = VM_HEADING, default_value = "", value_name = "STR")]
     cmdline: String,
     /// Watchdog: if the guest has not ended after this many seconds, print
     /// every vCPU's RIP/RSP/CR3 and exit with status 4.
-    #[arg(long, global = true, default_value_t = 300, value_name = "SECS")]
+    #[arg(long, global = true, help_heading = VM_HEADING, default_value_t = 300, value_name = "SECS")]
     timeout: u64,
     /// vCPU TLB model: `lazy` (entries live until this vCPU flushes),
     /// `evict:P` (also drop each stale entry with probability P at every
     /// exit), `native` (the host's real TLB; see `vmm probe`).
     /// For `litmus` this overrides the policies' `tlb=` key.
-    #[arg(long, global = true, value_name = "MODEL", value_parser = TlbModel::parse)]
+    #[arg(long, global = true, help_heading = VM_HEADING, value_name = "MODEL", value_parser = TlbModel::parse)]
     tlb: Option<TlbModel>,
     /// Seed for everything random (eviction, placement), for re-runnable
     /// results (default 1; `litmus` picks one and prints it).
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, global = true, help_heading = VM_HEADING, value_name = "N")]
     seed: Option<u64>,
     /// Show the guest's serial console (boot messages).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = VM_HEADING)]
     verbose: bool,
     #[command(subcommand)]
     command: Option<Command>,
@@ -75,9 +77,13 @@ enum Command {
         /// The IOMMU's paging-structure cache: `on` or `off` (overrides the policies).
         #[arg(long, value_name = "on|off")]
         pwc: Option<String>,
-        /// Also write the results as JSON (schema `shootdown-results/2`).
+        /// Also write the results as JSON (schema `shootdown-results/3`).
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Also write one herdtools7 log per policy, DIR/<policy>.log, for
+        /// `mcompare7 DIR/*.log` (a test × policy table) and `msum7`.
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<PathBuf>,
         /// Exit with status 1 if any observation disagrees with [expect] (or pages leaked).
         #[arg(long)]
         check: bool,
@@ -102,6 +108,40 @@ enum Command {
         /// drain it; small rings show that nothing is lost.
         #[arg(long, value_name = "N", requires = "trace")]
         trace_ring: Option<u64>,
+        /// Run only shard I of N of the job (1 <= I <= N): its (test,
+        /// policy, iteration range) parts, cut deterministically; `vmm
+        /// results merge` puts the shards' --json files back together.
+        #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+        shard: Option<litmus::Shard>,
+        /// Also run every test under POLICY and compare each other policy's
+        /// verdict with it (new violation, fixed, now inconclusive); exit 1
+        /// on a new violation.
+        #[arg(long, value_name = "POLICY")]
+        baseline: Option<String>,
+        /// Show progress on stderr (iterations done, rate, ETA, current test
+        /// and policy) even when stderr is not a terminal; on a terminal it
+        /// is always shown.
+        #[arg(long)]
+        progress: bool,
+        /// Print TAP (kselftest's `TAP version 13`, one `ok`/`not ok` per
+        /// (test, policy) against its [expect] entry) with the herd blocks
+        /// as `#` lines, for kernel CI.
+        #[arg(long)]
+        tap: bool,
+    },
+    /// Compare two results files (`--json` of two runs: before and after a
+    /// patch): per test the baseline's and the candidate's verdict, every
+    /// change flagged; exit 1 if the candidate shows a new violation.
+    Compare {
+        /// The baseline's results.
+        baseline: PathBuf,
+        /// The candidate's results.
+        candidate: PathBuf,
+    },
+    /// Work on results files.
+    Results {
+        #[command(subcommand)]
+        command: ResultsCommand,
     },
     /// Search the schedules of litmus tests (hook-free tests: every
     /// interleaving within a preemption bound, or PCT samples) and print
@@ -125,7 +165,7 @@ enum Command {
         #[arg(long, value_name = "N")]
         max_schedules: Option<u64>,
         /// Search only shard I of N (1-based).
-        #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+        #[arg(long, value_name = "I/N", value_parser = parse_explore_shard)]
         shard: Option<explore::Shard>,
         /// Turn the partial-order reduction off (every schedule within the bound).
         #[arg(long)]
@@ -143,10 +183,14 @@ enum Command {
         #[command(subcommand)]
         command: TraceCommand,
     },
-    /// Run the guest self-tests (the default): one PASS/FAIL/SKIP line each, then a SUMMARY.
+    /// Run the guest self-tests: one PASS/FAIL/SKIP line each, then a SUMMARY.
     Selftest {
         /// Run only tests whose names start with one of these (e.g. `ipi.` or `boot.all-vcpus`).
         filter: Vec<String>,
+        /// Print TAP (kselftest's `TAP version 13`: `ok N name`, `not ok N
+        /// name`, `# SKIP`) instead of PASS/FAIL lines.
+        #[arg(long)]
+        tap: bool,
     },
     /// Boot the guest with only --cmdline and exit with its status.
     Run,
@@ -162,7 +206,38 @@ enum Command {
         /// Boots per boot-time figure.
         #[arg(long, default_value_t = 11)]
         runs: usize,
+        /// Show progress on stderr even when it is not a terminal.
+        #[arg(long)]
+        progress: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ResultsCommand {
+    /// Merge the --json files of a sharded job (`vmm litmus --shard I/N`)
+    /// into one with the histograms and verdicts of the unsharded run;
+    /// prints its herd blocks and verdict table. Exit 1 if iterations of
+    /// the job are in no input (their verdicts are then inconclusive), or
+    /// with --check if an expectation fails.
+    Merge {
+        /// The shards' results files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Write the merged results here.
+        #[arg(long, value_name = "OUT")]
+        json: Option<PathBuf>,
+        /// Also write one herdtools7 log per policy, DIR/<policy>.log.
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<PathBuf>,
+        /// Also exit 1 if an [expect] entry is contradicted or inconclusive
+        /// over the merged runs (judge shards here, not one by one).
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn parse_shard(s: &str) -> Result<litmus::Shard, String> {
+    s.parse()
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,12 +264,27 @@ enum TraceCommand {
         /// Write an SVG timeline of one iteration.
         #[arg(long, value_name = "OUT.svg")]
         svg: Option<PathBuf>,
-        /// The iteration to draw (default: the first with an after-release window).
+        /// The iteration to draw (default: the first with a stale access after a PTL release).
         #[arg(long, value_name = "N")]
         iteration: Option<u64>,
         /// The run to draw, numbered as in the report (default 0).
         #[arg(long, value_name = "R", default_value_t = 0)]
         run: usize,
+    },
+    /// One iteration as plain text, one column per litmus thread (and the
+    /// IOMMU), Linux function names, PTL holds, flushes, invalidations,
+    /// stale accesses marked `!!`: for pasting into a mailing-list reply.
+    Timeline {
+        file: PathBuf,
+        /// The run, numbered as in the report (default 0).
+        #[arg(long, value_name = "R", default_value_t = 0)]
+        run: usize,
+        /// The iteration (default: the first with a stale access after a PTL release).
+        #[arg(long, value_name = "N")]
+        iteration: Option<u64>,
+        /// Characters per column.
+        #[arg(long, value_name = "W", default_value_t = 38)]
+        width: usize,
     },
     /// Print every record (seq, µs since the iteration start, who, kind, operands).
     Dump {
@@ -210,11 +300,52 @@ enum TraceCommand {
         /// Iterations per (test, policy) and mode.
         #[arg(long, default_value_t = 40)]
         runs: u64,
+        /// Show progress on stderr even when it is not a terminal.
+        #[arg(long)]
+        progress: bool,
     },
 }
 
+const VM_HEADING: &str = "VM options (litmus, selftest, run, probe, bench, trace bench)";
+
+/// The options that configure a VM (global, so valid before or after the
+/// command; their help heading says which commands use them), and the
+/// commands that boot none: giving one there is an error, not silently
+/// ignored.
+const VM_OPTIONS: &[&str] = &["guest", "vcpus", "mem", "cmdline", "timeout", "tlb", "seed", "verbose"];
+const NO_VM: &[&[&str]] = &[
+    &["trace", "report"],
+    &["trace", "export"],
+    &["trace", "dump"],
+    &["trace", "timeline"],
+    &["compare"],
+    &["results", "merge"],
+];
+
+/// A VM option given on the command line of a command that boots no VM.
+fn misplaced_vm_option(m: &clap::ArgMatches) -> Option<(String, &'static str)> {
+    let (mut m, mut path) = (m, Vec::new());
+    while let Some((name, sub)) = m.subcommand() {
+        path.push(name.to_string());
+        m = sub;
+    }
+    if !NO_VM.iter().any(|p| p.iter().copied().eq(path.iter().map(|s| s.as_str()))) {
+        return None;
+    }
+    let given = VM_OPTIONS.iter().find(|o| m.value_source(o) == Some(clap::parser::ValueSource::CommandLine))?;
+    Some((path.join(" "), given))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    if let Some((cmd, opt)) = misplaced_vm_option(&matches) {
+        eprintln!("vmm: error: --{opt} does nothing with `vmm {cmd}` (it boots no VM)");
+        return ExitCode::from(status::SETUP_ERROR as u8);
+    }
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     match real_main(cli) {
         Ok(code) => ExitCode::from(code as u8),
         // Litmus diagnostics are already rendered (file:line:col, snippet, help).
@@ -253,6 +384,13 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         Some(Command::Trace { command: TraceCommand::Dump { file, run, iteration } }) => {
             return Ok(vmm::trace_cmd::dump(file, *run, *iteration));
         }
+        Some(Command::Trace { command: TraceCommand::Timeline { file, run, iteration, width } }) => {
+            return Ok(vmm::trace_cmd::timeline(file, *run, *iteration, *width));
+        }
+        Some(Command::Compare { baseline, candidate }) => return Ok(vmm::results_cmd::compare(baseline, candidate)),
+        Some(Command::Results { command: ResultsCommand::Merge { files, json, log_dir, check } }) => {
+            return Ok(vmm::results_cmd::merge(files, json.as_deref(), log_dir.as_deref(), *check));
+        }
         _ => {}
     }
     let (image, image_path) = load_image(&cli)?;
@@ -264,6 +402,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         iotlb: None,
         pwc: None,
         json: None,
+        log_dir: None,
         check: true,
         iteration_timeout: 3000,
         list_hooks: false,
@@ -271,6 +410,10 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         trace: None,
         trace_runs: None,
         trace_ring: None,
+        shard: None,
+        baseline: None,
+        progress: false,
+        tap: false,
     });
     match &command {
         Command::Litmus { list_hooks: true, .. } => {
@@ -282,7 +425,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             return Ok(status::OK);
         }
         Command::Litmus { .. } => {}
-        Command::Selftest { filter } => {
+        Command::Selftest { filter, .. } => {
             cmdline = format!("mode=selftest {cmdline}");
             if !filter.is_empty() {
                 cmdline += &format!(" selftest.filter={}", filter.join(","));
@@ -292,7 +435,9 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         | Command::Bench { .. }
         | Command::Probe { .. }
         | Command::Trace { .. }
-        | Command::Explore { .. } => {}
+        | Command::Explore { .. }
+        | Command::Compare { .. }
+        | Command::Results { .. } => {}
     }
     if cli.verbose {
         cmdline += " verbose";
@@ -304,7 +449,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         timeout: Duration::from_secs(cli.timeout),
         image,
         image_path,
-        quiet: false,
+        // --tap: the PASS/FAIL lines are collected and printed as TAP.
+        quiet: matches!(&command, Command::Selftest { tap: true, .. }),
         tlb: cli.tlb.unwrap_or(TlbModel::Lazy),
         seed: cli.seed.unwrap_or(1),
         iommu: iommu::IommuConfig::default(),
@@ -313,8 +459,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
     };
     // Bad --vcpus/--mem/--guest are refused before anything runs or prints.
     vm::validate(&cfg)?;
-    if let Command::Trace { command: TraceCommand::Bench { runs } } = command {
-        vmm::trace_cmd::bench(&cfg, runs.max(1))?;
+    if let Command::Trace { command: TraceCommand::Bench { runs, progress } } = command {
+        vmm::trace_cmd::bench(&cfg, runs.max(1), progress)?;
         return Ok(status::OK);
     }
     if let Command::Litmus {
@@ -324,11 +470,16 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         iotlb,
         pwc,
         json,
+        log_dir,
         check,
         iteration_timeout,
         trace,
         trace_runs,
         trace_ring,
+        shard,
+        baseline,
+        progress,
+        tap,
         ..
     } = command
     {
@@ -337,6 +488,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             runs,
             policies,
             json,
+            log_dir,
             check,
             tlb: cli.tlb.map(|t| t.to_string()),
             iotlb,
@@ -347,6 +499,11 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             trace,
             trace_runs,
             trace_ring,
+            shard,
+            baseline,
+            force_progress: progress,
+            progress: Default::default(),
+            tap,
         };
         return vmm::litmus_run::run(&cfg, &args);
     }
@@ -384,8 +541,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         vmm::probe::run(&cfg, tries.max(1))?;
         return Ok(status::OK);
     }
-    if let Command::Bench { runs } = command {
-        vmm::bench::run(&cfg, runs.max(1))?;
+    if let Command::Bench { runs, progress } = command {
+        vmm::bench::run(&cfg, runs.max(1), progress)?;
         return Ok(status::OK);
     }
     let out = vm::run(&cfg)?;
@@ -420,7 +577,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             status::TIMEOUT
         }
     };
-    if let Command::Selftest { filter } = &command {
+    if let Command::Selftest { filter, .. } = &command {
         if !filter.is_empty() && results.total() == 0 && matches!(out.end, EndReason::GuestExit(abi::exit::SUCCESS)) {
             eprintln!(
                 "vmm: error: no self-test name starts with {} (`vmm selftest` runs them all and prints every name)",
@@ -429,13 +586,25 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             return Ok(status::SETUP_ERROR);
         }
     }
-    if results.total() > 0 || matches!(command, Command::Selftest { .. }) {
+    if let Command::Selftest { tap: true, .. } = &command {
+        let mut points = litmus::tap::selftest_points(&results.lines);
+        if let Some(cause) =
+            (code != status::OK && results.failed == 0).then(|| format!("guest ended with status {code}"))
+        {
+            points.push(litmus::tap::TapPoint {
+                name: "selftest.run".into(),
+                outcome: litmus::tap::Outcome::Fail,
+                reason: cause,
+            });
+        }
+        print!("{}", litmus::tap::document(&points));
+    } else if results.total() > 0 || matches!(command, Command::Selftest { .. }) {
         println!("{}", results.summary());
     }
     // Tests failed but the guest itself was fine: still non-zero.
     Ok(if code == status::OK && results.failed > 0 { status::TESTS_FAILED } else { code })
 }
 
-fn parse_shard(s: &str) -> std::result::Result<explore::Shard, String> {
+fn parse_explore_shard(s: &str) -> std::result::Result<explore::Shard, String> {
     s.parse().map_err(|e: explore::ShardError| e.to_string())
 }

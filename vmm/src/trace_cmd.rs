@@ -78,6 +78,24 @@ pub fn dump(file: &Path, run: Option<usize>, it: Option<u64>) -> i32 {
     }
 }
 
+/// `vmm trace timeline FILE [--run R] [--iteration N] [--width W]`.
+pub fn timeline(file: &Path, run: usize, it: Option<u64>, width: usize) -> i32 {
+    let Some(p) = load(file) else { return status::SETUP_ERROR };
+    let bad = damaged(file, &p);
+    match tools::text_timeline::render(&p, tools::text_timeline::TimelineOptions { run, iteration: it, width }) {
+        Ok(t) => print!("{t}"),
+        Err(e) => {
+            eprintln!("vmm: error: trace {}: {e}", file.display());
+            return status::SETUP_ERROR;
+        }
+    }
+    if bad {
+        status::SETUP_ERROR
+    } else {
+        status::OK
+    }
+}
+
 /// `vmm trace export FILE --perfetto OUT.json | --svg OUT.svg [--iteration N] [--run R]`.
 pub fn export(file: &Path, perfetto_out: Option<&Path>, svg_out: Option<&Path>, run: usize, it: Option<u64>) -> i32 {
     if perfetto_out.is_none() && svg_out.is_none() {
@@ -126,7 +144,7 @@ pub fn export(file: &Path, perfetto_out: Option<&Path>, svg_out: Option<&Path>, 
 /// `vmm trace bench`: runs/s of S1, S1-device and S5 under their
 /// `[expect]` policies with tracing off and on: three rounds each,
 /// alternating which goes first, medians.
-pub fn bench(base: &VmConfig, runs: u64) -> Result<()> {
+pub fn bench(base: &VmConfig, runs: u64, force_progress: bool) -> Result<()> {
     let (tests, _) =
         litmus::check_all(&litmus::catalogue_sources()).map_err(|d| Error::Litmus(litmus::render_all(&d)))?;
     let dir = std::env::temp_dir().join(format!("shootdown-trace-bench-{}", std::process::id()));
@@ -141,7 +159,14 @@ pub fn bench(base: &VmConfig, runs: u64) -> Result<()> {
         "test", "policy", "off run/s", "on run/s", "on/off", "records/run"
     );
     let seed = base.seed;
-    let args = LitmusArgs { runs, iteration_timeout: Duration::from_millis(500), ..Default::default() };
+    // 3 rounds × off/on × (2 + 2 + 4 policies).
+    let progress = crate::progress::Progress::new(runs * 3 * 2 * 8, "iterations", force_progress);
+    let args = LitmusArgs {
+        runs,
+        iteration_timeout: Duration::from_millis(500),
+        progress: progress.clone(),
+        ..Default::default()
+    };
     for name in ["s1-concurrent-zap", "s1-device-concurrent-zap", "s5-cow-two-pages-device"] {
         let Some(test) = tests.iter().find(|t| t.name == name) else { continue };
         for policy in policy_matrix(&[], &test.expect_policies(), &Policy::default()) {
@@ -200,5 +225,6 @@ pub fn bench(base: &VmConfig, runs: u64) -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir(&dir);
+    progress.finish();
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use abi::hypercall::{EXIT_PORT, HC_PORT, NOP_PORT, SERIAL_PORT, YIELD_PORT};
+use abi::hypercall::{EXIT_PORT, EXPLORE_PARK_PORT, HC_PORT, NOP_PORT, SERIAL_PORT, YIELD_PORT};
 use abi::iommu::{IOMMU_MMIO_BASE, IOMMU_MMIO_SIZE};
 use abi::layout;
 use kvm_bindings::{kvm_mp_state, kvm_segment, CpuId, KVM_MP_STATE_RUNNABLE};
@@ -274,6 +274,10 @@ impl Vcpu {
             NOP_PORT => State::Running,
             YIELD_PORT => {
                 std::thread::yield_now();
+                State::Running
+            }
+            EXPLORE_PARK_PORT => {
+                crate::explore_run::park(&self.mem, value, std::time::Duration::from_millis(1));
                 State::Running
             }
             p if (SERIAL_PORT..SERIAL_PORT + 8).contains(&p) && len == 1 => {
