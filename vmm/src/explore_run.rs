@@ -303,14 +303,19 @@ impl<'a> DeviceThread<'a> {
 
 // ---- the runner (`vmm explore`) ----------------------------------------------
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use litmus::explore_results::{self, ExploreRecord};
 use litmus::{compile, herd_block, policy_matrix, CompileOptions, Policy, RunResult, Test};
 
 use crate::error::{Error, Result};
-use crate::litmus_run::LitmusSession;
+use crate::litmus_run::{LitmusArgs, LitmusSession};
+use crate::progress::Progress;
 use crate::vstate::vm::{self, EndReason, VmConfig};
+
+/// Iterations a witness is replayed for under `--check`.
+pub const REPLAY_RUNS: u64 = 10;
 
 /// `vmm explore` options.
 #[derive(Clone, Debug)]
@@ -323,15 +328,19 @@ pub struct ExploreArgs {
     pub seed: u64,
     pub check: bool,
     pub iteration_timeout: Duration,
+    /// Where witnesses go (`--witness-dir`, default `witnesses`).
+    pub witness_dir: PathBuf,
+    pub json: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+    pub force_progress: bool,
 }
 
 /// One (test, policy) search.
 pub struct Searched {
-    pub result: explore::ExploreResult<Vec<u64>>,
     pub run: RunResult,
-    pub secs: f64,
-    pub points: u64,
-    pub boots: u64,
+    /// `--check`: the witness's replay under `vmm litmus` (observation, e.g.
+    /// `always 10/10`), and whether it showed the state on every iteration.
+    pub replay: Option<(String, bool)>,
     pub error: Option<String>,
 }
 
@@ -341,104 +350,147 @@ pub fn run(base: &VmConfig, args: &ExploreArgs) -> Result<i32> {
     for p in &args.policies {
         cli_policies.push(Policy::parse(p).map_err(|e| Error::Litmus(format!("--policy {p}: {e}")))?);
     }
-    let overrides = Policy::parse("tlb=lazy").map_err(|e| Error::Litmus(e.to_string()))?;
+    // The TLB models exploration relies on: deterministic.
+    let overrides = Policy::parse("tlb=lazy,iotlb=lazy").map_err(|e| Error::Litmus(e.to_string()))?;
+    let mut logs = args
+        .log_dir
+        .as_deref()
+        .map(litmus::logdir::LogDir::create)
+        .transpose()
+        .map_err(|e| Error::Other(format!("--log-dir: {e}")))?;
     let mut worst = crate::status::OK;
-    let mut pairs = Vec::new();
+    let mut done: Vec<(&Test, Searched)> = Vec::new();
     for test in &tests {
         for policy in policy_matrix(&cli_policies, &test.expect_policies(), &overrides) {
             let s = search(base, args, test, policy)?;
-            print!("{}", block(test, &s));
+            let mut text = herd_block(test, &s.run);
+            if let Some((obs, ok)) = &s.replay {
+                text += &format!("Replay {obs}{}\n", if *ok { "" } else { " (expected the state on every iteration)" });
+            }
+            print!("{text}");
+            if let Some(l) = &mut logs {
+                l.append(&s.run.policy, &text).map_err(|e| Error::Other(format!("--log-dir: {e}")))?;
+            }
             if let Some(e) = &s.error {
                 println!("Error {} {e}", test.name);
                 worst = worst.max(crate::status::GUEST_ERROR);
             }
             println!();
-            pairs.push((test, s));
+            done.push((test, s));
         }
     }
-    let refs: Vec<(&Test, &RunResult)> = pairs.iter().map(|(t, s)| (*t, &s.run)).collect();
-    print!("{}", litmus::verdict_table(&refs));
-    if args.check && litmus::any_mismatch(&refs) {
+    let pairs: Vec<(&Test, &RunResult)> = done.iter().map(|(t, s)| (*t, &s.run)).collect();
+    print!("{}", litmus::verdict_table(&pairs));
+    if let Some(path) = &args.json {
+        let runs = pairs.iter().map(|(t, r)| litmus::results_file::RunRecord::new(t, r)).collect();
+        let shard = (args.shard != explore::Shard::ALL).then_some(litmus::results_file::ShardInfo {
+            index: args.shard.index as u64,
+            count: args.shard.count as u64,
+        });
+        let file = litmus::results_file::ResultsFile::explore(runs, shard, true);
+        let text = serde_json::to_string_pretty(&file.to_json()).map_err(|e| Error::Other(e.to_string()))?;
+        std::fs::write(path, text + "\n").map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+    }
+    let replay_failed = done.iter().any(|(_, s)| s.replay.as_ref().is_some_and(|(_, ok)| !ok));
+    if args.check && (litmus::any_mismatch(&pairs) || replay_failed) {
         worst = worst.max(crate::status::TESTS_FAILED);
     }
     Ok(worst)
 }
 
-fn block(test: &Test, s: &Searched) -> String {
-    let text = herd_block(test, &s.run);
-    let mut out = String::new();
-    for (i, line) in text.lines().enumerate() {
-        out.push_str(line);
-        out.push('\n');
-        if i == 1 {
-            let (k, how) = match &s.result.strategy {
-                explore::Strategy::Bounded { preemptions, .. } => {
-                    (preemptions.map_or("unbounded".into(), |k| k.to_string()), "preemptions")
-                }
-                explore::Strategy::Pct { depth, .. } => (depth.to_string(), "pct"),
-            };
-            out.push_str(&format!(
-                "Explore {how}={k} schedules={} {}\n",
-                s.result.schedules,
-                if s.result.complete { "complete" } else { "limit" }
-            ));
-        }
-    }
-    out.push_str(&format!(
-        "Search {} schedules in {:.2} s ({:.1}/s), {} points, {} redundant, {} boots\n",
-        s.result.schedules,
-        s.secs,
-        s.result.schedules as f64 / s.secs.max(1e-9),
-        s.points,
-        s.result.redundant,
-        s.boots
-    ));
-    if let Some(w) = &s.result.witness {
-        out.push_str(&format!("Witness preemptions={} steps={}\n", w.preemptions, w.steps.len()));
-        let names: Vec<String> = (0..s.result_threads(test)).map(|t| test.threads[t].name.clone()).collect();
-        out.push_str(&explore::timeline::render(&names, &w.steps, |st| site_text(test, st)));
-    }
-    out
-}
-
-impl Searched {
-    fn result_threads(&self, test: &Test) -> usize {
-        test.threads.len()
+/// A file-name-safe form of a policy: `kernel=v6.6,nested-range=full` →
+/// `kernel-v6.6+nested-range-full`.
+fn slug(policy: &str) -> String {
+    let s: String = policy
+        .chars()
+        .map(|c| match c {
+            '=' => '-',
+            ',' => '+',
+            c if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' => c,
+            _ => '_',
+        })
+        .collect();
+    if s.is_empty() {
+        "default".into()
+    } else {
+        s
     }
 }
 
-/// A step's text for timelines (prototype: the site).
-fn site_text(test: &Test, st: &StepRecord) -> String {
-    let t = &test.threads[st.thread as usize];
-    let pc = ex::site::pc(st.site);
-    let stmt = crate::explore_run::stmt_at(t, pc).unwrap_or_default();
-    match ex::site::kind(st.site) {
-        ex::site::INSTR | ex::site::DEVICE => stmt,
-        ex::site::HOOK => {
-            let h = abi::litmus::Hook::from_u8(ex::site::sub(st.site)).map_or("?", |h| h.name());
-            format!("  {h}#{}", ex::site::nth(st.site))
+/// Writes the witness of `test` under `policy` (litmus file and timeline);
+/// returns their paths.
+fn write_witness(
+    dir: &Path,
+    test: &Test,
+    policy: &Policy,
+    w: &explore::Witness<Vec<u64>>,
+    seed: u64,
+) -> std::result::Result<(PathBuf, PathBuf), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let base = format!("{}--{}", test.name, slug(&policy.canonical_mm()));
+    let name = format!("{}-witness", test.name);
+    let doc = format!(
+        "The schedule vmm explore found (seed {seed}, {} preemption(s), {} steps) forced with flags and hooks.",
+        w.preemptions,
+        w.steps.len()
+    );
+    let steps: Vec<litmus::witness::Step> =
+        w.steps.iter().map(|s| litmus::witness::Step { thread: s.thread as usize, site: s.site }).collect();
+    let names: Vec<String> = test.threads.iter().map(|t| t.name.clone()).collect();
+    let timeline = explore::timeline::render(&names, &w.steps, |st| {
+        litmus::linux_sites::describe(test, st.thread as usize, st.site)
+    });
+    let tl_path = dir.join(format!("{base}.timeline.txt"));
+    let header = format!(
+        "# {} under {} — a schedule with {} preemption(s) reaching the {} state (vmm explore, seed {seed})\n\n",
+        test.name,
+        policy.canonical_mm(),
+        w.preemptions,
+        match test.condition.kind {
+            litmus::CondKind::Forbidden => "forbidden",
+            litmus::CondKind::Exists => "`exists`",
         }
-        ex::site::LOCK => format!("  lock kind {} #{}", ex::site::sub(st.site), ex::site::nth(st.site)),
-        ex::site::WAIT => "  (wait)".into(),
-        _ => "?".into(),
-    }
+    );
+    std::fs::write(&tl_path, header + &timeline).map_err(|e| format!("{}: {e}", tl_path.display()))?;
+    let text = litmus::witness::forced_test(test, &steps, policy, &name, &doc).map_err(|e| e.to_string())?;
+    let path = dir.join(format!("{base}.toml"));
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((path, tl_path))
 }
 
-/// The statement at thread-relative record `pc` (pre-order over loops and hook groups).
-pub fn stmt_at(t: &litmus::Thread, pc: u32) -> Option<String> {
-    let mut flat = Vec::new();
-    fn walk<'a>(code: &'a [litmus::Stmt], out: &mut Vec<&'a litmus::Stmt>) {
-        for s in code {
-            out.push(s);
-            for h in &s.hooks {
-                out.push(s); // the `at` record
-                walk(&h.body, out);
-            }
-            walk(&s.body, out);
-        }
-    }
-    walk(&t.code, &mut flat);
-    flat.get(pc as usize).map(|s| s.to_string().split(" at ").next().unwrap_or("").to_string())
+/// Runs the witness file under `vmm litmus` for [`REPLAY_RUNS`] iterations.
+fn replay(base: &VmConfig, args: &ExploreArgs, path: &Path, policy: Policy) -> Result<(String, bool)> {
+    let tests = crate::litmus_run::load(&[path.to_path_buf()])?;
+    let test = &tests[0];
+    let largs = LitmusArgs {
+        paths: vec![path.to_path_buf()],
+        runs: REPLAY_RUNS,
+        policies: vec![],
+        json: None,
+        log_dir: None,
+        check: true,
+        tlb: None,
+        iotlb: None,
+        pwc: None,
+        seed: Some(args.seed),
+        vcpus: None,
+        iteration_timeout: args.iteration_timeout,
+        trace: None,
+        trace_runs: None,
+        trace_ring: None,
+        shard: None,
+        baseline: None,
+        force_progress: false,
+        progress: Progress::hidden(),
+        tap: false,
+    };
+    let pr = crate::litmus_run::run_policy(base, &largs, test, policy, args.seed, None)?;
+    let s = pr.result.summary(test);
+    let ok = s.matching == REPLAY_RUNS && pr.guest_error.is_none();
+    Ok((
+        format!("{} {}: {} {}/{}", path.display(), policy.canonical(), s.observation.name(), s.matching, REPLAY_RUNS),
+        ok,
+    ))
 }
 
 fn search(base: &VmConfig, args: &ExploreArgs, test: &Test, policy: Policy) -> Result<Searched> {
@@ -463,6 +515,9 @@ fn search(base: &VmConfig, args: &ExploreArgs, test: &Test, policy: Policy) -> R
     let session = Arc::new(ExploreSession::new(explorer, nthreads, nvcpu, Box::new(move |v| cond.eval(v))));
     let mut ls = LitmusSession::new(compiled.blob.clone(), nvcpu, test.device_threads(), args.iteration_timeout);
     ls.explore = Some(session.clone());
+    let progress = Progress::new(args.max_schedules.unwrap_or(0), "schedules", args.force_progress);
+    progress.set_message(format!("{} [{}]", test.name, policy.canonical_mm()));
+    ls.set_progress(progress.clone());
     let ls = Arc::new(ls);
     let mut iommu = iommu::IommuConfig { seed: args.seed, ..base.iommu };
     for key in [litmus::Key::Iotlb, litmus::Key::Pwc] {
@@ -474,7 +529,7 @@ fn search(base: &VmConfig, args: &ExploreArgs, test: &Test, policy: Policy) -> R
     loop {
         boots += 1;
         let cfg = VmConfig {
-            vcpus: base.vcpus.max(nvcpu as u64).max(1),
+            vcpus: (nvcpu as u64).max(1),
             cmdline: "mode=litmus litmus.first=0 litmus.explore=1".into(),
             quiet: true,
             tlb: crate::shadow::TlbModel::parse(&policy.get(litmus::Key::Tlb)).map_err(Error::Other)?,
@@ -494,19 +549,9 @@ fn search(base: &VmConfig, args: &ExploreArgs, test: &Test, policy: Policy) -> R
         match out.end {
             EndReason::GuestExit(abi::exit::SUCCESS) if session.is_done() => break,
             EndReason::IterationTimeout => {
+                // A schedule that never ends (a deadlock the test allows):
+                // recorded as `timeout`; the search goes on in a new boot.
                 let log = ls.take_explore_log();
-                if std::env::var_os("SHOOTDOWN_EXPLORE_DEBUG").is_some() {
-                    eprintln!("timeout: stall {:?}", ls.take_stall());
-                    for (i, st) in log.iter().enumerate() {
-                        eprintln!(
-                            "  {i}: t{} en={:#x} {} {}",
-                            st.thread,
-                            st.enabled,
-                            st.footprint,
-                            site_text(test, st)
-                        );
-                    }
-                }
                 if let Err(e) = session.timed_out(test.observed.len(), log) {
                     error = Some(e);
                     break;
@@ -526,12 +571,36 @@ fn search(base: &VmConfig, args: &ExploreArgs, test: &Test, policy: Policy) -> R
             }
         }
     }
+    progress.finish();
     let result = session.result();
-    let mut run = RunResult::new(test, policy, args.seed, result.schedules + u64::from(!result.complete));
+    let mut run = RunResult::new(test, policy, args.seed, explore_results::requested(&result));
     for (state, n) in &result.histogram {
         run.record_n(state, *n).map_err(|e| Error::Other(e.to_string()))?;
     }
-    let secs = started.elapsed().as_secs_f64();
-    run.time_secs = secs;
-    Ok(Searched { points: session.points(), result, run, secs, boots, error })
+    run.n_timeouts =
+        result.histogram.iter().filter(|(s, _)| s.contains(&abi::litmus::VALUE_TIMEOUT)).map(|(_, n)| n).sum();
+    let mut record =
+        ExploreRecord { search: result, witness_file: None, timeline_file: None, points: session.points(), boots };
+    let mut replayed = None;
+    if let Some(w) = record.search.witness.clone() {
+        match write_witness(&args.witness_dir, test, &policy, &w, args.seed) {
+            Ok((file, tl)) => {
+                record.witness_file = Some(file.display().to_string());
+                record.timeline_file = Some(tl.display().to_string());
+                if args.check {
+                    replayed = Some(replay(base, args, &file, policy)?);
+                }
+            }
+            Err(e) => {
+                let e = format!("the witness could not be written as a litmus file: {e}");
+                error = Some(error.map_or(e.clone(), |x| format!("{x}; {e}")));
+                if args.check {
+                    replayed = Some(("(none)".into(), false));
+                }
+            }
+        }
+    }
+    run.time_secs = started.elapsed().as_secs_f64();
+    run.explore = Some(record);
+    Ok(Searched { run, replay: replayed, error })
 }

@@ -176,6 +176,19 @@ enum Command {
         /// Time limit per schedule; one that runs out is recorded as `timeout`.
         #[arg(long, default_value_t = 3000, value_name = "MS")]
         iteration_timeout: u64,
+        /// Where to write each violation's witness: a litmus file that forces
+        /// the schedule and a text timeline (`TEST--POLICY.toml`, `.timeline.txt`).
+        #[arg(long, default_value = "witnesses", value_name = "DIR")]
+        witness_dir: PathBuf,
+        /// Also write the results as JSON (schema `shootdown-results/3`, kind `explore`).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Write one herdtools7 log per policy into DIR.
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<PathBuf>,
+        /// Show progress on stderr even when it is not a terminal.
+        #[arg(long)]
+        progress: bool,
     },
     /// Staleness-window report, Perfetto and SVG export of a trace
     /// written by `vmm litmus --trace`.
@@ -518,6 +531,10 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         no_reduction,
         check,
         iteration_timeout,
+        witness_dir,
+        json,
+        log_dir,
+        progress,
     } = command
     {
         let reduction = if no_reduction { explore::Reduction::None } else { explore::Reduction::SleepSets };
@@ -534,6 +551,10 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             seed: cli.seed.unwrap_or(1),
             check,
             iteration_timeout: Duration::from_millis(iteration_timeout.max(1)),
+            witness_dir,
+            json,
+            log_dir,
+            force_progress: progress,
         };
         return vmm::explore_run::run(&cfg, &args);
     }
