@@ -48,7 +48,10 @@ pub struct Page {
     /// File id of a page-cache page.
     pub index: AtomicU64,
     rmap: [AtomicU64; RMAP_SLOTS],
-    _pad2: u64,
+    /// The free list's link while the page is free (Linux keeps it in
+    /// `struct page`, `buddy_list`, so a stale access to a freed page sees
+    /// what its last owner left there, not the allocator's bookkeeping).
+    pub(super) free_next: AtomicU64,
 }
 
 pub const PAGE_META_SIZE: u64 = core::mem::size_of::<Page>() as u64;

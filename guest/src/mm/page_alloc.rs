@@ -10,7 +10,7 @@ use crate::sync::SpinLock;
 use core::sync::atomic::Ordering;
 
 struct DataPages {
-    /// Head of the free list, threaded through the free pages' first word.
+    /// Head of the free list, linked through the free pages' `struct page`.
     free_head: u64,
     next_fresh: u64,
     end: u64,
@@ -22,8 +22,7 @@ impl DataPages {
     fn pop(&mut self) -> Option<u64> {
         if self.free_head != 0 {
             let p = self.free_head;
-            // SAFETY: free pages are ours; the first word links the free list.
-            self.free_head = unsafe { core::ptr::read_volatile(p as *const u64) };
+            self.free_head = page::page(p).free_next.load(Ordering::Relaxed);
             Some(p)
         } else if self.next_fresh + PAGE_SIZE <= self.end {
             self.next_fresh += PAGE_SIZE;
@@ -33,10 +32,9 @@ impl DataPages {
         }
     }
 
-    fn push(&mut self, page: u64) {
-        // SAFETY: the page is given back to us; its first word links the free list.
-        unsafe { core::ptr::write_volatile(page as *mut u64, self.free_head) };
-        self.free_head = page;
+    fn push(&mut self, pa: u64) {
+        page::page(pa).free_next.store(self.free_head, Ordering::Relaxed);
+        self.free_head = pa;
     }
 }
 
