@@ -105,3 +105,15 @@ pub const fn stack_top(cpu: u64) -> u64 {
 const _: () = assert!(MAILBOX_BASE + MAX_VCPUS * PAGE_SIZE <= KERNEL_BASE);
 const _: () = assert!(KERNEL_BASE + KERNEL_MAX <= STACK_BASE);
 const _: () = assert!(STACK_BASE + MAX_VCPUS * STACK_SIZE <= SHARED_BASE);
+
+/// May the VMM or the device write `len` bytes at `gpa` on the guest's
+/// behalf (DMA kernel words, device programs, wait-status words, page
+/// requests)? Everything but the page-table and shadow regions: page tables
+/// change only through page-table ops, and the shadow tables are the VMM's.
+/// Whether the range is RAM at all is the memory access's own check.
+pub const fn guest_writable(gpa: u64, len: u64) -> bool {
+    match gpa.checked_add(len) {
+        Some(end) => end <= PT_BASE || gpa >= FREE_START,
+        None => false,
+    }
+}

@@ -6,12 +6,14 @@
 
 #![no_std]
 
+pub mod config;
 pub mod dma;
 pub mod explore;
 pub mod hypercall;
 pub mod iommu;
 pub mod layout;
 pub mod litmus;
+pub mod rng;
 pub mod trace;
 
 /// Boot information the VMM writes at [`layout::BOOT_INFO`] before any vCPU runs.
@@ -39,10 +41,16 @@ pub struct BootInfo {
     pub kernel_end: u64,
     /// First GPA the guest may use freely for its own allocations.
     pub free_start: u64,
+    /// What to run: a [`config::GuestMode`] value.
+    pub mode: u64,
+    /// The mode's argument (litmus: first iteration; probe: tries).
+    pub mode_arg: u64,
 }
 
+const _: () = assert!(core::mem::size_of::<BootInfo>() == 12 * 8);
+
 pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"SHTDOWN1");
-pub const BOOT_INFO_VERSION: u64 = 1;
+pub const BOOT_INFO_VERSION: u64 = 2;
 
 /// Exit status the guest writes to [`hypercall::EXIT_PORT`]. The VMM turns it
 /// into its own process exit status.

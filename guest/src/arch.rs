@@ -130,8 +130,8 @@ pub unsafe fn next_nonzero_entry(table: u64, from: u64) -> Option<u64> {
         )
     }
     // scasq stops after the first non-zero entry (ZF clear) or at the end.
-    // SAFETY: as above; the index is < 512.
     let idx = 511 - left;
+    // SAFETY: as above; the index is < 512.
     let e = unsafe { core::ptr::read_volatile((table + 8 * idx) as *const u64) };
     (e != 0 && idx >= from).then_some(idx)
 }

@@ -1,7 +1,8 @@
 //! Guest-side micro-benchmarks; figures go to the VMM with BENCH_RESULT and
 //! `vmm bench` prints them. Medians over rounds, timed with the TSC.
 
-use abi::hypercall::{bench, op, NOP_PORT};
+use abi::hypercall::calls::{BenchFigure, BenchResult, Echo, EchoWords};
+use abi::hypercall::{Metric, NOP_PORT};
 
 use crate::{arch, hypercall, time};
 
@@ -34,11 +35,11 @@ const TLB_ITERS: u64 = 60;
 /// `mode=bench.exits`: hypercall round trip next to a bare port-I/O exit.
 pub fn exits() {
     let hc = median_ps(|| {
-        hypercall::call(op::ECHO, &[1, 2, 3, 4], &[]);
+        hypercall::call::<Echo>(EchoWords { words: [1, 2, 3, 4] });
     });
     let nop = median_ps(|| arch::outb(NOP_PORT, 0));
-    for (metric, ps) in [(bench::HYPERCALL_ECHO, hc), (bench::PORT_IO_EXIT, nop)] {
-        hypercall::call(op::BENCH_RESULT, &[metric, ps, ROUNDS as u64 * ITERS], &[]);
+    for (metric, ps) in [(Metric::HypercallEcho, hc), (Metric::PortIoExit, nop)] {
+        hypercall::call::<BenchResult>(BenchFigure { metric, median_ps: ps, samples: ROUNDS as u64 * ITERS });
     }
 }
 
@@ -71,12 +72,12 @@ pub fn tlb() {
     crate::smp::run_on_all(|_| tlb::switch_to_kernel_mm(), 0, 20_000);
     let samples = ROUNDS as u64 * TLB_ITERS;
     for (metric, ps, s) in [
-        (bench::PT_OP, pt_op, samples),
-        (bench::FLUSH_PAGE, flush, samples),
-        (bench::FLUSH_AND_FILL, flush_fill, samples),
-        (bench::SHOOTDOWN, shootdown, samples | n << 48),
+        (Metric::PtOp, pt_op, samples),
+        (Metric::FlushPage, flush, samples),
+        (Metric::FlushAndFill, flush_fill, samples),
+        (Metric::Shootdown, shootdown, samples | n << 48),
     ] {
-        hypercall::call(op::BENCH_RESULT, &[metric, ps, s], &[]);
+        hypercall::call::<BenchResult>(BenchFigure { metric, median_ps: ps, samples: s });
     }
 }
 

@@ -6,7 +6,8 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use abi::dma::{self, OpRecord, ProgramHeader};
-use abi::hypercall::op;
+use abi::hypercall::calls::{DmaSubmit, DmaSubmitRequest, IommuStats};
+use abi::hypercall::Empty;
 use abi::iommu::{self as hw, reg, InvDesc, PageRequest, IOMMU_MMIO_BASE};
 
 use crate::mm::page_alloc;
@@ -239,7 +240,8 @@ impl Dma {
                 core::ptr::write_volatile((page + dma::HEADER_SIZE + dma::OP_SIZE * i as u64) as *mut OpRecord, rec);
             }
         }
-        hypercall::call(op::DMA_SUBMIT, &[page], &[]);
+        // Self-tests run one program at a time, on device slot 0.
+        hypercall::call::<DmaSubmit>(DmaSubmitRequest { program: page, slot: 0 });
         Dma { page, nops: n }
     }
 
@@ -276,7 +278,8 @@ pub fn run(pasid: u32, ops: &[(u64, u64, u64)], results: &mut [u64]) -> Option<(
 
 /// (IOTLB entries, PWC entries, stale hits, stale walks) as the VMM counts them.
 pub fn stats() -> [u64; 4] {
-    hypercall::call(op::IOMMU_STATS, &[], &[]).ret
+    let s = hypercall::call::<IommuStats>(Empty);
+    [s.iotlb_entries, s.pwc_entries, s.stale_hits, s.stale_walks]
 }
 
 pub fn handle_fault_msi() {

@@ -19,7 +19,9 @@
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 use abi::dma::{self as dmaabi, op as dop, OpRecord, ProgramHeader};
-use abi::hypercall::{op, YIELD_PORT};
+use abi::hypercall::calls::{DmaSubmit, DmaSubmitRequest, ExploreNext, LitmusIteration, LitmusResult};
+use abi::hypercall::Empty;
+use abi::hypercall::YIELD_PORT;
 use abi::layout::{self, PAGE_SIZE};
 use abi::litmus::{
     self as lt, state, Advice, Blob, Hook, LocKind, ObsKind, Op, Perm, ThreadDesc, ThreadKind, WaitCmp, LOC_PINNED,
@@ -119,13 +121,10 @@ fn perm_flags(p: Perm) -> u8 {
     }
 }
 
-/// `mode=litmus`: run iterations `litmus.first=K` … `iterations - 1`.
-pub fn run(cmdline: &str) -> u32 {
-    let first: u64 = cmdline
-        .split_ascii_whitespace()
-        .find_map(|w| w.strip_prefix("litmus.first="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+/// `GuestMode::Litmus`: run iterations `first` … `iterations - 1`;
+/// `GuestMode::Explore` (`explore`): run the VMM's schedules, each at the
+/// placement of iteration `first`, until it has no more.
+pub fn run(first: u64, explore: bool) -> u32 {
     // SAFETY: the VMM wrote the blob into this reserved, identity-mapped
     // region before boot; nothing writes it afterwards.
     let bytes =
@@ -158,10 +157,8 @@ pub fn run(cmdline: &str) -> u32 {
         crate::iommu::init();
     }
     PARTICIPANTS.store(h.n_threads as u64, Ordering::Relaxed);
-    if cmdline.split_ascii_whitespace().any(|w| w == "litmus.explore=1") {
-        // `vmm explore`: one placement (iteration `first`), one schedule
-        // per round, as long as the VMM has plans.
-        while hypercall::call(op::EXPLORE_NEXT, &[], &[]).ret[0] == 1 {
+    if explore {
+        while hypercall::call::<ExploreNext>(Empty).more.get() {
             state_word(state::ITERATION).store(first, Ordering::Release);
             run_iteration(&b, first);
             state_word(state::DONE).fetch_add(1, Ordering::AcqRel);
@@ -281,7 +278,7 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
     }
     state_word(state::PHASE).store(state::PHASE_RUNNING, Ordering::Release);
     for d in 0..h.n_device_threads as u64 {
-        hypercall::call(op::DMA_SUBMIT, &[DEV_AREA + d * DEV_STRIDE], &[]);
+        hypercall::call::<DmaSubmit>(DmaSubmitRequest { program: DEV_AREA + d * DEV_STRIDE, slot: d });
     }
     let me = crate::percpu::cpu();
     let mut mine = None;
@@ -330,7 +327,14 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
     // SAFETY: any u64 is 8 valid bytes, and this little-endian target's
     // in-memory order is the wire format's (u64 LE).
     let data = unsafe { core::slice::from_raw_parts(values.as_ptr().cast::<u8>(), 8 * nobs) };
-    hypercall::call(op::LITMUS_RESULT, &[it, nobs as u64, leaked_data, leaked_tables, ns], data);
+    let report = LitmusIteration {
+        iteration: it,
+        values: nobs as u64,
+        leaked_pages: leaked_data as i64,
+        leaked_tables: leaked_tables as i64,
+        guest_ns: ns,
+    };
+    hypercall::call_data::<LitmusResult>(report, data);
 }
 
 /// One observed value: a register, a location's first word through the

@@ -13,6 +13,7 @@ mod arch;
 mod bench;
 mod console;
 mod explore;
+mod hostile;
 mod hypercall;
 mod iommu;
 mod litmus;
@@ -31,6 +32,7 @@ mod time;
 mod trace;
 mod trap;
 
+use abi::config::GuestMode;
 use abi::{BootInfo, BOOT_INFO_MAGIC};
 use core::arch::global_asm;
 
@@ -74,29 +76,56 @@ extern "C" fn kmain(cpu: u64, boot: *const BootInfo) -> ! {
     // Give every vCPU time to come online (boot.all-vcpus checks they did).
     time::spin_until(30_000, || smp::online() == boot.num_vcpus);
     let cmdline = cmdline(boot);
-    let mode = cmdline.split_ascii_whitespace().find_map(|w| w.strip_prefix("mode=")).unwrap_or("selftest");
-    let status = match mode {
-        // Boot benchmark: every vCPU came online, nothing else to do.
-        "boot" => abi::exit::SUCCESS,
-        "bench.exits" => {
-            bench::exits();
-            abi::exit::SUCCESS
-        }
-        "bench.tlb" => {
-            bench::tlb();
-            abi::exit::SUCCESS
-        }
-        "probe" => {
-            probe::run(cmdline);
-            abi::exit::SUCCESS
-        }
-        "selftest" => selftest::run(boot, cmdline),
-        "litmus" => litmus::run(cmdline),
-        m if m.starts_with("misbehave.") && misbehave::run(&m["misbehave.".len()..]) => abi::exit::GUEST_PANIC,
-        other => report::fatal(file!(), line!(), format_args!("unknown mode={other} on the command line")),
+    let status = match GuestMode::from_u64(boot.mode) {
+        Some(GuestMode::FromCmdline) => run_cmdline_mode(boot, cmdline),
+        Some(mode) => run_mode(boot, cmdline, mode, boot.mode_arg),
+        None => report::fatal(file!(), line!(), format_args!("unknown BootInfo mode {}", boot.mode)),
     };
     arch::outl(abi::hypercall::EXIT_PORT, status);
     arch::halt_forever()
+}
+
+/// What the VMM asked for in `BootInfo` (typed, set by the CLI).
+fn run_mode(boot: &BootInfo, cmdline: &str, mode: GuestMode, arg: u64) -> u32 {
+    match mode {
+        // Boot benchmark: every vCPU came online, nothing else to do.
+        GuestMode::Boot => abi::exit::SUCCESS,
+        GuestMode::BenchExits => {
+            bench::exits();
+            abi::exit::SUCCESS
+        }
+        GuestMode::BenchTlb => {
+            bench::tlb();
+            abi::exit::SUCCESS
+        }
+        GuestMode::Probe => {
+            probe::run(arg);
+            abi::exit::SUCCESS
+        }
+        GuestMode::Selftest => selftest::run(boot, cmdline),
+        GuestMode::SelftestList => selftest::list(),
+        GuestMode::Litmus => litmus::run(arg, false),
+        GuestMode::Explore => litmus::run(arg, true),
+        GuestMode::FromCmdline => run_cmdline_mode(boot, cmdline),
+    }
+}
+
+/// `vmm run --cmdline mode=…`: the mode named on the command line
+/// (default: the self-tests), including the deliberate misbehaviours.
+fn run_cmdline_mode(boot: &BootInfo, cmdline: &str) -> u32 {
+    let word = |key: &str| cmdline.split_ascii_whitespace().find_map(|w| w.strip_prefix(key));
+    let arg = |key: &str, default: u64| word(key).and_then(|v| v.parse().ok()).unwrap_or(default);
+    match word("mode=").unwrap_or("selftest") {
+        "boot" => run_mode(boot, cmdline, GuestMode::Boot, 0),
+        "bench.exits" => run_mode(boot, cmdline, GuestMode::BenchExits, 0),
+        "bench.tlb" => run_mode(boot, cmdline, GuestMode::BenchTlb, 0),
+        "probe" => run_mode(boot, cmdline, GuestMode::Probe, arg("probe.tries=", 1000)),
+        "selftest" => run_mode(boot, cmdline, GuestMode::Selftest, 0),
+        "litmus" => run_mode(boot, cmdline, GuestMode::Litmus, arg("litmus.first=", 0)),
+        m if m.starts_with("misbehave.") && misbehave::run(&m["misbehave.".len()..]) => abi::exit::GUEST_PANIC,
+        m if m.starts_with("hostile.") && hostile::run(&m["hostile.".len()..]) => abi::exit::SUCCESS,
+        other => report::fatal(file!(), line!(), format_args!("unknown mode={other} on the command line")),
+    }
 }
 
 fn cmdline(boot: &BootInfo) -> &'static str {

@@ -26,7 +26,7 @@ fn triple_fault(_: u64) {
 }
 
 fn bad_hypercall(_: u64) {
-    hypercall::call(0xdead, &[], &[]);
+    hypercall::call_raw(0xdead, &[0; 8]);
 }
 
 fn stray_mmio(_: u64) {

@@ -5,7 +5,8 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::hypercall::{op, probe};
+use abi::hypercall::calls::{ProbeReport, ProbeResult};
+use abi::hypercall::Probe;
 use abi::layout::USER_BASE;
 
 use crate::mm::pgtable::{self, pte, Mm};
@@ -40,12 +41,9 @@ fn remote_flush(_: u64) {
     tlb::flush_tlb_one_user(VA.load(Ordering::Acquire));
 }
 
-pub fn run(cmdline: &str) {
-    let tries: u64 = cmdline
-        .split_ascii_whitespace()
-        .find_map(|w| w.strip_prefix("probe.tries="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+/// `GuestMode::Probe`: each probe `tries` times (`probe.tries=` on the
+/// command line under `vmm run`).
+pub fn run(tries: u64) {
     let mm = Mm::new();
     let (a, b) = (page_alloc::alloc_page().unwrap_or(0), page_alloc::alloc_page().unwrap_or(0));
     // SAFETY: fresh identity-mapped data pages.
@@ -97,9 +95,8 @@ pub fn run(cmdline: &str) {
             }
         }
     }
-    for (id, stale) in results.iter().enumerate() {
-        let id = id as u64;
-        let n = if id == probe::REMOTE_VCPU && !remote { 0 } else { tries };
-        hypercall::call(op::PROBE_RESULT, &[id, *stale, n], &[]);
+    for (probe, stale) in Probe::ALL.iter().zip(results.iter()) {
+        let n = if *probe == Probe::RemoteVcpu && !remote { 0 } else { tries };
+        hypercall::call::<ProbeResult>(ProbeReport { probe: *probe, stale: *stale, tries: n });
     }
 }

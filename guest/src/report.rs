@@ -1,7 +1,7 @@
 //! Reporting to the VMM: test results and guest assertions with file:line,
 //! like KVM selftests' `GUEST_ASSERT` and kvm-unit-tests' `report()`.
 
-use abi::hypercall::op;
+use abi::hypercall::calls::{AssertFail, AssertReport};
 use core::fmt::{self, Write};
 
 use crate::console::FixedBuf;
@@ -25,8 +25,8 @@ pub fn assert_failed(file: &str, line: u32, msg: fmt::Arguments, fatal: bool, ex
     b.push_bytes(file.as_bytes());
     b.push_bytes(&[0]);
     let _ = b.write_fmt(msg);
-    let flags = fatal as u64 | (expected as u64) << 1;
-    hypercall::call(op::ASSERT_FAIL, &[line as u64, flags], b.as_bytes());
+    let report = AssertReport { line: line as u64, fatal: fatal.into(), expected: expected.into() };
+    hypercall::call_data::<AssertFail>(report, b.as_bytes());
 }
 
 /// A fatal guest error: report it with file:line and end the VM.

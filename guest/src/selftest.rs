@@ -2,7 +2,8 @@
 //! the boot CPU (fanning out to other CPUs as it needs) and ends with
 //! TEST_END carrying PASS/FAIL/SKIP; the VMM prints and counts the results.
 
-use abi::hypercall::{op, report as outcome, DATA_LEN};
+use abi::hypercall::calls::{self, EchoWords, TestEndReport};
+use abi::hypercall::{Empty, Outcome, DATA_LEN};
 use abi::layout;
 use abi::BootInfo;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +59,15 @@ const TESTS: &[Test] = &[
 /// vCPUs on two host cores a vCPU may wait long for a host core.
 const FANOUT_TIMEOUT_MS: u64 = 20_000;
 
+/// `GuestMode::SelftestList`: names every test of the table (the VMM's
+/// `selftest --list`, from which the end-to-end tests derive theirs).
+pub fn list() -> u32 {
+    for t in TESTS {
+        hypercall::call_data::<calls::TestListed>(Empty, t.name.as_bytes());
+    }
+    abi::exit::SUCCESS
+}
+
 /// Runs the tests the command line selects (`selftest.filter=PREFIX[,PREFIX…]`);
 /// returns the exit status for the VMM.
 pub fn run(boot: &BootInfo, cmdline: &str) -> u32 {
@@ -70,22 +80,22 @@ pub fn run(boot: &BootInfo, cmdline: &str) -> u32 {
     let extra: &[Test] = if inject { &injected } else { &[] };
     let mut failures = 0;
     for t in TESTS.iter().chain(extra).filter(|t| selected(t.name)) {
-        hypercall::call(op::TEST_BEGIN, &[], t.name.as_bytes());
+        hypercall::call_data::<calls::TestBegin>(Empty, t.name.as_bytes());
         let mut msg: FixedBuf<DATA_LEN> = FixedBuf::new();
         msg.push_bytes(t.name.as_bytes());
         msg.push_bytes(&[0]);
-        let kind = match (t.run)(boot) {
-            Ok(()) => outcome::PASS,
+        let outcome = match (t.run)(boot) {
+            Ok(()) => Outcome::Pass,
             Err(TestError::Fail) => {
                 failures += 1;
-                outcome::FAIL
+                Outcome::Fail
             }
             Err(TestError::Skip(reason)) => {
                 msg.push_bytes(reason.as_bytes());
-                outcome::SKIP
+                Outcome::Skip
             }
         };
-        hypercall::call(op::TEST_END, &[kind], msg.as_bytes());
+        hypercall::call_data::<calls::TestEnd>(TestEndReport { outcome }, msg.as_bytes());
     }
     if failures == 0 {
         abi::exit::SUCCESS
@@ -147,10 +157,9 @@ fn echo_on_this_cpu(seed: u64) {
         for b in data[..len].iter_mut() {
             *b = xorshift(&mut s) as u8;
         }
-        let r = hypercall::call_into(op::ECHO, &args, &data[..len], &mut back);
-        let ok = r.status == abi::hypercall::status::OK
-            && r.len == len
-            && (0..4).all(|i| r.ret[i] == !args[i])
+        let (r, rlen) = hypercall::call_into::<calls::Echo>(EchoWords { words: args }, &data[..len], &mut back);
+        let ok = rlen == len
+            && (0..4).all(|i| r.words[i] == !args[i])
             && (0..len).all(|i| back[i] == data[len - 1 - i]);
         if !ok {
             ECHO_FAILURES.fetch_add(1, Ordering::Relaxed);
@@ -227,15 +236,15 @@ fn fault_and_check(_: u64) {
         if r.faulted != 1 {
             return false;
         }
-        let last = hypercall::call(op::LAST_REPORT, &[0], &[]);
-        // ret = vector, error code, CR2, RIP; a not-present supervisor read has error code 0.
-        if last.ret[0] != 14 || last.ret[1] != 0 || last.ret[2] != UNMAPPED {
+        let last = hypercall::call::<calls::LastException>(Empty);
+        // A not-present supervisor read has error code 0.
+        if last.vector != 14 || last.error_code != 0 || last.cr2 != UNMAPPED {
             return false;
         }
         // SAFETY: as above; a write gives error code W=1.
         let w = unsafe { probe_write_u64(UNMAPPED + 8, 5) };
-        let last = hypercall::call(op::LAST_REPORT, &[0], &[]);
-        w.faulted == 1 && last.ret[0] == 14 && last.ret[1] == 2 && last.ret[2] == UNMAPPED + 8
+        let last = hypercall::call::<calls::LastException>(Empty);
+        w.faulted == 1 && last.vector == 14 && last.error_code == 2 && last.cr2 == UNMAPPED + 8
     })();
     if !ok {
         EXC_FAILURES.fetch_add(1, Ordering::Relaxed);
@@ -260,12 +269,12 @@ fn assert_report(_: &BootInfo) -> TestResult {
     let line = line!() + 1;
     crate::report::assert_failed(file!(), line, format_args!("deliberate {}", 42), false, true);
     let mut buf = [0u8; 512];
-    let r = hypercall::call_into(op::LAST_REPORT, &[1], &[], &mut buf);
-    check!(r.ret[0] == line as u64, "VMM recorded line {}, expected {}", r.ret[0], line);
+    let (r, rlen) = hypercall::call_into::<calls::LastAssert>(Empty, &[], &mut buf);
+    check!(r.line == line as u64, "VMM recorded line {}, expected {}", r.line, line);
     let mut want: FixedBuf<512> = FixedBuf::new();
     want.push_bytes(file!().as_bytes());
     want.push_bytes(b"\0deliberate 42");
-    check!(&buf[..r.len.min(512)] == want.as_bytes(), "VMM recorded a different file/message");
+    check!(&buf[..rlen.min(512)] == want.as_bytes(), "VMM recorded a different file/message");
     Ok(())
 }
 

@@ -179,7 +179,7 @@ fn s1_p0(x: u64) {
 }
 
 fn set_ppm(ppm: u64) {
-    crate::hypercall::call(abi::hypercall::op::TLB_CONFIG, &[1, ppm], &[]);
+    crate::selftest_tlb::set_evict_ppm(ppm);
 }
 
 /// One S1 iteration under the current policy. This CPU is both the second
@@ -216,12 +216,11 @@ pub fn zap_nested_check(boot: &BootInfo) -> TestResult {
     if boot.num_vcpus < 2 {
         return Err(crate::report::TestError::Skip("needs 2 vCPUs (two concurrent zappers)"));
     }
-    let model = crate::hypercall::call(abi::hypercall::op::TLB_CONFIG, &[0, 0], &[]).ret[0];
-    if model == abi::hypercall::tlb_model::NATIVE {
+    if crate::selftest_tlb::tlb_state().model == abi::hypercall::TlbModelKind::Native {
         return Err(crate::report::TestError::Skip("needs --tlb lazy or evict:P (deterministic staleness)"));
     }
     let saved = policy();
-    let run_ppm = crate::hypercall::call(abi::hypercall::op::TLB_CONFIG, &[0, 0], &[]).ret[1];
+    let run_ppm = crate::selftest_tlb::tlb_state().ppm;
     smp::run_on_all(|_| set_ppm(0), 0, 20_000);
     let r = with_test_mm(|| {
         for (check_on, want_stale) in [(OnOff::On, false), (OnOff::Off, true)] {
@@ -558,9 +557,8 @@ pub fn policy_all_combinations_run(boot: &BootInfo) -> TestResult {
     for v in MigrcUpgrade::ALL {
         add(PolicyAbi { migrc: OnOff::On as u8, migrc_upgrade: *v as u8, ..d });
     }
-    let shadowed = crate::hypercall::call(abi::hypercall::op::TLB_CONFIG, &[0, 0], &[]).ret[0]
-        != abi::hypercall::tlb_model::NATIVE;
-    let run_ppm = crate::hypercall::call(abi::hypercall::op::TLB_CONFIG, &[0, 0], &[]).ret[1];
+    let shadowed = crate::selftest_tlb::tlb_state().model != abi::hypercall::TlbModelKind::Native;
+    let run_ppm = crate::selftest_tlb::tlb_state().ppm;
     let mut result = Ok(());
     for (i, p) in variants[..n].iter().enumerate() {
         policy::set(*p);

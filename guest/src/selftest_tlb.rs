@@ -4,7 +4,8 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::hypercall::{op, tlb_model};
+use abi::hypercall::calls::{self, TlbConfigRequest};
+use abi::hypercall::{Empty, TlbConfigAction, TlbModelKind};
 use abi::layout;
 use abi::BootInfo;
 
@@ -17,21 +18,21 @@ use crate::{check, hypercall, percpu, smp};
 
 const TIMEOUT_MS: u64 = 20_000;
 
-struct TlbState {
-    model: u64,
-    ppm: u64,
-    fills: u64,
+pub struct TlbState {
+    pub model: TlbModelKind,
+    pub ppm: u64,
+    pub fills: u64,
 }
 
-fn tlb_state() -> TlbState {
-    let r = hypercall::call(op::TLB_CONFIG, &[0, 0], &[]);
-    TlbState { model: r.ret[0], ppm: r.ret[1], fills: r.ret[2] }
+pub fn tlb_state() -> TlbState {
+    let r = hypercall::call::<calls::TlbConfig>(TlbConfigRequest { action: TlbConfigAction::Query, evict_ppm: 0 });
+    TlbState { model: r.model, ppm: r.evict_ppm, fills: r.fills }
 }
 
 /// Sets this vCPU's eviction probability; returns the previous one.
-fn set_evict_ppm(ppm: u64) -> u64 {
+pub fn set_evict_ppm(ppm: u64) -> u64 {
     let prev = tlb_state().ppm;
-    hypercall::call(op::TLB_CONFIG, &[1, ppm], &[]);
+    hypercall::call::<calls::TlbConfig>(TlbConfigRequest { action: TlbConfigAction::SetEvictPpm, evict_ppm: ppm });
     prev
 }
 
@@ -42,7 +43,7 @@ fn set_evict_ppm_work(ppm: u64) {
 const NEEDS_MODEL: &str = "needs --tlb lazy or evict:P (native staleness is the host's: see `vmm probe`)";
 
 fn require_shadowed(reason: &'static str) -> TestResult {
-    if tlb_state().model == tlb_model::NATIVE {
+    if tlb_state().model == TlbModelKind::Native {
         return Err(TestError::Skip(reason));
     }
     Ok(())
@@ -233,7 +234,7 @@ pub fn shootdown_all_vcpus(boot: &BootInfo) -> TestResult {
 /// A read fill sets A only; a write sets D; a write through an entry filled
 /// for a read faults again (one more fill) and sets D then.
 pub fn ad_bits(_: &BootInfo) -> TestResult {
-    let shadowed = tlb_state().model != tlb_model::NATIVE;
+    let shadowed = tlb_state().model != TlbModelKind::Native;
     let prev = if shadowed { set_evict_ppm(0) } else { 0 };
     let s = Space::new(pte::RW | pte::US);
     tlb::switch_mm(&s.mm);
@@ -350,15 +351,15 @@ pub fn stray_store_reported(_: &BootInfo) -> TestResult {
     let s = Space::new(pte::RW | pte::US);
     let r = (|| {
         let before = pgtable::read_entry(s.ptep);
-        hypercall::call(op::EXPECT_STRAY_STORE, &[], &[]);
+        hypercall::call::<calls::ExpectStrayStore>(Empty);
         // SAFETY: deliberately stores to the read-only page-table region; the
         // VMM traps the store and does not apply it.
         unsafe { core::ptr::write_volatile(s.ptep as *mut u64, 0x1234_5067) };
-        let rep = hypercall::call(op::LAST_REPORT, &[2], &[]);
-        check!(rep.ret[3] == 1, "the VMM recorded no stray store");
-        check!(rep.ret[0] == s.ptep, "recorded GPA {:#x}, expected {:#x}", rep.ret[0], s.ptep);
-        check!(rep.ret[1] == 0x1234_5067, "recorded value {:#x}", rep.ret[1]);
-        check!(rep.ret[2] >= 0x40_0000, "recorded RIP {:#x} is not kernel code", rep.ret[2]);
+        let rep = hypercall::call::<calls::LastStrayStore>(Empty);
+        check!(rep.recorded.get(), "the VMM recorded no stray store");
+        check!(rep.gpa == s.ptep, "recorded GPA {:#x}, expected {:#x}", rep.gpa, s.ptep);
+        check!(rep.value == 0x1234_5067, "recorded value {:#x}", rep.value);
+        check!(rep.rip >= 0x40_0000, "recorded RIP {:#x} is not kernel code", rep.rip);
         let after = pgtable::read_entry(s.ptep);
         check!(after == before, "the stray store was applied: {:#x} -> {:#x}", before, after);
         Ok(())

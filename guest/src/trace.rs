@@ -12,7 +12,6 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::hypercall::op;
 use abi::trace::{area, source, RECORD_LEN};
 
 pub use abi::trace::Kind;
@@ -69,7 +68,7 @@ fn store(cpu: u64, cap: u64, kind: Kind, va: u64, a: u64, b: u64) {
     if h.wrapping_sub(word(hdr + area::TAIL).load(Ordering::Acquire)) >= cap {
         let blocked = word(hdr + area::BLOCKED);
         blocked.store(blocked.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        hypercall::call(op::TRACE_DRAIN, &[], &[]);
+        hypercall::call::<abi::hypercall::calls::TraceDrain>(abi::hypercall::Empty);
         if h.wrapping_sub(word(hdr + area::TAIL).load(Ordering::Acquire)) >= cap {
             let dropped = word(hdr + area::DROPPED);
             dropped.store(dropped.load(Ordering::Relaxed) + 1, Ordering::Relaxed);

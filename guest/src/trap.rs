@@ -5,7 +5,8 @@
 //! a dummy error code where the CPU does not, pushes the vector, and jumps to
 //! `isr_common`, which saves the GPRs and calls [`trap_dispatch`].
 
-use abi::hypercall::op;
+use abi::hypercall::calls::{self, ExceptionReport, FillRequest};
+use abi::hypercall::FillResult;
 use abi::layout::SEL_CODE64;
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -305,8 +306,8 @@ fn exception(frame: &mut TrapFrame) {
     // it, and the access is retried (the fault path of a real page fault
     // runs only if the page tables do not allow the access).
     if frame.vector == 14 && abi::layout::is_user_va(cr2) {
-        let r = hypercall::call(op::FILL, &[cr2, frame.error_code], &[]);
-        if r.ret[0] == abi::hypercall::fill::FILLED {
+        let r = hypercall::call::<calls::Fill>(FillRequest { va: cr2, error_code: frame.error_code });
+        if r.result == FillResult::Filled {
             return;
         }
         // A real page fault: the mm's fault path, with interrupts enabled
@@ -322,7 +323,7 @@ fn exception(frame: &mut TrapFrame) {
         }
     }
     if let Some(resume) = fixup_for(frame.rip) {
-        hypercall::call(op::EXCEPTION, &[frame.vector, frame.error_code, frame.rip, cr2, frame.rsp, frame.cs, 1], &[]);
+        report_exception(frame, cr2, true);
         frame.rip = resume;
         frame.rdx = 1;
         return;
@@ -334,6 +335,18 @@ fn exception(frame: &mut TrapFrame) {
 /// VM and prints vector, error code, RIP, CR2) and stop this CPU.
 fn report_fatal(frame: &TrapFrame) -> ! {
     let cr2 = if frame.vector == 14 { arch::read_cr2() } else { 0 };
-    hypercall::call(op::EXCEPTION, &[frame.vector, frame.error_code, frame.rip, cr2, frame.rsp, frame.cs, 0], &[]);
+    report_exception(frame, cr2, false);
     arch::halt_forever()
+}
+
+fn report_exception(frame: &TrapFrame, cr2: u64, recovered: bool) {
+    hypercall::call::<calls::Exception>(ExceptionReport {
+        vector: frame.vector,
+        error_code: frame.error_code,
+        rip: frame.rip,
+        cr2,
+        rsp: frame.rsp,
+        cs: frame.cs,
+        recovered: recovered.into(),
+    });
 }

@@ -8,39 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and good enough to pick
-/// victims; seeded so runs repeat.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix64(self.0)
-    }
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-    /// Uniform in [0, n); 0 if n == 0.
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            ((self.next_u64() as u128 * n as u128) >> 64) as u64
-        }
-    }
-}
-
-/// The SplitMix64 finaliser: a cheap bijective hash of a u64.
-pub const fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub use abi::rng::{mix64, SplitMix64};
 
 /// Which way of a full set is replaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +52,18 @@ pub enum Eviction {
     /// On each device access every entry is dropped with this probability
     /// (seeded): a finite, busy hardware cache.
     Evict(f64),
+}
+
+impl Eviction {
+    /// From a probability in parts per million (`evict:P` parsed once at
+    /// the edge); 0 ppm is `Lazy`.
+    pub fn from_ppm(ppm: u32) -> Self {
+        if ppm == 0 {
+            Eviction::Lazy
+        } else {
+            Eviction::Evict(ppm.min(1_000_000) as f64 / 1e6)
+        }
+    }
 }
 
 impl FromStr for Eviction {

@@ -297,6 +297,9 @@ impl Iommu {
             }
             InvDesc::Wait { status_addr, data, irq, .. } => {
                 if let Some(a) = status_addr {
+                    if !self.may_write(a, 4) {
+                        return Err(iqe::STATUS_WRITE_FAILED);
+                    }
                     mem::store_u32(mem, a, data).map_err(|_| iqe::STATUS_WRITE_FAILED)?;
                 }
                 if irq {
@@ -349,13 +352,15 @@ impl Iommu {
 
     /// Writes a page-request record; returns (queued, MSI to raise).
     pub(crate) fn prq_push<M: GuestMemory + ?Sized>(&mut self, rec: &PageRequest, mem: &M) -> (bool, Option<Msi>) {
+        let record_gpa = (self.regs.pqa & pqa::BASE_MASK).wrapping_add(self.regs.pqt);
+        let allowed = self.may_write(record_gpa, prq::RECORD_BYTES);
         let r = &mut self.regs;
         let dropped = |r: &mut Regs, stats: &mut crate::Stats| {
             r.status |= status::PRO;
             stats.page_requests_dropped += 1;
             (false, None)
         };
-        if !r.pq_configured {
+        if !r.pq_configured || !allowed {
             return dropped(r, &mut self.stats);
         }
         let size = pqa::queue_bytes(r.pqa);
@@ -381,5 +386,5 @@ impl Iommu {
 
 fn overlaps_region(k: &crate::PwcKey, start: u64, len: u64) -> bool {
     let (s, l) = k.region();
-    crate::ranges_overlap(s, l, start, len)
+    crate::tlb::ranges_overlap(s, l, start, len)
 }

@@ -543,8 +543,8 @@ fn range_invalidation_is_exact_for_small_pages() {
 #[test]
 fn evict_one_drops_everything_on_each_access() {
     let mut cfg = IommuConfig::default();
-    cfg.set_policy("iotlb", "evict:1").unwrap();
-    cfg.set_policy("pwc", "evict:1").unwrap();
+    cfg.set_iotlb_eviction(Eviction::from_ppm(1_000_000));
+    cfg.set_pwc_eviction(Eviction::from_ppm(1_000_000));
     let mut e = Env::new(cfg);
     e.map(X, PX, USER_RW);
     for _ in 0..5 {
@@ -555,7 +555,7 @@ fn evict_one_drops_everything_on_each_access() {
     assert!(e.events().iter().any(|x| matches!(x, Event::Evict { reason: EvictReason::Random, .. })));
     // evict:0 is lazy.
     let mut cfg = IommuConfig::default();
-    cfg.set_policy("iotlb", "evict:0").unwrap();
+    cfg.set_iotlb_eviction(Eviction::from_ppm(0));
     let mut e = Env::new(cfg);
     e.map(X, PX, USER_RW);
     for _ in 0..5 {
@@ -583,17 +583,17 @@ fn evict_probability_is_seeded_and_roughly_right() {
 }
 
 #[test]
-fn policies_parse_and_reject() {
+fn typed_settings_and_bad_geometry() {
     let mut cfg = IommuConfig::default();
-    cfg.set_policy("pwc", "off").unwrap();
+    cfg.set_pwc(false);
     assert!(cfg.pwc.is_none());
-    cfg.set_policy("pwc", "on").unwrap();
+    cfg.set_pwc(true);
     assert_eq!(cfg.pwc, Some(IommuConfig::DEFAULT_PWC));
-    cfg.set_policy("devtlb", "on").unwrap();
+    cfg.set_devtlb(true);
     assert!(cfg.devtlb.is_some());
-    assert!(cfg.set_policy("pwc", "maybe").is_err());
-    assert!(cfg.set_policy("iotlb", "evict:2").is_err());
-    assert!(cfg.set_policy("tlb", "lazy").is_err());
+    cfg.set_iotlb_eviction(Eviction::from_ppm(250_000));
+    assert_eq!(cfg.devtlb.unwrap().eviction, Eviction::Evict(0.25));
+    assert!("evict:2".parse::<Eviction>().is_err());
     cfg.iotlb.sets = 0;
     assert!(iommu::Iommu::new(cfg).is_err());
 }

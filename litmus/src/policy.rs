@@ -8,6 +8,7 @@
 //! order), and so an `[expect]` entry that does not mention `tlb`/`iotlb`
 //! applies whatever TLB model the run uses.
 
+use abi::config::{IotlbModel, TlbModel};
 use abi::litmus::{
     DirtySharedFlush, FlushScheme, IotlbMode, MigrcUpgrade, MremapFlush, NestedRange, NotifierPlacement, OnOff,
     PolicyAbi, ResetRange, TlbMode, PPM,
@@ -331,6 +332,39 @@ impl Policy {
             Key::Migrc => n(OnOff::from_u8(a.migrc).map(|v| v.name())),
             Key::MigrcUpgrade => n(MigrcUpgrade::from_u8(a.migrc_upgrade).map(|v| v.name())),
         }
+    }
+
+    /// The `tlb` key, typed (what the VMM's TLB model is built from).
+    pub fn tlb_model(&self) -> TlbModel {
+        TlbModel::from_policy(&self.abi)
+    }
+
+    /// The `iotlb` key, typed.
+    pub fn iotlb_model(&self) -> IotlbModel {
+        IotlbModel::from_policy(&self.abi)
+    }
+
+    /// The `pwc` key: is the paging-structure cache on?
+    pub fn pwc_on(&self) -> bool {
+        OnOff::from_u8(self.abi.pwc) != Some(OnOff::Off)
+    }
+
+    /// Sets `tlb` explicitly from a typed model (`--tlb`).
+    pub fn set_tlb_model(&mut self, m: TlbModel) {
+        m.apply_to(&mut self.abi);
+        self.explicit |= Key::Tlb.bit();
+    }
+
+    /// Sets `iotlb` explicitly from a typed model (`--iotlb`).
+    pub fn set_iotlb_model(&mut self, m: IotlbModel) {
+        m.apply_to(&mut self.abi);
+        self.explicit |= Key::Iotlb.bit();
+    }
+
+    /// Sets `pwc` explicitly (`--pwc`).
+    pub fn set_pwc(&mut self, on: bool) {
+        self.abi.pwc = if on { OnOff::On } else { OnOff::Off } as u8;
+        self.explicit |= Key::Pwc.bit();
     }
 
     pub fn is_explicit(&self, key: Key) -> bool {

@@ -51,7 +51,7 @@ use abi::litmus::{Hook, VALUE_FAULT};
 use abi::trace::{dev_access, dev_op, Kind, UNIT_IOMMU};
 use serde::Serialize;
 
-use crate::format::{Parsed, Run};
+use crate::format::{Parsed, Run, ThreadKind};
 use crate::model::{self, Event, Iteration};
 
 pub const SCHEMA: &str = "shootdown-trace-report/1";
@@ -101,8 +101,8 @@ pub struct CpuFlush {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StaleAccess {
-    /// `device` or `vcpu`.
-    pub source: &'static str,
+    /// A device or a vCPU (`device` / `vcpu` in JSON).
+    pub source: ThreadKind,
     /// Device thread name, or the litmus thread and its vCPU (`P2 (vCPU 0)`).
     pub by: String,
     /// The device thread or vCPU index (per `source`).
@@ -573,14 +573,14 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
                 let x = &ev[j];
                 let (source, by, op) = if x.device() {
                     let op = (x.rec.b & dev_access::OP_MASK) >> dev_access::OP_SHIFT;
-                    ("device", device_name(run, x.rec.unit as u64), dev_op::name(op).to_string())
+                    (ThreadKind::Device, device_name(run, x.rec.unit as u64), dev_op::name(op).to_string())
                 } else {
                     let op = match x.rec.b {
                         0 => "load",
                         1 => "store",
                         _ => "rmw",
                     };
-                    ("vcpu", it.vcpu_label(run, x.rec.unit as u64), op.to_string())
+                    (ThreadKind::Vcpu, it.vcpu_label(run, x.rec.unit as u64), op.to_string())
                 };
                 StaleAccess {
                     source,
@@ -598,9 +598,8 @@ fn iteration_windows(ri: usize, run: &Run, it: &Iteration, opts: Options) -> Vec
             .collect();
         stale.sort_by_key(|s| s.seq);
         let harmful = |s: &&StaleAccess| !s.harmless;
-        let n_after =
-            |src: &str| stale.iter().filter(harmful).filter(|s| s.after_release && s.source == src).count() as u64;
-        let (dev_after, cpu_after) = (n_after("device"), n_after("vcpu"));
+        let n_after = |src| stale.iter().filter(harmful).filter(|s| s.after_release && s.source == src).count() as u64;
+        let (dev_after, cpu_after) = (n_after(ThreadKind::Device), n_after(ThreadKind::Vcpu));
         out.push(Window {
             test: run.meta.test.clone(),
             policy: run.meta.policy.clone(),
@@ -893,7 +892,7 @@ mod tests {
                 test: "t".into(),
                 policy: "p".into(),
                 vcpus: 2,
-                threads: vec![ThreadMeta { name: "D0".into(), kind: "device".into() }],
+                threads: vec![ThreadMeta { name: "D0".into(), kind: ThreadKind::Device }],
                 ..Default::default()
             },
             boots: vec![Boot {
@@ -960,7 +959,7 @@ mod tests {
     }
 
     fn vcpu_threads(n: usize) -> Vec<ThreadMeta> {
-        (0..n).map(|i| ThreadMeta { name: format!("P{i}"), kind: "vcpu".into() }).collect()
+        (0..n).map(|i| ThreadMeta { name: format!("P{i}"), kind: crate::format::ThreadKind::Vcpu }).collect()
     }
 
     /// mprotect's `ptep_modify_prot_start` (clear) then `_commit` (set) of
@@ -1062,8 +1061,8 @@ mod tests {
         b.push(g, 0, Kind::MmSwitch, 0, 0, 0);
         b.push(g, 0, Kind::IterEnd, 0, 0, 0);
         let threads = vec![
-            ThreadMeta { name: "P0".into(), kind: "vcpu".into() },
-            ThreadMeta { name: "D0".into(), kind: "device".into() },
+            ThreadMeta { name: "P0".into(), kind: crate::format::ThreadKind::Vcpu },
+            ThreadMeta { name: "D0".into(), kind: crate::format::ThreadKind::Device },
         ];
         let (_, w) = analyse_run(0, &run_of(b.recs, threads, 1), Options::default());
         assert_eq!(w.len(), 1, "{w:#?}");
@@ -1096,7 +1095,7 @@ mod tests {
         b.push(d, 0, Kind::DevAccess, X, 1, 0x1234_5000 | dev_access::STALE);
         b.push(g, 0, Kind::MmSwitch, 0, 0, 0);
         b.push(g, 0, Kind::IterEnd, 0, 0, 0);
-        let threads = vec![ThreadMeta { name: "D0".into(), kind: "device".into() }];
+        let threads = vec![ThreadMeta { name: "D0".into(), kind: crate::format::ThreadKind::Device }];
         let (_, w) = analyse_run(0, &run_of(b.recs, threads, 1), Options::default());
         assert_eq!(w[0].failed_invalidation.as_ref().map(|v| v.seq), Some(inv));
         assert!(w[0].open, "{:#?}", w[0]);
@@ -1118,7 +1117,7 @@ mod tests {
         b.push(d, 0, Kind::DevAccess, X, 2, 0x1234_5000 | dev_access::STALE);
         b.push(g, 0, Kind::MmSwitch, 0, 0, 0);
         b.push(g, 0, Kind::IterEnd, 0, 0, 0);
-        let threads = vec![ThreadMeta { name: "D0".into(), kind: "device".into() }];
+        let threads = vec![ThreadMeta { name: "D0".into(), kind: crate::format::ThreadKind::Device }];
         let (_, w) = analyse_run(0, &run_of(b.recs, threads, 1), Options::default());
         assert_eq!(w[0].failed_invalidation.as_ref().map(|v| (v.seq, v.by)), Some((empty, "notifier")));
         assert!(w[0].open);

@@ -39,12 +39,21 @@ pub mod tag {
     pub const RUN_END: u32 = 5;
 }
 
+/// Who runs a thread, and who made a stale access: a vCPU or a device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThreadKind {
+    #[default]
+    Vcpu,
+    Device,
+}
+
 /// A litmus thread of the run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadMeta {
     pub name: String,
-    /// `vcpu` or `device`.
-    pub kind: String,
+    /// `vcpu` or `device` in the file.
+    pub kind: ThreadKind,
 }
 
 /// One (test, policy) run.
@@ -73,7 +82,7 @@ pub struct RunMeta {
 
 impl RunMeta {
     pub fn devices(&self) -> Vec<&str> {
-        self.threads.iter().filter(|t| t.kind == "device").map(|t| t.name.as_str()).collect()
+        self.threads.iter().filter(|t| t.kind == ThreadKind::Device).map(|t| t.name.as_str()).collect()
     }
 
     /// `test` and `policy` as one label.

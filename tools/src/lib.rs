@@ -30,8 +30,8 @@ mod robustness {
     fn sample() -> Vec<u8> {
         let mut w = Writer::new(Vec::new()).unwrap();
         let threads = vec![
-            ThreadMeta { name: "P0".into(), kind: "vcpu".into() },
-            ThreadMeta { name: "D0".into(), kind: "device".into() },
+            ThreadMeta { name: "P0".into(), kind: crate::format::ThreadKind::Vcpu },
+            ThreadMeta { name: "D0".into(), kind: crate::format::ThreadKind::Device },
         ];
         w.run(&RunMeta { test: "t".into(), policy: "p".into(), vcpus: 2, threads, ..Default::default() }).unwrap();
         w.boot(&BootMeta { tsc_khz: 2_000_000, vcpus: 2, ..Default::default() }).unwrap();

@@ -99,8 +99,12 @@ fn run_events(ri: usize, run: &Run, windows: &[&Window], out: &mut Vec<Value>, f
     }
     let its = model::iterations(run);
     let it_start: BTreeMap<u64, u64> = its.iter().map(|i| (i.number, boot_off[i.boot] + i.start_boot_ns)).collect();
-    let stale_vcpu: HashSet<u64> =
-        windows.iter().flat_map(|w| &w.stale_accesses).filter(|s| s.source == "vcpu").map(|s| s.seq).collect();
+    let stale_vcpu: HashSet<u64> = windows
+        .iter()
+        .flat_map(|w| &w.stale_accesses)
+        .filter(|s| s.source == crate::format::ThreadKind::Vcpu)
+        .map(|s| s.seq)
+        .collect();
     for it in &its {
         let base = boot_off[it.boot];
         let (slices, marks) = timeline::build(&it.events, &|e| base + e.boot_ns, &stale_vcpu);
@@ -178,7 +182,8 @@ fn run_events(ri: usize, run: &Run, windows: &[&Window], out: &mut Vec<Value>, f
             // PTE change → the stale access it allowed, as a flow arrow
             // between the two 1 ns slices.
             *flow_id += 1;
-            let to = if s.source == "device" { Track::Device(s.unit) } else { Track::Vcpu(s.unit) };
+            let to =
+                if s.source == crate::format::ThreadKind::Device { Track::Device(s.unit) } else { Track::Vcpu(s.unit) };
             out.push(json!({
                 "name": "made stale by", "cat": "stale", "ph": "s", "id": *flow_id,
                 "ts": us(t0), "pid": pid, "tid": tid(Track::Vcpu(w.vcpu)),

@@ -159,7 +159,7 @@ fn draw(run: &Run, it: &Iteration, windows: &[&Window], width: usize) -> String 
         windows.iter().flat_map(|w| &w.stale_accesses).filter(|s| !s.harmless).map(|s| s.seq).collect();
     let harmless: BTreeSet<u64> =
         windows.iter().flat_map(|w| &w.stale_accesses).filter(|s| s.harmless).map(|s| s.seq).collect();
-    let nv = run.meta.threads.iter().filter(|t| t.kind == "vcpu").count();
+    let nv = run.meta.threads.iter().filter(|t| t.kind == crate::format::ThreadKind::Vcpu).count();
     let vcpu_col = |k: u64| -> Col {
         match it.placement.get(&k) {
             Some(&t) => Col::Thread(t as usize),

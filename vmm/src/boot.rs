@@ -2,7 +2,7 @@
 //! load (linux-loader), boot page tables, GDT, command line and `BootInfo`.
 
 use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use abi::layout::{self, PAGE_SIZE};
 use abi::{BootInfo, BOOT_INFO_MAGIC, BOOT_INFO_VERSION};
@@ -11,7 +11,30 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::error::{Error, Result};
+/// A guest image that cannot be booted, or boot data that cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{}: {reason}", path.display())]
+    Bad { path: PathBuf, reason: String },
+    #[error("cannot read guest image {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("guest memory: {what}: {source}")]
+    Memory {
+        what: &'static str,
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    #[error("guest memory: {what}: {reason}")]
+    Boot { what: &'static str, reason: String },
+    #[error("--cmdline: {0}")]
+    Cmdline(String),
+}
+
+pub type Result<T> = std::result::Result<T, ImageError>;
 
 const EM_X86_64: u16 = 62;
 const PT_LOAD: u32 = 1;
@@ -26,8 +49,8 @@ pub struct LoadedImage {
     pub pvh_entry: Option<u64>,
 }
 
-fn bad(path: &Path, reason: impl Into<String>) -> Error {
-    Error::BadImage { path: path.to_path_buf(), reason: reason.into() }
+fn bad(path: &Path, reason: impl Into<String>) -> ImageError {
+    ImageError::Bad { path: path.to_path_buf(), reason: reason.into() }
 }
 
 fn u16_at(b: &[u8], off: usize) -> u16 {
@@ -154,7 +177,7 @@ const PTE_PS: u64 = 1 << 7;
 /// map. PML4 slots 1..255 stay empty for test address spaces.
 pub fn write_boot_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
     let w = |addr: u64, val: u64| {
-        mem.write_obj(val, GuestAddress(addr)).map_err(|e| Error::Memory(format!("page tables at {addr:#x}: {e}")))
+        mem.write_obj(val, GuestAddress(addr)).map_err(|source| ImageError::Memory { what: "boot page tables", source })
     };
     w(layout::BOOT_PML4, layout::BOOT_PDPT | PTE_P | PTE_RW)?;
     for pd in 0..layout::BOOT_PD_COUNT {
@@ -173,7 +196,8 @@ pub const GDT_ENTRIES: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ff
 
 pub fn write_gdt(mem: &GuestMemoryMmap) -> Result<()> {
     for (i, e) in GDT_ENTRIES.iter().enumerate() {
-        mem.write_obj(*e, GuestAddress(layout::GDT + 8 * i as u64)).map_err(|e| Error::Memory(format!("GDT: {e}")))?;
+        mem.write_obj(*e, GuestAddress(layout::GDT + 8 * i as u64))
+            .map_err(|source| ImageError::Memory { what: "GDT", source })?;
     }
     Ok(())
 }
@@ -199,18 +223,18 @@ pub fn write_pvh_start_info(mem: &GuestMemoryMmap, mem_size: u64) -> Result<()> 
     let mut params = BootParams::new(&info, GuestAddress(layout::PVH_START_INFO));
     params.set_sections(&memmap, GuestAddress(layout::PVH_MEMMAP));
     PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
-        .map_err(|e| Error::Memory(format!("PVH start info: {e}")))
+        .map_err(|e| ImageError::Boot { what: "PVH start info", reason: e.to_string() })
 }
 
 /// Writes the command line (via linux-loader's `Cmdline`, which checks it)
 /// and returns its length.
 pub fn write_cmdline(mem: &GuestMemoryMmap, text: &str) -> Result<u64> {
-    let mut cl = Cmdline::new(layout::CMDLINE_MAX as usize).map_err(|e| Error::BadCmdline(e.to_string()))?;
+    let mut cl = Cmdline::new(layout::CMDLINE_MAX as usize).map_err(|e| ImageError::Cmdline(e.to_string()))?;
     if !text.trim().is_empty() {
-        cl.insert_str(text.trim()).map_err(|e| Error::BadCmdline(e.to_string()))?;
+        cl.insert_str(text.trim()).map_err(|e| ImageError::Cmdline(e.to_string()))?;
     }
     linux_loader::loader::load_cmdline(mem, GuestAddress(layout::CMDLINE), &cl)
-        .map_err(|e| Error::BadCmdline(e.to_string()))?;
+        .map_err(|e| ImageError::Cmdline(e.to_string()))?;
     Ok(cl.as_cstring().map(|c| c.as_bytes().len() as u64).unwrap_or(0))
 }
 
@@ -226,11 +250,13 @@ pub fn write_boot_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<()> {
         info.kernel_start,
         info.kernel_end,
         info.free_start,
+        info.mode,
+        info.mode_arg,
     ];
-    const _: () = assert!(std::mem::size_of::<BootInfo>() == 10 * 8);
+    const _: () = assert!(std::mem::size_of::<BootInfo>() == 12 * 8);
     for (i, f) in fields.iter().enumerate() {
         mem.write_obj(*f, GuestAddress(layout::BOOT_INFO + 8 * i as u64))
-            .map_err(|e| Error::Memory(format!("BootInfo: {e}")))?;
+            .map_err(|source| ImageError::Memory { what: "BootInfo", source })?;
     }
     Ok(())
 }

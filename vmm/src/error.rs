@@ -1,36 +1,69 @@
-//! Errors that stop the VMM before or while it sets up a VM. Each becomes one
-//! line on stderr and exit status 2 (see `main.rs`).
+//! The errors that end a `vmm` command before or instead of its results.
+//! Each area has its own typed error (`VmError`, `ImageError`,
+//! `TraceFileError`, `OutputError`, …); this enum gathers them with their
+//! sources, and `main` prints the chain on one line with exit status 2.
 
-use std::path::PathBuf;
+use crate::boot::ImageError;
+use crate::commands::output::OutputError;
+use crate::config::ConfigError;
+use crate::services::trace::TraceFileError;
+use crate::vstate::{EndReason, VmError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot open /dev/kvm: {0}")]
-    KvmUnavailable(String),
-    #[error("{path}: {reason}")]
-    BadImage { path: PathBuf, reason: String },
-    #[error("cannot read guest image {path}: {err}")]
-    ReadImage { path: PathBuf, err: std::io::Error },
-    #[error("--vcpus {requested}: {reason}")]
-    BadVcpus { requested: u64, reason: String },
-    #[error("--mem {requested} MiB: {reason}")]
-    BadMemory { requested: u64, reason: String },
-    #[error("--cmdline: {0}")]
-    BadCmdline(String),
-    #[error("KVM {what} failed: {err}")]
-    Kvm { what: &'static str, err: kvm_ioctls::Error },
-    #[error("guest memory: {0}")]
-    Memory(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// Litmus files or policies that did not check (already rendered with file:line:col).
     #[error("{0}")]
     Litmus(String),
+    #[error(transparent)]
+    Trace(#[from] TraceFileError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// A guest run that had to end cleanly did not (benchmarks, probes).
+    #[error("{what} did not finish cleanly: {end}")]
+    GuestRun { what: &'static str, end: Box<EndReason> },
+    /// The guest reported something the run cannot use.
     #[error("{0}")]
-    Other(String),
+    GuestReport(String),
+    #[error(transparent)]
+    TraceRead(#[from] TraceReadError),
+    /// A schedule search could not go on (a non-deterministic replay, a
+    /// program that ignored its plan).
+    #[error("explore: {0}")]
+    Explore(String),
+    /// A command used the wrong way (what clap cannot express).
+    #[error("{0}")]
+    Usage(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Shorthand for mapping a KVM ioctl error with what we were doing.
-pub fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
-    move |err| Error::Kvm { what, err }
+/// A trace file (`vmm trace …`) that cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+#[error("trace {}: {source}", path.display())]
+pub struct TraceReadError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The error and its sources, `a: b: c`, skipping sources whose text the
+/// outer message already contains.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s += ": ";
+            s += &t;
+        }
+        cur = c.source();
+    }
+    s
 }

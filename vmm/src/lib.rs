@@ -1,23 +1,27 @@
-//! shootdown's VMM: boots the guest kernel on KVM with N vCPUs and serves its
-//! hypercalls. Layout: `boot` (image checks, ELF load, boot page tables),
-//! `vstate` (the VM and its vCPU threads), `hypercall` (the guest's requests),
-//! `report` (self-test accounting), `bench`.
+//! shootdown's VMM: boots the guest kernel on KVM with N vCPUs and serves
+//! it. Layers, imports pointing down only:
+//!
+//! ```text
+//! commands/   the `vmm` subcommands: build services, run, print results
+//! services/   what the VMM does for the guest (hypercalls, per-mode results)
+//! vstate/     the VM, its vCPUs, exit routing (buses, hypercall table)
+//! devices/    serial, ports, IOMMU registers, DMA engine; shadow.rs (the
+//!             modelled TLBs); boot.rs (image checks and loading)
+//! abi         the wire format shared with the guest
+//! ```
+//!
+//! See `docs/architecture.md`.
 
-pub mod bench;
 pub mod boot;
-pub mod dma;
+pub mod commands;
+pub mod config;
+pub mod devices;
 pub mod error;
-pub mod explore_run;
-pub mod hypercall;
-pub mod litmus_bench;
-pub mod litmus_run;
-pub mod probe;
-pub mod progress;
-pub mod report;
-pub mod results_cmd;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod logger;
+pub mod services;
 pub mod shadow;
-pub mod trace;
-pub mod trace_cmd;
 pub mod vstate;
 
 /// The guest kernel built from `guest/` by `build.rs`, booted when no `--guest` is given.

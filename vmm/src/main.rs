@@ -7,11 +7,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use abi::config::{GuestMode, IotlbModel, TlbModel};
 use clap::{Parser, Subcommand};
-use vmm::error::Error;
-use vmm::shadow::TlbModel;
+use litmus::Policy;
+use vmm::boot::ImageError;
+use vmm::commands::{self, litmus::LitmusArgs, selftest::What};
+use vmm::config;
+use vmm::error::{chain, Error};
 use vmm::status;
-use vmm::vstate::vm::{self, EndReason, VmConfig};
+use vmm::vstate::{vm, VmConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,7 +47,7 @@ struct Cli {
     /// `evict:P` (also drop each stale entry with probability P at every
     /// exit), `native` (the host's real TLB; see `vmm probe`).
     /// For `litmus` this overrides the policies' `tlb=` key.
-    #[arg(long, global = true, help_heading = VM_HEADING, value_name = "MODEL", value_parser = TlbModel::parse)]
+    #[arg(long, global = true, help_heading = VM_HEADING, value_name = "MODEL", value_parser = config::parse_tlb)]
     tlb: Option<TlbModel>,
     /// Seed for everything random (eviction, placement), for re-runnable
     /// results (default 1; `litmus` picks one and prints it).
@@ -72,12 +76,14 @@ enum Command {
         #[arg(long = "policy", value_name = "POLICY")]
         policies: Vec<String>,
         /// Device IOTLB model: `lazy` or `evict:P` (overrides the policies).
-        #[arg(long, value_name = "MODEL")]
-        iotlb: Option<String>,
+        #[arg(long, value_name = "MODEL", value_parser = config::parse_iotlb)]
+        iotlb: Option<IotlbModel>,
         /// The IOMMU's paging-structure cache: `on` or `off` (overrides the policies).
-        #[arg(long, value_name = "on|off")]
-        pwc: Option<String>,
-        /// Also write the results as JSON (schema `shootdown-results/3`).
+        #[arg(long, value_name = "on|off", value_parser = config::parse_on_off)]
+        pwc: Option<bool>,
+        /// Also write the results as JSON (schema `shootdown-results/3`),
+        /// rewritten atomically after every block (`"complete": false` until
+        /// the last).
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
         /// Also write one herdtools7 log per policy, DIR/<policy>.log, for
@@ -129,6 +135,62 @@ enum Command {
         #[arg(long)]
         tap: bool,
     },
+    /// Search the schedules of litmus tests (hook-free tests: every
+    /// interleaving within a preemption bound, or PCT samples) instead of
+    /// replaying the one hooks script; herdtools7-style results with the
+    /// search's completeness, and each violation's witness written as a
+    /// litmus file that forces it and as a timeline.
+    Explore {
+        /// Litmus files or directories.
+        paths: Vec<PathBuf>,
+        /// A policy `k=v,k=v` to search under (repeatable: a matrix).
+        /// Default: each test's [expect] policies.
+        #[arg(long = "policy", value_name = "POLICY")]
+        policies: Vec<String>,
+        /// Every schedule with at most K preemptions (a switch away from a
+        /// thread that could still run).
+        #[arg(long, default_value_t = explore::DEFAULT_PREEMPTIONS, value_name = "K")]
+        preemptions: u32,
+        /// PCT (randomised priorities with D-1 change points) instead of the
+        /// systematic search, for tests too big to enumerate.
+        #[arg(long, value_name = "D", value_parser = clap::value_parser!(u32).range(1..=32))]
+        pct: Option<u32>,
+        /// PCT runs.
+        #[arg(long, default_value_t = 1000, value_name = "N", requires = "pct")]
+        runs: u64,
+        /// Stop after N schedules (the search then says `limit`, and a
+        /// `never` is inconclusive).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_schedules: Option<u64>,
+        /// Search only shard I of N of each schedule tree (1 <= I <= N);
+        /// `vmm results merge` puts the shards' --json files back together.
+        #[arg(long, value_name = "I/N", value_parser = parse_explore_shard)]
+        shard: Option<explore::Shard>,
+        /// Turn the partial-order reduction off: run every schedule within
+        /// the bound (to measure what the reduction saves).
+        #[arg(long)]
+        no_reduction: bool,
+        /// Exit with status 1 if an [expect] entry is contradicted or
+        /// inconclusive, or a witness does not replay under `vmm litmus`.
+        #[arg(long)]
+        check: bool,
+        /// Time limit per schedule; one that runs out is recorded as `timeout`.
+        #[arg(long, default_value_t = 3000, value_name = "MS")]
+        iteration_timeout: u64,
+        /// Where each violation's witness goes: TEST--POLICY.toml (a litmus
+        /// file forcing the schedule) and TEST--POLICY.timeline.txt.
+        #[arg(long, default_value = "witnesses", value_name = "DIR")]
+        witness_dir: PathBuf,
+        /// Also write the results as JSON (schema `shootdown-results/3`, kind `explore`).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Also write one herdtools7 log per policy, DIR/<policy>.log.
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<PathBuf>,
+        /// Show progress on stderr even when it is not a terminal.
+        #[arg(long)]
+        progress: bool,
+    },
     /// Compare two results files (`--json` of two runs: before and after a
     /// patch): per test the baseline's and the candidate's verdict, every
     /// change flagged; exit 1 if the candidate shows a new violation.
@@ -143,53 +205,6 @@ enum Command {
         #[command(subcommand)]
         command: ResultsCommand,
     },
-    /// Search the schedules of litmus tests (hook-free tests: every
-    /// interleaving within a preemption bound, or PCT samples) and print
-    /// herdtools7-style results with the search's completeness.
-    Explore {
-        /// Litmus files or directories.
-        paths: Vec<PathBuf>,
-        /// A policy `k=v,k=v` to run (repeatable). Default: each test's [expect] policies.
-        #[arg(long = "policy", value_name = "POLICY")]
-        policies: Vec<String>,
-        /// Preemption bound K of the systematic search.
-        #[arg(long, default_value_t = explore::DEFAULT_PREEMPTIONS, value_name = "K")]
-        preemptions: u32,
-        /// PCT with bug depth D instead of the systematic search.
-        #[arg(long, value_name = "D")]
-        pct: Option<u32>,
-        /// PCT runs.
-        #[arg(long, default_value_t = 100, value_name = "N")]
-        runs: u64,
-        /// Stop after N schedules (the result then says `limit`).
-        #[arg(long, value_name = "N")]
-        max_schedules: Option<u64>,
-        /// Search only shard I of N (1-based).
-        #[arg(long, value_name = "I/N", value_parser = parse_explore_shard)]
-        shard: Option<explore::Shard>,
-        /// Turn the partial-order reduction off (every schedule within the bound).
-        #[arg(long)]
-        no_reduction: bool,
-        /// Exit with status 1 if an [expect] entry is contradicted or inconclusive.
-        #[arg(long)]
-        check: bool,
-        /// Time limit per schedule; one that runs out is recorded as `timeout`.
-        #[arg(long, default_value_t = 3000, value_name = "MS")]
-        iteration_timeout: u64,
-        /// Where to write each violation's witness: a litmus file that forces
-        /// the schedule and a text timeline (`TEST--POLICY.toml`, `.timeline.txt`).
-        #[arg(long, default_value = "witnesses", value_name = "DIR")]
-        witness_dir: PathBuf,
-        /// Also write the results as JSON (schema `shootdown-results/3`, kind `explore`).
-        #[arg(long, value_name = "FILE")]
-        json: Option<PathBuf>,
-        /// Write one herdtools7 log per policy into DIR.
-        #[arg(long, value_name = "DIR")]
-        log_dir: Option<PathBuf>,
-        /// Show progress on stderr even when it is not a terminal.
-        #[arg(long)]
-        progress: bool,
-    },
     /// Staleness-window report, Perfetto and SVG export of a trace
     /// written by `vmm litmus --trace`.
     Trace {
@@ -200,6 +215,9 @@ enum Command {
     Selftest {
         /// Run only tests whose names start with one of these (e.g. `ipi.` or `boot.all-vcpus`).
         filter: Vec<String>,
+        /// Print the guest's table of self-tests, one name a line, and run none.
+        #[arg(long)]
+        list: bool,
         /// Print TAP (kselftest's `TAP version 13`: `ok N name`, `not ok N
         /// name`, `# SKIP`) instead of PASS/FAIL lines.
         #[arg(long)]
@@ -251,6 +269,10 @@ enum ResultsCommand {
 
 fn parse_shard(s: &str) -> Result<litmus::Shard, String> {
     s.parse()
+}
+
+fn parse_explore_shard(s: &str) -> Result<explore::Shard, String> {
+    s.parse().map_err(|e: explore::ShardError| e.to_string())
 }
 
 #[derive(Subcommand, Debug)]
@@ -351,6 +373,7 @@ fn misplaced_vm_option(m: &clap::ArgMatches) -> Option<(String, &'static str)> {
 
 fn main() -> ExitCode {
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    vmm::logger::init(matches.get_flag("verbose"));
     if let Some((cmd, opt)) = misplaced_vm_option(&matches) {
         eprintln!("vmm: error: --{opt} does nothing with `vmm {cmd}` (it boots no VM)");
         return ExitCode::from(status::SETUP_ERROR as u8);
@@ -360,7 +383,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match real_main(cli) {
-        Ok(code) => ExitCode::from(code as u8),
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         // Litmus diagnostics are already rendered (file:line:col, snippet, help).
         Err(Error::Litmus(d)) => {
             eprint!("{d}");
@@ -370,7 +393,7 @@ fn main() -> ExitCode {
             ExitCode::from(status::SETUP_ERROR as u8)
         }
         Err(e) => {
-            eprintln!("vmm: error: {e}");
+            eprintln!("vmm: error: {}", chain(&e));
             ExitCode::from(status::SETUP_ERROR as u8)
         }
     }
@@ -380,7 +403,7 @@ fn load_image(cli: &Cli) -> Result<(Arc<[u8]>, PathBuf), Error> {
     match &cli.guest {
         None => Ok((Arc::from(vmm::DEFAULT_GUEST), PathBuf::from("<embedded guest>"))),
         Some(p) => {
-            let bytes = std::fs::read(p).map_err(|err| Error::ReadImage { path: p.clone(), err })?;
+            let bytes = std::fs::read(p).map_err(|source| ImageError::Read { path: p.clone(), source })?;
             Ok((Arc::from(bytes), p.clone()))
         }
     }
@@ -389,25 +412,25 @@ fn load_image(cli: &Cli) -> Result<(Arc<[u8]>, PathBuf), Error> {
 fn real_main(cli: Cli) -> Result<i32, Error> {
     match &cli.command {
         Some(Command::Trace { command: TraceCommand::Report { file, json, all_phases } }) => {
-            return Ok(vmm::trace_cmd::report(file, *json, *all_phases));
+            return commands::trace::report(file, *json, *all_phases);
         }
         Some(Command::Trace { command: TraceCommand::Export { file, perfetto, svg, iteration, run } }) => {
-            return Ok(vmm::trace_cmd::export(file, perfetto.as_deref(), svg.as_deref(), *run, *iteration));
+            return commands::trace::export(file, perfetto.as_deref(), svg.as_deref(), *run, *iteration);
         }
         Some(Command::Trace { command: TraceCommand::Dump { file, run, iteration } }) => {
-            return Ok(vmm::trace_cmd::dump(file, *run, *iteration));
+            return commands::trace::dump(file, *run, *iteration);
         }
         Some(Command::Trace { command: TraceCommand::Timeline { file, run, iteration, width } }) => {
-            return Ok(vmm::trace_cmd::timeline(file, *run, *iteration, *width));
+            return commands::trace::timeline(file, *run, *iteration, *width);
         }
-        Some(Command::Compare { baseline, candidate }) => return Ok(vmm::results_cmd::compare(baseline, candidate)),
+        Some(Command::Compare { baseline, candidate }) => return Ok(commands::results::compare(baseline, candidate)),
         Some(Command::Results { command: ResultsCommand::Merge { files, json, log_dir, check } }) => {
-            return Ok(vmm::results_cmd::merge(files, json.as_deref(), log_dir.as_deref(), *check));
+            return Ok(commands::results::merge(files, json.as_deref(), log_dir.as_deref(), *check));
         }
         _ => {}
     }
+    let timeout = config::watchdog(cli.timeout)?;
     let (image, image_path) = load_image(&cli)?;
-    let mut cmdline = cli.cmdline.clone();
     let command = cli.command.unwrap_or(Command::Litmus {
         paths: vec![],
         runs: 100,
@@ -437,195 +460,143 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             print!("{}", litmus::list_policies());
             return Ok(status::OK);
         }
-        Command::Litmus { .. } => {}
-        Command::Selftest { filter, .. } => {
-            cmdline = format!("mode=selftest {cmdline}");
-            if !filter.is_empty() {
-                cmdline += &format!(" selftest.filter={}", filter.join(","));
-            }
-        }
-        Command::Run
-        | Command::Bench { .. }
-        | Command::Probe { .. }
-        | Command::Trace { .. }
-        | Command::Explore { .. }
-        | Command::Compare { .. }
-        | Command::Results { .. } => {}
+        _ => {}
     }
+    let mut cmdline = cli.cmdline.clone();
     if cli.verbose {
         cmdline += " verbose";
     }
     let cfg = VmConfig {
         vcpus: cli.vcpus.unwrap_or(2),
         mem_mib: cli.mem,
-        cmdline,
-        timeout: Duration::from_secs(cli.timeout),
+        cmdline: cmdline.trim().to_string(),
+        timeout,
         image,
         image_path,
-        // --tap: the PASS/FAIL lines are collected and printed as TAP.
-        quiet: matches!(&command, Command::Selftest { tap: true, .. }),
         tlb: cli.tlb.unwrap_or(TlbModel::Lazy),
         seed: cli.seed.unwrap_or(1),
-        iommu: iommu::IommuConfig::default(),
-        litmus: None,
-        trace: None,
+        mode: GuestMode::FromCmdline,
+        mode_arg: 0,
     };
-    // Bad --vcpus/--mem/--guest are refused before anything runs or prints.
-    vm::validate(&cfg)?;
-    if let Command::Trace { command: TraceCommand::Bench { runs, progress } } = command {
-        vmm::trace_cmd::bench(&cfg, runs.max(1), progress)?;
-        return Ok(status::OK);
+    // Unusable output paths, bad --vcpus/--mem/--guest are refused before
+    // anything runs or prints.
+    if let Command::Litmus { json, trace, .. } = &command {
+        if let Some(p) = json {
+            commands::output::check_output_path("--json", p)?;
+        }
+        if let Some(p) = trace {
+            commands::output::check_output_path("--trace", p)?;
+        }
     }
-    if let Command::Litmus {
-        paths,
-        runs,
-        policies,
-        iotlb,
-        pwc,
-        json,
-        log_dir,
-        check,
-        iteration_timeout,
-        trace,
-        trace_runs,
-        trace_ring,
-        shard,
-        baseline,
-        progress,
-        tap,
-        ..
-    } = command
-    {
-        let args = vmm::litmus_run::LitmusArgs {
+    vm::validate(&cfg)?;
+    match command {
+        Command::Trace { command: TraceCommand::Bench { runs, progress } } => {
+            commands::trace::bench(&cfg, runs.max(1), progress)?;
+            Ok(status::OK)
+        }
+        Command::Trace { .. } | Command::Compare { .. } | Command::Results { .. } => Ok(status::OK),
+        Command::Litmus {
             paths,
             runs,
             policies,
+            iotlb,
+            pwc,
             json,
             log_dir,
             check,
-            tlb: cli.tlb.map(|t| t.to_string()),
-            iotlb,
-            pwc,
-            seed: cli.seed,
-            vcpus: cli.vcpus,
-            iteration_timeout: Duration::from_millis(iteration_timeout.max(1)),
+            iteration_timeout,
             trace,
             trace_runs,
             trace_ring,
             shard,
             baseline,
-            force_progress: progress,
-            progress: Default::default(),
+            progress,
             tap,
-        };
-        return vmm::litmus_run::run(&cfg, &args);
-    }
-    if let Command::Explore {
-        paths,
-        policies,
-        preemptions,
-        pct,
-        runs,
-        max_schedules,
-        shard,
-        no_reduction,
-        check,
-        iteration_timeout,
-        witness_dir,
-        json,
-        log_dir,
-        progress,
-    } = command
-    {
-        let reduction = if no_reduction { explore::Reduction::None } else { explore::Reduction::SleepSets };
-        let strategy = match pct {
-            Some(depth) => explore::Strategy::Pct { depth, runs },
-            None => explore::Strategy::Bounded { preemptions: Some(preemptions), reduction },
-        };
-        let args = vmm::explore_run::ExploreArgs {
+            ..
+        } => {
+            let parse = |what: &str, p: &str| Policy::parse(p).map_err(|e| Error::Litmus(format!("{what} {p}: {e}")));
+            let policies = policies.iter().map(|p| parse("--policy", p)).collect::<Result<Vec<_>, _>>()?;
+            let baseline = baseline.as_deref().map(|b| parse("--baseline", b)).transpose()?;
+            let args = LitmusArgs {
+                paths,
+                runs,
+                policies,
+                json,
+                log_dir,
+                check,
+                tlb: cli.tlb,
+                iotlb,
+                pwc,
+                seed: cli.seed,
+                vcpus: cli.vcpus,
+                iteration_timeout: Duration::from_millis(iteration_timeout.max(1)),
+                trace,
+                trace_runs,
+                trace_ring,
+                shard,
+                baseline,
+                force_progress: progress,
+                progress: Default::default(),
+                tap,
+            };
+            commands::litmus::run(&cfg, &args)
+        }
+        Command::Explore {
             paths,
             policies,
-            strategy,
+            preemptions,
+            pct,
+            runs,
             max_schedules,
-            shard: shard.unwrap_or_default(),
-            seed: cli.seed.unwrap_or(1),
+            shard,
+            no_reduction,
             check,
-            iteration_timeout: Duration::from_millis(iteration_timeout.max(1)),
+            iteration_timeout,
             witness_dir,
             json,
             log_dir,
-            force_progress: progress,
-        };
-        return vmm::explore_run::run(&cfg, &args);
-    }
-    if let Command::Probe { tries } = command {
-        vmm::probe::run(&cfg, tries.max(1))?;
-        return Ok(status::OK);
-    }
-    if let Command::Bench { runs, progress } = command {
-        vmm::bench::run(&cfg, runs.max(1), progress)?;
-        return Ok(status::OK);
-    }
-    let out = vm::run(&cfg)?;
-    let results = &out.results;
-    let code = match &out.end {
-        EndReason::GuestExit(s) => match *s {
-            abi::exit::SUCCESS if results.failed == 0 => status::OK,
-            abi::exit::SUCCESS | abi::exit::TESTS_FAILED => status::TESTS_FAILED,
-            other => {
-                eprintln!("vmm: guest exited with status {other}");
-                status::GUEST_ERROR
+            progress,
+        } => {
+            let policies = policies
+                .iter()
+                .map(|p| Policy::parse(p).map_err(|e| Error::Litmus(format!("--policy {p}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let reduction = if no_reduction { explore::Reduction::None } else { explore::Reduction::SleepSets };
+            let strategy = match pct {
+                Some(depth) => explore::Strategy::Pct { depth, runs },
+                None => explore::Strategy::Bounded { preemptions: Some(preemptions), reduction },
+            };
+            let args = commands::explore::ExploreArgs {
+                paths,
+                policies,
+                strategy,
+                max_schedules,
+                shard: shard.unwrap_or_default(),
+                seed: cli.seed.unwrap_or(1),
+                check,
+                iteration_timeout: Duration::from_millis(iteration_timeout.max(1)),
+                witness_dir,
+                json,
+                log_dir,
+                force_progress: progress,
+            };
+            commands::explore::run(&cfg, &args)
+        }
+        Command::Probe { tries } => {
+            commands::probe::run(&cfg, tries.max(1))?;
+            Ok(status::OK)
+        }
+        Command::Bench { runs, progress } => {
+            commands::bench::run(&cfg, runs.max(1), progress)?;
+            Ok(status::OK)
+        }
+        Command::Selftest { list: true, .. } => {
+            for name in commands::selftest::list(&cfg)? {
+                println!("{name}");
             }
-        },
-        EndReason::IterationTimeout => status::TIMEOUT,
-        EndReason::GuestError { vcpu, rip, cause } => {
-            eprintln!("vmm: guest error on vCPU {vcpu} at RIP {rip:#x}: {cause}");
-            status::GUEST_ERROR
+            Ok(status::OK)
         }
-        EndReason::Timeout { dumps } => {
-            eprintln!("vmm: watchdog: the guest did not finish within {} s; vCPU state:", cli.timeout);
-            for d in dumps {
-                let hex = |v: Option<u64>| v.map(|v| format!("{v:#018x}")).unwrap_or_else(|| "?".into());
-                eprintln!(
-                    "vmm:   vCPU {:>3}: RIP {} RSP {} CR3 {}{}",
-                    d.vcpu,
-                    hex(d.rip),
-                    hex(d.rsp),
-                    hex(d.cr3),
-                    if d.halted { " (halted)" } else { "" }
-                );
-            }
-            status::TIMEOUT
-        }
-    };
-    if let Command::Selftest { filter, .. } = &command {
-        if !filter.is_empty() && results.total() == 0 && matches!(out.end, EndReason::GuestExit(abi::exit::SUCCESS)) {
-            eprintln!(
-                "vmm: error: no self-test name starts with {} (`vmm selftest` runs them all and prints every name)",
-                filter.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(" or ")
-            );
-            return Ok(status::SETUP_ERROR);
-        }
+        Command::Selftest { filter, tap, .. } => commands::selftest::run(&cfg, &What::Selftest { filter, tap }, true),
+        Command::Run => commands::selftest::run(&cfg, &What::Cmdline, true),
     }
-    if let Command::Selftest { tap: true, .. } = &command {
-        let mut points = litmus::tap::selftest_points(&results.lines);
-        if let Some(cause) =
-            (code != status::OK && results.failed == 0).then(|| format!("guest ended with status {code}"))
-        {
-            points.push(litmus::tap::TapPoint {
-                name: "selftest.run".into(),
-                outcome: litmus::tap::Outcome::Fail,
-                reason: cause,
-            });
-        }
-        print!("{}", litmus::tap::document(&points));
-    } else if results.total() > 0 || matches!(command, Command::Selftest { .. }) {
-        println!("{}", results.summary());
-    }
-    // Tests failed but the guest itself was fine: still non-zero.
-    Ok(if code == status::OK && results.failed > 0 { status::TESTS_FAILED } else { code })
-}
-
-fn parse_explore_shard(s: &str) -> std::result::Result<explore::Shard, String> {
-    s.parse().map_err(|e: explore::ShardError| e.to_string())
 }

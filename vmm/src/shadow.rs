@@ -12,101 +12,85 @@
 //! page tables are the hardware's and this module only does the page-table ops.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use abi::hypercall::{fill, ptop};
+use abi::config::TlbModel;
+use abi::hypercall::{FillResult, PtOpKind};
 use abi::layout::{self, PAGE_SIZE};
+use abi::rng::SplitMix64;
+use abi::trace::{source, Kind};
 use iommu::mem::{self as gmem, MemError};
-use iommu::pagetable::{self as pt, pte, Access, AccessOp, AllLive, WalkMode};
+use iommu::pagetable::{self as pt, pte, Access, AccessOp, TableCheck, WalkMode};
 use vm_memory::GuestMemoryMmap;
 
-use crate::trace::Tracer;
-use abi::trace::{source, Kind};
+use crate::devices::TraceSink;
 
-/// The vCPU TLB model (`--tlb`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum TlbModel {
-    Lazy,
-    /// Drop each stale entry with this probability at every exit.
-    Evict(f64),
-    Native,
+/// A bad page-table op, switch or fill (a guest bug, reported with vCPU and RIP).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ShadowError {
+    #[error(
+        "page-table op on GPA {gpa:#x}: not an 8-byte aligned entry in the page-table region {:#x}..{:#x}",
+        layout::PT_BASE,
+        layout::PT_BASE + layout::PT_SIZE
+    )]
+    NotAnEntry { gpa: u64 },
+    #[error("switch_mm to PGD {0:#x}: not a page of the page-table region")]
+    NotAPgd(u64),
+    #[error("GPA {gpa:#x}: {source}")]
+    Memory {
+        gpa: u64,
+        #[source]
+        source: MemError,
+    },
+    #[error("shadow region exhausted (too many cached translations)")]
+    Exhausted,
+    #[error("the eviction probability applies to the lazy/evict models only")]
+    NotShadowed,
 }
 
-impl TlbModel {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "lazy" => Ok(TlbModel::Lazy),
-            "native" => Ok(TlbModel::Native),
-            _ => {
-                let p = s
-                    .strip_prefix("evict:")
-                    .ok_or_else(|| format!("unknown TLB model {s:?}; valid: lazy, evict:P (0 <= P <= 1), native"))?;
-                let p: f64 = p.parse().map_err(|_| format!("evict:{p}: P must be a number between 0 and 1"))?;
-                if !(0.0..=1.0).contains(&p) {
-                    return Err(format!("evict:{p}: P must be between 0 and 1"));
-                }
-                Ok(TlbModel::Evict(p))
-            }
-        }
-    }
+/// Walks of the modelled TLB go through page-table-region pages only: a
+/// guest entry pointing a table anywhere else (its data, the VMM's shadow
+/// tables) faults instead of letting the walker set A/D bits there.
+pub struct PtRegionOnly;
 
-    pub fn is_shadowed(self) -> bool {
-        self != TlbModel::Native
+impl TableCheck for PtRegionOnly {
+    fn is_live_table(&self, gpa: u64) -> bool {
+        layout::in_pt_region(gpa)
     }
 }
-
-impl fmt::Display for TlbModel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TlbModel::Lazy => write!(f, "lazy"),
-            TlbModel::Evict(p) => write!(f, "evict:{p}"),
-            TlbModel::Native => write!(f, "native"),
-        }
-    }
-}
-
-/// A bad page-table op (a guest bug, reported with vCPU and RIP).
-#[derive(Debug)]
-pub struct PtOpError(pub String);
 
 /// Does a page-table op on the entry at `gpa` with a host atomic; returns
 /// (old value, changed).
-pub fn pt_op(mem: &GuestMemoryMmap, kind: u64, gpa: u64, a: u64, b: u64) -> Result<(u64, bool), PtOpError> {
+pub fn pt_op(mem: &GuestMemoryMmap, kind: PtOpKind, gpa: u64, a: u64, b: u64) -> Result<(u64, bool), ShadowError> {
     if !layout::in_pt_region(gpa) || !gpa.is_multiple_of(8) {
-        return Err(PtOpError(format!(
-            "page-table op on GPA {gpa:#x}: not an 8-byte aligned entry in the page-table region {:#x}..{:#x}",
-            layout::PT_BASE,
-            layout::PT_BASE + layout::PT_SIZE
-        )));
+        return Err(ShadowError::NotAnEntry { gpa });
     }
-    let me = |e: MemError| PtOpError(format!("page-table op on GPA {gpa:#x}: {e}"));
+    let me = |source: MemError| ShadowError::Memory { gpa, source };
     let old = match kind {
-        ptop::SET | ptop::XCHG => gmem::xchg_u64(mem, gpa, a).map_err(me)?,
-        ptop::CLEAR => gmem::xchg_u64(mem, gpa, 0).map_err(me)?,
-        ptop::CMPXCHG => match gmem::cmpxchg_u64(mem, gpa, a, b).map_err(me)? {
+        PtOpKind::Set | PtOpKind::Xchg => gmem::xchg_u64(mem, gpa, a).map_err(me)?,
+        PtOpKind::Clear => gmem::xchg_u64(mem, gpa, 0).map_err(me)?,
+        PtOpKind::Cmpxchg => match gmem::cmpxchg_u64(mem, gpa, a, b).map_err(me)? {
             Ok(old) | Err(old) => old,
         },
-        ptop::CLEAR_BITS => {
+        PtOpKind::ClearBits => {
             gmem::with_u64(mem, gpa, true, |w| w.fetch_and(!a, std::sync::atomic::Ordering::SeqCst)).map_err(me)?
         }
-        ptop::SET_BITS => {
+        PtOpKind::SetBits => {
             gmem::with_u64(mem, gpa, true, |w| w.fetch_or(a, std::sync::atomic::Ordering::SeqCst)).map_err(me)?
         }
-        other => return Err(PtOpError(format!("unknown page-table op kind {other}"))),
     };
     let new = match kind {
-        ptop::SET | ptop::XCHG => a,
-        ptop::CLEAR => 0,
-        ptop::CMPXCHG => {
+        PtOpKind::Set | PtOpKind::Xchg => a,
+        PtOpKind::Clear => 0,
+        PtOpKind::Cmpxchg => {
             if old == a {
                 b
             } else {
                 old
             }
         }
-        ptop::CLEAR_BITS => old & !a,
-        _ => old | a,
+        PtOpKind::ClearBits => old & !a,
+        PtOpKind::SetBits => old | a,
     };
     Ok((old, new != old))
 }
@@ -146,27 +130,6 @@ impl Default for ShadowPool {
 /// (read-only to the guest) shadow tables.
 const SHADOW_TABLE_FLAGS: u64 = pte::P | pte::RW | pte::US | pte::A;
 
-/// Small deterministic generator for `evict:P` (seeded by `--seed`).
-#[derive(Clone, Debug)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// True with probability `ppm` / 1e6.
-    pub fn chance_ppm(&mut self, ppm: u64) -> bool {
-        self.next_u64() % 1_000_000 < ppm
-    }
-}
-
 /// One vCPU's modelled TLB.
 pub struct ShadowMmu {
     cpu: u64,
@@ -185,7 +148,7 @@ pub struct ShadowMmu {
     pub fills: u64,
     pub evictions: u64,
     /// Fills, flushes and evictions go to the trace (traced runs).
-    trace: Option<Arc<Tracer>>,
+    trace: Option<Arc<dyn TraceSink>>,
 }
 
 impl ShadowMmu {
@@ -193,11 +156,8 @@ impl ShadowMmu {
         Self::with_trace(cpu, model, seed, None)
     }
 
-    pub fn with_trace(cpu: u64, model: TlbModel, seed: u64, trace: Option<Arc<Tracer>>) -> Self {
-        let evict_ppm = match model {
-            TlbModel::Evict(p) => (p * 1e6).round() as u64,
-            _ => 0,
-        };
+    pub fn with_trace(cpu: u64, model: TlbModel, seed: u64, trace: Option<Arc<dyn TraceSink>>) -> Self {
+        let evict_ppm = model.evict_ppm() as u64;
         let rng = SplitMix64::new(seed ^ (cpu + 1).wrapping_mul(0xa076_1d64_78bd_642f));
         Self {
             cpu,
@@ -228,9 +188,9 @@ impl ShadowMmu {
         self.evict_ppm
     }
 
-    pub fn set_evict_ppm(&mut self, ppm: u64) -> Result<(), String> {
+    pub fn set_evict_ppm(&mut self, ppm: u64) -> Result<(), ShadowError> {
         if !self.model.is_shadowed() {
-            return Err("the eviction probability applies to the lazy/evict models only".into());
+            return Err(ShadowError::NotShadowed);
         }
         self.evict_ppm = ppm.min(1_000_000);
         Ok(())
@@ -238,9 +198,9 @@ impl ShadowMmu {
 
     /// Switches to the mm with PGD `pgd`; returns the CR3 the guest must load.
     /// Like a CR3 write without PCID, it empties the user half of the TLB.
-    pub fn switch_mm(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool, pgd: u64) -> Result<u64, String> {
+    pub fn switch_mm(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool, pgd: u64) -> Result<u64, ShadowError> {
         if !layout::in_pt_region(pgd) || !pgd.is_multiple_of(PAGE_SIZE) {
-            return Err(format!("switch_mm to PGD {pgd:#x}: not a page of the page-table region"));
+            return Err(ShadowError::NotAPgd(pgd));
         }
         self.guest_root = Some(pgd);
         if !self.model.is_shadowed() {
@@ -249,9 +209,10 @@ impl ShadowMmu {
         let root = match self.root {
             Some(r) => r,
             None => {
-                let r = pool.alloc(mem).ok_or("shadow region exhausted")?;
+                let r = pool.alloc(mem).ok_or(ShadowError::Exhausted)?;
                 // The kernel half: the boot identity map, shared and static.
-                gmem::store_u64(mem, r, layout::BOOT_PDPT | SHADOW_TABLE_FLAGS).map_err(|e| e.to_string())?;
+                gmem::store_u64(mem, r, layout::BOOT_PDPT | SHADOW_TABLE_FLAGS)
+                    .map_err(|source| ShadowError::Memory { gpa: r, source })?;
                 self.root = Some(r);
                 r
             }
@@ -267,12 +228,12 @@ impl ShadowMmu {
         pool: &ShadowPool,
         va: u64,
         error: u64,
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<(FillResult, u64), ShadowError> {
         let (Some(root), Some(pgd)) = (self.root, self.guest_root) else {
-            return Ok((if self.model.is_shadowed() { fill::FAULT } else { fill::NATIVE }, 0));
+            return Ok((if self.model.is_shadowed() { FillResult::Fault } else { FillResult::Native }, 0));
         };
         if !layout::is_user_va(va) {
-            return Ok((fill::FAULT, 0));
+            return Ok((FillResult::Fault, 0));
         }
         let op = if error & (1 << 4) != 0 {
             AccessOp::Exec
@@ -282,10 +243,10 @@ impl ShadowMmu {
             AccessOp::Read
         };
         let access = Access::new(op, error & (1 << 2) != 0);
-        let walk = pt::walk(mem, pgd, va, access, WalkMode::SetAccessedDirty, &AllLive);
+        let walk = pt::walk(mem, pgd, va, access, WalkMode::SetAccessedDirty, &PtRegionOnly);
         let t = match walk.result {
             Ok(t) => t,
-            Err(f) => return Ok((fill::FAULT, f.entry())),
+            Err(f) => return Ok((FillResult::Fault, f.entry())),
         };
         // Writable in the TLB only once D is set: a write through an entry
         // filled for a read faults again and sets D then, as on x86.
@@ -300,25 +261,26 @@ impl ShadowMmu {
             leaf |= pte::NX;
         }
         let slot = self.leaf_slot(mem, pool, root, va)?;
-        gmem::store_u64(mem, slot, leaf).map_err(|e| e.to_string())?;
+        gmem::store_u64(mem, slot, leaf).map_err(|source| ShadowError::Memory { gpa: slot, source })?;
         self.entries.insert(va & !0xfff, leaf);
         self.fills += 1;
         self.emit(Kind::ShadowFill, va & !0xfff, t.leaf, t.pa_4k());
-        Ok((fill::FILLED, t.leaf))
+        Ok((FillResult::Filled, t.leaf))
     }
 
     /// GPA of the shadow leaf slot for `va`, allocating shadow tables on the way.
-    fn leaf_slot(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool, root: u64, va: u64) -> Result<u64, String> {
+    fn leaf_slot(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool, root: u64, va: u64) -> Result<u64, ShadowError> {
         let mut table = root;
         for level in (2..=4u8).rev() {
             let slot = table + 8 * pt::va_index(va, level);
-            let e = gmem::load_u64(mem, slot).map_err(|e| e.to_string())?;
+            let e = gmem::load_u64(mem, slot).map_err(|source| ShadowError::Memory { gpa: slot, source })?;
             table = if e & pte::P != 0 {
                 e & pte::ADDR_MASK
             } else {
-                let t = pool.alloc(mem).ok_or("shadow region exhausted (too many cached translations)")?;
+                let t = pool.alloc(mem).ok_or(ShadowError::Exhausted)?;
                 self.tables.push(t);
-                gmem::store_u64(mem, slot, t | SHADOW_TABLE_FLAGS).map_err(|e| e.to_string())?;
+                gmem::store_u64(mem, slot, t | SHADOW_TABLE_FLAGS)
+                    .map_err(|source| ShadowError::Memory { gpa: slot, source })?;
                 t
             };
         }
@@ -341,7 +303,7 @@ impl ShadowMmu {
 
     pub fn flush_page(&mut self, mem: &GuestMemoryMmap, va: u64) {
         self.drop_entry(mem, va & !0xfff);
-        self.emit(Kind::ShadowFlush, va & !0xfff, (va & !0xfff) + PAGE_SIZE, 0);
+        self.emit(Kind::ShadowFlush, va & !0xfff, (va & !0xfff).saturating_add(PAGE_SIZE), 0);
     }
 
     pub fn flush_range(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool, va: u64, len: u64) {
@@ -378,7 +340,7 @@ impl ShadowMmu {
         }
         let mut victims = Vec::new();
         for (&va, &leaf) in &self.entries {
-            let walk = pt::walk(mem, pgd, va, Access::read(false), WalkMode::Peek, &AllLive);
+            let walk = pt::walk(mem, pgd, va, Access::read(false), WalkMode::Peek, &PtRegionOnly);
             let stale = match walk.result {
                 Ok(t) => t.pa_4k() != leaf & pte::ADDR_MASK || (leaf & pte::RW != 0 && !t.perms.write),
                 Err(_) => true,

@@ -191,26 +191,27 @@ pub fn relax(spins: &mut u32) {
     }
 }
 
-/// Whole-page work is done by the VMM (`op::PAGE_OP`): a 4 KiB loop in the
+/// Whole-page work is done by the VMM (`PAGE_OP`): a 4 KiB loop in the
 /// guest costs ~1 ms on hosts that emulate every guest instruction, the
 /// hypercall ~30 µs.
-fn page_op(kind: u64, a: u64, b: u64) -> bool {
-    crate::hypercall::call(abi::hypercall::op::PAGE_OP, &[kind, a, b], &[]).ret[0] == 1
+fn page_op(kind: abi::hypercall::PageOpKind, dst: u64, src: u64) -> bool {
+    use abi::hypercall::calls::{PageOp, PageOpRequest};
+    crate::hypercall::call::<PageOp>(PageOpRequest { kind, dst, src }).same.get()
 }
 
 /// `clear_page`.
 pub fn zero_page(pa: u64) {
-    page_op(abi::hypercall::pageop::ZERO, pa, 0);
+    page_op(abi::hypercall::PageOpKind::Zero, pa, 0);
 }
 
 /// `copy_user_highpage`.
 pub fn copy_page(dst: u64, src: u64) {
-    page_op(abi::hypercall::pageop::COPY, dst, src);
+    page_op(abi::hypercall::PageOpKind::Copy, dst, src);
 }
 
 /// `pages_identical` (memcmp of the two pages).
 pub fn pages_identical(a: u64, b: u64) -> bool {
-    page_op(abi::hypercall::pageop::COMPARE, a, b)
+    page_op(abi::hypercall::PageOpKind::Compare, a, b)
 }
 
 /// The first word of a data page (what a litmus observation reads).

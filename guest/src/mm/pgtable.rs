@@ -3,7 +3,8 @@
 //! page-table ops (`set_pte_at`, `ptep_get_and_clear`, … as in Linux's
 //! `include/linux/pgtable.h`), so every change is seen by the VMM.
 
-use abi::hypercall::{op, ptop};
+use abi::hypercall::calls::{self, PtOpRequest, PtTableRequest};
+use abi::hypercall::{ptop, PtOpKind, TableEvent};
 use abi::layout::{self, PAGE_SIZE};
 
 use super::page_alloc;
@@ -78,9 +79,8 @@ pub const fn pte_dirty(e: u64) -> bool {
 const TABLE_FLAGS: u64 = pte::P | pte::RW | pte::US;
 
 /// One page-table op by the VMM; returns the old entry.
-pub fn pt_op(kind: u64, entry_gpa: u64, a: u64, b: u64) -> u64 {
-    let r = hypercall::call(op::PT_OP, &[kind, entry_gpa, a, b], &[]);
-    r.ret[0]
+pub fn pt_op(kind: PtOpKind, entry_gpa: u64, a: u64, b: u64) -> u64 {
+    hypercall::call::<calls::PtOp>(PtOpRequest { kind, entry: entry_gpa, a, b }).old
 }
 
 pub fn set_pte(entry_gpa: u64, val: u64) {
@@ -105,7 +105,7 @@ fn table_alloc(level: u64) -> u64 {
     let t = page_alloc::alloc_table_page();
     guest_assert!(t.is_some(), "out of page-table pages");
     let t = t.unwrap_or(0);
-    hypercall::call(op::PT_TABLE, &[1, t, level], &[]);
+    hypercall::call::<calls::PtTable>(PtTableRequest { event: TableEvent::Allocated, table: t, level });
     super::ptdesc::ptdesc(t).reset();
     t
 }
@@ -113,7 +113,7 @@ fn table_alloc(level: u64) -> u64 {
 /// Returns a page-table page to the allocator (after the TLBs that may cache
 /// walks through it were flushed).
 pub fn free_table(t: u64) {
-    hypercall::call(op::PT_TABLE, &[0, t, 0], &[]);
+    hypercall::call::<calls::PtTable>(PtTableRequest { event: TableEvent::Freed, table: t, level: 0 });
     page_alloc::free_table_page(t);
 }
 

@@ -7,7 +7,8 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::hypercall::{flush, op};
+use abi::hypercall::calls::{Flush, FlushRequest, SwitchMm, SwitchMmRequest};
+use abi::hypercall::FlushKind;
 use abi::layout::{MAX_VCPUS, PAGE_SIZE};
 
 use super::pgtable::Mm;
@@ -19,11 +20,11 @@ static CURRENT_MM: [AtomicU64; MAX_VCPUS as usize] = [const { AtomicU64::new(0) 
 
 /// `switch_mm`: run `mm` on this CPU. The VMM says what to load in CR3.
 pub fn switch_mm(mm: &Mm) {
-    let r = hypercall::call(op::SWITCH_MM, &[mm.pgd], &[]);
+    let r = hypercall::call::<SwitchMm>(SwitchMmRequest { pgd: mm.pgd });
     CURRENT_MM[percpu::cpu() as usize].store(mm.pgd, Ordering::Release);
     // SAFETY: CR3 is this vCPU's shadow root (or the PGD in native mode);
     // both map the kernel identically in slot 0.
-    unsafe { asm!("mov cr3, {}", in(reg) r.ret[0], options(nostack, preserves_flags)) }
+    unsafe { asm!("mov cr3, {}", in(reg) r.cr3, options(nostack, preserves_flags)) }
     trace::emit(Kind::MmSwitch, 0, mm.pgd, 0);
 }
 
@@ -41,13 +42,13 @@ pub fn switch_to_kernel_mm() {
 }
 
 pub fn flush_tlb_one_user(va: u64) {
-    hypercall::call(op::FLUSH, &[flush::PAGE, va, PAGE_SIZE], &[]);
+    hypercall::call::<Flush>(FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE });
     // SAFETY: invlpg only drops a translation.
     unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) }
 }
 
 pub fn flush_tlb_local() {
-    hypercall::call(op::FLUSH, &[flush::ALL, 0, 0], &[]);
+    hypercall::call::<Flush>(FlushRequest { kind: FlushKind::All, va: 0, len: 0 });
     // SAFETY: reloading CR3 with its own value drops non-global translations.
     unsafe { asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) _, options(nostack, preserves_flags)) }
 }
@@ -57,7 +58,7 @@ pub fn flush_tlb_range_local(start: u64, end: u64) {
     if end - start > 64 * PAGE_SIZE {
         return flush_tlb_local();
     }
-    hypercall::call(op::FLUSH, &[flush::RANGE, start, end - start], &[]);
+    hypercall::call::<Flush>(FlushRequest { kind: FlushKind::Range, va: start, len: end - start });
     let mut va = start & !(PAGE_SIZE - 1);
     while va < end {
         // SAFETY: as above.

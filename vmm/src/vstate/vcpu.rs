@@ -1,23 +1,23 @@
 //! A vCPU thread as an explicit state machine (after Firecracker's
 //! `vstate/vcpu.rs`): `Running` until the guest exits, misbehaves, or the
 //! VMM asks it to stop; a stop request is a kick — `immediate_exit` set from
-//! a signal handler plus the signal itself — so no exit can be missed.
+//! a signal handler plus the signal itself — so no exit can be missed. Exits
+//! go through [`route`]; this file knows no device and no hypercall.
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use abi::hypercall::{EXIT_PORT, EXPLORE_PARK_PORT, HC_PORT, NOP_PORT, SERIAL_PORT, YIELD_PORT};
-use abi::iommu::{IOMMU_MMIO_BASE, IOMMU_MMIO_SIZE};
 use abi::layout;
 use kvm_bindings::{kvm_mp_state, kvm_segment, CpuId, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
-use super::vm::{EndReason, VcpuDump, VmShared};
+use super::bus::Flow;
+use super::exit::{route, Buses, Exit, ExitHook, NoRegs, VcpuCtx, VcpuRegs};
+use super::fault::{EndReason, GuestFault, VcpuDump};
+use super::vm::{kvm, Result, VmCore};
 use crate::boot::GDT_ENTRIES;
-use crate::error::{kvm, Result};
-use crate::hypercall::{Flow, Hypercalls};
 
 /// Offset from SIGRTMIN of the signal that kicks a vCPU out of KVM_RUN.
 pub const KICK_SIGNAL_OFFSET: i32 = 0;
@@ -59,15 +59,30 @@ pub struct Vcpu {
     index: u64,
     fd: VcpuFd,
     mem: GuestMemoryMmap,
-    shared: Arc<VmShared>,
-    hypercalls: Hypercalls,
+    core: Arc<VmCore>,
+    buses: Arc<Buses>,
+    exit_hooks: Arc<[Arc<dyn ExitHook>]>,
+}
+
+struct KvmRegs<'a>(&'a VcpuFd);
+
+impl VcpuRegs for KvmRegs<'_> {
+    fn rip(&self) -> Option<u64> {
+        self.0.get_regs().ok().map(|r| r.rip)
+    }
 }
 
 impl Vcpu {
-    pub fn new(vm: &VmFd, index: u64, mem: GuestMemoryMmap, shared: Arc<VmShared>) -> Result<Self> {
+    pub fn new(
+        vm: &VmFd,
+        index: u64,
+        mem: GuestMemoryMmap,
+        core: Arc<VmCore>,
+        buses: Arc<Buses>,
+        exit_hooks: Arc<[Arc<dyn ExitHook>]>,
+    ) -> Result<Self> {
         let fd = vm.create_vcpu(index).map_err(kvm("KVM_CREATE_VCPU"))?;
-        let hypercalls = Hypercalls::new(index, shared.tlb, shared.seed, shared.trace.clone());
-        Ok(Self { index, fd, mem, shared, hypercalls })
+        Ok(Self { index, fd, mem, core, buses, exit_hooks })
     }
 
     pub fn tsc_khz(&self) -> u64 {
@@ -80,9 +95,9 @@ impl Vcpu {
         const MSR_IA32_TSC: u32 = 0x10;
         let entry = kvm_bindings::kvm_msr_entry { index: MSR_IA32_TSC, ..Default::default() };
         let Ok(mut msrs) = kvm_bindings::Msrs::from_entries(&[entry]) else { return 0 };
-        let before = crate::trace::host_tsc();
+        let before = host_tsc();
         let n = self.fd.get_msrs(&mut msrs);
-        let after = crate::trace::host_tsc();
+        let after = host_tsc();
         match n {
             Ok(1) => {
                 let guest = msrs.as_slice()[0].data;
@@ -166,132 +181,100 @@ impl Vcpu {
             state = self.step();
         }
         IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
-        if self.shared.dump.load(Ordering::Acquire) {
+        if self.core.dump.load(Ordering::Acquire) {
             let d = self.dump();
-            self.shared.dumps.lock().unwrap()[self.index as usize] = Some(d);
+            self.core.dumps.lock().unwrap_or_else(|e| e.into_inner())[self.index as usize] = Some(d);
         }
     }
 
     fn step(&mut self) -> State {
-        if self.shared.stop.load(Ordering::Acquire) {
+        if self.core.stop.load(Ordering::Acquire) {
             return State::Stopped;
         }
-        let shared = &self.shared;
-        let mem = &self.mem;
-        let exit = match self.fd.run() {
-            Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut(port, le_value(data), data.len()),
+        // Reads are routed while KVM's buffer is borrowed (their devices need
+        // no registers); writes are copied out first, so a device may read
+        // registers (RIP) through the vCPU fd.
+        let (index, mem, buses) = (self.index, &self.mem, &self.buses);
+        let mut buf = [0u8; 8];
+        let mut interrupted = false;
+        let copy = |buf: &mut [u8; 8], data: &[u8]| {
+            let n = data.len().min(8);
+            buf[..n].copy_from_slice(&data[..n]);
+            n
+        };
+        let pending = match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
-                if (SERIAL_PORT..SERIAL_PORT + 8).contains(&port) && data.len() == 1 {
-                    data[0] = shared.serial.lock().unwrap().read((port - SERIAL_PORT) as u8);
-                } else {
-                    data.fill(0xff);
-                }
-                Exit::Handled
+                Err(route(buses, &mut VcpuCtx { cpu: index, mem, regs: &NoRegs }, Exit::IoIn { port, data }))
             }
-            Ok(VcpuExit::MmioRead(addr, data)) if is_iommu_mmio(addr) => {
-                shared.iommu.lock().unwrap().mmio_read_bytes(addr - IOMMU_MMIO_BASE, data);
-                Exit::Handled
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                Err(route(buses, &mut VcpuCtx { cpu: index, mem, regs: &NoRegs }, Exit::MmioRead { addr, data }))
             }
-            Ok(VcpuExit::MmioWrite(addr, data)) if is_iommu_mmio(addr) => {
-                // A tail write processes the invalidation queue before it returns.
-                let out = shared.iommu.lock().unwrap().mmio_write_bytes(addr - IOMMU_MMIO_BASE, data, mem);
-                for msi in out.msis {
-                    shared.deliver_msi(msi);
-                }
-                Exit::Handled
+            Ok(VcpuExit::IoOut(port, data)) => Ok(Written::Io(port, copy(&mut buf, data))),
+            Ok(VcpuExit::MmioWrite(addr, data)) => Ok(Written::Mmio(addr, copy(&mut buf, data))),
+            Ok(VcpuExit::Shutdown) => Ok(Written::Fault(GuestFault::TripleFault)),
+            Ok(VcpuExit::Hlt) => Ok(Written::Fault(GuestFault::BadExit("HLT exit to userspace".into()))),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Ok(Written::Fault(GuestFault::BadExit(format!(
+                "VM entry failed (hardware reason {reason:#x}, host cpu {cpu})"
+            )))),
+            Ok(VcpuExit::InternalError) => {
+                Ok(Written::Fault(GuestFault::BadExit("KVM internal error (emulation failure?)".into())))
             }
-            Ok(VcpuExit::MmioRead(addr, data)) => Exit::StrayMmio { addr, write: None, len: data.len() },
-            Ok(VcpuExit::MmioWrite(addr, data)) => {
-                Exit::StrayMmio { addr, write: Some(le_value(data)), len: data.len() }
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                Ok(Written::Fault(GuestFault::BadExit(format!("system event {kind} (reset or shutdown)"))))
             }
-            Ok(VcpuExit::Shutdown) => Exit::Fatal("triple fault (KVM_EXIT_SHUTDOWN)".into()),
-            Ok(VcpuExit::Hlt) => Exit::Fatal("HLT exit to userspace".into()),
-            Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                Exit::Fatal(format!("VM entry failed (hardware reason {reason:#x}, host cpu {cpu})"))
-            }
-            Ok(VcpuExit::InternalError) => Exit::Fatal("KVM internal error (emulation failure?)".into()),
-            Ok(VcpuExit::SystemEvent(kind, _)) => Exit::Fatal(format!("system event {kind} (reset or shutdown)")),
-            Ok(other) => Exit::Fatal(format!("unexpected exit {other:?}")),
+            Ok(other) => Ok(Written::Fault(GuestFault::BadExit(format!("unexpected exit {other:?}")))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                self.fd.set_kvm_immediate_exit(0);
-                Exit::Handled
+                interrupted = true;
+                Ok(Written::None)
             }
-            Err(e) => Exit::Fatal(format!("KVM_RUN failed: {e}")),
+            Err(e) => Ok(Written::Fault(GuestFault::BadExit(format!("KVM_RUN failed: {e}")))),
         };
-        let next = match exit {
-            Exit::Handled => State::Running,
-            Exit::IoOut(port, value, len) => self.io_out(port, value, len),
-            Exit::StrayMmio { addr, write: Some(value), len } if layout::in_pt_region(addr) => {
-                self.stray_page_table_store(addr, value, len)
-            }
-            Exit::StrayMmio { addr, write, len } => {
-                let what = match write {
-                    Some(v) => format!("stray {len}-byte write of {v:#x} to unbacked address {addr:#x}"),
-                    None => format!("stray {len}-byte read of unbacked address {addr:#x}"),
+        if interrupted {
+            self.fd.set_kvm_immediate_exit(0);
+        }
+        let result = match pending {
+            Err(routed) => routed,
+            Ok(w) => {
+                let regs = KvmRegs(&self.fd);
+                let mut ctx = VcpuCtx { cpu: index, mem: &self.mem, regs: &regs };
+                let exit = match w {
+                    Written::Io(port, n) => Exit::IoOut { port, data: &buf[..n] },
+                    Written::Mmio(addr, n) => Exit::MmioWrite { addr, data: &buf[..n] },
+                    Written::Fault(f) => Exit::Fault(f),
+                    Written::None => Exit::Handled,
                 };
-                self.guest_error(what, None)
+                route(&self.buses, &mut ctx, exit)
             }
-            Exit::Fatal(cause) => self.guest_error(cause, None),
         };
-        // evict:P — at each exit, drop stale modelled-TLB entries at random;
-        // then make KVM drop its own cached copies (KVM_SET_SREGS resets its MMU context).
-        if next == State::Running && self.hypercalls.shadow.evict_stale(&self.mem) {
-            if let Ok(sregs) = self.fd.get_sregs() {
-                let _ = self.fd.set_sregs(&sregs);
+        let next = match result {
+            Ok(Flow::Resume) => State::Running,
+            Ok(Flow::End(reason)) => {
+                self.core.end(reason);
+                State::Stopped
+            }
+            Err(fault) => self.guest_error(fault),
+        };
+        if next == State::Running && !self.exit_hooks.is_empty() {
+            let regs = KvmRegs(&self.fd);
+            let mut ctx = VcpuCtx { cpu: index, mem: &self.mem, regs: &regs };
+            let mut stale = false;
+            for h in self.exit_hooks.iter() {
+                stale |= h.after_exit(&mut ctx);
+            }
+            // The modelled TLB dropped entries: make KVM drop its own cached
+            // copies (KVM_SET_SREGS resets its MMU context).
+            if stale {
+                if let Ok(sregs) = self.fd.get_sregs() {
+                    let _ = self.fd.set_sregs(&sregs);
+                }
             }
         }
         next
     }
 
-    /// A direct store into the page-table region (a read-only memslot): the
-    /// guest bypassed the page-table ops. Never applied; fatal unless the
-    /// guest announced it (the stray-store self-test).
-    fn stray_page_table_store(&mut self, gpa: u64, value: u64, len: usize) -> State {
-        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
-        if std::mem::take(&mut self.hypercalls.stray_expected) {
-            self.hypercalls.last_stray = Some(crate::hypercall::StrayStore { gpa, value, rip });
-            return State::Running;
-        }
-        self.guest_error(
-            format!(
-                "stray {len}-byte store of {value:#x} to page-table memory at GPA {gpa:#x} \
-                 (page tables change only through page-table-op hypercalls; the store was not applied)"
-            ),
-            Some(rip),
-        )
-    }
-
-    fn io_out(&mut self, port: u16, value: u64, len: usize) -> State {
-        match port {
-            HC_PORT => match self.hypercalls.handle(&self.mem, &self.shared) {
-                Flow::Resume => State::Running,
-                Flow::GuestError { cause, rip } => self.guest_error(cause, rip),
-            },
-            EXIT_PORT => {
-                self.shared.end(EndReason::GuestExit(value as u32));
-                State::Stopped
-            }
-            NOP_PORT => State::Running,
-            YIELD_PORT => {
-                std::thread::yield_now();
-                State::Running
-            }
-            EXPLORE_PARK_PORT => {
-                crate::explore_run::park(&self.mem, value, std::time::Duration::from_millis(1));
-                State::Running
-            }
-            p if (SERIAL_PORT..SERIAL_PORT + 8).contains(&p) && len == 1 => {
-                let _ = self.shared.serial.lock().unwrap().write((p - SERIAL_PORT) as u8, value as u8);
-                State::Running
-            }
-            // Probes of legacy devices (e.g. port 0x80 delays) are harmless; ignore them.
-            _ => State::Running,
-        }
-    }
-
-    fn guest_error(&mut self, cause: String, rip: Option<u64>) -> State {
-        let rip = rip.unwrap_or_else(|| self.fd.get_regs().map(|r| r.rip).unwrap_or(u64::MAX));
-        self.shared.end(EndReason::GuestError { vcpu: self.index, rip, cause });
+    fn guest_error(&mut self, fault: GuestFault) -> State {
+        let rip = fault.rip().unwrap_or_else(|| self.fd.get_regs().map(|r| r.rip).unwrap_or(u64::MAX));
+        self.core.end(EndReason::GuestError { vcpu: self.index, rip, fault });
         State::Stopped
     }
 
@@ -309,22 +292,19 @@ impl Vcpu {
     }
 }
 
-enum Exit {
-    Handled,
-    IoOut(u16, u64, usize),
-    StrayMmio { addr: u64, write: Option<u64>, len: usize },
-    Fatal(String),
+/// A write exit, copied out of KVM's buffer.
+enum Written {
+    Io(u16, usize),
+    Mmio(u64, usize),
+    Fault(GuestFault),
+    None,
 }
 
-fn is_iommu_mmio(addr: u64) -> bool {
-    (IOMMU_MMIO_BASE..IOMMU_MMIO_BASE + IOMMU_MMIO_SIZE).contains(&addr)
-}
-
-fn le_value(data: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = data.len().min(8);
-    b[..n].copy_from_slice(&data[..n]);
-    u64::from_le_bytes(b)
+/// The host's TSC.
+pub fn host_tsc() -> u64 {
+    // SAFETY: rdtsc only reads the time-stamp counter; it has no memory
+    // effects and is available on every x86-64 CPU.
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// Flat segments: CS from `code_desc`, every data segment from the GDT's

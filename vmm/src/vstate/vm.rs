@@ -1,162 +1,132 @@
-//! One VM run: checks, KVM set-up, vCPU threads, and the supervisor loop
-//! (event-manager) that waits for the guest to end or the watchdog to fire.
+//! One VM run: checks, KVM set-up, guest memory, the services' wiring, vCPU
+//! threads, and the supervisor loop (event-manager) that waits for the guest
+//! to end, the watchdog, or a service's watch.
 
-use std::collections::BTreeSet;
-use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use abi::config::{GuestMode, TlbModel};
 use abi::layout;
 use abi::BootInfo;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use iommu::{Iommu, IommuConfig, Msi};
 use kvm_bindings::{kvm_msi, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY};
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vm_superio::{Serial, Trigger};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::exit::ExitHook;
+use super::fault::{EndReason, VcpuDump};
+use super::service::{GuestClock, MsiSender, Service, SetupError, Watch, Wiring};
 use super::vcpu::{kick_handler, Vcpu, KICK_SIGNAL_OFFSET};
-use crate::boot;
-use crate::dma::DmaEngine;
-use crate::error::{kvm, Error, Result};
-use crate::hypercall::{BenchFigure, ProbeResult};
-use crate::litmus_run::LitmusSession;
-use crate::report::Results;
-use crate::shadow::{ShadowPool, TlbModel};
-use crate::trace::{DeviceSink, TraceConfig, Tracer};
+use crate::boot::{self, ImageError};
 
 /// RAM stays below the 32-bit MMIO hole (LAPIC, IOAPIC, device pages).
 pub const MAX_MEM_MIB: u64 = 3072;
 
+/// The VM itself: what every run has, whatever the mode.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     pub vcpus: u64,
     pub mem_mib: u64,
     pub cmdline: String,
+    /// The watchdog.
     pub timeout: Duration,
     pub image: Arc<[u8]>,
     /// Shown in messages about the image (`<embedded guest>` for the default).
     pub image_path: PathBuf,
-    /// Collect result lines instead of printing them, and no serial output.
-    pub quiet: bool,
-    /// vCPU TLB model (`--tlb`).
+    /// vCPU TLB model: under `lazy`/`evict` the page-table region is a
+    /// read-only memslot (a direct store exits to the VMM).
     pub tlb: TlbModel,
-    /// Seed for everything random (`--seed`).
+    /// Seed for everything random in the run's services.
     pub seed: u64,
-    /// The emulated IOMMU's caches (`iotlb=`, `pwc=` policies).
-    pub iommu: IommuConfig,
-    /// Set for `mode=litmus` boots: the blob, and where results go.
-    pub litmus: Option<Arc<LitmusSession>>,
-    /// Set for traced boots (`vmm litmus --trace`).
-    pub trace: Option<TraceConfig>,
+    /// What the guest runs ([`BootInfo::mode`]) and its argument.
+    pub mode: GuestMode,
+    pub mode_arg: u64,
 }
 
-/// How a run ended.
-#[derive(Debug, Clone)]
-pub enum EndReason {
-    /// The guest wrote this status to the exit port.
-    GuestExit(u32),
-    /// A litmus iteration made no progress within its time limit; the
-    /// session holds where every thread was.
-    IterationTimeout,
-    /// The guest misbehaved.
-    GuestError { vcpu: u64, rip: u64, cause: String },
-    /// The watchdog fired; where every vCPU was.
-    Timeout { dumps: Vec<VcpuDump> },
+/// Errors that stop a VM from being built or run (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {source}{hint}")]
+    KvmUnavailable {
+        #[source]
+        source: kvm_ioctls::Error,
+        hint: &'static str,
+    },
+    #[error("KVM {what} failed: {source}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("--vcpus {requested}: {reason}")]
+    BadVcpus { requested: u64, reason: String },
+    #[error("--mem {requested} MiB: {reason}")]
+    BadMemory { requested: u64, reason: String },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("guest memory: {0}")]
+    Memory(String),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error("{what}: {source}")]
+    Host {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-#[derive(Debug, Clone)]
-pub struct VcpuDump {
-    pub vcpu: u64,
-    pub rip: Option<u64>,
-    pub rsp: Option<u64>,
-    pub cr3: Option<u64>,
-    pub halted: bool,
+pub type Result<T> = std::result::Result<T, VmError>;
+
+/// Shorthand for mapping a KVM ioctl error with what we were doing.
+pub fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
 }
 
+fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
+    move |source| VmError::Host { what, source }
+}
+
+/// How a run went, as the VM sees it (results live in the services).
+#[derive(Debug)]
 pub struct RunOutcome {
     pub end: EndReason,
-    pub results: Results,
     /// From starting the vCPU threads to the guest's end.
     pub boot_to_exit: Duration,
-    pub bench: Vec<BenchFigure>,
-    pub probes: Vec<ProbeResult>,
 }
 
-/// Serial interrupts are not wired: the guest polls (it only writes).
-pub struct NoIrq;
-impl Trigger for NoIrq {
-    type E = std::io::Error;
-    fn trigger(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-pub type SerialDevice = Serial<NoIrq, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
-
-/// State shared by the vCPU threads and the supervisor.
-pub struct VmShared {
+/// State shared by the vCPU threads and the supervisor: only the VM's own.
+pub struct VmCore {
     pub stop: AtomicBool,
     pub dump: AtomicBool,
     end: Mutex<Option<EndReason>>,
     exit_evt: EventFd,
-    pub results: Mutex<Results>,
-    pub serial: Mutex<SerialDevice>,
     pub dumps: Mutex<Vec<Option<VcpuDump>>>,
-    pub bench: Mutex<Vec<BenchFigure>>,
-    pub probes: Mutex<Vec<ProbeResult>>,
-    pub tlb: TlbModel,
-    pub seed: u64,
-    pub shadow_pool: ShadowPool,
-    /// Page-table pages the guest says are live (PT_TABLE).
-    pub live_tables: Mutex<BTreeSet<u64>>,
-    /// The secondary MMU (SVA IOMMU), shared by the vCPUs (MMIO, table
-    /// tracking) and the DMA engine.
-    pub iommu: Arc<Mutex<Iommu>>,
-    pub dma: DmaEngine,
-    pub litmus: Option<Arc<LitmusSession>>,
-    /// This boot's tracing, if traced.
-    pub trace: Option<Arc<Tracer>>,
-    vm_fd: Arc<VmFd>,
 }
 
-impl VmShared {
+impl VmCore {
     /// Records how the run ended (the first report wins) and wakes the supervisor.
     pub fn end(&self, reason: EndReason) {
-        let mut end = self.end.lock().unwrap();
+        let mut end = self.end.lock().unwrap_or_else(|e| e.into_inner());
         if end.is_none() {
             *end = Some(reason);
         }
         self.stop.store(true, Ordering::Release);
         let _ = self.exit_evt.write(1);
     }
-
-    /// Raises an MSI from the IOMMU (in-kernel irqchip, KVM_SIGNAL_MSI).
-    pub fn deliver_msi(&self, msi: Msi) {
-        deliver_msi(&self.vm_fd, msi);
-    }
-
-    pub fn log(&self, cpu: u64, msg: &str) {
-        eprintln!("[guest vCPU {cpu}] {msg}");
-    }
 }
 
-fn deliver_msi(vm: &VmFd, msi: Msi) {
-    let m = kvm_msi {
-        address_lo: msi.address as u32,
-        address_hi: (msi.address >> 32) as u32,
-        data: msi.data,
-        ..Default::default()
-    };
+fn deliver_msi(vm: &VmFd, address: u64, data: u32) {
+    let m = kvm_msi { address_lo: address as u32, address_hi: (address >> 32) as u32, data, ..Default::default() };
     if let Err(e) = vm.signal_msi(m) {
-        eprintln!("vmm: warning: IOMMU MSI {:#x}/{:#x} not delivered: {e}", msi.address, msi.data);
+        log::warn!("IOMMU MSI {address:#x}/{data:#x} not delivered: {e}");
     }
 }
 
@@ -165,22 +135,22 @@ fn deliver_msi(vm: &VmFd, msi: Msi) {
 pub fn check_config(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
     let max = (kvm.get_max_vcpus() as u64).min(layout::MAX_VCPUS);
     if cfg.vcpus == 0 {
-        return Err(Error::BadVcpus { requested: 0, reason: "need at least 1 vCPU".into() });
+        return Err(VmError::BadVcpus { requested: 0, reason: "need at least 1 vCPU".into() });
     }
     if cfg.vcpus > max {
-        return Err(Error::BadVcpus {
+        return Err(VmError::BadVcpus {
             requested: cfg.vcpus,
             reason: format!("this host's KVM and shootdown's memory map allow at most {max}"),
         });
     }
     let min_mib = layout::MIN_MEM >> 20;
     if cfg.mem_mib < min_mib || cfg.mem_mib > MAX_MEM_MIB {
-        return Err(Error::BadMemory {
+        return Err(VmError::BadMemory {
             requested: cfg.mem_mib,
             reason: format!("must be between {min_mib} and {MAX_MEM_MIB} MiB"),
         });
     }
-    boot::check_image(&cfg.image_path, &cfg.image, cfg.mem_mib << 20)
+    Ok(boot::check_image(&cfg.image_path, &cfg.image, cfg.mem_mib << 20)?)
 }
 
 /// Checks `cfg` (vCPUs, memory, image) against this host's KVM without
@@ -190,20 +160,33 @@ pub fn validate(cfg: &VmConfig) -> Result<()> {
 }
 
 pub fn open_kvm() -> Result<Kvm> {
-    Kvm::new().map_err(|e| {
-        let hint = match e.errno() {
+    Kvm::new().map_err(|source| {
+        let hint = match source.errno() {
             libc::ENOENT => {
-                "/dev/kvm does not exist: this host has no KVM (load kvm_intel/kvm_amd, or run on a KVM host)"
+                ": /dev/kvm does not exist: this host has no KVM (load kvm_intel/kvm_amd, or run on a KVM host)"
             }
-            libc::EACCES | libc::EPERM => "permission denied: add your user to the `kvm` group or run as root",
+            libc::EACCES | libc::EPERM => ": permission denied: add your user to the `kvm` group or run as root",
             _ => "",
         };
-        Error::KvmUnavailable(if hint.is_empty() { e.to_string() } else { format!("{e}: {hint}") })
+        VmError::KvmUnavailable { source, hint }
     })
 }
 
-/// Boots the guest and runs it to the end.
-pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
+/// Guest memory: separate regions so the page-table and shadow regions can
+/// be read-only memslots (under lazy/evict a guest store to them exits).
+pub fn guest_memory(mem_size: u64) -> Result<GuestMemoryMmap> {
+    let regions = [
+        (0, layout::PT_BASE),
+        (layout::PT_BASE, layout::PT_SIZE),
+        (layout::SHADOW_BASE, layout::SHADOW_SIZE),
+        (layout::FREE_START, mem_size.saturating_sub(layout::FREE_START)),
+    ];
+    let ranges: Vec<(GuestAddress, usize)> = regions.iter().map(|&(a, l)| (GuestAddress(a), l as usize)).collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory(e.to_string()))
+}
+
+/// Boots the guest with `services` and runs it to the end.
+pub fn run(cfg: &VmConfig, services: &[Arc<dyn Service>]) -> Result<RunOutcome> {
     let kvm_fd = open_kvm()?;
     check_config(&kvm_fd, cfg)?;
     let vm = Arc::new(kvm_fd.create_vm().map_err(kvm("KVM_CREATE_VM"))?);
@@ -211,21 +194,12 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
     vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
 
     let mem_size = cfg.mem_mib << 20;
-    // Separate regions so the page-table and shadow regions can be read-only
-    // memslots: under lazy/evict a guest store to them exits to the VMM.
-    let regions = [
-        (0, layout::PT_BASE),
-        (layout::PT_BASE, layout::PT_SIZE),
-        (layout::SHADOW_BASE, layout::SHADOW_SIZE),
-        (layout::FREE_START, mem_size - layout::FREE_START),
-    ];
-    let ranges: Vec<(GuestAddress, usize)> = regions.iter().map(|&(a, l)| (GuestAddress(a), l as usize)).collect();
-    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(e.to_string()))?;
+    let mem = guest_memory(mem_size)?;
     for (slot, region) in mem.iter().enumerate() {
         let start = region.start_addr().0;
         let read_only = (start == layout::PT_BASE && cfg.tlb.is_shadowed()) || start == layout::SHADOW_BASE;
         let host =
-            region.get_host_address(vm_memory::MemoryRegionAddress(0)).map_err(|e| Error::Memory(e.to_string()))?;
+            region.get_host_address(vm_memory::MemoryRegionAddress(0)).map_err(|e| VmError::Memory(e.to_string()))?;
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,
@@ -246,55 +220,25 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
         boot::write_pvh_start_info(&mem, mem_size)?;
     }
 
-    if let Some(l) = &cfg.litmus {
-        if l.blob.len() as u64 > layout::LITMUS_BLOB_MAX {
-            return Err(Error::Other(format!(
-                "litmus test too large: {} bytes of bytecode (at most {})",
-                l.blob.len(),
-                layout::LITMUS_BLOB_MAX
-            )));
-        }
-        mem.write_slice(&l.blob, GuestAddress(layout::LITMUS_BLOB)).map_err(|e| Error::Memory(e.to_string()))?;
-    }
-    let mut iommu = Iommu::new(cfg.iommu).map_err(|e| Error::Other(format!("IOMMU config: {e}")))?;
-    iommu.set_table_tracking(true);
-    let tracer = match &cfg.trace {
-        Some(tc) => Some(Tracer::new(tc, &mem, cfg.vcpus)?),
-        None => None,
-    };
-    if let Some(t) = &tracer {
-        iommu.set_sink(Arc::new(DeviceSink { tracer: t.clone() }));
-    }
-    let iommu = Arc::new(Mutex::new(iommu));
+    // The services wire themselves in.
     let vm_for_msi = vm.clone();
-    let dma = DmaEngine::start(mem.clone(), iommu.clone(), Arc::new(move |msi| deliver_msi(&vm_for_msi, msi)))
-        .map_err(|e| Error::Other(format!("cannot start the DMA engine thread: {e}")))?;
-    let out: Box<dyn Write + Send> = if cfg.quiet { Box::new(std::io::sink()) } else { Box::new(std::io::stdout()) };
-    let shared = Arc::new(VmShared {
+    let msi: MsiSender = Arc::new(move |address, data| deliver_msi(&vm_for_msi, address, data));
+    let Wiring { buses, exit_hooks, watches } = Wiring::wire(&mem, cfg.vcpus, msi, services)?;
+    let buses = Arc::new(buses);
+    let exit_hooks: Arc<[Arc<dyn ExitHook>]> = exit_hooks.into();
+
+    let core = Arc::new(VmCore {
         stop: AtomicBool::new(false),
         dump: AtomicBool::new(false),
         end: Mutex::new(None),
-        exit_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Other(format!("eventfd: {e}")))?,
-        results: Mutex::new(Results::new(cfg.quiet)),
-        serial: Mutex::new(Serial::new(NoIrq, out)),
+        exit_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(host("eventfd"))?,
         dumps: Mutex::new(vec![None; cfg.vcpus as usize]),
-        bench: Mutex::new(Vec::new()),
-        probes: Mutex::new(Vec::new()),
-        tlb: cfg.tlb,
-        seed: cfg.seed,
-        shadow_pool: ShadowPool::new(),
-        live_tables: Mutex::new(BTreeSet::new()),
-        iommu,
-        dma,
-        litmus: cfg.litmus.clone(),
-        trace: tracer.clone(),
-        vm_fd: vm.clone(),
     });
 
     let supported = kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
     let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
     for i in 0..cfg.vcpus {
-        let mut v = Vcpu::new(&vm, i, mem.clone(), shared.clone())?;
+        let mut v = Vcpu::new(&vm, i, mem.clone(), core.clone(), buses.clone(), exit_hooks.clone())?;
         v.configure(&supported, image.entry, image.pvh_entry)?;
         vcpus.push(v);
     }
@@ -307,37 +251,64 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
         kernel_start: image.start,
         kernel_end: image.end,
         free_start: layout::FREE_START,
+        mode: cfg.mode as u64,
+        mode_arg: cfg.mode_arg,
         ..Default::default()
     };
     boot::write_boot_info(&mem, &info)?;
-    if let Some(t) = &tracer {
-        t.begin(info.tsc_khz, vcpus[0].tsc_offset());
+    let clock = GuestClock { tsc_khz: info.tsc_khz, tsc_offset: vcpus[0].tsc_offset() };
+    for s in services {
+        s.started(clock);
     }
 
     register_signal_handler(SIGRTMIN() + KICK_SIGNAL_OFFSET, kick_handler)
-        .map_err(|e| Error::Other(format!("cannot install the vCPU kick signal handler: {e}")))?;
+        .map_err(|e| host("cannot install the vCPU kick signal handler")(std::io::Error::from(e)))?;
 
     let start = Instant::now();
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for (i, v) in vcpus.into_iter().enumerate() {
-        let t = std::thread::Builder::new()
-            .name(format!("vcpu{i}"))
-            .spawn(move || v.run())
-            .map_err(|e| Error::Other(format!("cannot start vCPU thread {i}: {e}")))?;
-        threads.push(t);
+        match std::thread::Builder::new().name(format!("vcpu{i}")).spawn(move || v.run()) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                stop_vcpus(&core, services, threads);
+                return Err(host("cannot start a vCPU thread")(e));
+            }
+        }
     }
 
-    let stall_check = cfg.litmus.as_ref().map(|l| {
-        let (l, mem) = (l.clone(), mem.clone());
-        Box::new(move || l.stalled(&mem)) as Box<dyn FnMut() -> bool + Send>
-    });
-    let fired = supervise(&shared, cfg.timeout, stall_check)?;
-    let timed_out = fired == Fired::Watchdog;
+    let fired = supervise(&core, cfg.timeout, &watches, &mem);
     let boot_to_exit = start.elapsed();
-    if timed_out {
-        shared.dump.store(true, Ordering::Release);
+    if matches!(fired, Ok(Fired::Watchdog)) {
+        core.dump.store(true, Ordering::Release);
     }
-    shared.stop.store(true, Ordering::Release);
+    stop_vcpus(&core, services, threads);
+    let fired = fired?;
+
+    let end = match fired {
+        Fired::Watchdog => {
+            let dumps = core.dumps.lock().unwrap_or_else(|e| e.into_inner()).iter().flatten().cloned().collect();
+            EndReason::Timeout { dumps }
+        }
+        Fired::Watch(reason) => reason,
+        Fired::GuestEnded => core
+            .end
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or(EndReason::GuestExit(abi::exit::GUEST_PANIC)),
+    };
+    for s in services {
+        s.finished(&end);
+    }
+    Ok(RunOutcome { end, boot_to_exit })
+}
+
+/// Tells every vCPU to stop, kicks it out of KVM_RUN, and joins it.
+fn stop_vcpus(core: &VmCore, services: &[Arc<dyn Service>], threads: Vec<JoinHandle<()>>) {
+    core.stop.store(true, Ordering::Release);
+    for s in services {
+        s.stopping();
+    }
     for t in &threads {
         // A thread that already left its loop has nothing to kick; errors are harmless.
         let _ = t.kill(SIGRTMIN() + KICK_SIGNAL_OFFSET);
@@ -345,105 +316,69 @@ pub fn run(cfg: &VmConfig) -> Result<RunOutcome> {
     for t in threads {
         let _ = t.join();
     }
-
-    let end = if timed_out {
-        let dumps = shared.dumps.lock().unwrap().iter().flatten().cloned().collect();
-        EndReason::Timeout { dumps }
-    } else if fired == Fired::IterationStall {
-        EndReason::IterationTimeout
-    } else {
-        shared.end.lock().unwrap().clone().unwrap_or(EndReason::GuestExit(abi::exit::GUEST_PANIC))
-    };
-    if let Some(t) = &tracer {
-        t.finish(&match &end {
-            EndReason::GuestExit(s) => format!("exit {s}"),
-            EndReason::IterationTimeout => "iteration-timeout".into(),
-            EndReason::GuestError { vcpu, rip, cause } => format!("guest-error: vCPU {vcpu} at RIP {rip:#x}: {cause}"),
-            EndReason::Timeout { .. } => "watchdog".into(),
-        });
-    }
-    let mut results = std::mem::take(&mut *shared.results.lock().unwrap());
-    match &end {
-        EndReason::GuestError { vcpu, rip, cause } => {
-            results.abort_current(&format!("guest error on vCPU {vcpu} at RIP {rip:#x}: {cause}"))
-        }
-        EndReason::Timeout { .. } => results.abort_current(&format!("timed out after {:?}", cfg.timeout)),
-        EndReason::GuestExit(_) => results.abort_current("guest exited in the middle of the test"),
-        EndReason::IterationTimeout => {}
-    }
-    let bench = std::mem::take(&mut *shared.bench.lock().unwrap());
-    let probes = std::mem::take(&mut *shared.probes.lock().unwrap());
-    Ok(RunOutcome { end, results, boot_to_exit, bench, probes })
 }
 
-/// How often a litmus run's iteration watchdog looks at the progress mark.
-const STALL_TICK: Duration = Duration::from_millis(50);
-
-type StallCheck = Box<dyn FnMut() -> bool + Send>;
-
-/// Waits (event-manager, no polling) for the guest's end, the watchdog or,
-/// in a litmus run, an iteration that stopped making progress.
-fn supervise(shared: &Arc<VmShared>, timeout: Duration, stall_check: Option<StallCheck>) -> Result<Fired> {
-    let err = |what: &str, e: &dyn std::fmt::Display| Error::Other(format!("{what}: {e}"));
-    let mut timer = TimerFd::new().map_err(|e| err("timerfd", &e))?;
-    timer.reset(timeout, None).map_err(|e| err("timerfd", &e))?;
-    let exit_evt = shared.exit_evt.try_clone().map_err(|e| err("eventfd", &e))?;
-    let stall = match stall_check {
-        Some(check) => {
-            let mut tick = TimerFd::new().map_err(|e| err("timerfd", &e))?;
-            tick.reset(STALL_TICK, Some(STALL_TICK)).map_err(|e| err("timerfd", &e))?;
-            Some((tick, check))
-        }
-        None => None,
-    };
-    let sup = Arc::new(Mutex::new(Supervisor { exit_evt, timer, stall, fired: None }));
-    let mut em = EventManager::<Arc<Mutex<Supervisor>>>::new().map_err(|e| err("event manager", &e))?;
+/// Waits (event-manager, no polling) for the guest's end, the watchdog or
+/// a service's watch.
+fn supervise(core: &VmCore, timeout: Duration, watches: &[Arc<dyn Watch>], mem: &GuestMemoryMmap) -> Result<Fired> {
+    let errno = |e: vmm_sys_util::errno::Error| std::io::Error::from_raw_os_error(e.errno());
+    let mut timer = TimerFd::new().map_err(|e| host("timerfd")(errno(e)))?;
+    timer.reset(timeout, None).map_err(|e| host("timerfd")(errno(e)))?;
+    let exit_evt = core.exit_evt.try_clone().map_err(host("eventfd"))?;
+    let sup = Arc::new(Mutex::new(Supervisor {
+        exit_evt,
+        timer,
+        watches: watches.iter().map(|w| (w.fd(), w.clone())).collect(),
+        mem: mem.clone(),
+        fired: None,
+    }));
+    let em_err = |e: event_manager::Error| host("event manager")(std::io::Error::other(e.to_string()));
+    let mut em = EventManager::<Arc<Mutex<Supervisor>>>::new().map_err(em_err)?;
     em.add_subscriber(sup.clone());
     loop {
-        em.run().map_err(|e| err("event manager", &e))?;
-        if let Some(f) = sup.lock().unwrap().fired {
+        em.run().map_err(em_err)?;
+        if let Some(f) = sup.lock().unwrap_or_else(|e| e.into_inner()).fired.take() {
             return Ok(f);
         }
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
 enum Fired {
     GuestEnded,
     Watchdog,
-    IterationStall,
+    Watch(EndReason),
 }
 
 struct Supervisor {
     exit_evt: EventFd,
     timer: TimerFd,
-    /// Litmus runs: a periodic tick and the progress check it runs.
-    stall: Option<(TimerFd, StallCheck)>,
+    watches: Vec<(RawFd, Arc<dyn Watch>)>,
+    mem: GuestMemoryMmap,
     fired: Option<Fired>,
 }
 
 impl MutEventSubscriber for Supervisor {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.fd() == self.exit_evt.as_raw_fd() {
+        let fd = events.fd();
+        if fd == self.exit_evt.as_raw_fd() {
             let _ = self.exit_evt.read();
             self.fired.get_or_insert(Fired::GuestEnded);
-        } else if events.fd() == self.timer.as_raw_fd() {
+        } else if fd == self.timer.as_raw_fd() {
             let _ = self.timer.wait();
             self.fired.get_or_insert(Fired::Watchdog);
-        } else if let Some((tick, check)) = &mut self.stall {
-            if events.fd() == tick.as_raw_fd() {
-                let _ = tick.wait();
-                if check() {
-                    self.fired.get_or_insert(Fired::IterationStall);
-                }
+        } else if let Some((_, w)) = self.watches.iter().find(|(f, _)| *f == fd) {
+            if let Some(reason) = w.ready(&self.mem) {
+                self.fired.get_or_insert(Fired::Watch(reason));
             }
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        let tick = self.stall.as_ref().map(|(t, _)| t.as_raw_fd());
-        for fd in [self.exit_evt.as_raw_fd(), self.timer.as_raw_fd()].into_iter().chain(tick) {
-            ops.add(Events::new_raw(fd, event_manager::EventSet::IN)).expect("register supervisor fds");
+        let fds = [self.exit_evt.as_raw_fd(), self.timer.as_raw_fd()];
+        for fd in fds.into_iter().chain(self.watches.iter().map(|(f, _)| *f)) {
+            if let Err(e) = ops.add(Events::new_raw(fd, event_manager::EventSet::IN)) {
+                log::error!("supervisor: cannot watch fd {fd}: {e}");
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Tracing on the VMM side (`vmm litmus --trace FILE`).
 //!
-//! Per boot a [`Tracer`] sets up the guest's trace area (ring geometry,
+//! Per boot a [`Tracer`] (a service: TRACE_DRAIN) sets up the guest's trace area (ring geometry,
 //! sequence counter, enabled flag), drains the vCPUs' rings — when a ring
 //! is full (`TRACE_DRAIN`), after every iteration, and when the boot ends,
 //! whatever the reason — and records the VMM's own events (shadow fills,
@@ -9,20 +9,35 @@
 //! to the trace file as they are drained; the file is flushed after each
 //! iteration, so a crash or a timeout keeps everything before it.
 
-use std::cell::Cell;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use abi::hypercall::calls::{self, TraceDrainReply};
+use abi::hypercall::Op;
 use abi::trace::{area, dev_access, dev_op, source, Kind, Record, RECORD_LEN, UNIT_IOMMU};
 use iommu::mem as gmem;
 use iommu::{CacheKind, DmaOp, Event, EventSink, EvictReason, StaleCause};
 use tools::format::{BootEnd, BootMeta, RunEnd, RunMeta, Writer};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::error::{Error, Result};
+use super::litmus::IterationObserver;
+use crate::devices::dma::current_device_unit;
+use crate::devices::TraceSink;
+use crate::vstate::{
+    Call, EndReason, GuestClock, GuestFault, HypercallHandler, Reply, Service, SetupError, VcpuCtx, VmSetup,
+};
+
+/// The trace file could not be created or written.
+#[derive(Debug, thiserror::Error)]
+#[error("--trace {}: {source}", path.display())]
+pub struct TraceFileError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// The trace file, shared by every boot of every run of one `vmm litmus`.
 pub struct TraceOut {
@@ -33,10 +48,13 @@ pub struct TraceOut {
 }
 
 impl TraceOut {
-    pub fn create(path: &Path) -> Result<TraceOut> {
-        let f = File::create(path).map_err(|e| Error::Other(format!("--trace {}: {e}", path.display())))?;
-        let w = Writer::new(BufWriter::with_capacity(1 << 20, f))
-            .map_err(|e| Error::Other(format!("--trace {}: {e}", path.display())))?;
+    /// Creates the file and writes its header through to the disk, so a
+    /// path that cannot take it fails now, before anything runs.
+    pub fn create(path: &Path) -> Result<TraceOut, TraceFileError> {
+        let err = |source| TraceFileError { path: path.to_path_buf(), source };
+        let f = File::create(path).map_err(err)?;
+        let mut w = Writer::new(BufWriter::with_capacity(1 << 20, f)).map_err(err)?;
+        w.flush().map_err(err)?;
         Ok(TraceOut { w, path: path.to_path_buf(), error: None })
     }
 
@@ -90,30 +108,17 @@ impl std::fmt::Debug for TraceConfig {
     }
 }
 
-/// The host's TSC.
-pub fn host_tsc() -> u64 {
-    // SAFETY: rdtsc only reads the time-stamp counter; it has no memory
-    // effects and is available on every x86-64 CPU.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-thread_local! {
-    /// The device thread this host thread runs (DMA-engine workers);
-    /// `UNIT_IOMMU` elsewhere (invalidations processed on a vCPU's exit).
-    static DEVICE_UNIT: Cell<u8> = const { Cell::new(UNIT_IOMMU) };
-}
-
-/// Marks the current thread as running device thread `unit`.
-pub fn set_device_unit(unit: u8) {
-    DEVICE_UNIT.with(|u| u.set(unit));
+/// The guest memory a tracer records from, once its boot set it up.
+struct Area {
+    mem: GuestMemoryMmap,
+    nrings: u64,
+    cap: u64,
 }
 
 /// One boot's tracing.
 pub struct Tracer {
     out: SharedOut,
-    mem: GuestMemoryMmap,
-    nrings: u64,
-    cap: u64,
+    area: OnceLock<Area>,
     limit: u64,
     /// Host TSC minus guest TSC.
     tsc_offset: std::sync::atomic::AtomicI64,
@@ -130,14 +135,30 @@ fn ctrl(off: u64) -> u64 {
 }
 
 impl Tracer {
-    /// Lays out the trace area for `vcpus` rings; recording starts with [`Tracer::begin`].
-    pub fn new(cfg: &TraceConfig, mem: &GuestMemoryMmap, vcpus: u64) -> Result<Arc<Tracer>> {
+    /// A tracer for one boot; the trace area is laid out when the VM is set
+    /// up, recording starts when the vCPUs do.
+    pub fn new(cfg: &TraceConfig) -> Arc<Tracer> {
+        Arc::new(Tracer {
+            out: cfg.out.clone(),
+            area: OnceLock::new(),
+            limit: cfg.limit,
+            tsc_offset: 0.into(),
+            pending: Mutex::new(Vec::new()),
+            drain_lock: Mutex::new(()),
+            records: AtomicU64::new(0),
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Lays out the trace area for `vcpus` rings.
+    fn attach(&self, mem: &GuestMemoryMmap, vcpus: u64) -> Result<(), gmem::MemError> {
+        let cfg = &self.cfg;
         let fit = area::capacity(vcpus);
         let cap = match cfg.ring {
             Some(n) => (1u64 << (63 - n.max(16).leading_zeros())).min(fit),
             None => fit,
         };
-        let me = |e: gmem::MemError| Error::Memory(format!("trace area: {e}"));
+        let me = |e: gmem::MemError| e;
         gmem::store_u64(mem, ctrl(area::ENABLED), 0).map_err(me)?;
         gmem::store_u64(mem, ctrl(area::NRINGS), vcpus).map_err(me)?;
         gmem::store_u64(mem, ctrl(area::CAPACITY), cap).map_err(me)?;
@@ -148,59 +169,51 @@ impl Tracer {
             }
         }
         gmem::store_u64(mem, ctrl(area::MAGIC), area::MAGIC_VALUE).map_err(me)?;
-        Ok(Arc::new(Tracer {
-            out: cfg.out.clone(),
-            mem: mem.clone(),
-            nrings: vcpus,
-            cap,
-            limit: cfg.limit,
-            tsc_offset: 0.into(),
-            pending: Mutex::new(Vec::new()),
-            drain_lock: Mutex::new(()),
-            records: AtomicU64::new(0),
-            cfg: cfg.clone(),
-        }))
+        let _ = self.area.set(Area { mem: mem.clone(), nrings: vcpus, cap });
+        Ok(())
     }
 
     /// Writes the boot's header and turns recording on (if this boot runs
     /// traced iterations). `tsc_offset` = host TSC − guest TSC.
     pub fn begin(&self, tsc_khz: u64, tsc_offset: i64) {
+        let Some(ar) = self.area.get() else { return };
         self.tsc_offset.store(tsc_offset, Ordering::Relaxed);
         let meta = BootMeta {
             boot: self.cfg.boot,
             first_iteration: self.cfg.first_iteration,
             tsc_khz,
-            vcpus: self.nrings,
-            capacity: self.cap,
+            vcpus: ar.nrings,
+            capacity: ar.cap,
             tsc_offset,
         };
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         out.write(|w| w.boot(&meta));
         drop(out);
         if self.cfg.first_iteration < self.limit {
-            let _ = gmem::store_u64(&self.mem, ctrl(area::ENABLED), 1);
+            let _ = gmem::store_u64(&ar.mem, ctrl(area::ENABLED), 1);
         }
     }
 
     /// The litmus iteration in progress (the interpreter sets it before it
     /// starts one; a boot starts at `first_iteration`).
-    fn iteration(&self) -> u32 {
-        let w = gmem::load_u64(&self.mem, abi::layout::LITMUS_STATE + abi::litmus::state::ITERATION).unwrap_or(0);
+    fn iteration(&self, mem: &GuestMemoryMmap) -> u32 {
+        let w = gmem::load_u64(mem, abi::layout::LITMUS_STATE + abi::litmus::state::ITERATION).unwrap_or(0);
         w.max(self.cfg.first_iteration) as u32
     }
 
     pub fn enabled(&self) -> bool {
-        gmem::load_u64(&self.mem, ctrl(area::ENABLED)).is_ok_and(|v| v != 0)
+        self.area.get().is_some_and(|ar| gmem::load_u64(&ar.mem, ctrl(area::ENABLED)).is_ok_and(|v| v != 0))
     }
 
     /// Records a VMM or device event (no-op while recording is off).
-    pub fn emit(&self, src: u8, unit: u8, kind: Kind, va: u64, a: u64, b: u64) {
+    pub fn record(&self, src: u8, unit: u8, kind: Kind, va: u64, a: u64, b: u64) {
         if !self.enabled() {
             return;
         }
-        let Ok(seq) = gmem::fetch_add_u64(&self.mem, ctrl(area::SEQ), 1) else { return };
-        let tsc = (host_tsc() as i64).wrapping_sub(self.tsc_offset.load(Ordering::Relaxed)) as u64;
-        let iteration = self.iteration();
+        let Some(ar) = self.area.get() else { return };
+        let Ok(seq) = gmem::fetch_add_u64(&ar.mem, ctrl(area::SEQ), 1) else { return };
+        let tsc = (crate::vstate::vcpu::host_tsc() as i64).wrapping_sub(self.tsc_offset.load(Ordering::Relaxed)) as u64;
+        let iteration = self.iteration(&ar.mem);
         let r = Record { seq, tsc, kind: kind as u16, source: src, unit, iteration, va, a, b };
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.push(r);
@@ -223,31 +236,32 @@ impl Tracer {
     /// Consumes every ring (and the pending host records); returns how many
     /// guest records were consumed.
     pub fn drain(&self) -> u64 {
+        let Some(ar) = self.area.get() else { return 0 };
         let _g = self.drain_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut recs = Vec::new();
-        let iteration = self.iteration();
-        for k in 0..self.nrings {
+        let iteration = self.iteration(&ar.mem);
+        for k in 0..ar.nrings {
             let hdr = area::ring_header(k);
             let (Ok(head), Ok(tail)) =
-                (gmem::load_u64(&self.mem, hdr + area::HEAD), gmem::load_u64(&self.mem, hdr + area::TAIL))
+                (gmem::load_u64(&ar.mem, hdr + area::HEAD), gmem::load_u64(&ar.mem, hdr + area::TAIL))
             else {
                 continue;
             };
             // A guest that corrupted its ring header loses its ring's
             // records, not the VMM: take at most one ring's worth.
-            let n = head.wrapping_sub(tail).min(self.cap);
-            let base = area::ring_data(k, self.cap);
+            let n = head.wrapping_sub(tail).min(ar.cap);
+            let base = area::ring_data(k, ar.cap);
             let mut buf = vec![0u8; RECORD_LEN];
             for i in 0..n {
-                let slot = (tail.wrapping_add(i)) & (self.cap - 1);
-                if self.mem.read_slice(&mut buf, GuestAddress(base + slot * RECORD_LEN as u64)).is_err() {
+                let slot = (tail.wrapping_add(i)) & (ar.cap - 1);
+                if ar.mem.read_slice(&mut buf, GuestAddress(base + slot * RECORD_LEN as u64)).is_err() {
                     break;
                 }
                 let mut a = [0u8; RECORD_LEN];
                 a.copy_from_slice(&buf);
                 recs.push(Record { iteration, ..Record::from_bytes(&a) });
             }
-            let _ = gmem::store_u64(&self.mem, hdr + area::TAIL, head);
+            let _ = gmem::store_u64(&ar.mem, hdr + area::TAIL, head);
         }
         let guest = recs.len() as u64;
         recs.append(&mut std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner())));
@@ -259,8 +273,10 @@ impl Tracer {
     /// last traced iteration, and flush the file.
     pub fn iteration_done(&self, it: u64) {
         self.drain();
-        if it + 1 >= self.limit {
-            let _ = gmem::store_u64(&self.mem, ctrl(area::ENABLED), 0);
+        if it.saturating_add(1) >= self.limit {
+            if let Some(ar) = self.area.get() {
+                let _ = gmem::store_u64(&ar.mem, ctrl(area::ENABLED), 0);
+            }
         }
         self.out.lock().unwrap_or_else(|e| e.into_inner()).flush();
     }
@@ -268,13 +284,14 @@ impl Tracer {
     /// The boot ended (`end` says how): stop recording, drain, write the
     /// boot's footer, flush.
     pub fn finish(&self, end: &str) {
-        let _ = gmem::store_u64(&self.mem, ctrl(area::ENABLED), 0);
+        let Some(ar) = self.area.get() else { return };
+        let _ = gmem::store_u64(&ar.mem, ctrl(area::ENABLED), 0);
         self.drain();
-        let word = |k: u64, off: u64| gmem::load_u64(&self.mem, area::ring_header(k) + off).unwrap_or(0);
+        let word = |k: u64, off: u64| gmem::load_u64(&ar.mem, area::ring_header(k) + off).unwrap_or(0);
         let meta = BootEnd {
             end: end.to_string(),
-            dropped: (0..self.nrings).map(|k| word(k, area::DROPPED)).collect(),
-            blocked: (0..self.nrings).map(|k| word(k, area::BLOCKED)).collect(),
+            dropped: (0..ar.nrings).map(|k| word(k, area::DROPPED)).collect(),
+            blocked: (0..ar.nrings).map(|k| word(k, area::BLOCKED)).collect(),
             records: self.records.load(Ordering::Relaxed),
         };
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
@@ -309,8 +326,8 @@ impl EventSink for DeviceSink {
         if !t.enabled() {
             return;
         }
-        let unit = DEVICE_UNIT.with(|u| u.get());
-        let emit = |kind, va, a, b| t.emit(source::DEVICE, unit, kind, va, a, b);
+        let unit = current_device_unit();
+        let emit = |kind, va, a, b| t.record(source::DEVICE, unit, kind, va, a, b);
         match e {
             Event::Hit { cache: CacheKind::Iotlb, va, pa, stale: false, .. } => emit(Kind::IotlbHit, *va, 0, *pa),
             Event::StaleHit { cache: CacheKind::Iotlb, va, cached_pa, cause, .. } => {
@@ -356,18 +373,67 @@ impl EventSink for DeviceSink {
             }
             Event::InvalidationReceived { desc, .. } => {
                 if let Some((s, end, leaf)) = inv_range(desc) {
-                    t.emit(source::DEVICE, UNIT_IOMMU, Kind::InvReceived, s, end, leaf as u64)
+                    t.record(source::DEVICE, UNIT_IOMMU, Kind::InvReceived, s, end, leaf as u64)
                 }
             }
             Event::InvalidationCompleted { desc, iotlb, .. } => {
                 if let Some((s, end, _)) = inv_range(desc) {
-                    t.emit(source::DEVICE, UNIT_IOMMU, Kind::InvCompleted, s, end, *iotlb as u64)
+                    t.record(source::DEVICE, UNIT_IOMMU, Kind::InvCompleted, s, end, *iotlb as u64)
                 }
             }
             Event::WaitCompleted { data, .. } => {
-                t.emit(source::DEVICE, UNIT_IOMMU, Kind::WaitCompleted, 0, *data as u64, 0)
+                t.record(source::DEVICE, UNIT_IOMMU, Kind::WaitCompleted, 0, *data as u64, 0)
             }
             _ => {}
         }
+    }
+}
+
+impl TraceSink for Tracer {
+    fn emit(&self, src: u8, unit: u8, kind: Kind, va: u64, a: u64, b: u64) {
+        self.record(src, unit, kind, va, a, b);
+    }
+}
+
+impl IterationObserver for Tracer {
+    fn iteration_done(&self, iteration: u64) {
+        Tracer::iteration_done(self, iteration);
+    }
+}
+
+impl Service for Tracer {
+    fn name(&self) -> &'static str {
+        "trace"
+    }
+
+    fn setup(self: Arc<Self>, vm: &mut VmSetup<'_>) -> Result<(), SetupError> {
+        self.attach(vm.mem, vm.vcpus).map_err(|e| SetupError::service("trace area", e))?;
+        vm.add_hypercalls(self)
+    }
+
+    fn started(&self, clock: GuestClock) {
+        self.begin(clock.tsc_khz, clock.tsc_offset);
+    }
+
+    fn finished(&self, end: &EndReason) {
+        self.finish(&match end {
+            EndReason::Stopped { by } => by.to_string(),
+            other => other.to_string().replacen("guest error on ", "guest-error: ", 1),
+        });
+    }
+}
+
+impl HypercallHandler for Tracer {
+    fn name(&self) -> &'static str {
+        "trace"
+    }
+    fn ops(&self) -> &'static [Op] {
+        &[Op::TraceDrain]
+    }
+    fn handle(&self, ctx: &mut VcpuCtx<'_>, call: &Call<'_>) -> Result<Reply, GuestFault> {
+        let _ = call;
+        let n = self.drain();
+        self.record(source::VMM, ctx.cpu as u8, Kind::TraceDrain, 0, n, 0);
+        Ok(Reply::of::<calls::TraceDrain>(TraceDrainReply { consumed: n }))
     }
 }

@@ -4,196 +4,51 @@
 //!
 //! One guest boot runs many iterations of one (test, policy). An iteration
 //! that stops making progress (a hook paused under a lock another thread
-//! needs, a device waiting forever) is ended by the VMM: it reads where each
-//! thread was from the guest's state page, records the outcome `timeout`,
-//! and boots again at the next iteration. Results gathered so far are kept
-//! whatever happens to a boot.
+//! needs, a device waiting forever) is ended by the session's watch: it
+//! reads where each thread was, records the outcome `timeout`, and the run
+//! boots again at the next iteration.
+//!
+//! Nothing gathered is lost: each finished block is printed at once and the
+//! JSON (if asked for) rewritten atomically after it; on SIGINT/SIGTERM or a
+//! fatal error mid-run the verdict table of what finished is printed,
+//! marked INTERRUPTED or ERROR, and the JSON says `"complete": false`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use abi::litmus::{state, Hook, VALUE_TIMEOUT};
-use abi::{dma, layout};
-use iommu::mem as gmem;
+use abi::config::{GuestMode, IotlbModel, TlbModel};
+use abi::litmus::VALUE_TIMEOUT;
+use iommu::{Eviction, IommuConfig};
 use litmus::{
-    any_mismatch, compile, file_summary, herd_block, policy_matrix, render_all, verdict_table, CompileOptions, Key,
-    Policy, ResultsFile, RunResult, Shard, Test, ThreadPosition,
+    any_mismatch, compile, file_summary, herd_block, policy_matrix, render_all, verdict_table, CompileOptions, Policy,
+    ResultsFile, RunResult, Shard, Test, ThreadPosition,
 };
-use vm_memory::GuestMemoryMmap;
+use tools::format::{RunEnd, RunMeta, ThreadKind, ThreadMeta};
 
-use crate::error::{Error, Result};
-use crate::shadow::TlbModel;
+use super::interrupt::{self, InterruptWatch};
+use super::output::{self, OutputError};
+use super::progress::Progress;
+use crate::error::{chain, Error, Result};
+use crate::services::litmus::{IterationObserver, LitmusSession, STALLED};
+use crate::services::trace::{SharedOut, TraceConfig, TraceOut, Tracer};
+use crate::services::{self, StandardOptions};
 use crate::status;
-use crate::trace::{SharedOut, TraceConfig, TraceOut};
-use crate::vstate::vm::{self, EndReason, VmConfig};
-use tools::format::{RunEnd, RunMeta, ThreadMeta};
+use crate::vstate::{vm, EndReason, Service, VmConfig};
 
-/// What one iteration reported (`LITMUS_RESULT`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IterReport {
-    pub iteration: u64,
-    pub values: Vec<u64>,
-    /// Data / page-table pages not returned after teardown.
-    pub leaked_pages: i64,
-    pub leaked_tables: i64,
-    pub guest_ns: u64,
-    /// When the VMM received it (set by [`LitmusSession::report`]).
-    pub received: Option<Instant>,
-}
-
-/// Where the threads were when an iteration ran out of time.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stall {
-    pub iteration: u64,
-    pub phase: u64,
-    /// Per thread (vCPU threads, then devices): `None` = finished, else
-    /// (pc, hook).
-    pub positions: Vec<Option<(u32, Option<Hook>)>>,
-}
-
-/// Shared between the runner, the VM's hypercall handler and its supervisor.
-#[derive(Debug)]
-pub struct LitmusSession {
-    pub blob: Vec<u8>,
-    n_vcpu_threads: usize,
-    n_device_threads: usize,
-    iteration_timeout: Duration,
-    reports: Mutex<Vec<IterReport>>,
-    /// Bumped by every report: the supervisor's progress mark.
-    progress: AtomicU64,
-    last_progress: Mutex<(u64, Instant)>,
-    stall: Mutex<Option<Stall>>,
-    /// Set under `vmm explore`: the search the guest's iterations follow.
-    pub explore: Option<std::sync::Arc<crate::explore_run::ExploreSession>>,
-    explore_log: Mutex<Vec<explore::StepRecord>>,
-    /// Ticked by every report (`--progress`).
-    progress_bar: Mutex<crate::progress::Progress>,
-}
-
-impl LitmusSession {
-    pub fn new(blob: Vec<u8>, n_vcpu_threads: usize, n_device_threads: usize, iteration_timeout: Duration) -> Self {
-        LitmusSession {
-            blob,
-            n_vcpu_threads,
-            n_device_threads,
-            iteration_timeout,
-            reports: Mutex::new(Vec::new()),
-            progress: AtomicU64::new(0),
-            last_progress: Mutex::new((0, Instant::now())),
-            stall: Mutex::new(None),
-            explore: None,
-            explore_log: Mutex::new(Vec::new()),
-            progress_bar: Mutex::new(crate::progress::Progress::hidden()),
-        }
-    }
-
-    /// The stall snapshot of the last iteration timeout, if any.
-    pub fn take_stall(&self) -> Option<Stall> {
-        self.stall.lock().unwrap().take()
-    }
-
-    /// The reports received so far (emptied).
-    pub fn drain_reports(&self) -> Vec<IterReport> {
-        self.take_reports()
-    }
-
-    /// Restarts the stall clock (before a boot).
-    pub fn restart_clock(&self) {
-        self.reset_clock()
-    }
-
-    /// The hypercall handler's entry.
-    pub fn report(&self, mut r: IterReport) {
-        r.received = Some(Instant::now());
-        self.reports.lock().unwrap().push(r);
-        self.progress.fetch_add(1, Ordering::AcqRel);
-        self.shown_progress().inc(1);
-    }
-
-    fn shown_progress(&self) -> crate::progress::Progress {
-        self.progress_bar.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Where reports tick (`--progress`).
-    pub fn set_progress(&self, p: crate::progress::Progress) {
-        *self.progress_bar.lock().unwrap_or_else(|e| e.into_inner()) = p;
-    }
-
-    fn take_reports(&self) -> Vec<IterReport> {
-        std::mem::take(&mut *self.reports.lock().unwrap())
-    }
-
-    fn reset_clock(&self) {
-        *self.last_progress.lock().unwrap() = (self.progress.load(Ordering::Acquire), Instant::now());
-    }
-
-    /// Called by the supervisor every tick: true (after snapshotting the
-    /// threads' positions) when no iteration finished within the limit.
-    pub fn stalled(&self, mem: &GuestMemoryMmap) -> bool {
-        let now = self.progress.load(Ordering::Acquire);
-        let mut last = self.last_progress.lock().unwrap();
-        if now != last.0 {
-            *last = (now, Instant::now());
-            return false;
-        }
-        if last.1.elapsed() < self.iteration_timeout {
-            return false;
-        }
-        *self.stall.lock().unwrap() = Some(self.snapshot(mem));
-        if self.explore.is_some() {
-            *self.explore_log.lock().unwrap() = crate::explore_run::read_log(&crate::explore_run::GuestShared(mem));
-        }
-        true
-    }
-
-    /// The explore log captured when the iteration stalled.
-    pub fn take_explore_log(&self) -> Vec<explore::StepRecord> {
-        std::mem::take(&mut *self.explore_log.lock().unwrap())
-    }
-
-    fn snapshot(&self, mem: &GuestMemoryMmap) -> Stall {
-        let word = |off: u64| gmem::load_u64(mem, layout::LITMUS_STATE + off).unwrap_or(0);
-        let mut positions = Vec::new();
-        for t in 0..self.n_vcpu_threads {
-            let w = word(state::POSITIONS + 8 * t as u64);
-            positions.push(if w & state::pos::FINISHED != 0 {
-                None
-            } else {
-                let hook = Hook::from_u8(((w & state::pos::HOOK_MASK) >> state::pos::HOOK_SHIFT) as u8);
-                Some(((w & state::pos::PC_MASK) as u32, hook))
-            });
-        }
-        for d in 0..self.n_device_threads {
-            let prog = word(state::DEVICE_PROGRAMS + 8 * d as u64);
-            let nops = gmem::load_u64(mem, prog + 8).unwrap_or(0).min(dma::MAX_OPS);
-            let stuck = (0..nops).find_map(|i| {
-                let at = prog + dma::HEADER_SIZE + i * dma::OP_SIZE;
-                let result = gmem::load_u64(mem, at + 24).ok()?;
-                (result == VALUE_TIMEOUT).then(|| gmem::load_u64(mem, at).ok()).flatten()
-            });
-            positions.push(stuck.map(|op| ((op >> dma::op::TAG_SHIFT) as u32, None)));
-        }
-        Stall { iteration: word(state::ITERATION), phase: word(state::PHASE), positions }
-    }
-}
-
-/// `vmm litmus` options.
+/// `vmm litmus` options, typed.
 #[derive(Clone, Debug, Default)]
 pub struct LitmusArgs {
     /// Files or directories (searched for `*.toml`); empty = the built-in catalogue.
     pub paths: Vec<PathBuf>,
     pub runs: u64,
-    pub policies: Vec<String>,
+    pub policies: Vec<Policy>,
     pub json: Option<PathBuf>,
-    /// `--log-dir DIR`: one herdtools7 log per policy.
-    pub log_dir: Option<PathBuf>,
     pub check: bool,
     /// `--tlb` (None = the policy's or the default).
-    pub tlb: Option<String>,
-    pub iotlb: Option<String>,
-    pub pwc: Option<String>,
+    pub tlb: Option<TlbModel>,
+    pub iotlb: Option<IotlbModel>,
+    pub pwc: Option<bool>,
     pub seed: Option<u64>,
     /// `--vcpus`; None = as many as the test has vCPU threads.
     pub vcpus: Option<u64>,
@@ -204,14 +59,16 @@ pub struct LitmusArgs {
     pub trace_runs: Option<u64>,
     /// `--trace-ring N`: records per vCPU ring.
     pub trace_ring: Option<u64>,
+    /// `--log-dir DIR`: one herdtools7 log per policy.
+    pub log_dir: Option<PathBuf>,
     /// `--shard I/N`: run only this part of the job.
     pub shard: Option<Shard>,
     /// `--baseline POLICY`: also run every test under POLICY and compare.
-    pub baseline: Option<String>,
+    pub baseline: Option<Policy>,
     /// `--progress`: show progress on stderr even when it is not a terminal.
     pub force_progress: bool,
     /// Where iterations are counted (set by [`run`] for the whole job).
-    pub progress: crate::progress::Progress,
+    pub progress: Progress,
     /// `--tap`: stdout is TAP (kselftest's `TAP version 13`), the herd
     /// blocks as `#` diagnostic lines.
     pub tap: bool,
@@ -222,10 +79,10 @@ fn collect_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     for p in paths {
         if p.is_dir() {
             let mut found = Vec::new();
-            walk(p, &mut found).map_err(|e| Error::Other(format!("{}: {e}", p.display())))?;
+            walk(p, &mut found).map_err(|e| Error::Litmus(format!("{}: {e}", p.display())))?;
             found.sort();
             if found.is_empty() {
-                return Err(Error::Other(format!("{}: no *.toml litmus files in this directory", p.display())));
+                return Err(Error::Litmus(format!("{}: no *.toml litmus files in this directory", p.display())));
             }
             out.extend(found);
         } else {
@@ -270,11 +127,27 @@ pub struct PolicyRun {
     /// From the start of the run to the first iteration whose final state
     /// satisfied the condition (the forbidden or `exists` state).
     pub first_match: Option<Duration>,
+    /// The run was interrupted (SIGINT/SIGTERM) before its last iteration.
+    pub interrupted: bool,
+}
+
+/// How the whole invocation ended.
+enum Ending {
+    Complete,
+    Interrupted(i32),
+    Failed(Error),
 }
 
 /// Runs every (test, policy) — or this shard's part of them — and prints
 /// the results; returns the exit status.
 pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
+    // Output paths are checked before anything runs.
+    if let Some(p) = &args.json {
+        output::check_output_path("--json", p)?;
+    }
+    if let Some(p) = &args.trace {
+        output::check_output_path("--trace", p)?;
+    }
     let tests = load(&args.paths)?;
     // With --tap, stdout is TAP: everything else goes out as `#` lines.
     let tap = args.tap;
@@ -286,7 +159,7 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         }
     };
     let trace = match &args.trace {
-        Some(p) => Some(std::sync::Arc::new(Mutex::new(TraceOut::create(p)?))),
+        Some(p) => Some(Arc::new(Mutex::new(TraceOut::create(p)?))),
         None => None,
     };
     let seed = args.seed.unwrap_or_else(|| {
@@ -298,34 +171,32 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         say(&format!("Seed {s} (re-run with --seed {s})\n"));
         s
     });
-    let mut overrides = String::new();
-    for (k, v) in [("tlb", &args.tlb), ("iotlb", &args.iotlb), ("pwc", &args.pwc)] {
-        if let Some(v) = v {
-            overrides += &format!("{}{k}={v}", if overrides.is_empty() { "" } else { "," });
-        }
+    let mut overrides = Policy::default();
+    if let Some(m) = args.tlb {
+        overrides.set_tlb_model(m);
     }
-    let overrides = Policy::parse(&overrides).map_err(|e| Error::Litmus(format!("--tlb/--iotlb/--pwc: {e}")))?;
-    let mut cli_policies = Vec::new();
-    for p in &args.policies {
-        cli_policies.push(Policy::parse(p).map_err(|e| Error::Litmus(format!("--policy {p}: {e}")))?);
+    if let Some(m) = args.iotlb {
+        overrides.set_iotlb_model(m);
     }
-    let baseline = match &args.baseline {
-        Some(b) => {
-            Some(Policy::parse(b).map_err(|e| Error::Litmus(format!("--baseline {b}: {e}")))?.merged(&overrides))
-        }
-        None => None,
-    };
+    if let Some(on) = args.pwc {
+        overrides.set_pwc(on);
+    }
+    let baseline = args.baseline.map(|b| b.merged(&overrides));
     let mut log_dir = match &args.log_dir {
         Some(d) => Some(
-            litmus::logdir::LogDir::create(d).map_err(|e| Error::Other(format!("--log-dir {}: {e}", d.display())))?,
+            litmus::logdir::LogDir::create(d)
+                .map_err(|source| Error::Output(OutputError::Write { option: "--log-dir", path: d.clone(), source }))?,
         ),
         None => None,
     };
+    if let Err(e) = interrupt::install() {
+        log::warn!("cannot install SIGINT/SIGTERM handlers ({e}); an interrupt loses this run's results");
+    }
 
     // The job: every (test, policy) in order, the baseline first.
     let mut units: Vec<(usize, Policy)> = Vec::new();
     for (ti, test) in tests.iter().enumerate() {
-        let mut matrix = policy_matrix(&cli_policies, &test.expect_policies(), &overrides);
+        let mut matrix = policy_matrix(&args.policies, &test.expect_policies(), &overrides);
         if let Some(b) = baseline {
             matrix.retain(|p| p.abi != b.abi);
             matrix.insert(0, b);
@@ -342,7 +213,6 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
             pieces.len()
         ));
     }
-
     if tap {
         if args.seed.is_some() {
             println!("{}", litmus::tap::HEADER);
@@ -352,35 +222,43 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     let mut tap_points = Vec::new();
     let total: u64 = pieces.iter().map(|p| p.end - p.first).sum();
     let mut args = args.clone();
-    args.progress = crate::progress::Progress::new(total, "iterations", args.force_progress);
+    args.progress = Progress::new(total, "iterations", args.force_progress);
     let args = &args;
 
     let mut runs: Vec<(usize, PolicyRun)> = Vec::new();
     let mut worst = status::OK;
-    let mut file_runs: Vec<PolicyRun> = Vec::new();
-    let flush_file = |ti: usize, file_runs: &mut Vec<PolicyRun>, runs: &mut Vec<(usize, PolicyRun)>| {
-        if file_runs.is_empty() {
-            return;
+    let mut ending = Ending::Complete;
+    let mut summarised = 0; // runs[..summarised] have had their file summary
+    let summary = |runs: &[(usize, PolicyRun)], from: usize| {
+        if let Some(&(ti, _)) = runs.get(from) {
+            let refs: Vec<&RunResult> = runs[from..].iter().map(|(_, r)| &r.result).collect();
+            say(&format!("{}\n", file_summary(&tests[ti], &refs)));
         }
-        let refs: Vec<&RunResult> = file_runs.iter().map(|r| &r.result).collect();
-        say(&format!("{}\n", file_summary(&tests[ti], &refs)));
-        runs.extend(file_runs.drain(..).map(|r| (ti, r)));
     };
-    let mut current = None;
-    for piece in &pieces {
-        let (ti, policy) = units[piece.unit];
-        if current.is_some_and(|c| c != ti) {
-            flush_file(current.unwrap(), &mut file_runs, &mut runs);
+    for (k, piece) in pieces.iter().enumerate() {
+        if let Some(sig) = interrupt::interrupted() {
+            ending = Ending::Interrupted(sig);
+            break;
         }
-        current = Some(ti);
+        let (ti, policy) = units[piece.unit];
         let test = &tests[ti];
         args.progress.set_message(format!("{} [{}]", test.name, policy.canonical()));
-        let pr = run_policy_range(base, args, test, policy, seed, trace.as_ref(), piece.first..piece.end, args.runs)?;
+        let range = piece.first..piece.end;
+        let pr = match run_policy_range(base, args, test, policy, seed, trace.as_ref(), range, args.runs) {
+            Ok(pr) => pr,
+            Err(e) => {
+                ending = Ending::Failed(e);
+                break;
+            }
+        };
         let block = herd_block(test, &pr.result);
         say(&block);
         if let Some(l) = &mut log_dir {
-            l.append(&pr.result.policy, &block)
-                .map_err(|e| Error::Other(format!("--log-dir {}: {e}", l.dir().display())))?;
+            if let Err(source) = l.append(&pr.result.policy, &block) {
+                let path = l.dir().to_path_buf();
+                ending = Ending::Failed(Error::Output(OutputError::Write { option: "--log-dir", path, source }));
+                break;
+            }
         }
         if pr.leaks > 0 {
             say(&format!("Leak {} {} iterations did not return every page\n", test.name, pr.leaks));
@@ -398,27 +276,47 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
                     pr.guest_error.clone().unwrap_or_else(|| format!("{} iterations leaked pages", pr.leaks));
             }
             tap_points.push(point);
-            print!("{}", litmus::tap::line(tap_points.len(), tap_points.last().unwrap()));
+            print!("{}", litmus::tap::line(tap_points.len(), &tap_points[tap_points.len() - 1]));
         }
-        file_runs.push(pr);
+        let interrupted = pr.interrupted;
+        runs.push((ti, pr));
+        // The test's last part: its file summary.
+        if pieces.get(k + 1).is_none_or(|n| units[n.unit].0 != ti) {
+            summary(&runs, summarised);
+            summarised = runs.len();
+        }
+        if let Some(p) = &args.json {
+            let file = results_file(&tests, &runs, &units, args, false);
+            write_json(p, &file, pieces.len(), "running")?;
+        }
+        if interrupted {
+            ending = Ending::Interrupted(interrupt::interrupted().unwrap_or(libc::SIGINT));
+            break;
+        }
     }
-    if let Some(ti) = current {
-        flush_file(ti, &mut file_runs, &mut runs);
-    }
+    // A test cut short still gets its summary of what ran.
+    summary(&runs, summarised);
     args.progress.finish();
+
     let pairs: Vec<(&Test, &RunResult)> = runs.iter().map(|(ti, r)| (&tests[*ti], &r.result)).collect();
-    say(&verdict_table(&pairs));
-    let mut results = ResultsFile::litmus(&pairs, args.shard.map(|s| s.info()), true);
-    if args.shard.is_some() {
-        results.job = units
-            .iter()
-            .map(|(ti, p)| litmus::PlannedRun {
-                test: tests[*ti].name.clone(),
-                policy: p.canonical(),
-                planned: args.runs,
-            })
-            .collect();
+    let table = verdict_table(&pairs);
+    let end_note = match &ending {
+        Ending::Complete => None,
+        Ending::Interrupted(sig) => Some(format!(
+            "INTERRUPTED by {} after {} of {} (test, policy) runs",
+            interrupt::name(*sig),
+            runs.len(),
+            pieces.len()
+        )),
+        Ending::Failed(e) => {
+            Some(format!("ERROR after {} of {} (test, policy) runs: {}", runs.len(), pieces.len(), chain(e)))
+        }
+    };
+    match &end_note {
+        Some(note) => say(&table.replacen("Verdicts", &format!("Verdicts ({note})"), 1)),
+        None => say(&table),
     }
+    let results = results_file(&tests, &runs, &units, args, matches!(ending, Ending::Complete));
     if let Some(b) = baseline {
         let cmp =
             litmus::compare::against_baseline(&results, |r| Policy::parse(&r.policy).is_ok_and(|p| p.abi == b.abi));
@@ -428,15 +326,19 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
             worst = worst.max(status::TESTS_FAILED);
         }
     }
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&results.to_json()).map_err(|e| Error::Other(e.to_string()))?;
-        std::fs::write(path, text + "\n").map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+    if let Some(p) = &args.json {
+        let end = match &ending {
+            Ending::Complete => "complete".to_string(),
+            Ending::Interrupted(sig) => format!("interrupted ({})", interrupt::name(*sig)),
+            Ending::Failed(e) => format!("error: {}", chain(e)),
+        };
+        write_json(p, &results, pieces.len(), &end)?;
     }
     if let (Some(t), Some(p)) = (&trace, &args.trace) {
         let t = t.lock().unwrap_or_else(|e| e.into_inner());
         match t.error() {
             Some(e) => {
-                eprintln!("vmm: error: {e}");
+                log::error!("{e}");
                 worst = worst.max(status::SETUP_ERROR);
             }
             None => say(&format!("Trace written to {} (vmm trace report {})\n", p.display(), p.display())),
@@ -449,11 +351,57 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     if args.check && (any_mismatch(&pairs) || leaks) {
         worst = worst.max(status::TESTS_FAILED);
     }
-    Ok(worst)
+    match ending {
+        Ending::Complete => Ok(worst),
+        Ending::Interrupted(sig) => Ok(128 + sig),
+        Ending::Failed(e) => Err(e),
+    }
 }
 
-fn tlb_of(policy: &Policy) -> Result<TlbModel> {
-    TlbModel::parse(&policy.get(Key::Tlb)).map_err(|e| Error::Litmus(format!("tlb={}: {e}", policy.get(Key::Tlb))))
+/// The results so far as a results file (schema `shootdown-results/3`).
+fn results_file(
+    tests: &[Test],
+    runs: &[(usize, PolicyRun)],
+    units: &[(usize, Policy)],
+    args: &LitmusArgs,
+    complete: bool,
+) -> ResultsFile {
+    let pairs: Vec<(&Test, &RunResult)> = runs.iter().map(|(ti, r)| (&tests[*ti], &r.result)).collect();
+    let mut results = ResultsFile::litmus(&pairs, args.shard.map(|s| s.info()), complete);
+    if args.shard.is_some() {
+        results.job = units
+            .iter()
+            .map(|(ti, p)| litmus::PlannedRun {
+                test: tests[*ti].name.clone(),
+                policy: p.canonical(),
+                planned: args.runs,
+            })
+            .collect();
+    }
+    results
+}
+
+/// Writes `results` atomically, with how the invocation ended (`end`) and
+/// how many (test, policy) parts it planned.
+fn write_json(path: &Path, results: &ResultsFile, planned: usize, end: &str) -> std::result::Result<(), OutputError> {
+    let mut v = results.to_json();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("end".into(), end.into());
+        o.insert("planned_runs".into(), planned.into());
+    }
+    output::write_json("--json", path, &v)
+}
+
+/// The IOMMU a policy asks for.
+pub fn iommu_config(policy: &Policy, seed: u64) -> IommuConfig {
+    let mut cfg = IommuConfig { seed, ..IommuConfig::default() };
+    let ppm = match policy.iotlb_model() {
+        IotlbModel::Lazy => 0,
+        IotlbModel::Evict { ppm } => ppm,
+    };
+    cfg.set_iotlb_eviction(Eviction::from_ppm(ppm));
+    cfg.set_pwc(policy.pwc_on());
+    cfg
 }
 
 /// Runs `args.runs` iterations of `test` under `policy`: as many boots as
@@ -488,7 +436,7 @@ pub fn run_policy_range(
 ) -> Result<PolicyRun> {
     let started = Instant::now();
     // `--runs` is checked at the CLI edge (1..=u32::MAX).
-    let runs = range.end;
+    let runs = range.end.clamp(1, u32::MAX as u64);
     let opts = CompileOptions {
         seed,
         iterations: runs as u32,
@@ -496,7 +444,7 @@ pub fn run_policy_range(
     };
     let compiled = compile(test, &policy, &opts);
     let blob = abi::litmus::Blob::parse(&compiled.blob)
-        .map_err(|e| Error::Other(format!("internal: compiled blob rejected: {e:?}")))?;
+        .map_err(|e| Error::GuestReport(format!("internal: compiled blob rejected: {e:?}")))?;
     let hdr = *blob.header();
     let thread_names: Vec<String> =
         (0..hdr.n_threads).map(|t| blob.thread_name(t).unwrap_or("?").to_string()).collect();
@@ -505,23 +453,20 @@ pub fn run_policy_range(
     if vcpus < nv as u64 {
         return Err(Error::Litmus(format!("{}: needs {nv} vCPUs for its threads, --vcpus {vcpus} given", test.name)));
     }
-    let mut iommu = iommu::IommuConfig { seed, ..base.iommu };
-    for key in [Key::Iotlb, Key::Pwc] {
-        let v = policy.get(key);
-        iommu.set_policy(key.name(), &v).map_err(|e| Error::Litmus(format!("{}={v}: {e}", key.name())))?;
-    }
-    let session = std::sync::Arc::new(LitmusSession::new(compiled.blob.clone(), nv, nd, args.iteration_timeout));
-    session.set_progress(args.progress.clone());
+    let tlb = policy.tlb_model();
+    let iommu = iommu_config(&policy, seed);
+    let session = LitmusSession::new(compiled.blob.clone(), nv, nd, runs, args.iteration_timeout);
+    session.set_progress(Arc::new(args.progress.clone()));
     let mut result = RunResult::new(test, policy, seed, range.end - range.start).with_range(range.start, planned);
-    result.fidelity = Some(fidelity(&policy));
+    result.fidelity = Some(fidelity(tlb));
     let trace_limit = args.trace_runs.unwrap_or(u64::MAX).min(runs);
     if let Some(t) = trace {
         let meta = RunMeta {
             test: test.name.clone(),
             hash: test.hash.clone(),
             policy: policy.canonical_mm(),
-            tlb: policy.get(Key::Tlb),
-            iotlb: policy.get(Key::Iotlb),
+            tlb: tlb.to_string(),
+            iotlb: policy.iotlb_model().to_string(),
             seed,
             file: Some(test.file.clone()),
             iterations: runs,
@@ -530,7 +475,10 @@ pub fn run_policy_range(
             threads: thread_names
                 .iter()
                 .enumerate()
-                .map(|(i, n)| ThreadMeta { name: n.clone(), kind: if i < nv { "vcpu" } else { "device" }.into() })
+                .map(|(i, n)| ThreadMeta {
+                    name: n.clone(),
+                    kind: if i < nv { ThreadKind::Vcpu } else { ThreadKind::Device },
+                })
                 .collect(),
             record_version: abi::trace::VERSION,
         };
@@ -539,33 +487,36 @@ pub fn run_policy_range(
     let mut leaks = 0;
     let mut guest_error = None;
     let mut first_match = None;
+    let mut interrupted = false;
     let mut first = range.start;
     let mut boot = 0u64;
     while first < runs {
-        let traced = trace.filter(|_| first < trace_limit).map(|out| TraceConfig {
-            out: out.clone(),
-            first_iteration: first,
-            limit: trace_limit,
-            boot,
-            ring: args.trace_ring,
+        if interrupt::interrupted().is_some() {
+            interrupted = true;
+            break;
+        }
+        let tracer = trace.filter(|_| first < trace_limit).map(|out| {
+            Tracer::new(&TraceConfig {
+                out: out.clone(),
+                first_iteration: first,
+                limit: trace_limit,
+                boot,
+                ring: args.trace_ring,
+            })
         });
         boot += 1;
-        let cfg = VmConfig {
-            vcpus,
-            cmdline: format!("mode=litmus litmus.first={first}"),
-            quiet: true,
-            tlb: tlb_of(&policy)?,
-            seed: seed ^ first,
-            iommu,
-            litmus: Some(session.clone()),
-            trace: traced,
-            ..base.clone()
-        };
-        session.reset_clock();
-        let out = vm::run(&cfg)?;
+        let cfg = VmConfig { vcpus, tlb, seed: seed ^ first, mode: GuestMode::Litmus, mode_arg: first, ..base.clone() };
+        let mut svcs = services::standard(
+            tlb,
+            cfg.seed,
+            StandardOptions { console: false, checks: None, iommu, trace: tracer.clone() },
+        );
+        svcs.push(session.boot(tracer.map(|t| t as Arc<dyn IterationObserver>)));
+        svcs.push(Arc::new(InterruptWatch) as Arc<dyn Service>);
+        let out = vm::run(&cfg, &svcs)?;
         for r in session.take_reports() {
             if r.values.len() != result.arity {
-                return Err(Error::Other(format!(
+                return Err(Error::GuestReport(format!(
                     "guest reported {} values for {}, expected {}",
                     r.values.len(),
                     test.name,
@@ -575,10 +526,11 @@ pub fn run_policy_range(
             if r.leaked_pages != 0 || r.leaked_tables != 0 {
                 leaks += 1;
             }
-            result.record(&r.values).map_err(|e| Error::Other(e.to_string()))?;
+            result.record(&r.values).map_err(|e| Error::GuestReport(e.to_string()))?;
             if first_match.is_none() && test.condition.expr.eval(&r.values) {
-                first_match = r.received.map(|t| t.saturating_duration_since(started));
+                first_match = Some(r.received.saturating_duration_since(started));
             }
+            // `iteration` < runs (checked by the session): no overflow.
             first = first.max(r.iteration + 1);
         }
         match out.end {
@@ -594,8 +546,8 @@ pub fn run_policy_range(
                 ));
                 break;
             }
-            EndReason::IterationTimeout => {
-                let stall = session.stall.lock().unwrap().take().unwrap_or_default();
+            EndReason::Stopped { by: STALLED } => {
+                let stall = session.take_stall().unwrap_or_default();
                 let positions = stall
                     .positions
                     .iter()
@@ -607,22 +559,30 @@ pub fn run_policy_range(
                         hook: p.and_then(|(_, h)| h),
                     })
                     .collect();
-                let it = stall.iteration.max(first);
+                let it = stall.iteration.max(first).min(runs - 1);
                 args.progress.inc(1);
                 let values = vec![VALUE_TIMEOUT; result.arity];
-                result.record_timeout(it, &values, positions).map_err(|e| Error::Other(e.to_string()))?;
+                result.record_timeout(it, &values, positions).map_err(|e| Error::GuestReport(e.to_string()))?;
                 first = it + 1;
+            }
+            EndReason::Interrupted => {
+                interrupted = true;
+                break;
             }
             EndReason::GuestExit(s) => {
                 guest_error = Some(format!("guest exited with status {s} at iteration {first}"));
                 break;
             }
-            EndReason::GuestError { vcpu, rip, cause } => {
-                guest_error = Some(format!("guest error on vCPU {vcpu} at RIP {rip:#x}: {cause} (iteration {first})"));
+            EndReason::GuestError { vcpu, rip, fault } => {
+                guest_error = Some(format!("guest error on vCPU {vcpu} at RIP {rip:#x}: {fault} (iteration {first})"));
                 break;
             }
             EndReason::Timeout { .. } => {
                 guest_error = Some(format!("watchdog: the guest did not finish within {:?}", base.timeout));
+                break;
+            }
+            EndReason::Stopped { by } => {
+                guest_error = Some(format!("stopped by {by} at iteration {first}"));
                 break;
             }
         }
@@ -632,15 +592,14 @@ pub fn run_policy_range(
         let timeouts = result.n_timeouts;
         t.lock().unwrap_or_else(|e| e.into_inner()).run_end(&RunEnd { iterations: result.total(), timeouts });
     }
-    Ok(PolicyRun { result, leaks, guest_error, first_match })
+    Ok(PolicyRun { result, leaks, guest_error, first_match, interrupted })
 }
 
 /// The `Fidelity` line: how far the run's TLB model reflects hardware.
-fn fidelity(policy: &Policy) -> String {
-    let tlb = policy.get(Key::Tlb);
-    match tlb.as_str() {
-        "lazy" => "tlb=lazy (modelled: entries live until flushed; deterministic)".into(),
-        "native" => "tlb=native (the host's real TLB; see `vmm probe` for what this host can show)".into(),
-        _ => format!("tlb={tlb} (modelled, seeded random eviction)"),
+fn fidelity(tlb: TlbModel) -> String {
+    match tlb {
+        TlbModel::Lazy => "tlb=lazy (modelled: entries live until flushed; deterministic)".into(),
+        TlbModel::Native => "tlb=native (the host's real TLB; see `vmm probe` for what this host can show)".into(),
+        TlbModel::Evict { .. } => format!("tlb={tlb} (modelled, seeded random eviction)"),
     }
 }

@@ -3,23 +3,32 @@
 //! flush, fill and shootdown costs (medians), then the litmus figures
 //! (`litmus_bench`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use abi::hypercall::bench as metric;
+use abi::config::GuestMode;
+use abi::hypercall::calls::BenchFigure;
+use abi::hypercall::Metric;
 
 use crate::error::{Error, Result};
-use crate::vstate::vm::{self, EndReason, VmConfig};
+use crate::services::bench::Bench;
+use crate::services::{self, StandardOptions};
+use crate::vstate::{vm, EndReason, Service, VmConfig};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
 
-fn run_ok(cfg: &VmConfig) -> Result<vm::RunOutcome> {
-    let out = vm::run(cfg)?;
-    match &out.end {
-        EndReason::GuestExit(0) => Ok(out),
-        other => Err(Error::Other(format!("benchmark guest did not finish cleanly: {other:?}"))),
+/// Boots `cfg` with the bench service; the run must end cleanly.
+fn run_ok(cfg: &VmConfig) -> Result<(Duration, Vec<BenchFigure>)> {
+    let bench = Bench::new();
+    let mut svcs = services::standard(cfg.tlb, cfg.seed, StandardOptions::default());
+    svcs.push(bench.clone() as Arc<dyn Service>);
+    let out = vm::run(cfg, &svcs)?;
+    match out.end {
+        EndReason::GuestExit(0) => Ok((out.boot_to_exit, bench.figures().0)),
+        end => Err(Error::GuestRun { what: "the benchmark guest", end: Box::new(end) }),
     }
 }
 
@@ -30,13 +39,13 @@ pub fn run(base: &VmConfig, boot_runs: usize, force_progress: bool) -> Result<()
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     for vcpus in [1u64, 4] {
-        let cfg = VmConfig { vcpus, cmdline: "mode=boot".into(), quiet: true, ..base.clone() };
+        let cfg = VmConfig { vcpus, mode: GuestMode::Boot, ..base.clone() };
         let mut times = Vec::with_capacity(boot_runs);
         for _ in 0..boot_runs {
-            times.push(run_ok(&cfg)?.boot_to_exit);
+            times.push(run_ok(&cfg)?.0);
         }
         let m = median(times.clone());
-        let (lo, hi) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+        let (lo, hi) = (times.iter().min().copied().unwrap_or(m), times.iter().max().copied().unwrap_or(m));
         println!(
             "boot-to-exit  {vcpus} vCPU{}  median {:>8.2} ms   (min {:.2} ms, max {:.2} ms, {boot_runs} runs)",
             if vcpus == 1 { " " } else { "s" },
@@ -45,16 +54,16 @@ pub fn run(base: &VmConfig, boot_runs: usize, force_progress: bool) -> Result<()
             hi.as_secs_f64() * 1e3
         );
     }
-    let cfg = VmConfig { vcpus: 1, cmdline: "mode=bench.exits".into(), quiet: true, ..base.clone() };
-    let out = run_ok(&cfg)?;
-    let get = |m: u64| out.bench.iter().find(|f| f.metric == m).copied();
-    let (Some(hc), Some(nop)) = (get(metric::HYPERCALL_ECHO), get(metric::PORT_IO_EXIT)) else {
-        return Err(Error::Other("the guest reported no exit-cost figures".into()));
+    let cfg = VmConfig { vcpus: 1, mode: GuestMode::BenchExits, ..base.clone() };
+    let (_, figs) = run_ok(&cfg)?;
+    let get = |m: Metric| figs.iter().find(|f| f.metric == m).copied();
+    let (Some(hc), Some(nop)) = (get(Metric::HypercallEcho), get(Metric::PortIoExit)) else {
+        return Err(Error::GuestReport("the guest reported no exit-cost figures".into()));
     };
     for f in [hc, nop] {
         println!(
             "{:<44} median {:>8.2} us   ({} samples)",
-            metric::name(f.metric),
+            f.metric.description(),
             f.median_ps as f64 / 1e6,
             f.samples
         );
@@ -63,19 +72,19 @@ pub fn run(base: &VmConfig, boot_runs: usize, force_progress: bool) -> Result<()
     let us = |ps: u64| ps as f64 / 1e6;
     let exits = |ps: u64| ps as f64 / nop.median_ps.max(1) as f64;
     for vcpus in [1u64, 2, 4] {
-        let cfg = VmConfig { vcpus, cmdline: "mode=bench.tlb".into(), quiet: true, ..base.clone() };
-        let out = run_ok(&cfg)?;
-        let get = |m: u64| out.bench.iter().find(|f| f.metric == m).map(|f| f.median_ps).unwrap_or(0);
+        let cfg = VmConfig { vcpus, mode: GuestMode::BenchTlb, ..base.clone() };
+        let (_, figs) = run_ok(&cfg)?;
+        let get = |m: Metric| figs.iter().find(|f| f.metric == m).map(|f| f.median_ps).unwrap_or(0);
         if vcpus == 1 {
-            let (ptop, flush) = (get(metric::PT_OP), get(metric::FLUSH_PAGE));
-            let fill = get(metric::FLUSH_AND_FILL).saturating_sub(flush);
+            let (ptop, flush) = (get(Metric::PtOp), get(Metric::FlushPage));
+            let fill = get(Metric::FlushAndFill).saturating_sub(flush);
             println!(
                 "{:<44} median {:>8.2} us   ({:.2} x bare exit)",
-                metric::name(metric::PT_OP),
+                Metric::PtOp.description(),
                 us(ptop),
                 exits(ptop)
             );
-            println!("{:<44} median {:>8.2} us", metric::name(metric::FLUSH_PAGE), us(flush));
+            println!("{:<44} median {:>8.2} us", Metric::FlushPage.description(), us(flush));
             println!(
                 "{:<44} median {:>8.2} us   ({:.2} x bare exit)",
                 "TLB fill (#PF + FILL walk + retry)",
@@ -83,14 +92,14 @@ pub fn run(base: &VmConfig, boot_runs: usize, force_progress: bool) -> Result<()
                 exits(fill)
             );
         } else {
-            let sd = get(metric::SHOOTDOWN);
+            let sd = get(Metric::Shootdown);
             println!(
                 "{:<44} median {:>8.2} us   ({vcpus} vCPUs, --tlb {})",
-                metric::name(metric::SHOOTDOWN),
+                Metric::Shootdown.description(),
                 us(sd),
                 cfg.tlb
             );
         }
     }
-    crate::litmus_bench::run(base, force_progress)
+    super::litmus_bench::run(base, force_progress)
 }

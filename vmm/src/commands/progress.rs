@@ -143,6 +143,12 @@ impl Progress {
     }
 }
 
+impl crate::services::litmus::IterationObserver for Progress {
+    fn iteration_done(&self, _iteration: u64) {
+        self.inc(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,12 +5,15 @@
 
 use std::path::Path;
 
-use abi::hypercall::probe as kind;
+use std::sync::Arc;
+
+use abi::config::{GuestMode, TlbModel};
+use abi::hypercall::calls::ProbeReport;
 
 use crate::error::{Error, Result};
-use crate::hypercall::ProbeResult;
-use crate::shadow::TlbModel;
-use crate::vstate::vm::{self, EndReason, VmConfig};
+use crate::services::probe::Probes;
+use crate::services::{self, StandardOptions};
+use crate::vstate::{vm, EndReason, Service, VmConfig};
 
 fn param(module: &str, name: &str) -> Option<String> {
     std::fs::read_to_string(format!("/sys/module/{module}/parameters/{name}")).ok().map(|s| s.trim().to_string())
@@ -33,26 +36,24 @@ pub fn host_description() -> String {
 }
 
 /// Runs the probes and prints the report; returns the results.
-pub fn run(base: &VmConfig, tries: u64) -> Result<Vec<ProbeResult>> {
+pub fn run(base: &VmConfig, tries: u64) -> Result<Vec<ProbeReport>> {
     let vcpus = base.vcpus.max(2);
-    let cfg = VmConfig {
-        vcpus,
-        tlb: TlbModel::Native,
-        cmdline: format!("mode=probe probe.tries={tries}"),
-        quiet: true,
-        ..base.clone()
-    };
-    let out = vm::run(&cfg)?;
+    let cfg = VmConfig { vcpus, tlb: TlbModel::Native, mode: GuestMode::Probe, mode_arg: tries, ..base.clone() };
+    let probes = Probes::new();
+    let mut svcs = services::standard(cfg.tlb, cfg.seed, StandardOptions::default());
+    svcs.push(probes.clone() as Arc<dyn Service>);
+    let out = vm::run(&cfg, &svcs)?;
     if !matches!(out.end, EndReason::GuestExit(0)) {
-        return Err(Error::Other(format!("the probe guest did not finish cleanly: {:?}", out.end)));
+        return Err(Error::GuestRun { what: "the probe guest", end: Box::new(out.end) });
     }
+    let (reports, _) = probes.reports();
     let host = host_description();
     println!("shootdown probe: can this host show a stale translation under --tlb native?");
     println!("host: {host}");
-    for p in &out.probes {
-        println!("probe {:<44} stale {:>5} / {:<5} tries", kind::name(p.probe), p.stale, p.tries);
+    for p in &reports {
+        println!("probe {:<44} stale {:>5} / {:<5} tries", p.probe.description(), p.stale, p.tries);
     }
-    let any_stale = out.probes.iter().any(|p| p.stale > 0);
+    let any_stale = reports.iter().any(|p| p.stale > 0);
     println!("{}", fidelity_line(&host, any_stale));
     if any_stale {
         println!("deterministic models here: lazy, evict:P (native shows real, non-deterministic staleness)");
@@ -61,7 +62,7 @@ pub fn run(base: &VmConfig, tries: u64) -> Result<Vec<ProbeResult>> {
             "deterministic models here: lazy, evict:P (use them: native cannot show a missing flush on this host)"
         );
     }
-    Ok(out.probes)
+    Ok(reports)
 }
 
 pub fn fidelity_line(host: &str, native_stale_observable: bool) -> String {

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use litmus::{Policy, Test, Verdict};
 
+use super::litmus::{self as litmus_run, LitmusArgs};
+use super::progress::Progress;
 use crate::error::{Error, Result};
-use crate::litmus_run::{self, LitmusArgs};
-use crate::progress::Progress;
-use crate::vstate::vm::VmConfig;
+use crate::vstate::VmConfig;
 
 /// What the field reaches (the issue's anchors).
 const ANCHORS: &str = "anchors: system-litmus-harness ~6k runs/s per 4-vCPU guest (page-table tests); \
@@ -21,7 +21,7 @@ fn args(runs: u64, progress: &Progress) -> LitmusArgs {
 }
 
 fn find<'a>(tests: &'a [Test], name: &str) -> Result<&'a Test> {
-    tests.iter().find(|t| t.name == name).ok_or_else(|| Error::Other(format!("{name} is not in the catalogue")))
+    tests.iter().find(|t| t.name == name).ok_or_else(|| Error::GuestReport(format!("{name} is not in the catalogue")))
 }
 
 /// Iterations per second of `test` under `policy` in one guest, or in
@@ -34,7 +34,7 @@ fn runs_per_sec(base: &VmConfig, test: &Test, policy: &Policy, runs: u64, guests
                 s.spawn(move || {
                     let pr = litmus_run::run_policy(base, &args(runs, p), test, *policy, 1 + g as u64, None)?;
                     match pr.guest_error {
-                        Some(e) => Err(Error::Other(format!("{}: {e}", test.name))),
+                        Some(e) => Err(Error::GuestReport(format!("{}: {e}", test.name))),
                         None => Ok(pr.result.total()),
                     }
                 })
@@ -42,7 +42,7 @@ fn runs_per_sec(base: &VmConfig, test: &Test, policy: &Policy, runs: u64, guests
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Other("bench thread panicked".into()))))
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::GuestReport("bench thread panicked".into()))))
             .collect()
     });
     let mut total = 0;

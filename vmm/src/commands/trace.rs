@@ -9,29 +9,24 @@ use tools::analysis::{self, Options};
 use tools::format::{self, Parsed};
 use tools::{perfetto, svg};
 
-use crate::error::{Error, Result};
-use crate::litmus_run::{self, LitmusArgs};
+use super::litmus::{self as litmus_run, LitmusArgs};
+use super::output::{self, OutputError};
+use crate::error::{Error, Result, TraceReadError};
+use crate::services::trace::TraceOut;
 use crate::status;
-use crate::trace::TraceOut;
-use crate::vstate::vm::VmConfig;
+use crate::vstate::VmConfig;
 
-/// Reads a trace; `None` (after one line on stderr) if the file cannot be read at all.
-fn load(file: &Path) -> Option<Parsed> {
-    match format::read_file(file) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            eprintln!("vmm: error: trace {}: {e}", file.display());
-            None
-        }
-    }
+fn load(file: &Path) -> Result<Parsed> {
+    format::read_file(file).map_err(|source| Error::TraceRead(TraceReadError { path: file.to_path_buf(), source }))
 }
 
-/// One line on stderr for a damaged file; the caller still reports what was readable.
+/// One line on stderr for a damaged file; the caller still reports what
+/// was readable, and exits with status 2.
 fn damaged(file: &Path, p: &Parsed) -> bool {
     match &p.error {
         Some(e) => {
-            eprintln!(
-                "vmm: error: trace {}: {e}; what follows covers the {} record(s) of {} run(s) before it",
+            log::error!(
+                "trace {}: {e}; what follows covers the {} record(s) of {} run(s) before it",
                 file.display(),
                 p.trace.record_count(),
                 p.trace.runs.len()
@@ -42,103 +37,91 @@ fn damaged(file: &Path, p: &Parsed) -> bool {
     }
 }
 
+fn exit_status(bad: bool) -> i32 {
+    if bad {
+        status::SETUP_ERROR
+    } else {
+        status::OK
+    }
+}
+
 /// `vmm trace report FILE [--json]`: exit 0, or 2 if the file is damaged
 /// (the report of what was readable is printed all the same).
-pub fn report(file: &Path, json: bool, all_phases: bool) -> i32 {
-    let Some(p) = load(file) else { return status::SETUP_ERROR };
+pub fn report(file: &Path, json: bool, all_phases: bool) -> Result<i32> {
+    let p = load(file)?;
     let bad = damaged(file, &p);
     let r = analysis::analyse(&p, Options { all_phases });
     if json {
-        match serde_json::to_string_pretty(&r) {
-            Ok(t) => println!("{t}"),
-            Err(e) => {
-                eprintln!("vmm: error: {e}");
-                return status::SETUP_ERROR;
-            }
-        }
+        let text = serde_json::to_string_pretty(&r)
+            .map_err(|source| OutputError::Json { option: "trace report --json", source })?;
+        println!("{text}");
     } else {
         print!("{}", analysis::render_text(&r, &file.display().to_string()));
     }
-    if bad {
-        status::SETUP_ERROR
-    } else {
-        status::OK
-    }
+    Ok(exit_status(bad))
 }
 
 /// `vmm trace dump FILE [--run R] [--iteration N]`.
-pub fn dump(file: &Path, run: Option<usize>, it: Option<u64>) -> i32 {
-    let Some(p) = load(file) else { return status::SETUP_ERROR };
+pub fn dump(file: &Path, run: Option<usize>, it: Option<u64>) -> Result<i32> {
+    let p = load(file)?;
     let bad = damaged(file, &p);
     print!("{}", analysis::render_dump(&p, run, it));
-    if bad {
-        status::SETUP_ERROR
-    } else {
-        status::OK
-    }
+    Ok(exit_status(bad))
 }
 
 /// `vmm trace timeline FILE [--run R] [--iteration N] [--width W]`.
-pub fn timeline(file: &Path, run: usize, it: Option<u64>, width: usize) -> i32 {
-    let Some(p) = load(file) else { return status::SETUP_ERROR };
+pub fn timeline(file: &Path, run: usize, it: Option<u64>, width: usize) -> Result<i32> {
+    let p = load(file)?;
     let bad = damaged(file, &p);
     match tools::text_timeline::render(&p, tools::text_timeline::TimelineOptions { run, iteration: it, width }) {
         Ok(t) => print!("{t}"),
         Err(e) => {
-            eprintln!("vmm: error: trace {}: {e}", file.display());
-            return status::SETUP_ERROR;
+            log::error!("trace {}: {e}", file.display());
+            return Ok(status::SETUP_ERROR);
         }
     }
-    if bad {
-        status::SETUP_ERROR
-    } else {
-        status::OK
-    }
+    Ok(exit_status(bad))
 }
 
 /// `vmm trace export FILE --perfetto OUT.json | --svg OUT.svg [--iteration N] [--run R]`.
-pub fn export(file: &Path, perfetto_out: Option<&Path>, svg_out: Option<&Path>, run: usize, it: Option<u64>) -> i32 {
+/// Output paths are checked before the trace is read; each is written atomically.
+pub fn export(
+    file: &Path,
+    perfetto_out: Option<&Path>,
+    svg_out: Option<&Path>,
+    run: usize,
+    it: Option<u64>,
+) -> Result<i32> {
     if perfetto_out.is_none() && svg_out.is_none() {
-        eprintln!("vmm: error: trace export: give --perfetto OUT.json and/or --svg OUT.svg");
-        return status::SETUP_ERROR;
+        return Err(Error::Usage("trace export: give --perfetto OUT.json and/or --svg OUT.svg".into()));
     }
-    let Some(p) = load(file) else { return status::SETUP_ERROR };
-    let bad = damaged(file, &p);
-    let write = |path: &Path, text: &str| match std::fs::write(path, text) {
-        Ok(()) => {
-            println!("wrote {}", path.display());
-            true
-        }
-        Err(e) => {
-            eprintln!("vmm: error: {}: {e}", path.display());
-            false
-        }
-    };
-    let mut ok = true;
     if let Some(out) = perfetto_out {
-        let v = perfetto::export(&p);
-        ok &= match serde_json::to_string(&v) {
-            Ok(t) => write(out, &t),
-            Err(e) => {
-                eprintln!("vmm: error: {e}");
-                false
-            }
-        };
+        output::check_output_path("--perfetto", out)?;
     }
     if let Some(out) = svg_out {
-        ok &= match svg::render(&p, svg::SvgOptions { run, iteration: it }) {
-            Ok(t) => write(out, &t),
-            Err(e) => {
-                eprintln!("vmm: error: trace {}: {e}", file.display());
-                false
+        output::check_output_path("--svg", out)?;
+    }
+    let p = load(file)?;
+    let mut bad = damaged(file, &p);
+    if let Some(out) = perfetto_out {
+        let v = perfetto::export(&p);
+        let text = serde_json::to_string(&v).map_err(|source| OutputError::Json { option: "--perfetto", source })?;
+        output::write_atomic("--perfetto", out, text.as_bytes())?;
+        println!("wrote {}", out.display());
+    }
+    if let Some(out) = svg_out {
+        match svg::render(&p, svg::SvgOptions { run, iteration: it }) {
+            Ok(t) => {
+                output::write_atomic("--svg", out, t.as_bytes())?;
+                println!("wrote {}", out.display());
             }
-        };
+            Err(e) => {
+                log::error!("trace {}: {e}", file.display());
+                bad = true;
+            }
+        }
     }
-    if bad || !ok {
-        status::SETUP_ERROR
-    } else {
-        status::OK
-    }
+    Ok(exit_status(bad))
 }
 
 /// `vmm trace bench`: runs/s of S1, S1-device and S5 under their
@@ -148,7 +131,9 @@ pub fn bench(base: &VmConfig, runs: u64, force_progress: bool) -> Result<()> {
     let (tests, _) =
         litmus::check_all(&litmus::catalogue_sources()).map_err(|d| Error::Litmus(litmus::render_all(&d)))?;
     let dir = std::env::temp_dir().join(format!("shootdown-trace-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|source| {
+        Error::Output(super::output::OutputError::Write { option: "trace bench", path: dir.clone(), source })
+    })?;
     println!(
         "shootdown trace bench: {runs} iterations per (test, policy) and round, 3 rounds, medians; \
          tracing off vs on (every iteration traced); host: {} cores",
@@ -160,7 +145,7 @@ pub fn bench(base: &VmConfig, runs: u64, force_progress: bool) -> Result<()> {
     );
     let seed = base.seed;
     // 3 rounds × off/on × (2 + 2 + 4 policies).
-    let progress = crate::progress::Progress::new(runs * 3 * 2 * 8, "iterations", force_progress);
+    let progress = super::progress::Progress::new(runs * 3 * 2 * 8, "iterations", force_progress);
     let args = LitmusArgs {
         runs,
         iteration_timeout: Duration::from_millis(500),

@@ -1,0 +1,310 @@
+//! One type per hypercall, with its request (`args`) and reply (`ret`).
+//! Word order is declaration order; `data` payloads are described per call.
+
+use super::wire::{Empty, Flag};
+use super::{
+    FillResult, FlushKind, Metric, Outcome, PageOpKind, Probe, PtOpKind, TableEvent, TlbConfigAction, TlbModelKind,
+};
+
+// ---------------------------------------------------------------- platform
+
+crate::wire_struct! {
+    /// `ECHO`: four words, answered bit-inverted; `data` comes back reversed.
+    pub struct EchoWords { pub words: [u64; 4] }
+}
+crate::hypercall!(
+    /// The mailbox round trip (self-test and benchmark).
+    Echo = Echo(EchoWords) -> EchoWords
+);
+
+crate::hypercall!(
+    /// A guest log line: `data` = text (printed by the VMM with the vCPU index).
+    Log = Log(Empty) -> Empty
+);
+
+crate::wire_struct! {
+    /// `EXCEPTION`: an exception reached the guest's handler.
+    pub struct ExceptionReport {
+        pub vector: u64,
+        pub error_code: u64,
+        pub rip: u64,
+        /// Meaningful for #PF only (0 otherwise).
+        pub cr2: u64,
+        pub rsp: u64,
+        pub cs: u64,
+        /// The guest recovers (an exception-table fixup); false ends the VM.
+        pub recovered: Flag,
+    }
+}
+crate::hypercall!(
+    /// An exception reached the guest's handler.
+    Exception = Exception(ExceptionReport) -> Empty
+);
+
+crate::wire_struct! {
+    /// `LAST_EXCEPTION`'s reply: the last `EXCEPTION` of this vCPU.
+    pub struct LastExceptionReply { pub vector: u64, pub error_code: u64, pub rip: u64, pub cr2: u64 }
+}
+crate::hypercall!(
+    /// What the VMM recorded for this vCPU's last `EXCEPTION`.
+    LastException = LastException(Empty) -> LastExceptionReply
+);
+
+crate::wire_struct! {
+    /// `ASSERT_FAIL`: a guest assertion failed; `data` = "file\0message".
+    pub struct AssertReport {
+        pub line: u64,
+        /// The guest ends the VM after this report.
+        pub fatal: Flag,
+        /// A deliberate report (the `assert.report` self-test): fails nothing.
+        pub expected: Flag,
+    }
+}
+crate::hypercall!(
+    /// A guest assertion failed (file, line, message).
+    AssertFail = AssertFail(AssertReport) -> Empty
+);
+
+crate::wire_struct! {
+    /// `LAST_ASSERT`'s reply: the line of this vCPU's last `ASSERT_FAIL`;
+    /// `data` = its "file\0message".
+    pub struct LastAssertReply { pub line: u64 }
+}
+crate::hypercall!(
+    /// What the VMM recorded for this vCPU's last `ASSERT_FAIL`.
+    LastAssert = LastAssert(Empty) -> LastAssertReply
+);
+
+// ---------------------------------------------------------------- self-tests, bench, probe
+
+crate::hypercall!(
+    /// A self-test starts: `data` = its name.
+    TestBegin = TestBegin(Empty) -> Empty
+);
+
+crate::wire_struct! {
+    /// `TEST_END`: `data` = "name\0reason".
+    pub struct TestEndReport { pub outcome: Outcome }
+}
+crate::hypercall!(
+    /// A self-test ends.
+    TestEnd = TestEnd(TestEndReport) -> Empty
+);
+
+crate::hypercall!(
+    /// `selftest.list`: one self-test of the guest's table, `data` = its name.
+    TestListed = TestListed(Empty) -> Empty
+);
+
+crate::wire_struct! {
+    /// `BENCH_RESULT`: a figure measured in the guest.
+    pub struct BenchFigure { pub metric: Metric, pub median_ps: u64, pub samples: u64 }
+}
+crate::hypercall!(
+    /// A benchmark figure measured in the guest.
+    BenchResult = BenchResult(BenchFigure) -> Empty
+);
+
+crate::wire_struct! {
+    /// `PROBE_RESULT`: tries that saw the stale page, of `tries`.
+    pub struct ProbeReport { pub probe: Probe, pub stale: u64, pub tries: u64 }
+}
+crate::hypercall!(
+    /// A `vmm probe` result.
+    ProbeResult = ProbeResult(ProbeReport) -> Empty
+);
+
+// ---------------------------------------------------------------- page tables and the modelled TLB
+
+crate::wire_struct! {
+    /// `PT_OP`: a page-table op done by the VMM with a host atomic (Xen PV
+    /// `mmu_update` style) on the entry at GPA `entry` (8-byte aligned,
+    /// inside the page-table region).
+    pub struct PtOpRequest { pub kind: PtOpKind, pub entry: u64, pub a: u64, pub b: u64 }
+}
+crate::wire_struct! {
+    /// `PT_OP`'s reply.
+    pub struct PtOpReply {
+        /// The entry's old value.
+        pub old: u64,
+        /// The op changed the entry.
+        pub changed: Flag,
+    }
+}
+crate::hypercall!(
+    /// A page-table op.
+    PtOp = PtOp(PtOpRequest) -> PtOpReply
+);
+
+crate::wire_struct! {
+    /// `PT_TABLE`: the guest allocated or freed the page-table page at GPA
+    /// `table` (of `level`); the VMM zeroes a new one and the IOMMU tracks
+    /// live tables.
+    pub struct PtTableRequest { pub event: TableEvent, pub table: u64, pub level: u64 }
+}
+crate::hypercall!(
+    /// A page-table page was allocated or freed.
+    PtTable = PtTable(PtTableRequest) -> Empty
+);
+
+crate::wire_struct! {
+    /// `PAGE_OP`: zero, copy (`src` → `dst`) or compare whole 4 KiB data
+    /// pages (`FREE_START` up) on host memory (Xen PV's `MMUEXT_CLEAR_PAGE`
+    /// / `MMUEXT_COPY_PAGE`): on hosts that emulate every guest instruction
+    /// a page loop costs ~1 ms in the guest.
+    pub struct PageOpRequest { pub kind: PageOpKind, pub dst: u64, pub src: u64 }
+}
+crate::wire_struct! {
+    /// `PAGE_OP`'s reply: for `Compare`, the pages are identical.
+    pub struct PageOpReply { pub same: Flag }
+}
+crate::hypercall!(
+    /// A page operation done by the VMM.
+    PageOp = PageOp(PageOpRequest) -> PageOpReply
+);
+
+crate::wire_struct! {
+    /// `FILL`: a #PF on a user address under the lazy/evict TLB models:
+    /// walk the current mm's page tables as the hardware would (A, and D on
+    /// writes) and fill this vCPU's modelled TLB.
+    pub struct FillRequest { pub va: u64, pub error_code: u64 }
+}
+crate::wire_struct! {
+    /// `FILL`'s reply: what happened, and the leaf PTE or the faulting entry.
+    pub struct FillReply { pub result: FillResult, pub entry: u64 }
+}
+crate::hypercall!(
+    /// A modelled-TLB miss.
+    Fill = Fill(FillRequest) -> FillReply
+);
+
+crate::wire_struct! {
+    /// `FLUSH`: drop entries of this vCPU's modelled TLB (`va`, `len` in
+    /// bytes for a range). The guest then executes the real `invlpg`/CR3 reload.
+    pub struct FlushRequest { pub kind: FlushKind, pub va: u64, pub len: u64 }
+}
+crate::hypercall!(
+    /// A local TLB flush.
+    Flush = Flush(FlushRequest) -> Empty
+);
+
+crate::wire_struct! {
+    /// `SWITCH_MM`: switch this vCPU to the mm whose PGD is at `pgd` (a GPA
+    /// in the page-table region).
+    pub struct SwitchMmRequest { pub pgd: u64 }
+}
+crate::wire_struct! {
+    /// `SWITCH_MM`'s reply: the value the guest must load into CR3 (its
+    /// shadow root, or the PGD itself in native mode).
+    pub struct SwitchMmReply { pub cr3: u64 }
+}
+crate::hypercall!(
+    /// Switch this vCPU's mm.
+    SwitchMm = SwitchMm(SwitchMmRequest) -> SwitchMmReply
+);
+
+crate::wire_struct! {
+    /// `TLB_CONFIG`: query, or set this vCPU's eviction probability to
+    /// `evict_ppm` parts per million.
+    pub struct TlbConfigRequest { pub action: TlbConfigAction, pub evict_ppm: u64 }
+}
+crate::wire_struct! {
+    /// `TLB_CONFIG`'s reply.
+    pub struct TlbConfigReply {
+        pub model: TlbModelKind,
+        pub evict_ppm: u64,
+        /// Fills served for this vCPU so far.
+        pub fills: u64,
+        /// Entries evicted so far.
+        pub evictions: u64,
+    }
+}
+crate::hypercall!(
+    /// The vCPU TLB model.
+    TlbConfig = TlbConfig(TlbConfigRequest) -> TlbConfigReply
+);
+
+crate::hypercall!(
+    /// The next direct store to the page-table region from this vCPU is
+    /// deliberate (the `tlb.stray-store.reported` self-test): report it
+    /// without ending the VM; `LAST_STRAY_STORE` returns it.
+    ExpectStrayStore = ExpectStrayStore(Empty) -> Empty
+);
+
+crate::wire_struct! {
+    /// `LAST_STRAY_STORE`'s reply.
+    pub struct StrayStoreReply { pub gpa: u64, pub value: u64, pub rip: u64, pub recorded: Flag }
+}
+crate::hypercall!(
+    /// The last expected stray page-table store of this vCPU.
+    LastStrayStore = LastStrayStore(Empty) -> StrayStoreReply
+);
+
+// ---------------------------------------------------------------- the device
+
+crate::wire_struct! {
+    /// `DMA_SUBMIT`: run the device program at GPA `program` (`crate::dma`)
+    /// on the DMA engine's worker for device `slot` (0..`dma::MAX_SLOTS`);
+    /// returns at once, the engine marks the header DONE.
+    pub struct DmaSubmitRequest { pub program: u64, pub slot: u64 }
+}
+crate::wire_struct! {
+    /// `DMA_SUBMIT`'s reply: false if the slot already had a program queued
+    /// (the header is then marked `BUSY`).
+    pub struct DmaSubmitReply { pub accepted: Flag }
+}
+crate::hypercall!(
+    /// Hand a device program to the DMA engine.
+    DmaSubmit = DmaSubmit(DmaSubmitRequest) -> DmaSubmitReply
+);
+
+crate::wire_struct! {
+    /// `IOMMU_STATS`'s reply.
+    pub struct IommuStatsReply { pub iotlb_entries: u64, pub pwc_entries: u64, pub stale_hits: u64, pub stale_walks: u64 }
+}
+crate::hypercall!(
+    /// IOMMU counters.
+    IommuStats = IommuStats(Empty) -> IommuStatsReply
+);
+
+// ---------------------------------------------------------------- litmus and tracing
+
+crate::wire_struct! {
+    /// `LITMUS_RESULT`: one iteration finished; `data` = `values` u64 LE.
+    pub struct LitmusIteration {
+        pub iteration: u64,
+        /// Number of observed values in `data`.
+        pub values: u64,
+        /// Data / page-table pages not returned (signed deltas against the
+        /// start of the iteration).
+        pub leaked_pages: i64,
+        pub leaked_tables: i64,
+        /// Iteration time in ns (guest TSC).
+        pub guest_ns: u64,
+    }
+}
+crate::hypercall!(
+    /// One litmus iteration's result.
+    LitmusResult = LitmusResult(LitmusIteration) -> Empty
+);
+
+crate::wire_struct! {
+    /// `EXPLORE_NEXT`'s reply: whether the VMM wrote another schedule's
+    /// plan into the explore area (`abi::explore`).
+    pub struct ExploreNextReply { pub more: Flag }
+}
+crate::hypercall!(
+    /// `vmm explore`: the previous schedule (if any) is over — its log is in
+    /// the explore area, its values came with `LITMUS_RESULT`; the VMM writes
+    /// the next schedule's plan, or says the search is over.
+    ExploreNext = ExploreNext(Empty) -> ExploreNextReply
+);
+
+crate::wire_struct! {
+    /// `TRACE_DRAIN`'s reply: records consumed.
+    pub struct TraceDrainReply { pub consumed: u64 }
+}
+crate::hypercall!(
+    /// This vCPU's trace ring is full (`crate::trace`): the VMM consumes every ring.
+    TraceDrain = TraceDrain(Empty) -> TraceDrainReply
+);

@@ -1,0 +1,331 @@
+//! Hypercalls: the guest fills its per-vCPU [`Mailbox`] (at
+//! [`crate::layout::mailbox`]`(cpu)`), then does one `out` to [`HC_PORT`].
+//! The VMM knows which vCPU exited, reads that vCPU's mailbox, acts, writes
+//! `status`/`ret`/`data` back and resumes. One exit per call, like KVM
+//! selftests' `ucall`.
+//!
+//! Every operation is a type implementing [`Hypercall`]: its [`Op`], a
+//! typed request (the `args` words) and a typed reply (the `ret` words),
+//! declared once in [`calls`] and used by the guest and the VMM alike.
+//! Sub-operations are enums ([`PtOpKind`], [`FlushKind`], …): a word that is
+//! not one of their values does not decode, and the VMM reports the call as
+//! a bad hypercall. Free-form payloads (names, messages, observed values) go
+//! in `data`.
+//!
+//! # Adding a hypercall
+//!
+//! 1. Here: a new [`Op`] value, and in [`calls`] its request and reply
+//!    structs (`wire_struct!`) and its `hypercall!` line.
+//! 2. In the VMM: serve it in one service (`vmm/src/services/`) and list it
+//!    in that service's `ops()`. Nothing in `vstate/` changes.
+//! 3. In the guest: `hypercall::call::<calls::NewOp>(request)`.
+
+/// Port for hypercalls (any value written; the mailbox carries the request).
+pub const HC_PORT: u16 = 0x0510;
+/// Port whose 32-bit write ends the VM; the value is the exit status.
+pub const EXIT_PORT: u16 = 0x0511;
+/// A port with no handler behind it in the VMM beyond "resume": the bare
+/// port-I/O exit benchmarks compare hypercalls against.
+pub const NOP_PORT: u16 = 0x0512;
+/// A spinning guest gives its host thread's CPU away (`sched_yield` in the
+/// vCPU thread): litmus threads waiting on a flag use it so that, with more
+/// vCPUs than host cores, the thread they wait for gets to run.
+pub const YIELD_PORT: u16 = 0x0513;
+/// `vmm explore`: a 32-bit write of thread index t parks this vCPU until the
+/// explore area's turn word names t, for at most about a millisecond (the
+/// caller loops). A port write, not a hypercall (which runs with interrupts
+/// off), so the vCPU goes back into the guest with interrupts enabled and a
+/// shootdown IPI sent meanwhile reaches it.
+pub const EXPLORE_PARK_PORT: u16 = 0x0515;
+/// 16550 UART (COM1).
+pub const SERIAL_PORT: u16 = 0x03f8;
+
+/// Size of the free-form data area of a mailbox.
+pub const DATA_LEN: usize = 4096 - 15 * 8;
+
+/// Per-vCPU mailbox page. Field offsets are part of the wire format.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Mailbox {
+    /// An [`Op`] value.
+    pub op: u64,
+    pub args: [u64; 8],
+    /// Filled by the VMM.
+    pub ret: [u64; 4],
+    /// `status::*`, filled by the VMM.
+    pub status: u64,
+    /// Bytes of `data` used (request on entry, reply on return).
+    pub len: u64,
+    pub data: [u8; DATA_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<Mailbox>() == 4096);
+
+pub const OFF_OP: u64 = core::mem::offset_of!(Mailbox, op) as u64;
+pub const OFF_ARGS: u64 = core::mem::offset_of!(Mailbox, args) as u64;
+pub const OFF_RET: u64 = core::mem::offset_of!(Mailbox, ret) as u64;
+pub const OFF_STATUS: u64 = core::mem::offset_of!(Mailbox, status) as u64;
+pub const OFF_LEN: u64 = core::mem::offset_of!(Mailbox, len) as u64;
+pub const OFF_DATA: u64 = core::mem::offset_of!(Mailbox, data) as u64;
+
+pub mod calls;
+#[macro_use]
+pub mod wire;
+
+pub use wire::{DecodeError, Empty, Flag, Wire, WireField};
+
+crate::wire_enum! {
+    /// Hypercall operations (`Mailbox::op`). Each has a type in [`calls`].
+    pub enum Op {
+        Echo = 1,
+        TestBegin = 2,
+        TestEnd = 3,
+        AssertFail = 4,
+        Exception = 5,
+        LastException = 6,
+        Log = 7,
+        BenchResult = 8,
+        PtOp = 9,
+        Fill = 10,
+        Flush = 11,
+        SwitchMm = 12,
+        TlbConfig = 13,
+        PtTable = 14,
+        ExpectStrayStore = 15,
+        ProbeResult = 16,
+        DmaSubmit = 17,
+        IommuStats = 18,
+        LitmusResult = 19,
+        ExploreNext = 20,
+        // 21..=22 reserved for the litmus runner; 25..=27 for tracing.
+        TraceDrain = 24,
+        PageOp = 28,
+        LastAssert = 29,
+        LastStrayStore = 30,
+        TestListed = 31,
+    }
+}
+
+impl Op {
+    /// The name used in messages (`PT_OP`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Op::Echo => "ECHO",
+            Op::TestBegin => "TEST_BEGIN",
+            Op::TestEnd => "TEST_END",
+            Op::AssertFail => "ASSERT_FAIL",
+            Op::Exception => "EXCEPTION",
+            Op::LastException => "LAST_EXCEPTION",
+            Op::Log => "LOG",
+            Op::BenchResult => "BENCH_RESULT",
+            Op::PtOp => "PT_OP",
+            Op::Fill => "FILL",
+            Op::Flush => "FLUSH",
+            Op::SwitchMm => "SWITCH_MM",
+            Op::TlbConfig => "TLB_CONFIG",
+            Op::PtTable => "PT_TABLE",
+            Op::ExpectStrayStore => "EXPECT_STRAY_STORE",
+            Op::ProbeResult => "PROBE_RESULT",
+            Op::DmaSubmit => "DMA_SUBMIT",
+            Op::IommuStats => "IOMMU_STATS",
+            Op::LitmusResult => "LITMUS_RESULT",
+            Op::ExploreNext => "EXPLORE_NEXT",
+            Op::TraceDrain => "TRACE_DRAIN",
+            Op::PageOp => "PAGE_OP",
+            Op::LastAssert => "LAST_ASSERT",
+            Op::LastStrayStore => "LAST_STRAY_STORE",
+            Op::TestListed => "TEST_LISTED",
+        }
+    }
+}
+
+/// One hypercall: its operation and the types of its request and reply.
+pub trait Hypercall {
+    const OP: Op;
+    /// `Mailbox::args`.
+    type Request: Wire;
+    /// `Mailbox::ret`.
+    type Reply: Wire;
+}
+
+/// Declares the [`Hypercall`] type of an operation and checks at compile
+/// time that its request fits `args` and its reply `ret`.
+#[macro_export]
+macro_rules! hypercall {
+    ($(#[$m:meta])* $name:ident = $op:ident ($req:ty) -> $rep:ty) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug)]
+        pub enum $name {}
+        impl $crate::hypercall::Hypercall for $name {
+            const OP: $crate::hypercall::Op = $crate::hypercall::Op::$op;
+            type Request = $req;
+            type Reply = $rep;
+        }
+        const _: () = assert!(<$req as $crate::hypercall::Wire>::WORDS <= 8);
+        const _: () = assert!(<$rep as $crate::hypercall::Wire>::WORDS <= 4);
+    };
+}
+
+/// `Mailbox::status` values.
+pub mod status {
+    pub const OK: u64 = 0;
+    pub const UNKNOWN_OP: u64 = 1;
+    pub const BAD_ARGUMENT: u64 = 2;
+}
+
+crate::wire_enum! {
+    /// `PT_OP` kinds: what the VMM does to the entry with a host atomic.
+    pub enum PtOpKind {
+        /// entry = a
+        Set = 0,
+        /// entry = a, old value returned
+        Xchg = 1,
+        /// if entry == a { entry = b }
+        Cmpxchg = 2,
+        /// entry = 0 (`ptep_get_and_clear`)
+        Clear = 3,
+        /// entry &= !a (e.g. `ptep_test_and_clear_young`, write-protect)
+        ClearBits = 4,
+        /// entry |= a
+        SetBits = 5,
+    }
+}
+
+/// The [`PtOpKind`]s under their Linux-ish short names (`ptop::SET`).
+pub mod ptop {
+    use super::PtOpKind;
+    pub const SET: PtOpKind = PtOpKind::Set;
+    pub const XCHG: PtOpKind = PtOpKind::Xchg;
+    pub const CMPXCHG: PtOpKind = PtOpKind::Cmpxchg;
+    pub const CLEAR: PtOpKind = PtOpKind::Clear;
+    pub const CLEAR_BITS: PtOpKind = PtOpKind::ClearBits;
+    pub const SET_BITS: PtOpKind = PtOpKind::SetBits;
+}
+
+crate::wire_enum! {
+    /// `FILL` results.
+    pub enum FillResult {
+        /// The modelled TLB now holds a translation: retry the access.
+        Filled = 0,
+        /// The page tables do not allow the access: a real page fault.
+        Fault = 1,
+        /// Native model: there is no modelled TLB to fill.
+        Native = 2,
+    }
+}
+
+crate::wire_enum! {
+    /// `FLUSH` kinds.
+    pub enum FlushKind { Page = 0, Range = 1, All = 2 }
+}
+
+crate::wire_enum! {
+    /// `TLB_CONFIG` actions.
+    pub enum TlbConfigAction {
+        /// Only read the state.
+        Query = 0,
+        /// Set this vCPU's eviction probability (lazy/evict models only).
+        SetEvictPpm = 1,
+    }
+}
+
+crate::wire_enum! {
+    /// The vCPU TLB model, as `TLB_CONFIG` reports it.
+    pub enum TlbModelKind { Lazy = 0, Evict = 1, Native = 2 }
+}
+
+crate::wire_enum! {
+    /// `PT_TABLE` events.
+    pub enum TableEvent { Freed = 0, Allocated = 1 }
+}
+
+crate::wire_enum! {
+    /// `PAGE_OP` kinds.
+    pub enum PageOpKind { Zero = 0, Copy = 1, Compare = 2 }
+}
+
+crate::wire_enum! {
+    /// Self-test outcomes, kvm-unit-tests `report.c` vocabulary.
+    pub enum Outcome { Pass = 0, Fail = 1, Skip = 2, Xfail = 3 }
+}
+
+crate::wire_enum! {
+    /// Native-TLB fidelity probes (`vmm probe`).
+    pub enum Probe {
+        /// Same vCPU reads after a guest PTE store, without `invlpg`.
+        SameVcpu = 0,
+        /// Another vCPU reads after the PTE store, without any flush.
+        RemoteVcpu = 1,
+        /// Same vCPU reads after a VMM-side PTE write (PT_OP), without `invlpg`.
+        VmmWrite = 2,
+    }
+}
+
+impl Probe {
+    pub const fn description(self) -> &'static str {
+        match self {
+            Probe::SameVcpu => "same vCPU, guest PTE store, no invlpg",
+            Probe::RemoteVcpu => "other vCPU, guest PTE store, no flush",
+            Probe::VmmWrite => "same vCPU, VMM-side PTE write, no invlpg",
+        }
+    }
+}
+
+crate::wire_enum! {
+    /// Guest-measured benchmark metrics (`BENCH_RESULT`).
+    pub enum Metric {
+        /// Round trip of a hypercall with an empty payload (ECHO).
+        HypercallEcho = 0,
+        /// A bare port-I/O exit to userspace that the VMM ignores (NOP_PORT).
+        PortIoExit = 1,
+        /// One page-table op (PT_OP SET) including its exit.
+        PtOp = 2,
+        /// Local flush of one page (FLUSH hypercall + invlpg).
+        FlushPage = 3,
+        /// Local flush of one page then a read that misses and is filled
+        /// (#PF -> FILL -> retry); minus FlushPage this is the fill cost.
+        FlushAndFill = 4,
+        /// `flush_tlb_multi` of one page with every other vCPU running the mm
+        /// (IPI, remote flush, acknowledgement); `samples` carries the vCPU
+        /// count in its top 16 bits.
+        Shootdown = 5,
+    }
+}
+
+impl Metric {
+    pub const fn description(self) -> &'static str {
+        match self {
+            Metric::HypercallEcho => "hypercall round trip (ECHO, empty payload)",
+            Metric::PortIoExit => "bare port-I/O exit (NOP port)",
+            Metric::PtOp => "page-table op (PT_OP set)",
+            Metric::FlushPage => "local flush of one page (FLUSH + invlpg)",
+            Metric::FlushAndFill => "local flush + read that refills (#PF, FILL)",
+            Metric::Shootdown => "TLB shootdown of one page (flush_tlb_mm_range)",
+        }
+    }
+}
+
+/// Exception vectors the guest reports by name.
+pub fn vector_name(v: u64) -> &'static str {
+    match v {
+        0 => "#DE",
+        1 => "#DB",
+        2 => "NMI",
+        3 => "#BP",
+        4 => "#OF",
+        5 => "#BR",
+        6 => "#UD",
+        7 => "#NM",
+        8 => "#DF",
+        10 => "#TS",
+        11 => "#NP",
+        12 => "#SS",
+        13 => "#GP",
+        14 => "#PF",
+        16 => "#MF",
+        17 => "#AC",
+        18 => "#MC",
+        19 => "#XM",
+        _ => "vector",
+    }
+}
