@@ -264,6 +264,8 @@ byte_enum! {
         BeforeBatchFlush = 21 => "before_batch_flush",
         AfterFault = 22 => "after_fault",
         AfterPageLock = 23 => "after_page_lock",
+        // 24 and 25 are taken by the kernel-profile work (issue 11).
+        LockAcquire = 26 => "lock_acquire",
     }
 }
 
@@ -294,6 +296,7 @@ impl Hook {
             Hook::BeforeBatchFlush => "try_to_unmap_flush is about to flush the batched reclaim flushes",
             Hook::AfterFault => "the page-fault handler finished and the access is about to be retried",
             Hook::AfterPageLock => "the page lock (lock_page / folio_lock) of the target page was taken",
+            Hook::LockAcquire => "a lock (page-table lock, page lock) is about to be taken: a scheduling point of vmm explore, where its witnesses pause",
         }
     }
 }

@@ -56,7 +56,9 @@ static STATE: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
 /// Per thread: the operation's pc and its hook / lock counters (for `#N`).
 static OP_PC: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
 static HOOK_FIRED: [[AtomicU32; 32]; N] = [const { [const { AtomicU32::new(0) }; 32] }; N];
-static LOCKS_TAKEN: [[AtomicU32; 8]; N] = [const { [const { AtomicU32::new(0) }; 8] }; N];
+/// Lock acquisitions in the operation (all kinds: the firings of the
+/// `lock_acquire` hook, so a witness can name the N-th).
+static LOCKS_TAKEN: [AtomicU32; N] = [const { AtomicU32::new(0) }; N];
 /// Scheduling points passed on this CPU, for `vmm explore`'s cost figure.
 pub static POINTS: AtomicU64 = AtomicU64::new(0);
 
@@ -154,9 +156,7 @@ pub fn instr_point(pc: u32, g: Guard) {
         for h in &HOOK_FIRED[t] {
             h.store(0, Ordering::Relaxed);
         }
-        for l in &LOCKS_TAKEN[t] {
-            l.store(0, Ordering::Relaxed);
-        }
+        LOCKS_TAKEN[t].store(0, Ordering::Relaxed);
     }
     point(site::make(site::INSTR, pc, 0, 0), g);
 }
@@ -169,14 +169,17 @@ pub fn hook_point(h: Hook) {
     point(site::make(site::HOOK, pc, h as u8, nth.min(u16::MAX as u32) as u16), Guard::NONE);
 }
 
-/// Before a lock acquisition of kind `kind` (`abi::trace::lock_kind`-like
-/// small number); `g` holds when the lock is free.
+/// Before a lock acquisition of kind `kind` (a small number for
+/// timelines); `g` holds when the lock is free. Fires the `lock_acquire`
+/// hook (where a witness pauses) after the scheduling point.
 pub fn lock_point(kind: u8, g: Guard) {
-    let Some(t) = me() else { return };
-    let nth = LOCKS_TAKEN[t][kind as usize % 8].fetch_add(1, Ordering::Relaxed) + 1;
-    let pc = OP_PC[t].load(Ordering::Relaxed) as u32;
-    point(site::make(site::LOCK, pc, kind, nth.min(u16::MAX as u32) as u16), g);
-    note_mem(true);
+    if let Some(t) = me() {
+        let nth = LOCKS_TAKEN[t].fetch_add(1, Ordering::Relaxed) + 1;
+        let pc = OP_PC[t].load(Ordering::Relaxed) as u32;
+        point(site::make(site::LOCK, pc, kind, nth.min(u16::MAX as u32) as u16), g);
+        note_mem(true);
+    }
+    crate::mm::hooks::hook_unscheduled(Hook::LockAcquire);
 }
 
 /// Inside an operation, waiting until the u64 at `addr` differs from `value`.

@@ -67,7 +67,7 @@ pub mod tap;
 pub mod witness;
 
 pub use ast::{herd_value, CondKind, Condition, Expectation, Expr, Location, Observable, Stmt, Test, Thread, Verdict};
-pub use catalogue::{catalogue, catalogue_sources};
+pub use catalogue::{catalogue, catalogue_sources, explore_catalogue, explore_sources};
 pub use compile::{compile, disassemble, CompileOptions, Compiled};
 pub use diag::{render_all, Diagnostic, Severity, SourceFile};
 pub use file::{check_all, check_source, load_files, CheckedFile};

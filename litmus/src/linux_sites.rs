@@ -109,6 +109,7 @@ pub fn hook_function(op: &Stmt, h: Hook) -> String {
         Hook::BeforeBatchFlush => "try_to_unmap_flush".into(),
         Hook::AfterFault => "handle_mm_fault returned".into(),
         Hook::AfterPageLock => "folio_lock".into(),
+        Hook::LockAcquire => "takes a lock".into(),
     }
 }
 

@@ -147,8 +147,14 @@ fn place(test: &Test, e: &mut Edits, t: usize, at: u64, ops: Vec<Stmt>) -> Resul
     let pc = site::pc(at);
     match site::kind(at) {
         site::INSTR | site::DEVICE => e.before.push((pc, ops)),
-        site::HOOK => {
-            let hook = Hook::from_u8(site::sub(at)).ok_or(WitnessError::NoStatement { thread: thread.clone(), pc })?;
+        site::HOOK | site::LOCK => {
+            // A lock site pauses at the `lock_acquire` hook, which fires
+            // at every lock acquisition of the operation (its N-th firing).
+            let hook = if site::kind(at) == site::LOCK {
+                Hook::LockAcquire
+            } else {
+                Hook::from_u8(site::sub(at)).ok_or(WitnessError::NoStatement { thread: thread.clone(), pc })?
+            };
             let nth = site::nth(at);
             if nth > 1 {
                 return Err(WitnessError::NthFiring { thread, hook: hook.name(), nth });
@@ -317,9 +323,13 @@ forbidden = "P2:r1 == 1"
     fn points_it_cannot_express_are_errors() {
         let t = check_source("s1.toml", S1).test.unwrap();
         let p = Policy::default();
-        let lock = Step { thread: 0, site: site::make(site::LOCK, 1, 1, 1) };
-        let e = forced_test(&t, &[instr(2, 0), lock], &p, "w", "d").unwrap_err();
+        let wait = Step { thread: 0, site: site::make(site::WAIT, 1, 0, 0) };
+        let e = forced_test(&t, &[instr(2, 0), wait], &p, "w", "d").unwrap_err();
         assert!(matches!(e, WitnessError::NotAHook { .. }), "{e}");
+        // A lock site pauses at `lock_acquire`.
+        let lock = Step { thread: 0, site: site::make(site::LOCK, 1, 1, 1) };
+        let text = forced_test(&t, &[instr(2, 0), lock], &p, "w", "d").unwrap();
+        assert!(text.contains("madvise x dontneed at lock_acquire { wait sched1 }"), "{text}");
         assert_eq!(forced_test(&t, &[Step { thread: 9, site: 0 }], &p, "w", "d"), Err(WitnessError::NoThread(9)));
     }
 }

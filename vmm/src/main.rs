@@ -148,9 +148,10 @@ enum Command {
         #[arg(long = "policy", value_name = "POLICY")]
         policies: Vec<String>,
         /// Every schedule with at most K preemptions (a switch away from a
-        /// thread that could still run).
-        #[arg(long, default_value_t = explore::DEFAULT_PREEMPTIONS, value_name = "K")]
-        preemptions: u32,
+        /// thread that could still run). Default: the test's `[explore]
+        /// preemptions`, else 2.
+        #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(0..=64))]
+        preemptions: Option<u32>,
         /// PCT (randomised priorities with D-1 change points) instead of the
         /// systematic search, for tests too big to enumerate.
         #[arg(long, value_name = "D", value_parser = clap::value_parser!(u32).range(1..=32))]
@@ -564,7 +565,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             let reduction = if no_reduction { explore::Reduction::None } else { explore::Reduction::SleepSets };
             let strategy = match pct {
                 Some(depth) => explore::Strategy::Pct { depth, runs },
-                None => explore::Strategy::Bounded { preemptions: Some(preemptions), reduction },
+                None => explore::Strategy::Bounded { preemptions, reduction },
             };
             let args = commands::explore::ExploreArgs {
                 paths,

@@ -66,7 +66,7 @@ pub fn run(base: &VmConfig, args: &ExploreArgs) -> Result<i32> {
     if let Some(p) = &args.json {
         output::check_output_path("--json", p)?;
     }
-    let tests = super::litmus::load(&args.paths)?;
+    let tests = super::litmus::load_all(&args.paths, litmus::explore_sources)?;
     // The TLB models a search relies on: deterministic.
     let mut overrides = Policy::default();
     overrides.set_tlb_model(abi::config::TlbModel::Lazy);
@@ -190,7 +190,7 @@ fn write_witness(
 
 /// Runs the witness file under `vmm litmus` for [`REPLAY_RUNS`] iterations.
 fn replay(base: &VmConfig, args: &ExploreArgs, path: &Path, policy: Policy) -> Result<(String, bool)> {
-    let tests = super::litmus::load(&[path.to_path_buf()])?;
+    let tests = super::litmus::load_all(&[path.to_path_buf()], Vec::new)?;
     let test = &tests[0];
     let largs = LitmusArgs {
         paths: vec![path.to_path_buf()],
@@ -221,8 +221,16 @@ fn search(base: &VmConfig, args: &ExploreArgs, test: &Test, policy: Policy) -> R
             abi::explore::MAX_THREADS
         )));
     }
+    // The bound: `--preemptions`, else the test's `[explore]` table, else 2.
+    let strategy = match &args.strategy {
+        explore::Strategy::Bounded { preemptions: None, reduction } => explore::Strategy::Bounded {
+            preemptions: Some(test.explore.map_or(explore::DEFAULT_PREEMPTIONS, |e| e.preemptions)),
+            reduction: *reduction,
+        },
+        s => s.clone(),
+    };
     let cfg = explore::Config {
-        strategy: args.strategy.clone(),
+        strategy,
         seed: args.seed,
         max_schedules: args.max_schedules,
         shard: args.shard,

@@ -105,13 +105,29 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 /// Loads and checks every test; nothing runs if any file is invalid.
+/// `[explore]` tests (written for `vmm explore`: their verdicts hold for a
+/// schedule search) are left out, with a note on stderr.
 pub fn load(paths: &[PathBuf]) -> Result<Vec<Test>> {
-    let (tests, warnings) = if paths.is_empty() {
-        litmus::check_all(&litmus::catalogue_sources())
-    } else {
-        litmus::load_files(&collect_paths(paths)?)
+    let (tests, skipped) =
+        load_all(paths, litmus::catalogue_sources)?.into_iter().partition::<Vec<_>, _>(|t| t.explore.is_none());
+    for t in &skipped {
+        log::info!("{}: an [explore] test, left to `vmm explore` ({})", t.name, t.file);
     }
-    .map_err(|d| Error::Litmus(render_all(&d)))?;
+    if tests.is_empty() && !skipped.is_empty() {
+        return Err(Error::Usage(format!(
+            "every test given is an [explore] test; run them with `vmm explore` ({})",
+            skipped.iter().map(|t| t.file.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(tests)
+}
+
+/// Loads and checks every test of `paths` (none: `default()`'s); nothing
+/// runs if any file is invalid.
+pub fn load_all(paths: &[PathBuf], default: fn() -> Vec<(String, String)>) -> Result<Vec<Test>> {
+    let (tests, warnings) =
+        if paths.is_empty() { litmus::check_all(&default()) } else { litmus::load_files(&collect_paths(paths)?) }
+            .map_err(|d| Error::Litmus(render_all(&d)))?;
     if !warnings.is_empty() {
         eprint!("{}", render_all(&warnings));
     }
