@@ -12,6 +12,7 @@ pub mod explore;
 pub mod hypercall;
 pub mod iommu;
 pub mod layout;
+pub mod limits;
 pub mod litmus;
 pub mod rng;
 pub mod trace;

@@ -59,16 +59,13 @@ pub const LOC_LEN: usize = 32;
 pub const THREAD_LEN: usize = 16;
 pub const INSTR_LEN: usize = 32;
 pub const OBS_LEN: usize = 8;
-/// Registers per thread: `r0` … `r31`.
-pub const MAX_REGS: u8 = 32;
 /// "No register" in [`Instr::dst`], [`Instr::src`], [`Instr::src2`].
 pub const NO_REG: u8 = 0xff;
 /// "No location" in [`Instr::loc`] / [`Instr::loc2`].
 pub const NO_LOC: u16 = 0xffff;
-/// Maximal nesting of blocks (loops, hook groups) including the thread body.
-pub const MAX_DEPTH: usize = 8;
-/// Maximal number of threads (vCPU + device) in one test.
-pub const MAX_THREADS: usize = 64;
+// The limits of a test are defined in `crate::limits`; these three are
+// re-exported here because every reader of the format needs them.
+pub use crate::limits::{MAX_DEPTH, MAX_REGS, MAX_THREADS};
 
 /// Number of reserved sentinel values at the top of the `u64` range.
 pub const RESERVED_VALUES: u64 = 16;
@@ -218,6 +215,18 @@ impl Op {
     /// Ops that take hook groups: memory ops (their fault path) and mm ops.
     pub const fn takes_hooks(self) -> bool {
         matches!(self as u8, 1..=5 | 32..=43)
+    }
+    /// DMA-engine ops the guest emits for this op of a device thread:
+    /// `barrier` two (an arrival add and a wait for everyone), `loop` none
+    /// of its own (its body is emitted once per iteration), every other
+    /// device op one. [`Blob::parse`] bounds a device thread's total by
+    /// [`crate::limits::MAX_DEVICE_OPS`] with it.
+    pub const fn device_program_ops(self) -> u64 {
+        match self {
+            Op::Barrier => 2,
+            Op::Loop | Op::Nop | Op::At => 0,
+            _ => 1,
+        }
     }
     /// Ops that write [`Instr::dst`].
     pub const fn writes_dst(self) -> bool {

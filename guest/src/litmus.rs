@@ -23,6 +23,7 @@ use abi::hypercall::calls::{DmaSubmit, DmaSubmitRequest, ExploreNext, LitmusIter
 use abi::hypercall::Empty;
 use abi::hypercall::YIELD_PORT;
 use abi::layout::{self, PAGE_SIZE};
+use abi::limits;
 use abi::litmus::{
     self as lt, state, Advice, Blob, Hook, LocKind, ObsKind, Op, Perm, ThreadDesc, ThreadKind, WaitCmp, LOC_PINNED,
     LOC_SHARED, MAX_REGS, MAX_THREADS, NO_LOC, NO_REG, VALUE_FAULT, VALUE_TIMEOUT,
@@ -38,15 +39,16 @@ use crate::trace::{self, Kind};
 use crate::trap::{probe_cmpxchg_u64, probe_read_u64, probe_write_u64, probe_xadd_u64, probe_xchg_u64, Probe};
 use crate::{arch, explore, hypercall, report, smp, time};
 
-/// Locations a test may declare (the kernel-word page holds 512 words).
-const MAX_LOCS: usize = 256;
+/// The test's limits (`abi::limits`): `Blob::parse` refuses a blob beyond
+/// them, so the tables below are never indexed past their ends.
+const MAX_LOCS: usize = limits::MAX_LOCATIONS;
 /// PASID the test mm is bound to when the test has device threads.
 const TEST_PASID: u32 = 1;
-/// Device programs live after the state page: one 64 KiB slot per device.
+/// Device programs live after the state page: one slot per device.
 const DEV_AREA: u64 = layout::LITMUS_STATE + 0x1_0000;
-const DEV_STRIDE: u64 = 0x1_0000;
-const MAX_DEVICES: usize = 16;
-const DEV_MAX_OPS: u64 = (DEV_STRIDE - dmaabi::HEADER_SIZE) / dmaabi::OP_SIZE;
+const DEV_STRIDE: u64 = limits::DEVICE_PROGRAM_SLOT;
+const MAX_DEVICES: usize = limits::MAX_DEVICE_THREADS;
+const DEV_MAX_OPS: u64 = limits::MAX_DEVICE_OPS;
 const _: () = assert!(DEV_AREA + DEV_STRIDE * MAX_DEVICES as u64 <= layout::LITMUS_STATE + 0x20_0000);
 /// Physical pages held back per iteration at most (physical placement).
 const MAX_HELD: usize = 16;
@@ -133,17 +135,9 @@ pub fn run(first: u64, explore: bool) -> u32 {
         Ok(b) => b,
         Err(e) => report::fatal(file!(), line!(), format_args!("litmus blob rejected: {e:?}")),
     };
+    // `Blob::parse` enforced `abi::limits` (locations, devices, device ops,
+    // observed values, pinned VAs); the host checker refuses the same.
     let h = *b.header();
-    if h.n_locs as usize > MAX_LOCS || h.n_device_threads as usize > MAX_DEVICES {
-        report::fatal(
-            file!(),
-            line!(),
-            format_args!(
-                "test too large: {} locations (max {MAX_LOCS}), {} devices (max {MAX_DEVICES})",
-                h.n_locs, h.n_device_threads
-            ),
-        );
-    }
     if h.n_vcpu_threads as u64 > smp::num_cpus() {
         report::fatal(
             file!(),
@@ -311,7 +305,7 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
     }
 
     state_word(state::PHASE).store(state::PHASE_COLLECT, Ordering::Release);
-    let mut values = [0u64; 64];
+    let mut values = [0u64; limits::MAX_OBSERVED];
     let nobs = (h.n_obs as usize).min(values.len());
     for (i, v) in values.iter_mut().enumerate().take(nobs) {
         *v = observe(b, i as u16);

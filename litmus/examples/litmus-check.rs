@@ -26,8 +26,14 @@ fn main() {
                 for p in &matrix {
                     println!("  policy {}", p.canonical());
                 }
-                let c = compile(t, &matrix[0], &CompileOptions::default());
-                let blob = abi::litmus::Blob::parse(&c.blob).expect("compiler output decodes");
+                let c = match compile(t, &matrix[0], &CompileOptions::default()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{}: {e}", t.name);
+                        std::process::exit(2);
+                    }
+                };
+                let blob = abi::litmus::Blob::parse(&c.blob).expect("compile checked the blob");
                 println!("  {} bytes", c.blob.len());
                 for line in disassemble(&blob).lines() {
                     println!("    {line}");

@@ -292,6 +292,8 @@ impl fmt::Display for CondValue {
 }
 
 /// A condition over observed values. Atoms refer to indices of [`Test::observed`].
+/// A chain `a && b && c` is one n-ary node; the checker bounds the nesting
+/// (`abi::limits::MAX_CONDITION_DEPTH`), so walks of the tree recurse little.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expr {
     True,
@@ -299,8 +301,10 @@ pub enum Expr {
     Eq(usize, CondValue),
     Ne(usize, CondValue),
     Not(Box<Expr>),
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    /// Two or more terms.
+    And(Vec<Expr>),
+    /// Two or more terms.
+    Or(Vec<Expr>),
 }
 
 impl Expr {
@@ -312,8 +316,8 @@ impl Expr {
             Expr::Eq(i, v) => values.get(*i) == Some(&v.0),
             Expr::Ne(i, v) => values.get(*i).is_some_and(|x| *x != v.0),
             Expr::Not(e) => !e.eval(values),
-            Expr::And(a, b) => a.eval(values) && b.eval(values),
-            Expr::Or(a, b) => a.eval(values) || b.eval(values),
+            Expr::And(terms) => terms.iter().all(|e| e.eval(values)),
+            Expr::Or(terms) => terms.iter().any(|e| e.eval(values)),
         }
     }
 
@@ -323,9 +327,10 @@ impl Expr {
             Expr::True | Expr::False => {}
             Expr::Eq(i, _) | Expr::Ne(i, _) => out.push(*i),
             Expr::Not(e) => e.atoms(out),
-            Expr::And(a, b) | Expr::Or(a, b) => {
-                a.atoms(out);
-                b.atoms(out);
+            Expr::And(terms) | Expr::Or(terms) => {
+                for e in terms {
+                    e.atoms(out);
+                }
             }
         }
     }
@@ -369,8 +374,14 @@ impl Expr {
                 let s = if matches!(**e, Expr::True | Expr::False | Expr::Not(_)) { s } else { format!("({s})") };
                 format!("{}{s}", if herd { "~" } else { "!" })
             }
-            Expr::And(a, b) => format!("{} {} {}", sub(a, true), if herd { "/\\" } else { "&&" }, sub(b, true)),
-            Expr::Or(a, b) => format!("{} {} {}", sub(a, false), if herd { "\\/" } else { "||" }, sub(b, false)),
+            Expr::And(terms) => {
+                let parts: Vec<String> = terms.iter().map(|e| sub(e, true)).collect();
+                parts.join(if herd { " /\\ " } else { " && " })
+            }
+            Expr::Or(terms) => {
+                let parts: Vec<String> = terms.iter().map(|e| sub(e, false)).collect();
+                parts.join(if herd { " \\/ " } else { " || " })
+            }
         }
     }
 }

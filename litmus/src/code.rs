@@ -8,7 +8,8 @@
 //! line and column, not the string's.
 
 use crate::ast::{HookBlock, Operand, Stmt};
-use crate::diag::{Diagnostic, SourceFile};
+use crate::diag::{Diagnostic, SourceFile, MAX_DIAGNOSTICS};
+use abi::limits::MAX_RECORDS;
 use abi::litmus::{Advice, Hook, Op, Perm, ThreadKind, WaitCmp, MAX_DEPTH, MAX_REGS, RESERVED_MIN};
 use winnow::combinator::{alt, peek, repeat};
 use winnow::prelude::*;
@@ -225,27 +226,45 @@ fn blanks(i: &mut In<'_>) -> ModalResult<()> {
     Ok(())
 }
 
-/// Tokenize; a character no token starts with becomes [`Tok::Bad`], so the
-/// parser reports it once, as "expected …, found `$`".
-fn lex(src: &str) -> Vec<Token> {
-    let mut input = LocatingSlice::new(src);
-    let mut toks = Vec::new();
-    loop {
-        let _ = blanks(&mut input);
-        if input.is_empty() {
-            break;
-        }
-        let start = input.current_token_start();
-        match token(&mut input) {
-            Ok(tok) => toks.push(Token { tok, start, end: input.current_token_start() }),
-            Err(_) => {
-                let c: char = any::<_, winnow::error::ContextError>(&mut input).unwrap_or('?');
-                toks.push(Token { tok: Tok::Bad(c), start, end: start + c.len_utf8() });
-            }
+/// The next token (lexed on demand, so a huge code string is never held
+/// as a token list); a character no token starts with becomes
+/// [`Tok::Bad`], so the parser reports it once, as "expected …, found `$`".
+fn next_token(input: &mut In<'_>, src_len: usize) -> Token {
+    let _ = blanks(input);
+    if input.is_empty() {
+        return Token { tok: Tok::Eof, start: src_len, end: src_len };
+    }
+    let start = input.current_token_start();
+    match token(input) {
+        Ok(tok) => Token { tok, start, end: input.current_token_start() },
+        Err(_) => {
+            let c: char = any::<_, winnow::error::ContextError>(input).unwrap_or('?');
+            Token { tok: Tok::Bad(c), start, end: start + c.len_utf8() }
         }
     }
-    toks.push(Token { tok: Tok::Eof, start: src.len(), end: src.len() });
-    toks
+}
+
+/// Instruction records left for the test's threads (`abi::limits::MAX_RECORDS`
+/// over all of them): a statement takes one, each of its hook groups one
+/// more; a loop body counts once. Parsing stops where the budget runs out,
+/// so memory stays bounded whatever the file's size.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordBudget {
+    left: usize,
+    exceeded: bool,
+}
+
+impl Default for RecordBudget {
+    fn default() -> Self {
+        RecordBudget { left: MAX_RECORDS, exceeded: false }
+    }
+}
+
+impl RecordBudget {
+    /// The budget ran out (already reported).
+    pub fn exceeded(&self) -> bool {
+        self.exceeded
+    }
 }
 
 /// Where a block sits, which decides the operations allowed in it.
@@ -289,27 +308,64 @@ pub(crate) fn looks_like_register(s: &str) -> bool {
     s.len() > 1 && s.starts_with('r') && s[1..].bytes().all(|b| b.is_ascii_digit())
 }
 
-struct CodeParser<'a> {
-    toks: Vec<Token>,
-    pos: usize,
+struct CodeParser<'a, 's> {
+    input: In<'s>,
+    src_len: usize,
+    /// The current token (one token of lookahead is all the grammar needs).
+    cur: Token,
+    /// Parsing was cut short (too many errors or records): everything
+    /// after reads as the end of the code, and nothing more is reported.
+    stopped: bool,
     file: &'a SourceFile,
     map: &'a TextMap,
     diags: Vec<Diagnostic>,
+    budget: &'a mut RecordBudget,
 }
 
 /// Error already reported; the statement is skipped.
 struct Skip;
 
-impl<'a> CodeParser<'a> {
+impl<'a, 's> CodeParser<'a, 's> {
     fn peek(&self) -> &Token {
-        &self.toks[self.pos.min(self.toks.len() - 1)]
+        &self.cur
     }
     fn bump(&mut self) -> Token {
-        let t = self.peek().clone();
-        if self.pos < self.toks.len() - 1 {
-            self.pos += 1;
+        let next = if self.stopped {
+            Token { tok: Tok::Eof, start: self.src_len, end: self.src_len }
+        } else {
+            next_token(&mut self.input, self.src_len)
+        };
+        std::mem::replace(&mut self.cur, next)
+    }
+    /// Stop parsing: the rest of the code reads as its end.
+    fn stop(&mut self) {
+        self.stopped = true;
+        self.cur = Token { tok: Tok::Eof, start: self.src_len, end: self.src_len };
+    }
+    /// Keep a diagnostic; past [`MAX_DIAGNOSTICS`] the rest of this code is
+    /// not parsed (the report would only grow).
+    fn push(&mut self, d: Diagnostic) {
+        if self.stopped {
+            return;
         }
-        t
+        self.diags.push(d);
+        if self.diags.len() >= MAX_DIAGNOSTICS {
+            self.stop();
+        }
+    }
+    /// Takes `n` records from the budget, or reports the limit at `t` and stops.
+    fn take_records(&mut self, n: usize, t: &Token) -> Result<(), Skip> {
+        if self.budget.left >= n {
+            self.budget.left -= n;
+            return Ok(());
+        }
+        let msg = format!(
+            "more than {MAX_RECORDS} instruction records in this test (a statement is one, a hook block one more, a loop body counts once)"
+        );
+        let skip = self.error_at(t, msg);
+        self.budget.exceeded = true;
+        self.stop();
+        Err(skip)
     }
     fn fspan(&self, t: &Token) -> (usize, usize) {
         (self.map.file_offset(t.start), self.map.file_offset(t.end))
@@ -330,7 +386,7 @@ impl<'a> CodeParser<'a> {
     }
     fn error_at(&mut self, t: &Token, msg: String) -> Skip {
         let (s, e) = self.fspan(t);
-        self.diags.push(self.file.error(s, e, msg));
+        self.push(self.file.error(s, e, msg));
         Skip
     }
     fn expected(&mut self, what: &str) -> Skip {
@@ -342,7 +398,7 @@ impl<'a> CodeParser<'a> {
         let t = self.peek().clone();
         let msg = format!("expected {what}, found {}", Self::describe(&t));
         let (s, e) = self.fspan(&t);
-        self.diags.push(self.file.error(s, e, msg).with_note(note));
+        self.push(self.file.error(s, e, msg).with_note(note));
         Skip
     }
 
@@ -370,7 +426,7 @@ impl<'a> CodeParser<'a> {
                     self.bump();
                 }
                 Tok::Eof => {
-                    if let Some(open) = closing {
+                    if let Some(open) = closing.filter(|_| !self.stopped) {
                         let open = open.clone();
                         self.error_at(&open, "unclosed `{`: expected `}` before the end of the code".into());
                     }
@@ -497,7 +553,7 @@ impl<'a> CodeParser<'a> {
         };
         let Some(op) = Op::from_name(&name).filter(|o| !matches!(o, Op::Nop | Op::At)) else {
             let (s, e) = self.fspan(&t);
-            self.diags.push(self.file.error(s, e, format!("unknown operation `{name}`")).with_note(format!(
+            self.push(self.file.error(s, e, format!("unknown operation `{name}`")).with_note(format!(
                 "valid operations in a {}: {}",
                 ctx.describe(),
                 ctx.valid_ops()
@@ -513,13 +569,14 @@ impl<'a> CodeParser<'a> {
                 (Ctx::Thread(ThreadKind::Device), _) => format!("`{name}` is not a device operation"),
                 _ => format!("`{name}` is not allowed in a {}", ctx.describe()),
             };
-            self.diags.push(self.file.error(s, e, why).with_note(format!(
+            self.push(self.file.error(s, e, why).with_note(format!(
                 "valid operations in a {}: {}",
                 ctx.describe(),
                 ctx.valid_ops()
             )));
             return Err(Skip);
         }
+        self.take_records(1, &t)?;
         self.bump();
         let (s0, e0) = self.fspan(&t);
         let (line, col) = self.file.line_col(s0);
@@ -652,7 +709,7 @@ impl<'a> CodeParser<'a> {
             };
             let Some(hook) = Hook::from_name(&hname) else {
                 let (s, e) = self.fspan(&ht);
-                self.diags.push(
+                self.push(
                     self.file.error(s, e, format!("unknown hook `{hname}`")).with_note(format!("valid hooks: {hooks}")),
                 );
                 return Err(Skip);
@@ -663,6 +720,7 @@ impl<'a> CodeParser<'a> {
             if self.peek().tok != Tok::LBrace {
                 return Err(self.expected("`{` to open the hook body"));
             }
+            self.take_records(1, &at)?;
             let open = self.bump();
             let body = self.block(Ctx::Hook, Some(&open), depth + 1);
             st.hooks.push(HookBlock { hook, body });
@@ -671,10 +729,22 @@ impl<'a> CodeParser<'a> {
     }
 }
 
-/// Parse one thread's code. `map` maps `src` offsets to file offsets.
-pub fn parse_code(file: &SourceFile, map: &TextMap, src: &str, kind: ThreadKind) -> (Vec<Stmt>, Vec<Diagnostic>) {
-    let toks = lex(src);
-    let mut p = CodeParser { toks, pos: 0, file, map, diags: Vec::new() };
+/// Parse one thread's code. `map` maps `src` offsets to file offsets;
+/// `budget` is what is left of the test's instruction records (nothing is
+/// parsed once it ran out: that was reported where it did).
+pub fn parse_code(
+    file: &SourceFile,
+    map: &TextMap,
+    src: &str,
+    kind: ThreadKind,
+    budget: &mut RecordBudget,
+) -> (Vec<Stmt>, Vec<Diagnostic>) {
+    if budget.exceeded {
+        return (Vec::new(), Vec::new());
+    }
+    let mut input = LocatingSlice::new(src);
+    let cur = next_token(&mut input, src.len());
+    let mut p = CodeParser { input, src_len: src.len(), cur, stopped: false, file, map, diags: Vec::new(), budget };
     let code = p.block(Ctx::Thread(kind), None, 1);
     (code, p.diags)
 }
@@ -686,7 +756,7 @@ mod tests {
     fn parse(src: &str, kind: ThreadKind) -> (Vec<Stmt>, Vec<Diagnostic>) {
         let f = SourceFile::new("t", src);
         let map = TextMap::identity(0, src.len());
-        parse_code(&f, &map, src, kind)
+        parse_code(&f, &map, src, kind, &mut RecordBudget::default())
     }
 
     #[test]

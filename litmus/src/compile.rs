@@ -1,10 +1,13 @@
 //! Checked test + policy + seed → the bytecode blob of [`abi::litmus`].
 //!
-//! The compiler cannot fail: everything that could go wrong was rejected by
-//! the checker, and the blob is re-validated by `Blob::parse` in the tests.
-//! Besides the blob it returns, per thread and per record, the source
-//! position, so the runner can say where a timed-out thread was stuck
-//! ("P0 at line 10, in hook after_ptl_release").
+//! The checker refused everything that could go wrong (every limit of
+//! `abi::limits`), so for a checked test compiling does not fail. It still
+//! never truncates: every narrowing conversion is checked, and the blob is
+//! run through `Blob::parse` before it is returned, so a test built by hand
+//! past a limit, or a checker that let one through, is a [`CompileError`]
+//! here, not a guest that dies later. Besides the blob it returns, per
+//! thread and per record, the source position, so the runner can say where
+//! a timed-out thread was stuck ("P0 at line 10, in hook after_ptl_release").
 
 use crate::ast::{Observable, Operand, Stmt, Test};
 use crate::policy::Policy;
@@ -12,6 +15,8 @@ use abi::litmus::{
     Blob, Header, Hook, Instr, LocDesc, ObsDesc, ObsKind, Op, ThreadDesc, ThreadKind, HEADER_LEN, INSTR_LEN,
     LOC_IMPLICIT, LOC_LEN, LOC_PINNED, LOC_SHARED, MAGIC, NO_LOC, NO_REG, OBS_LEN, THREAD_LEN, VERSION,
 };
+use std::collections::HashMap;
+use std::fmt;
 
 /// Run parameters that go into the blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,20 +52,40 @@ impl Compiled {
     }
 }
 
+/// A test the blob format cannot hold (the checker refuses these; a test
+/// built by hand may not have been checked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileError(pub String);
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot compile: {}", self.0)
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// `n` as a narrower integer, or an error naming `what`.
+fn narrow<T: TryFrom<usize>>(n: usize, what: &str) -> Result<T, CompileError> {
+    T::try_from(n).map_err(|_| CompileError(format!("{n} {what} do not fit the blob format")))
+}
+
 struct Emitter<'a> {
-    test: &'a Test,
+    locs: &'a HashMap<&'a str, u16>,
     out: Vec<(Instr, (u32, u32))>,
 }
 
 impl Emitter<'_> {
-    fn loc(&self, name: &Option<String>) -> u16 {
+    fn loc(&self, name: &Option<String>) -> Result<u16, CompileError> {
         match name {
-            Some(n) => self.test.location_index(n).expect("checked: every location resolves") as u16,
-            None => NO_LOC,
+            Some(n) => {
+                self.locs.get(n.as_str()).copied().ok_or_else(|| CompileError(format!("undeclared location `{n}`")))
+            }
+            None => Ok(NO_LOC),
         }
     }
 
-    fn stmt(&mut self, s: &Stmt) {
+    fn stmt(&mut self, s: &Stmt) -> Result<(), CompileError> {
         let pos = (s.line, s.col);
         let (src, imm) = match s.val {
             Some(Operand::Reg(r)) => (r, 0),
@@ -79,10 +104,10 @@ impl Emitter<'_> {
                 dst: s.dst.unwrap_or(NO_REG),
                 src,
                 src2,
-                loc: self.loc(&s.loc),
-                loc2: self.loc(&s.loc2),
+                loc: self.loc(&s.loc)?,
+                loc2: self.loc(&s.loc2)?,
                 arg: s.arg,
-                nhooks: s.hooks.len() as u8,
+                nhooks: narrow(s.hooks.len(), "hook blocks of one statement")?,
                 len: 0,
                 imm,
                 imm2,
@@ -91,18 +116,19 @@ impl Emitter<'_> {
         ));
         if s.op == Op::Loop {
             for b in &s.body {
-                self.stmt(b);
+                self.stmt(b)?;
             }
-            self.out[at].0.len = (self.out.len() - at - 1) as u32;
+            self.out[at].0.len = narrow(self.out.len() - at - 1, "records in a loop body")?;
         }
         for h in &s.hooks {
             let hat = self.out.len();
             self.out.push((Instr { op: Op::At as u8, arg: h.hook as u8, ..Instr::default() }, pos));
             for b in &h.body {
-                self.stmt(b);
+                self.stmt(b)?;
             }
-            self.out[hat].0.len = (self.out.len() - hat - 1) as u32;
+            self.out[hat].0.len = narrow(self.out.len() - hat - 1, "records in a hook block")?;
         }
+        Ok(())
     }
 }
 
@@ -110,74 +136,75 @@ fn align8(n: usize) -> usize {
     (n + 7) & !7
 }
 
-/// Compile a checked test for one policy.
-pub fn compile(test: &Test, policy: &Policy, opts: &CompileOptions) -> Compiled {
+/// Compile a checked test for one policy. The blob is checked by
+/// `Blob::parse` (the guest's own check) before it is returned.
+pub fn compile(test: &Test, policy: &Policy, opts: &CompileOptions) -> Result<Compiled, CompileError> {
     let mut strings = String::new();
-    let mut intern = |s: &str| -> (u32, u16) {
-        let off = strings.len() as u32;
+    let mut intern = |s: &str| -> Result<(u32, u16), CompileError> {
+        let off = narrow(strings.len(), "bytes of names")?;
         strings.push_str(s);
-        (off, s.len() as u16)
+        Ok((off, narrow(s.len(), "bytes in one name")?))
     };
-    let name = intern(&test.name);
-    let locs: Vec<LocDesc> = test
-        .locations
-        .iter()
-        .map(|l| {
-            let (off, len) = intern(&l.name);
-            LocDesc {
-                name_off: off,
-                name_len: len,
-                kind: l.kind as u8,
-                perm: l.perm as u8,
-                flags: (if l.shared { LOC_SHARED } else { 0 })
-                    | (if l.va.is_some() { LOC_PINNED } else { 0 })
-                    | (if l.implicit { LOC_IMPLICIT } else { 0 }),
-                init: l.init,
-                va: l.va.unwrap_or(0),
-            }
-        })
-        .collect();
+    let name = intern(&test.name)?;
+    let mut loc_index: HashMap<&str, u16> = HashMap::new();
+    let mut locs: Vec<LocDesc> = Vec::with_capacity(test.locations.len());
+    for (i, l) in test.locations.iter().enumerate() {
+        let i: u16 = narrow(i, "locations")?;
+        if i == NO_LOC {
+            return Err(CompileError(format!("{} locations do not fit the blob format", test.locations.len())));
+        }
+        loc_index.entry(l.name.as_str()).or_insert(i);
+        let (off, len) = intern(&l.name)?;
+        locs.push(LocDesc {
+            name_off: off,
+            name_len: len,
+            kind: l.kind as u8,
+            perm: l.perm as u8,
+            flags: (if l.shared { LOC_SHARED } else { 0 })
+                | (if l.va.is_some() { LOC_PINNED } else { 0 })
+                | (if l.implicit { LOC_IMPLICIT } else { 0 }),
+            init: l.init,
+            va: l.va.unwrap_or(0),
+        });
+    }
     let mut threads = Vec::new();
     let mut instrs: Vec<Instr> = Vec::new();
     let mut positions = Vec::new();
-    let (mut nv, mut nd) = (0u8, 0u8);
+    let (mut nv, mut nd) = (0usize, 0usize);
     for t in &test.threads {
-        let mut e = Emitter { test, out: Vec::new() };
+        let mut e = Emitter { locs: &loc_index, out: Vec::new() };
         for s in &t.code {
-            e.stmt(s);
+            e.stmt(s)?;
         }
-        let (off, len) = intern(&t.name);
-        let index = match t.kind {
-            ThreadKind::Vcpu => {
-                nv += 1;
-                nv - 1
-            }
-            ThreadKind::Device => {
-                nd += 1;
-                nd - 1
-            }
+        let (off, len) = intern(&t.name)?;
+        let count = match t.kind {
+            ThreadKind::Vcpu => &mut nv,
+            ThreadKind::Device => &mut nd,
         };
+        let index = narrow(*count, "threads of one kind")?;
+        *count += 1;
         threads.push(ThreadDesc {
             name_off: off,
             name_len: len,
             kind: t.kind as u8,
             index,
-            first_instr: instrs.len() as u32,
-            n_instrs: e.out.len() as u32,
+            first_instr: narrow(instrs.len(), "instruction records")?,
+            n_instrs: narrow(e.out.len(), "instruction records in one thread")?,
         });
         positions.push(e.out.iter().map(|(_, p)| *p).collect());
         instrs.extend(e.out.into_iter().map(|(i, _)| i));
     }
-    let obs: Vec<ObsDesc> = test
-        .observed
-        .iter()
-        .map(|o| match o {
+    let mut obs: Vec<ObsDesc> = Vec::with_capacity(test.observed.len());
+    for o in &test.observed {
+        obs.push(match o {
             Observable::Reg { thread, reg } => {
-                ObsDesc { kind: ObsKind::Reg as u8, thread: *thread as u8, reg: *reg, loc: NO_LOC }
+                ObsDesc { kind: ObsKind::Reg as u8, thread: narrow(*thread, "threads")?, reg: *reg, loc: NO_LOC }
             }
-            Observable::Loc { loc } => ObsDesc { kind: ObsKind::Loc as u8, thread: 0, reg: NO_REG, loc: *loc as u16 },
-        })
-        .collect();
+            Observable::Loc { loc } => {
+                ObsDesc { kind: ObsKind::Loc as u8, thread: 0, reg: NO_REG, loc: narrow(*loc, "locations")? }
+            }
+        });
+    }
 
     let locs_off = HEADER_LEN;
     let threads_off = locs_off + locs.len() * LOC_LEN;
@@ -188,20 +215,20 @@ pub fn compile(test: &Test, policy: &Policy, opts: &CompileOptions) -> Compiled 
     let header = Header {
         magic: MAGIC,
         version: VERSION,
-        header_len: HEADER_LEN as u16,
-        total_len: total as u32,
-        n_locs: locs.len() as u16,
-        n_threads: threads.len() as u16,
-        n_vcpu_threads: nv,
-        n_device_threads: nd,
-        n_obs: obs.len() as u16,
-        n_instrs: instrs.len() as u32,
-        strings_len: strings.len() as u32,
-        locs_off: locs_off as u32,
-        threads_off: threads_off as u32,
-        instrs_off: instrs_off as u32,
-        obs_off: obs_off as u32,
-        strings_off: strings_off as u32,
+        header_len: narrow(HEADER_LEN, "header bytes")?,
+        total_len: narrow(total, "bytes of blob")?,
+        n_locs: narrow(locs.len(), "locations")?,
+        n_threads: narrow(threads.len(), "threads")?,
+        n_vcpu_threads: narrow(nv, "vCPU threads")?,
+        n_device_threads: narrow(nd, "device threads")?,
+        n_obs: narrow(obs.len(), "observed values")?,
+        n_instrs: narrow(instrs.len(), "instruction records")?,
+        strings_len: narrow(strings.len(), "bytes of names")?,
+        locs_off: narrow(locs_off, "bytes of blob")?,
+        threads_off: narrow(threads_off, "bytes of blob")?,
+        instrs_off: narrow(instrs_off, "bytes of blob")?,
+        obs_off: narrow(obs_off, "bytes of blob")?,
+        strings_off: narrow(strings_off, "bytes of blob")?,
         name_off: name.0,
         name_len: name.1,
         flags: 0,
@@ -228,7 +255,9 @@ pub fn compile(test: &Test, policy: &Policy, opts: &CompileOptions) -> Compiled 
     }
     blob.extend_from_slice(strings.as_bytes());
     blob.resize(total, 0);
-    Compiled { blob, positions }
+    // The guest's own check, so a disagreement surfaces here, named.
+    Blob::parse(&blob).map_err(|e| CompileError(format!("the blob format refuses it: {e:?}")))?;
+    Ok(Compiled { blob, positions })
 }
 
 /// Print a blob's threads back in the source language, one statement per
@@ -353,7 +382,7 @@ exists = "P0:r0 == 1 && D0:r1 == fault"
 "#;
         let t = check_source("rt.toml", src).test.expect("valid");
         let p = Policy::parse("flush=gather,tlb=evict:0.5").unwrap();
-        let c = compile(&t, &p, &CompileOptions { seed: 42, iterations: 7, iteration_timeout_ms: 100 });
+        let c = compile(&t, &p, &CompileOptions { seed: 42, iterations: 7, iteration_timeout_ms: 100 }).unwrap();
         let b = Blob::parse(&c.blob).expect("decodes");
         assert_eq!(b.name(), "rt");
         assert_eq!(b.policy(), p.abi);

@@ -5,11 +5,16 @@
 //! `&&` / `/\`, `||` / `\/`, `!` / `~`, parentheses; `=` and `<>` are accepted
 //! as herdtools spellings of `==` and `!=`. `!` binds tighter than `&&`,
 //! which binds tighter than `||`.
+//!
+//! A chain `a && b && c` is one n-ary node, so its length costs no depth;
+//! `(` and `!` nest at most [`MAX_CONDITION_DEPTH`] deep, which bounds the
+//! parser's recursion and every later walk of the tree.
 
 use crate::code::{parse_number, TextMap};
 use crate::diag::{Diagnostic, SourceFile};
+use abi::limits::MAX_CONDITION_DEPTH;
 use abi::litmus::{special_value_from_name, RESERVED_MIN};
-use winnow::combinator::{alt, peek, repeat};
+use winnow::combinator::{alt, dispatch, peek, repeat};
 use winnow::prelude::*;
 use winnow::stream::{LocatingSlice, Location};
 use winnow::token::{any, one_of, take_while};
@@ -27,8 +32,10 @@ pub enum RawExpr {
         value: u64,
     },
     Not(Box<RawExpr>),
-    And(Box<RawExpr>, Box<RawExpr>),
-    Or(Box<RawExpr>, Box<RawExpr>),
+    /// Two or more terms.
+    And(Vec<RawExpr>),
+    /// Two or more terms.
+    Or(Vec<RawExpr>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,23 +71,28 @@ fn ident<'a>(i: &mut In<'a>) -> ModalResult<&'a str> {
         .parse_next(i)
 }
 
+/// One token, chosen by its first character (no failed alternatives to
+/// build errors for: a condition may have a hundred thousand tokens).
 fn token(i: &mut In<'_>) -> ModalResult<Tok> {
-    alt((
-        alt(("==", "=")).value(Tok::Eq),
-        alt(("!=", "<>")).value(Tok::Ne),
-        alt(("&&", "/\\")).value(Tok::And),
-        alt(("||", "\\/")).value(Tok::Or),
-        one_of(['!', '~']).value(Tok::Not),
-        ':'.value(Tok::Colon),
-        '('.value(Tok::LParen),
-        ')'.value(Tok::RParen),
-        alt((
+    dispatch! {peek(any);
+        '=' => alt(("==", "=")).value(Tok::Eq),
+        '!' => alt(("!=".value(Tok::Ne), "!".value(Tok::Not))),
+        '<' => "<>".value(Tok::Ne),
+        '&' => "&&".value(Tok::And),
+        '/' => "/\\".value(Tok::And),
+        '|' => "||".value(Tok::Or),
+        '\\' => "\\/".value(Tok::Or),
+        '~' => '~'.value(Tok::Not),
+        ':' => ':'.value(Tok::Colon),
+        '(' => '('.value(Tok::LParen),
+        ')' => ')'.value(Tok::RParen),
+        '0'..='9' => alt((
             (alt(("0x", "0X")), take_while(1.., |c: char| c.is_ascii_hexdigit() || c == '_')).take(),
             take_while(1.., |c: char| c.is_ascii_digit() || c == '_'),
         ))
         .map(|s| Tok::Num(parse_number(s))),
-        ident.map(|s: &str| Tok::Ident(s.to_string())),
-    ))
+        _ => ident.map(|s: &str| Tok::Ident(s.to_string())),
+    }
     .parse_next(i)
 }
 
@@ -146,33 +158,40 @@ impl P<'_> {
         self.file.error(s, e, format!("expected {what}, found {found}"))
     }
 
-    fn or(&mut self) -> Result<RawExpr, Diagnostic> {
-        let mut l = self.and()?;
+    /// `depth`: the `(` and `!` this term sits inside.
+    fn or(&mut self, depth: usize) -> Result<RawExpr, Diagnostic> {
+        let mut terms = vec![self.and(depth)?];
         while *self.peek() == Tok::Or {
             self.bump();
-            let r = self.and()?;
-            l = RawExpr::Or(Box::new(l), Box::new(r));
+            terms.push(self.and(depth)?);
         }
-        Ok(l)
+        Ok(if terms.len() == 1 { terms.swap_remove(0) } else { RawExpr::Or(terms) })
     }
-    fn and(&mut self) -> Result<RawExpr, Diagnostic> {
-        let mut l = self.unary()?;
+    fn and(&mut self, depth: usize) -> Result<RawExpr, Diagnostic> {
+        let mut terms = vec![self.unary(depth)?];
         while *self.peek() == Tok::And {
             self.bump();
-            let r = self.unary()?;
-            l = RawExpr::And(Box::new(l), Box::new(r));
+            terms.push(self.unary(depth)?);
         }
-        Ok(l)
+        Ok(if terms.len() == 1 { terms.swap_remove(0) } else { RawExpr::And(terms) })
     }
-    fn unary(&mut self) -> Result<RawExpr, Diagnostic> {
+    fn unary(&mut self, depth: usize) -> Result<RawExpr, Diagnostic> {
+        if matches!(self.peek(), Tok::Not | Tok::LParen) && depth >= MAX_CONDITION_DEPTH {
+            let (s, e) = self.span();
+            return Err(self.file.error(
+                s,
+                e,
+                format!("condition nested too deeply: more than {MAX_CONDITION_DEPTH} levels of `(` and `!`"),
+            ));
+        }
         match self.peek() {
             Tok::Not => {
                 self.bump();
-                Ok(RawExpr::Not(Box::new(self.unary()?)))
+                Ok(RawExpr::Not(Box::new(self.unary(depth + 1)?)))
             }
             Tok::LParen => {
                 self.bump();
-                let e = self.or()?;
+                let e = self.or(depth + 1)?;
                 if *self.peek() != Tok::RParen {
                     return Err(self.expected("`)`"));
                 }
@@ -238,7 +257,7 @@ impl P<'_> {
 /// Parse a condition string; `map` maps its offsets to file offsets.
 pub fn parse_condition(file: &SourceFile, map: &TextMap, src: &str) -> Result<RawExpr, Diagnostic> {
     let mut p = P { toks: lex(src), pos: 0, file, map };
-    let e = p.or()?;
+    let e = p.or(0)?;
     if *p.peek() != Tok::Eof {
         return Err(p.expected("`&&`, `||` or the end of the condition"));
     }
@@ -258,12 +277,37 @@ mod tests {
     #[test]
     fn precedence_and_spellings() {
         let e = parse("P0:r0 == 1 || !x != 0 && (D0:r1 = stale-walk)").unwrap();
-        let RawExpr::Or(l, r) = e else { panic!() };
-        assert!(matches!(*l, RawExpr::Cmp { ref lhs, eq: true, value: 1, .. } if lhs == "P0:r0"));
-        let RawExpr::And(a, b) = *r else { panic!() };
-        assert!(matches!(*a, RawExpr::Not(_)));
-        assert!(matches!(*b, RawExpr::Cmp { value: VALUE_STALE_WALK, .. }));
+        let RawExpr::Or(or) = e else { panic!() };
+        assert!(matches!(&or[0], RawExpr::Cmp { lhs, eq: true, value: 1, .. } if lhs == "P0:r0"));
+        let RawExpr::And(and) = &or[1] else { panic!() };
+        assert!(matches!(and[0], RawExpr::Not(_)));
+        assert!(matches!(and[1], RawExpr::Cmp { value: VALUE_STALE_WALK, .. }));
         assert!(parse("P0:r0=1 /\\ ~(x<>0x10) \\/ true").is_ok());
+        // A chain is one node, however long.
+        let RawExpr::And(terms) = parse("x == 1 && x == 2 && (x == 3 && x == 4) && x == 5").unwrap() else { panic!() };
+        assert_eq!(terms.len(), 4);
+    }
+
+    /// Nesting is bounded with an error at the first token too deep; long
+    /// chains are not nesting.
+    #[test]
+    fn depth_limit() {
+        let ok = format!("{}x == 0{}", "(".repeat(MAX_CONDITION_DEPTH), ")".repeat(MAX_CONDITION_DEPTH));
+        assert!(parse(&ok).is_ok());
+        for deep in [
+            format!("{}x == 0{}", "(".repeat(10_000), ")".repeat(10_000)),
+            format!("{}x == 0", "!".repeat(20_000)),
+            format!("{}x == 0", "!(".repeat(10_000)),
+        ] {
+            let d = parse(&deep).unwrap_err();
+            assert_eq!(d.col as usize, MAX_CONDITION_DEPTH + 1, "{d}");
+            assert!(d.message.starts_with("condition nested too deeply"), "{d}");
+        }
+        let chain = vec!["x == 0"; 100_000].join(" && ");
+        let RawExpr::And(terms) = parse(&chain).unwrap() else { panic!() };
+        assert_eq!(terms.len(), 100_000);
+        let chain = vec!["x == 0"; 100_000].join(" || ");
+        assert!(matches!(parse(&chain).unwrap(), RawExpr::Or(t) if t.len() == 100_000));
     }
 
     #[test]

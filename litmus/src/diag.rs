@@ -8,6 +8,15 @@
 
 use std::fmt;
 
+/// Diagnostics kept per file; past this the rest are counted, not stored
+/// (a file with a million bad lines gives a readable report, quickly).
+pub const MAX_DIAGNOSTICS: usize = 100;
+/// Characters of a source line shown in an excerpt; a longer line is shown
+/// as a window around the column.
+const EXCERPT_MAX: usize = 160;
+/// Characters of a message or note kept (they may quote user text).
+const MESSAGE_MAX: usize = 400;
+
 /// How bad a diagnostic is. Any error stops the run; warnings do not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -21,6 +30,11 @@ pub struct SourceFile {
     pub name: String,
     pub text: String,
     line_starts: Vec<usize>,
+    /// Byte offset of every multi-byte character, with the extra bytes
+    /// (beyond one per character) of the text up to and including it: a
+    /// column is then a subtraction and a binary search, not a scan of the
+    /// line (a one-line, megabyte-long code string has many statements).
+    wide: Vec<(usize, usize)>,
 }
 
 impl SourceFile {
@@ -28,7 +42,29 @@ impl SourceFile {
         let text = text.into();
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        SourceFile { name: name.into(), text, line_starts }
+        let mut extra = 0;
+        let wide = text
+            .char_indices()
+            .filter(|(_, c)| c.len_utf8() > 1)
+            .map(|(i, c)| {
+                extra += c.len_utf8() - 1;
+                (i, extra)
+            })
+            .collect();
+        SourceFile { name: name.into(), text, line_starts, wide }
+    }
+
+    /// Extra bytes of the multi-byte characters that start before `offset`.
+    fn extra_before(&self, offset: usize) -> usize {
+        match self.wide.partition_point(|&(i, _)| i < offset) {
+            0 => 0,
+            n => self.wide[n - 1].1,
+        }
+    }
+
+    /// Characters in `text[a..b]` (`a <= b`, both character boundaries).
+    fn chars_between(&self, a: usize, b: usize) -> usize {
+        (b - a) - (self.extra_before(b) - self.extra_before(a))
     }
 
     /// 1-based (line, column) of byte `offset` (clamped to the text).
@@ -43,8 +79,8 @@ impl SourceFile {
         while !self.text.is_char_boundary(off) {
             off -= 1;
         }
-        let col = self.text[start..off].chars().count();
-        (line as u32 + 1, col as u32 + 1)
+        let col = self.chars_between(start, off);
+        (saturate(line + 1), saturate(col + 1))
     }
 
     /// The text of 1-based line `line`, without its newline.
@@ -62,14 +98,16 @@ impl SourceFile {
         let (line, col) = self.line_col(start);
         let (end_line, end_col) = self.line_col(end.max(start));
         let width = if end_line == line && end_col > col { end_col - col } else { 1 };
+        let (source_line, source_col) = excerpt(self.line_text(line), col);
         Diagnostic {
             severity,
             file: self.name.clone(),
             line,
             col,
-            width,
-            message: msg.into(),
-            source_line: self.line_text(line).to_string(),
+            width: width.min(saturate(EXCERPT_MAX)),
+            message: clip(msg.into()),
+            source_line,
+            source_col,
             notes: Vec::new(),
         }
     }
@@ -96,15 +134,18 @@ pub struct Diagnostic {
     pub width: u32,
     /// "what was found, what was expected".
     pub message: String,
-    /// The file line the diagnostic points into, for the caret display.
+    /// The file line the diagnostic points into, for the caret display (a
+    /// window of it around the column if the line is long).
     pub source_line: String,
+    /// 1-based column of the caret in `source_line`.
+    pub source_col: u32,
     /// Extra lines, e.g. the list of valid names.
     pub notes: Vec<String>,
 }
 
 impl Diagnostic {
     pub fn with_note(mut self, note: impl Into<String>) -> Self {
-        self.notes.push(note.into());
+        self.notes.push(clip(note.into()));
         self
     }
 
@@ -140,7 +181,7 @@ impl fmt::Display for Diagnostic {
         let lead: String = self
             .source_line
             .chars()
-            .take(self.col.saturating_sub(1) as usize)
+            .take(self.source_col.saturating_sub(1) as usize)
             .map(|c| if c == '\t' { '\t' } else { ' ' })
             .collect();
         write!(f, "{pad} | {lead}{}", "^".repeat(self.width.max(1) as usize))?;
@@ -149,6 +190,57 @@ impl fmt::Display for Diagnostic {
         }
         Ok(())
     }
+}
+
+fn saturate(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// `msg`, cut to [`MESSAGE_MAX`] characters.
+fn clip(mut msg: String) -> String {
+    if let Some((i, _)) = msg.char_indices().nth(MESSAGE_MAX) {
+        msg.truncate(i);
+        msg.push('…');
+    }
+    msg
+}
+
+/// The part of `line` shown under a diagnostic at 1-based column `col`, and
+/// the caret's column in it: the whole line if short, else a window of
+/// [`EXCERPT_MAX`] characters around the column, `…` marking the cuts.
+fn excerpt(line: &str, col: u32) -> (String, u32) {
+    let n = line.chars().count();
+    if n <= EXCERPT_MAX {
+        return (line.to_string(), col);
+    }
+    let at = (col as usize).saturating_sub(1).min(n);
+    let first = at.saturating_sub(EXCERPT_MAX / 3).min(n - EXCERPT_MAX);
+    let mut s: String = line.chars().skip(first).take(EXCERPT_MAX).collect();
+    let mut caret = at - first + 1;
+    if first > 0 {
+        s.insert(0, '…');
+        caret += 1;
+    }
+    if first + EXCERPT_MAX < n {
+        s.push('…');
+    }
+    (s, saturate(caret))
+}
+
+/// A litmus file's bytes as text. Litmus files are UTF-8: anything else is
+/// an error at the first bad byte's line and column.
+pub fn decode_source(name: &str, bytes: Vec<u8>) -> Result<String, Diagnostic> {
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let bad_len = e.utf8_error().error_len().unwrap_or(bytes.len() - at);
+        let shown: Vec<String> = bytes[at..at + bad_len].iter().map(|b| format!("0x{b:02x}")).collect();
+        // The replacement characters come after `at`: offsets up to it agree.
+        let file = SourceFile::new(name, String::from_utf8_lossy(bytes));
+        let what = if e.utf8_error().error_len().is_some() { "invalid" } else { "truncated" };
+        file.error(at, at, format!("not UTF-8: {what} byte sequence {}", shown.join(" ")))
+            .with_note("litmus files are UTF-8 text")
+    })
 }
 
 /// Render a list of diagnostics, errors and warnings in file order, with a
@@ -180,5 +272,41 @@ mod tests {
         let s = d.to_string();
         assert!(s.starts_with("t.toml:2:1: error: bad key\n"), "{s}");
         assert!(s.contains("2 | bé = 2\n  | ^^\n  = expected one of: a"), "{s}");
+    }
+
+    /// Columns come from an index, not a scan; they match counting chars.
+    #[test]
+    fn columns_with_wide_characters() {
+        let text = "aé€😀b\nxé\n\nz😀😀y";
+        let f = SourceFile::new("t", text);
+        for (off, _) in text.char_indices().chain([(text.len(), ' ')]) {
+            let line_start = text[..off].rfind('\n').map_or(0, |i| i + 1);
+            let line = text[..off].matches('\n').count() as u32 + 1;
+            let col = text[line_start..off].chars().count() as u32 + 1;
+            assert_eq!(f.line_col(off), (line, col), "offset {off}");
+        }
+        // Inside a multi-byte character: its column.
+        assert_eq!(f.line_col(2), (1, 2));
+    }
+
+    /// A long line is shown as a window around the caret; long messages are cut.
+    #[test]
+    fn long_lines_and_messages() {
+        let line = format!("{}HERE{}", "a".repeat(5000), "b".repeat(5000));
+        let f = SourceFile::new("t", line.clone());
+        let d = f.error(5000, 5004, "x".repeat(1000));
+        assert_eq!((d.line, d.col, d.width), (1, 5001, 4));
+        assert!(d.source_line.starts_with('…') && d.source_line.ends_with('…'));
+        assert_eq!(d.source_line.chars().nth(d.source_col as usize - 1), Some('H'));
+        assert!(d.message.chars().count() <= MESSAGE_MAX + 1 && d.message.ends_with('…'));
+        let shown = d.to_string();
+        let caret = shown.lines().nth(3).unwrap();
+        assert_eq!(caret.find('^').unwrap() - caret.find('|').unwrap() - 2, d.source_col as usize - 1);
+        // Near the start or the end the window does not run off the line.
+        let (s, c) = excerpt(&line, 3);
+        assert!(!s.starts_with('…') && s.ends_with('…') && c == 3);
+        let (s, c) = excerpt(&line, 10_004);
+        assert!(s.starts_with('…') && !s.ends_with('…'));
+        assert_eq!(s.chars().nth(c as usize - 1), Some('b'));
     }
 }

@@ -7,14 +7,20 @@
 //! every problem of every file; nothing runs unless all files are clean.
 
 use crate::ast::{CondKind, Condition, Expectation, Expr, Location, Observable, Operand, Stmt, Test, Thread, Verdict};
-use crate::code::{looks_like_register, parse_code, register_index, TextMap};
+use crate::code::{looks_like_register, parse_code, register_index, RecordBudget, TextMap};
 use crate::cond::{parse_condition, RawExpr};
-use crate::diag::{Diagnostic, SourceFile};
+use crate::diag::{decode_source, Diagnostic, Severity, SourceFile, MAX_DIAGNOSTICS};
 use crate::policy::{Key, Policy, KEYS};
-use abi::litmus::{LocKind, Op, Perm, ThreadKind, WaitCmp, MAX_THREADS, RESERVED_MIN};
+use abi::limits::{
+    page_tables_needed, LinkedLocations, MAX_COW_OPS, MAX_DEVICE_OPS, MAX_DEVICE_THREADS, MAX_EXPECTATIONS,
+    MAX_LOCATIONS, MAX_NAME_LEN, MAX_OBSERVED, MAX_PAGE_LOCATIONS, MAX_PAGE_MAPPINGS, MAX_PAGE_TABLES,
+    MAX_SHARED_PAGES, TEST_VA_END, TEST_VA_START,
+};
+use abi::litmus::{pinned_va_ok, LocKind, Op, Perm, ThreadKind, WaitCmp, MAX_THREADS, RESERVED_MIN};
 use md5::{Digest, Md5};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use toml::Spanned;
 
 #[derive(Deserialize)]
@@ -107,28 +113,75 @@ fn text_map(file: &SourceFile, sp: (usize, usize), value: &str) -> TextMap {
 struct Checker<'a> {
     file: &'a SourceFile,
     diags: Vec<Diagnostic>,
+    /// Errors and warnings kept, and those past [`MAX_DIAGNOSTICS`] each
+    /// (counted, never built: building one costs a pass over its line).
+    kept: [usize; 2],
+    dropped: [usize; 2],
+    /// Where a dropped diagnostic's notes go.
+    scratch: Option<Diagnostic>,
 }
 
 impl Checker<'_> {
+    fn slot(severity: Severity) -> usize {
+        match severity {
+            Severity::Error => 0,
+            Severity::Warning => 1,
+        }
+    }
+    fn push(&mut self, d: Diagnostic) -> &mut Diagnostic {
+        let k = Self::slot(d.severity);
+        if self.kept[k] < MAX_DIAGNOSTICS {
+            self.kept[k] += 1;
+            self.diags.push(d);
+            return self.diags.last_mut().expect("just pushed");
+        }
+        self.dropped[k] += 1;
+        self.scratch.insert(d)
+    }
+    fn add(&mut self, severity: Severity, sp: (usize, usize), msg: impl Into<String>) -> &mut Diagnostic {
+        let k = Self::slot(severity);
+        if self.kept[k] < MAX_DIAGNOSTICS {
+            let d = self.file.diag(severity, sp.0, sp.1, msg);
+            return self.push(d);
+        }
+        self.dropped[k] += 1;
+        let file = self.file;
+        self.scratch.get_or_insert_with(|| file.diag(severity, 0, 0, ""))
+    }
     fn error(&mut self, sp: (usize, usize), msg: impl Into<String>) -> &mut Diagnostic {
-        self.diags.push(self.file.error(sp.0, sp.1, msg));
-        self.diags.last_mut().expect("just pushed")
+        self.add(Severity::Error, sp, msg)
     }
     fn warning(&mut self, sp: (usize, usize), msg: impl Into<String>) -> &mut Diagnostic {
-        self.diags.push(self.file.warning(sp.0, sp.1, msg));
-        self.diags.last_mut().expect("just pushed")
+        self.add(Severity::Warning, sp, msg)
     }
 }
 
 /// Check one litmus file.
 pub fn check_source(file_name: &str, text: &str) -> CheckedFile {
     let file = SourceFile::new(file_name, text);
-    let mut c = Checker { file: &file, diags: Vec::new() };
+    let mut c = Checker { file: &file, diags: Vec::new(), kept: [0; 2], dropped: [0; 2], scratch: None };
     let test = check_inner(&mut c);
     let mut diagnostics = c.diags;
     diagnostics.sort_by_key(|d| (d.line, d.col));
-    let ok = !diagnostics.iter().any(|d| d.is_error());
+    let [dropped_errors, dropped_warnings] = c.dropped;
+    if dropped_errors + dropped_warnings > 0 {
+        if let Some(last) = diagnostics.last_mut() {
+            last.notes.push(format!(
+                "{dropped_errors} more error(s) and {dropped_warnings} more warning(s) in this file not shown"
+            ));
+        }
+    }
+    let ok = dropped_errors == 0 && !diagnostics.iter().any(|d| d.is_error());
     CheckedFile { test: if ok { test } else { None }, diagnostics }
+}
+
+/// Check one litmus file given as bytes: non-UTF-8 input is an error at the
+/// first bad byte.
+pub fn check_bytes(file_name: &str, bytes: Vec<u8>) -> CheckedFile {
+    match decode_source(file_name, bytes) {
+        Ok(text) => check_source(file_name, &text),
+        Err(d) => CheckedFile { test: None, diagnostics: vec![d] },
+    }
 }
 
 /// Check several files. `Ok` only if no file has an error; the warnings of
@@ -152,22 +205,29 @@ pub fn check_all(sources: &[(String, String)]) -> Result<(Vec<Test>, Vec<Diagnos
     }
 }
 
-/// Read and check files from disk (an unreadable file is an error at 1:1).
-pub fn load_files<P: AsRef<std::path::Path>>(paths: &[P]) -> Result<(Vec<Test>, Vec<Diagnostic>), Vec<Diagnostic>> {
+/// Read files with `read` and check them, like [`check_all`]. A file that
+/// cannot be read is an error at 1:1; one that is not UTF-8, an error at
+/// its first bad byte. (The caller decides how files are read: the VMM
+/// refuses FIFOs, devices and oversized files before reading.)
+pub fn load_files<P: AsRef<Path>>(
+    paths: &[P],
+    mut read: impl FnMut(&Path) -> std::io::Result<Vec<u8>>,
+) -> Result<(Vec<Test>, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut sources = Vec::new();
-    let mut io_errors = Vec::new();
+    let mut early = Vec::new();
     for p in paths {
         let name = p.as_ref().display().to_string();
-        match std::fs::read_to_string(p) {
-            Ok(t) => sources.push((name, t)),
-            Err(e) => io_errors.push(SourceFile::new(name, "").error(0, 0, format!("cannot read file: {e}"))),
+        match read(p.as_ref()).map(|b| decode_source(&name, b)) {
+            Ok(Ok(t)) => sources.push((name, t)),
+            Ok(Err(d)) => early.push(d),
+            Err(e) => early.push(SourceFile::new(name, "").error(0, 0, format!("cannot read file: {e}"))),
         }
     }
     match check_all(&sources) {
-        Ok(r) if io_errors.is_empty() => Ok(r),
+        Ok(r) if early.is_empty() => Ok(r),
         Ok((_, d)) | Err(d) => {
-            io_errors.extend(d);
-            Err(io_errors)
+            early.extend(d);
+            Err(early)
         }
     }
 }
@@ -193,14 +253,34 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
     if name.is_empty() || name.chars().any(char::is_whitespace) {
         c.error(span(&raw.name), "a test name must be non-empty and without spaces");
     }
+    check_name_len(c, "test name", &name, span(&raw.name));
 
-    // --- locations, in file order
+    // --- locations, in file order; `loc_spans[i]` is where location i
+    // comes from (its key, or an implicit flag's first use)
     let mut locs: Vec<(&Spanned<String>, &Spanned<RawLoc>)> = raw.locations.iter().collect();
     locs.sort_by_key(|(k, _)| k.span().start);
     let mut locations: Vec<Location> = Vec::new();
+    let mut loc_spans: Vec<(usize, usize)> = Vec::new();
+    let mut pinned: HashMap<u64, usize> = HashMap::new();
     for (k, v) in locs {
         match check_location(c, k, v) {
-            Some(l) => locations.push(l),
+            Some(l) => {
+                if let (Some(va), Some(va_text)) = (l.va, &v.get_ref().va) {
+                    if let Some(&first) = pinned.get(&va) {
+                        let (line, col) = c.file.line_col(loc_spans[first].0);
+                        c.error(
+                            span(va_text),
+                            format!(
+                                "`{}` and `{}` (line {line}, column {col}) are both pinned at {va:#x}: two locations cannot share a page",
+                                l.name, locations[first].name
+                            ),
+                        );
+                    } else {
+                        pinned.insert(va, locations.len());
+                    }
+                }
+                locations.push(l)
+            }
             // Keep the name (as a plain page) so its uses do not cascade
             // into "undeclared location" errors; the file is invalid anyway.
             None => locations.push(Location {
@@ -213,20 +293,33 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
                 implicit: false,
             }),
         }
+        loc_spans.push(span(k));
     }
+    check_mm_capacity(c, &raw, &locations, &loc_spans);
     let declared: HashMap<String, LocKind> = locations.iter().map(|l| (l.name.clone(), l.kind)).collect();
 
     // --- threads: vCPU threads in file order, then devices in file order
     let mut threads: Vec<Thread> = Vec::new();
     let mut seen: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut budget = RecordBudget::default();
     for (table, kind) in [(&raw.thread, ThreadKind::Vcpu), (&raw.device, ThreadKind::Device)] {
         let mut ts: Vec<_> = table.iter().collect();
         ts.sort_by_key(|(k, _)| k.span().start);
-        for (k, v) in ts {
+        for (i, (k, v)) in ts.into_iter().enumerate() {
             let tname = k.get_ref();
+            if threads.len() == MAX_THREADS {
+                c.error(
+                    span(k),
+                    format!("too many threads: a test has at most {MAX_THREADS} (vCPU and device threads together)"),
+                );
+            }
+            if kind == ThreadKind::Device && i == MAX_DEVICE_THREADS {
+                c.error(span(k), format!("too many device threads: a test has at most {MAX_DEVICE_THREADS}"));
+            }
             if !valid_name(tname) || looks_like_register(tname) {
                 c.error(span(k), format!("invalid thread name `{tname}`: use letters, digits, `_` (e.g. P0, D0)"));
             }
+            check_name_len(c, "thread name", tname, span(k));
             if let Some(prev) = seen.insert(tname.clone(), span(k)) {
                 let (l, col) = c.file.line_col(prev.0);
                 c.error(span(k), format!("thread name `{tname}` used twice (first at line {l}, column {col})"));
@@ -236,20 +329,34 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
             }
             let code = &v.get_ref().code;
             let map = text_map(c.file, span(code), code.get_ref());
-            let (stmts, d) = parse_code(c.file, &map, code.get_ref(), kind);
-            c.diags.extend(d);
+            let (stmts, d) = parse_code(c.file, &map, code.get_ref(), kind, &mut budget);
+            for d in d {
+                c.push(d);
+            }
+            if kind == ThreadKind::Device {
+                check_device_ops(c, tname, &stmts);
+            }
             threads.push(Thread { name: tname.clone(), kind, code: stmts });
         }
     }
     if threads.is_empty() {
         c.error((0, 0), "a test needs at least one [thread.NAME] or [device.NAME] table");
     }
-    if threads.len() > MAX_THREADS {
-        c.error((0, 0), format!("too many threads ({}, at most {MAX_THREADS})", threads.len()));
-    }
 
     // --- names used by code
-    check_code_names(c, &threads, &mut locations);
+    check_code_names(c, &threads, &mut locations, &mut loc_spans);
+    if let (Some(&sp), Some(l)) = (loc_spans.get(MAX_LOCATIONS), locations.get(MAX_LOCATIONS)) {
+        c.error(
+            sp,
+            format!(
+                "too many locations: `{}` is location number {}; a test has at most {MAX_LOCATIONS}, declared locations and flags used by wait/signal together",
+                l.name,
+                MAX_LOCATIONS + 1
+            ),
+        );
+    }
+
+    check_mm_operations(c, &threads, &locations);
 
     // --- final and expect (both checked even if one fails, to report everything)
     let fin = check_final(c, &raw, &threads, &locations);
@@ -283,9 +390,147 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
     Some(test)
 }
 
+/// The declared locations fit the guest mm model (`abi::limits`, the same
+/// rules `Blob::parse` applies): page and unmapped locations (one VMA
+/// each), shared pages (one file each), and the page tables their
+/// addresses may need. Each is refused at the location that goes past.
+fn check_mm_capacity(c: &mut Checker<'_>, raw: &RawFile, locations: &[Location], spans: &[(usize, usize)]) {
+    let mut pinned: Vec<u64> = Vec::new();
+    let (mut pages, mut shared, mut window) = (0, 0, false);
+    for (l, &sp) in locations.iter().zip(spans) {
+        if l.kind == LocKind::Var {
+            continue;
+        }
+        pages += 1;
+        if pages > MAX_PAGE_LOCATIONS {
+            c.error(
+                sp,
+                format!("too many page locations: `{}` is page or unmapped location number {pages}; a test has at most {MAX_PAGE_LOCATIONS} (one VMA of the test mm each)", l.name),
+            );
+            return;
+        }
+        let raw_loc = raw.locations.iter().find(|(k, _)| k.span().start == sp.0).map(|(_, v)| v.get_ref());
+        if l.shared {
+            shared += 1;
+            if shared > MAX_SHARED_PAGES {
+                let at = raw_loc.and_then(|r| r.shared.as_ref()).map_or(sp, span);
+                c.error(at, format!("too many shared pages: a test has at most {MAX_SHARED_PAGES} (one file of the page cache each)"));
+            }
+        }
+        match l.va {
+            Some(va) => pinned.push(va),
+            None => window = true,
+        }
+        let needed = page_tables_needed(&pinned, window);
+        if needed > MAX_PAGE_TABLES {
+            let at = raw_loc.and_then(|r| r.va.as_ref()).map_or(sp, span);
+            c.error(
+                at,
+                format!("the pinned addresses up to here may need {needed} page-table pages; the test mm has at most {MAX_PAGE_TABLES}"),
+            )
+            .notes
+            .push("each distinct 512 GiB, 1 GiB and 2 MiB region of a page needs a table; unpinned pages share one 2 MiB window".into());
+            return;
+        }
+    }
+}
+
+/// The operations fit the guest mm model: at most [`MAX_COW_OPS`] `cow`
+/// statements, and no more than [`MAX_PAGE_MAPPINGS`] locations linked by
+/// `ksm`/`mremap` (they may end up mapping one page). Refused at the
+/// statement that goes past.
+fn check_mm_operations(c: &mut Checker<'_>, threads: &[Thread], locations: &[Location]) {
+    let index: HashMap<&str, usize> = locations.iter().enumerate().map(|(i, l)| (l.name.as_str(), i)).rev().collect();
+    let mut linked = LinkedLocations::default();
+    let (mut cows, mut reported) = (0, false);
+    for t in threads {
+        let mut all: Vec<&Stmt> = Vec::new();
+        for s in &t.code {
+            s.walk(&mut |s| all.push(s));
+        }
+        for s in all {
+            match s.op {
+                Op::Cow => {
+                    cows += 1;
+                    if cows == MAX_COW_OPS + 1 {
+                        c.error(s.span, format!("more than {MAX_COW_OPS} `cow` statements in this test (each gives the fork child one more page reference)"));
+                    }
+                }
+                Op::Ksm | Op::Mremap => {
+                    let loc = |n: &Option<String>| n.as_deref().and_then(|n| index.get(n)).copied();
+                    if let (Some(a), Some(b)) = (loc(&s.loc), loc(&s.loc2)) {
+                        let n = linked.link(a, b);
+                        if n > MAX_PAGE_MAPPINGS && !reported {
+                            reported = true;
+                            c.error(
+                                s.span,
+                                format!("this `{}` links {n} locations by ksm/mremap: one page could be mapped at {n} addresses; the mm model maps a page at most {MAX_PAGE_MAPPINGS} times", s.op.name()),
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Names are length-prefixed with `u16` in the blob and printed in results:
+/// [`MAX_NAME_LEN`] bytes at most.
+fn check_name_len(c: &mut Checker<'_>, what: &str, name: &str, sp: (usize, usize)) -> bool {
+    if name.len() > MAX_NAME_LEN {
+        c.error(sp, format!("{what} too long: {} bytes, at most {MAX_NAME_LEN}", name.len()));
+        return false;
+    }
+    true
+}
+
+/// DMA-engine ops a device thread's statements unroll to (loops repeated;
+/// `Op::device_program_ops` per op, as the guest's program builder emits them).
+fn device_ops(stmts: &[Stmt]) -> u64 {
+    stmts.iter().fold(0u64, |n, s| n.saturating_add(stmt_device_ops(s)))
+}
+
+fn stmt_device_ops(s: &Stmt) -> u64 {
+    let own = s.op.device_program_ops();
+    if s.op != Op::Loop {
+        return own;
+    }
+    let count = match s.val {
+        Some(Operand::Imm(n)) => n,
+        _ => 0,
+    };
+    own.saturating_add(device_ops(&s.body).saturating_mul(count))
+}
+
+/// A device thread becomes one DMA-engine program of at most
+/// [`MAX_DEVICE_OPS`] ops: refused at the statement where it overflows.
+fn check_device_ops(c: &mut Checker<'_>, thread: &str, stmts: &[Stmt]) {
+    let mut total: u64 = 0;
+    for s in stmts {
+        let n = stmt_device_ops(s);
+        total = total.saturating_add(n);
+        if total > MAX_DEVICE_OPS {
+            let at_least = if total == u64::MAX { "more than 2^64".to_string() } else { total.to_string() };
+            c.error(
+                s.span,
+                format!(
+                    "device thread {thread} unrolls to {at_least} DMA-engine ops up to here; a device program holds at most {MAX_DEVICE_OPS}"
+                ),
+            )
+            .notes
+            .push("loop bodies are repeated `loop N` times, `barrier` counts 2, every other operation 1".into());
+            return;
+        }
+    }
+}
+
 fn check_location(c: &mut Checker<'_>, k: &Spanned<String>, v: &Spanned<RawLoc>) -> Option<Location> {
     let name = k.get_ref().clone();
     let ks = span(k);
+    if !check_name_len(c, "location name", &name, ks) {
+        return None;
+    }
     if !valid_name(&name) {
         c.error(ks, format!("invalid location name `{name}`: use letters, digits, `_`, `-`"));
         return None;
@@ -380,14 +625,16 @@ fn check_location(c: &mut Checker<'_>, k: &Spanned<String>, v: &Spanned<RawLoc>)
                 let t = va.get_ref();
                 let parsed = t.strip_prefix("0x").and_then(|h| u64::from_str_radix(&h.replace('_', ""), 16).ok());
                 match parsed {
-                    Some(a) if a != 0 && a & 0xfff == 0 && a < 0x0000_8000_0000_0000 => loc.va = Some(a),
+                    Some(a) if pinned_va_ok(a) => loc.va = Some(a),
                     Some(_) => {
                         c.error(
                             span(va),
                             format!(
-                                "`va = \"{t}\"` must be a non-zero, 4 KiB-aligned user address below 0x800000000000"
+                                "`va = \"{t}\"` is not a page of the test's address space: a pinned address is 4 KiB aligned, at least {TEST_VA_START:#x} and below {TEST_VA_END:#x}"
                             ),
-                        );
+                        )
+                        .notes
+                        .push(format!("below {TEST_VA_START:#x} is the guest kernel's own mapping"));
                     }
                     None => {
                         c.error(span(va), format!("expected a hex address like \"0x7f0000000000\", found \"{t}\""));
@@ -399,9 +646,19 @@ fn check_location(c: &mut Checker<'_>, k: &Spanned<String>, v: &Spanned<RawLoc>)
     Some(loc)
 }
 
-/// Resolve location names in code, add implicit flags, and the register /
-/// flag sanity checks.
-fn check_code_names(c: &mut Checker<'_>, threads: &[Thread], locations: &mut Vec<Location>) {
+/// Resolve location names in code, add implicit flags (their first use goes
+/// to `loc_spans`), and the register / flag sanity checks. Linear in the
+/// code: names are looked up in a map, never by scanning.
+fn check_code_names(
+    c: &mut Checker<'_>,
+    threads: &[Thread],
+    locations: &mut Vec<Location>,
+    loc_spans: &mut Vec<(usize, usize)>,
+) {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (i, l) in locations.iter().enumerate() {
+        index.entry(l.name.clone()).or_insert(i);
+    }
     let mut written_flags: BTreeSet<String> = BTreeSet::new();
     let mut waits: Vec<(String, (usize, usize), Option<u64>)> = Vec::new();
     for t in threads {
@@ -420,35 +677,39 @@ fn check_code_names(c: &mut Checker<'_>, threads: &[Thread], locations: &mut Vec
                     reads.push((r, s.span));
                 }
             }
-            let check = |c: &mut Checker<'_>, locations: &mut Vec<Location>, name: &str, sp: (usize, usize)| {
-                let kind = locations.iter().find(|l| l.name == name).map(|l| l.kind);
+            let mut check = |c: &mut Checker<'_>, name: &str, sp: (usize, usize)| {
+                let kind = index.get(name).map(|&i| locations[i].kind);
                 match s.op {
-                    Op::Wait | Op::Signal => {
-                        match kind {
-                            Some(LocKind::Var) => {}
-                            Some(k) => {
-                                c.error(
+                    Op::Wait | Op::Signal => match kind {
+                        Some(LocKind::Var) => {}
+                        Some(k) => {
+                            c.error(
                                 sp,
-                                format!("`{}` needs a flag (a `var` or an undeclared name), but `{name}` is a {} location", s.op.name(), k.name()),
+                                format!(
+                                    "`{}` needs a flag (a `var` or an undeclared name), but `{name}` is a {} location",
+                                    s.op.name(),
+                                    k.name()
+                                ),
                             );
-                            }
-                            None => {
-                                if RESERVED_NAMES.contains(&name) {
-                                    c.error(sp, format!("`{name}` is a reserved word and cannot name a flag"));
-                                } else {
-                                    locations.push(Location {
-                                        name: name.to_string(),
-                                        kind: LocKind::Var,
-                                        perm: Perm::None,
-                                        init: 0,
-                                        shared: false,
-                                        va: None,
-                                        implicit: true,
-                                    });
-                                }
+                        }
+                        None => {
+                            if RESERVED_NAMES.contains(&name) {
+                                c.error(sp, format!("`{name}` is a reserved word and cannot name a flag"));
+                            } else if check_name_len(c, "flag name", name, sp) {
+                                index.insert(name.to_string(), locations.len());
+                                locations.push(Location {
+                                    name: name.to_string(),
+                                    kind: LocKind::Var,
+                                    perm: Perm::None,
+                                    init: 0,
+                                    shared: false,
+                                    va: None,
+                                    implicit: true,
+                                });
+                                loc_spans.push(sp);
                             }
                         }
-                    }
+                    },
                     _ => {
                         let is_mem = matches!(s.op, Op::Load | Op::Store | Op::Xchg | Op::Cmpxchg | Op::FetchAdd);
                         match kind {
@@ -469,7 +730,7 @@ fn check_code_names(c: &mut Checker<'_>, threads: &[Thread], locations: &mut Vec
                 }
             };
             if let Some(l) = &s.loc {
-                check(c, locations, l, s.loc_span);
+                check(c, l, s.loc_span);
                 match s.op {
                     Op::Signal | Op::Store | Op::Xchg | Op::Cmpxchg | Op::FetchAdd => {
                         written_flags.insert(l.clone());
@@ -490,7 +751,7 @@ fn check_code_names(c: &mut Checker<'_>, threads: &[Thread], locations: &mut Vec
                 }
             }
             if let Some(l) = &s.loc2 {
-                check(c, locations, l, s.loc2_span);
+                check(c, l, s.loc2_span);
             }
         }
         for (r, sp) in reads {
@@ -500,7 +761,7 @@ fn check_code_names(c: &mut Checker<'_>, threads: &[Thread], locations: &mut Vec
         }
     }
     for (flag, sp, want) in waits {
-        let Some(l) = locations.iter().find(|l| l.name == flag && l.kind == LocKind::Var) else {
+        let Some(l) = index.get(&flag).map(|&i| &locations[i]).filter(|l| l.kind == LocKind::Var) else {
             continue;
         };
         let satisfied_initially = match want {
@@ -513,38 +774,67 @@ fn check_code_names(c: &mut Checker<'_>, threads: &[Thread], locations: &mut Vec
     }
 }
 
+/// Threads and locations by name, and the registers each thread writes:
+/// what `[final]` resolves against, in constant time per name.
+struct Scope<'t> {
+    threads: &'t [Thread],
+    thread_index: HashMap<&'t str, usize>,
+    /// Bit r set: thread writes register r.
+    written_regs: Vec<u32>,
+    loc_index: HashMap<&'t str, usize>,
+}
+
+impl<'t> Scope<'t> {
+    fn new(threads: &'t [Thread], locations: &'t [Location]) -> Self {
+        let mut thread_index = HashMap::new();
+        for (i, t) in threads.iter().enumerate() {
+            thread_index.entry(t.name.as_str()).or_insert(i);
+        }
+        let mut loc_index = HashMap::new();
+        for (i, l) in locations.iter().enumerate() {
+            loc_index.entry(l.name.as_str()).or_insert(i);
+        }
+        let written_regs = threads
+            .iter()
+            .map(|t| {
+                let mut mask = 0u32;
+                for s in &t.code {
+                    s.walk(&mut |s| {
+                        if let Some(r) = s.dst.filter(|r| u32::from(*r) < u32::BITS) {
+                            mask |= 1 << r;
+                        }
+                    });
+                }
+                mask
+            })
+            .collect();
+        Scope { threads, thread_index, written_regs, loc_index }
+    }
+}
+
 /// Resolve `T:rN` or a location name to an observable.
-fn resolve_observable(
-    c: &mut Checker<'_>,
-    text: &str,
-    sp: (usize, usize),
-    threads: &[Thread],
-    locations: &[Location],
-) -> Option<Observable> {
+fn resolve_observable(c: &mut Checker<'_>, text: &str, sp: (usize, usize), scope: &Scope<'_>) -> Option<Observable> {
     if let Some((t, r)) = text.split_once(':') {
-        let Some(ti) = threads.iter().position(|th| th.name == t) else {
-            let names: Vec<&str> = threads.iter().map(|t| t.name.as_str()).collect();
+        let Some(&ti) = scope.thread_index.get(t) else {
+            let names: Vec<&str> = scope.threads.iter().take(16).map(|t| t.name.as_str()).collect();
+            let more = if scope.threads.len() > names.len() { ", …" } else { "" };
             c.error(sp, format!("unknown thread `{t}` in `{text}`"))
                 .notes
-                .push(format!("threads: {}", names.join(", ")));
+                .push(format!("threads: {}{more}", names.join(", ")));
             return None;
         };
         let Some(reg) = register_index(r) else {
             c.error(sp, format!("expected a register r0 … r31 after `{t}:`, found `{r}`"));
             return None;
         };
-        let mut writes = false;
-        for s in &threads[ti].code {
-            s.walk(&mut |s| writes |= s.dst == Some(reg));
-        }
-        if !writes {
+        if scope.written_regs[ti] & (1 << reg) == 0 {
             c.error(sp, format!("`{text}` is read in [final] but thread {t} never writes r{reg}"));
             return None;
         }
         Some(Observable::Reg { thread: ti, reg })
     } else {
-        match locations.iter().position(|l| l.name == text) {
-            Some(loc) => Some(Observable::Loc { loc }),
+        match scope.loc_index.get(text) {
+            Some(&loc) => Some(Observable::Loc { loc }),
             None => {
                 c.error(sp, format!("unknown location `{text}` in [final]"))
                     .notes
@@ -555,25 +845,41 @@ fn resolve_observable(
     }
 }
 
-fn resolve_expr(
-    c: &mut Checker<'_>,
-    e: &RawExpr,
-    observed: &mut Vec<Observable>,
-    threads: &[Thread],
-    locations: &[Location],
-) -> Option<Expr> {
+/// What the guest reports per iteration, in order, with where each entry
+/// first appears (an `observe` item or a condition atom).
+#[derive(Default)]
+struct Observed {
+    list: Vec<Observable>,
+    index: HashMap<Observable, usize>,
+    spans: Vec<(usize, usize)>,
+}
+
+impl Observed {
+    /// Index of `o`, added if new.
+    fn add(&mut self, o: Observable, sp: (usize, usize)) -> (usize, bool) {
+        if let Some(&i) = self.index.get(&o) {
+            return (i, false);
+        }
+        let i = self.list.len();
+        self.index.insert(o.clone(), i);
+        self.list.push(o);
+        self.spans.push(sp);
+        (i, true)
+    }
+}
+
+fn resolve_expr(c: &mut Checker<'_>, e: &RawExpr, observed: &mut Observed, scope: &Scope<'_>) -> Option<Expr> {
+    let terms = |c: &mut Checker<'_>, es: &[RawExpr], observed: &mut Observed| -> Option<Vec<Expr>> {
+        // Every term is resolved (all errors reported), then any failure fails.
+        let resolved: Vec<Option<Expr>> = es.iter().map(|e| resolve_expr(c, e, observed, scope)).collect();
+        resolved.into_iter().collect()
+    };
     Some(match e {
         RawExpr::True => Expr::True,
         RawExpr::False => Expr::False,
         RawExpr::Cmp { lhs, span, eq, value } => {
-            let o = resolve_observable(c, lhs, *span, threads, locations)?;
-            let i = match observed.iter().position(|x| *x == o) {
-                Some(i) => i,
-                None => {
-                    observed.push(o);
-                    observed.len() - 1
-                }
-            };
+            let o = resolve_observable(c, lhs, *span, scope)?;
+            let (i, _) = observed.add(o, *span);
             let v = crate::ast::CondValue(*value);
             if *eq {
                 Expr::Eq(i, v)
@@ -581,17 +887,9 @@ fn resolve_expr(
                 Expr::Ne(i, v)
             }
         }
-        RawExpr::Not(x) => Expr::Not(Box::new(resolve_expr(c, x, observed, threads, locations)?)),
-        RawExpr::And(a, b) => {
-            let a = resolve_expr(c, a, observed, threads, locations);
-            let b = resolve_expr(c, b, observed, threads, locations);
-            Expr::And(Box::new(a?), Box::new(b?))
-        }
-        RawExpr::Or(a, b) => {
-            let a = resolve_expr(c, a, observed, threads, locations);
-            let b = resolve_expr(c, b, observed, threads, locations);
-            Expr::Or(Box::new(a?), Box::new(b?))
-        }
+        RawExpr::Not(x) => Expr::Not(Box::new(resolve_expr(c, x, observed, scope)?)),
+        RawExpr::And(es) => Expr::And(terms(c, es, observed)?),
+        RawExpr::Or(es) => Expr::Or(terms(c, es, observed)?),
     })
 }
 
@@ -606,13 +904,12 @@ fn check_final(
         return None;
     };
     let f = fin.get_ref();
-    let mut observed: Vec<Observable> = Vec::new();
+    let scope = Scope::new(threads, locations);
+    let mut observed = Observed::default();
     for o in &f.observe {
-        if let Some(x) = resolve_observable(c, o.get_ref(), span(o), threads, locations) {
-            if observed.contains(&x) {
+        if let Some(x) = resolve_observable(c, o.get_ref(), span(o), &scope) {
+            if !observed.add(x, span(o)).1 {
                 c.warning(span(o), format!("`{}` is observed twice", o.get_ref()));
-            } else {
-                observed.push(x);
             }
         }
     }
@@ -632,17 +929,31 @@ fn check_final(
     let raw_expr = match parse_condition(c.file, &map, text.get_ref()) {
         Ok(e) => e,
         Err(d) => {
-            c.diags.push(d);
+            c.push(d);
             return None;
         }
     };
-    let expr = resolve_expr(c, &raw_expr, &mut observed, threads, locations)?;
-    Some((observed, Condition { kind, expr }))
+    let expr = resolve_expr(c, &raw_expr, &mut observed, &scope);
+    if let Some(&sp) = observed.spans.get(MAX_OBSERVED) {
+        c.error(
+            sp,
+            format!(
+                "too many observed values: this is number {}; a test observes at most {MAX_OBSERVED} (`[final] observe` and what the condition reads)",
+                MAX_OBSERVED + 1
+            ),
+        );
+        return None;
+    }
+    Some((observed.list, Condition { kind, expr: expr? }))
 }
 
 fn check_expect(c: &mut Checker<'_>, raw: &RawFile) -> Vec<Expectation> {
     let mut items: Vec<_> = raw.expect.iter().collect();
     items.sort_by_key(|(k, _)| k.span().start);
+    if let Some((k, _)) = items.get(MAX_EXPECTATIONS) {
+        c.error(span(k), format!("too many [expect] entries: a test has at most {MAX_EXPECTATIONS}"));
+        items.truncate(MAX_EXPECTATIONS);
+    }
     let mut out: Vec<Expectation> = Vec::new();
     for (k, v) in items {
         let key = k.get_ref();

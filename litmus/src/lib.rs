@@ -26,7 +26,7 @@
 //! for policy in policy_matrix(&cli, &test.expect_policies(), &overrides) {
 //!     // 3. Compile and hand the blob to the guest.
 //!     let opts = CompileOptions { seed: 42, iterations: 100, iteration_timeout_ms: 0 };
-//!     let compiled = compile(test, &policy, &opts);
+//!     let compiled = compile(test, &policy, &opts).unwrap();
 //!     assert!(abi::litmus::Blob::parse(&compiled.blob).is_ok());
 //!     // 4. Record what the guest reports: one u64 per observed value.
 //!     let mut run = RunResult::new(test, policy, opts.seed, 100);
@@ -55,6 +55,7 @@ pub mod diag;
 pub mod explore_results;
 pub mod file;
 pub mod format;
+pub mod fuzzing;
 pub mod herdlog;
 pub mod linux_sites;
 pub mod logdir;
@@ -68,9 +69,9 @@ pub mod witness;
 
 pub use ast::{herd_value, CondKind, Condition, Expectation, Expr, Location, Observable, Stmt, Test, Thread, Verdict};
 pub use catalogue::{catalogue, catalogue_sources, explore_catalogue, explore_sources};
-pub use compile::{compile, disassemble, CompileOptions, Compiled};
-pub use diag::{render_all, Diagnostic, Severity, SourceFile};
-pub use file::{check_all, check_source, load_files, CheckedFile};
+pub use compile::{compile, disassemble, CompileError, CompileOptions, Compiled};
+pub use diag::{decode_source, render_all, Diagnostic, Severity, SourceFile};
+pub use file::{check_all, check_bytes, check_source, load_files, CheckedFile};
 pub use format::{
     evidence_text, file_summary, herd_block, herd_block_of, policy_line, state_text, threads_line, to_json,
     verdict_table, verdict_table_of, JSON_SCHEMA,

@@ -28,7 +28,7 @@ fn catalogue_blobs() -> &'static [Vec<u8>] {
     static BLOBS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
     BLOBS.get_or_init(|| {
         let (tests, _) = check_all(&catalogue_sources()).unwrap();
-        tests.iter().map(|t| compile(t, &Policy::default(), &CompileOptions::default()).blob).collect()
+        tests.iter().map(|t| compile(t, &Policy::default(), &CompileOptions::default()).unwrap().blob).collect()
     })
 }
 

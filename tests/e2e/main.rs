@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod explore;
+mod frontend;
 mod hostile;
 mod litmus;
 mod results;
@@ -436,6 +437,7 @@ fn main() {
         let name = format!("litmus::malformed::{}", file.trim_end_matches(".toml"));
         trials.push(Trial::test(name, move || litmus::malformed(file, want)));
     }
+    trials.extend(frontend::trials(&kvm_trial));
     trials.push(Trial::test("litmus::list_hooks", || {
         let o = vmm(&["litmus", "--list-hooks"]);
         let (out, _) = text(&o);

@@ -19,6 +19,7 @@ pub mod devices;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod input;
 pub mod logger;
 pub mod services;
 pub mod shadow;

@@ -404,7 +404,8 @@ fn load_image(cli: &Cli) -> Result<(Arc<[u8]>, PathBuf), Error> {
     match &cli.guest {
         None => Ok((Arc::from(vmm::DEFAULT_GUEST), PathBuf::from("<embedded guest>"))),
         Some(p) => {
-            let bytes = std::fs::read(p).map_err(|source| ImageError::Read { path: p.clone(), source })?;
+            let bytes = vmm::input::read_input_file(p, vmm::input::GUEST_IMAGE_MAX, "guest image")
+                .map_err(|source| ImageError::Read { path: p.clone(), source })?;
             Ok((Arc::from(bytes), p.clone()))
         }
     }

@@ -2,6 +2,7 @@
 //! format is described in the parent module.
 
 use super::*;
+use crate::limits;
 
 // ---------------------------------------------------------------- records
 
@@ -385,6 +386,8 @@ pub enum DecodeError {
     BadInstr(u32),
     /// An observation is invalid (its index).
     BadObservation(u16),
+    /// A count exceeds its bound in `crate::limits` (what was counted).
+    TooLarge(&'static str),
 }
 
 /// A checked, zero-copy view of a litmus blob.
@@ -392,6 +395,33 @@ pub enum DecodeError {
 pub struct Blob<'a> {
     bytes: &'a [u8],
     header: Header,
+}
+
+/// What the mm operations of a test use of the guest mm model (counted
+/// while [`Blob::parse`] walks the records): `cow` statements, and the
+/// locations `ksm` and `mremap` link onto one page.
+#[derive(Default)]
+struct MmUse {
+    cows: usize,
+    linked: limits::LinkedLocations,
+}
+
+impl MmUse {
+    fn count(&mut self, i: &Instr, op: Op) -> Result<(), DecodeError> {
+        match op {
+            Op::Cow => self.cows += 1,
+            Op::Ksm | Op::Mremap if self.linked.link(i.loc as usize, i.loc2 as usize) > limits::MAX_PAGE_MAPPINGS => {
+                return Err(DecodeError::TooLarge("mappings of one page"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A pinned `va` lies on a page of the test's user half.
+pub const fn pinned_va_ok(va: u64) -> bool {
+    va & (crate::layout::PAGE_SIZE - 1) == 0 && va >= limits::TEST_VA_START && va < limits::TEST_VA_END
 }
 
 fn section(total: usize, off: u32, n: usize, size: usize) -> Result<(), DecodeError> {
@@ -424,10 +454,21 @@ impl<'a> Blob<'a> {
         if total > bytes.len() || total < HEADER_LEN {
             return Err(DecodeError::Truncated);
         }
-        if h.n_threads as usize != h.n_vcpu_threads as usize + h.n_device_threads as usize
-            || h.n_threads as usize > MAX_THREADS
-        {
+        if h.n_threads as usize != h.n_vcpu_threads as usize + h.n_device_threads as usize {
             return Err(DecodeError::BadHeader);
+        }
+        // The limits the guest's tables are sized by (`crate::limits`).
+        for (what, n, max) in [
+            ("bytes", total, limits::MAX_BLOB_LEN),
+            ("threads", h.n_threads as usize, MAX_THREADS),
+            ("device threads", h.n_device_threads as usize, limits::MAX_DEVICE_THREADS),
+            ("locations", h.n_locs as usize, limits::MAX_LOCATIONS),
+            ("observed values", h.n_obs as usize, limits::MAX_OBSERVED),
+            ("instruction records", h.n_instrs as usize, limits::MAX_RECORDS),
+        ] {
+            if n > max {
+                return Err(DecodeError::TooLarge(what));
+            }
         }
         section(total, h.locs_off, h.n_locs as usize, LOC_LEN)?;
         section(total, h.threads_off, h.n_threads as usize, THREAD_LEN)?;
@@ -441,34 +482,50 @@ impl<'a> Blob<'a> {
             return Err(DecodeError::BadPolicy);
         }
         let blob = Blob { bytes: &bytes[..total], header: h };
-        blob.str_at(h.name_off, h.name_len).ok_or(DecodeError::BadString)?;
+        blob.name_at(h.name_off, h.name_len).ok_or(DecodeError::BadString)?;
         for i in 0..h.n_locs {
             let l = blob.location(i).ok_or(DecodeError::BadLocation(i))?;
             let kind = LocKind::from_u8(l.kind).ok_or(DecodeError::BadLocation(i))?;
+            let pinned = l.flags & LOC_PINNED != 0;
             if Perm::from_u8(l.perm).is_none()
                 || l.flags & !(LOC_SHARED | LOC_PINNED | LOC_IMPLICIT) != 0
                 || (kind != LocKind::Page && l.flags & LOC_SHARED != 0)
-                || blob.str_at(l.name_off, l.name_len).is_none()
+                || blob.name_at(l.name_off, l.name_len).is_none()
+                || pinned != (l.va != 0)
+                || (pinned && (kind == LocKind::Var || !pinned_va_ok(l.va)))
             {
                 return Err(DecodeError::BadLocation(i));
             }
+            // Two pinned locations on one page would be set up twice.
+            // Quadratic in the pinned ones only (few; at most MAX_LOCATIONS).
+            if pinned && (0..i).filter_map(|j| blob.location(j)).any(|o| o.flags & LOC_PINNED != 0 && o.va == l.va) {
+                return Err(DecodeError::BadLocation(i));
+            }
         }
+        blob.check_mm_capacity()?;
+        let mut mm = MmUse::default();
         let mut next_instr: u32 = 0;
         for i in 0..h.n_threads {
             let t = blob.thread(i).ok_or(DecodeError::BadThread(i))?;
             let kind = ThreadKind::from_u8(t.kind).ok_or(DecodeError::BadThread(i))?;
             let expect_kind = if i < h.n_vcpu_threads as u16 { ThreadKind::Vcpu } else { ThreadKind::Device };
             // Threads' code is laid out back to back, in thread order.
-            if kind != expect_kind || t.first_instr != next_instr || blob.str_at(t.name_off, t.name_len).is_none() {
+            if kind != expect_kind || t.first_instr != next_instr || blob.name_at(t.name_off, t.name_len).is_none() {
                 return Err(DecodeError::BadThread(i));
             }
             let end =
                 t.first_instr.checked_add(t.n_instrs).filter(|&e| e <= h.n_instrs).ok_or(DecodeError::BadThread(i))?;
-            blob.check_block(kind, t.first_instr, end, 1, false)?;
+            let device_ops = blob.check_block(kind, t.first_instr, end, 1, false, &mut mm)?;
+            if kind == ThreadKind::Device && device_ops > limits::MAX_DEVICE_OPS {
+                return Err(DecodeError::TooLarge("ops of a device program"));
+            }
             next_instr = end;
         }
         if next_instr != h.n_instrs {
             return Err(DecodeError::BadSection);
+        }
+        if mm.cows > limits::MAX_COW_OPS {
+            return Err(DecodeError::TooLarge("cow operations"));
         }
         for i in 0..h.n_obs {
             let o = blob.observation(i).ok_or(DecodeError::BadObservation(i))?;
@@ -484,8 +541,39 @@ impl<'a> Blob<'a> {
         Ok(blob)
     }
 
+    /// The locations fit the guest mm model (`crate::limits`): page and
+    /// unmapped locations, shared pages, the page tables they may need.
+    fn check_mm_capacity(&self) -> Result<(), DecodeError> {
+        let mut pinned = [0u64; limits::MAX_PAGE_LOCATIONS];
+        let (mut pages, mut npinned, mut shared, mut window) = (0, 0, 0, false);
+        for l in (0..self.header.n_locs).filter_map(|i| self.location(i)) {
+            if l.kind() == LocKind::Var {
+                continue;
+            }
+            pages += 1;
+            if pages > limits::MAX_PAGE_LOCATIONS {
+                return Err(DecodeError::TooLarge("page and unmapped locations"));
+            }
+            shared += usize::from(l.is_shared());
+            if l.flags & LOC_PINNED != 0 {
+                pinned[npinned] = l.va;
+                npinned += 1;
+            } else {
+                window = true;
+            }
+        }
+        if shared > limits::MAX_SHARED_PAGES {
+            return Err(DecodeError::TooLarge("shared pages"));
+        }
+        if limits::page_tables_needed(&pinned[..npinned], window) > limits::MAX_PAGE_TABLES {
+            return Err(DecodeError::TooLarge("page tables"));
+        }
+        Ok(())
+    }
+
     /// Check the block `[start, end)` of a thread of `kind`. `sync_only`:
-    /// inside a hook group.
+    /// inside a hook group. Returns the DMA-engine ops the block unrolls to
+    /// ([`Op::device_program_ops`], saturating; meaningful for device threads).
     fn check_block(
         &self,
         kind: ThreadKind,
@@ -493,10 +581,12 @@ impl<'a> Blob<'a> {
         end: u32,
         depth: usize,
         sync_only: bool,
-    ) -> Result<(), DecodeError> {
+        mm: &mut MmUse,
+    ) -> Result<u64, DecodeError> {
         if depth > MAX_DEPTH {
             return Err(DecodeError::BadInstr(start));
         }
+        let mut ops: u64 = 0;
         let mut pc = start;
         while pc < end {
             let ins = self.instr(pc).ok_or(DecodeError::BadInstr(pc))?;
@@ -513,10 +603,13 @@ impl<'a> Blob<'a> {
             if !allowed || !self.operands_ok(&ins, op) {
                 return Err(bad);
             }
+            mm.count(&ins, op)?;
             pc += 1;
+            ops = ops.saturating_add(op.device_program_ops());
             if op == Op::Loop {
                 let body_end = pc.checked_add(ins.len).filter(|&e| e <= end).ok_or(bad)?;
-                self.check_block(kind, pc, body_end, depth + 1, false)?;
+                let body_ops = self.check_block(kind, pc, body_end, depth + 1, false, mm)?;
+                ops = ops.saturating_add(body_ops.saturating_mul(ins.imm));
                 pc = body_end;
             }
             if ins.nhooks != 0 && !op.takes_hooks() {
@@ -528,11 +621,11 @@ impl<'a> Blob<'a> {
                     return Err(DecodeError::BadInstr(pc));
                 }
                 let g_end = (pc + 1).checked_add(at.len).filter(|&e| e <= end).ok_or(bad)?;
-                self.check_block(kind, pc + 1, g_end, depth + 1, true)?;
+                self.check_block(kind, pc + 1, g_end, depth + 1, true, mm)?;
                 pc = g_end;
             }
         }
-        Ok(())
+        Ok(ops)
     }
 
     fn operands_ok(&self, i: &Instr, op: Op) -> bool {
@@ -578,6 +671,15 @@ impl<'a> Blob<'a> {
     /// The test's name.
     pub fn name(&self) -> &'a str {
         self.str_at(self.header.name_off, self.header.name_len).unwrap_or("")
+    }
+
+    /// A name (test, location, thread): a string of at most
+    /// [`limits::MAX_NAME_LEN`] bytes.
+    fn name_at(&self, off: u32, len: u16) -> Option<&'a str> {
+        if len as usize > limits::MAX_NAME_LEN {
+            return None;
+        }
+        self.str_at(off, len)
     }
 
     /// A string of the string table; `None` if out of bounds or not UTF-8.

@@ -14,7 +14,8 @@ use abi::litmus::Hook;
 
 use super::hooks::hook;
 
-pub const MAX_FILES: usize = 16;
+/// One file per shared page location (`abi::limits`: the checker refuses more).
+pub const MAX_FILES: usize = abi::limits::MAX_SHARED_PAGES;
 
 /// `struct address_space` of one one-page file.
 struct AddressSpace {

@@ -44,7 +44,8 @@ impl Vma {
     }
 }
 
-pub const MAX_VMAS: usize = 32;
+/// One one-page VMA per page or unmapped location at most (`abi::limits`).
+pub const MAX_VMAS: usize = abi::limits::MAX_PAGE_LOCATIONS;
 
 /// The VMA list: `v[..n]` are the live VMAs, in no particular order.
 pub struct VmaTable {
@@ -79,8 +80,9 @@ impl VmaSet {
     }
 }
 const MAX_INFLIGHT_GENS: usize = 32;
-/// Pages the phantom child of `cow` (fork) may hold.
-pub const MAX_FORK_REFS: usize = 32;
+/// Pages the phantom child of `cow` (fork) may hold: one per `cow` run
+/// (`abi::limits`).
+pub const MAX_FORK_REFS: usize = abi::limits::MAX_COW_OPS;
 /// Source pages migrc may keep until its deferred flush.
 pub const MAX_MIGRC: usize = 32;
 
@@ -116,7 +118,8 @@ pub struct MmStruct {
     pub(super) tables: SpinLock<([u64; MAX_TABLES], usize)>,
 }
 
-pub const MAX_TABLES: usize = 64;
+/// `abi::limits::page_tables_needed` bounds a checked test's tables by this.
+pub const MAX_TABLES: usize = abi::limits::MAX_PAGE_TABLES;
 
 pub static TEST_MM: MmStruct = MmStruct {
     pgd: AtomicU64::new(0),

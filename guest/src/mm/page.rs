@@ -35,8 +35,9 @@ pub const PG_MIGRC: u32 = 1 << 6;
 /// In the swap cache (`Page::private` = swap slot).
 pub const PG_SWAPCACHE: u32 = 1 << 7;
 
-/// Reverse-map slots: virtual addresses of the test mm mapping the page.
-pub const RMAP_SLOTS: usize = 4;
+/// Reverse-map slots: virtual addresses of the test mm mapping the page
+/// (`abi::limits`: the checker refuses tests that could need more).
+pub const RMAP_SLOTS: usize = abi::limits::MAX_PAGE_MAPPINGS;
 
 #[repr(C)]
 pub struct Page {

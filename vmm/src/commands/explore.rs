@@ -211,7 +211,7 @@ fn replay(base: &VmConfig, args: &ExploreArgs, path: &Path, policy: Policy) -> R
 fn search(base: &VmConfig, args: &ExploreArgs, test: &Test, policy: Policy) -> Result<Searched> {
     let started = Instant::now();
     let opts = CompileOptions { seed: args.seed, iterations: 1, iteration_timeout_ms: 0 };
-    let compiled = compile(test, &policy, &opts);
+    let compiled = compile(test, &policy, &opts).map_err(|e| Error::Litmus(format!("{}: internal: {e}", test.file)))?;
     let nthreads = test.threads.len();
     let nvcpu = test.vcpu_threads();
     if nthreads > abi::explore::MAX_THREADS {

@@ -125,9 +125,14 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Test>> {
 /// Loads and checks every test of `paths` (none: `default()`'s); nothing
 /// runs if any file is invalid.
 pub fn load_all(paths: &[PathBuf], default: fn() -> Vec<(String, String)>) -> Result<Vec<Test>> {
-    let (tests, warnings) =
-        if paths.is_empty() { litmus::check_all(&default()) } else { litmus::load_files(&collect_paths(paths)?) }
-            .map_err(|d| Error::Litmus(render_all(&d)))?;
+    let (tests, warnings) = if paths.is_empty() {
+        litmus::check_all(&default())
+    } else {
+        litmus::load_files(&collect_paths(paths)?, |p| {
+            crate::input::read_input_file(p, crate::input::LITMUS_FILE_MAX, "litmus file")
+        })
+    }
+    .map_err(|d| Error::Litmus(render_all(&d)))?;
     if !warnings.is_empty() {
         eprint!("{}", render_all(&warnings));
     }
@@ -458,7 +463,7 @@ pub fn run_policy_range(
         iterations: runs as u32,
         iteration_timeout_ms: args.iteration_timeout.as_millis().min(u32::MAX as u128) as u32,
     };
-    let compiled = compile(test, &policy, &opts);
+    let compiled = compile(test, &policy, &opts).map_err(|e| Error::Litmus(format!("{}: internal: {e}", test.file)))?;
     let blob = abi::litmus::Blob::parse(&compiled.blob)
         .map_err(|e| Error::GuestReport(format!("internal: compiled blob rejected: {e:?}")))?;
     let hdr = *blob.header();

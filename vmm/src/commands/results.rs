@@ -8,7 +8,9 @@ use litmus::{herd_block_of, ResultsFile};
 use crate::status;
 
 fn read(path: &Path) -> Result<ResultsFile, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = crate::input::read_input_file(path, crate::input::RESULTS_FILE_MAX, "results file")
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8: {e}", path.display()))?;
     ResultsFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 

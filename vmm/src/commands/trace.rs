@@ -17,7 +17,9 @@ use crate::status;
 use crate::vstate::VmConfig;
 
 fn load(file: &Path) -> Result<Parsed> {
-    format::read_file(file).map_err(|source| Error::TraceRead(TraceReadError { path: file.to_path_buf(), source }))
+    let bytes = crate::input::read_input_file(file, crate::input::TRACE_FILE_MAX, "trace")
+        .map_err(|source| Error::TraceRead(TraceReadError { path: file.to_path_buf(), source }))?;
+    Ok(format::parse(&bytes))
 }
 
 /// One line on stderr for a damaged file; the caller still reports what
