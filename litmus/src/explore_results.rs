@@ -27,8 +27,11 @@ pub struct ExploreRecord {
     pub witness_file: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline_file: Option<String>,
-    /// Scheduling points run (all schedules), and guest boots.
+    /// Scheduling points run (all schedules), exits of vCPUs waiting for
+    /// their turn, and guest boots.
     pub points: u64,
+    #[serde(default)]
+    pub parks: u64,
     pub boots: u64,
 }
 
@@ -56,6 +59,15 @@ impl ExploreRecord {
             let at = self.witness_file.as_deref().unwrap_or("(not written)");
             o += &format!("Witness {at} preemptions={} steps={}\n", w.preemptions, w.steps.len());
         }
+        let sched = s.schedules + s.discovery;
+        o += &format!(
+            "Cost schedules={sched} points={} waits={} boots={} ({:.1} points a schedule, {:.2} wait exits a point)\n",
+            self.points,
+            self.parks,
+            self.boots,
+            self.points as f64 / sched.max(1) as f64,
+            self.parks as f64 / self.points.max(1) as f64
+        );
         if let Some(b) = &s.pct {
             o += &format!(
                 "Pct depth={} threads={} k={}{} runs={}: a bug of depth <= {} is found with probability >= {:.3e} per run, >= {:.4} over the runs\n",
@@ -142,6 +154,7 @@ pub fn merge_runs(parts: &[(&str, &RunRecord)]) -> Result<RunRecord, String> {
     rec.timed_out = rec.histogram.iter().filter(|s| s.timed_out()).map(|s| s.count).sum();
     rec.explore = Some(ExploreRecord {
         points: parts.iter().filter_map(|(_, r)| r.explore.as_ref()).map(|x| x.points).sum(),
+        parks: parts.iter().filter_map(|(_, r)| r.explore.as_ref()).map(|x| x.parks).sum(),
         boots: parts.iter().filter_map(|(_, r)| r.explore.as_ref()).map(|x| x.boots).sum(),
         witness_file: parts
             .iter()

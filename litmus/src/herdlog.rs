@@ -1345,6 +1345,7 @@ Time MP-TTD+DMB.ST+DMB.LD 1.31
                 witness_file: Some(format!("witnesses/{}--x.toml", t.name)),
                 timeline_file: None,
                 points: 600,
+                parks: 40,
                 boots: 1,
             });
             let block = herd_block(t, &r);

@@ -318,8 +318,14 @@ fn search(base: &VmConfig, args: &ExploreArgs, test: &Test, policy: Policy) -> R
         run.record_n(state, *n).map_err(|e| Error::GuestReport(e.to_string()))?;
     }
     run.n_timeouts = result.histogram.iter().filter(|(s, _)| s.contains(&VALUE_TIMEOUT)).map(|(_, n)| n).sum();
-    let mut record =
-        ExploreRecord { search: result, witness_file: None, timeline_file: None, points: session.points(), boots };
+    let mut record = ExploreRecord {
+        search: result,
+        witness_file: None,
+        timeline_file: None,
+        points: session.points(),
+        parks: session.parks(),
+        boots,
+    };
     let mut replayed = None;
     if let Some(w) = record.search.witness.clone() {
         match write_witness(&args.witness_dir, test, &policy, &w, args.seed) {

@@ -2,6 +2,8 @@
 //! explore area over guest memory, the park port a waiting vCPU thread
 //! sleeps on, and the DMA engine's device threads as scheduled threads.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use abi::dma::{Action, WaitCond};
@@ -55,10 +57,12 @@ pub fn park(mem: &GuestMemoryMmap, t: u64, limit: Duration, stop: &dyn Fn() -> b
 }
 
 /// `EXPLORE_PARK_PORT`: the writing vCPU waits for thread `value`'s turn.
-pub struct ParkPort;
+/// Counts the writes (each is one exit of a waiting vCPU).
+pub struct ParkPort(pub Arc<AtomicU64>);
 
 impl BusDevice for ParkPort {
     fn write(&self, ctx: &mut VcpuCtx<'_>, _: u64, data: &[u8]) -> Result<Flow, GuestFault> {
+        self.0.fetch_add(1, Ordering::Relaxed);
         park(ctx.mem, le_value(data), PARK_LIMIT, &|| false);
         Ok(Flow::Resume)
     }

@@ -10,6 +10,7 @@
 //! allows) is ended by the litmus session's stall watch; the log it left is
 //! read when the boot finishes, and the next boot asks for the next plan.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use abi::explore::{self as ex, object, Shared};
@@ -80,6 +81,8 @@ pub fn write_plan(m: &impl Shared, plan: &Plan, nthreads: usize, nvcpu: usize) -
 /// The search of one (test, policy), across the boots it takes.
 pub struct ExploreSession {
     inner: Mutex<Inner>,
+    /// Park-port exits of waiting vCPUs, all boots.
+    parks: Arc<AtomicU64>,
     nthreads: usize,
     nvcpu: usize,
     arity: usize,
@@ -111,6 +114,7 @@ impl ExploreSession {
     ) -> Arc<Self> {
         Arc::new(ExploreSession {
             inner: Mutex::new(Inner { explorer, outstanding: None, error: None, done: false, points: 0 }),
+            parks: Arc::new(AtomicU64::new(0)),
             nthreads,
             nvcpu,
             arity,
@@ -196,6 +200,11 @@ impl ExploreSession {
     pub fn points(&self) -> u64 {
         lock(&self.inner).points
     }
+
+    /// Exits of waiting vCPUs (park-port writes).
+    pub fn parks(&self) -> u64 {
+        self.parks.load(Ordering::Relaxed)
+    }
 }
 
 /// One boot of a search: `EXPLORE_NEXT` and the park port.
@@ -213,7 +222,7 @@ impl Service for ExploreBoot {
 
     fn setup(self: Arc<Self>, vm: &mut VmSetup<'_>) -> Result<(), SetupError> {
         *lock(&self.mem) = Some(vm.mem.clone());
-        vm.add_pio(EXPLORE_PARK_PORT, 4, Arc::new(ParkPort))?;
+        vm.add_pio(EXPLORE_PARK_PORT, 4, Arc::new(ParkPort(self.session.parks.clone())))?;
         vm.add_hypercalls(self)
     }
 
