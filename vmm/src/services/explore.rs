@@ -250,3 +250,176 @@ impl HypercallHandler for ExploreBoot {
         Ok(Reply::of::<ExploreNext>(ExploreNextReply { more: Flag::new(more) }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzzing::test_memory;
+    use abi::explore::{guard, Guard, Next};
+    use explore::{Config, Reduction, Strategy};
+
+    /// A word per thread whose value says whether the thread may run.
+    fn flag(t: u64) -> u64 {
+        abi::layout::LITMUS_VARS + 8 * t
+    }
+
+    fn guard_of(t: u64) -> Guard {
+        Guard { kind: guard::EQ, addr: flag(t), value: 1, object: object::VAR + t as u16 }
+    }
+
+    /// splitmix64, for the simulated program's choices.
+    fn next(s: &mut u64) -> u64 {
+        *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Runs `plan` through the guest's side of the protocol (the code the
+    /// guest and the DMA engine run), with `n` threads of `len` steps that
+    /// block and unblock at random; returns the log and the masks it saw.
+    fn simulate(plan: &Plan, n: usize, len: u64, seed: u64) -> (Vec<StepRecord>, Vec<u64>) {
+        let mem = test_memory();
+        let m = GuestShared(&mem);
+        write_plan(&m, plan, n, n).unwrap();
+        let mut s = seed;
+        let mut left = vec![len; n];
+        for t in 0..n as u64 {
+            m.store(flag(t), 1);
+        }
+        let mut next_thread = None;
+        for t in 0..n as u64 {
+            let arrive = || {
+                let a = m.load(ex::AREA + ex::ctl::ARRIVED);
+                m.store(ex::AREA + ex::ctl::ARRIVED, a + 1);
+                a
+            };
+            if let Some(nx) = ex::at_start(&m, t, ex::site::make(ex::site::INSTR, 0, 0, 0), guard_of(t), arrive) {
+                next_thread = Some(nx);
+            }
+        }
+        // The first record was opened with everyone enabled.
+        let mut masks = vec![(1u64 << n) - 1];
+        let mut cur = match next_thread.unwrap() {
+            Next::Run(t) => t,
+            Next::Stop => panic!("nothing ran"),
+        };
+        loop {
+            // The world depends on the choices so far only (a replayed
+            // prefix sees the same world): the step touches a word, then
+            // threads block and unblock.
+            s = s.wrapping_mul(0x100_0000_01b3).wrapping_add(cur + 1);
+            let mut s = s;
+            ex::note(&m, cur, object::VAR + 8, next(&mut s).is_multiple_of(2));
+            left[cur as usize] -= 1;
+            // Random blocking, but someone unfinished stays enabled.
+            let live: Vec<u64> = (0..n as u64).filter(|&t| left[t as usize] > 0).collect();
+            for &t in &live {
+                m.store(flag(t), u64::from(!next(&mut s).is_multiple_of(3)));
+            }
+            if let Some(&t) = live.get((next(&mut s) % live.len().max(1) as u64) as usize) {
+                m.store(flag(t), 1);
+            }
+            let step = m.load(ex::AREA + ex::ctl::STEPS);
+            let r = if left[cur as usize] == 0 {
+                ex::at_finish(&m, cur)
+            } else {
+                ex::at_point(
+                    &m,
+                    cur,
+                    ex::site::make(ex::site::INSTR, (len - left[cur as usize]) as u32, 0, 0),
+                    guard_of(cur),
+                )
+            };
+            let en = (0..n as u64).filter(|&t| left[t as usize] > 0 && m.load(flag(t)) == 1).fold(0, |a, t| a | 1 << t);
+            if m.load(ex::AREA + ex::ctl::STEPS) > step {
+                masks.push(en);
+            }
+            match r {
+                Next::Run(t) => cur = t,
+                Next::Stop => break,
+            }
+        }
+        assert_eq!(m.load(ex::AREA + ex::ctl::ERROR), ex::error::NONE);
+        (read_log(&m), masks)
+    }
+
+    /// The protocol's choices are the engine's: every schedule the engine
+    /// plans (systematic and PCT), run through `abi::explore`, gives a log
+    /// the engine accepts, whose every choice is the one `explore::Chooser`
+    /// makes for that enabled set.
+    #[test]
+    fn the_guest_protocol_makes_the_engines_choices() {
+        for (i, strategy) in [
+            Strategy::Bounded { preemptions: Some(2), reduction: Reduction::None },
+            Strategy::Bounded { preemptions: Some(1), reduction: Reduction::SleepSets },
+            Strategy::Pct { depth: 3, runs: 30 },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let n = 3;
+            let mut cfg = Config::new(strategy);
+            cfg.seed = 11 + i as u64;
+            cfg.max_schedules = Some(60);
+            let mut ex: Explorer<Vec<u64>> = Explorer::new(&cfg, n).unwrap();
+            let mut runs = 0;
+            while let Some(plan) = ex.next_plan() {
+                let (steps, masks) = simulate(&plan, n, 4, 7 + i as u64);
+                let mut ch = plan.chooser();
+                for (k, st) in steps.iter().enumerate() {
+                    assert_eq!(st.enabled, masks[k], "step {k}: the log's enabled set");
+                    assert_eq!(ch.next(st.enabled).unwrap(), Some(st.thread), "step {k} of {plan:?}");
+                }
+                ex.report(&plan, &steps, &vec![runs], false).unwrap();
+                runs += 1;
+            }
+            assert!(runs > 5, "{runs}");
+        }
+    }
+
+    /// A log record carries the step's footprint (variables, the mm, or
+    /// everything when it touched too many) and what blocked threads wait for.
+    #[test]
+    fn read_log_turns_records_into_steps() {
+        let mem = test_memory();
+        let m = GuestShared(&mem);
+        let plan = Plan { prefix: vec![], priority: vec![0, 1, 2], rule: Rule::NonPreemptive };
+        write_plan(&m, &plan, 3, 2).unwrap();
+        m.store(flag(1), 0); // thread 1 waits on its flag
+        m.store(flag(0), 1);
+        for t in 0..3u64 {
+            let arrive = || {
+                let a = m.load(ex::AREA + ex::ctl::ARRIVED);
+                m.store(ex::AREA + ex::ctl::ARRIVED, a + 1);
+                a
+            };
+            let g = if t == 1 { guard_of(1) } else { Guard::NONE };
+            ex::at_start(&m, t, ex::site::make(ex::site::INSTR, 0, 0, 0), g, arrive);
+        }
+        assert_eq!(m.load(ex::AREA + ex::ctl::TURN), 0);
+        ex::note(&m, 0, object::MEM, false);
+        ex::note(&m, 0, object::VAR + 3, true);
+        ex::note(&m, 0, object::VAR + 3, false);
+        assert_eq!(ex::at_point(&m, 0, ex::site::make(ex::site::HOOK, 1, 6, 1), Guard::NONE), Next::Run(0));
+        for v in 0..10 {
+            ex::note(&m, 0, object::VAR + v, false);
+        }
+        assert_eq!(ex::at_finish(&m, 0), Next::Run(2));
+        assert_eq!(ex::at_finish(&m, 2), Next::Stop);
+        assert_eq!(m.load(ex::AREA + ex::ctl::ERROR), ex::error::DEADLOCK, "thread 1 never got its flag");
+        let steps = read_log(&m);
+        assert_eq!(steps.len(), 3);
+        assert_eq!(steps[0].thread, 0);
+        assert_eq!(steps[0].enabled, 0b101);
+        assert_eq!(
+            steps[0].footprint,
+            Footprint::empty().with(engine_object(object::MEM), false).with(engine_object(object::VAR + 3), true)
+        );
+        assert_eq!(steps[0].blocked, vec![(1, Footprint::read(engine_object(object::VAR + 1)))]);
+        assert_eq!(steps[1].site, ex::site::make(ex::site::HOOK, 1, 6, 1));
+        assert!(steps[1].footprint.accesses().iter().any(|a| a.object == Object::ALL && a.write), "overflow");
+        assert_eq!(steps[2].thread, 2);
+    }
+}
