@@ -242,7 +242,10 @@ fn search(base: &VmConfig, args: &ExploreArgs, test: &Test, policy: Policy) -> R
     // their number beyond the search's own.
     let litmus =
         LitmusSession::new(compiled.blob.clone(), nvcpu, test.device_threads(), u64::MAX, args.iteration_timeout);
-    let progress = Progress::new(args.max_schedules.unwrap_or(0), "schedules", args.force_progress);
+    let progress = match args.max_schedules {
+        Some(m) => Progress::new(m, "schedules", args.force_progress),
+        None => Progress::open_ended("schedules", args.force_progress),
+    };
     progress.set_message(format!("{} [{}]", test.name, policy.canonical_mm()));
     litmus.set_progress(Arc::new(progress.clone()));
     let cond = test.condition.expr.clone();
