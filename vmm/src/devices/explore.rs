@@ -40,7 +40,7 @@ const POLL: Duration = Duration::from_micros(20);
 const PARK_LIMIT: Duration = Duration::from_millis(1);
 
 /// Blocks (polling, without burning a host CPU) until the turn is `t`'s,
-/// nobody's (the schedule ended or broke), `limit` passed or `stop` says so.
+/// the schedule broke, `limit` passed or `stop` says so.
 pub fn park(mem: &GuestMemoryMmap, t: u64, limit: Duration, stop: &dyn Fn() -> bool) -> bool {
     let m = GuestShared(mem);
     let start = Instant::now();
@@ -49,7 +49,10 @@ pub fn park(mem: &GuestMemoryMmap, t: u64, limit: Duration, stop: &dyn Fn() -> b
         if turn == t {
             return true;
         }
-        if turn == ex::NOBODY || start.elapsed() >= limit || stop() {
+        // Nobody's turn: before the first choice (threads still arriving),
+        // or the schedule broke (then the thread runs free at once).
+        let broken = turn == ex::NOBODY && m.load(ex::AREA + ex::ctl::ERROR) != ex::error::NONE;
+        if broken || start.elapsed() >= limit || stop() {
             return false;
         }
         std::thread::sleep(POLL);
