@@ -12,9 +12,12 @@
 //!
 //! Footprints: the interpreter notes every kernel word a step reads or
 //! writes (`note_var`) and every access to the test mm (`note_mem`); the
-//! mm model is one object (`object::MEM`): every mm operation, lock and
-//! page fault writes it. Trace records and the litmus state page are
-//! observations, not program state, and are not noted.
+//! mm model is one object (`object::MEM`): every step that runs mm code —
+//! the start of an mm operation, every step after a hook, lock or wait
+//! point inside one, a page fault, a thread leaving the mm — writes it.
+//! Trace records and the litmus state page are observations, not program
+//! state, and are not noted. A step noted too little would make the
+//! reduction unsound: when in doubt, note the mm.
 
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
@@ -161,12 +164,14 @@ pub fn instr_point(pc: u32, g: Guard) {
     point(site::make(site::INSTR, pc, 0, 0), g);
 }
 
-/// A hook fired in the running thread's operation.
+/// A hook fired in the running thread's operation. The step after it is
+/// the rest of the mm operation up to its next point: it writes the mm.
 pub fn hook_point(h: Hook) {
     let Some(t) = me() else { return };
     let nth = HOOK_FIRED[t][h as usize % 32].fetch_add(1, Ordering::Relaxed) + 1;
     let pc = OP_PC[t].load(Ordering::Relaxed) as u32;
     point(site::make(site::HOOK, pc, h as u8, nth.min(u16::MAX as u32) as u16), Guard::NONE);
+    note_mem(true);
 }
 
 /// Before a lock acquisition of kind `kind` (a small number for
@@ -182,12 +187,14 @@ pub fn lock_point(kind: u8, g: Guard) {
     crate::mm::hooks::hook_unscheduled(Hook::LockAcquire);
 }
 
-/// Inside an operation, waiting until the u64 at `addr` differs from `value`.
+/// Inside an operation, waiting until the u64 at `addr` differs from
+/// `value`; the step after it goes on in the mm.
 pub fn wait_change(addr: u64, value: u64) {
     let Some(t) = me() else { return };
     let pc = OP_PC[t].load(Ordering::Relaxed) as u32;
     let g = Guard { kind: ex::guard::NE, addr, value, object: object::MEM };
     point(site::make(site::WAIT, pc, 0, 0), g);
+    note_mem(true);
 }
 
 /// A `barrier`: after arriving, wait until the counter at `addr` reaches `target`.

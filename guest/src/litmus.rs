@@ -370,12 +370,15 @@ fn thread_main(t: u64) {
     }
     let mut ctx = ThreadCtx { t };
     ctx.block(&b, &td, 0, td.n_instrs);
+    hooks::disarm();
+    // Leaving the mm is part of the thread's last step (shootdowns read
+    // which CPUs run the mm), so it happens before the turn passes on.
+    tlb::switch_to_kernel_mm();
     if scheduled {
+        explore::note_mem(true);
         explore::finish();
         explore::leave();
     }
-    hooks::disarm();
-    tlb::switch_to_kernel_mm();
     position(t).store(state::pos::STARTED | state::pos::FINISHED | state::pos::PC_MASK, Ordering::Release);
 }
 
