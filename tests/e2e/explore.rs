@@ -219,3 +219,38 @@ pub fn catalogue_check() -> Result<(), Failed> {
     );
     Ok(())
 }
+
+/// The reduction keeps every final state, each state's fewest
+/// preemptions and the witness: the same search with and without it
+/// reaches the same states and writes the same witness (S1 and S5 at K=1).
+pub fn reduction_keeps_states_and_witness() -> Result<(), Failed> {
+    for (file, policy) in [
+        ("tests/litmus/explore/s1-concurrent-zap.toml", BUGGY),
+        ("tests/litmus/explore/s5-cow-two-pages-device.toml", "notifier=end"),
+    ] {
+        let run = |extra: &[&str], tag: &str| -> Result<(Vec<String>, String), Failed> {
+            let wdir = scratch_dir(tag);
+            let f = repo().join(file);
+            let mut args = vec!["explore", "--preemptions", "1", "--seed", "6", "--policy", policy, "--witness-dir"];
+            args.push(wdir.to_str().unwrap());
+            args.extend_from_slice(extra);
+            args.push(f.to_str().unwrap());
+            let o = vmm(&args);
+            let (out, err) = text(&o);
+            ensure(o.status.code() == Some(0), || format!("vmm {args:?}\n{out}\n{err}"))?;
+            let mut states: Vec<String> =
+                out.lines().filter(|l| l.contains(">")).map(|l| l.split_once('>').unwrap().1.to_string()).collect();
+            states.sort();
+            let w = std::fs::read_dir(&wdir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|x| x == "toml"))
+                .ok_or("no witness")?;
+            Ok((states, std::fs::read_to_string(w)?))
+        };
+        let (s1, w1) = run(&[], "red")?;
+        let (s2, w2) = run(&["--no-reduction"], "plain")?;
+        ensure(s1 == s2, || format!("{file}: states differ: {s1:?} vs {s2:?}"))?;
+        ensure(w1 == w2, || format!("{file}: witnesses differ:\n{w1}\n---\n{w2}"))?;
+    }
+    Ok(())
+}

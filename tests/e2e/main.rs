@@ -387,6 +387,7 @@ fn main() {
         .push(kvm_trial("explore::shards_merge_into_the_single_search", explore::shards_merge_into_the_single_search));
     trials.push(kvm_trial("explore::limit_makes_never_inconclusive", explore::limit_makes_never_inconclusive));
     trials.push(kvm_trial("explore::pct_reports_its_bound", explore::pct_reports_its_bound));
+    trials.push(kvm_trial("explore::reduction_keeps_states_and_witness", explore::reduction_keeps_states_and_witness));
     trials.push(Trial::test("explore::litmus_leaves_explore_tests", explore::litmus_leaves_explore_tests));
     // Opt-in (several minutes): the acceptance run of issue 15.
     trials.push(kvm_trial("explore::catalogue_check", explore::catalogue_check).with_ignored_flag(true));
