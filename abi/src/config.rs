@@ -217,6 +217,10 @@ crate::wire_enum! {
         BenchTlb = 6,
         /// Native-TLB probes, `mode_arg` tries each.
         Probe = 7,
+        /// `vmm explore`: the litmus blob, one schedule per round at the
+        /// placement of iteration `mode_arg`, as long as the VMM has plans
+        /// (`EXPLORE_NEXT`, `abi::explore`).
+        Explore = 8,
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod dma;
+pub mod explore;
 pub mod hypercall;
 pub mod iommu;
 pub mod layout;

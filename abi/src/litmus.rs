@@ -292,6 +292,7 @@ byte_enum! {
         AfterPageLock = 23 => "after_page_lock",
         AfterInvalidateEnd = 24 => "after_invalidate_end",
         LockContended = 25 => "lock_contended",
+        LockAcquire = 26 => "lock_acquire",
     }
 }
 
@@ -324,6 +325,7 @@ impl Hook {
             Hook::AfterPageLock => "the page lock (lock_page / folio_lock) of the target page was taken",
             Hook::AfterInvalidateEnd => "mmu_notifier_invalidate_range_end returned (the secondary MMU was told, where the placement does it there)",
             Hook::LockContended => "a lock the operation needs (mmap_lock, VMA lock, PTL, page lock) is held by another thread: it is about to wait",
+            Hook::LockAcquire => "a lock (mmap_lock, VMA lock, page-table lock, page lock) is about to be taken: a scheduling point of vmm explore, where its witnesses pause",
         }
     }
 }

@@ -19,7 +19,8 @@
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 use abi::dma::{self as dmaabi, op as dop, OpRecord, ProgramHeader};
-use abi::hypercall::calls::{DmaSubmit, DmaSubmitRequest, LitmusIteration, LitmusResult};
+use abi::hypercall::calls::{DmaSubmit, DmaSubmitRequest, ExploreNext, LitmusIteration, LitmusResult};
+use abi::hypercall::Empty;
 use abi::hypercall::YIELD_PORT;
 use abi::layout::{self, PAGE_SIZE};
 use abi::limits;
@@ -36,7 +37,7 @@ use crate::mm::tlb;
 use crate::sync::SpinLock;
 use crate::trace::{self, Kind};
 use crate::trap::{probe_cmpxchg_u64, probe_read_u64, probe_write_u64, probe_xadd_u64, probe_xchg_u64, Probe};
-use crate::{arch, hypercall, report, smp, time};
+use crate::{arch, explore, hypercall, report, smp, time};
 
 /// The test's limits (`abi::limits`): `Blob::parse` refuses a blob beyond
 /// them, so the tables below are never indexed past their ends.
@@ -124,8 +125,10 @@ fn perm_flags(p: Perm) -> u8 {
     }
 }
 
-/// `GuestMode::Litmus`: run iterations `first` … `iterations - 1`.
-pub fn run(first: u64) -> u32 {
+/// `GuestMode::Litmus`: run iterations `first` … `iterations - 1`;
+/// `GuestMode::Explore` (`explore`): run the VMM's schedules, each at the
+/// placement of iteration `first`, until it has no more.
+pub fn run(first: u64, explore: bool) -> u32 {
     // SAFETY: the VMM wrote the blob into this reserved, identity-mapped
     // region before boot; nothing writes it afterwards.
     let bytes =
@@ -153,10 +156,18 @@ pub fn run(first: u64) -> u32 {
         crate::iommu::init();
     }
     PARTICIPANTS.store(h.n_threads as u64, Ordering::Relaxed);
-    for it in first..h.iterations as u64 {
-        state_word(state::ITERATION).store(it, Ordering::Release);
-        run_iteration(&b, it);
-        state_word(state::DONE).fetch_add(1, Ordering::AcqRel);
+    if explore {
+        while hypercall::call::<ExploreNext>(Empty).more.get() {
+            state_word(state::ITERATION).store(first, Ordering::Release);
+            run_iteration(&b, first);
+            state_word(state::DONE).fetch_add(1, Ordering::AcqRel);
+        }
+    } else {
+        for it in first..h.iterations as u64 {
+            state_word(state::ITERATION).store(it, Ordering::Release);
+            run_iteration(&b, it);
+            state_word(state::DONE).fetch_add(1, Ordering::AcqRel);
+        }
     }
     state_word(state::PHASE).store(state::PHASE_IDLE, Ordering::Release);
     abi::exit::SUCCESS
@@ -359,10 +370,21 @@ fn thread_main(t: u64) {
     // Which vCPU runs which thread this iteration, for trace readers.
     trace::emit(Kind::ThreadStart, 0, t as u64, 0);
     tlb::switch_mm(&TEST_MM.pt());
+    let scheduled = explore::iteration_active();
+    if scheduled {
+        explore::enter(t);
+    }
     let mut ctx = ThreadCtx { t };
     ctx.block(&b, &td, 0, td.n_instrs);
     hooks::disarm();
+    // Leaving the mm is part of the thread's last step (shootdowns read
+    // which CPUs run the mm), so it happens before the turn passes on.
     tlb::switch_to_kernel_mm();
+    if scheduled {
+        explore::note_mem(true);
+        explore::finish();
+        explore::leave();
+    }
     position(t).store(state::pos::STARTED | state::pos::FINISHED | state::pos::PC_MASK, Ordering::Release);
 }
 
@@ -401,6 +423,7 @@ impl ThreadCtx {
             let Some(ins) = b.thread_instr(td, pc) else { return };
             let len = b.item_len(td, pc).unwrap_or(1);
             self.publish(pc, None);
+            explore::instr_point(pc, guard_of(&ins));
             if ins.op() == Op::Loop {
                 for _ in 0..ins.imm {
                     self.block(b, td, pc + 1, pc + 1 + ins.len);
@@ -435,6 +458,7 @@ impl ThreadCtx {
         let value = |p: Probe| if p.faulted != 0 { VALUE_FAULT } else { p.value };
         match op {
             Op::Load | Op::Store | Op::Xchg | Op::Cmpxchg | Op::FetchAdd if is_var => {
+                explore::note_var(ins.loc, op != Op::Load);
                 let w = var_word(ins.loc);
                 let old = match op {
                     Op::Load => w.load(Ordering::SeqCst),
@@ -449,29 +473,34 @@ impl ThreadCtx {
                 self.set(ins.dst, old);
             }
             Op::Load => {
+                Self::note_access(op);
                 // SAFETY: a probe access: a fault the mm cannot resolve resumes at its fixup.
                 let v = value(unsafe { probe_read_u64(va) });
                 trace::emit(Kind::Access, va, v, 0);
                 self.set(ins.dst, v);
             }
             Op::Store => {
+                Self::note_access(op);
                 // SAFETY: as above.
                 let p = unsafe { probe_write_u64(va, v1) };
                 trace::emit(Kind::Access, va, if p.faulted != 0 { VALUE_FAULT } else { v1 }, 1);
             }
             Op::Xchg => {
+                Self::note_access(op);
                 // SAFETY: as above.
                 let v = value(unsafe { probe_xchg_u64(va, v1) });
                 trace::emit(Kind::Access, va, v, 2);
                 self.set(ins.dst, v);
             }
             Op::Cmpxchg => {
+                Self::note_access(op);
                 // SAFETY: as above.
                 let v = value(unsafe { probe_cmpxchg_u64(va, v1, v2) });
                 trace::emit(Kind::Access, va, v, 2);
                 self.set(ins.dst, v);
             }
             Op::FetchAdd => {
+                Self::note_access(op);
                 // SAFETY: as above.
                 let v = value(unsafe { probe_xadd_u64(va, v1) });
                 trace::emit(Kind::Access, va, v, 2);
@@ -483,10 +512,18 @@ impl ThreadCtx {
         }
     }
 
+    /// Notes, for `vmm explore`, what a memory access to the test mm did:
+    /// a load reads the mm (a TLB hit, or a fill that sets the A bit, which
+    /// commutes with other fills); anything else may change it.
+    fn note_access(op: Op) {
+        explore::note_mem(op != Op::Load);
+    }
+
     /// The sync ops (also the only ops of hook groups).
     fn sync(&mut self, ins: &lt::Instr) {
         match ins.op() {
             Op::Wait => {
+                explore::note_var(ins.loc, false);
                 let w = var_word(ins.loc);
                 let eq = WaitCmp::from_u8(ins.arg) == Some(WaitCmp::Eq);
                 loop {
@@ -499,13 +536,16 @@ impl ThreadCtx {
             }
             Op::Signal => {
                 let v = if ins.src != NO_REG { self.reg(ins.src) } else { ins.imm };
+                explore::note_var(ins.loc, true);
                 var_word(ins.loc).store(v, Ordering::Release);
             }
             Op::Barrier => {
                 let passed = BARRIERS_PASSED[self.t].fetch_add(1, Ordering::Relaxed) + 1;
                 let target = passed * PARTICIPANTS.load(Ordering::Relaxed);
                 let w = state_word(state::BARRIER);
+                explore::note_barrier();
                 w.fetch_add(1, Ordering::AcqRel);
+                explore::barrier_point(w as *const AtomicU64 as u64, target);
                 while w.load(Ordering::Acquire) < target {
                     relax();
                 }
@@ -520,6 +560,7 @@ impl ThreadCtx {
     }
 
     fn mm_op(&mut self, ins: &lt::Instr, op: Op, va: u64, _v1: u64) {
+        explore::note_mem(true);
         let va2 = if ins.loc2 != NO_LOC { LOC_VA[ins.loc2 as usize].load(Ordering::Relaxed) } else { 0 };
         trace::emit(Kind::OpBegin, va, op as u64, 0);
         match op {
@@ -587,6 +628,22 @@ impl ThreadCtx {
     }
 }
 
+/// When instruction `ins` can take its step under `vmm explore`: a `wait`
+/// when its word satisfies it; everything else at once (a `barrier` waits
+/// at its own point after arriving).
+fn guard_of(ins: &lt::Instr) -> abi::explore::Guard {
+    use abi::explore::{guard, object, Guard};
+    if ins.op() != Op::Wait {
+        return Guard::NONE;
+    }
+    let addr = var_word(ins.loc) as *const AtomicU64 as u64;
+    let obj = object::VAR + ins.loc;
+    match WaitCmp::from_u8(ins.arg) {
+        Some(WaitCmp::Eq) => Guard { kind: guard::EQ, addr, value: ins.imm, object: obj },
+        _ => Guard { kind: guard::NONZERO, addr, value: 0, object: obj },
+    }
+}
+
 /// An armed hook fired for the `n`-th time in this op: run the op's group
 /// for it (`at HOOK#n`, else `at HOOK`). `arg` = thread | pc << 16.
 fn run_hook(h: Hook, n: u32, arg: u64) {
@@ -600,6 +657,7 @@ fn run_hook(h: Hook, n: u32, arg: u64) {
     while at < end {
         if let Some(ins) = b.thread_instr(&td, at) {
             ctx.publish(at, Some(h));
+            explore::point(abi::explore::site::make(abi::explore::site::INSTR, at, 0, 0), guard_of(&ins));
             ctx.sync(&ins);
         }
         at += 1;

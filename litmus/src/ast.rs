@@ -25,9 +25,23 @@ pub struct Test {
     pub condition: Condition,
     /// `[expect]` entries in file order.
     pub expect: Vec<Expectation>,
+    /// `[explore]`: a test written for `vmm explore` (no hooks that force
+    /// an interleaving); its `[expect]` verdicts hold for a search within
+    /// this bound, not for `vmm litmus`'s free-running iterations.
+    pub explore: Option<ExploreSpec>,
     /// Hex MD5 of the normalised test (locations, code, condition; not the
     /// name, doc or expectations), like litmus7's `Hash=`.
     pub hash: String,
+}
+
+/// Preemption bound of an `[explore]` table that names none.
+pub const DEFAULT_EXPLORE_PREEMPTIONS: u32 = 2;
+
+/// What an `[explore]` table says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExploreSpec {
+    /// The search bound the `[expect]` verdicts are for (`preemptions = K`).
+    pub preemptions: u32,
 }
 
 impl Test {

@@ -47,9 +47,33 @@ static CATALOGUE: &[(&str, &str)] = entries![
     "examples/zap-device-range-end.toml",
 ];
 
+/// The hook-free versions of the catalogue's races (`[explore]` tests):
+/// `vmm explore` searches their schedules, `vmm litmus` does not run them.
+static EXPLORE: &[(&str, &str)] = entries![
+    "explore/s1-concurrent-zap.toml",
+    "explore/s1-device-concurrent-zap.toml",
+    "explore/s2-deferred-wrprotect-cow.toml",
+    "explore/s5-cow-two-pages-device.toml",
+    "explore/s6-dirty-shared-zap-writeback.toml",
+    "explore/s7-ksm-device-store.toml",
+    "explore/s8-device-freed-page-reuse.toml",
+    "explore/mremap-stale-after-unlock.toml",
+    "explore/reclaim-batched-vs-mprotect.toml",
+];
+
 /// `(file name relative to tests/litmus/, source)` for every catalogue file.
 pub fn catalogue() -> &'static [(&'static str, &'static str)] {
     CATALOGUE
+}
+
+/// `(file name relative to tests/litmus/, source)` for every `[explore]` test.
+pub fn explore_catalogue() -> &'static [(&'static str, &'static str)] {
+    EXPLORE
+}
+
+/// The `[explore]` tests as `check_all` input (`vmm explore` with no paths).
+pub fn explore_sources() -> Vec<(String, String)> {
+    EXPLORE.iter().map(|(n, s)| (format!("tests/litmus/{n}"), s.to_string())).collect()
 }
 
 /// The catalogue as `check_all` input, file names prefixed with
@@ -83,17 +107,26 @@ mod tests {
         let mut on_disk = Vec::new();
         files_in(&dir, "", &mut on_disk);
         on_disk.sort();
-        let mut listed: Vec<String> = catalogue().iter().map(|(n, _)| n.to_string()).collect();
+        let mut listed: Vec<String> =
+            catalogue().iter().chain(explore_catalogue()).map(|(n, _)| n.to_string()).collect();
         listed.sort();
-        assert_eq!(on_disk, listed, "catalogue() must list every file in tests/litmus/");
-        for (name, src) in catalogue() {
+        assert_eq!(on_disk, listed, "catalogue() and explore_catalogue() must list every file in tests/litmus/");
+        for (name, src) in catalogue().iter().chain(explore_catalogue()) {
             // The embedded copy is the file on disk.
             assert_eq!(std::fs::read_to_string(dir.join(name)).unwrap(), *src, "{name}");
             let r = check_source(name, src);
             assert!(r.diagnostics.is_empty(), "{name}:\n{}", crate::diag::render_all(&r.diagnostics));
             let t = r.test.unwrap();
             assert!(!t.expect.is_empty(), "{name} has no [expect]");
+            // `[explore]` tests and only they live under explore/, and they
+            // pause no kernel path (no hooks).
+            assert_eq!(t.explore.is_some(), name.starts_with("explore/"), "{name}");
+            if t.explore.is_some() {
+                assert!(t.threads.iter().all(|th| th.code.iter().all(|s| s.hooks.is_empty())), "{name} has hooks");
+            }
         }
+        let (explore, _) = check_all(&explore_sources()).expect("explore tests check");
+        assert_eq!(explore.len(), explore_catalogue().len());
         let (tests, warnings) = check_all(&catalogue_sources()).expect("catalogue checks");
         assert!(warnings.is_empty());
         // Test names are unique.

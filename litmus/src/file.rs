@@ -39,6 +39,14 @@ struct RawFile {
     fin: Option<Spanned<RawFinal>>,
     #[serde(default)]
     expect: BTreeMap<Spanned<String>, Spanned<String>>,
+    /// A test for `vmm explore`: its `[expect]` holds for the search.
+    explore: Option<Spanned<RawExplore>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExplore {
+    preemptions: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -386,6 +394,17 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
     let expect = check_expect(c, &raw, &threads);
     let (observed, condition) = fin?;
 
+    let explore = raw.explore.as_ref().and_then(|e| {
+        let preemptions = match &e.get_ref().preemptions {
+            None => crate::ast::DEFAULT_EXPLORE_PREEMPTIONS,
+            Some(k) if (0..=64).contains(k.get_ref()) => *k.get_ref() as u32,
+            Some(k) => {
+                c.error(span(k), "`preemptions` is a preemption bound from 0 to 64");
+                return None;
+            }
+        };
+        Some(crate::ast::ExploreSpec { preemptions })
+    });
     let mut test = Test {
         file: c.file.name.clone(),
         name,
@@ -395,6 +414,7 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
         observed,
         condition,
         expect,
+        explore,
         hash: String::new(),
     };
     test.hash = test_hash(&test);

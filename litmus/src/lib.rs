@@ -52,11 +52,13 @@ pub mod compare;
 pub mod compile;
 pub mod cond;
 pub mod diag;
+pub mod explore_results;
 pub mod file;
 pub mod format;
 pub mod fuzzing;
 pub mod herdlog;
 pub mod kernels;
+pub mod linux_sites;
 pub mod logdir;
 pub mod merge;
 pub mod policy;
@@ -64,9 +66,10 @@ pub mod results;
 pub mod results_file;
 pub mod shard;
 pub mod tap;
+pub mod witness;
 
 pub use ast::{herd_value, CondKind, Condition, Expectation, Expr, Location, Observable, Stmt, Test, Thread, Verdict};
-pub use catalogue::{catalogue, catalogue_sources};
+pub use catalogue::{catalogue, catalogue_sources, explore_catalogue, explore_sources};
 pub use compile::{compile, disassemble, CompileError, CompileOptions, Compiled};
 pub use diag::{decode_source, render_all, Diagnostic, Severity, SourceFile};
 pub use file::{

@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
+mod explore;
 mod frontend;
 mod hostile;
 mod litmus;
@@ -383,6 +384,16 @@ fn main() {
         results::four_merged_shards_equal_the_unsharded_run,
     ));
     trials.push(kvm_trial("results::baseline_and_compare", results::baseline_and_compare));
+    trials.push(kvm_trial("explore::s1_found_and_witness_replays", explore::s1_found_and_witness_replays));
+    trials.push(kvm_trial("explore::same_seed_same_search", explore::same_seed_same_search));
+    trials
+        .push(kvm_trial("explore::shards_merge_into_the_single_search", explore::shards_merge_into_the_single_search));
+    trials.push(kvm_trial("explore::limit_makes_never_inconclusive", explore::limit_makes_never_inconclusive));
+    trials.push(kvm_trial("explore::pct_reports_its_bound", explore::pct_reports_its_bound));
+    trials.push(kvm_trial("explore::reduction_keeps_states_and_witness", explore::reduction_keeps_states_and_witness));
+    trials.push(Trial::test("explore::litmus_leaves_explore_tests", explore::litmus_leaves_explore_tests));
+    // Opt-in (several minutes): the acceptance run of issue 15.
+    trials.push(kvm_trial("explore::catalogue_check", explore::catalogue_check).with_ignored_flag(true));
     trials.push(kvm_trial("results::log_dir_one_log_per_policy", results::log_dir_one_log_per_policy));
     trials.push(kvm_trial("results::tap_for_kernel_ci", results::tap_for_kernel_ci));
     trials.push(kvm_trial("results::progress_on_stderr", results::progress_on_stderr));

@@ -292,6 +292,18 @@ crate::hypercall!(
 );
 
 crate::wire_struct! {
+    /// `EXPLORE_NEXT`'s reply: whether the VMM wrote another schedule's
+    /// plan into the explore area (`abi::explore`).
+    pub struct ExploreNextReply { pub more: Flag }
+}
+crate::hypercall!(
+    /// `vmm explore`: the previous schedule (if any) is over — its log is in
+    /// the explore area, its values came with `LITMUS_RESULT`; the VMM writes
+    /// the next schedule's plan, or says the search is over.
+    ExploreNext = ExploreNext(Empty) -> ExploreNextReply
+);
+
+crate::wire_struct! {
     /// `TRACE_DRAIN`'s reply: records consumed.
     pub struct TraceDrainReply { pub consumed: u64 }
 }

@@ -31,6 +31,12 @@ pub const NOP_PORT: u16 = 0x0512;
 /// vCPU thread): litmus threads waiting on a flag use it so that, with more
 /// vCPUs than host cores, the thread they wait for gets to run.
 pub const YIELD_PORT: u16 = 0x0513;
+/// `vmm explore`: a 32-bit write of thread index t parks this vCPU until the
+/// explore area's turn word names t, for at most about a millisecond (the
+/// caller loops). A port write, not a hypercall (which runs with interrupts
+/// off), so the vCPU goes back into the guest with interrupts enabled and a
+/// shootdown IPI sent meanwhile reaches it.
+pub const EXPLORE_PARK_PORT: u16 = 0x0515;
 /// 16550 UART (COM1).
 pub const SERIAL_PORT: u16 = 0x03f8;
 
@@ -90,7 +96,8 @@ crate::wire_enum! {
         DmaSubmit = 17,
         IommuStats = 18,
         LitmusResult = 19,
-        // 20..=22 reserved for the litmus runner; 25..=27 for tracing.
+        ExploreNext = 20,
+        // 21..=22 reserved for the litmus runner; 25..=27 for tracing.
         TraceDrain = 24,
         PageOp = 28,
         LastAssert = 29,
@@ -122,6 +129,7 @@ impl Op {
             Op::DmaSubmit => "DMA_SUBMIT",
             Op::IommuStats => "IOMMU_STATS",
             Op::LitmusResult => "LITMUS_RESULT",
+            Op::ExploreNext => "EXPLORE_NEXT",
             Op::TraceDrain => "TRACE_DRAIN",
             Op::PageOp => "PAGE_OP",
             Op::LastAssert => "LAST_ASSERT",

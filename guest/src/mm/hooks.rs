@@ -77,6 +77,15 @@ pub const fn bit(h: Hook) -> u32 {
 /// A named point in the mm code; a no-op unless armed on this CPU.
 #[inline]
 pub fn hook(h: Hook) {
+    // Under `vmm explore` every hook is a scheduling point.
+    crate::explore::hook_point(h);
+    hook_unscheduled(h);
+}
+
+/// A named point that is not a scheduling point of its own (the caller
+/// made one, e.g. a lock acquisition with its guard).
+#[inline]
+pub fn hook_unscheduled(h: Hook) {
     crate::trace::emit(crate::trace::Kind::Hook, 0, h as u64, 0);
     let c = percpu::cpu() as usize;
     let mask = MASK[c].load(Ordering::Acquire);

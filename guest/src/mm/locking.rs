@@ -7,8 +7,10 @@
 //! Every acquisition of every lock kind goes through [`acquire`] (one place
 //! where a thread may wait, fires the `lock_contended` hook when it must,
 //! and records the lock in the trace) or, for a single try, through
-//! [`try_acquire`] — the two points a scheduler (`vmm explore`) serialises
-//! threads at.
+//! [`try_acquire`] — the two scheduling points of `vmm explore` at a lock
+//! (`crate::explore::lock_point`, which also fires `lock_acquire`). Under
+//! the scheduler a thread waiting for a lock is not runnable: [`Free`] says
+//! how the scheduler sees that the lock is free.
 //!
 //! Simplifications (docs/modelling.md): rwsem readers may take the lock
 //! whenever no writer holds it (Linux's reader lock stealing, rwsem.c; the
@@ -20,6 +22,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use abi::explore::{guard, object, Guard};
 use abi::litmus::Hook;
 use abi::policy::FaultLock;
 use abi::trace::lock_kind;
@@ -30,16 +33,43 @@ use super::page::relax;
 use super::policy;
 use crate::trace::{self, Kind};
 
+/// How `vmm explore`'s scheduler sees that a lock a thread waits for is
+/// free (the thread is not runnable until then).
+pub enum Free<'a> {
+    /// This test of one word holds when the lock can be taken.
+    When(Guard),
+    /// The lock's state is more than one word: the waiter retries after
+    /// every change of this counter (a spurious retry just waits again).
+    OnChange(&'a AtomicU64),
+}
+
 /// Takes a lock: `try_lock` until it succeeds. The one place a thread of
 /// the mm model waits for a lock (`kind` = `abi::trace::lock_kind`, `id` =
 /// the lock's address); the first failed try fires `lock_contended`.
-pub fn acquire(kind: u64, id: u64, mut try_lock: impl FnMut() -> bool) {
+pub fn acquire(kind: u64, id: u64, free: Free<'_>, mut try_lock: impl FnMut() -> bool) {
+    let guard = match free {
+        Free::When(g) => g,
+        Free::OnChange(_) => Guard::NONE,
+    };
+    crate::explore::lock_point(kind as u8, guard);
     let mut waited = false;
     let mut spins = 0u32;
-    while !try_lock() {
+    loop {
+        let seen = match free {
+            Free::OnChange(w) => w.load(Ordering::Acquire),
+            Free::When(_) => 0,
+        };
+        if try_lock() {
+            break;
+        }
         if !waited {
             waited = true;
             hook(Hook::LockContended);
+        }
+        if let Free::OnChange(w) = free {
+            // Under the scheduler nothing changes between the try and
+            // here; elsewhere this is a no-op.
+            crate::explore::wait_change(w as *const AtomicU64 as u64, seen);
         }
         relax(&mut spins);
     }
@@ -53,6 +83,7 @@ pub fn acquire(kind: u64, id: u64, mut try_lock: impl FnMut() -> bool) {
 /// One try at a lock (`*_trylock`, `lock_vma_under_rcu`): the other place a
 /// lock is taken, never waiting; traced when it succeeds.
 pub fn try_acquire(kind: u64, id: u64, try_lock: impl FnOnce() -> bool) -> bool {
+    crate::explore::lock_point(kind as u8, Guard::NONE);
     let ok = try_lock();
     if ok {
         trace::emit(Kind::LockAcquire, id, kind, 0);
@@ -91,6 +122,16 @@ impl MmapLock {
     fn try_write(&self) -> bool {
         self.state.compare_exchange(0, WRITER, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
+
+    /// For the scheduler: free for a reader (no writer) or for a writer (0).
+    fn free_for(&self, write: bool) -> Free<'static> {
+        let addr = &self.state as *const AtomicU64 as u64;
+        Free::When(if write {
+            Guard { kind: guard::EQ, addr, value: 0, object: object::MEM }
+        } else {
+            Guard { kind: guard::MASK_ZERO, addr, value: WRITER, object: object::MEM }
+        })
+    }
 }
 
 impl Default for MmapLock {
@@ -115,13 +156,13 @@ fn mm_id(mm: &MmStruct) -> u64 {
 
 /// `mmap_read_lock`.
 pub fn mmap_read_lock(mm: &MmStruct) -> MmapReadGuard<'_> {
-    acquire(lock_kind::MMAP_READ, mm_id(mm), || mm.mmap_lock.try_read());
+    acquire(lock_kind::MMAP_READ, mm_id(mm), mm.mmap_lock.free_for(false), || mm.mmap_lock.try_read());
     MmapReadGuard { mm }
 }
 
 /// `mmap_write_lock`.
 pub fn mmap_write_lock(mm: &MmStruct) -> MmapWriteGuard<'_> {
-    acquire(lock_kind::MMAP_WRITE, mm_id(mm), || mm.mmap_lock.try_write());
+    acquire(lock_kind::MMAP_WRITE, mm_id(mm), mm.mmap_lock.free_for(true), || mm.mmap_lock.try_write());
     MmapWriteGuard { mm }
 }
 
@@ -159,14 +200,20 @@ impl Drop for MmapWriteGuard<'_> {
 
 // ---------------------------------------------------------------- VMA locks
 
+/// Faults inside VMAs at once; a fault that finds the table full falls
+/// back to mmap_read_lock, as one whose VMA lock try fails.
 const MAX_VMA_READERS: usize = 16;
-const MAX_VMA_WLOCKED: usize = 16;
+/// Disjoint write-locked ranges: at most one per VMA.
+const MAX_VMA_WLOCKED: usize = super::mm_types::MAX_VMAS;
 
 /// The per-VMA locks of an mm (v6.4+): which VMA ranges faults are inside
 /// (`vma_start_read`), and which ranges the current mmap_lock writer has
 /// write-locked (`vma_start_write`, until `vma_end_write_all`).
 pub struct VmaLocks {
     inner: crate::sync::SpinLock<VmaLockTable>,
+    /// Bumped whenever a fault enters or leaves a VMA: what a
+    /// `vma_start_write` waiting under the scheduler waits to change.
+    readers_changed: AtomicU64,
 }
 
 struct VmaLockTable {
@@ -187,6 +234,7 @@ impl VmaLocks {
                 wlocked: [(0, 0); MAX_VMA_WLOCKED],
                 nwlocked: 0,
             }),
+            readers_changed: AtomicU64::new(0),
         }
     }
 
@@ -210,11 +258,13 @@ impl VmaLocks {
         }
         if let Some(s) = t.readers.iter_mut().find(|s| s.2 > 0 && s.0 == start && s.1 == end) {
             s.2 += 1;
+            self.readers_changed.fetch_add(1, Ordering::Release);
             return true;
         }
         match t.readers.iter_mut().find(|s| s.2 == 0) {
             Some(s) => {
                 *s = (start, end, 1);
+                self.readers_changed.fetch_add(1, Ordering::Release);
                 true
             }
             None => false,
@@ -225,14 +275,33 @@ impl VmaLocks {
         let mut t = self.inner.lock();
         if let Some(s) = t.readers.iter_mut().find(|s| s.2 > 0 && s.0 == start && s.1 == end) {
             s.2 -= 1;
+            self.readers_changed.fetch_add(1, Ordering::Release);
         }
     }
 
+    /// Marks `[start, end)` write-locked. Marking is idempotent and
+    /// overlapping marks merge (Linux's `vma_start_write` returns at once
+    /// for a VMA this writer already locked), so the marks stay disjoint
+    /// and at most one per VMA the mm can have.
     fn mark_write(&self, start: u64, end: u64) {
         let mut t = self.inner.lock();
+        let (mut lo, mut hi) = (start, end);
+        let mut i = 0;
+        while i < t.nwlocked {
+            let w = t.wlocked[i];
+            if w.0 <= hi && lo <= w.1 {
+                lo = lo.min(w.0);
+                hi = hi.max(w.1);
+                let last = t.nwlocked - 1;
+                t.wlocked[i] = t.wlocked[last];
+                t.nwlocked = last;
+            } else {
+                i += 1;
+            }
+        }
         let n = t.nwlocked;
         crate::guest_assert!(n < MAX_VMA_WLOCKED, "more than {} VMAs write-locked at once", MAX_VMA_WLOCKED);
-        t.wlocked[n] = (start, end);
+        t.wlocked[n] = (lo, hi);
         t.nwlocked += 1;
     }
 
@@ -256,7 +325,8 @@ pub fn vma_start_write(mm: &MmStruct, _w: &MmapWriteGuard<'_>, start: u64, end: 
         return;
     }
     mm.vma_locks.mark_write(start, end);
-    acquire(lock_kind::VMA_WRITE, start, || !mm.vma_locks.readers_in(start, end));
+    let changed = Free::OnChange(&mm.vma_locks.readers_changed);
+    acquire(lock_kind::VMA_WRITE, start, changed, || !mm.vma_locks.readers_in(start, end));
 }
 
 /// What the page-fault path holds (`lock_mm_and_find_vma` /
@@ -301,7 +371,13 @@ pub fn lock_for_fault(mm: &MmStruct, va: u64) -> FaultGuard<'_> {
 /// `folio_lock` of the page at `pa`, whose `struct page` flags word is
 /// `flags` (`PG_locked` = `bit`).
 pub fn lock_page(pa: u64, flags: &core::sync::atomic::AtomicU32, bit: u32) {
-    acquire(lock_kind::PAGE, pa, || flags.fetch_or(bit, Ordering::Acquire) & bit == 0);
+    let free = Guard {
+        kind: guard::MASK32_ZERO,
+        addr: flags as *const core::sync::atomic::AtomicU32 as u64,
+        value: bit as u64,
+        object: object::MEM,
+    };
+    acquire(lock_kind::PAGE, pa, Free::When(free), || flags.fetch_or(bit, Ordering::Acquire) & bit == 0);
 }
 
 /// `folio_trylock`: true if the lock was free (and is now ours).

@@ -336,6 +336,12 @@ impl MmStruct {
     pub(super) fn migration_entry_wait(&self, va: u64, orig: u64) {
         let mut spins = 0u32;
         while self.pte_lockless(va) == orig {
+            if let Some(ptep) = self.pt().pte_lookup(va) {
+                crate::explore::wait_change(ptep, orig);
+            }
+            if self.pte_lockless(va) != orig {
+                break;
+            }
             page::relax(&mut spins);
         }
     }

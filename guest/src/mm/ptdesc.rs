@@ -73,7 +73,13 @@ impl PteTable {
     /// `pte_offset_map_lock` for the table at `table` that maps `va`'s 2 MiB.
     pub fn lock(table: u64, va: u64) -> PteTable {
         let d = ptdesc(table);
-        super::locking::acquire(abi::trace::lock_kind::PTL, table, || {
+        let free = abi::explore::Guard {
+            kind: abi::explore::guard::BYTE_ZERO,
+            addr: &d.ptl as *const AtomicBool as u64,
+            value: 0,
+            object: abi::explore::object::MEM,
+        };
+        super::locking::acquire(abi::trace::lock_kind::PTL, table, super::locking::Free::When(free), || {
             d.ptl.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
         });
         let base = va & !(PMD_SIZE - 1);

@@ -110,14 +110,33 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 /// Loads and checks every test; nothing runs if any file is invalid.
+/// `[explore]` tests (written for `vmm explore`: their verdicts hold for a
+/// schedule search) are left out, with a note on stderr.
 pub fn load(paths: &[PathBuf]) -> Result<Vec<Test>> {
     load_with(paths, &CheckOptions::default())
 }
 
 /// [`load`] with check options (`--allow-hypothetical`).
 pub fn load_with(paths: &[PathBuf], opts: &CheckOptions) -> Result<Vec<Test>> {
+    let (tests, skipped) =
+        load_all(paths, litmus::catalogue_sources, opts)?.into_iter().partition::<Vec<_>, _>(|t| t.explore.is_none());
+    for t in &skipped {
+        log::info!("{}: an [explore] test, left to `vmm explore` ({})", t.name, t.file);
+    }
+    if tests.is_empty() && !skipped.is_empty() {
+        return Err(Error::Usage(format!(
+            "every test given is an [explore] test; run them with `vmm explore` ({})",
+            skipped.iter().map(|t| t.file.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(tests)
+}
+
+/// Loads and checks every test of `paths` (none: `default()`'s); nothing
+/// runs if any file is invalid.
+pub fn load_all(paths: &[PathBuf], default: fn() -> Vec<(String, String)>, opts: &CheckOptions) -> Result<Vec<Test>> {
     let (tests, warnings) = if paths.is_empty() {
-        litmus::check_all_with(&litmus::catalogue_sources(), opts)
+        litmus::check_all_with(&default(), opts)
     } else {
         litmus::load_files_with(
             &collect_paths(paths)?,
@@ -130,6 +149,64 @@ pub fn load_with(paths: &[PathBuf], opts: &CheckOptions) -> Result<Vec<Test>> {
         eprint!("{}", render_all(&warnings));
     }
     Ok(tests)
+}
+
+/// The rows (policies) each test runs under, as `vmm litmus` and `vmm
+/// explore` choose them: `--policy` (or the test's `[expect]` policies)
+/// over the command line's overrides, `--kernel PROFILE` setting the
+/// profile, or with `--kernel all` every profile with the given keys.
+pub struct Rows {
+    policies: Vec<Policy>,
+    pub overrides: Policy,
+    kernel_all: bool,
+}
+
+impl Rows {
+    /// `overrides`: the command line's keys (TLB models…); `kernel`: `--kernel`.
+    pub fn new(policies: &[Policy], mut overrides: Policy, kernel: Option<&str>) -> Result<Rows> {
+        if let Some(k) = kernel.filter(|k| *k != "all") {
+            let p = Policy::parse(&format!("kernel={k}")).map_err(|e| Error::Litmus(format!("--kernel {k}: {e}")))?;
+            overrides = p.merged(&overrides);
+        }
+        for p in policies {
+            if p.kernel_range().is_some() {
+                return Err(Error::Litmus(format!(
+                    "--policy {}: a kernel range runs with --kernel all, not --policy",
+                    p.canonical()
+                )));
+            }
+        }
+        Ok(Rows { policies: policies.to_vec(), overrides, kernel_all: kernel == Some("all") })
+    }
+
+    /// The rows of `test`, in order.
+    pub fn of(&self, test: &Test) -> Vec<Policy> {
+        if self.kernel_all {
+            let base: Vec<Policy> = if self.policies.is_empty() { vec![self.overrides] } else { self.policies.clone() };
+            base.iter().flat_map(|p| kernel_matrix(&p.merged(&self.overrides))).collect()
+        } else {
+            policy_matrix(&self.policies, &test.expect_policies(), &self.overrides)
+        }
+    }
+
+    /// Every row must be a kernel that existed, unless asked otherwise
+    /// (`--allow-hypothetical`): refused before anything runs.
+    pub fn refuse_hypothetical(&self, tests: &[Test], extra: Option<Policy>) -> Result<()> {
+        for test in tests {
+            for p in self.of(test).into_iter().chain(extra) {
+                let r = p.reality();
+                if r.is_hypothetical() {
+                    return Err(Error::Litmus(format!(
+                        "{}: policy `{}` is no kernel that existed: {}\n(run with --allow-hypothetical to run it anyway, labelled hypothetical)",
+                        test.name,
+                        p.canonical(),
+                        r.to_string().trim_start_matches("hypothetical: ")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What happened to one (test, policy).
@@ -196,45 +273,11 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     if let Some(on) = args.pwc {
         overrides.set_pwc(on);
     }
-    if let Some(k) = args.kernel.as_deref().filter(|k| *k != "all") {
-        let p = Policy::parse(&format!("kernel={k}")).map_err(|e| Error::Litmus(format!("--kernel {k}: {e}")))?;
-        overrides = p.merged(&overrides);
-    }
-    for p in &args.policies {
-        if p.kernel_range().is_some() {
-            return Err(Error::Litmus(format!(
-                "--policy {}: a kernel range runs with --kernel all, not --policy",
-                p.canonical()
-            )));
-        }
-    }
-    let baseline = args.baseline.map(|b| b.merged(&overrides));
-    // The rows of a test: its [expect] policies (or --policy), or with
-    // --kernel all every profile with the given keys.
-    let rows_of = |test: &Test| -> Vec<Policy> {
-        if kernel_all {
-            let base: Vec<Policy> = if args.policies.is_empty() { vec![overrides] } else { args.policies.clone() };
-            base.iter().flat_map(|p| kernel_matrix(&p.merged(&overrides))).collect()
-        } else {
-            policy_matrix(&args.policies, &test.expect_policies(), &overrides)
-        }
-    };
-    // Every row must be a kernel that existed, unless asked otherwise:
-    // refuse before anything runs.
+    let rows = Rows::new(&args.policies, overrides, args.kernel.as_deref())?;
+    let baseline = args.baseline.map(|b| b.merged(&rows.overrides));
+    let rows_of = |test: &Test| rows.of(test);
     if !args.allow_hypothetical {
-        for test in &tests {
-            for p in rows_of(test).into_iter().chain(baseline) {
-                let r = p.reality();
-                if r.is_hypothetical() {
-                    return Err(Error::Litmus(format!(
-                        "{}: policy `{}` is no kernel that existed: {}\n(run with --allow-hypothetical to run it anyway, labelled hypothetical)",
-                        test.name,
-                        p.canonical(),
-                        r.to_string().trim_start_matches("hypothetical: ")
-                    )));
-                }
-            }
-        }
+        rows.refuse_hypothetical(&tests, baseline)?;
     }
     let mut log_dir = match &args.log_dir {
         Some(d) => Some(
@@ -485,7 +528,7 @@ fn write_json(path: &Path, results: &ResultsFile, planned: usize, end: &str) -> 
 }
 
 /// The IOMMU a policy asks for.
-fn iommu_config(policy: &Policy, seed: u64) -> IommuConfig {
+pub fn iommu_config(policy: &Policy, seed: u64) -> IommuConfig {
     let mut cfg = IommuConfig { seed, ..IommuConfig::default() };
     let ppm = match policy.iotlb_model() {
         IotlbModel::Lazy => 0,
