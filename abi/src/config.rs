@@ -3,7 +3,7 @@
 //! parsed once at the edge (the CLI, or a litmus policy) and carried typed —
 //! probabilities as parts per million, never as text or floats.
 
-use crate::litmus::{IotlbMode, PolicyAbi, TlbMode, PPM};
+use crate::policy::{IotlbMode, PolicyAbi, TlbMode, PPM};
 
 /// The vCPU TLB model (`--tlb`, the `tlb=` policy key).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -125,10 +125,10 @@ impl TlbModel {
     /// The model a compiled policy names (an invalid byte reads as `lazy`;
     /// `PolicyAbi::is_valid` rejects it first).
     pub fn from_policy(p: &PolicyAbi) -> Self {
-        match TlbMode::from_u8(p.tlb) {
-            Some(TlbMode::Evict) => TlbModel::Evict { ppm: p.tlb_evict_ppm },
-            Some(TlbMode::Native) => TlbModel::Native,
-            _ => TlbModel::Lazy,
+        match p.get::<TlbMode>() {
+            TlbMode::Evict => TlbModel::Evict { ppm: p.tlb_evict_ppm },
+            TlbMode::Native => TlbModel::Native,
+            TlbMode::Lazy => TlbModel::Lazy,
         }
     }
 
@@ -139,7 +139,7 @@ impl TlbModel {
             TlbModel::Evict { ppm } => (TlbMode::Evict, ppm),
             TlbModel::Native => (TlbMode::Native, 0),
         };
-        p.tlb = mode as u8;
+        p.set(mode);
         p.tlb_evict_ppm = ppm;
     }
 }
@@ -170,9 +170,9 @@ impl IotlbModel {
     }
 
     pub fn from_policy(p: &PolicyAbi) -> Self {
-        match IotlbMode::from_u8(p.iotlb) {
-            Some(IotlbMode::Evict) => IotlbModel::Evict { ppm: p.iotlb_evict_ppm },
-            _ => IotlbModel::Lazy,
+        match p.get::<IotlbMode>() {
+            IotlbMode::Evict => IotlbModel::Evict { ppm: p.iotlb_evict_ppm },
+            IotlbMode::Lazy => IotlbModel::Lazy,
         }
     }
 
@@ -181,7 +181,7 @@ impl IotlbModel {
             IotlbModel::Lazy => (IotlbMode::Lazy, 0),
             IotlbModel::Evict { ppm } => (IotlbMode::Evict, ppm),
         };
-        p.iotlb = mode as u8;
+        p.set(mode);
         p.iotlb_evict_ppm = ppm;
     }
 }
@@ -217,6 +217,10 @@ crate::wire_enum! {
         BenchTlb = 6,
         /// Native-TLB probes, `mode_arg` tries each.
         Probe = 7,
+        /// `vmm explore`: the litmus blob, one schedule per round at the
+        /// placement of iteration `mode_arg`, as long as the VMM has plans
+        /// (`EXPLORE_NEXT`, `abi::explore`).
+        Explore = 8,
     }
 }
 

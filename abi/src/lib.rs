@@ -8,11 +8,13 @@
 
 pub mod config;
 pub mod dma;
+pub mod explore;
 pub mod hypercall;
 pub mod iommu;
 pub mod layout;
 pub mod limits;
 pub mod litmus;
+pub mod policy;
 pub mod rng;
 pub mod trace;
 

@@ -14,7 +14,7 @@
 //! # Layout (all integers little-endian, every section 8-byte aligned)
 //!
 //! ```text
-//! offset 0                 Header            HEADER_LEN (128) bytes, includes the PolicyAbi
+//! offset 0                 Header            HEADER_LEN (192) bytes, includes the PolicyAbi
 //! header.locs_off          [LocDesc; n_locs]        32 bytes each
 //! header.threads_off       [ThreadDesc; n_threads]  16 bytes each (vCPU threads first, then devices)
 //! header.instrs_off        [Instr; n_instrs]        32 bytes each, threads' code back to back
@@ -52,9 +52,9 @@
 /// `b"SDLITMUS"`.
 pub const MAGIC: [u8; 8] = *b"SDLITMUS";
 /// Bumped on any incompatible layout change.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Bytes of the fixed header, policy included.
-pub const HEADER_LEN: usize = 128;
+pub const HEADER_LEN: usize = 192;
 pub const LOC_LEN: usize = 32;
 pub const THREAD_LEN: usize = 16;
 pub const INSTR_LEN: usize = 32;
@@ -180,6 +180,12 @@ byte_enum! {
         Mremap = 42 => "mremap",
         /// `alloc L`: map a fresh page at L (most recently freed page first).
         Alloc = 43 => "alloc",
+        /// `truncate L`: truncate L's shared file (unmap_mapping_range, the
+        /// page leaves the page cache); no mmap_lock.
+        Truncate = 44 => "truncate",
+        /// `uffd_wp L on|off`: userfaultfd write-protect (arg = 1) or
+        /// resolve (arg = 0) under mmap_read_lock.
+        UffdWp = 45 => "uffd_wp",
         // --- device ops (DMA engine, test mm's PASID) ---
         /// `dma_load L -> r`.
         DmaLoad = 64 => "dma_load",
@@ -194,7 +200,8 @@ byte_enum! {
         /// `loop N { … }`: imm = N, len = body length in records.
         Loop = 69 => "loop",
         // --- structure ---
-        /// Hook group header: arg = Hook, len = number of sync records following.
+        /// Hook group header: arg = Hook, len = number of sync records
+        /// following, imm = N of `at HOOK#N` (only the N-th firing; 0 = every firing).
         At = 96 => "at",
     }
 }
@@ -202,7 +209,7 @@ byte_enum! {
 impl Op {
     /// Ops allowed in vCPU thread bodies.
     pub const fn is_vcpu_op(self) -> bool {
-        matches!(self as u8, 1..=6 | 16..=19 | 32..=43)
+        matches!(self as u8, 1..=6 | 16..=19 | 32..=45)
     }
     /// Ops allowed in device thread bodies.
     pub const fn is_device_op(self) -> bool {
@@ -214,7 +221,16 @@ impl Op {
     }
     /// Ops that take hook groups: memory ops (their fault path) and mm ops.
     pub const fn takes_hooks(self) -> bool {
-        matches!(self as u8, 1..=5 | 32..=43)
+        matches!(self as u8, 1..=5 | 32..=45)
+    }
+
+    /// The first release that has the operation, if it is younger than
+    /// every profile (`uffd_wp`: userfaultfd write-protect, 292924b26024).
+    pub const fn since(self) -> Option<crate::policy::Release> {
+        match self {
+            Op::UffdWp => Some(crate::policy::r(5, 7)),
+            _ => None,
+        }
     }
     /// DMA-engine ops the guest emits for this op of a device thread:
     /// `barrier` two (an arrival add and a wait for everyone), `loop` none
@@ -246,7 +262,8 @@ impl Op {
 
 byte_enum! {
     /// Hook points in the guest's mm model. `OP at HOOK { … }` runs the sync
-    /// ops when this thread's OP reaches the hook (every time it does).
+    /// ops when this thread's OP reaches the hook (every time it does;
+    /// `at HOOK#N` only the N-th time, [`Instr::imm`] of the `At` record).
     /// Numbers are part of the wire format; [`Hook::description`] is what
     /// `vmm litmus --list-hooks` prints.
     pub enum Hook {
@@ -273,6 +290,9 @@ byte_enum! {
         BeforeBatchFlush = 21 => "before_batch_flush",
         AfterFault = 22 => "after_fault",
         AfterPageLock = 23 => "after_page_lock",
+        AfterInvalidateEnd = 24 => "after_invalidate_end",
+        LockContended = 25 => "lock_contended",
+        LockAcquire = 26 => "lock_acquire",
     }
 }
 
@@ -303,6 +323,9 @@ impl Hook {
             Hook::BeforeBatchFlush => "try_to_unmap_flush is about to flush the batched reclaim flushes",
             Hook::AfterFault => "the page-fault handler finished and the access is about to be retried",
             Hook::AfterPageLock => "the page lock (lock_page / folio_lock) of the target page was taken",
+            Hook::AfterInvalidateEnd => "mmu_notifier_invalidate_range_end returned (the secondary MMU was told, where the placement does it there)",
+            Hook::LockContended => "a lock the operation needs (mmap_lock, VMA lock, PTL, page lock) is held by another thread: it is about to wait",
+            Hook::LockAcquire => "a lock (mmap_lock, VMA lock, page-table lock, page lock) is about to be taken: a scheduling point of vmm explore, where its witnesses pause",
         }
     }
 }
@@ -366,188 +389,8 @@ pub mod state;
 
 // ---------------------------------------------------------------- policy
 
-byte_enum! {
-    /// `tlb=`: the vCPU TLB model.
-    pub enum TlbMode { Lazy = 0 => "lazy", Evict = 1 => "evict", Native = 2 => "native" }
-}
-byte_enum! {
-    /// `iotlb=`: the device IOTLB model.
-    pub enum IotlbMode { Lazy = 0 => "lazy", Evict = 1 => "evict" }
-}
-byte_enum! {
-    /// `flush=`: the primary flush scheme.
-    pub enum FlushScheme {
-        Ptl = 0 => "ptl",
-        Gather = 1 => "gather",
-        Pending = 2 => "pending",
-        PerPtl = 3 => "per-ptl",
-        Generation = 4 => "generation",
-    }
-}
-byte_enum! {
-    /// `notifier=`: where the secondary invalidation runs.
-    pub enum NotifierPlacement {
-        Ptl = 0 => "ptl",
-        End = 1 => "end",
-        OnlyEnd = 2 => "only-end",
-        TlbFlush = 3 => "tlb-flush",
-        None = 4 => "none",
-    }
-}
-byte_enum! {
-    /// `on`/`off` switches.
-    pub enum OnOff { Off = 0 => "off", On = 1 => "on" }
-}
-byte_enum! {
-    /// `mremap-flush=`.
-    pub enum MremapFlush { BeforeUnlock = 0 => "before-unlock", AfterUnlock = 1 => "after-unlock" }
-}
-byte_enum! {
-    /// `reset-range=`.
-    pub enum ResetRange { KeepFreedTables = 0 => "keep-freed-tables", ClearFreedTables = 1 => "clear-freed-tables" }
-}
-byte_enum! {
-    /// `nested-range=`.
-    pub enum NestedRange { Full = 0 => "full", Sentinel = 1 => "sentinel" }
-}
-byte_enum! {
-    /// `dirty-shared-flush=`.
-    pub enum DirtySharedFlush { UnderPtl = 0 => "under-ptl", Deferred = 1 => "deferred" }
-}
-byte_enum! {
-    /// `migrc-upgrade=`.
-    pub enum MigrcUpgrade { WpOnly = 0 => "wp-only", All = 1 => "all" }
-}
-
-/// Fixed-point unit of eviction probabilities: parts per million.
-pub const PPM: u32 = 1_000_000;
-
-/// The policy a run uses, one byte per key (values are the `u8` of the enums
-/// above), plus eviction probabilities in parts per million. Lives inside the
-/// header at [`HEADER_POLICY_OFF`]. The host crate `litmus` parses policy
-/// strings; this is only the wire form.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PolicyAbi {
-    pub tlb: u8,
-    pub iotlb: u8,
-    pub pwc: u8,
-    pub flush: u8,
-    pub notifier: u8,
-    pub madv_nested_check: u8,
-    pub batched_pending_check: u8,
-    pub mremap_flush: u8,
-    pub reset_range: u8,
-    pub nested_range: u8,
-    pub dirty_shared_flush: u8,
-    pub migrc: u8,
-    pub migrc_upgrade: u8,
-    pub _pad: [u8; 3],
-    /// `tlb=evict:P`: P in parts per million (0 unless tlb = Evict).
-    pub tlb_evict_ppm: u32,
-    /// `iotlb=evict:P`: P in parts per million.
-    pub iotlb_evict_ppm: u32,
-}
-
-/// Bytes of [`PolicyAbi`] on the wire.
-pub const POLICY_LEN: usize = 24;
-const _: () = assert!(core::mem::size_of::<PolicyAbi>() == POLICY_LEN);
-
-impl Default for PolicyAbi {
-    /// Today's fixed kernel behaviour (see LITMUS.md).
-    fn default() -> Self {
-        Self::DEFAULT
-    }
-}
-
-impl PolicyAbi {
-    /// Today's fixed kernel behaviour (see LITMUS.md).
-    pub const DEFAULT: PolicyAbi = PolicyAbi {
-        tlb: TlbMode::Lazy as u8,
-        iotlb: IotlbMode::Lazy as u8,
-        pwc: OnOff::On as u8,
-        flush: FlushScheme::Pending as u8,
-        notifier: NotifierPlacement::TlbFlush as u8,
-        madv_nested_check: OnOff::On as u8,
-        batched_pending_check: OnOff::On as u8,
-        mremap_flush: MremapFlush::BeforeUnlock as u8,
-        reset_range: ResetRange::KeepFreedTables as u8,
-        nested_range: NestedRange::Full as u8,
-        dirty_shared_flush: DirtySharedFlush::UnderPtl as u8,
-        migrc: OnOff::Off as u8,
-        migrc_upgrade: MigrcUpgrade::All as u8,
-        _pad: [0; 3],
-        tlb_evict_ppm: 0,
-        iotlb_evict_ppm: 0,
-    };
-
-    /// The wire form (`const`, so the guest's policy store can start from
-    /// `DEFAULT.to_bytes()`).
-    pub const fn to_bytes(&self) -> [u8; POLICY_LEN] {
-        let mut b = [0u8; POLICY_LEN];
-        b[0] = self.tlb;
-        b[1] = self.iotlb;
-        b[2] = self.pwc;
-        b[3] = self.flush;
-        b[4] = self.notifier;
-        b[5] = self.madv_nested_check;
-        b[6] = self.batched_pending_check;
-        b[7] = self.mremap_flush;
-        b[8] = self.reset_range;
-        b[9] = self.nested_range;
-        b[10] = self.dirty_shared_flush;
-        b[11] = self.migrc;
-        b[12] = self.migrc_upgrade;
-        let (tlb, iotlb) = (self.tlb_evict_ppm.to_le_bytes(), self.iotlb_evict_ppm.to_le_bytes());
-        let mut i = 0;
-        while i < 4 {
-            b[16 + i] = tlb[i];
-            b[20 + i] = iotlb[i];
-            i += 1;
-        }
-        b
-    }
-
-    pub fn from_bytes(b: &[u8; POLICY_LEN]) -> Self {
-        PolicyAbi {
-            tlb: b[0],
-            iotlb: b[1],
-            pwc: b[2],
-            flush: b[3],
-            notifier: b[4],
-            madv_nested_check: b[5],
-            batched_pending_check: b[6],
-            mremap_flush: b[7],
-            reset_range: b[8],
-            nested_range: b[9],
-            dirty_shared_flush: b[10],
-            migrc: b[11],
-            migrc_upgrade: b[12],
-            _pad: [0; 3],
-            tlb_evict_ppm: u32::from_le_bytes([b[16], b[17], b[18], b[19]]),
-            iotlb_evict_ppm: u32::from_le_bytes([b[20], b[21], b[22], b[23]]),
-        }
-    }
-
-    /// Every byte holds a known value of its enum and probabilities are ≤ 1.
-    pub fn is_valid(&self) -> bool {
-        TlbMode::from_u8(self.tlb).is_some()
-            && IotlbMode::from_u8(self.iotlb).is_some()
-            && OnOff::from_u8(self.pwc).is_some()
-            && FlushScheme::from_u8(self.flush).is_some()
-            && NotifierPlacement::from_u8(self.notifier).is_some()
-            && OnOff::from_u8(self.madv_nested_check).is_some()
-            && OnOff::from_u8(self.batched_pending_check).is_some()
-            && MremapFlush::from_u8(self.mremap_flush).is_some()
-            && ResetRange::from_u8(self.reset_range).is_some()
-            && NestedRange::from_u8(self.nested_range).is_some()
-            && DirtySharedFlush::from_u8(self.dirty_shared_flush).is_some()
-            && OnOff::from_u8(self.migrc).is_some()
-            && MigrcUpgrade::from_u8(self.migrc_upgrade).is_some()
-            && self.tlb_evict_ppm <= PPM
-            && self.iotlb_evict_ppm <= PPM
-    }
-}
+/// The policy lives in [`crate::policy`]: one table for every key.
+pub use crate::policy::{PolicyAbi, POLICY_LEN, PPM};
 
 mod blob;
 pub use blob::*;

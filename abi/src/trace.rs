@@ -215,6 +215,12 @@ kinds! {
     /// A litmus vCPU thread starts its body on this vCPU (the placement
     /// changes per iteration): `a` = thread index (as in the test).
     ThreadStart = 21 => "thread_start",
+    /// A lock of the mm model was taken (`guest::mm::locking`): `va` = the
+    /// lock's address (mm, VMA start, PTE table, page), `a` = lock kind
+    /// ([`lock_kind`]), `b` = 1 if the thread had to wait for it.
+    LockAcquire = 22 => "lock_acquire",
+    /// That lock was released: `va`, `a` as for `LockAcquire`.
+    LockRelease = 23 => "lock_release",
     // ---- VMM (shadow MMU) ----
     /// Shadow fill of one translation: `va`, `a` = guest PTE used, `b` = GPA of the page.
     ShadowFill = 32 => "shadow_fill",
@@ -225,6 +231,10 @@ kinds! {
     /// The VMM drained the trace rings because this vCPU's ring was full
     /// (`TRACE_DRAIN`): `a` = records consumed.
     TraceDrain = 35 => "trace_drain",
+    /// A fill started from this vCPU's walk cache (`walk-cache=`): `va`,
+    /// `a` = the cached PTE-table GPA, `b` = 1 if that table is no longer
+    /// the one the page tables link there (a stale walk).
+    ShadowWalkHit = 36 => "shadow_walk_hit",
     // ---- device (IOMMU, DMA engine) ----
     /// IOTLB filled by a walk: `va`, `a` = PTE, `b` = GPA.
     IotlbFill = 48 => "iotlb_fill",
@@ -254,6 +264,16 @@ kinds! {
     /// A device walk reached a freed page-table page: `va`, `a` = table
     /// GPA, `b` = level | 0x100 if through the paging-structure cache.
     DevStaleWalk = 58 => "dev_stale_walk",
+}
+
+/// `a` of [`Kind::LockAcquire`] / [`Kind::LockRelease`].
+pub mod lock_kind {
+    pub const MMAP_READ: u64 = 1;
+    pub const MMAP_WRITE: u64 = 2;
+    pub const VMA_READ: u64 = 3;
+    pub const VMA_WRITE: u64 = 4;
+    pub const PTL: u64 = 5;
+    pub const PAGE: u64 = 6;
 }
 
 /// One decoded record.

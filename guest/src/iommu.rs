@@ -183,12 +183,14 @@ pub fn recover_from_queue_error(head: u64) -> Result<(), QueueError> {
     wait_status(d, seq)
 }
 
-/// The mmu_notifier `invalidate_range` callback of the SVA driver: one
+/// The SVA driver's invalidation of `[start, end)` for `pasid`: one
 /// descriptor per page for short ranges, the whole PASID otherwise,
-/// nothing for an empty range.
-pub fn invalidate_range(pasid: u32, start: u64, end: u64, leaf_only: bool) -> Result<(), QueueError> {
-    // An empty range (start >= end, e.g. a reset mmu_gather's `~0`
-    // sentinel) invalidates nothing: that is the 2022 IOMMUv2 report.
+/// nothing for an empty range. IH (the leaf-only hint) is never set: the
+/// mmu_notifier API carries no such hint and Linux's SVA drivers pass
+/// ih = 0 (intel-svm), so the paging-structure cache is always dropped.
+/// The driver arithmetic of each era (the VT-d flush-all overflow) is the
+/// caller's (`mm::mmu_notifier`).
+pub fn invalidate_range(pasid: u32, start: u64, end: u64) -> Result<(), QueueError> {
     if end <= start {
         return Ok(());
     }
@@ -198,7 +200,7 @@ pub fn invalidate_range(pasid: u32, start: u64, end: u64, leaf_only: bool) -> Re
     }
     let mut descs = [InvDesc::Global; 32];
     for (i, d) in descs.iter_mut().take(pages as usize).enumerate() {
-        *d = InvDesc::PasidPages { pasid, addr: (start & !0xfff) + 4096 * i as u64, am: 0, leaf_only };
+        *d = InvDesc::PasidPages { pasid, addr: (start & !0xfff) + 4096 * i as u64, am: 0, leaf_only: false };
     }
     qi_submit_sync(&descs[..pages as usize], false)
 }

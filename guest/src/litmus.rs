@@ -19,7 +19,8 @@
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 use abi::dma::{self as dmaabi, op as dop, OpRecord, ProgramHeader};
-use abi::hypercall::calls::{DmaSubmit, DmaSubmitRequest, LitmusIteration, LitmusResult};
+use abi::hypercall::calls::{DmaSubmit, DmaSubmitRequest, ExploreNext, LitmusIteration, LitmusResult};
+use abi::hypercall::Empty;
 use abi::layout::{self, PAGE_SIZE};
 use abi::limits;
 use abi::litmus::{
@@ -37,7 +38,7 @@ use crate::sync::SpinLock;
 use crate::trace::{self, Kind};
 use crate::trap::{probe_cmpxchg_u64, probe_read_u64, probe_write_u64, probe_xadd_u64, probe_xchg_u64, Probe};
 use crate::wait::{wait_until, wake, wake_then_wait_until};
-use crate::{arch, cpl3, hypercall, report, smp, time};
+use crate::{arch, cpl3, explore, hypercall, report, smp, time};
 
 /// The test's limits (`abi::limits`): `Blob::parse` refuses a blob beyond
 /// them, so the tables below are never indexed past their ends.
@@ -57,6 +58,8 @@ const MAX_HELD: usize = 16;
 static BLOB: SpinLock<Option<Blob<'static>>> = SpinLock::new(None);
 /// Virtual address of each page/unmapped location in this iteration.
 static LOC_VA: [AtomicU64; MAX_LOCS] = [const { AtomicU64::new(0) }; MAX_LOCS];
+/// The file of each shared page location (id + 1; 0 = none), for `truncate`.
+static LOC_FILE: [AtomicU64; MAX_LOCS] = [const { AtomicU64::new(0) }; MAX_LOCS];
 /// Registers of every thread.
 static REGS: [[AtomicU64; MAX_REGS as usize]; MAX_THREADS] =
     [const { [const { AtomicU64::new(0) }; MAX_REGS as usize] }; MAX_THREADS];
@@ -114,8 +117,10 @@ fn perm_flags(p: Perm) -> u8 {
     }
 }
 
-/// `GuestMode::Litmus`: run iterations `first` … `iterations - 1`.
-pub fn run(first: u64) -> u32 {
+/// `GuestMode::Litmus`: run iterations `first` … `iterations - 1`;
+/// `GuestMode::Explore` (`explore`): run the VMM's schedules, each at the
+/// placement of iteration `first`, until it has no more.
+pub fn run(first: u64, explore: bool) -> u32 {
     // SAFETY: the VMM wrote the blob into this reserved, identity-mapped
     // region before boot; nothing writes it afterwards.
     let bytes =
@@ -136,6 +141,9 @@ pub fn run(first: u64) -> u32 {
     }
     *BLOB.lock() = Some(b);
     policy::set(b.policy());
+    // The walk-cache model is the VMM's (each vCPU's shadow MMU).
+    let walk_cache = b.policy().byte(abi::policy::Key::WalkCache) as u64;
+    smp::run_on_all(tlb::set_walk_cache, walk_cache, 20_000);
     if h.n_device_threads > 0 {
         crate::iommu::init();
     }
@@ -144,7 +152,14 @@ pub fn run(first: u64) -> u32 {
     // hosts that emulate kernel code), the other vCPUs' threads on CPL3
     // workers; under `native` the host's own TLB is the one under test and
     // everything stays at CPL0 (where `invlpg` and CR3 reloads are real).
-    if tlb::modelled() {
+    // `vmm explore` runs at CPL0 too: its turn protocol (`explore`) parks
+    // with a 32-bit write to `EXPLORE_PARK_PORT`, which CPL3 may not make
+    // (the TSS I/O bitmap does not open that port, and `kvm_pvm` refuses
+    // 32-bit port I/O from CPL3), and its scheduling points were built and
+    // checked at CPL0. Exploring costs schedules, not iterations per second.
+    if explore {
+        schedules(first);
+    } else if tlb::modelled() {
         smp::start_cpl3_workers();
         cpl3::run_at_cpl3(iterations, first);
     } else {
@@ -163,6 +178,17 @@ extern "C" fn iterations(first: u64) -> u64 {
         state_word(state::DONE).fetch_add(1, Ordering::AcqRel);
     }
     0
+}
+
+/// `vmm explore`: the VMM's schedules, each at the placement of iteration
+/// `first`, until it has no more (CPU 0, CPL0).
+fn schedules(first: u64) {
+    let b = blob();
+    while hypercall::call::<ExploreNext>(Empty).more.get() {
+        state_word(state::ITERATION).store(first, Ordering::Release);
+        run_iteration(&b, first);
+        state_word(state::DONE).fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// Picks every location's virtual address: pinned ones as given, the rest
@@ -222,12 +248,13 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
             Some(LocKind::Page) => {
                 let va = LOC_VA[i as usize].load(Ordering::Relaxed);
                 let perm = Perm::from_u8(l.perm).unwrap_or(Perm::Rw);
-                if TEST_MM.setup_page(va, perm, l.flags & LOC_SHARED != 0, l.init).is_err() {
-                    report::fatal(
+                match TEST_MM.setup_page(va, perm, l.flags & LOC_SHARED != 0, l.init) {
+                    Ok(file) => LOC_FILE[i as usize].store(file.map_or(0, |f| f as u64 + 1), Ordering::Relaxed),
+                    Err(_) => report::fatal(
                         file!(),
                         line!(),
                         format_args!("cannot set up location {} at {va:#x}", b.location_name(i).unwrap_or("?")),
-                    );
+                    ),
                 }
             }
             _ => {}
@@ -373,10 +400,21 @@ fn thread_main(t: u64) {
     // Which vCPU runs which thread this iteration, for trace readers.
     trace::emit(Kind::ThreadStart, 0, t as u64, 0);
     tlb::switch_mm(&TEST_MM.pt());
+    let scheduled = explore::iteration_active();
+    if scheduled {
+        explore::enter(t);
+    }
     let mut ctx = ThreadCtx { t };
     ctx.block(&b, &td, 0, td.n_instrs);
     hooks::disarm();
+    // Leaving the mm is part of the thread's last step (shootdowns read
+    // which CPUs run the mm), so it happens before the turn passes on.
     tlb::switch_to_kernel_mm();
+    if scheduled {
+        explore::note_mem(true);
+        explore::finish();
+        explore::leave();
+    }
     let p = position(t);
     p.store(state::pos::STARTED | state::pos::FINISHED | state::pos::PC_MASK, Ordering::SeqCst);
     wake(p);
@@ -417,6 +455,7 @@ impl ThreadCtx {
             let Some(ins) = b.thread_instr(td, pc) else { return };
             let len = b.item_len(td, pc).unwrap_or(1);
             self.publish(pc, None);
+            explore::instr_point(pc, guard_of(&ins));
             // `signal` then `wait`: one exit for both (see `signal_then_wait`).
             let next = (pc + len < end).then(|| b.thread_instr(td, pc + len)).flatten();
             if let Some(next) = next.filter(|n| pairs_with_wait(&ins, n)) {
@@ -458,6 +497,7 @@ impl ThreadCtx {
         let value = |p: Probe| if p.faulted != 0 { VALUE_FAULT } else { p.value };
         match op {
             Op::Load | Op::Store | Op::Xchg | Op::Cmpxchg | Op::FetchAdd if is_var => {
+                explore::note_var(ins.loc, op != Op::Load);
                 let w = var_word(ins.loc);
                 let old = match op {
                     Op::Load => w.load(Ordering::SeqCst),
@@ -472,29 +512,34 @@ impl ThreadCtx {
                 self.set(ins.dst, old);
             }
             Op::Load => {
+                Self::note_access(op);
                 // SAFETY: a probe access: a fault the mm cannot resolve resumes at its fixup.
                 let v = value(unsafe { probe_read_u64(va) });
                 trace::emit(Kind::Access, va, v, 0);
                 self.set(ins.dst, v);
             }
             Op::Store => {
+                Self::note_access(op);
                 // SAFETY: as above.
                 let p = unsafe { probe_write_u64(va, v1) };
                 trace::emit(Kind::Access, va, if p.faulted != 0 { VALUE_FAULT } else { v1 }, 1);
             }
             Op::Xchg => {
+                Self::note_access(op);
                 // SAFETY: as above.
                 let v = value(unsafe { probe_xchg_u64(va, v1) });
                 trace::emit(Kind::Access, va, v, 2);
                 self.set(ins.dst, v);
             }
             Op::Cmpxchg => {
+                Self::note_access(op);
                 // SAFETY: as above.
                 let v = value(unsafe { probe_cmpxchg_u64(va, v1, v2) });
                 trace::emit(Kind::Access, va, v, 2);
                 self.set(ins.dst, v);
             }
             Op::FetchAdd => {
+                Self::note_access(op);
                 // SAFETY: as above.
                 let v = value(unsafe { probe_xadd_u64(va, v1) });
                 trace::emit(Kind::Access, va, v, 2);
@@ -509,6 +554,7 @@ impl ThreadCtx {
     /// A `signal`'s store; returns the word.
     fn signal_store(&self, ins: &lt::Instr) -> &'static AtomicU64 {
         let v = if ins.src != NO_REG { self.reg(ins.src) } else { ins.imm };
+        explore::note_var(ins.loc, true);
         let w = var_word(ins.loc);
         w.store(v, Ordering::SeqCst);
         w
@@ -531,10 +577,18 @@ impl ThreadCtx {
         wake_then_wait_until(signalled, var_word(wait.loc), Self::wait_cond(wait));
     }
 
+    /// Notes, for `vmm explore`, what a memory access to the test mm did:
+    /// a load reads the mm (a TLB hit, or a fill that sets the A bit, which
+    /// commutes with other fills); anything else may change it.
+    fn note_access(op: Op) {
+        explore::note_mem(op != Op::Load);
+    }
+
     /// The sync ops (also the only ops of hook groups).
     fn sync(&mut self, ins: &lt::Instr) {
         match ins.op() {
             Op::Wait => {
+                explore::note_var(ins.loc, false);
                 wait_until(var_word(ins.loc), Self::wait_cond(ins));
             }
             Op::Signal => {
@@ -545,8 +599,10 @@ impl ThreadCtx {
                 let passed = BARRIERS_PASSED[self.t].fetch_add(1, Ordering::Relaxed) + 1;
                 let target = passed * PARTICIPANTS.load(Ordering::Relaxed);
                 let w = state_word(state::BARRIER);
+                explore::note_barrier();
                 w.fetch_add(1, Ordering::SeqCst);
                 wake(w);
+                explore::barrier_point(w as *const AtomicU64 as u64, target);
                 wait_until(w, |v| v >= target);
             }
             Op::Delay => {
@@ -559,6 +615,7 @@ impl ThreadCtx {
     }
 
     fn mm_op(&mut self, ins: &lt::Instr, op: Op, va: u64, _v1: u64) {
+        explore::note_mem(true);
         let va2 = if ins.loc2 != NO_LOC { LOC_VA[ins.loc2 as usize].load(Ordering::Relaxed) } else { 0 };
         trace::emit(Kind::OpBegin, va, op as u64, 0);
         match op {
@@ -584,7 +641,10 @@ impl ThreadCtx {
                 TEST_MM.mprotect(va, PAGE_SIZE, perm_flags(Perm::from_u8(ins.arg).unwrap_or(Perm::Rw)));
             }
             Op::Madvise => match Advice::from_u8(ins.arg) {
-                Some(Advice::Free) => TEST_MM.madvise_free(va, PAGE_SIZE),
+                // Unavailable before v4.5: the checker refuses such a run.
+                Some(Advice::Free) => {
+                    TEST_MM.madvise_free(va, PAGE_SIZE);
+                }
                 _ => TEST_MM.madvise_dontneed(va, PAGE_SIZE),
             },
             Op::Cow => {
@@ -607,24 +667,52 @@ impl ThreadCtx {
             Op::Alloc => {
                 let _ = TEST_MM.alloc(va);
             }
+            Op::Truncate => {
+                // The location's file, wherever it is mapped now (mremap
+                // may have moved it).
+                if let Some(f) = LOC_FILE[ins.loc as usize].load(Ordering::Relaxed).checked_sub(1) {
+                    TEST_MM.truncate_file(f as usize);
+                }
+            }
+            Op::UffdWp => {
+                TEST_MM.uffd_wp(va, ins.arg == 1);
+            }
             _ => {}
         }
         trace::emit(Kind::OpEnd, va, op as u64, 0);
     }
 }
 
-/// An armed hook fired: run the op's group for it. `arg` = thread | pc << 16.
-fn run_hook(h: Hook, arg: u64) {
+/// When instruction `ins` can take its step under `vmm explore`: a `wait`
+/// when its word satisfies it; everything else at once (a `barrier` waits
+/// at its own point after arriving).
+fn guard_of(ins: &lt::Instr) -> abi::explore::Guard {
+    use abi::explore::{guard, object, Guard};
+    if ins.op() != Op::Wait {
+        return Guard::NONE;
+    }
+    let addr = var_word(ins.loc) as *const AtomicU64 as u64;
+    let obj = object::VAR + ins.loc;
+    match WaitCmp::from_u8(ins.arg) {
+        Some(WaitCmp::Eq) => Guard { kind: guard::EQ, addr, value: ins.imm, object: obj },
+        _ => Guard { kind: guard::NONZERO, addr, value: 0, object: obj },
+    }
+}
+
+/// An armed hook fired for the `n`-th time in this op: run the op's group
+/// for it (`at HOOK#n`, else `at HOOK`). `arg` = thread | pc << 16.
+fn run_hook(h: Hook, n: u32, arg: u64) {
     let t = (arg & 0xffff) as usize;
     let pc = ((arg >> 16) & 0xffff_ffff) as u32;
     let b = blob();
     let Some(td) = b.thread(t as u16) else { return };
-    let Some((start, end)) = b.hook_group(&td, pc, h) else { return };
+    let Some((start, end)) = b.hook_group(&td, pc, h, n) else { return };
     let mut ctx = ThreadCtx { t };
     let mut at = start;
     while at < end {
         if let Some(ins) = b.thread_instr(&td, at) {
             ctx.publish(at, Some(h));
+            explore::point(abi::explore::site::make(abi::explore::site::INSTR, at, 0, 0), guard_of(&ins));
             let next = (at + 1 < end).then(|| b.thread_instr(&td, at + 1)).flatten();
             if let Some(next) = next.filter(|n| pairs_with_wait(&ins, n)) {
                 ctx.signal_then_wait(&ins, &next, at + 1, Some(h));
@@ -638,9 +726,11 @@ fn run_hook(h: Hook, arg: u64) {
     ctx.publish(pc, None);
 }
 
-/// A `signal` directly followed by a `wait`, neither with hooks.
+/// A `signal` directly followed by a `wait`, neither with hooks, in a
+/// thread that `vmm explore` does not schedule (its scheduler has a point
+/// before the `wait`).
 fn pairs_with_wait(ins: &lt::Instr, next: &lt::Instr) -> bool {
-    ins.op() == Op::Signal && ins.nhooks == 0 && next.op() == Op::Wait && next.nhooks == 0
+    ins.op() == Op::Signal && ins.nhooks == 0 && next.op() == Op::Wait && next.nhooks == 0 && !explore::scheduled()
 }
 
 // ---- device threads -----------------------------------------------------------

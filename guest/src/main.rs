@@ -13,6 +13,7 @@ mod arch;
 mod bench;
 mod console;
 mod cpl3;
+mod explore;
 mod hostile;
 mod hypercall;
 mod iommu;
@@ -108,7 +109,8 @@ fn run_mode(boot: &BootInfo, cmdline: &str, mode: GuestMode, arg: u64) -> u32 {
         }
         GuestMode::Selftest => selftest::run(boot, cmdline),
         GuestMode::SelftestList => selftest::list(),
-        GuestMode::Litmus => litmus::run(arg),
+        GuestMode::Litmus => litmus::run(arg, false),
+        GuestMode::Explore => litmus::run(arg, true),
         GuestMode::FromCmdline => run_cmdline_mode(boot, cmdline),
     }
 }

@@ -165,7 +165,7 @@ fn remote_write(va: u64) {
 static S1_PAUSED: AtomicU64 = AtomicU64::new(0);
 static S1_GO: AtomicU64 = AtomicU64::new(0);
 
-fn s1_pause_after_ptl_release(_: abi::litmus::Hook, _: u64) {
+fn s1_pause_after_ptl_release(_: abi::litmus::Hook, _: u32, _: u64) {
     S1_PAUSED.store(1, Ordering::Release);
     crate::time::spin_until(20_000, || S1_GO.load(Ordering::Acquire) != 0);
 }
@@ -211,8 +211,8 @@ fn s1_once() -> Option<u64> {
 /// zapped page after its madvise returned; without it (the kernel before
 /// the fix) it reads it through its stale TLB entry every time.
 pub fn zap_nested_check(boot: &BootInfo) -> TestResult {
-    use crate::mm::policy::{get as policy, set as set_policy};
-    use abi::litmus::OnOff;
+    use crate::mm::policy::{get_all as policy, set as set_policy};
+    use abi::policy::MadvNestedCheck;
     if boot.num_vcpus < 2 {
         return Err(crate::report::TestError::Skip("needs 2 vCPUs (two concurrent zappers)"));
     }
@@ -223,8 +223,8 @@ pub fn zap_nested_check(boot: &BootInfo) -> TestResult {
     let run_ppm = crate::selftest_tlb::tlb_state().ppm;
     smp::run_on_all(|_| set_ppm(0), 0, 20_000);
     let r = with_test_mm(|| {
-        for (check_on, want_stale) in [(OnOff::On, false), (OnOff::Off, true)] {
-            set_policy(abi::litmus::PolicyAbi { madv_nested_check: check_on as u8, ..saved });
+        for (check_on, want_stale) in [(MadvNestedCheck::On, false), (MadvNestedCheck::Off, true)] {
+            set_policy(saved.with(check_on));
             for i in 0..3 {
                 let seen = s1_once();
                 check!(seen.is_some(), "iteration {} could not be set up", i);
@@ -232,7 +232,7 @@ pub fn zap_nested_check(boot: &BootInfo) -> TestResult {
                 check!(
                     stale == want_stale,
                     "madv-nested-check={}: the observer read {:x?} after the second zap (stale: {}, expected {})",
-                    if check_on == OnOff::On { "on" } else { "off" },
+                    check_on.name(),
                     seen,
                     stale,
                     want_stale
@@ -316,7 +316,7 @@ pub fn madvise_free(boot: &BootInfo) -> TestResult {
         setup(X, Perm::Rw, false, 0x77)?;
         remote(join, 0)?;
         check!(read(X) == Some(0x77), "setup value");
-        TEST_MM.madvise_free(X, 4096);
+        check!(TEST_MM.madvise_free(X, 4096), "MADV_FREE refused");
         check!(pte_of(X) & pte::P != 0 && pte_of(X) & pte::D == 0, "after MADV_FREE the PTE is {:#x}", pte_of(X));
         check!(read(X) == Some(0x77), "a lazy-freed page lost its content before reclaim");
         let (d0, _, _) = counts();
@@ -327,7 +327,7 @@ pub fn madvise_free(boot: &BootInfo) -> TestResult {
         // MADV_FREE): the write must reach the PTE, so reclaim keeps it.
         check!(write(X, 0x88), "write failed");
         remote_store_value(X + 16, 1)?;
-        TEST_MM.madvise_free(X, 4096);
+        check!(TEST_MM.madvise_free(X, 4096), "MADV_FREE refused");
         remote_store_value(X + 16, 0x99)?;
         check!(pte_of(X) & pte::D != 0, "vCPU 1's write after MADV_FREE did not dirty the PTE");
         TEST_MM.reclaim(X);
@@ -498,9 +498,11 @@ fn workload() -> TestResult {
     check!(TEST_MM.migrate(X).is_ok() && read(X) == Some(3), "migrate");
     TEST_MM.reclaim(X);
     check!(remote_load(X)? == 3 && read(X) == Some(3), "reclaim + swap-in");
-    TEST_MM.madvise_free(X, 4096);
-    TEST_MM.reclaim(X);
-    check!(read(X) == Some(0), "MADV_FREE + reclaim");
+    // No MADV_FREE before v4.5 (the v3.19 profile).
+    if TEST_MM.madvise_free(X, 4096) {
+        TEST_MM.reclaim(X);
+        check!(read(X) == Some(0), "MADV_FREE + reclaim");
+    }
     TEST_MM.madvise_dontneed(Y, 4096);
     check!(read(Y) == Some(0), "DONTNEED");
     check!(write(W, 7) && TEST_MM.mkclean(W) == 7, "writeback");
@@ -510,58 +512,45 @@ fn workload() -> TestResult {
     Ok(())
 }
 
-/// `mm.policy.all-combinations-run`: the workload under every value of
-/// every mm policy key (the others at their defaults), and under a TLB
-/// that evicts half of its stale entries; no crash, no leak.
+/// `mm.policy.all-combinations-run`: the workload under every kernel
+/// profile, and under every value of every policy key of the table
+/// (`abi::policy::KEYS`; the others at mainline's values), half of them
+/// with a TLB that evicts half of its stale entries; no crash, no leak.
 pub fn policy_all_combinations_run(boot: &BootInfo) -> TestResult {
     use crate::mm::policy;
-    use abi::litmus::{
-        DirtySharedFlush, FlushScheme, MigrcUpgrade, MremapFlush, NestedRange, NotifierPlacement, OnOff, PolicyAbi,
-        ResetRange,
-    };
+    use abi::policy::{profile_abi, Key, KeyKind, Migrc, PolicyAbi, Profile, KEYS};
     needs_two(boot)?;
     // The driver's queues are allocated once, not per workload.
     crate::iommu::init();
-    let saved = policy::get();
+    let saved = policy::get_all();
     let d = PolicyAbi::DEFAULT;
-    let mut variants: [PolicyAbi; 40] = [d; 40];
+    let mut variants: [PolicyAbi; 80] = [d; 80];
     let mut n = 0;
     let mut add = |p: PolicyAbi| {
-        variants[n] = p;
-        n += 1;
+        if n < variants.len() {
+            variants[n] = p;
+            n += 1;
+        }
     };
-    for f in FlushScheme::ALL {
-        add(PolicyAbi { flush: *f as u8, ..d });
+    for p in Profile::ALL {
+        add(profile_abi(*p));
     }
-    for v in NotifierPlacement::ALL {
-        add(PolicyAbi { notifier: *v as u8, ..d });
-    }
-    for v in OnOff::ALL {
-        add(PolicyAbi { madv_nested_check: *v as u8, ..d });
-        add(PolicyAbi { batched_pending_check: *v as u8, ..d });
-        add(PolicyAbi { migrc: *v as u8, ..d });
-        add(PolicyAbi { pwc: *v as u8, ..d });
-    }
-    for v in MremapFlush::ALL {
-        add(PolicyAbi { mremap_flush: *v as u8, ..d });
-    }
-    for v in ResetRange::ALL {
-        add(PolicyAbi { reset_range: *v as u8, ..d });
-    }
-    for v in NestedRange::ALL {
-        add(PolicyAbi { nested_range: *v as u8, ..d });
-    }
-    for v in DirtySharedFlush::ALL {
-        add(PolicyAbi { dirty_shared_flush: *v as u8, ..d });
-    }
-    for v in MigrcUpgrade::ALL {
-        add(PolicyAbi { migrc: OnOff::On as u8, migrc_upgrade: *v as u8, ..d });
+    for k in KEYS.iter().filter(|k| k.kind != KeyKind::Profile && !matches!(k.key, Key::Tlb | Key::Iotlb)) {
+        for v in k.values.iter().filter(|v| v.num != k.default) {
+            let mut p = d;
+            p.bytes[k.key as usize] = v.num;
+            if k.key == Key::MigrcUpgrade {
+                p = p.with(Migrc::On);
+            }
+            add(p);
+        }
     }
     let shadowed = crate::selftest_tlb::tlb_state().model != abi::hypercall::TlbModelKind::Native;
     let run_ppm = crate::selftest_tlb::tlb_state().ppm;
     let mut result = Ok(());
     for (i, p) in variants[..n].iter().enumerate() {
         policy::set(*p);
+        smp::run_on_all(crate::mm::tlb::set_walk_cache, p.byte(abi::policy::Key::WalkCache) as u64, 20_000);
         // Half the runs with a coherent-ish TLB (evict:0.5), half lazy.
         if shadowed {
             smp::run_on_all(set_ppm, if i % 2 == 0 { 0 } else { 500_000 }, 20_000);
@@ -580,6 +569,7 @@ pub fn policy_all_combinations_run(boot: &BootInfo) -> TestResult {
         }
     }
     policy::set(saved);
+    smp::run_on_all(crate::mm::tlb::set_walk_cache, saved.byte(abi::policy::Key::WalkCache) as u64, 20_000);
     if shadowed {
         smp::run_on_all(set_ppm, run_ppm, 20_000);
     }

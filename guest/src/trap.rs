@@ -325,6 +325,7 @@ fn exception(frame: &mut TrapFrame) {
         if frame.rflags & (1 << 9) != 0 {
             arch::interrupts_enable();
         }
+        crate::explore::note_mem(true);
         let handled = crate::mm::memory::do_user_addr_fault(cr2, frame.error_code);
         arch::interrupts_disable();
         if handled {

@@ -25,9 +25,23 @@ pub struct Test {
     pub condition: Condition,
     /// `[expect]` entries in file order.
     pub expect: Vec<Expectation>,
+    /// `[explore]`: a test written for `vmm explore` (no hooks that force
+    /// an interleaving); its `[expect]` verdicts hold for a search within
+    /// this bound, not for `vmm litmus`'s free-running iterations.
+    pub explore: Option<ExploreSpec>,
     /// Hex MD5 of the normalised test (locations, code, condition; not the
     /// name, doc or expectations), like litmus7's `Hash=`.
     pub hash: String,
+}
+
+/// Preemption bound of an `[explore]` table that names none.
+pub const DEFAULT_EXPLORE_PREEMPTIONS: u32 = 2;
+
+/// What an `[explore]` table says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExploreSpec {
+    /// The search bound the `[expect]` verdicts are for (`preemptions = K`).
+    pub preemptions: u32,
 }
 
 impl Test {
@@ -93,10 +107,12 @@ impl fmt::Display for Operand {
     }
 }
 
-/// `at HOOK { sync ops }`.
+/// `at HOOK { sync ops }`, or `at HOOK#N { … }` for only the N-th firing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HookBlock {
     pub hook: Hook,
+    /// N of `at HOOK#N` (1-based); 0 = every firing.
+    pub nth: u32,
     pub body: Vec<Stmt>,
 }
 
@@ -202,16 +218,21 @@ impl fmt::Display for Stmt {
             Op::Madvise => write!(f, "madvise {loc} {}", Advice::from_u8(self.arg).map(|p| p.name()).unwrap_or("?"))?,
             Op::Ksm => write!(f, "ksm {loc} {loc2}")?,
             Op::Mremap => write!(f, "mremap {loc} -> {loc2}")?,
-            Op::Munmap | Op::Cow | Op::Migrate | Op::Reclaim | Op::Alloc | Op::Prefetch => {
+            Op::Munmap | Op::Cow | Op::Migrate | Op::Reclaim | Op::Alloc | Op::Prefetch | Op::Truncate => {
                 write!(f, "{} {loc}", self.op.name())?
             }
+            Op::UffdWp => write!(f, "uffd_wp {loc} {}", if self.arg == 1 { "on" } else { "off" })?,
             Op::Loop => {
                 write!(f, "loop {} ", v(self.val))?;
                 write_block(f, &self.body)?;
             }
         }
         for h in &self.hooks {
-            write!(f, " at {} ", h.hook.name())?;
+            write!(f, " at {}", h.hook.name())?;
+            if h.nth != 0 {
+                write!(f, "#{}", h.nth)?;
+            }
+            f.write_str(" ")?;
             write_block(f, &h.body)?;
         }
         Ok(())

@@ -147,6 +147,9 @@ impl TextMap {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Tok {
     Ident(String),
+    /// `#N` right after an identifier (`at after_pte_clear#2`); a `#`
+    /// anywhere else starts a comment.
+    Nth(Option<u64>),
     Num(Option<u64>),
     Arrow,
     EqEq,
@@ -244,6 +247,20 @@ fn next_token(input: &mut In<'_>, src_len: usize) -> Token {
     }
 }
 
+/// `#N` right after a hook name (`at after_flush#2`, no blank between):
+/// the N-th firing. Lexed here because a `#` after a blank starts a comment.
+fn nth_suffix(input: &mut In<'_>) -> Option<Token> {
+    let mut digits = input.chars().skip(1);
+    if !(input.starts_with('#') && digits.next().is_some_and(|c| c.is_ascii_digit())) {
+        return None;
+    }
+    let start = input.current_token_start();
+    let n: Result<&str, winnow::error::ContextError> =
+        ('#', take_while(1.., |c: char| c.is_ascii_digit())).take().parse_next(input);
+    let n = n.ok().and_then(|t| t[1..].parse().ok());
+    Some(Token { tok: Tok::Nth(n), start, end: input.current_token_start() })
+}
+
 /// Instruction records left for the test's threads (`abi::limits::MAX_RECORDS`
 /// over all of them): a statement takes one, each of its hook groups one
 /// more; a loop body counts once. Parsing stops where the budget runs out,
@@ -313,6 +330,8 @@ struct CodeParser<'a, 's> {
     src_len: usize,
     /// The current token (one token of lookahead is all the grammar needs).
     cur: Token,
+    /// A `#N` lexed together with the identifier before it, next in line.
+    pending: Option<Token>,
     /// Parsing was cut short (too many errors or records): everything
     /// after reads as the end of the code, and nothing more is reported.
     stopped: bool,
@@ -332,8 +351,14 @@ impl<'a, 's> CodeParser<'a, 's> {
     fn bump(&mut self) -> Token {
         let next = if self.stopped {
             Token { tok: Tok::Eof, start: self.src_len, end: self.src_len }
+        } else if let Some(t) = self.pending.take() {
+            t
         } else {
-            next_token(&mut self.input, self.src_len)
+            let t = next_token(&mut self.input, self.src_len);
+            if matches!(t.tok, Tok::Ident(_)) {
+                self.pending = nth_suffix(&mut self.input);
+            }
+            t
         };
         std::mem::replace(&mut self.cur, next)
     }
@@ -374,6 +399,7 @@ impl<'a, 's> CodeParser<'a, 's> {
         match &t.tok {
             Tok::Ident(s) => format!("`{s}`"),
             Tok::Num(_) => "a number".into(),
+            Tok::Nth(_) => "`#N`".into(),
             Tok::Arrow => "`->`".into(),
             Tok::EqEq => "`==`".into(),
             Tok::LBrace => "`{`".into(),
@@ -663,7 +689,12 @@ impl<'a, 's> CodeParser<'a, 's> {
                 let i = self.word(&["dontneed", "free"], "an advice")?;
                 st.arg = [Advice::DontNeed, Advice::Free][i] as u8;
             }
-            Op::Munmap | Op::Cow | Op::Migrate | Op::Reclaim | Op::Alloc | Op::Prefetch => loc!(),
+            Op::Munmap | Op::Cow | Op::Migrate | Op::Reclaim | Op::Alloc | Op::Prefetch | Op::Truncate => loc!(),
+            Op::UffdWp => {
+                loc!();
+                let i = self.word(&["on", "off"], "`on` (write-protect) or `off` (resolve)")?;
+                st.arg = (i == 0) as u8;
+            }
             Op::Ksm => {
                 loc!();
                 loc2!();
@@ -714,8 +745,21 @@ impl<'a, 's> CodeParser<'a, 's> {
                 );
                 return Err(Skip);
             };
-            if st.hooks.iter().any(|h| h.hook == hook) {
-                return Err(self.error_at(&ht, format!("hook `{hname}` given twice for one operation")));
+            let mut nth = 0;
+            if let Tok::Nth(n) = self.peek().tok.clone() {
+                let nt = self.bump();
+                match n.filter(|n| (1..=u32::MAX as u64).contains(n)) {
+                    Some(n) => nth = n as u32,
+                    None => {
+                        return Err(
+                            self.error_at(&nt, format!("`{hname}#N`: N counts firings from 1 (at most {})", u32::MAX))
+                        )
+                    }
+                }
+            }
+            if st.hooks.iter().any(|h| h.hook == hook && h.nth == nth) {
+                let which = if nth == 0 { format!("`{hname}`") } else { format!("`{hname}#{nth}`") };
+                return Err(self.error_at(&ht, format!("hook {which} given twice for one operation")));
             }
             if self.peek().tok != Tok::LBrace {
                 return Err(self.expected("`{` to open the hook body"));
@@ -723,7 +767,7 @@ impl<'a, 's> CodeParser<'a, 's> {
             self.take_records(1, &at)?;
             let open = self.bump();
             let body = self.block(Ctx::Hook, Some(&open), depth + 1);
-            st.hooks.push(HookBlock { hook, body });
+            st.hooks.push(HookBlock { hook, nth, body });
         }
         Ok(st)
     }
@@ -744,7 +788,9 @@ pub fn parse_code(
     }
     let mut input = LocatingSlice::new(src);
     let cur = next_token(&mut input, src.len());
-    let mut p = CodeParser { input, src_len: src.len(), cur, stopped: false, file, map, diags: Vec::new(), budget };
+    let pending = if matches!(cur.tok, Tok::Ident(_)) { nth_suffix(&mut input) } else { None };
+    let mut p =
+        CodeParser { input, src_len: src.len(), cur, pending, stopped: false, file, map, diags: Vec::new(), budget };
     let code = p.block(Ctx::Thread(kind), None, 1);
     (code, p.diags)
 }
@@ -764,7 +810,9 @@ mod tests {
         let src = "load x -> r0\nstore x 1; store x r0\nxchg x 2 -> r1\ncmpxchg x 1 r1 -> r2\nfetch_add x 1 -> r3\nmfence\n\
                    wait f\nwait f == 2\nsignal f\nsignal f 3\nbarrier\ndelay 100\ntouch x write\ntouch x\nmmap u rw\nmunmap x\n\
                    mprotect x none\nmadvise x free\ncow x\nksm x y\nmigrate x\nmkclean x -> r4\nreclaim x\nmremap x -> u\nalloc u # c\n\
-                   madvise x dontneed at after_ptl_release { signal s1; wait s2 } at before_free {\n delay 5\n}\n";
+                   truncate x\nuffd_wp x on\nuffd_wp x off\n\
+                   madvise x dontneed at after_ptl_release { signal s1; wait s2 } at before_free {\n delay 5\n}\n\
+                   munmap x at after_pte_clear#2 { signal a } # a comment\n";
         let (code, d) = parse(src, ThreadKind::Vcpu);
         assert!(d.is_empty(), "{d:?}");
         let printed: Vec<String> = code.iter().map(|s| s.to_string()).collect();
@@ -773,10 +821,15 @@ mod tests {
         assert_eq!(printed[4], "cmpxchg x 1 r1 -> r2");
         assert_eq!(printed[9], "signal f 1");
         assert_eq!(
-            printed.last().unwrap(),
+            printed[printed.len() - 2],
             "madvise x dontneed at after_ptl_release { signal s1 1; wait s2 } at before_free { delay 5 }"
         );
-        assert_eq!(code.len(), 27);
+        assert_eq!(printed[26], "truncate x");
+        assert_eq!(printed[27], "uffd_wp x on");
+        assert_eq!(printed[28], "uffd_wp x off");
+        assert_eq!(printed.last().unwrap(), "munmap x at after_pte_clear#2 { signal a 1 }");
+        assert_eq!(code.last().unwrap().hooks[0].nth, 2);
+        assert_eq!(code.len(), 31);
     }
 
     #[test]
@@ -819,6 +872,14 @@ mod tests {
         assert!(d[0].message.contains("reserved"));
         let (_, d) = parse("load x -> r32", ThreadKind::Vcpu);
         assert!(d[0].message.contains("invalid register"));
+        let (_, d) = parse("munmap x at after_pte_clear#0 { signal a }", ThreadKind::Vcpu);
+        assert!(d[0].message.contains("counts firings from 1"), "{d:?}");
+        let (_, d) = parse("munmap x at before_free#2 { signal a } at before_free#2 { signal b }", ThreadKind::Vcpu);
+        assert!(d[0].message.contains("`before_free#2` given twice"), "{d:?}");
+        let (c, d) = parse("munmap x at before_free { signal a } at before_free#2 { signal b }", ThreadKind::Vcpu);
+        assert!(d.is_empty() && c[0].hooks.len() == 2, "{d:?}");
+        let (_, d) = parse("uffd_wp x maybe", ThreadKind::Vcpu);
+        assert!(d[0].notes[0].contains("on, off"), "{d:?}");
     }
 
     #[test]

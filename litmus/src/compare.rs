@@ -337,7 +337,7 @@ forbidden = "P0:r0 == 1"
         assert_eq!(cmp.rows.len(), 1);
         assert!(cmp.render().contains("flush=pending → flush=per-ptl"), "{}", cmp.render());
         let mut two = file(&t, "flush=ptl", 10, 0, 0);
-        two.runs.extend(file(&t, "flush=gather", 10, 10, 0).runs);
+        two.runs.extend(file(&t, "madv-nested-check=off", 10, 10, 0).runs);
         let cmp = compare(&file(&t, "flush=pending", 10, 0, 0), &two);
         assert_eq!(cmp.rows.iter().filter(|r| r.change == Change::OnlyCandidate).count(), 2);
         assert_eq!(cmp.new_violations(), 0);
@@ -347,14 +347,14 @@ forbidden = "P0:r0 == 1"
     fn baseline_within_one_file() {
         let t = test();
         let mut f = file(&t, "flush=pending", 10, 0, 0);
-        f.runs.extend(file(&t, "flush=gather", 10, 10, 0).runs);
+        f.runs.extend(file(&t, "madv-nested-check=off", 10, 10, 0).runs);
         f.runs.extend(file(&t, "flush=ptl", 10, 0, 0).runs);
         let cmp = against_baseline(&f, |r| r.policy == "flush=pending");
         let changes: Vec<(Option<String>, Change)> =
             cmp.rows.iter().map(|r| (r.cand_policy.clone(), r.change)).collect();
         assert_eq!(
             changes,
-            [(Some("flush=gather".into()), Change::NewViolation), (Some("flush=ptl".into()), Change::Same)]
+            [(Some("madv-nested-check=off".into()), Change::NewViolation), (Some("flush=ptl".into()), Change::Same)]
         );
     }
 }

@@ -122,7 +122,7 @@ impl Emitter<'_> {
         }
         for h in &s.hooks {
             let hat = self.out.len();
-            self.out.push((Instr { op: Op::At as u8, arg: h.hook as u8, ..Instr::default() }, pos));
+            self.out.push((Instr { op: Op::At as u8, arg: h.hook as u8, imm: h.nth as u64, ..Instr::default() }, pos));
             for b in &h.body {
                 self.stmt(b)?;
             }
@@ -269,7 +269,7 @@ pub fn disassemble(blob: &Blob<'_>) -> String {
     out.push_str(&format!(
         "test {} policy-bytes {:?} seed {} iterations {}\n",
         blob.name(),
-        &h.policy.to_bytes()[..13],
+        &h.policy.bytes[..abi::policy::N_KEYS],
         h.seed,
         h.iterations
     ));
@@ -342,7 +342,9 @@ fn dis_item(blob: &Blob<'_>, t: &ThreadDesc, pc: u32) -> (String, u32) {
     for _ in 0..i.nhooks {
         let Some(at) = blob.thread_instr(t, pc + n) else { break };
         let hook = Hook::from_u8(at.arg).map(|h| h.name()).unwrap_or("?");
-        text.push_str(&format!(" at {hook} {}", dis_block(blob, t, pc + n + 1, pc + n + 1 + at.len)));
+        // `at HOOK#N` keeps N in the record's imm (0: every firing).
+        let nth = if at.imm > 0 { format!("#{}", at.imm) } else { String::new() };
+        text.push_str(&format!(" at {hook}{nth} {}", dis_block(blob, t, pc + n + 1, pc + n + 1 + at.len)));
         n += 1 + at.len;
     }
     (text, n)
@@ -381,7 +383,7 @@ observe = ["P0:r0", "D0:r1", "x"]
 exists = "P0:r0 == 1 && D0:r1 == fault"
 "#;
         let t = check_source("rt.toml", src).test.expect("valid");
-        let p = Policy::parse("flush=gather,tlb=evict:0.5").unwrap();
+        let p = Policy::parse("kernel=v4.9,tlb=evict:0.5").unwrap();
         let c = compile(&t, &p, &CompileOptions { seed: 42, iterations: 7, iteration_timeout_ms: 100 }).unwrap();
         let b = Blob::parse(&c.blob).expect("decodes");
         assert_eq!(b.name(), "rt");
@@ -405,7 +407,7 @@ exists = "P0:r0 == 1 && D0:r1 == fault"
         assert!(d.contains("observe D0:r1\nobserve x\n"), "{d}");
         // Hook lookup as the interpreter does it.
         let p0 = b.thread(0).unwrap();
-        let (gs, ge) = b.hook_group(&p0, 2, Hook::AfterPtlRelease).unwrap();
+        let (gs, ge) = b.hook_group(&p0, 2, Hook::AfterPtlRelease, 1).unwrap();
         assert_eq!(ge - gs, 2);
         assert_eq!(b.thread_instr(&p0, gs).unwrap().op(), Op::Wait);
         assert_eq!(b.item_len(&p0, 2), Some(6));

@@ -39,6 +39,14 @@ struct RawFile {
     fin: Option<Spanned<RawFinal>>,
     #[serde(default)]
     expect: BTreeMap<Spanned<String>, Spanned<String>>,
+    /// A test for `vmm explore`: its `[expect]` holds for the search.
+    explore: Option<Spanned<RawExplore>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExplore {
+    preemptions: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +119,15 @@ struct Checker<'a> {
     dropped: [usize; 2],
     /// Where a dropped diagnostic's notes go.
     scratch: Option<Diagnostic>,
+    opts: CheckOptions,
+}
+
+/// How strictly files are checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// Accept `[expect]` policies no kernel ever had (`--allow-hypothetical`);
+    /// they are still labelled hypothetical in the output.
+    pub allow_hypothetical: bool,
 }
 
 impl Checker<'_> {
@@ -150,8 +167,13 @@ impl Checker<'_> {
 
 /// Check one litmus file.
 pub fn check_source(file_name: &str, text: &str) -> CheckedFile {
+    check_source_with(file_name, text, &CheckOptions::default())
+}
+
+/// Check one litmus file with `opts`.
+pub fn check_source_with(file_name: &str, text: &str, opts: &CheckOptions) -> CheckedFile {
     let file = SourceFile::new(file_name, text);
-    let mut c = Checker { file: &file, diags: Vec::new(), kept: [0; 2], dropped: [0; 2], scratch: None };
+    let mut c = Checker { file: &file, diags: Vec::new(), kept: [0; 2], dropped: [0; 2], scratch: None, opts: *opts };
     let test = check_inner(&mut c);
     let mut diagnostics = c.diags;
     diagnostics.sort_by_key(|d| (d.line, d.col));
@@ -179,11 +201,19 @@ pub fn check_bytes(file_name: &str, bytes: Vec<u8>) -> CheckedFile {
 /// Check several files. `Ok` only if no file has an error; the warnings of
 /// every file come along either way.
 pub fn check_all(sources: &[(String, String)]) -> Result<(Vec<Test>, Vec<Diagnostic>), Vec<Diagnostic>> {
+    check_all_with(sources, &CheckOptions::default())
+}
+
+/// [`check_all`] with `opts`.
+pub fn check_all_with(
+    sources: &[(String, String)],
+    opts: &CheckOptions,
+) -> Result<(Vec<Test>, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut tests = Vec::new();
     let mut diags = Vec::new();
     let mut failed = false;
     for (name, text) in sources {
-        let r = check_source(name, text);
+        let r = check_source_with(name, text, opts);
         diags.extend(r.diagnostics);
         match r.test {
             Some(t) => tests.push(t),
@@ -203,7 +233,16 @@ pub fn check_all(sources: &[(String, String)]) -> Result<(Vec<Test>, Vec<Diagnos
 /// refuses FIFOs, devices and oversized files before reading.)
 pub fn load_files<P: AsRef<Path>>(
     paths: &[P],
+    read: impl FnMut(&Path) -> std::io::Result<Vec<u8>>,
+) -> Result<(Vec<Test>, Vec<Diagnostic>), Vec<Diagnostic>> {
+    load_files_with(paths, read, &CheckOptions::default())
+}
+
+/// [`load_files`] with `opts`.
+pub fn load_files_with<P: AsRef<Path>>(
+    paths: &[P],
     mut read: impl FnMut(&Path) -> std::io::Result<Vec<u8>>,
+    opts: &CheckOptions,
 ) -> Result<(Vec<Test>, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut sources = Vec::new();
     let mut early = Vec::new();
@@ -215,7 +254,7 @@ pub fn load_files<P: AsRef<Path>>(
             Err(e) => early.push(SourceFile::new(name, "").error(0, 0, format!("cannot read file: {e}"))),
         }
     }
-    match check_all(&sources) {
+    match check_all_with(&sources, opts) {
         Ok(r) if early.is_empty() => Ok(r),
         Ok((_, d)) | Err(d) => {
             early.extend(d);
@@ -352,9 +391,20 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
 
     // --- final and expect (both checked even if one fails, to report everything)
     let fin = check_final(c, &raw, &threads, &locations);
-    let expect = check_expect(c, &raw);
+    let expect = check_expect(c, &raw, &threads);
     let (observed, condition) = fin?;
 
+    let explore = raw.explore.as_ref().and_then(|e| {
+        let preemptions = match &e.get_ref().preemptions {
+            None => crate::ast::DEFAULT_EXPLORE_PREEMPTIONS,
+            Some(k) if (0..=64).contains(k.get_ref()) => *k.get_ref() as u32,
+            Some(k) => {
+                c.error(span(k), "`preemptions` is a preemption bound from 0 to 64");
+                return None;
+            }
+        };
+        Some(crate::ast::ExploreSpec { preemptions })
+    });
     let mut test = Test {
         file: c.file.name.clone(),
         name,
@@ -364,6 +414,7 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
         observed,
         condition,
         expect,
+        explore,
         hash: String::new(),
     };
     test.hash = test_hash(&test);
@@ -927,7 +978,22 @@ fn check_final(
     Some((observed.list, Condition { kind, expr: expr? }))
 }
 
-fn check_expect(c: &mut Checker<'_>, raw: &RawFile) -> Vec<Expectation> {
+fn check_expect(c: &mut Checker<'_>, raw: &RawFile, threads: &[Thread]) -> Vec<Expectation> {
+    // Operations younger than some profile (uffd_wp): a kernel before it
+    // cannot run the test at all.
+    let mut young: Vec<(String, abi::policy::Release)> = Vec::new();
+    for t in threads {
+        for s in &t.code {
+            s.walk(&mut |s| {
+                if let Some(r) = crate::kernels::since(s) {
+                    let what = if s.op == Op::Madvise { "madvise free".to_string() } else { s.op.name().to_string() };
+                    if !young.iter().any(|(w, _)| *w == what) {
+                        young.push((what, r));
+                    }
+                }
+            });
+        }
+    }
     let mut items: Vec<_> = raw.expect.iter().collect();
     items.sort_by_key(|(k, _)| k.span().start);
     if let Some((k, _)) = items.get(MAX_EXPECTATIONS) {
@@ -972,6 +1038,41 @@ fn check_expect(c: &mut Checker<'_>, raw: &RawFile) -> Vec<Expectation> {
                 d.notes.push(format!("both mean: {}", full_policy_text(&policy)));
                 continue;
             }
+            // Every kernel it covers must have been real, and have the test's operations.
+            let mut bad = false;
+            for kern in policy.kernels() {
+                let p = policy.on_kernel(kern);
+                let reality = p.reality();
+                if reality.is_hypothetical() && !c.opts.allow_hypothetical {
+                    let d = c.error(span(k), format!("[expect] `{key}` is no kernel that existed"));
+                    d.notes.push(format!("on {}: {reality}", kern.name()));
+                    d.notes.push("run with --allow-hypothetical to accept it (labelled hypothetical)".into());
+                    bad = true;
+                    break;
+                }
+                if let Some((what, since)) = young.iter().find(|(_, r)| kern.release() < *r) {
+                    c.error(span(k), format!("[expect] `{key}`: {} has no `{what}` (since {since})", kern.name()));
+                    bad = true;
+                    break;
+                }
+            }
+            if bad {
+                continue;
+            }
+            // Entries that cover one run must agree.
+            let runs: Vec<Policy> = policy.kernels().into_iter().map(|kern| policy.on_kernel(kern)).collect();
+            if let Some(prev) =
+                out.iter().find(|e| e.verdict != verdict && runs.iter().any(|r| e.policy.expectation_applies(r)))
+            {
+                let msg = format!(
+                    "[expect] `{key}` = \"{}\" contradicts `{}` = \"{}\": both cover one kernel",
+                    verdict.name(),
+                    prev.key,
+                    prev.verdict.name()
+                );
+                c.error(span(k), msg);
+                continue;
+            }
             out.push(Expectation { key: key.clone(), policy, verdict });
         }
     }
@@ -982,10 +1083,14 @@ fn check_expect(c: &mut Checker<'_>, raw: &RawFile) -> Vec<Expectation> {
 /// must resolve to the same value; the cache models `tlb`/`iotlb` only
 /// separate two entries when both name them (see
 /// [`Policy::expectation_applies`]).
+/// `kernel` ranges are compared kernel by kernel by the caller.
 fn expectations_overlap(a: &Policy, b: &Policy) -> bool {
+    if a.kernel_range().is_some() || b.kernel_range().is_some() {
+        return false;
+    }
     KEYS.iter().all(|k| {
         let open = matches!(k.key, Key::Tlb | Key::Iotlb) && (!a.is_explicit(k.key) || !b.is_explicit(k.key));
-        open || a.get(k.key) == b.get(k.key)
+        open || k.key == Key::Kernel || a.get(k.key) == b.get(k.key)
     })
 }
 
@@ -1237,7 +1342,7 @@ forbidden = "P2:r1 == 1"
         ));
         assert_eq!(d.len(), 1, "{d:?}");
         assert!(d[0].message.contains("contradicts"), "{}", d[0]);
-        let d = errors(&with("\"flush=ptl\" = \"never\"\n\"flush=ptl,tlb=lazy\" = \"never\"\n"));
+        let d = errors(&with("\"kernel=v4.19\" = \"never\"\n\"kernel=v4.19,tlb=lazy\" = \"never\"\n"));
         assert!(d[0].message.contains("is the same policy as"), "{}", d[0]);
         // Different cache models named on both sides are different rows.
         let ok = check_source("t.toml", &with("\"tlb=lazy\" = \"never\"\n\"tlb=evict:0.5\" = \"sometimes\"\n"));

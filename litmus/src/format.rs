@@ -96,6 +96,10 @@ pub fn herd_block_of(rec: &RunRecord) -> String {
     o.push_str(&format!("Test {} {kind}\n", rec.test));
     let key = |k: &str| rec.policy_keys.get(k).map_or("?", |v| v.as_str());
     o.push_str(&format!("Policy {} tlb={} iotlb={} seed={}\n", rec.policy_mm, key("tlb"), key("iotlb"), rec.seed));
+    if let Some(x) = &rec.explore {
+        o.push_str(&x.line());
+        o.push('\n');
+    }
     o.push_str(&threads_line(rec));
     o.push('\n');
     if let Some(f) = &rec.fidelity {
@@ -130,10 +134,17 @@ pub fn herd_block_of(rec: &RunRecord) -> String {
     if let (Some(e), Some(res)) = (s.expected, s.expect) {
         match res {
             ExpectResult::Inconclusive => {
-                o.push_str(&format!("Expect {}: inconclusive ({})\n", e.name(), evidence_text(&s, rec.requested)))
+                let why = match rec.explore.as_ref().and_then(|x| x.incomplete_reason()) {
+                    Some(r) if s.timed_out == 0 => r,
+                    _ => evidence_text(&s, rec.requested),
+                };
+                o.push_str(&format!("Expect {}: inconclusive ({why})\n", e.name()))
             }
             _ => o.push_str(&format!("Expect {}: {}\n", e.name(), res.name())),
         }
+    }
+    if let Some(x) = &rec.explore {
+        o.push_str(&x.trailer());
     }
     if rec.timed_out > 0 {
         o.push_str(&format!("Timeouts {}\n", rec.timed_out));
@@ -191,7 +202,11 @@ pub fn verdict_table_of(runs: &[RunRecord]) -> String {
         let s = r.summary();
         rows.push([
             r.test.clone(),
-            r.policy.clone(),
+            // Proposals and hypothetical policies say so on their row.
+            match crate::policy::Policy::parse(&r.policy).ok().and_then(|p| p.label()) {
+                Some(l) => format!("{} [{l}]", r.policy),
+                None => r.policy.clone(),
+            },
             format!("{}/{}", s.completed, r.requested),
             s.timed_out.to_string(),
             s.observation.name().into(),

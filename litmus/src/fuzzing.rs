@@ -72,7 +72,7 @@ fn exercise_compiled(test: &Test, policy: &Policy) {
         while pc < bt.n_instrs {
             let n = blob.item_len(&bt, pc).expect("well-formed item");
             for h in Hook::ALL {
-                let _ = blob.hook_group(&bt, pc, *h);
+                let _ = blob.hook_group(&bt, pc, *h, 1);
             }
             pc += n;
         }

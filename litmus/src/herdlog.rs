@@ -1297,4 +1297,74 @@ Time MP-TTD+DMB.ST+DMB.LD 1.31
             }
         }
     }
+
+    /// `vmm explore`'s blocks (an `Explore` line after `Policy`, `Witness`
+    /// and `Pct` lines after `Expect`) read as litmus7's do: the tools keep
+    /// their states, condition, hash and time.
+    #[test]
+    fn explore_blocks_survive_herds_lexer() {
+        use crate::explore_results::ExploreRecord;
+        use crate::{check_all, herd_block, state_text, RunResult};
+        use explore::{PctBound, Reduction, Shard, Strategy, Witness};
+
+        let (tests, _) = check_all(&crate::explore_sources()).unwrap();
+        let mut log = String::new();
+        let mut want = Vec::new();
+        for (i, t) in tests.iter().enumerate() {
+            let policy = t.expect_policies()[0];
+            let n = t.observed.len();
+            let state: Vec<u64> = (0..n as u64).collect();
+            let strategy = if i % 2 == 0 {
+                Strategy::Bounded { preemptions: Some(2), reduction: Reduction::SleepSets }
+            } else {
+                Strategy::Pct { depth: 3, runs: 100 }
+            };
+            let mut search = explore::ExploreResult::<Vec<u64>> {
+                strategy,
+                seed: 1,
+                shard: Shard::ALL,
+                split_depth: 6,
+                schedules: 17,
+                complete: i % 2 == 0,
+                redundant: 3,
+                discovery: 0,
+                longest: 40,
+                by_preemptions: Default::default(),
+                histogram: [(state.clone(), 17)].into_iter().collect(),
+                witness: Some(Witness { preemptions: 1, order: vec![0, 1], steps: vec![], outcome: state.clone() }),
+                pct: None,
+            };
+            if i % 2 == 1 {
+                search.pct = Some(PctBound::new(3, t.threads.len() as u32, 50, 100, false));
+            }
+            let mut r = RunResult::new(t, policy, 1, crate::explore_results::requested(&search));
+            r.record_n(&state, 17).unwrap();
+            r.time_secs = 2.5;
+            r.explore = Some(ExploreRecord {
+                search,
+                witness_file: Some(format!("witnesses/{}--x.toml", t.name)),
+                timeline_file: None,
+                points: 600,
+                parks: 40,
+                boots: 1,
+            });
+            let block = herd_block(t, &r);
+            assert!(block.contains("\nExplore "), "{block}");
+            log.push_str(&block);
+            log.push('\n');
+            want.push((t.name.clone(), vec![(17, state_text(t, &state))]));
+        }
+        let read = check_log(&log).unwrap_or_else(|p| panic!("{}\n{log}", p.join("\n")));
+        assert_eq!(read.len(), want.len());
+        for (got, (name, states)) in read.iter().zip(&want) {
+            assert_eq!(&got.name, name);
+            let got_states: Vec<(u64, String)> = got
+                .states
+                .iter()
+                .map(|s| (s.count, s.bindings.iter().map(|(l, v)| format!("{l}={v};")).collect::<Vec<_>>().join(" ")))
+                .collect();
+            assert_eq!(&got_states, states, "{name}");
+            assert!(got.time.is_some() && got.hash.is_some() && got.condition_parses, "{name}");
+        }
+    }
 }

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value as Json;
 
+use crate::explore_results::KIND_EXPLORE;
 use crate::results::MAX_TIMEOUT_RECORDS;
 use crate::results_file::{PlannedRun, ResultsFile, RunRecord, ShardInfo, StateRecord, JSON_SCHEMA, KIND_LITMUS};
 
@@ -48,9 +49,13 @@ pub fn merge(inputs: &[(String, ResultsFile)]) -> Result<Merged, String> {
     if inputs.is_empty() {
         return Err("no results to merge".into());
     }
+    let kind = inputs[0].1.kind.clone();
     for (name, f) in inputs {
-        if f.kind != KIND_LITMUS {
+        if f.kind != KIND_LITMUS && f.kind != KIND_EXPLORE {
             return Err(format!("{name}: results of kind `{}` have no merge rule here", f.kind));
+        }
+        if f.kind != kind {
+            return Err(format!("{name}: results of kind `{}` cannot be merged with `{kind}` results", f.kind));
         }
     }
     // Shards: one count, no index twice; merged files contribute theirs.
@@ -99,7 +104,11 @@ pub fn merge(inputs: &[(String, ResultsFile)]) -> Result<Merged, String> {
     }
     let mut runs = Vec::new();
     for k in &keys {
-        runs.push(merge_run(&parts[k], &mut gaps)?);
+        runs.push(if kind == KIND_EXPLORE {
+            crate::explore_results::merge_runs(&parts[k])?
+        } else {
+            merge_run(&parts[k], &mut gaps)?
+        });
     }
     for p in &job {
         if !parts.contains_key(&(p.test.clone(), p.policy.clone())) {
@@ -112,7 +121,7 @@ pub fn merge(inputs: &[(String, ResultsFile)]) -> Result<Merged, String> {
     let complete = gaps.is_empty() && inputs.iter().all(|(_, f)| f.complete);
     let file = ResultsFile {
         schema: JSON_SCHEMA.into(),
-        kind: KIND_LITMUS.into(),
+        kind,
         complete,
         shard: None,
         merged_from: shards.keys().copied().collect(),
@@ -335,7 +344,11 @@ mod tests {
         let (_, shards) = job(2, 10);
         let e = merge(&named(&[shards[0].clone(), shards[0].clone()])).unwrap_err();
         assert!(e.contains("given twice"), "{e}");
-        let mut other_seed = shards[1].clone();
+        // A run both inputs hold a part of, with another seed (whether the
+        // cut between shards 1 and 2 splits a run depends on the catalogue's
+        // size, so the other input is shard 1's runs under shard 2's name).
+        let mut other_seed = shards[0].clone();
+        other_seed.shard = shards[1].shard;
         other_seed.runs[0].seed = 7;
         let e = merge(&named(&[shards[0].clone(), other_seed])).unwrap_err();
         assert!(e.contains("seed"), "{e}");
@@ -343,11 +356,13 @@ mod tests {
         other_kind.kind = "explore".into();
         let e = merge(&named(&[shards[0].clone(), other_kind])).unwrap_err();
         assert!(e.contains("kind `explore`"), "{e}");
-        let mut overlap = shards[1].clone();
+        let mut unknown = shards[1].clone();
+        unknown.kind = "bench".into();
+        let e = merge(&named(&[unknown])).unwrap_err();
+        assert!(e.contains("no merge rule"), "{e}");
+        // Shard 1's iterations again, as an unsharded file.
+        let mut overlap = shards[0].clone();
         overlap.shard = None;
-        for r in &mut overlap.runs {
-            r.first_iteration = 0;
-        }
         let e = merge(&named(&shards[..1]).into_iter().chain([("x".to_string(), overlap)]).collect::<Vec<_>>())
             .unwrap_err();
         assert!(e.contains("overlap"), "{e}");

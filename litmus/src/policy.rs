@@ -1,165 +1,45 @@
-//! Policies: which historical kernel behaviour the guest's mm model follows.
+//! Policies: which kernel the guest's mm model behaves like.
 //!
-//! A policy string is `k=v,k=v` (used by `--policy` and by `[expect]` keys).
-//! Keys not given keep their default, which is today's fixed kernel
-//! behaviour, so `flush=pending,madv-nested-check=off` reads as "today's
-//! kernel, but before 99baac21e458". [`Policy`] remembers which keys were
-//! given so it prints back the way the user wrote it (in canonical key
-//! order), and so an `[expect]` entry that does not mention `tlb`/`iotlb`
-//! applies whatever TLB model the run uses.
+//! A policy string is `k=v,k=v` (`--policy`, `[expect]` keys). Every key
+//! and value comes from the one table in [`abi::policy`]. `kernel=` picks a
+//! profile (default `mainline`); the other kernel keys given with it
+//! override the profile's value — one commit applied or reverted — and the
+//! hardware keys (`tlb`, `iotlb`, `pwc`, `walk-cache`) describe the
+//! emulated machine. [`Policy`] remembers which keys were given so it
+//! prints back the way the user wrote it (in canonical key order), and so an
+//! `[expect]` entry that does not mention `tlb`/`iotlb` applies whatever TLB
+//! model the run uses.
+//!
+//! [`Policy::reality`] says whether a policy is a kernel that existed: a
+//! profile, a profile with one commit applied or reverted, or values that
+//! all co-existed in some release; a proposal on top of one; or a
+//! combination no kernel ever had (refused unless `--allow-hypothetical`).
 
 use abi::config::{IotlbModel, TlbModel};
-use abi::litmus::{
-    DirtySharedFlush, FlushScheme, IotlbMode, MigrcUpgrade, MremapFlush, NestedRange, NotifierPlacement, OnOff,
-    PolicyAbi, ResetRange, TlbMode, PPM,
+use abi::policy::Pwc;
+pub use abi::policy::{
+    profile_abi, Key, KeyDesc, KeyKind, PolicyAbi, Profile, Release, Status, ValueDesc, KEYS, PPM, REQUIREMENTS,
 };
 use std::fmt;
 
-/// The policy keys, in canonical order (the order of LITMUS.md's table).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Key {
-    Tlb,
-    Iotlb,
-    Pwc,
-    Flush,
-    Notifier,
-    MadvNestedCheck,
-    BatchedPendingCheck,
-    MremapFlush,
-    ResetRange,
-    NestedRange,
-    DirtySharedFlush,
-    Migrc,
-    MigrcUpgrade,
-}
-
-/// What a key means and which upstream change it stands for (for the guide
-/// and `--help`).
-pub struct KeyInfo {
-    pub key: Key,
-    pub name: &'static str,
-    /// Valid values as written (`evict:P` stands for a probability).
-    pub values: &'static [&'static str],
-    pub default: &'static str,
-    pub meaning: &'static str,
-}
-
-/// Every key with its values, default and meaning, in canonical order.
-pub const KEYS: &[KeyInfo] = &[
-    KeyInfo {
-        key: Key::Tlb,
-        name: "tlb",
-        values: &["lazy", "evict:P", "native"],
-        default: "lazy",
-        meaning: "vCPU TLB model: lazy = entries die only by this vCPU's own flush; evict:P = also dropped with probability P at each exit; native = the host's real TLB",
-    },
-    KeyInfo {
-        key: Key::Iotlb,
-        name: "iotlb",
-        values: &["lazy", "evict:P"],
-        default: "lazy",
-        meaning: "device IOTLB model",
-    },
-    KeyInfo {
-        key: Key::Pwc,
-        name: "pwc",
-        values: &["on", "off"],
-        default: "on",
-        meaning: "the device's paging-structure cache",
-    },
-    KeyInfo {
-        key: Key::Flush,
-        name: "flush",
-        values: &["ptl", "gather", "pending", "per-ptl", "generation"],
-        default: "pending",
-        meaning: "primary flush scheme: under the PTL; mmu_gather after release; + tlb_flush_pending with nested-zap check; pending tracked per page table; mm/table generations",
-    },
-    KeyInfo {
-        key: Key::Notifier,
-        name: "notifier",
-        values: &["ptl", "end", "only-end", "tlb-flush", "none"],
-        default: "tlb-flush",
-        meaning: "where the secondary invalidation runs: under the PTL (*_notify), in invalidate_range_end, the 4.15 _only_end rule, from the TLB-flush path (6.6+), never",
-    },
-    KeyInfo {
-        key: Key::MadvNestedCheck,
-        name: "madv-nested-check",
-        values: &["on", "off"],
-        default: "on",
-        meaning: "off = before 99baac21e458 (tlb_finish_mmu does not flush when a nested zap is pending)",
-    },
-    KeyInfo {
-        key: Key::BatchedPendingCheck,
-        name: "batched-pending-check",
-        values: &["on", "off"],
-        default: "on",
-        meaning: "off = before 3ea277194daa (no flush_tlb_batched_pending)",
-    },
-    KeyInfo {
-        key: Key::MremapFlush,
-        name: "mremap-flush",
-        values: &["before-unlock", "after-unlock"],
-        default: "before-unlock",
-        meaning: "after-unlock = before eb66ae030829 (CVE-2018-18281)",
-    },
-    KeyInfo {
-        key: Key::ResetRange,
-        name: "reset-range",
-        values: &["keep-freed-tables", "clear-freed-tables"],
-        default: "keep-freed-tables",
-        meaning: "clear-freed-tables = before 7a30df49f63a: __tlb_reset_range clears freed_tables, device invalidation becomes leaf-only",
-    },
-    KeyInfo {
-        key: Key::NestedRange,
-        name: "nested-range",
-        values: &["full", "sentinel"],
-        default: "full",
-        meaning: "sentinel = secondary invalidation of a reset (~0) range flushes nothing (2022 IOMMUv2 report)",
-    },
-    KeyInfo {
-        key: Key::DirtySharedFlush,
-        name: "dirty-shared-flush",
-        values: &["under-ptl", "deferred"],
-        default: "under-ptl",
-        meaning: "deferred = before 1cf35d47712d: zap of a dirty shared PTE flushes after the PTL release",
-    },
-    KeyInfo {
-        key: Key::Migrc,
-        name: "migrc",
-        values: &["off", "on"],
-        default: "off",
-        meaning: "on = deferred flush at migration of read-only pages (the migrc series)",
-    },
-    KeyInfo {
-        key: Key::MigrcUpgrade,
-        name: "migrc-upgrade",
-        values: &["wp-only", "all"],
-        default: "all",
-        meaning: "which permission upgrades force migrc's pending flush: only the write-protect fault, or every upgrade (mprotect too)",
-    },
-];
-
-impl Key {
-    pub fn info(self) -> &'static KeyInfo {
-        &KEYS[self as usize]
-    }
-    pub fn name(self) -> &'static str {
-        self.info().name
-    }
-    pub fn from_name(s: &str) -> Option<Key> {
-        KEYS.iter().find(|k| k.name == s).map(|k| k.key)
-    }
-    fn bit(self) -> u16 {
-        1 << (self as u16)
-    }
-}
+/// The table entry of a key (kept under its old name for the crate's users).
+pub type KeyInfo = KeyDesc;
 
 /// A resolved policy: every key has a value; `explicit` says which were given.
-/// The default is today's fixed kernel behaviour with no key given.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// The default is `kernel=mainline` on the default hardware, no key given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Policy {
     pub abi: PolicyAbi,
-    explicit: u16,
+    explicit: u64,
+    /// `kernel=A..B` (an `[expect]` key covering several profiles): the
+    /// range; `abi` is resolved for its newest profile.
+    range: Option<(Profile, Profile)>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { abi: PolicyAbi::DEFAULT, explicit: 0, range: None }
+    }
 }
 
 /// [`Policy::set`] was given a value its key does not take.
@@ -207,8 +87,39 @@ fn fmt_prob(ppm: u32) -> String {
     format!("{}", ppm as f64 / PPM as f64)
 }
 
+fn bit(k: Key) -> u64 {
+    1 << (k as u64)
+}
+
+/// Every profile, oldest first.
+pub fn profiles() -> &'static [Profile] {
+    Profile::ALL
+}
+
+/// The profile named `v4.14` / `mainline`.
+pub fn profile_named(s: &str) -> Option<Profile> {
+    Profile::from_name(s)
+}
+
+/// Values accepted for a key, as written (`evict:P` for a parameter).
+pub fn value_names(k: &KeyDesc) -> Vec<String> {
+    k.values
+        .iter()
+        .map(|v| match k.param {
+            Some(p) if p.value == v.num => format!("{}:P", v.name),
+            _ => v.name.to_string(),
+        })
+        .collect()
+}
+
 impl Policy {
+    /// The profile's policy, nothing given explicitly but the kernel.
+    pub fn profile(p: Profile) -> Policy {
+        Policy { abi: profile_abi(p), explicit: bit(Key::Kernel), range: None }
+    }
+
     /// Parse `k=v,k=v`. `""` and `"default"` are the default policy.
+    /// `kernel=A..B` covers the profiles from A to B (for `[expect]`).
     pub fn parse(s: &str) -> Result<Policy, PolicyError> {
         let mut p = Policy::default();
         if s.trim().is_empty() || s.trim() == "default" {
@@ -243,7 +154,7 @@ impl Policy {
                 message: format!("unknown policy key `{k}`"),
                 notes: vec![valid_keys_note()],
             })?;
-            if p.explicit & key.bit() != 0 {
+            if p.explicit & bit(key) != 0 {
                 return Err(PolicyError {
                     start,
                     end: start + k.len(),
@@ -254,83 +165,120 @@ impl Policy {
             let eq = item.find('=').unwrap_or(0);
             let raw_v = &item[eq + 1..];
             let vstart = start + eq + 1 + (raw_v.len() - raw_v.trim_start().len());
-            p.set(key, v).map_err(|InvalidValue| PolicyError {
+            let err = || PolicyError {
                 start: vstart,
                 end: (vstart + v.len()).max(vstart + 1),
                 message: format!("invalid value `{v}` for policy key `{k}`"),
-                notes: vec![format!("valid values: {}", key.info().values.join(", "))],
-            })?;
+                notes: vec![format!("valid values: {}", value_names(key.desc()).join(", "))],
+            };
+            if key == Key::Kernel {
+                if let Some((a, b)) = v.split_once("..") {
+                    let (a, b) = (profile_named(a.trim()).ok_or_else(err)?, profile_named(b.trim()).ok_or_else(err)?);
+                    if b < a {
+                        return Err(PolicyError {
+                            notes: vec![format!(
+                                "a range goes from the older profile to the newer: {}..{}",
+                                b.name(),
+                                a.name()
+                            )],
+                            ..err()
+                        });
+                    }
+                    p.set_kernel(b);
+                    p.range = (a != b).then_some((a, b));
+                    continue;
+                }
+            }
+            p.set(key, v).map_err(|InvalidValue| err())?;
         }
         Ok(p)
     }
 
+    /// `kernel=`: rebase every kernel key not given explicitly on `prof`.
+    fn set_kernel(&mut self, prof: Profile) {
+        let mut abi = profile_abi(prof);
+        for d in KEYS {
+            if d.key != Key::Kernel && self.is_explicit(d.key) {
+                abi.bytes[d.key as usize] = self.abi.bytes[d.key as usize];
+            }
+        }
+        abi.tlb_evict_ppm = self.abi.tlb_evict_ppm;
+        abi.iotlb_evict_ppm = self.abi.iotlb_evict_ppm;
+        self.abi = abi;
+        self.explicit |= bit(Key::Kernel);
+        self.range = None;
+    }
+
     /// Set one key from its textual value.
     pub fn set(&mut self, key: Key, v: &str) -> Result<(), InvalidValue> {
-        fn e<T: Copy>(v: Option<T>) -> Result<T, InvalidValue> {
-            v.ok_or(InvalidValue)
+        let d = key.desc();
+        if key == Key::Kernel {
+            self.set_kernel(profile_named(v).ok_or(InvalidValue)?);
+            return Ok(());
         }
-        let a = &mut self.abi;
-        match key {
-            Key::Tlb => {
-                if let Some(p) = v.strip_prefix("evict:") {
-                    a.tlb = TlbMode::Evict as u8;
-                    a.tlb_evict_ppm = e(parse_prob(p))?;
-                } else {
-                    let m = e(TlbMode::from_name(v).filter(|m| *m != TlbMode::Evict))?;
-                    a.tlb = m as u8;
-                    a.tlb_evict_ppm = 0;
-                }
+        let mut ppm = None;
+        let num = match (d.param, v.split_once(':')) {
+            (Some(param), Some((name, p))) if d.value(param.value).is_some_and(|x| x.name == name) => {
+                ppm = Some((param.slot, parse_prob(p).ok_or(InvalidValue)?));
+                param.value
             }
-            Key::Iotlb => {
-                if let Some(p) = v.strip_prefix("evict:") {
-                    a.iotlb = IotlbMode::Evict as u8;
-                    a.iotlb_evict_ppm = e(parse_prob(p))?;
-                } else {
-                    let m = e(IotlbMode::from_name(v).filter(|m| *m != IotlbMode::Evict))?;
-                    a.iotlb = m as u8;
-                    a.iotlb_evict_ppm = 0;
+            _ => {
+                let val = d.value_named(v).ok_or(InvalidValue)?;
+                if d.param.is_some_and(|p| p.value == val.num) {
+                    return Err(InvalidValue); // `evict` needs its `:P`
                 }
+                val.num
             }
-            Key::Pwc => a.pwc = e(OnOff::from_name(v))? as u8,
-            Key::Flush => a.flush = e(FlushScheme::from_name(v))? as u8,
-            Key::Notifier => a.notifier = e(NotifierPlacement::from_name(v))? as u8,
-            Key::MadvNestedCheck => a.madv_nested_check = e(OnOff::from_name(v))? as u8,
-            Key::BatchedPendingCheck => a.batched_pending_check = e(OnOff::from_name(v))? as u8,
-            Key::MremapFlush => a.mremap_flush = e(MremapFlush::from_name(v))? as u8,
-            Key::ResetRange => a.reset_range = e(ResetRange::from_name(v))? as u8,
-            Key::NestedRange => a.nested_range = e(NestedRange::from_name(v))? as u8,
-            Key::DirtySharedFlush => a.dirty_shared_flush = e(DirtySharedFlush::from_name(v))? as u8,
-            Key::Migrc => a.migrc = e(OnOff::from_name(v))? as u8,
-            Key::MigrcUpgrade => a.migrc_upgrade = e(MigrcUpgrade::from_name(v))? as u8,
+        };
+        self.abi.bytes[key as usize] = num;
+        if d.param.is_some() {
+            let (slot, p) = ppm.unwrap_or((d.param.map(|p| p.slot).unwrap(), 0));
+            match slot {
+                abi::policy::PpmSlot::Tlb => self.abi.tlb_evict_ppm = p,
+                abi::policy::PpmSlot::Iotlb => self.abi.iotlb_evict_ppm = p,
+            }
         }
-        self.explicit |= key.bit();
+        self.explicit |= bit(key);
         Ok(())
     }
 
     /// The textual value of a key (`evict:0.25` for eviction).
     pub fn get(&self, key: Key) -> String {
-        let a = &self.abi;
-        let n = |o: Option<&'static str>| o.unwrap_or("?").to_string();
-        match key {
-            Key::Tlb => match TlbMode::from_u8(a.tlb) {
-                Some(TlbMode::Evict) => format!("evict:{}", fmt_prob(a.tlb_evict_ppm)),
-                m => n(m.map(|m| m.name())),
-            },
-            Key::Iotlb => match IotlbMode::from_u8(a.iotlb) {
-                Some(IotlbMode::Evict) => format!("evict:{}", fmt_prob(a.iotlb_evict_ppm)),
-                m => n(m.map(|m| m.name())),
-            },
-            Key::Pwc => n(OnOff::from_u8(a.pwc).map(|v| v.name())),
-            Key::Flush => n(FlushScheme::from_u8(a.flush).map(|v| v.name())),
-            Key::Notifier => n(NotifierPlacement::from_u8(a.notifier).map(|v| v.name())),
-            Key::MadvNestedCheck => n(OnOff::from_u8(a.madv_nested_check).map(|v| v.name())),
-            Key::BatchedPendingCheck => n(OnOff::from_u8(a.batched_pending_check).map(|v| v.name())),
-            Key::MremapFlush => n(MremapFlush::from_u8(a.mremap_flush).map(|v| v.name())),
-            Key::ResetRange => n(ResetRange::from_u8(a.reset_range).map(|v| v.name())),
-            Key::NestedRange => n(NestedRange::from_u8(a.nested_range).map(|v| v.name())),
-            Key::DirtySharedFlush => n(DirtySharedFlush::from_u8(a.dirty_shared_flush).map(|v| v.name())),
-            Key::Migrc => n(OnOff::from_u8(a.migrc).map(|v| v.name())),
-            Key::MigrcUpgrade => n(MigrcUpgrade::from_u8(a.migrc_upgrade).map(|v| v.name())),
+        let d = key.desc();
+        let num = self.abi.bytes[key as usize];
+        let Some(v) = d.value(num) else { return "?".into() };
+        match d.param {
+            Some(p) if p.value == num => {
+                let ppm = match p.slot {
+                    abi::policy::PpmSlot::Tlb => self.abi.tlb_evict_ppm,
+                    abi::policy::PpmSlot::Iotlb => self.abi.iotlb_evict_ppm,
+                };
+                format!("{}:{}", v.name, fmt_prob(ppm))
+            }
+            _ => v.name.to_string(),
+        }
+    }
+
+    /// The table entry of a key's current value.
+    pub fn value(&self, key: Key) -> &'static ValueDesc {
+        key.desc().value(self.abi.bytes[key as usize]).expect("a resolved policy holds valid values")
+    }
+
+    /// The profile the policy is based on (`kernel=`, default mainline).
+    pub fn kernel(&self) -> Profile {
+        self.abi.get::<Profile>()
+    }
+
+    /// `kernel=A..B` of an `[expect]` key.
+    pub fn kernel_range(&self) -> Option<(Profile, Profile)> {
+        self.range
+    }
+
+    /// The profiles this policy stands for: its range, or its one kernel.
+    pub fn kernels(&self) -> Vec<Profile> {
+        match self.range {
+            Some((a, b)) => profiles().iter().copied().filter(|p| *p >= a && *p <= b).collect(),
+            None => vec![self.kernel()],
         }
     }
 
@@ -346,37 +294,48 @@ impl Policy {
 
     /// The `pwc` key: is the paging-structure cache on?
     pub fn pwc_on(&self) -> bool {
-        OnOff::from_u8(self.abi.pwc) != Some(OnOff::Off)
+        self.abi.get::<Pwc>() != Pwc::Off
     }
 
     /// Sets `tlb` explicitly from a typed model (`--tlb`).
     pub fn set_tlb_model(&mut self, m: TlbModel) {
         m.apply_to(&mut self.abi);
-        self.explicit |= Key::Tlb.bit();
+        self.explicit |= bit(Key::Tlb);
     }
 
     /// Sets `iotlb` explicitly from a typed model (`--iotlb`).
     pub fn set_iotlb_model(&mut self, m: IotlbModel) {
         m.apply_to(&mut self.abi);
-        self.explicit |= Key::Iotlb.bit();
+        self.explicit |= bit(Key::Iotlb);
     }
 
     /// Sets `pwc` explicitly (`--pwc`).
     pub fn set_pwc(&mut self, on: bool) {
-        self.abi.pwc = if on { OnOff::On } else { OnOff::Off } as u8;
-        self.explicit |= Key::Pwc.bit();
+        self.abi.set(if on { Pwc::On } else { Pwc::Off });
+        self.explicit |= bit(Key::Pwc);
     }
 
     pub fn is_explicit(&self, key: Key) -> bool {
-        self.explicit & key.bit() != 0
+        self.explicit & bit(key) != 0
+    }
+
+    /// The same explicit overrides on another profile (`--kernel all`).
+    pub fn on_kernel(&self, p: Profile) -> Policy {
+        let mut q = *self;
+        q.set_kernel(p);
+        q
     }
 
     /// `self` with every key `over` gives explicitly replaced by `over`'s value
     /// (how `--tlb evict:0.1` or a CLI policy overrides a test's policy).
     pub fn merged(&self, over: &Policy) -> Policy {
         let mut p = *self;
+        if over.is_explicit(Key::Kernel) {
+            p.set_kernel(over.kernel());
+            p.range = over.range;
+        }
         for k in KEYS {
-            if over.is_explicit(k.key) {
+            if k.key != Key::Kernel && over.is_explicit(k.key) {
                 p.set(k.key, &over.get(k.key)).expect("values printed by get parse");
             }
         }
@@ -398,7 +357,10 @@ impl Policy {
         let items: Vec<String> = KEYS
             .iter()
             .filter(|k| self.is_explicit(k.key) && f(k.key))
-            .map(|k| format!("{}={}", k.name, self.get(k.key)))
+            .map(|k| match (k.key, self.range) {
+                (Key::Kernel, Some((a, b))) => format!("kernel={}..{}", a.name(), b.name()),
+                _ => format!("{}={}", k.name, self.get(k.key)),
+            })
             .collect();
         if items.is_empty() {
             "default".into()
@@ -412,18 +374,39 @@ impl Policy {
         KEYS.iter().map(|k| (k.name, self.get(k.key))).collect()
     }
 
-    /// Does an `[expect]` policy apply to a run under `run`? Every key must
-    /// resolve to the same value, except that `tlb` and `iotlb` (the cache
-    /// models, not kernel behaviour) are only compared when the expectation
-    /// names them.
-    pub fn expectation_applies(&self, run: &Policy) -> bool {
-        KEYS.iter().all(|k| {
-            if matches!(k.key, Key::Tlb | Key::Iotlb) && !self.is_explicit(k.key) {
-                true
-            } else {
-                self.get(k.key) == run.get(k.key)
-            }
+    /// The same behaviour: every key but `kernel` resolves to the same
+    /// value, except that `tlb` and `iotlb` (the cache models, verdict-
+    /// neutral by design) are compared only when `self` names them.
+    fn same_behaviour(&self, run: &Policy) -> bool {
+        KEYS.iter().all(|k| match k.key {
+            Key::Kernel => true,
+            Key::Tlb | Key::Iotlb if !self.is_explicit(k.key) => true,
+            _ => self.get(k.key) == run.get(k.key),
         })
+    }
+
+    /// Does an `[expect]` policy apply to a run under `run`? The run must
+    /// behave as the expectation's kernel (any kernel of its range) with
+    /// its other keys.
+    pub fn expectation_applies(&self, run: &Policy) -> bool {
+        match self.range {
+            None => self.same_behaviour(run),
+            Some(_) => self.kernels().into_iter().any(|k| self.on_kernel(k).same_behaviour(run)),
+        }
+    }
+
+    /// Is this a kernel that existed? See [`Reality`].
+    pub fn reality(&self) -> Reality {
+        reality(self)
+    }
+
+    /// `proposal` or `hypothetical` for labels; `None` for a real kernel.
+    pub fn label(&self) -> Option<&'static str> {
+        match self.reality() {
+            Reality::Proposal { .. } => Some("proposal"),
+            Reality::Hypothetical { .. } => Some("hypothetical"),
+            _ => None,
+        }
     }
 }
 
@@ -444,15 +427,213 @@ fn valid_keys_note() -> String {
     format!("valid keys: {}", KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "))
 }
 
+// ---------------------------------------------------------------- reality
+
+/// Whether a policy is a kernel that existed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reality {
+    /// A profile as it is.
+    Profile(Profile),
+    /// Every kernel key's value was upstream together in these releases
+    /// (a profile, or a combination some release had).
+    Kernel { releases: Vec<(Release, Release)> },
+    /// The profile with one key's commit applied or reverted (a backport,
+    /// or a bisection step): `key` went from the profile's value to the
+    /// neighbouring value of the history.
+    OneCommit { key: Key, profile: Profile, from: &'static str, to: &'static str },
+    /// A real kernel (one of the above) with unmerged patches on top.
+    Proposal { keys: Vec<Key>, base: Box<Reality> },
+    /// No kernel ever had this combination; `reason` says why.
+    Hypothetical { reason: String },
+}
+
+impl Reality {
+    pub fn is_hypothetical(&self) -> bool {
+        matches!(self, Reality::Hypothetical { .. })
+    }
+}
+
+impl fmt::Display for Reality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reality::Profile(p) => write!(f, "the {} profile", p.name()),
+            Reality::Kernel { releases } => {
+                let r: Vec<String> = releases
+                    .iter()
+                    .map(|(a, b)| if b.same(Release::OPEN) { format!("{a}+") } else { format!("{a} to before {b}") })
+                    .collect();
+                write!(f, "a kernel that existed ({})", r.join(", "))
+            }
+            Reality::OneCommit { key, profile, from, to } => {
+                write!(f, "{} with one commit applied or reverted ({}: {from} -> {to})", profile.name(), key.name())
+            }
+            Reality::Proposal { keys, base } => {
+                let k: Vec<&str> = keys.iter().map(|k| k.name()).collect();
+                write!(f, "proposal ({}) on {base}", k.join(", "))
+            }
+            Reality::Hypothetical { reason } => write!(f, "hypothetical: {reason}"),
+        }
+    }
+}
+
+/// Intersection of two sets of release intervals.
+fn intersect(a: &[(Release, Release)], b: &[(Release, Release)]) -> Vec<(Release, Release)> {
+    let mut out = Vec::new();
+    for &(s1, e1) in a {
+        for &(s2, e2) in b {
+            let s = s1.max(s2);
+            let e = e1.min(e2);
+            if s < e {
+                out.push((s, e));
+            }
+        }
+    }
+    out
+}
+
+fn eras_of(v: &ValueDesc) -> Vec<(Release, Release)> {
+    match v.status {
+        Status::Kernel(eras) => eras.iter().map(|e| (e.since, e.until)).collect(),
+        _ => vec![],
+    }
+}
+
+fn describe(k: Key, v: &ValueDesc) -> String {
+    let eras: Vec<String> = eras_of(v)
+        .iter()
+        .map(|(a, b)| match (a.same(Release::EPOCH), b.same(Release::OPEN)) {
+            (true, true) => "every release".to_string(),
+            (true, false) => format!("before {b}"),
+            (false, true) => format!("{a}+"),
+            (false, false) => format!("{a} to before {b}"),
+        })
+        .collect();
+    format!("{}={} ({})", k.name(), v.name, eras.join(", "))
+}
+
+fn reality(p: &Policy) -> Reality {
+    let kernel_keys = || KEYS.iter().filter(|d| d.kind == KeyKind::Kernel);
+    for d in kernel_keys() {
+        let v = p.value(d.key);
+        if v.status == Status::Model {
+            return Reality::Hypothetical { reason: format!("{}={} is no kernel: {}", d.name, v.name, v.doc) };
+        }
+    }
+    // A value that needs another key's value.
+    for q in REQUIREMENTS {
+        if p.abi.bytes[q.key as usize] == q.value && !q.needs_values.contains(&p.abi.bytes[q.needs as usize]) {
+            return Reality::Hypothetical {
+                reason: format!(
+                    "{}={} without {} in {{{}}}: {}",
+                    q.key.name(),
+                    p.value(q.key).name,
+                    q.needs.name(),
+                    q.needs_values
+                        .iter()
+                        .filter_map(|&v| q.needs.desc().value(v))
+                        .map(|v| v.name)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    q.why
+                ),
+            };
+        }
+    }
+    let mut proposals = Vec::new();
+    for d in kernel_keys() {
+        let v = p.value(d.key);
+        if v.status == Status::Proposal && (v.num != d.default || p.is_explicit(d.key)) {
+            proposals.push(d.key);
+        }
+    }
+    // The real part: every kernel key that is not a proposal.
+    let real = |d: &&KeyDesc| !proposals.contains(&d.key) && matches!(p.value(d.key).status, Status::Kernel(_));
+    let prof_abi = profile_abi(p.kernel());
+    let as_profile = kernel_keys().filter(real).all(|d| prof_abi.bytes[d.key as usize] == p.abi.bytes[d.key as usize]);
+    let mut together = vec![(Release::EPOCH, Release::OPEN)];
+    for d in kernel_keys().filter(real) {
+        together = intersect(&together, &eras_of(p.value(d.key)));
+    }
+    let base = if as_profile {
+        Reality::Profile(p.kernel())
+    } else if !together.is_empty() {
+        Reality::Kernel { releases: together }
+    } else {
+        // One commit on top of the profile.
+        let prof = p.kernel();
+        let base = profile_abi(prof);
+        let changed: Vec<&KeyDesc> =
+            kernel_keys().filter(real).filter(|d| base.bytes[d.key as usize] != p.abi.bytes[d.key as usize]).collect();
+        let rel = prof.release();
+        match changed.as_slice() {
+            [d] => {
+                let from = d.value(base.bytes[d.key as usize]).expect("profile values are valid");
+                let to = p.value(d.key);
+                // The era of the profile's value that contains its release,
+                // and whether `to` borders it (the commit before or after).
+                let here = eras_of(from).into_iter().find(|(a, b)| *a <= rel && rel < *b);
+                let adjacent = here.is_some_and(|(a, b)| eras_of(to).iter().any(|(c, e)| *e == a || *c == b));
+                if adjacent {
+                    Reality::OneCommit { key: d.key, profile: prof, from: from.name, to: to.name }
+                } else {
+                    Reality::Hypothetical {
+                        reason: format!(
+                            "{} never co-existed with {}'s {}: more than one commit away",
+                            describe(d.key, to),
+                            prof.name(),
+                            describe(d.key, from)
+                        ),
+                    }
+                }
+            }
+            [] => Reality::Hypothetical { reason: "no release has these values".into() },
+            many => {
+                // Name a pair that never met, to make the reason concrete.
+                let mut pair = None;
+                'outer: for (i, a) in many.iter().enumerate() {
+                    for b in kernel_keys().filter(real).skip_while(|x| x.key != a.key).skip(1) {
+                        if intersect(&eras_of(p.value(a.key)), &eras_of(p.value(b.key))).is_empty() {
+                            pair = Some((a.key, b.key));
+                            break 'outer;
+                        }
+                    }
+                    let _ = i;
+                }
+                let names: Vec<String> = many.iter().map(|d| format!("{}={}", d.name, p.value(d.key).name)).collect();
+                let why = match pair {
+                    Some((a, b)) => {
+                        format!("{} and {} never co-existed", describe(a, p.value(a)), describe(b, p.value(b)))
+                    }
+                    None => "these values were never upstream in one release".into(),
+                };
+                Reality::Hypothetical {
+                    reason: format!(
+                        "{} differ from {} ({} commits, not one): {why}",
+                        names.join(", "),
+                        prof.name(),
+                        many.len()
+                    ),
+                }
+            }
+        }
+    };
+    if base.is_hypothetical() || proposals.is_empty() {
+        base
+    } else {
+        Reality::Proposal { keys: proposals, base: Box::new(base) }
+    }
+}
+
 /// The policies to run a test under: the CLI's `--policy` list if any (each
-/// a row of the matrix), else the test's `[expect]` policies in file order,
-/// else the default. `overrides` (e.g. `--tlb`) is merged into every row.
-/// Rows that resolve to the same policy are run once.
+/// a row of the matrix), else the test's `[expect]` policies in file order
+/// (a `kernel=A..B` entry runs once, on its newest profile), else the
+/// default. `overrides` (e.g. `--tlb`) is merged into every row. Rows that
+/// resolve to the same policy are run once.
 pub fn policy_matrix(cli: &[Policy], expect: &[Policy], overrides: &Policy) -> Vec<Policy> {
     let base: Vec<Policy> = if !cli.is_empty() {
         cli.to_vec()
     } else if !expect.is_empty() {
-        expect.to_vec()
+        expect.iter().map(|p| Policy { range: None, ..*p }).collect()
     } else {
         vec![Policy::default()]
     };
@@ -466,6 +647,12 @@ pub fn policy_matrix(cli: &[Policy], expect: &[Policy], overrides: &Policy) -> V
     out
 }
 
+/// `--kernel all`: one row per profile, each with `overrides` (the CLI's
+/// `--policy` keys and `--tlb`…) on top.
+pub fn kernel_matrix(overrides: &Policy) -> Vec<Policy> {
+    profiles().iter().map(|p| Policy::profile(*p).merged(&Policy { range: None, ..*overrides }).on_kernel(*p)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,9 +662,10 @@ mod tests {
         let p = Policy::parse("").unwrap();
         assert_eq!(p.canonical(), "default");
         assert_eq!(p.get(Key::Flush), "pending");
+        assert_eq!(p.get(Key::Kernel), "mainline");
         let p = Policy::parse(" madv-nested-check=off , flush=pending").unwrap();
         assert_eq!(p.canonical(), "flush=pending,madv-nested-check=off");
-        assert_eq!(p.abi.madv_nested_check, 0);
+        assert_eq!(p.abi.byte(Key::MadvNestedCheck), 0);
         let p = Policy::parse("tlb=evict:0.25,iotlb=evict:1").unwrap();
         assert_eq!(p.abi.tlb_evict_ppm, 250_000);
         assert_eq!(p.abi.iotlb_evict_ppm, 1_000_000);
@@ -487,20 +675,76 @@ mod tests {
     }
 
     #[test]
+    fn kernel_sets_every_key_and_explicit_keys_override_it_in_any_order() {
+        let a = Policy::parse("kernel=v4.9").unwrap();
+        assert_eq!(a.get(Key::MadvNestedCheck), "off");
+        assert_eq!(a.get(Key::Notifier), "page");
+        let b = Policy::parse("madv-nested-check=on,kernel=v4.9").unwrap();
+        let c = Policy::parse("kernel=v4.9,madv-nested-check=on").unwrap();
+        assert_eq!(b.abi, c.abi);
+        assert_eq!(b.get(Key::MadvNestedCheck), "on");
+        assert_eq!(c.canonical(), "kernel=v4.9,madv-nested-check=on");
+        // The hardware stays as given.
+        let d = Policy::parse("tlb=evict:0.5,kernel=v5.4").unwrap();
+        assert_eq!(d.get(Key::Tlb), "evict:0.5");
+        assert_eq!(d.get(Key::WalkCache), "x86");
+    }
+
+    #[test]
+    fn ranges_cover_profiles_and_apply_to_each() {
+        let e = Policy::parse("kernel=v4.14..mainline").unwrap();
+        assert_eq!(e.kernels().len(), 7);
+        assert_eq!(e.kernel(), Profile::Mainline);
+        assert_eq!(e.canonical(), "kernel=v4.14..mainline");
+        assert!(e.expectation_applies(&Policy::profile(Profile::V5_4)));
+        assert!(!e.expectation_applies(&Policy::profile(Profile::V4_9)));
+        assert!(Policy::parse("kernel=v5.4..v4.9").is_err());
+    }
+
+    #[test]
+    fn reality_of_profiles_commits_proposals_and_mixtures() {
+        for p in profiles() {
+            let r = Policy::profile(*p).reality();
+            assert_eq!(r, Reality::Profile(*p), "{}: {r}", p.name());
+        }
+        // 99baac21e458 reverted on mainline: one commit.
+        let r = Policy::parse("madv-nested-check=off").unwrap().reality();
+        assert!(matches!(r, Reality::OneCommit { key: Key::MadvNestedCheck, .. }), "{r}");
+        // e7ad6c2a4b1a applied to v6.6 is mainline's behaviour: a real kernel.
+        assert!(!Policy::parse("kernel=v6.6,nested-range=full").unwrap().reality().is_hypothetical());
+        // The 6.6 notifier on a 4.14: many commits away.
+        let r = Policy::parse("kernel=v4.14,notifier=tlb-flush").unwrap().reality();
+        assert!(r.is_hypothetical(), "{r}");
+        assert!(r.to_string().contains("notifier=tlb-flush"), "{r}");
+        // The VT-d overflow needs the 6.6 placement.
+        let r = Policy::parse("kernel=v6.1,nested-range=sentinel").unwrap().reality();
+        assert!(r.is_hypothetical(), "{r}");
+        // A proposal on a real kernel is labelled, not refused.
+        let r = Policy::parse("kernel=v6.6,migrc=on,migrc-upgrade=wp-only").unwrap().reality();
+        assert!(matches!(r, Reality::Proposal { .. }), "{r}");
+        assert_eq!(Policy::parse("flush=per-ptl").unwrap().label(), Some("proposal"));
+        // A model value is no kernel.
+        assert!(Policy::parse("notifier=none").unwrap().reality().is_hypothetical());
+        // migrc-upgrade without migrc.
+        assert!(Policy::parse("migrc-upgrade=wp-only").unwrap().reality().is_hypothetical());
+    }
+
+    #[test]
     fn errors_list_valid_names() {
         let e = Policy::parse("flush=pending,flsh=ptl").unwrap_err();
         assert_eq!((e.start, e.end), (14, 18));
         assert_eq!(e.message, "unknown policy key `flsh`");
-        assert!(e.notes[0].starts_with("valid keys: tlb, iotlb, pwc, flush, notifier, madv-nested-check"));
+        assert!(e.notes[0].starts_with("valid keys: kernel, tlb, iotlb, pwc, walk-cache, flush, notifier"), "{e:?}");
         let e = Policy::parse("flush=lazy").unwrap_err();
         assert_eq!((e.start, e.end), (6, 10));
-        assert_eq!(e.notes[0], "valid values: ptl, gather, pending, per-ptl, generation");
+        assert_eq!(e.notes[0], "valid values: pending, per-ptl, generation, ptl");
         let e = Policy::parse("tlb=evict:2").unwrap_err();
         assert!(e.message.contains("evict:2"));
         assert!(Policy::parse("tlb=evict").is_err());
         assert!(Policy::parse("flush").is_err());
-        assert!(Policy::parse("flush=ptl,flush=gather").is_err());
+        assert!(Policy::parse("flush=ptl,flush=pending").is_err());
         assert!(Policy::parse("flush=ptl,").is_err());
+        assert!(Policy::parse("kernel=v2.6").is_err());
     }
 
     #[test]
@@ -517,5 +761,9 @@ mod tests {
         assert_eq!(m[0].canonical(), "tlb=evict:0.5,flush=pending");
         let m = policy_matrix(&[], &[], &Policy::default());
         assert_eq!(m, vec![Policy::default()]);
+        let k = kernel_matrix(&Policy::parse("walk-cache=arm64").unwrap());
+        assert_eq!(k.len(), profiles().len());
+        assert!(k.iter().all(|p| p.get(Key::WalkCache) == "arm64"));
+        assert_eq!(k[0].canonical(), "kernel=v3.19,walk-cache=arm64");
     }
 }

@@ -129,6 +129,9 @@ pub struct RunResult {
     /// A note on how far the TLB model reflects hardware (`tlb=native` on a
     /// host where `vmm probe` saw no staleness, …), printed when present.
     pub fidelity: Option<String>,
+    /// Set by `vmm explore`: the search behind the histogram (which then
+    /// counts schedules).
+    pub explore: Option<crate::explore_results::ExploreRecord>,
 }
 
 impl RunResult {
@@ -149,6 +152,7 @@ impl RunResult {
             n_timeouts: 0,
             time_secs: 0.0,
             fidelity: None,
+            explore: None,
         }
     }
 

@@ -161,6 +161,9 @@ pub struct RunRecord {
     pub timeout_samples: Vec<TimeoutSample>,
     pub time_secs: f64,
     pub fidelity: Option<String>,
+    /// `vmm explore` runs: the search (the histogram counts schedules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explore: Option<crate::explore_results::ExploreRecord>,
 }
 
 fn json_value(v: u64) -> Json {
@@ -261,6 +264,7 @@ impl RunRecord {
             timeout_samples,
             time_secs: r.time_secs,
             fidelity: r.fidelity.clone(),
+            explore: r.explore.clone(),
         };
         rec.set_summary(&s);
         rec
@@ -361,8 +365,11 @@ impl ResultsFile {
             ));
         }
         let kind = v.get("kind").and_then(|s| s.as_str()).unwrap_or("");
-        if kind != KIND_LITMUS {
-            return Err(format!("results of kind `{kind}`; this version reads `{KIND_LITMUS}` results"));
+        if kind != KIND_LITMUS && kind != crate::explore_results::KIND_EXPLORE {
+            return Err(format!(
+                "results of kind `{kind}`; this version reads `{KIND_LITMUS}` and `{}` results",
+                crate::explore_results::KIND_EXPLORE
+            ));
         }
         serde_json::from_value(v).map_err(|e| format!("malformed results: {e}"))
     }

@@ -15,7 +15,8 @@ fn exercise(b: &Blob<'_>) {
         while pc < th.n_instrs {
             let n = b.item_len(&th, pc).expect("parsed blobs have well-formed items");
             for hook in Hook::ALL {
-                let _ = b.hook_group(&th, pc, *hook);
+                let _ = b.hook_group(&th, pc, *hook, 1);
+                let _ = b.hook_group(&th, pc, *hook, 2);
             }
             pc += n;
         }

@@ -20,12 +20,12 @@ fn read(p: &std::path::Path) -> Result<litmus::ResultsFile, Failed> {
     litmus::ResultsFile::parse(&std::fs::read_to_string(p)?).map_err(|e| format!("{}: {e}", p.display()).into())
 }
 
-/// Four shards of S1 and S5 (every [expect] policy, 12 runs each), merged,
+/// Four shards of S1, S5 and S7 (every [expect] policy, 12 runs each), merged,
 /// give exactly the unsharded run's histograms, timeouts and verdicts with
 /// the same seed; a merge without one shard is incomplete and says so.
 pub fn four_merged_shards_equal_the_unsharded_run() -> Result<(), Failed> {
     let dir = scratch_dir("shards");
-    let files: Vec<String> = ["s1-concurrent-zap.toml", "s5-cow-two-pages-device.toml"]
+    let files: Vec<String> = ["s1-concurrent-zap.toml", "s5-cow-two-pages-device.toml", "s7-ksm-device-store.toml"]
         .iter()
         .map(|f| repo().join("tests/litmus").join(f).to_string_lossy().into_owned())
         .collect();
@@ -45,8 +45,9 @@ pub fn four_merged_shards_equal_the_unsharded_run() -> Result<(), Failed> {
         let o = run(&["--shard", &shard], &format!("shard{i}.json"));
         let (out, err) = text(&o);
         ensure(o.status.code() == Some(0), || format!("shard {shard}: {:?}\n{out}\n{err}", o.status.code()))?;
-        // 7 policies × 12 runs = 84 iterations: 21 per shard.
-        ensure(out.starts_with(&format!("Shard {shard}: 21 of 84 iterations")), || out.clone())?;
+        // 9 policies (S1's 6, S5's 2, S7's 1) × 12 runs = 108 iterations: 27
+        // per shard, so each cut splits a run.
+        ensure(out.starts_with(&format!("Shard {shard}: 27 of 108 iterations")), || out.clone())?;
     }
     let shards: Vec<String> = (1..=4).map(|i| json(&format!("shard{i}.json"))).collect();
     let merged = json("merged.json");
@@ -55,12 +56,16 @@ pub fn four_merged_shards_equal_the_unsharded_run() -> Result<(), Failed> {
     let o = vmm(&args);
     let (out, err) = text(&o);
     ensure(o.status.code() == Some(0), || format!("merge: {:?}\n{out}\n{err}", o.status.code()))?;
-    ensure(out.contains("Merged 4 file(s) (shards 1/4, 2/4, 3/4, 4/4): 7 runs, complete"), || out.clone())?;
+    ensure(out.contains("Merged 4 file(s) (shards 1/4, 2/4, 3/4, 4/4): 9 runs, complete"), || out.clone())?;
     let (m, w) = (read(std::path::Path::new(&merged))?, read(std::path::Path::new(&json("whole.json")))?);
     m.same_results(&w).map_err(|e| format!("merged shards differ from the unsharded run: {e}"))?;
-    // The merge prints the blocks the unsharded run printed (times aside).
+    // The merge prints the blocks the unsharded run printed (times and the
+    // run's `Kernel` lines aside).
     let blocks = |s: &str| {
-        s.lines().filter(|l| !l.starts_with("Time ") && !l.starts_with("Summary ")).collect::<Vec<_>>().join("\n")
+        s.lines()
+            .filter(|l| !l.starts_with("Time ") && !l.starts_with("Summary ") && !l.starts_with("Kernel "))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     let (wout, _) = text(&whole);
     let table = |s: &str| s.split("\nVerdicts\n").nth(1).unwrap_or("").lines().take(8).collect::<Vec<_>>().join("\n");
@@ -134,9 +139,15 @@ pub fn log_dir_one_log_per_policy() -> Result<(), Failed> {
     let mut names: Vec<String> =
         std::fs::read_dir(&dir)?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     names.sort();
-    ensure(names == ["flush=pending,madv-nested-check=off.log", "flush=pending.log", "flush=ptl.log"], || {
-        format!("{names:?}")
-    })?;
+    let want = [
+        "flush=generation.log",
+        "flush=per-ptl.log",
+        "kernel=mainline.log",
+        "kernel=v4.19,madv-nested-check=off.log",
+        "kernel=v4.9.log",
+        "kernel=v6.6,madv-nested-check=off.log",
+    ];
+    ensure(names == want, || format!("{names:?}"))?;
     for n in &names {
         let log = std::fs::read_to_string(dir.join(n))?;
         let t = litmus::herdlog::check_log(&log).map_err(|p| p.join("\n"))?;
@@ -161,16 +172,19 @@ pub fn tap_for_kernel_ci() -> Result<(), Failed> {
         results
             == [
                 "TAP version 13",
-                "1..3",
-                "ok 1 s1-concurrent-zap [flush=pending]",
-                "ok 2 s1-concurrent-zap [flush=pending,madv-nested-check=off]",
-                "ok 3 s1-concurrent-zap [flush=ptl]",
+                "1..6",
+                "ok 1 s1-concurrent-zap [kernel=v4.9]",
+                "ok 2 s1-concurrent-zap [kernel=mainline]",
+                "ok 3 s1-concurrent-zap [kernel=v4.19,madv-nested-check=off]",
+                "ok 4 s1-concurrent-zap [kernel=v6.6,madv-nested-check=off]",
+                "ok 5 s1-concurrent-zap [flush=per-ptl]",
+                "ok 6 s1-concurrent-zap [flush=generation]",
             ],
         || format!("{results:?}\n{out}"),
     )?;
     ensure(
         out.contains("# Histogram (1 states)")
-            && out.ends_with("# totals: pass:3 fail:0 xfail:0 xpass:0 skip:0 error:0\n"),
+            && out.ends_with("# totals: pass:6 fail:0 xfail:0 xpass:0 skip:0 error:0\n"),
         || out.clone(),
     )?;
     let o = vmm(&["selftest", "--tap", "boot.", "hypercall."]);
@@ -193,7 +207,8 @@ pub fn progress_on_stderr() -> Result<(), Failed> {
     let o = vmm(&["litmus", "--progress", "--runs", "2", "--seed", "1", &s1]);
     let (out, err) = text(&o);
     ensure(o.status.code() == Some(0), || format!("{:?}\n{out}\n{err}", o.status.code()))?;
-    ensure(err.contains("progress: 6 iterations in "), || format!("stderr:\n{err}"))?;
+    // S1's 6 [expect] rows × 2 runs.
+    ensure(err.contains("progress: 12 iterations in "), || format!("stderr:\n{err}"))?;
     ensure(!out.contains("progress"), || out.clone())?;
     // Without --progress and without a terminal: nothing.
     let o = vmm(&["litmus", "--runs", "1", "--seed", "1", &s1]);

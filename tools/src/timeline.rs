@@ -80,6 +80,29 @@ pub fn build(events: &[Event], ns: &dyn Fn(&Event) -> u64, stale_vcpu: &HashSet<
                 begin("ptl", r.a, format!("PTL {}", hex(r.va)), vec![("table", hex(r.a)), ("va", hex(r.va))], &mut open)
             }
             Kind::PtlRelease => end("ptl", r.a, &mut open),
+            Kind::LockAcquire => {
+                let what = match r.a {
+                    abi::trace::lock_kind::MMAP_READ => "mmap_read_lock",
+                    abi::trace::lock_kind::MMAP_WRITE => "mmap_write_lock",
+                    abi::trace::lock_kind::VMA_READ => "vma_start_read",
+                    abi::trace::lock_kind::VMA_WRITE => "vma_start_write",
+                    abi::trace::lock_kind::PAGE => "lock_page",
+                    _ => "lock",
+                };
+                begin(
+                    "lock",
+                    r.va ^ r.a,
+                    format!("{what} {}", hex(r.va)),
+                    vec![("waited", (r.b == 1).to_string())],
+                    &mut open,
+                )
+            }
+            Kind::LockRelease => end("lock", r.va ^ r.a, &mut open),
+            Kind::ShadowWalkHit => mark(
+                "tlb",
+                format!("walk-cache hit {}{}", hex(r.va), if r.b == 1 { " (stale table)" } else { "" }),
+                vec![("table", hex(r.a))],
+            ),
             Kind::FlushBegin => begin(
                 "flush",
                 0,

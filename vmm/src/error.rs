@@ -32,6 +32,10 @@ pub enum Error {
     GuestReport(String),
     #[error(transparent)]
     TraceRead(#[from] TraceReadError),
+    /// A schedule search could not go on (a non-deterministic replay, a
+    /// program that ignored its plan).
+    #[error("explore: {0}")]
+    Explore(String),
     /// A command used the wrong way (what clap cannot express).
     #[error("{0}")]
     Usage(String),

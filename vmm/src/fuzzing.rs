@@ -89,11 +89,12 @@ impl TestVm {
         route(&self.wiring.buses, &mut ctx, exit)
     }
 
-    /// Runs the exit hooks of vCPU `cpu`.
+    /// Runs the exit hooks of vCPU `cpu` (after an exit that is activity,
+    /// not waiting).
     pub fn after_exit(&self, cpu: u64) {
         let mut ctx = VcpuCtx { cpu, mem: &self.mem, regs: &NoRegs };
         for h in self.wiring.exit_hooks.iter() {
-            h.after_exit(&mut ctx);
+            h.after_exit(&mut ctx, false);
         }
     }
 

@@ -102,6 +102,18 @@ enum Command {
         /// Print every policy key, its values and default, then exit.
         #[arg(long)]
         list_policies: bool,
+        /// Print every kernel profile and the value of each kernel key in it, then exit.
+        #[arg(long)]
+        list_kernels: bool,
+        /// Run on this kernel profile (`v4.14`, …, `mainline`; overrides the
+        /// policies' `kernel=`), or `all`: one row per profile and a kernel ×
+        /// verdict table.
+        #[arg(long, value_name = "PROFILE|all")]
+        kernel: Option<String>,
+        /// Run policies no kernel ever had (a switch of one era with the
+        /// notifier placement of another…); they are labelled hypothetical.
+        #[arg(long)]
+        allow_hypothetical: bool,
         /// Record a trace of every (test, policy) run into FILE (see
         /// `vmm trace report`); streamed, so a crash or timeout keeps it.
         #[arg(long, value_name = "FILE")]
@@ -134,6 +146,70 @@ enum Command {
         /// as `#` lines, for kernel CI.
         #[arg(long)]
         tap: bool,
+    },
+    /// Search the schedules of litmus tests (hook-free tests: every
+    /// interleaving within a preemption bound, or PCT samples) instead of
+    /// replaying the one hooks script; herdtools7-style results with the
+    /// search's completeness, and each violation's witness written as a
+    /// litmus file that forces it and as a timeline.
+    Explore {
+        /// Litmus files or directories.
+        paths: Vec<PathBuf>,
+        /// A policy `k=v,k=v` to search under (repeatable: a matrix).
+        /// Default: each test's [expect] policies.
+        #[arg(long = "policy", value_name = "POLICY")]
+        policies: Vec<String>,
+        /// Every schedule with at most K preemptions (a switch away from a
+        /// thread that could still run). Default: the test's `[explore]
+        /// preemptions`, else 2.
+        #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(0..=64))]
+        preemptions: Option<u32>,
+        /// PCT (randomised priorities with D-1 change points) instead of the
+        /// systematic search, for tests too big to enumerate.
+        #[arg(long, value_name = "D", value_parser = clap::value_parser!(u32).range(1..=32))]
+        pct: Option<u32>,
+        /// PCT runs.
+        #[arg(long, default_value_t = 1000, value_name = "N", requires = "pct")]
+        runs: u64,
+        /// Stop after N schedules (the search then says `limit`, and a
+        /// `never` is inconclusive).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_schedules: Option<u64>,
+        /// Search only shard I of N of each schedule tree (1 <= I <= N);
+        /// `vmm results merge` puts the shards' --json files back together.
+        #[arg(long, value_name = "I/N", value_parser = parse_explore_shard)]
+        shard: Option<explore::Shard>,
+        /// Turn the partial-order reduction off: run every schedule within
+        /// the bound (to measure what the reduction saves).
+        #[arg(long)]
+        no_reduction: bool,
+        /// Exit with status 1 if an [expect] entry is contradicted or
+        /// inconclusive, or a witness does not replay under `vmm litmus`.
+        #[arg(long)]
+        check: bool,
+        /// Time limit per schedule; one that runs out is recorded as `timeout`.
+        #[arg(long, default_value_t = 3000, value_name = "MS")]
+        iteration_timeout: u64,
+        /// Where each violation's witness goes: TEST--POLICY.toml (a litmus
+        /// file forcing the schedule) and TEST--POLICY.timeline.txt.
+        #[arg(long, default_value = "witnesses", value_name = "DIR")]
+        witness_dir: PathBuf,
+        /// Also write the results as JSON (schema `shootdown-results/3`, kind `explore`).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Also write one herdtools7 log per policy, DIR/<policy>.log.
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<PathBuf>,
+        /// Show progress on stderr even when it is not a terminal.
+        #[arg(long)]
+        progress: bool,
+        /// Search on this kernel profile (overrides the policies' `kernel=`),
+        /// or `all`: one search per profile.
+        #[arg(long, value_name = "PROFILE|all")]
+        kernel: Option<String>,
+        /// Search policies no kernel ever had (labelled hypothetical).
+        #[arg(long)]
+        allow_hypothetical: bool,
     },
     /// Compare two results files (`--json` of two runs: before and after a
     /// patch): per test the baseline's and the candidate's verdict, every
@@ -221,6 +297,10 @@ enum ResultsCommand {
 
 fn parse_shard(s: &str) -> Result<litmus::Shard, String> {
     s.parse()
+}
+
+fn parse_explore_shard(s: &str) -> Result<explore::Shard, String> {
+    s.parse().map_err(|e: explore::ShardError| e.to_string())
 }
 
 #[derive(Subcommand, Debug)]
@@ -392,6 +472,9 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         iteration_timeout: 3000,
         list_hooks: false,
         list_policies: false,
+        list_kernels: false,
+        kernel: None,
+        allow_hypothetical: false,
         trace: None,
         trace_runs: None,
         trace_ring: None,
@@ -407,6 +490,10 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         }
         Command::Litmus { list_policies: true, .. } => {
             print!("{}", litmus::list_policies());
+            return Ok(status::OK);
+        }
+        Command::Litmus { list_kernels: true, .. } => {
+            print!("{}", litmus::list_kernels());
             return Ok(status::OK);
         }
         _ => {}
@@ -464,6 +551,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             baseline,
             progress,
             tap,
+            kernel,
+            allow_hypothetical,
             ..
         } => {
             let parse = |what: &str, p: &str| Policy::parse(p).map_err(|e| Error::Litmus(format!("{what} {p}: {e}")));
@@ -491,8 +580,55 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
                 progress: Default::default(),
                 tap,
                 measure: false,
+                kernel,
+                allow_hypothetical,
             };
             commands::litmus::run(&cfg, &args)
+        }
+        Command::Explore {
+            paths,
+            policies,
+            preemptions,
+            pct,
+            runs,
+            max_schedules,
+            shard,
+            no_reduction,
+            check,
+            iteration_timeout,
+            witness_dir,
+            json,
+            log_dir,
+            progress,
+            kernel,
+            allow_hypothetical,
+        } => {
+            let policies = policies
+                .iter()
+                .map(|p| Policy::parse(p).map_err(|e| Error::Litmus(format!("--policy {p}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let reduction = if no_reduction { explore::Reduction::None } else { explore::Reduction::SleepSets };
+            let strategy = match pct {
+                Some(depth) => explore::Strategy::Pct { depth, runs },
+                None => explore::Strategy::Bounded { preemptions, reduction },
+            };
+            let args = commands::explore::ExploreArgs {
+                paths,
+                policies,
+                strategy,
+                max_schedules,
+                shard: shard.unwrap_or_default(),
+                seed: cli.seed.unwrap_or(1),
+                check,
+                iteration_timeout: Duration::from_millis(iteration_timeout.max(1)),
+                witness_dir,
+                json,
+                log_dir,
+                force_progress: progress,
+                kernel,
+                allow_hypothetical,
+            };
+            commands::explore::run(&cfg, &args)
         }
         Command::Probe { tries } => {
             commands::probe::run(&cfg, tries.max(1))?;

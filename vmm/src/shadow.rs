@@ -10,6 +10,16 @@
 //! `evict:P` additionally drops each *stale* entry with probability P at
 //! every exit of the vCPU (a finite hardware TLB). Under `native` the guest's
 //! page tables are the hardware's and this module only does the page-table ops.
+//!
+//! Beside the leaf entries, each vCPU may have a paging-structure (walk)
+//! cache (`walk-cache=`): the PTE table a 2 MiB region's walk last went
+//! through. A miss in such a region starts the walk there instead of at
+//! the root — through a table the guest may have unhooked, freed and reused
+//! since (seed 003, 7a30df49f63a). What a flush drops follows the
+//! architecture: on x86 any INVLPG or CR3 write drops every walk-cache
+//! entry (Intel SDM 4.10.4.1); on arm64 a last-level invalidation (TLBI
+//! VALE1IS, the guest's `flush::LAST_LEVEL` hint = Linux's `!freed_tables`)
+//! keeps them and only a non-leaf one drops those of its range.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,10 +27,11 @@ use std::sync::{Arc, Mutex};
 use abi::config::TlbModel;
 use abi::hypercall::{FillResult, PtOpKind};
 use abi::layout::{self, PAGE_SIZE};
+use abi::policy::WalkCache;
 use abi::rng::SplitMix64;
 use abi::trace::{source, Kind};
 use iommu::mem::{self as gmem, MemError};
-use iommu::pagetable::{self as pt, pte, Access, AccessOp, TableCheck, WalkMode};
+use iommu::pagetable::{self as pt, pte, Access, AccessOp, Perms, TableCheck, WalkMode, WalkStart};
 use vm_memory::GuestMemoryMmap;
 
 use crate::devices::TraceSink;
@@ -46,6 +57,8 @@ pub enum ShadowError {
     Exhausted,
     #[error("the eviction probability applies to the lazy/evict models only")]
     NotShadowed,
+    #[error("unknown walk-cache model {0} (valid: 0 none, 1 x86, 2 arm64)")]
+    UnknownWalkCache(u64),
 }
 
 /// Walks of the modelled TLB go through page-table-region pages only: a
@@ -130,6 +143,9 @@ impl Default for ShadowPool {
 /// tables (read-only in the guest's page tables).
 const SHADOW_TABLE_FLAGS: u64 = pte::P | pte::RW | pte::US | pte::A;
 
+/// Bytes of virtual address space one PTE table maps.
+const PMD_SIZE: u64 = 1 << 21;
+
 /// One vCPU's modelled TLB.
 pub struct ShadowMmu {
     cpu: u64,
@@ -143,6 +159,12 @@ pub struct ShadowMmu {
     guest_root: Option<u64>,
     /// Cached translations: VA page -> shadow leaf entry.
     entries: BTreeMap<u64, u64>,
+    /// The walk-cache model (`walk-cache=`, set by the guest per run).
+    walk_cache: WalkCache,
+    /// Walk cache: 2 MiB region -> (PTE table its walk went through, the
+    /// rights of the levels above).
+    walk_entries: BTreeMap<u64, (u64, Perms)>,
+    pub walk_hits: u64,
     /// Shadow table pages below the root and the slot linking each, in the
     /// order they were linked; returned to the pool after a full flush.
     tables: Vec<(u64, u64)>,
@@ -175,6 +197,9 @@ impl ShadowMmu {
             root: None,
             guest_root: None,
             entries: BTreeMap::new(),
+            walk_cache: WalkCache::None,
+            walk_entries: BTreeMap::new(),
+            walk_hits: 0,
             tables: Vec::new(),
             zaps: Vec::new(),
             quarantine: Vec::new(),
@@ -196,6 +221,18 @@ impl ShadowMmu {
 
     pub fn evict_ppm(&self) -> u64 {
         self.evict_ppm
+    }
+
+    /// `walk-cache=` for this vCPU (`TLB_CONFIG` `SetWalkCache`).
+    pub fn set_walk_cache(&mut self, model: u64) -> Result<(), ShadowError> {
+        let m = u8::try_from(model).ok().and_then(WalkCache::from_u8).ok_or(ShadowError::UnknownWalkCache(model))?;
+        self.walk_cache = if self.model.is_shadowed() { m } else { WalkCache::None };
+        self.walk_entries.clear();
+        Ok(())
+    }
+
+    pub fn walk_cache(&self) -> WalkCache {
+        self.walk_cache
     }
 
     pub fn set_evict_ppm(&mut self, ppm: u64) -> Result<(), ShadowError> {
@@ -253,7 +290,45 @@ impl ShadowMmu {
             AccessOp::Read
         };
         let access = Access::new(op, error & (1 << 2) != 0);
-        let walk = pt::walk(mem, pgd, va, access, WalkMode::SetAccessedDirty, &PtRegionOnly);
+        let region = va & !(PMD_SIZE - 1);
+        let cached = match self.walk_cache {
+            WalkCache::None => None,
+            _ => self.walk_entries.get(&region).copied(),
+        };
+        let walk = match cached {
+            Some((table, perms)) => {
+                // The walk starts at the cached PTE table, as hardware does
+                // after a paging-structure-cache hit: if the guest unhooked
+                // that table since, this reads (and sets A/D in) whatever
+                // the page holds now.
+                self.walk_hits += 1;
+                let linked = pmd_target(mem, pgd, va);
+                self.emit(Kind::ShadowWalkHit, va & !0xfff, table, (linked != Some(table)) as u64);
+                pt::walk_from(
+                    mem,
+                    WalkStart { level: 1, table, perms },
+                    va,
+                    access,
+                    WalkMode::SetAccessedDirty,
+                    &PtRegionOnly,
+                )
+            }
+            None => {
+                let w = pt::walk(mem, pgd, va, access, WalkMode::SetAccessedDirty, &PtRegionOnly);
+                if self.walk_cache != WalkCache::None {
+                    // Cache the PDE whenever the walk got to the PTE table.
+                    let mut perms = Perms::ALL;
+                    for s in w.path.steps() {
+                        if s.level == 1 {
+                            self.walk_entries.insert(region, (s.table, perms));
+                            break;
+                        }
+                        perms = perms.and_entry(s.entry);
+                    }
+                }
+                w
+            }
+        };
         let t = match walk.result {
             Ok(t) => t,
             Err(f) => return Ok((FillResult::Fault, f.entry())),
@@ -338,12 +413,29 @@ impl ShadowMmu {
         }
     }
 
-    pub fn flush_page(&mut self, mem: &GuestMemoryMmap, va: u64) {
+    /// What a flush of `[va, end)` does to the walk cache: x86 drops
+    /// everything (INVLPG invalidates all paging-structure-cache entries
+    /// of the PCID), arm64 only the regions of a non-leaf flush.
+    fn flush_walk_cache(&mut self, va: u64, end: u64, last_level: bool) {
+        match self.walk_cache {
+            WalkCache::None => {}
+            WalkCache::X86 => self.walk_entries.clear(),
+            WalkCache::Arm64 if last_level => {}
+            WalkCache::Arm64 => {
+                let first = va & !(PMD_SIZE - 1);
+                self.walk_entries.retain(|&r, _| r < first || r >= end);
+            }
+        }
+    }
+
+    /// One page; `last_level`: the guest's hint that no table was freed.
+    pub fn flush_page(&mut self, mem: &GuestMemoryMmap, va: u64, last_level: bool) {
         self.drop_entry(mem, va & !0xfff);
+        self.flush_walk_cache(va, va.saturating_add(PAGE_SIZE), last_level);
         self.emit(Kind::ShadowFlush, va & !0xfff, (va & !0xfff).saturating_add(PAGE_SIZE), 0);
     }
 
-    pub fn flush_range(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool, va: u64, len: u64) {
+    pub fn flush_range(&mut self, mem: &GuestMemoryMmap, pool: &ShadowPool, va: u64, len: u64, last_level: bool) {
         // Like Linux's tlb_single_page_flush_ceiling: a long range flushes all.
         if len > 64 * PAGE_SIZE {
             return self.flush_all(mem, pool);
@@ -353,6 +445,7 @@ impl ShadowMmu {
         for p in pages {
             self.drop_entry(mem, p);
         }
+        self.flush_walk_cache(va, end, last_level);
         self.emit(Kind::ShadowFlush, va & !0xfff, end, 0);
     }
 
@@ -368,22 +461,45 @@ impl ShadowMmu {
             self.clear_slot(mem, link);
         }
         self.quarantine.extend(tables.into_iter().map(|(t, _)| t));
+        self.walk_entries.clear();
         self.emit(Kind::ShadowFlush, 0, 0, 0);
     }
 
     /// `evict:P`: at an exit, drop each stale entry with probability P.
-    /// Returns true if anything was dropped (the caller must then make KVM
-    /// flush its own cached translations of the shadow tables).
+    /// An entry is stale if the page tables no longer give it: another
+    /// page, fewer rights, or D set over a PTE that was cleaned since (a
+    /// TLB entry with D set writes without setting D again); a
+    /// walk-cache entry is stale if the PMD no longer points at its table.
+    /// Returns true if a leaf entry was dropped (the caller must then make
+    /// KVM flush its own cached translations of the shadow tables).
     pub fn evict_stale(&mut self, mem: &GuestMemoryMmap) -> bool {
         let Some(pgd) = self.guest_root else { return false };
-        if self.evict_ppm == 0 || self.entries.is_empty() {
+        if self.evict_ppm == 0 || (self.entries.is_empty() && self.walk_entries.is_empty()) {
             return false;
+        }
+        let regions: Vec<u64> = self
+            .walk_entries
+            .iter()
+            .filter(|(&r, &(table, _))| pmd_target(mem, pgd, r) != Some(table))
+            .map(|(&r, _)| r)
+            .collect();
+        for r in regions {
+            if self.rng.chance_ppm(self.evict_ppm) {
+                self.walk_entries.remove(&r);
+            }
         }
         let mut victims = Vec::new();
         for (&va, &leaf) in &self.entries {
             let walk = pt::walk(mem, pgd, va, Access::read(false), WalkMode::Peek, &PtRegionOnly);
             let stale = match walk.result {
-                Ok(t) => t.pa_4k() != leaf & pte::ADDR_MASK || (leaf & pte::RW != 0 && !t.perms.write),
+                Ok(t) => {
+                    t.pa_4k() != leaf & pte::ADDR_MASK
+                        || (leaf & pte::RW != 0 && !t.perms.write)
+                        // Only D set over a clean PTE: an entry without D
+                        // (a read fill of a dirty read-only PTE) is what a
+                        // fill gives now, and a write through it faults.
+                        || (leaf & pte::D != 0 && !t.dirty)
+                }
                 Err(_) => true,
             };
             if stale && self.rng.chance_ppm(self.evict_ppm) {
@@ -401,4 +517,17 @@ impl ShadowMmu {
     pub fn cpu(&self) -> u64 {
         self.cpu
     }
+}
+
+/// The PTE table the guest's PMD entry for `va` points at now, if any.
+fn pmd_target(mem: &GuestMemoryMmap, pgd: u64, va: u64) -> Option<u64> {
+    let mut table = pgd & pte::ADDR_MASK;
+    for level in (2..=4u8).rev() {
+        let e = gmem::load_u64(mem, table + 8 * pt::va_index(va, level)).ok()?;
+        if e & pte::P == 0 || (level == 2 && e & pte::PS != 0) {
+            return None;
+        }
+        table = e & pte::ADDR_MASK;
+    }
+    Some(table)
 }

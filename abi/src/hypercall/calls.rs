@@ -197,8 +197,10 @@ crate::hypercall!(
 
 crate::wire_struct! {
     /// `FLUSH`: drop entries of this vCPU's modelled TLB (`va`, `len` in
-    /// bytes for a range). The guest then executes the real `invlpg`/CR3 reload.
-    pub struct FlushRequest { pub kind: FlushKind, pub va: u64, pub len: u64 }
+    /// bytes for a range). `last_level`: no page table was freed (Linux's
+    /// `last_level` / `!tlb->freed_tables`), so an arm64 walk cache may keep
+    /// its entries. The guest then executes the real `invlpg`/CR3 reload.
+    pub struct FlushRequest { pub kind: FlushKind, pub va: u64, pub len: u64, pub last_level: Flag }
 }
 crate::hypercall!(
     /// A local TLB flush.
@@ -222,8 +224,9 @@ crate::hypercall!(
 
 crate::wire_struct! {
     /// `TLB_CONFIG`: query, or set this vCPU's eviction probability to
-    /// `evict_ppm` parts per million.
-    pub struct TlbConfigRequest { pub action: TlbConfigAction, pub evict_ppm: u64 }
+    /// `evict_ppm` parts per million, or its walk-cache model to
+    /// `walk_cache` (`abi::policy::WalkCache` wire number).
+    pub struct TlbConfigRequest { pub action: TlbConfigAction, pub evict_ppm: u64, pub walk_cache: u64 }
 }
 crate::wire_struct! {
     /// `TLB_CONFIG`'s reply.
@@ -303,6 +306,18 @@ crate::wire_struct! {
 crate::hypercall!(
     /// One litmus iteration's result.
     LitmusResult = LitmusResult(LitmusIteration) -> Empty
+);
+
+crate::wire_struct! {
+    /// `EXPLORE_NEXT`'s reply: whether the VMM wrote another schedule's
+    /// plan into the explore area (`abi::explore`).
+    pub struct ExploreNextReply { pub more: Flag }
+}
+crate::hypercall!(
+    /// `vmm explore`: the previous schedule (if any) is over — its log is in
+    /// the explore area, its values came with `LITMUS_RESULT`; the VMM writes
+    /// the next schedule's plan, or says the search is over.
+    ExploreNext = ExploreNext(Empty) -> ExploreNextReply
 );
 
 crate::wire_struct! {

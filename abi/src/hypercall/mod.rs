@@ -36,8 +36,16 @@ pub const YIELD_PORT: u16 = 0x0513;
 /// opens this port to CPL3, not [`HC_PORT`].
 pub const HC_USER_PORT: u16 = 0x0514;
 /// A write asks the VMM to refill this vCPU's zap list ([`crate::zap`])
-/// from the slots that did not fit (CPL0 only).
-pub const ZAP_PORT: u16 = 0x0518;
+/// from the slots that did not fit (CPL0 only). Past
+/// [`EXPLORE_PARK_PORT`]'s four bytes.
+pub const ZAP_PORT: u16 = 0x0519;
+/// `vmm explore`: a 32-bit write of thread index t parks this vCPU until the
+/// explore area's turn word names t, for at most about a millisecond (the
+/// caller loops). A port write, not a hypercall (which runs with interrupts
+/// off), so the vCPU goes back into the guest with interrupts enabled and a
+/// shootdown IPI sent meanwhile reaches it.
+pub const EXPLORE_PARK_PORT: u16 = 0x0515;
+const _: () = assert!(ZAP_PORT >= EXPLORE_PARK_PORT + 4 && EXPLORE_PARK_PORT > HC_USER_PORT);
 /// 16550 UART (COM1).
 pub const SERIAL_PORT: u16 = 0x03f8;
 
@@ -97,7 +105,8 @@ crate::wire_enum! {
         DmaSubmit = 17,
         IommuStats = 18,
         LitmusResult = 19,
-        // 20..=22 reserved for the litmus runner; 25..=27 for tracing.
+        ExploreNext = 20,
+        // 21..=22 reserved for the litmus runner; 25..=27 for tracing.
         TraceDrain = 24,
         PageOp = 28,
         LastAssert = 29,
@@ -133,6 +142,7 @@ impl Op {
             Op::DmaSubmit => "DMA_SUBMIT",
             Op::IommuStats => "IOMMU_STATS",
             Op::LitmusResult => "LITMUS_RESULT",
+            Op::ExploreNext => "EXPLORE_NEXT",
             Op::TraceDrain => "TRACE_DRAIN",
             Op::PageOp => "PAGE_OP",
             Op::LastAssert => "LAST_ASSERT",
@@ -274,6 +284,8 @@ crate::wire_enum! {
         Query = 0,
         /// Set this vCPU's eviction probability (lazy/evict models only).
         SetEvictPpm = 1,
+        /// Set this vCPU's walk-cache model (`walk-cache=`).
+        SetWalkCache = 2,
     }
 }
 

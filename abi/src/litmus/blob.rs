@@ -19,7 +19,8 @@ fn rd_u64(b: &[u8], o: usize) -> u64 {
 }
 
 /// Offset of [`PolicyAbi`] inside the header.
-pub const HEADER_POLICY_OFF: usize = 96;
+pub const HEADER_POLICY_OFF: usize = 128;
+const _: () = assert!(HEADER_POLICY_OFF + POLICY_LEN <= HEADER_LEN);
 
 /// The fixed header at offset 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,9 +65,9 @@ pub struct Header {
     pub test_hash: u64,
     /// Per-iteration time limit in milliseconds (80..84); 0 = runner default.
     pub iteration_timeout_ms: u32,
-    /// Reserved, 0 (84..96).
+    /// Reserved, 0 (84..96; 96..128 unused).
     pub reserved: [u32; 3],
-    /// The policy (96..120); 120..128 reserved.
+    /// The policy (128..192).
     pub policy: PolicyAbi,
 }
 
@@ -654,6 +655,7 @@ impl<'a> Blob<'a> {
             Op::Madvise => Advice::from_u8(i.arg).is_some(),
             Op::Wait => WaitCmp::from_u8(i.arg).is_some(),
             Op::Touch => i.arg <= 1,
+            Op::UffdWp => i.arg <= 1,
             _ => true,
         }
     }
@@ -747,23 +749,32 @@ impl<'a> Blob<'a> {
         Some(n)
     }
 
-    /// The hook group of the item at `pc` for `hook`, as a thread-relative
-    /// range of sync records, if the op has one.
-    pub fn hook_group(&self, t: &ThreadDesc, pc: u32, hook: Hook) -> Option<(u32, u32)> {
+    /// The hook group of the item at `pc` for the `n`-th firing (1-based)
+    /// of `hook` in this operation, as a thread-relative range of sync
+    /// records, if the op has one: a group for `at HOOK#n`, else one for
+    /// plain `at HOOK`.
+    pub fn hook_group(&self, t: &ThreadDesc, pc: u32, hook: Hook, n: u32) -> Option<(u32, u32)> {
         let ins = self.thread_instr(t, pc)?;
         let mut at_pc = pc.checked_add(1)?;
         if ins.op == Op::Loop as u8 {
             at_pc = at_pc.checked_add(ins.len)?;
         }
+        let mut every = None;
         for _ in 0..ins.nhooks {
             let at = self.thread_instr(t, at_pc)?;
             let body = at_pc.checked_add(1)?;
             if at.arg == hook as u8 {
-                return Some((body, body.checked_add(at.len)?));
+                let group = (body, body.checked_add(at.len)?);
+                if at.imm == n as u64 {
+                    return Some(group);
+                }
+                if at.imm == 0 && every.is_none() {
+                    every = Some(group);
+                }
             }
             at_pc = body.checked_add(at.len)?;
         }
-        None
+        every
     }
 }
 

@@ -1,8 +1,9 @@
-//! Shared file pages (`mm/filemap.c`, `mm/page-writeback.c`): a litmus
-//! location with `shared = true` is a one-page file with a backing copy
-//! ("the disk"), a page-cache page, and writeback (`mkclean`).
+//! Shared file pages (`mm/filemap.c`, `mm/page-writeback.c`,
+//! `mm/truncate.c`): a litmus location with `shared = true` is a one-page
+//! file with a backing copy ("the disk"), a page-cache page, writeback
+//! (`mkclean`) and truncation (`truncate`).
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use abi::litmus::VALUE_FAULT;
 
@@ -23,6 +24,8 @@ struct AddressSpace {
     page: AtomicU64,
     /// The backing copy.
     backing: AtomicU64,
+    /// Truncated to size 0: a fault beyond EOF is SIGBUS.
+    truncated: AtomicBool,
 }
 
 /// `xa_lock` of every file's page cache: lookups take their reference and
@@ -30,7 +33,8 @@ struct AddressSpace {
 static CACHE_LOCK: crate::sync::SpinLock<()> = crate::sync::SpinLock::new(());
 
 static FILES: [AddressSpace; MAX_FILES] =
-    [const { AddressSpace { page: AtomicU64::new(0), backing: AtomicU64::new(0) } }; MAX_FILES];
+    [const { AddressSpace { page: AtomicU64::new(0), backing: AtomicU64::new(0), truncated: AtomicBool::new(false) } };
+        MAX_FILES];
 
 /// A new file of `mm` whose content's first word is `init`.
 pub fn create_file(mm: &MmStruct, init: u64) -> Option<usize> {
@@ -40,13 +44,18 @@ pub fn create_file(mm: &MmStruct, init: u64) -> Option<usize> {
     page::set_first_word(backing, init);
     FILES[id].backing.store(backing, Ordering::Release);
     FILES[id].page.store(0, Ordering::Release);
+    FILES[id].truncated.store(false, Ordering::Release);
     mm.nfiles.store(id as u64 + 1, Ordering::Release);
     Some(id)
 }
 
 /// `filemap_fault`: the page-cache page of `file` (read in from the
-/// backing copy if not cached), with a reference for the caller.
+/// backing copy if not cached), with a reference for the caller; `None`
+/// (SIGBUS) past the end of a truncated file.
 pub fn filemap_fault(file: usize) -> Option<u64> {
+    if FILES[file].truncated.load(Ordering::Acquire) {
+        return None;
+    }
     if let Some(p) = find_get_page(file) {
         return Some(p);
     }
@@ -113,21 +122,24 @@ pub fn replace_page_cache(file: usize, old: u64, new: u64) -> bool {
 }
 
 /// The first word of the file as the kernel sees it: the cached page if
-/// any, else the backing copy.
-pub fn current_value(file: usize) -> u64 {
-    match FILES[file].page.load(Ordering::Acquire) {
+/// any, else the backing copy; `None` for a truncated (empty) file.
+pub fn current_value(file: usize) -> Option<u64> {
+    if FILES[file].truncated.load(Ordering::Acquire) {
+        return None;
+    }
+    Some(match FILES[file].page.load(Ordering::Acquire) {
         0 => backing_value(file),
         p => page::first_word(p),
-    }
+    })
 }
 
 pub fn backing_value(file: usize) -> u64 {
     page::first_word(FILES[file].backing.load(Ordering::Acquire))
 }
 
-/// Truncates the file at teardown: the cached page (no longer mapped) and
-/// the backing copy go.
-pub fn truncate(file: usize) {
+/// Drops the file at teardown: the cached page (no longer mapped) and the
+/// backing copy go.
+pub fn release(file: usize) {
     let p = {
         let _g = CACHE_LOCK.lock();
         FILES[file].page.swap(0, Ordering::AcqRel)
@@ -142,6 +154,41 @@ pub fn truncate(file: usize) {
 }
 
 impl MmStruct {
+    /// `truncate L`: `truncate_pagecache(inode, 0)` on L's file, without
+    /// any mmap_lock: `unmap_mapping_range` zaps every VMA mapping the file
+    /// (`zap_page_range_single`: mmu_gather and notifier range as any zap —
+    /// it flushes the addresses the file is mapped at now, nothing else),
+    /// then `truncate_inode_pages` locks the cached page and deletes it
+    /// from the page cache; the page is freed with its last reference.
+    /// Later faults on the file are SIGBUS (size 0).
+    pub fn truncate_file(&self, file: usize) {
+        FILES[file].truncated.store(true, Ordering::Release);
+        self.unmap_mapping_range(file);
+        let p = {
+            let _g = CACHE_LOCK.lock();
+            FILES[file].page.load(Ordering::Acquire)
+        };
+        if p != 0 {
+            get_page(p);
+            lock_page(p);
+            // A fault that raced the first unmap (it saw the file before
+            // `truncated` was set) is undone as truncate_inode_folio does.
+            if page(p).mapped() {
+                self.unmap_mapping_range(file);
+            }
+            let removed = {
+                let _g = CACHE_LOCK.lock();
+                FILES[file].page.compare_exchange(p, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            };
+            page(p).clear(PG_DIRTY);
+            unlock_page(p);
+            if removed {
+                put_page(p); // the page cache's reference
+            }
+            put_page(p);
+        }
+    }
+
     /// `mkclean L -> r`: `folio_clear_dirty_for_io` + writeback of the
     /// shared file page at `va` — `page_mkclean` write-protects and cleans
     /// every PTE mapping it (moving their dirty bits to the page), then a

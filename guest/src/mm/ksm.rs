@@ -4,22 +4,26 @@
 //! (clear-and-flush the PTE, write-protected and clean), `pages_identical`,
 //! and if equal `replace_page` (L now maps the KSM page, read-only; L's
 //! old page is freed). Each PTE change is bracketed by its own
-//! mmu_notifier range, so at `notifier=end` the device is invalidated
-//! before the compare (Andrea's claim in seed 004).
+//! mmu_notifier range, so where the device hears of it at range_end it
+//! does so before the compare (Andrea's claim in seed 004). ksmd holds the
+//! mm's mmap_lock for read during the merge.
 
 use abi::layout::PAGE_SIZE;
 use abi::litmus::Hook;
+use abi::policy::KsmPendingCheck;
 
-use super::flush;
 use super::hooks::hook;
+use super::locking::mmap_read_lock;
 use super::mm_types::{page_align, MmStruct};
-use super::mmu_notifier::{MmuNotifierRange, PteChange};
+use super::mmu_notifier::{MmuNotifierRange, Site};
 use super::page::{self, get_page, lock_page, page, put_page, unlock_page, PG_ANON, PG_DIRTY, PG_KSM};
 use super::pgtable::{pte, pte_dirty, pte_page, pte_write};
+use super::policy;
 
 impl MmStruct {
     /// `ksm x y`: merge x into y's page; true if merged.
     pub fn ksm(&self, x: u64, y: u64) -> bool {
+        let _l = mmap_read_lock(self);
         let (x, y) = (page_align(x), page_align(y));
         // References taken under the PTL (`follow_page`), as KSM's scan does.
         let Some(kpage) = self.follow_page(y) else { return false };
@@ -79,13 +83,15 @@ impl MmStruct {
         let e = pt.get(va);
         let r = if e & pte::P == 0 || pte_page(e) != p {
             None
-        } else if pte_write(e) || pte_dirty(e) || self.deferred_flush_pending(&pt) {
+        } else if pte_write(e)
+            || pte_dirty(e)
+            || (policy::get::<KsmPendingCheck>() == KsmPendingCheck::On && self.deferred_flush_pending(&pt))
+        {
             // A deferred flush elsewhere may leave a writable TLB entry
             // even for a clean read-only PTE (the `mm_tlb_flush_pending`
-            // check of "mm: fix KSM data corruption").
-            let old = pt.get_and_clear(va);
-            flush::flush_tlb_page(self, va);
-            range.ptl_changed(va, PteChange::Protect);
+            // check of "mm: fix KSM data corruption", v4.13).
+            let old = self.ptep_clear_flush(&mut pt, va);
+            range.ptl_changed(va, Site::Ksm);
             if pte_dirty(old) {
                 page(p).set(PG_DIRTY);
             }
@@ -112,11 +118,10 @@ impl MmStruct {
         if ok {
             get_page(kpage);
             page(kpage).add_rmap(va);
-            pt.get_and_clear(va);
-            flush::flush_tlb_page(self, va);
+            self.ptep_clear_flush(&mut pt, va);
             // Same content, write-protected: mmu_notifier.rst lets `only-end`
             // delay this invalidation to range_end.
-            range.ptl_changed(va, PteChange::Protect);
+            range.ptl_changed(va, Site::Ksm);
             pt.set(va, kpage | pte::P | pte::US);
             page(p).remove_rmap(va);
         }

@@ -1,5 +1,6 @@
 //! `mm/madvise.c`: `MADV_FREE` (`madvise_free_single_vma` →
-//! `madvise_free_pte_range`). `MADV_DONTNEED` is a zap (`memory.rs`).
+//! `madvise_free_pte_range`), under `mmap_read_lock`. `MADV_DONTNEED` is a
+//! zap (`memory.rs`).
 //!
 //! A lazy-freed page keeps its mapping but loses its dirty state: its PTE is
 //! made old and clean (and flushed through the mmu_gather, so no TLB keeps
@@ -9,19 +10,25 @@
 //! fresh zero page.
 
 use abi::layout::PAGE_SIZE;
-use abi::litmus::FlushScheme;
+use abi::policy::FlushScheme;
 
+use super::locking;
 use super::mm_types::MmStruct;
 use super::mmu_gather::MmuGather;
-use super::mmu_notifier::{MmuNotifierRange, PteChange};
+use super::mmu_notifier::{MmuNotifierRange, Site};
 use super::page::{page, PG_ANON, PG_DIRTY, PG_KSM, PG_SWAPBACKED};
 use super::pgtable::{pte, pte_page, swp};
 use super::ptdesc::PteTable;
 use super::{rmap, swap};
 
 impl MmStruct {
-    /// `madvise(MADV_FREE)` on the anonymous VMAs of the range.
-    pub fn madvise_free(&self, start: u64, len: u64) {
+    /// `madvise(MADV_FREE)` on the anonymous VMAs of the range; false
+    /// (EINVAL) before v4.5, which has no MADV_FREE (854e9ed09ded).
+    pub fn madvise_free(&self, start: u64, len: u64) -> bool {
+        if super::policy::get::<abi::policy::Profile>().release() < abi::policy::r(4, 5) {
+            return false;
+        }
+        let _l = locking::mmap_read_lock(self);
         let end = start + len;
         let mut tlb = MmuGather::new(self, start, end);
         let mut range = MmuNotifierRange::start(self, start, end);
@@ -33,8 +40,13 @@ impl MmStruct {
         }
         range.end();
         tlb.finish();
+        true
     }
 
+    /// `madvise_free_pte_range`: like every deferring path, it flushes
+    /// what reclaim batched (`flush_tlb_batched_pending`, 3ea277194daa) and
+    /// takes part in the flush scheme's bookkeeping (publishes its own
+    /// deferral, notices others').
     fn madvise_free_pte_range(
         &self,
         tlb: &mut MmuGather,
@@ -44,6 +56,7 @@ impl MmStruct {
         end: u64,
     ) {
         rmap::flush_tlb_batched_pending(self);
+        tlb.check_nested(&pt);
         let mut changed = false;
         let mut va = start;
         while va < end {
@@ -59,7 +72,7 @@ impl MmStruct {
                         let old = pt.get_and_clear(va);
                         pt.set(va, old & !(pte::D | pte::A));
                         tlb.remove_tlb_entry(&pt, va);
-                        range.ptl_changed(va, PteChange::Protect);
+                        range.ptl_changed(va, Site::Range);
                         changed = true;
                     }
                     p.clear(PG_DIRTY | PG_SWAPBACKED);

@@ -6,15 +6,19 @@
 //!
 //! Simplifications, each deliberate: a read fault on anonymous memory maps
 //! a fresh page rather than the shared zero page; huge pages do not exist;
-//! the fork child of `cow` holds page references but has no page tables.
+//! the fork child of `cow` holds page references but has no page tables;
+//! `do_wp_page` reuses an anonymous page by its reference count (the
+//! v5.9-v5.18 rule of 09854ba94c6a), in every profile.
 
 use abi::layout::PAGE_SIZE;
-use abi::litmus::{DirtySharedFlush, FlushScheme, Hook};
+use abi::litmus::Hook;
+use abi::policy::{DirtySharedFlush, FlushScheme, PteAccessible, WpFaultFlush, ZapRangeFlush};
 
 use super::hooks::hook;
-use super::mm_types::{page_align, MmStruct, Segv, Vma, TEST_MM, VM_READ, VM_WRITE};
+use super::locking::{self, mmap_write_lock};
+use super::mm_types::{page_align, MmStruct, Segv, Vma, TEST_MM, VM_READ, VM_UFFD_WP, VM_WRITE};
 use super::mmu_gather::MmuGather;
-use super::mmu_notifier::{MmuNotifierRange, PteChange};
+use super::mmu_notifier::{MmuNotifierRange, Site};
 use super::page::{self, get_page, page, put_page, PG_ANON, PG_DIRTY, PG_KSM, PG_MIGRC, PG_SWAPBACKED};
 use super::pgtable::{self, pte, pte_dirty, pte_maps_page, pte_none, pte_page, pte_write, swp};
 use super::ptdesc::{PteTable, PMD_SIZE};
@@ -89,21 +93,43 @@ impl MmStruct {
     /// under `pending` the mm's count, under `per-ptl` the table's, under
     /// `generation` an unflushed generation of the table's last change.
     pub(super) fn deferred_flush_pending(&self, pt: &PteTable) -> bool {
-        match policy::flush() {
+        match policy::get::<FlushScheme>() {
             FlushScheme::Pending => self.tlb_flush_pending(),
             FlushScheme::PerPtl => pt.desc().flush_pending.load(core::sync::atomic::Ordering::Acquire) > 0,
             FlushScheme::Generation => {
                 self.gen_unflushed(pt.desc().tlb_gen.load(core::sync::atomic::Ordering::Acquire), 0)
             }
-            FlushScheme::Gather | FlushScheme::Ptl => false,
+            FlushScheme::Ptl => false,
         }
+    }
+
+    /// x86 `pte_accessible(mm, pte)`: present, or PROT_NONE while a flush
+    /// is pending (20841405940e; `pte-accessible=present-only` is the
+    /// kernel before it) — a PROT_NONE PTE may still be cached writable by
+    /// a TLB whose mprotect flush has not happened.
+    pub(super) fn pte_accessible(&self, pt: &PteTable, e: u64) -> bool {
+        e & pte::P != 0
+            || (e & pte::PROTNONE != 0
+                && policy::get::<PteAccessible>() == PteAccessible::PendingCheck
+                && self.deferred_flush_pending(pt))
+    }
+
+    /// `ptep_clear_flush`: clear the PTE and flush it if it may be cached
+    /// (`pte_accessible`). Returns the old PTE.
+    pub(super) fn ptep_clear_flush(&self, pt: &mut PteTable, va: u64) -> u64 {
+        let old = pt.get_and_clear(va);
+        if self.pte_accessible(pt, old) {
+            flush::flush_tlb_page(self, va);
+        }
+        old
     }
 
     // ---- the fault path ----
 
     /// `handle_mm_fault`: make `va` accessible for a read or a write, or
     /// say why not. `Ok` means "retry the access" (it may fault again if
-    /// someone changed the PTE meanwhile, as in Linux).
+    /// someone changed the PTE meanwhile, as in Linux). The caller holds
+    /// what the fault path locks (`locking::lock_for_fault`).
     pub fn handle_mm_fault(&self, va: u64, write: bool) -> Result<(), Segv> {
         let va = page_align(va);
         let vma = self.find_vma(va).ok_or(Segv)?;
@@ -119,6 +145,8 @@ impl MmStruct {
                 self.do_fault(&vma, va, write)
             }
         } else if swp::is_migration_entry(orig) {
+            // `migration_entry_wait`: without the fault lock's help — Linux
+            // waits on the page lock, which the migration holds.
             self.migration_entry_wait(va, orig);
             Ok(())
         } else if swp::is_swap_pte(orig) {
@@ -136,6 +164,10 @@ impl MmStruct {
             let e = pt.get(va);
             if e != orig {
                 Ok(()) // raced: retry
+            } else if write && e & pte::UFFD_WP != 0 && vma.flags & VM_UFFD_WP != 0 {
+                // `handle_userfault(vmf, VM_UFFD_WP)`: the write goes to the
+                // monitor; no monitor thread is modelled, the access faults.
+                Err(Segv)
             } else if write && !pte_write(e) {
                 self.do_wp_page(&vma, pt, va, e)
             } else {
@@ -193,11 +225,16 @@ impl MmStruct {
 
     /// A write fault on a present, read-only PTE (`do_wp_page`, PTL held).
     fn do_wp_page(&self, vma: &Vma, mut pt: PteTable, va: u64, orig: u64) -> Result<(), Segv> {
-        // The fault path's answer to a write-protect whose flush another
-        // CPU deferred: under `flush=pending`, flush when
-        // `mm_tlb_flush_pending` (6ce64428d620, the fix seed 000 discusses);
-        // the per-table schemes ask their table. `gather` and `ptl` do nothing.
-        if self.deferred_flush_pending(&pt) {
+        // "Userfaultfd write-protect can defer flushes. Ensure the TLB is
+        // flushed in this case before copying" (6ce64428d620, v5.11):
+        // `userfaultfd_wp(vma) && mm_tlb_flush_pending(mm)`; the per-table
+        // proposals ask their table instead of the mm.
+        let check = match policy::get::<WpFaultFlush>() {
+            WpFaultFlush::None => false,
+            WpFaultFlush::UffdWp => vma.flags & VM_UFFD_WP != 0,
+            WpFaultFlush::AnyVma => true,
+        };
+        if check && self.deferred_flush_pending(&pt) {
             flush::flush_tlb_page(self, va);
         }
         let old = pte_page(orig);
@@ -212,10 +249,16 @@ impl MmStruct {
             pt.set_bits(va, pte::RW | pte::D);
             return Ok(());
         }
-        if !page(old).test(PG_KSM) && page(old).count() == 1 {
-            // `wp_page_reuse`: we are the only user; an upgrade, no flush.
-            pt.set_bits(va, pte::RW | pte::D);
-            return Ok(());
+        // v5.9-v5.18 (09854ba94c6a): reuse only a page nobody else holds a
+        // reference to, and only if its lock can be taken at once.
+        if !page(old).test(PG_KSM) && page(old).count() == 1 && page::trylock_page(old) {
+            let reuse = page(old).count() == 1;
+            page::unlock_page(old);
+            if reuse {
+                // `wp_page_reuse`: we are the only user; an upgrade, no flush.
+                pt.set_bits(va, pte::RW | pte::D);
+                return Ok(());
+            }
         }
         drop(pt);
         self.wp_page_copy(va, orig)
@@ -242,9 +285,9 @@ impl MmStruct {
         let mut pt = self.pte_alloc_map_lock(va);
         let replaced = pt.get(va) == orig;
         if replaced {
-            pt.get_and_clear(va);
-            flush::flush_tlb_page(self, va);
-            range.ptl_changed(va, PteChange::Replace);
+            // `ptep_clear_flush_notify`.
+            self.ptep_clear_flush(&mut pt, va);
+            range.ptl_changed(va, Site::Replace);
             page(new).set(PG_ANON | PG_SWAPBACKED);
             page(new).add_rmap(va);
             pt.set(va, new | PAGE_USER | pte::RW | pte::D);
@@ -293,24 +336,52 @@ impl MmStruct {
     pub(super) fn migration_entry_wait(&self, va: u64, orig: u64) {
         let mut spins = 0u32;
         while self.pte_lockless(va) == orig {
+            if let Some(ptep) = self.pt().pte_lookup(va) {
+                crate::explore::wait_change(ptep, orig);
+            }
+            if self.pte_lockless(va) != orig {
+                break;
+            }
             page::relax(&mut spins);
         }
     }
 
     // ---- zap (mm/memory.c, mm/madvise.c) ----
 
-    /// `madvise(MADV_DONTNEED)`: `zap_page_range_single` inside an
-    /// `mmu_gather`, between `mmu_notifier_invalidate_range_start/_end`.
+    /// `madvise(MADV_DONTNEED)` under `mmap_read_lock`:
+    /// `zap_page_range_single` inside an `mmu_gather`, between
+    /// `mmu_notifier_invalidate_range_start/_end`.
     pub fn madvise_dontneed(&self, start: u64, len: u64) {
+        let _l = locking::mmap_read_lock(self);
         let end = start + len;
         let mut tlb = MmuGather::new(self, start, end);
         let mut range = MmuNotifierRange::start(self, start, end);
         let vmas = self.vmas_in(start, end);
+        let always = policy::get::<ZapRangeFlush>() == ZapRangeFlush::Always;
         for v in vmas.as_slice() {
-            self.unmap_page_range(&mut tlb, &mut range, v, start.max(v.start), end.min(v.end));
+            let (s, e) = (start.max(v.start), end.min(v.end));
+            self.unmap_page_range(&mut tlb, &mut range, v, s, e);
+            if always {
+                // 4647706ebeee (v4.14 only): "ensure that no stale TLB
+                // entries exist when this call returns".
+                flush::flush_tlb_range(self, s, e);
+            }
         }
         range.end();
         tlb.finish();
+    }
+
+    /// `unmap_mapping_range` of a whole one-page file: every VMA that maps
+    /// it, each by `zap_page_range_single` (own mmu_gather and notifier
+    /// range; no mmap_lock — the caller is truncate).
+    pub(super) fn unmap_mapping_range(&self, file: usize) {
+        for v in self.file_vmas(file).as_slice() {
+            let mut tlb = MmuGather::new(self, v.start, v.end);
+            let mut range = MmuNotifierRange::start(self, v.start, v.end);
+            self.unmap_page_range(&mut tlb, &mut range, v, v.start, v.end);
+            range.end();
+            tlb.finish();
+        }
     }
 
     /// The PTE tables mapping `[start, end)`, each locked in turn
@@ -342,11 +413,11 @@ impl MmStruct {
     /// `zap_pte_range`: clear the PTEs of one table under its PTL, gathering
     /// the pages (freed after the flush). The flush is deferred to the
     /// mmu_gather unless `flush=ptl`, or a dirty shared PTE was zapped and
-    /// `dirty-shared-flush=under-ptl`: then `force_flush` flushes before the
-    /// PTL is dropped, and the page stays in the reverse map until that
-    /// flush is done (`tlb_delay_rmap`, 5df397dec7c4), so `page_mkclean`
-    /// waits for the PTL instead of cleaning the page while a TLB still
-    /// holds a writable entry.
+    /// the kernel forces the flush under the PTL (1cf35d47712d, v3.15);
+    /// since 5df397dec7c4 (v6.2, `dirty-shared-flush=delay-rmap`) such a
+    /// page also stays in the reverse map until that flush is done
+    /// (`tlb_delay_rmap`), so `folio_mkclean` waits for the PTL instead of
+    /// cleaning the page while a TLB still holds a writable entry.
     fn zap_pte_range(
         &self,
         tlb: &mut MmuGather,
@@ -357,23 +428,23 @@ impl MmStruct {
         end: u64,
     ) {
         rmap::flush_tlb_batched_pending(self);
-        if tlb.others_deferred(&pt) {
-            tlb.note_nested();
-        }
-        let under_ptl = policy::dirty_shared_flush() == DirtySharedFlush::UnderPtl;
+        tlb.check_nested(&pt);
+        let dirty_flush = policy::get::<DirtySharedFlush>();
         let mut delayed = [(0u64, 0u64); 8];
         let mut ndelayed = 0;
+        let mut force_flush = false;
         let mut va = start;
         while va < end {
             let e = pt.get(va);
             if pte_maps_page(e) {
                 let old = pt.get_and_clear(va);
                 tlb.remove_tlb_entry(&pt, va);
-                range.ptl_changed(va, PteChange::Protect);
+                range.ptl_changed(va, Site::Range);
                 let p = pte_page(old);
                 if !vma.is_anon() && pte_dirty(old) {
                     page(p).set(PG_DIRTY);
-                    if under_ptl && ndelayed < delayed.len() {
+                    force_flush |= dirty_flush != DirtySharedFlush::Deferred;
+                    if dirty_flush == DirtySharedFlush::DelayRmap && ndelayed < delayed.len() {
                         delayed[ndelayed] = (p, va);
                         ndelayed += 1;
                         tlb.remove_page(p);
@@ -391,7 +462,6 @@ impl MmStruct {
             }
             va += PAGE_SIZE;
         }
-        let force_flush = ndelayed > 0;
         if force_flush || tlb.scheme() == FlushScheme::Ptl {
             tlb.flush_tlbonly();
         }
@@ -406,39 +476,34 @@ impl MmStruct {
 
     // ---- fork's write-protect (`cow L`) ----
 
-    /// `cow L`: share the page copy-on-write as fork does
-    /// (`copy_page_range` → `copy_present_pte`): write-protect the parent's
-    /// PTE under the PTL (`ptep_set_wrprotect`) and give the child a
-    /// reference; the flush of the write-protect is deferred like any
-    /// mmu_gather flush of the run's scheme (with `tlb_flush_pending`
-    /// raised under `pending`), so the next write faults into `wp_page_copy`.
+    /// `cow L`: share the page copy-on-write as fork does: `dup_mmap` holds
+    /// the parent's mmap_lock for write; `copy_page_range` →
+    /// `copy_present_pte` write-protects the parent's PTE under the PTL
+    /// (`ptep_set_wrprotect`, inside `mmu_notifier_invalidate_range_start/
+    /// end` for a CoW mapping) and gives the child a reference; then
+    /// `dup_mmap` flushes the parent's TLB (`flush_tlb_mm(oldmm)`) before it
+    /// drops the lock — so no fault ever sees the write-protect unflushed.
     pub fn cow(&self, va: u64) -> Result<(), Segv> {
         let va = page_align(va);
+        let w = mmap_write_lock(self);
         let vma = self.find_vma(va).ok_or(Segv)?;
-        let mut tlb = MmuGather::new(self, va, va + PAGE_SIZE);
+        locking::vma_start_write(self, &w, vma.start, vma.end);
         let mut range = MmuNotifierRange::start(self, va, va + PAGE_SIZE);
-        let Some(mut pt) = self.pte_offset_map_lock(va) else {
-            range.end();
-            tlb.finish();
-            return Ok(());
-        };
-        let e = pt.get(va);
-        if pte_maps_page(e) {
-            let p = pte_page(e);
-            if vma.is_anon() && pte_write(e) {
-                pt.clear_bits(va, pte::RW);
-                tlb.remove_tlb_entry(&pt, va);
-                range.ptl_changed(va, PteChange::Protect);
-                if tlb.scheme() == FlushScheme::Ptl {
-                    tlb.flush_tlbonly();
+        if let Some(mut pt) = self.pte_offset_map_lock(va) {
+            let e = pt.get(va);
+            if pte_maps_page(e) {
+                let p = pte_page(e);
+                if vma.is_anon() && pte_write(e) {
+                    pt.clear_bits(va, pte::RW);
+                    range.ptl_changed(va, Site::Range);
                 }
+                get_page(p);
+                self.fork_ref_add(p);
             }
-            get_page(p);
-            self.fork_ref_add(p);
         }
-        drop(pt);
         range.end();
-        tlb.finish();
+        flush::flush_tlb_mm(self);
+        drop(w);
         Ok(())
     }
 
@@ -500,13 +565,14 @@ impl MmStruct {
             return Some(swap::first_word(swp::offset(e) as usize));
         }
         let file = self.find_vma(va)?.file_id()?;
-        Some(filemap::current_value(file))
+        filemap::current_value(file)
     }
 }
 
 /// The page-fault handler's entry: a fault on a user address of the test
-/// mm that the modelled TLB could not fill. Returns true if the access can
-/// be retried.
+/// mm that the modelled TLB could not fill, handled under the fault path's
+/// lock (`lock_mm_and_find_vma` / `lock_vma_under_rcu`). Returns true if
+/// the access can be retried.
 pub fn do_user_addr_fault(va: u64, error_code: u64) -> bool {
     // The modelled TLB's fill walked tables whose queued updates it could
     // not see: lazy MMU mode regions touch no user memory.
@@ -514,5 +580,6 @@ pub fn do_user_addr_fault(va: u64, error_code: u64) -> bool {
     if !TEST_MM.is_live() || !tlb::runs_mm(TEST_MM.pt().pgd) {
         return false;
     }
+    let _l = locking::lock_for_fault(&TEST_MM, va);
     TEST_MM.handle_mm_fault(va, error_code & 2 != 0).is_ok()
 }

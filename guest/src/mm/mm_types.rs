@@ -1,18 +1,16 @@
 //! `struct mm_struct` and `struct vm_area_struct` of the test address space
 //! (`include/linux/mm_types.h`). One test mm exists at a time: [`TEST_MM`].
 //!
-//! Deliberate simplification: there is no `mmap_lock`. Linux serialises
-//! some of these operations against each other with it (munmap's write
-//! phase against madvise, mprotect against faults); the mailing-list races
-//! this tool replays are about the page-table-level protocol that remains
-//! once those locks are dropped or downgraded — PTLs, `tlb_flush_pending`,
-//! mmu_gather, notifiers — so that is what is modelled and what may
-//! interleave. The VMA list has a spinlock of its own.
+//! Operations take `mmap_lock` (and, since v6.4, the per-VMA lock) as their
+//! Linux paths do (`locking`); the VMA list itself is read under a spinlock
+//! of its own (Linux reads it under mmap_lock or RCU), so a lookup never
+//! sees a half-updated table.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use abi::layout::PAGE_SIZE;
 
+use super::locking::{MmapLock, VmaLocks};
 use super::pgtable::Mm;
 use crate::guest_assert;
 use crate::sync::SpinLock;
@@ -21,6 +19,8 @@ pub const VM_READ: u8 = 1;
 pub const VM_WRITE: u8 = 2;
 /// `MAP_SHARED` of a file: the pages are page-cache pages of `Vma::file`.
 pub const VM_SHARED: u8 = 4;
+/// Registered for userfaultfd write-protect (`VM_UFFD_WP`, `uffd_wp L`).
+pub const VM_UFFD_WP: u8 = 8;
 
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct Vma {
@@ -97,11 +97,17 @@ struct Generations {
 pub struct MmStruct {
     pub(super) pgd: AtomicU64,
     pub(super) vmas: SpinLock<VmaTable>,
+    /// `mm->mmap_lock`.
+    pub(super) mmap_lock: MmapLock,
+    /// The per-VMA locks (v6.4+).
+    pub(super) vma_locks: VmaLocks,
     /// `mm->tlb_flush_pending`.
     pub tlb_flush_pending: AtomicU64,
     /// `mm->tlb_flush_batched`: reclaim queued a flush for this mm that has
-    /// not run yet (`set_tlb_ubc_flush_pending`).
-    pub tlb_flush_batched: AtomicBool,
+    /// not run yet (`set_tlb_ubc_flush_pending`). Today: pending batch
+    /// generations in bits 0..15, flushed ones in bits 16..31
+    /// (`batched-pending-check=counted`); the 2017 form is a flag (0/1).
+    pub tlb_flush_batched: AtomicU32,
     gens: SpinLock<Generations>,
     /// PASID the SVA driver bound this mm to (0 = no secondary MMU).
     pub(super) pasid: AtomicU64,
@@ -124,8 +130,10 @@ pub const MAX_TABLES: usize = abi::limits::MAX_PAGE_TABLES;
 pub static TEST_MM: MmStruct = MmStruct {
     pgd: AtomicU64::new(0),
     vmas: SpinLock::new(VmaTable { n: 0, v: [Vma { start: 0, end: 0, flags: 0, file: 0 }; MAX_VMAS] }),
+    mmap_lock: MmapLock::new(),
+    vma_locks: VmaLocks::new(),
     tlb_flush_pending: AtomicU64::new(0),
-    tlb_flush_batched: AtomicBool::new(false),
+    tlb_flush_batched: AtomicU32::new(0),
     gens: SpinLock::new(Generations { next: 0, inflight: [0; MAX_INFLIGHT_GENS] }),
     pasid: AtomicU64::new(0),
     fork_refs: SpinLock::new(([0; MAX_FORK_REFS], 0)),
@@ -145,8 +153,10 @@ impl MmStruct {
     pub fn init(&self) {
         let mm = Mm::new();
         self.vmas.lock().n = 0;
+        self.mmap_lock.reset();
+        self.vma_locks.reset();
         self.tlb_flush_pending.store(0, Ordering::Relaxed);
-        self.tlb_flush_batched.store(false, Ordering::Relaxed);
+        self.tlb_flush_batched.store(0, Ordering::Relaxed);
         *self.gens.lock() = Generations { next: 0, inflight: [0; MAX_INFLIGHT_GENS] };
         self.pasid.store(0, Ordering::Relaxed);
         self.fork_refs.lock().1 = 0;
@@ -183,6 +193,17 @@ impl MmStruct {
         let t = self.vmas.lock();
         let mut out = VmaSet::default();
         for v in t.v[..t.n].iter().filter(|v| v.start < end && start < v.end) {
+            out.push(*v);
+        }
+        out.sort();
+        out
+    }
+
+    /// The VMAs mapping shared file `file` (the file's `i_mmap` tree).
+    pub fn file_vmas(&self, file: usize) -> VmaSet {
+        let t = self.vmas.lock();
+        let mut out = VmaSet::default();
+        for v in t.v[..t.n].iter().filter(|v| v.file_id() == Some(file)) {
             out.push(*v);
         }
         out.sort();

@@ -4,25 +4,31 @@
 //! bookkeeping that lets other paths notice the deferred flush — which is
 //! exactly what the `flush=` schemes differ in:
 //!
-//! * `ptl` — no deferral: callers flush before they drop the PTL;
-//! * `gather` — deferral with nothing published (before `tlb_flush_pending`);
-//! * `pending` — `inc/dec_tlb_flush_pending` on the mm; `tlb_finish_mmu`
-//!   flushes everything when another deferral is in flight (99baac21e458),
-//!   and the CoW fault flushes when one is pending (6ce64428d620);
+//! * `ptl` — no deferral: callers flush before they drop the PTL (a model
+//!   bound, no kernel);
+//! * `pending` — `inc/dec_tlb_flush_pending` on the mm; since
+//!   99baac21e458 (v4.13, `madv-nested-check=on`) every gather raises it
+//!   and `tlb_finish_mmu` flushes everything when another deferral is in
+//!   flight; before, only `change_protection` raised it;
 //! * `per-ptl` — the pending count lives in each page table, raised under
 //!   its PTL (Andy's proposal, seed 000);
 //! * `generation` — each table records the mm generation of its last
 //!   deferred change; a path that meets an unflushed generation flushes
 //!   (Nadav's proposal, seeds 000/002).
+//!
+//! Every deferring path (zap, MADV_FREE, change_protection) publishes its
+//! deferral ([`MmuGather::remove_tlb_entry`]) and checks others' on every
+//! table it walks ([`MmuGather::check_nested`]), whatever the scheme.
 
 use core::sync::atomic::Ordering;
 
-use abi::layout::{PAGE_SIZE, USER_BASE, USER_END};
-use abi::litmus::{FlushScheme, Hook, NestedRange, NotifierPlacement, ResetRange};
+use abi::layout::{PAGE_SIZE, USER_END};
+use abi::litmus::Hook;
+use abi::policy::{FlushScheme, MadvNestedCheck, MprotectGather, ResetRange};
 
 use super::hooks::hook;
 use super::mm_types::MmStruct;
-use super::mmu_notifier::invalidate_secondary;
+use super::mmu_notifier::gather_invalidate;
 use super::page::put_page;
 use super::pgtable;
 use super::ptdesc::{ptdesc, PteTable, PMD_SIZE};
@@ -59,13 +65,32 @@ pub struct MmuGather<'a> {
     /// `generation`: the generation of this gather's unflushed changes.
     gen: u64,
     scheme: FlushScheme,
+    /// This gather raised `mm->tlb_flush_pending`.
+    raised: bool,
+    /// `tlb_finish_mmu` checks for a nested deferral (mm_tlb_flush_nested).
+    nested_check: bool,
 }
 
 impl<'a> MmuGather<'a> {
-    /// `tlb_gather_mmu`: `inc_tlb_flush_pending` under `flush=pending`.
+    /// `tlb_gather_mmu`: `inc_tlb_flush_pending` since 99baac21e458.
     pub fn new(mm: &'a MmStruct, start: u64, end: u64) -> Self {
-        let scheme = policy::flush();
-        if scheme == FlushScheme::Pending {
+        let on = policy::get::<MadvNestedCheck>() == MadvNestedCheck::On;
+        Self::with_pending(mm, start, end, on, on)
+    }
+
+    /// `change_protection`'s deferral (mprotect, userfaultfd write-protect):
+    /// it raises `mm->tlb_flush_pending` in every era
+    /// (`inc_tlb_flush_pending`, 20841405940e, v3.13), and checks for a
+    /// nested deferral only since it is an mmu_gather (4a18419f71cd, v6.0).
+    pub fn new_protection(mm: &'a MmStruct, start: u64, end: u64) -> Self {
+        let gather = policy::get::<MprotectGather>() == MprotectGather::On;
+        Self::with_pending(mm, start, end, true, gather)
+    }
+
+    fn with_pending(mm: &'a MmStruct, start: u64, end: u64, raise: bool, nested_check: bool) -> Self {
+        let scheme = policy::get::<FlushScheme>();
+        let raised = raise && scheme == FlushScheme::Pending;
+        if raised {
             mm.tlb_flush_pending.fetch_add(1, Ordering::AcqRel);
         }
         hook(Hook::AfterIncPending);
@@ -86,6 +111,8 @@ impl<'a> MmuGather<'a> {
             ndeferred: 0,
             gen: 0,
             scheme,
+            raised,
+            nested_check,
         };
         t.reset_range();
         t
@@ -155,9 +182,12 @@ impl<'a> MmuGather<'a> {
         }
     }
 
-    /// Records that a zap met another deferral (see [`Self::others_deferred`]).
-    pub fn note_nested(&mut self) {
-        self.nested = true;
+    /// Called by every deferring path on every table it walks, under the
+    /// table's PTL: the per-table schemes' `mm_tlb_flush_nested`.
+    pub fn check_nested(&mut self, pt: &PteTable) {
+        if self.others_deferred(pt) {
+            self.nested = true;
+        }
     }
 
     /// `tlb_remove_page`: freed after the flush.
@@ -169,10 +199,12 @@ impl<'a> MmuGather<'a> {
         self.npages += 1;
     }
 
-    /// `tlb_remove_table` (`pte_free_tlb`): a PTE table unhooked from its PMD.
+    /// `pte_free_tlb`: a PTE table unhooked from its PMD —
+    /// `tlb_flush_pmd_range(tlb, addr, PAGE_SIZE)` at the region's start
+    /// (`free_pgd_range` aligns `addr` down to the PMD), `freed_tables`.
     pub fn remove_table(&mut self, table: u64, va: u64) {
         self.freed_tables = true;
-        self.adjust_range(va & !(PMD_SIZE - 1), PMD_SIZE);
+        self.adjust_range(va & !(PMD_SIZE - 1), PAGE_SIZE);
         if self.ntables == GATHER_TABLES {
             self.flush();
         }
@@ -180,26 +212,19 @@ impl<'a> MmuGather<'a> {
         self.ntables += 1;
     }
 
-    /// `tlb_flush_mmu_tlbonly`: flush the gathered range on every CPU
-    /// running the mm (everything for a full-mm gather). Before 6.6 the
-    /// mmu_gather also told the secondary MMU from here
-    /// (`mmu_notifier_invalidate_range(tlb->mm, tlb->start, tlb->end)`), so
-    /// under `notifier=tlb-flush` a reset full-mm range reaches the device
-    /// as `[~0, ~0)` unless `nested-range=full` (the 2022 IOMMUv2 report).
+    /// `tlb_flush_mmu_tlbonly`: x86 `tlb_flush` — `flush_tlb_mm_range` of
+    /// the gathered range with `freed_tables` (a full-mm gather: `[0,
+    /// TLB_FLUSH_ALL)`), which since v6.6 also tells the secondary MMU;
+    /// v3.19-v6.5 then called `mmu_notifier_invalidate_range(tlb->mm,
+    /// tlb->start, tlb->end)` here, the range as it stands (`[~0, ~0)`,
+    /// empty, after a full-mm reset).
     pub fn flush_tlbonly(&mut self) {
         if self.end == 0 {
             return;
         }
-        let (pstart, pend) = if self.fullmm { (USER_BASE, USER_END) } else { (self.start, self.end) };
-        flush::flush_primary(self.mm, pstart, pend);
-        if policy::notifier() == NotifierPlacement::TlbFlush {
-            let (s, e) = if self.fullmm && policy::nested_range() == NestedRange::Full {
-                (USER_BASE, USER_END)
-            } else {
-                (self.start, self.end)
-            };
-            invalidate_secondary(self.mm, s, e, !self.freed_tables);
-        }
+        let (pstart, pend) = if self.fullmm { (0, flush::TLB_FLUSH_ALL) } else { (self.start, self.end) };
+        flush::flush_tlb_mm_range(self.mm, pstart, pend, self.freed_tables);
+        gather_invalidate(self.mm, self.start, self.end);
         self.flushed();
         self.reset_range();
     }
@@ -240,19 +265,20 @@ impl<'a> MmuGather<'a> {
 
     /// `tlb_finish_mmu`. When another deferred flush of this mm is in
     /// flight, our scan may have found PTEs cleared by it and skipped their
-    /// flush, so flush everything (99baac21e458; `madv-nested-check=off` is
-    /// the kernel before it). How: today a full-mm flush that counts as
-    /// having freed tables (7a30df49f63a); before that fix
-    /// (`reset-range=clear-freed-tables`) `__tlb_reset_range` also forgot
-    /// `freed_tables`, so the flush of the operation's range is leaf-only.
+    /// flush, so flush (99baac21e458; `madv-nested-check=off` is the
+    /// kernel before it). What (`reset-range=`): in v4.13-v4.19 the
+    /// operation's range; in v4.20-v5.1 the operation's range with
+    /// `freed_tables` forgotten by `__tlb_reset_range`, so last-level
+    /// only; since 7a30df49f63a (v5.2) a full-mm flush that counts as
+    /// having freed tables.
     pub fn finish(mut self) {
         let nested = match self.scheme {
-            FlushScheme::Pending => self.mm.tlb_flush_nested(),
+            FlushScheme::Pending => self.nested_check && self.mm.tlb_flush_nested(),
             FlushScheme::PerPtl | FlushScheme::Generation => self.nested,
-            FlushScheme::Ptl | FlushScheme::Gather => false,
+            FlushScheme::Ptl => false,
         };
-        if nested && policy::madv_nested_check() {
-            match policy::reset_range() {
+        if nested {
+            match policy::get::<ResetRange>() {
                 ResetRange::KeepFreedTables => {
                     self.fullmm = true;
                     self.reset_range();
@@ -263,11 +289,22 @@ impl<'a> MmuGather<'a> {
                     let (s, e) = (self.op_start, self.op_end);
                     self.adjust_range(s, e - s);
                 }
+                ResetRange::Range => {
+                    // v4.13-v4.19: the operation's range; no freed_tables
+                    // existed, and the architectures flushed walk caches
+                    // when a table was unhooked (arm64 __flush_tlb_pgtable):
+                    // the model keeps what free_pgtables recorded.
+                    let freed = self.freed_tables;
+                    self.reset_range();
+                    self.freed_tables = freed;
+                    let (s, e) = (self.op_start, self.op_end);
+                    self.adjust_range(s, e - s);
+                }
             }
         }
         self.flush();
         hook(Hook::BeforeDecPending);
-        if self.scheme == FlushScheme::Pending {
+        if self.raised {
             self.mm.tlb_flush_pending.fetch_sub(1, Ordering::AcqRel);
         }
     }

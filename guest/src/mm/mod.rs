@@ -3,7 +3,8 @@
 //! zap, fork's CoW), `mmap`, `mprotect`, `madvise`, `rmap`, `vmscan`,
 //! `swap`, `filemap`, `ksm`, `migrate`, `mremap`; `mmu_gather` and
 //! `mmu_notifier` with every flush scheme and notifier placement the
-//! policy selects (`policy`); split page-table locks (`ptdesc`); TLB
+//! policy selects (`policy`); mmap_lock, per-VMA and page locks
+//! (`locking`); split page-table locks (`ptdesc`); TLB
 //! flushing (`tlb`, `flush`); `struct page` (`page`) and the allocator
 //! (`page_alloc`); page tables built only through the VMM's trapped
 //! page-table ops (`pgtable`); named hook points (`hooks`).
@@ -13,6 +14,7 @@ pub mod flush;
 pub mod hooks;
 pub mod ksm;
 pub mod litmus_ops;
+pub mod locking;
 pub mod madvise;
 pub mod memory;
 pub mod migrate;

@@ -157,16 +157,22 @@ pub fn put_page(pa: u64) {
 /// `lock_page`: sleeps (here: spins, giving the host CPU away) until the
 /// page lock is ours.
 pub fn lock_page(pa: u64) {
-    let p = page(pa);
-    let mut spins = 0u32;
-    while p.flags.fetch_or(PG_LOCKED, Ordering::Acquire) & PG_LOCKED != 0 {
-        relax(&mut spins);
-    }
+    super::locking::lock_page(pa, &page(pa).flags, PG_LOCKED);
     hook(Hook::AfterPageLock);
+}
+
+/// `trylock_page`.
+pub fn trylock_page(pa: u64) -> bool {
+    let ok = super::locking::trylock_page(pa, &page(pa).flags, PG_LOCKED);
+    if ok {
+        hook(Hook::AfterPageLock);
+    }
+    ok
 }
 
 pub fn unlock_page(pa: u64) {
     page(pa).flags.fetch_and(!PG_LOCKED, Ordering::Release);
+    super::locking::page_unlocked(pa);
 }
 
 /// A spin-wait step: pause, and every so often give the host CPU away so

@@ -1,7 +1,9 @@
 //! Physical pages for test data (from `FREE_START` up) and for page tables
 //! (from the page-table region). Both hand out the most recently freed page
 //! first, as Linux's per-CPU free lists tend to — that is how a stale
-//! translation meets the page's next owner.
+//! translation meets the page's next owner. The free list is threaded
+//! through the pages' `struct page` (as Linux's `page->lru`), never through
+//! their contents: a stale TLB entry may still write to a freed page.
 
 use abi::layout::{self, PAGE_SIZE};
 
@@ -10,7 +12,7 @@ use crate::sync::SpinLock;
 use core::sync::atomic::Ordering;
 
 struct DataPages {
-    /// Head of the free list, threaded through the free pages' first word.
+    /// Head of the free list, threaded through the free pages' `struct page`.
     free_head: u64,
     next_fresh: u64,
     end: u64,
@@ -22,8 +24,7 @@ impl DataPages {
     fn pop(&mut self) -> Option<u64> {
         if self.free_head != 0 {
             let p = self.free_head;
-            // SAFETY: free pages are ours; the first word links the free list.
-            self.free_head = unsafe { core::ptr::read_volatile(p as *const u64) };
+            self.free_head = page::page(p).index.load(Ordering::Relaxed);
             Some(p)
         } else if self.next_fresh + PAGE_SIZE <= self.end {
             self.next_fresh += PAGE_SIZE;
@@ -33,10 +34,9 @@ impl DataPages {
         }
     }
 
-    fn push(&mut self, page: u64) {
-        // SAFETY: the page is given back to us; its first word links the free list.
-        unsafe { core::ptr::write_volatile(page as *mut u64, self.free_head) };
-        self.free_head = page;
+    fn push(&mut self, p: u64) {
+        page::page(p).index.store(self.free_head, Ordering::Relaxed);
+        self.free_head = p;
     }
 }
 

@@ -24,6 +24,9 @@ pub mod pte {
     pub const PROTNONE: u64 = 1 << 8;
     /// Software bit of a non-present PTE: a swap entry (`swp_entry_t`).
     pub const SWP: u64 = 1 << 9;
+    /// Software bit of a present PTE: userfaultfd write-protected
+    /// (`_PAGE_UFFD_WP`, x86 software bit 2); ignored by the walkers.
+    pub const UFFD_WP: u64 = 1 << 10;
     pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 }
 

@@ -14,7 +14,6 @@ use abi::layout::{self, PAGE_SIZE};
 use abi::litmus::Hook;
 
 use super::hooks::hook;
-use super::page::relax;
 use super::pgtable::{self, pt_op};
 use crate::trace::{self, Kind};
 use abi::hypercall::ptop;
@@ -74,10 +73,15 @@ impl PteTable {
     /// `pte_offset_map_lock` for the table at `table` that maps `va`'s 2 MiB.
     pub fn lock(table: u64, va: u64) -> PteTable {
         let d = ptdesc(table);
-        let mut spins = 0u32;
-        while d.ptl.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            relax(&mut spins);
-        }
+        let free = abi::explore::Guard {
+            kind: abi::explore::guard::BYTE_ZERO,
+            addr: &d.ptl as *const AtomicBool as u64,
+            value: 0,
+            object: abi::explore::object::MEM,
+        };
+        super::locking::acquire(abi::trace::lock_kind::PTL, table, super::locking::Free::When(free), || {
+            d.ptl.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        });
         let base = va & !(PMD_SIZE - 1);
         trace::emit(Kind::PtlAcquire, base, table, 0);
         hook(Hook::AfterPtlAcquire);

@@ -8,12 +8,18 @@
 //! either privilege level: at CPL0 the primitive clears the slots the VMM
 //! lists in the zap list itself (`abi::zap`); at CPL3 the VMM raises the
 //! zap interrupt, taken before the next CPL3 instruction.
+//!
+//! Every flush carries Linux's last-level hint (`!freed_tables`, arm64's
+//! `__flush_tlb_range(…, last_level)`) to the VMM, whose walk-cache model
+//! (`walk-cache=`) decides what it keeps. Not modelled: x86 lazy-TLB CPUs
+//! (since v4.19 skipped by shootdowns unless tables were freed) — a CPU
+//! whose litmus thread ended loads the kernel page tables instead.
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::hypercall::calls::{Flush, FlushRequest, SwitchMm, SwitchMmRequest};
-use abi::hypercall::FlushKind;
+use abi::hypercall::calls::{Flush, FlushRequest, SwitchMm, SwitchMmRequest, TlbConfig, TlbConfigRequest};
+use abi::hypercall::{Flag, FlushKind, TlbConfigAction};
 use abi::layout::{MAX_VCPUS, PAGE_SIZE};
 
 use super::pgtable::Mm;
@@ -23,14 +29,24 @@ use crate::{arch, cpl3, hypercall, percpu, smp};
 /// Whether this VM's vCPU TLBs are modelled by the VMM (`lazy`,
 /// `evict:P`) rather than the host's own (`native`).
 pub fn modelled() -> bool {
-    use abi::hypercall::calls::{TlbConfig, TlbConfigRequest};
-    use abi::hypercall::{TlbConfigAction, TlbModelKind};
-    let r = hypercall::call::<TlbConfig>(TlbConfigRequest { action: TlbConfigAction::Query, evict_ppm: 0 });
+    use abi::hypercall::TlbModelKind;
+    let r =
+        hypercall::call::<TlbConfig>(TlbConfigRequest { action: TlbConfigAction::Query, evict_ppm: 0, walk_cache: 0 });
     r.model != TlbModelKind::Native
 }
 
 /// PGD of the mm each CPU runs (0 = none): Linux's `mm_cpumask` in reverse.
 static CURRENT_MM: [AtomicU64; MAX_VCPUS as usize] = [const { AtomicU64::new(0) }; MAX_VCPUS as usize];
+
+/// Tells the VMM this vCPU's walk-cache model (`walk-cache=`, the
+/// `abi::policy::WalkCache` wire number).
+pub fn set_walk_cache(model: u64) {
+    hypercall::call::<TlbConfig>(TlbConfigRequest {
+        action: TlbConfigAction::SetWalkCache,
+        evict_ppm: 0,
+        walk_cache: model,
+    });
+}
 
 /// `switch_mm`: run `mm` on this CPU. The VMM says what to load in CR3
 /// (and empties the modelled TLB's user half, as a CR3 write without PCID).
@@ -86,8 +102,9 @@ fn flush(req: FlushRequest) {
     }
 }
 
+/// `flush_tlb_one_user`: one page, last-level (no table was freed).
 pub fn flush_tlb_one_user(va: u64) {
-    flush(FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE });
+    flush(FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE, last_level: Flag::YES });
     if percpu::cpl() == 3 {
         return;
     }
@@ -96,7 +113,7 @@ pub fn flush_tlb_one_user(va: u64) {
 }
 
 pub fn flush_tlb_local() {
-    flush(FlushRequest { kind: FlushKind::All, va: 0, len: 0 });
+    flush(FlushRequest { kind: FlushKind::All, va: 0, len: 0, last_level: Flag::NO });
     if percpu::cpl() == 3 {
         return;
     }
@@ -104,12 +121,17 @@ pub fn flush_tlb_local() {
     unsafe { asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) _, options(nostack, preserves_flags)) }
 }
 
-/// Flushes `start..end` on this CPU only.
-pub fn flush_tlb_range_local(start: u64, end: u64) {
-    if end - start > 64 * PAGE_SIZE {
+/// `tlb_single_page_flush_ceiling` (arch/x86/mm/tlb.c): a flush of more
+/// pages than this is a full flush.
+pub const TLB_SINGLE_PAGE_FLUSH_CEILING: u64 = 33;
+
+/// Flushes `start..end` on this CPU only; `freed_tables`: page tables of
+/// the range were freed, so walk caches must go too (not last-level).
+pub fn flush_tlb_range_local(start: u64, end: u64, freed_tables: bool) {
+    if end.wrapping_sub(start) > TLB_SINGLE_PAGE_FLUSH_CEILING * PAGE_SIZE {
         return flush_tlb_local();
     }
-    flush(FlushRequest { kind: FlushKind::Range, va: start, len: end - start });
+    flush(FlushRequest { kind: FlushKind::Range, va: start, len: end - start, last_level: Flag::new(!freed_tables) });
     if percpu::cpl() == 3 {
         return;
     }
@@ -121,21 +143,27 @@ pub fn flush_tlb_range_local(start: u64, end: u64) {
     }
 }
 
+/// `struct flush_tlb_info`.
 #[derive(Clone, Copy)]
 struct FlushInfo {
     start: u64,
     end: u64,
+    freed_tables: bool,
 }
 
-static FLUSH_INFO: [[AtomicU64; 2]; MAX_VCPUS as usize] =
-    [const { [AtomicU64::new(0), AtomicU64::new(0)] }; MAX_VCPUS as usize];
+static FLUSH_INFO: [[AtomicU64; 3]; MAX_VCPUS as usize] =
+    [const { [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)] }; MAX_VCPUS as usize];
 
 /// The shootdown IPI's function (`flush_tlb_func`), run in interrupt context.
 fn flush_tlb_func(sender: u64) {
     let info = &FLUSH_INFO[sender as usize];
-    let f = FlushInfo { start: info[0].load(Ordering::Acquire), end: info[1].load(Ordering::Acquire) };
+    let f = FlushInfo {
+        start: info[0].load(Ordering::Acquire),
+        end: info[1].load(Ordering::Acquire),
+        freed_tables: info[2].load(Ordering::Acquire) != 0,
+    };
     trace::emit(Kind::IpiRecv, f.start, sender, f.end);
-    flush_tlb_range_local(f.start, f.end);
+    flush_tlb_range_local(f.start, f.end, f.freed_tables);
     trace::emit(Kind::IpiAck, f.start, sender, f.end);
     SHOOTDOWN_ACKS.fetch_add(1, Ordering::Relaxed);
 }
@@ -148,12 +176,13 @@ pub static SHOOTDOWN_ACKS: AtomicU64 = AtomicU64::new(0);
 /// `None` if one did not answer in time. Traced as `FlushBegin` … `FlushEnd`
 /// (`b` = CPUs shot down, `u64::MAX` if one did not answer), with an
 /// `IpiSend` per target.
-pub fn flush_tlb_mm_range(mm: &Mm, start: u64, end: u64) -> Option<u64> {
+pub fn flush_tlb_mm_range(mm: &Mm, start: u64, end: u64, freed_tables: bool) -> Option<u64> {
     let me = percpu::cpu();
     trace::emit(Kind::FlushBegin, start, end, 0);
-    flush_tlb_range_local(start, end);
+    flush_tlb_range_local(start, end, freed_tables);
     let info = &FLUSH_INFO[me as usize];
     info[0].store(start, Ordering::Relaxed);
+    info[2].store(freed_tables as u64, Ordering::Relaxed);
     info[1].store(end, Ordering::Release);
     let targets = (0..smp::num_cpus())
         .filter(|&c| c != me && CURRENT_MM[c as usize].load(Ordering::Acquire) == mm.pgd)

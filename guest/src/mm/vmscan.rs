@@ -1,13 +1,14 @@
 //! `mm/vmscan.c`: reclaim of one page (`reclaim L`), as `shrink_folio_list`
-//! does it for a batch of one: isolate and lock the page, `add_to_swap`
-//! for anonymous memory, `try_to_unmap` with `TTU_BATCH_FLUSH`, flush the
-//! batch before writing a dirty page back (`try_to_unmap_flush_dirty`),
-//! `pageout`, remove it from the swap/page cache, `try_to_unmap_flush`,
-//! free it. A later access faults it back in (`do_swap_page`, or the page
-//! cache for a shared file page).
+//! does it for a batch of one: isolate (a reference) and `trylock_page`
+//! the page (a locked page is kept), `add_to_swap` for anonymous memory,
+//! `try_to_unmap` with `TTU_BATCH_FLUSH`, flush the batch before writing a
+//! dirty page back (`try_to_unmap_flush_dirty`), `pageout`, remove it from
+//! the swap/page cache, `try_to_unmap_flush`, free it. No mmap_lock: the
+//! page lock and the PTLs. A later access faults it back in
+//! (`do_swap_page`, or the page cache for a shared file page).
 
 use super::mm_types::{page_align, MmStruct};
-use super::page::{lock_page, page, put_page, unlock_page, PG_ANON, PG_DIRTY, PG_SWAPBACKED, PG_SWAPCACHE};
+use super::page::{page, put_page, trylock_page, unlock_page, PG_ANON, PG_DIRTY, PG_SWAPBACKED, PG_SWAPCACHE};
 use super::{filemap, rmap, swap};
 
 impl MmStruct {
@@ -21,9 +22,10 @@ impl MmStruct {
         } else {
             return;
         };
-        lock_page(p);
-        self.shrink_page(p, file);
-        unlock_page(p);
+        if trylock_page(p) {
+            self.shrink_page(p, file);
+            unlock_page(p);
+        }
         rmap::try_to_unmap_flush(self);
         put_page(p);
     }

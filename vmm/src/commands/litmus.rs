@@ -21,8 +21,9 @@ use abi::config::{GuestMode, IotlbModel, TlbModel};
 use abi::litmus::VALUE_TIMEOUT;
 use iommu::{Eviction, IommuConfig};
 use litmus::{
-    any_mismatch, compile, file_summary, herd_block, policy_matrix, render_all, verdict_table, CompileOptions, Policy,
-    ResultsFile, RunResult, Shard, Test, ThreadPosition,
+    any_mismatch, compile, file_summary, herd_block, kernel_matrix, kernel_table, policy_matrix, render_all,
+    unavailable, verdict_table, CheckOptions, CompileOptions, KernelCell, Policy, Profile, ResultsFile, RunResult,
+    Shard, Test, ThreadPosition,
 };
 use tools::format::{RunEnd, RunMeta, ThreadKind, ThreadMeta};
 
@@ -74,6 +75,10 @@ pub struct LitmusArgs {
     pub tap: bool,
     /// `vmm bench`: count what the iterations cost ([`PolicyRun::measured`]).
     pub measure: bool,
+    /// `--kernel PROFILE|all`: run on that profile, or one row per profile.
+    pub kernel: Option<String>,
+    /// `--allow-hypothetical`: run policies no kernel ever had (labelled).
+    pub allow_hypothetical: bool,
 }
 
 fn collect_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -107,19 +112,103 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 /// Loads and checks every test; nothing runs if any file is invalid.
+/// `[explore]` tests (written for `vmm explore`: their verdicts hold for a
+/// schedule search) are left out, with a note on stderr.
 pub fn load(paths: &[PathBuf]) -> Result<Vec<Test>> {
+    load_with(paths, &CheckOptions::default())
+}
+
+/// [`load`] with check options (`--allow-hypothetical`).
+pub fn load_with(paths: &[PathBuf], opts: &CheckOptions) -> Result<Vec<Test>> {
+    let (tests, skipped) =
+        load_all(paths, litmus::catalogue_sources, opts)?.into_iter().partition::<Vec<_>, _>(|t| t.explore.is_none());
+    for t in &skipped {
+        log::info!("{}: an [explore] test, left to `vmm explore` ({})", t.name, t.file);
+    }
+    if tests.is_empty() && !skipped.is_empty() {
+        return Err(Error::Usage(format!(
+            "every test given is an [explore] test; run them with `vmm explore` ({})",
+            skipped.iter().map(|t| t.file.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(tests)
+}
+
+/// Loads and checks every test of `paths` (none: `default()`'s); nothing
+/// runs if any file is invalid.
+pub fn load_all(paths: &[PathBuf], default: fn() -> Vec<(String, String)>, opts: &CheckOptions) -> Result<Vec<Test>> {
     let (tests, warnings) = if paths.is_empty() {
-        litmus::check_all(&litmus::catalogue_sources())
+        litmus::check_all_with(&default(), opts)
     } else {
-        litmus::load_files(&collect_paths(paths)?, |p| {
-            crate::input::read_input_file(p, crate::input::LITMUS_FILE_MAX, "litmus file")
-        })
+        litmus::load_files_with(
+            &collect_paths(paths)?,
+            |p| crate::input::read_input_file(p, crate::input::LITMUS_FILE_MAX, "litmus file"),
+            opts,
+        )
     }
     .map_err(|d| Error::Litmus(render_all(&d)))?;
     if !warnings.is_empty() {
         eprint!("{}", render_all(&warnings));
     }
     Ok(tests)
+}
+
+/// The rows (policies) each test runs under, as `vmm litmus` and `vmm
+/// explore` choose them: `--policy` (or the test's `[expect]` policies)
+/// over the command line's overrides, `--kernel PROFILE` setting the
+/// profile, or with `--kernel all` every profile with the given keys.
+pub struct Rows {
+    policies: Vec<Policy>,
+    pub overrides: Policy,
+    kernel_all: bool,
+}
+
+impl Rows {
+    /// `overrides`: the command line's keys (TLB models…); `kernel`: `--kernel`.
+    pub fn new(policies: &[Policy], mut overrides: Policy, kernel: Option<&str>) -> Result<Rows> {
+        if let Some(k) = kernel.filter(|k| *k != "all") {
+            let p = Policy::parse(&format!("kernel={k}")).map_err(|e| Error::Litmus(format!("--kernel {k}: {e}")))?;
+            overrides = p.merged(&overrides);
+        }
+        for p in policies {
+            if p.kernel_range().is_some() {
+                return Err(Error::Litmus(format!(
+                    "--policy {}: a kernel range runs with --kernel all, not --policy",
+                    p.canonical()
+                )));
+            }
+        }
+        Ok(Rows { policies: policies.to_vec(), overrides, kernel_all: kernel == Some("all") })
+    }
+
+    /// The rows of `test`, in order.
+    pub fn of(&self, test: &Test) -> Vec<Policy> {
+        if self.kernel_all {
+            let base: Vec<Policy> = if self.policies.is_empty() { vec![self.overrides] } else { self.policies.clone() };
+            base.iter().flat_map(|p| kernel_matrix(&p.merged(&self.overrides))).collect()
+        } else {
+            policy_matrix(&self.policies, &test.expect_policies(), &self.overrides)
+        }
+    }
+
+    /// Every row must be a kernel that existed, unless asked otherwise
+    /// (`--allow-hypothetical`): refused before anything runs.
+    pub fn refuse_hypothetical(&self, tests: &[Test], extra: Option<Policy>) -> Result<()> {
+        for test in tests {
+            for p in self.of(test).into_iter().chain(extra) {
+                let r = p.reality();
+                if r.is_hypothetical() {
+                    return Err(Error::Litmus(format!(
+                        "{}: policy `{}` is no kernel that existed: {}\n(run with --allow-hypothetical to run it anyway, labelled hypothetical)",
+                        test.name,
+                        p.canonical(),
+                        r.to_string().trim_start_matches("hypothetical: ")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What happened to one (test, policy).
@@ -154,7 +243,8 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     if let Some(p) = &args.trace {
         output::check_output_path("--trace", p)?;
     }
-    let tests = load(&args.paths)?;
+    let tests = load_with(&args.paths, &CheckOptions { allow_hypothetical: args.allow_hypothetical })?;
+    let kernel_all = args.kernel.as_deref() == Some("all");
     // With --tap, stdout is TAP: everything else goes out as `#` lines.
     let tap = args.tap;
     let say = |text: &str| {
@@ -187,7 +277,12 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     if let Some(on) = args.pwc {
         overrides.set_pwc(on);
     }
-    let baseline = args.baseline.map(|b| b.merged(&overrides));
+    let rows = Rows::new(&args.policies, overrides, args.kernel.as_deref())?;
+    let baseline = args.baseline.map(|b| b.merged(&rows.overrides));
+    let rows_of = |test: &Test| rows.of(test);
+    if !args.allow_hypothetical {
+        rows.refuse_hypothetical(&tests, baseline)?;
+    }
     let mut log_dir = match &args.log_dir {
         Some(d) => Some(
             litmus::logdir::LogDir::create(d)
@@ -201,13 +296,23 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
 
     // The job: every (test, policy) in order, the baseline first.
     let mut units: Vec<(usize, Policy)> = Vec::new();
+    // (test, policy) rows a release cannot run (an operation it lacks).
+    let mut skipped: Vec<(usize, Policy, String)> = Vec::new();
     for (ti, test) in tests.iter().enumerate() {
-        let mut matrix = policy_matrix(&args.policies, &test.expect_policies(), &overrides);
+        let mut matrix = rows_of(test);
         if let Some(b) = baseline {
             matrix.retain(|p| p.abi != b.abi);
             matrix.insert(0, b);
         }
-        units.extend(matrix.into_iter().map(|p| (ti, p)));
+        for p in matrix {
+            match unavailable(test, &p) {
+                Some(why) => {
+                    say(&format!("Skip {} {}: {why}\n\n", test.name, p.canonical()));
+                    skipped.push((ti, p, why));
+                }
+                None => units.push((ti, p)),
+            }
+        }
     }
     let shard = args.shard.unwrap_or(Shard::ALL);
     let pieces = litmus::shard::plan(&vec![args.runs; units.len()], shard);
@@ -259,6 +364,7 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         };
         let block = herd_block(test, &pr.result);
         say(&block);
+        say(&format!("Kernel {}\n", policy.reality()));
         if let Some(l) = &mut log_dir {
             if let Err(source) = l.append(&pr.result.policy, &block) {
                 let path = l.dir().to_path_buf();
@@ -322,6 +428,9 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
         Some(note) => say(&table.replacen("Verdicts", &format!("Verdicts ({note})"), 1)),
         None => say(&table),
     }
+    if kernel_all {
+        say(&format!("\n{}", kernel_cells(&tests, &runs, &skipped)));
+    }
     let results = results_file(&tests, &runs, &units, args, matches!(ending, Ending::Complete));
     if let Some(b) = baseline {
         let cmp =
@@ -364,6 +473,30 @@ pub fn run(base: &VmConfig, args: &LitmusArgs) -> Result<i32> {
     }
 }
 
+/// The kernel x verdict table of `--kernel all`: per test, per profile,
+/// what ran (all its parts, if the job was sharded) or why it did not.
+fn kernel_cells(tests: &[Test], runs: &[(usize, PolicyRun)], skipped: &[(usize, Policy, String)]) -> String {
+    let rows: Vec<(&Test, Vec<(Profile, KernelCell<'_>)>)> = tests
+        .iter()
+        .enumerate()
+        .map(|(ti, test)| {
+            let mut cells: Vec<(Profile, KernelCell<'_>)> = runs
+                .iter()
+                .filter(|(t, _)| *t == ti)
+                .map(|(_, r)| (r.result.policy.kernel(), KernelCell::Ran(&r.result)))
+                .collect();
+            cells.extend(
+                skipped
+                    .iter()
+                    .filter(|(t, _, _)| *t == ti)
+                    .map(|(_, p, why)| (p.kernel(), KernelCell::Skipped(why.clone()))),
+            );
+            (test, cells)
+        })
+        .collect();
+    kernel_table(&rows)
+}
+
 /// The results so far as a results file (schema `shootdown-results/3`).
 fn results_file(
     tests: &[Test],
@@ -399,7 +532,7 @@ fn write_json(path: &Path, results: &ResultsFile, planned: usize, end: &str) -> 
 }
 
 /// The IOMMU a policy asks for.
-fn iommu_config(policy: &Policy, seed: u64) -> IommuConfig {
+pub fn iommu_config(policy: &Policy, seed: u64) -> IommuConfig {
     let mut cfg = IommuConfig { seed, ..IommuConfig::default() };
     let ppm = match policy.iotlb_model() {
         IotlbModel::Lazy => 0,

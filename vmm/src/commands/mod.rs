@@ -3,6 +3,7 @@
 //! reads its results from its own services.
 
 pub mod bench;
+pub mod explore;
 pub mod interrupt;
 pub mod litmus;
 pub mod litmus_bench;

@@ -51,6 +51,9 @@ pub fn fmt_duration(d: Duration) -> String {
 /// `1234/4100 iterations (30%), 45.2/s, ETA 1m04s`.
 pub fn line(done: u64, total: u64, what: &str, elapsed: Duration) -> String {
     let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
+    if total == 0 {
+        return format!("{done} {what}, {rate:.1}/s");
+    }
     let pct = (done * 100).checked_div(total).unwrap_or(100);
     let eta = if done == 0 || rate <= 0.0 {
         "ETA ?".to_string()
@@ -92,6 +95,26 @@ impl Progress {
             })))))
         } else {
             Progress::hidden()
+        }
+    }
+
+    /// A count with no known total (a search's schedules): a spinner on a
+    /// terminal, plain lines (`N what, R/s`) if `force`, else hidden.
+    pub fn open_ended(what: &'static str, force: bool) -> Progress {
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(4));
+            let style = ProgressStyle::with_template(&format!(
+                "{{elapsed_precise}} {{spinner}} {{pos}} {what}  {{rate}}  {{wide_msg}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_spinner())
+            .with_key("rate", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1}/s", s.per_sec());
+            });
+            bar.set_style(style);
+            Progress(Some(Arc::new(Inner::Bar(bar))))
+        } else {
+            // `total` 0: the plain line has no percentage or ETA to give.
+            Self::new(0, what, force)
         }
     }
 

@@ -247,13 +247,33 @@ fn run_program(s: &Shared, gpa: u64) -> Result<(), ProgramError> {
     if !layout::guest_writable(gpa, end - gpa) {
         return Err(ProgramError::Memory(0));
     }
+    // Under `vmm explore` each op is a scheduling point of this device thread.
+    let mut sched = super::explore::DeviceThread::join(mem, current_device_unit() as u64);
+    let stopped = || s.stop.load(Ordering::Acquire);
     for i in 0..nops {
         let at = dma::op_gpa(gpa, i).ok_or(ProgramError::Memory(i))?;
         let rd = |off: u64| mem.read_obj::<u64>(GuestAddress(at + off)).map_err(|_| ProgramError::Memory(i));
         let rec = dma::OpRecord { op: rd(0)?, va: rd(8)?, value: rd(16)?, result: 0 };
         let action = dma::decode_op(i, &rec)?;
+        if let Some(d) = &mut sched {
+            let wanted = match action {
+                Action::Wait { value, .. } => operand(s, gpa, i, value)?,
+                _ => 0,
+            };
+            let (guard, note) = super::explore::device_step(&action, wanted);
+            if d.point((rec.op >> dma::op::TAG_SHIFT) as u32, guard, &stopped) {
+                if let Some((obj, write)) = note {
+                    d.note(obj, write);
+                }
+            } else {
+                sched = None;
+            }
+        }
         let result = run_op(s, pasid, gpa, i, action)?;
         gmem::store_u64(mem, at + dma::RESULT_OFFSET, result).map_err(|_| ProgramError::Memory(i))?;
+    }
+    if let Some(d) = &sched {
+        d.finish();
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! which devices and the modelled TLB record trace events.
 
 pub mod dma;
+pub mod explore;
 pub mod iommu;
 pub mod ports;
 pub mod serial;

@@ -8,6 +8,7 @@
 //! service here (listed in that service's `ops()`); `vstate/` never changes.
 
 pub mod bench;
+pub mod explore;
 pub mod iommu;
 pub mod litmus;
 pub mod mmu;

@@ -164,10 +164,12 @@ fn fill_walks_the_guest_tables_and_stays_until_flushed() {
     pt_op(&vm, PtOpKind::Clear, leaf, 0, 0).unwrap();
     vm.after_exit(0);
     assert_eq!(word(&vm, layout::zap_list(0) + zap::COUNT), 0, "lazy never evicts");
-    let (c, _) =
-        vm.call::<TlbConfig>(0, TlbConfigRequest { action: TlbConfigAction::Query, evict_ppm: 0 }, &[]).unwrap();
+    let (c, _) = vm
+        .call::<TlbConfig>(0, TlbConfigRequest { action: TlbConfigAction::Query, evict_ppm: 0, walk_cache: 0 }, &[])
+        .unwrap();
     assert_eq!((c.model, c.fills), (TlbModelKind::Lazy, 1));
-    vm.call::<Flush>(0, FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE }, &[]).unwrap();
+    vm.call::<Flush>(0, FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE, last_level: Flag::YES }, &[])
+        .unwrap();
     let (f, _) = vm.call::<Fill>(0, FillRequest { va, error_code: 0 }, &[]).unwrap();
     assert_eq!(f.result, FillResult::Fault);
 }
@@ -190,8 +192,9 @@ fn evict_one_drops_a_stale_entry_at_the_next_exit() {
     assert_eq!(word(&vm, layout::zap_list(0) + zap::COUNT), 1);
     assert_eq!(word(&vm, layout::zap_list(0) + zap::SLOTS), fill_slot);
     assert_eq!(vm.msis.lock().unwrap().last(), Some(&(0xfee0_0000, zap::VECTOR as u32)));
-    let (c, _) =
-        vm.call::<TlbConfig>(0, TlbConfigRequest { action: TlbConfigAction::Query, evict_ppm: 0 }, &[]).unwrap();
+    let (c, _) = vm
+        .call::<TlbConfig>(0, TlbConfigRequest { action: TlbConfigAction::Query, evict_ppm: 0, walk_cache: 0 }, &[])
+        .unwrap();
     assert_eq!((c.model, c.evict_ppm, c.evictions), (TlbModelKind::Evict, 1_000_000, 1));
 }
 
@@ -217,7 +220,7 @@ fn switch_mm_and_tlb_config_check_their_arguments() {
     let e = vm.call::<SwitchMm>(0, SwitchMmRequest { pgd: layout::FREE_START }, &[]).unwrap_err();
     assert!(e.to_string().contains("not a page of the page-table region"));
     let native = TestVm::new(TlbModel::Native);
-    let req = TlbConfigRequest { action: TlbConfigAction::SetEvictPpm, evict_ppm: 5 };
+    let req = TlbConfigRequest { action: TlbConfigAction::SetEvictPpm, evict_ppm: 5, walk_cache: 0 };
     let e = native.call::<TlbConfig>(0, req, &[]).unwrap_err();
     assert!(e.to_string().contains("lazy/evict models only"));
     // A probability above 1 is clamped to 1.
@@ -494,7 +497,8 @@ fn a_flush_lists_the_cleared_slot_and_only_a_cpl3_caller_gets_the_zap_interrupt(
     let (slot, _) = zap_state(&vm, 0, va);
     let msis = vm.msis.lock().unwrap().len();
     // From CPL0 (kernel mailbox): the caller drains the list itself.
-    vm.call::<Flush>(0, FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE }, &[]).unwrap();
+    vm.call::<Flush>(0, FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE, last_level: Flag::YES }, &[])
+        .unwrap();
     vm.after_exit(0);
     assert_eq!(word(&vm, slot), 0);
     assert_eq!(word(&vm, layout::zap_list(0) + zap::COUNT), 1);
@@ -504,7 +508,8 @@ fn a_flush_lists_the_cleared_slot_and_only_a_cpl3_caller_gets_the_zap_interrupt(
     vm.mem.write_obj(0u64, GuestAddress(layout::zap_list(0) + zap::COUNT)).unwrap();
     vm.call::<Fill>(0, FillRequest { va, error_code: 0 }, &[]).unwrap();
     vm.after_exit(0);
-    vm.call_user::<Flush>(0, FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE }).unwrap();
+    vm.call_user::<Flush>(0, FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE, last_level: Flag::YES })
+        .unwrap();
     vm.after_exit(0);
     assert_eq!(word(&vm, layout::zap_list(0) + zap::COUNT), 1);
     assert_eq!(vm.msis.lock().unwrap().last(), Some(&(0xfee0_0000, zap::VECTOR as u32)));

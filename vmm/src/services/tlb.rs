@@ -95,11 +95,15 @@ impl Service for Tlb {
 }
 
 impl ExitHook for Tlb {
-    /// `evict:P`: at an exit, drop each stale entry with probability P.
-    /// Then every slot cleared since the last exit goes to the zap list,
-    /// with the zap interrupt unless the code that exited drains it itself.
-    fn after_exit(&self, ctx: &mut VcpuCtx<'_>) {
-        self.mmu(ctx.cpu).evict_stale(ctx.mem);
+    /// `evict:P`: at an exit that is not waiting, drop each stale entry
+    /// with probability P (a finite TLB's entries go when the vCPU does
+    /// something, not while the harness waits on a flag). Then every slot
+    /// cleared since the last exit goes to the zap list, with the zap
+    /// interrupt unless the code that exited drains it itself.
+    fn after_exit(&self, ctx: &mut VcpuCtx<'_>, waiting: bool) {
+        if !waiting {
+            self.mmu(ctx.cpu).evict_stale(ctx.mem);
+        }
         let inline = self.vcpu(ctx.cpu).drains_inline.swap(false, Ordering::Relaxed);
         if self.publish_zaps(ctx.cpu, ctx.mem) > 0 && !inline {
             if let Some(msi) = self.msi.get() {
@@ -144,9 +148,10 @@ impl HypercallHandler for Tlb {
             }
             Op::Flush => {
                 let r = call.request::<calls::Flush>()?;
+                let last_level = r.last_level.get();
                 match r.kind {
-                    FlushKind::Page => mmu.flush_page(ctx.mem, r.va),
-                    FlushKind::Range => mmu.flush_range(ctx.mem, &self.pool, r.va, r.len),
+                    FlushKind::Page => mmu.flush_page(ctx.mem, r.va, last_level),
+                    FlushKind::Range => mmu.flush_range(ctx.mem, &self.pool, r.va, r.len, last_level),
                     FlushKind::All => mmu.flush_all(ctx.mem, &self.pool),
                 }
                 Ok(Reply::empty())
@@ -158,9 +163,14 @@ impl HypercallHandler for Tlb {
             }
             Op::TlbConfig => {
                 let r = call.request::<calls::TlbConfig>()?;
-                if r.action == TlbConfigAction::SetEvictPpm {
-                    mmu.set_evict_ppm(r.evict_ppm)
-                        .map_err(|e| GuestFault::rejected(call.op, format_args!("TLB_CONFIG: {e}")))?;
+                match r.action {
+                    TlbConfigAction::SetEvictPpm => mmu
+                        .set_evict_ppm(r.evict_ppm)
+                        .map_err(|e| GuestFault::rejected(call.op, format_args!("TLB_CONFIG: {e}")))?,
+                    TlbConfigAction::SetWalkCache => mmu
+                        .set_walk_cache(r.walk_cache)
+                        .map_err(|e| GuestFault::rejected(call.op, format_args!("TLB_CONFIG: {e}")))?,
+                    TlbConfigAction::Query => {}
                 }
                 let model = match mmu.model() {
                     TlbModel::Lazy => TlbModelKind::Lazy,

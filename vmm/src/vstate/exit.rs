@@ -63,9 +63,11 @@ pub struct Buses {
 }
 
 /// Runs after every exit of a vCPU, before it runs again (e.g. `evict:P`'s
-/// random eviction).
+/// random eviction). `waiting`: the exit was the harness waiting on a flag
+/// (a spin-wait's yield, a parking `WAIT`, the kick that ends it), not
+/// activity of the vCPU.
 pub trait ExitHook: Send + Sync {
-    fn after_exit(&self, ctx: &mut VcpuCtx<'_>);
+    fn after_exit(&self, ctx: &mut VcpuCtx<'_>, waiting: bool);
 }
 
 /// Sends `exit` to its device. Ports nobody claims read as all ones and

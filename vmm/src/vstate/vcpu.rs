@@ -262,7 +262,13 @@ impl Vcpu {
         if interrupted {
             self.fd.set_kvm_immediate_exit(0);
         }
+        // Waiting is the harness waiting on a flag, not activity of the vCPU
+        // (evict:P's aging of a finite TLB skips it): a spin-wait's yield, a
+        // WAIT that parks the vCPU and the kick that wakes it (an exit of a
+        // parked vCPU that ran an interrupt handler is activity).
+        let mut waiting = matches!(pending, Ok(Written::Io(abi::hypercall::YIELD_PORT, _)));
         if self.parking.is_parked(index) {
+            waiting |= interrupted;
             let halted =
                 interrupted && self.fd.get_mp_state().is_ok_and(|m| m.mp_state == kvm_bindings::KVM_MP_STATE_HALTED);
             match self.parking.after_run(index, interrupted, halted) {
@@ -298,6 +304,7 @@ impl Vcpu {
         let next = match result {
             Ok(Flow::Resume) => State::Running,
             Ok(Flow::Park) => {
+                waiting = true;
                 let mp = kvm_mp_state { mp_state: kvm_bindings::KVM_MP_STATE_HALTED };
                 match self.fd.set_mp_state(mp) {
                     Ok(()) => State::Running,
@@ -314,7 +321,7 @@ impl Vcpu {
             let regs = KvmRegs(&self.fd);
             let mut ctx = VcpuCtx { cpu: index, mem: &self.mem, regs: &regs };
             for h in self.exit_hooks.iter() {
-                h.after_exit(&mut ctx);
+                h.after_exit(&mut ctx, waiting);
             }
         }
         counters.vmm_time(thread_cpu_ns().saturating_sub(served_from));
