@@ -40,9 +40,11 @@ struct Cli {
     #[arg(long, global = true, help_heading = VM_HEADING, default_value = "", value_name = "STR")]
     cmdline: String,
     /// Watchdog: if the guest has not ended after this many seconds, print
-    /// every vCPU's RIP/RSP/CR3 and exit with status 4.
-    #[arg(long, global = true, help_heading = VM_HEADING, default_value_t = 300, value_name = "SECS")]
-    timeout: u64,
+    /// every vCPU's RIP/RSP/CR3 and exit with status 4. Default 300; for
+    /// `explore` 30 days: a search runs many schedules in one boot, and
+    /// each schedule has its own watchdog (--iteration-timeout).
+    #[arg(long, global = true, help_heading = VM_HEADING, value_name = "SECS")]
+    timeout: Option<u64>,
     /// vCPU TLB model: `lazy` (entries live until this vCPU flushes),
     /// `evict:P` (also drop each stale entry with probability P at every
     /// exit), `native` (the host's real TLB; see `vmm probe`).
@@ -450,7 +452,11 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         }
         _ => {}
     }
-    let timeout = config::watchdog(cli.timeout)?;
+    let default_timeout = match cli.command {
+        Some(Command::Explore { .. }) => config::MAX_TIMEOUT_SECS,
+        _ => config::DEFAULT_TIMEOUT_SECS,
+    };
+    let timeout = config::watchdog(cli.timeout.unwrap_or(default_timeout))?;
     let (image, image_path) = load_image(&cli)?;
     let command = cli.command.unwrap_or(Command::Litmus {
         paths: vec![],
