@@ -189,8 +189,11 @@ enum Command {
         /// inconclusive, or a witness does not replay under `vmm litmus`.
         #[arg(long)]
         check: bool,
-        /// Time limit per schedule; one that runs out is recorded as `timeout`.
-        #[arg(long, default_value_t = 3000, value_name = "MS")]
+        /// Time limit per schedule; one that runs out is recorded as `timeout`
+        /// (a deadlock the test allows). A schedule normally takes tens of
+        /// milliseconds; the default leaves room for a loaded host, where
+        /// 3 s cut off a healthy schedule (mremap on v4.19, load average 7).
+        #[arg(long, default_value_t = 10_000, value_name = "MS")]
         iteration_timeout: u64,
         /// Where each violation's witness goes: TEST--POLICY.toml (a litmus
         /// file forcing the schedule) and TEST--POLICY.timeline.txt.
