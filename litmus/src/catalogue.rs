@@ -52,7 +52,6 @@ static CATALOGUE: &[(&str, &str)] = entries![
 static EXPLORE: &[(&str, &str)] = entries![
     "explore/s1-concurrent-zap.toml",
     "explore/s1-device-concurrent-zap.toml",
-    "explore/s2-deferred-wrprotect-cow.toml",
     "explore/s5-cow-two-pages-device.toml",
     "explore/s6-dirty-shared-zap-writeback.toml",
     "explore/s7-ksm-device-store.toml",

@@ -335,6 +335,10 @@ forbidden = "P2:r1 == 1"
         let lock = Step { thread: 0, site: site::make(site::LOCK, 1, 1, 1) };
         let text = forced_test(&t, &[instr(2, 0), lock], &p, "w", "d").unwrap();
         assert!(text.contains("madvise x dontneed at lock_acquire { wait sched1 }"), "{text}");
+        // Its third lock: the third firing, named.
+        let third = Step { thread: 0, site: site::make(site::LOCK, 1, 1, 3) };
+        let text = forced_test(&t, &[instr(2, 0), third], &p, "w", "d").unwrap();
+        assert!(text.contains("madvise x dontneed at lock_acquire#3 { wait sched1 }"), "{text}");
         assert_eq!(forced_test(&t, &[Step { thread: 9, site: 0 }], &p, "w", "d"), Err(WitnessError::NoThread(9)));
     }
 }

@@ -8,6 +8,8 @@ use abi::config::{IotlbModel, ModelError, TlbModel};
 
 /// The longest `--timeout` (30 days): beyond it a timer is no watchdog.
 pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+/// The watchdog when `--timeout` is not given (but for `vmm explore`).
+pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
 
 /// A command-line value that cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -40,9 +40,11 @@ struct Cli {
     #[arg(long, global = true, help_heading = VM_HEADING, default_value = "", value_name = "STR")]
     cmdline: String,
     /// Watchdog: if the guest has not ended after this many seconds, print
-    /// every vCPU's RIP/RSP/CR3 and exit with status 4.
-    #[arg(long, global = true, help_heading = VM_HEADING, default_value_t = 300, value_name = "SECS")]
-    timeout: u64,
+    /// every vCPU's RIP/RSP/CR3 and exit with status 4. Default 300; for
+    /// `explore` 30 days: a search runs many schedules in one boot, and
+    /// each schedule has its own watchdog (--iteration-timeout).
+    #[arg(long, global = true, help_heading = VM_HEADING, value_name = "SECS")]
+    timeout: Option<u64>,
     /// vCPU TLB model: `lazy` (entries live until this vCPU flushes),
     /// `evict:P` (also drop each stale entry with probability P at every
     /// exit), `native` (the host's real TLB; see `vmm probe`).
@@ -187,8 +189,11 @@ enum Command {
         /// inconclusive, or a witness does not replay under `vmm litmus`.
         #[arg(long)]
         check: bool,
-        /// Time limit per schedule; one that runs out is recorded as `timeout`.
-        #[arg(long, default_value_t = 3000, value_name = "MS")]
+        /// Time limit per schedule; one that runs out is recorded as `timeout`
+        /// (a deadlock the test allows). A schedule normally takes tens of
+        /// milliseconds; the default leaves room for a loaded host, where
+        /// 3 s cut off a healthy schedule (mremap on v4.19, load average 7).
+        #[arg(long, default_value_t = 10_000, value_name = "MS")]
         iteration_timeout: u64,
         /// Where each violation's witness goes: TEST--POLICY.toml (a litmus
         /// file forcing the schedule) and TEST--POLICY.timeline.txt.
@@ -458,7 +463,11 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         }
         _ => {}
     }
-    let timeout = config::watchdog(cli.timeout)?;
+    let default_timeout = match cli.command {
+        Some(Command::Explore { .. }) => config::MAX_TIMEOUT_SECS,
+        _ => config::DEFAULT_TIMEOUT_SECS,
+    };
+    let timeout = config::watchdog(cli.timeout.unwrap_or(default_timeout))?;
     let (image, image_path) = load_image(&cli)?;
     let command = cli.command.unwrap_or(Command::Litmus {
         paths: vec![],
