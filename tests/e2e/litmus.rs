@@ -330,6 +330,37 @@ pub fn never_10k_runs_per_scenario() -> Result<(), Failed> {
     Ok(())
 }
 
+/// S6's rmap-before-flush row on mainline under an evicting TLB (a seeded
+/// regression): when P0's stale entry is evicted, its `store x 2` faults and
+/// queues for the PTL behind P2's writeback, so the store lands after the
+/// first writeback (`2:r0=1`). The second writeback, which waits for the
+/// store, must still find it dirty in a PTE (`2:r1=2`): never `2:r1=1`.
+/// The run must also have taken the fault path at least once (`2:r0=1`),
+/// or it shows nothing about it.
+pub fn s6_rmap_before_flush_evicted_store() -> Result<(), Failed> {
+    let f = repo().join("tests/litmus/s6-dirty-shared-rmap-before-flush.toml");
+    let args = [
+        "litmus",
+        "--check",
+        "--runs",
+        "400",
+        "--seed",
+        "962005227",
+        "--tlb",
+        "evict:0.5",
+        "--policy",
+        "kernel=mainline",
+        f.to_str().unwrap(),
+    ];
+    let o = vmm(&args);
+    let (out, err) = text(&o);
+    let ctx = || format!("status {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
+    ensure(o.status.code() == Some(0), || format!("forbidden outcome or error\n{}", ctx()))?;
+    let bs = check_blocks(&out, 400, &ctx)?;
+    ensure(bs.len() == 1 && bs[0].matching == 0, || format!("want one block, 0 forbidden\n{}", ctx()))?;
+    ensure(out.contains(":>2:r0=1; 2:r1=2;"), || format!("no iteration took the evicted-entry fault path\n{}", ctx()))
+}
+
 /// Unsynchronised threads mixing every mm operation on pages that share
 /// page tables (`tests/e2e/data/stress/`), under several flush schemes and
 /// notifier placements, with an evicting TLB and IOTLB: every iteration ends (no

@@ -367,6 +367,7 @@ fn main() {
     trials.push(kvm_trial("litmus::default_command_runs_catalogue", litmus::default_command_runs_catalogue));
     trials.push(kvm_trial("litmus::check_catalogue_dir", litmus::check_catalogue_dir));
     trials.push(kvm_trial("litmus::stress_no_crash_no_leak", litmus::stress_no_crash_no_leak));
+    trials.push(kvm_trial("litmus::s6_rmap_before_flush_evicted_store", litmus::s6_rmap_before_flush_evicted_store));
     // The longer job: opt in with `-- --ignored` (see README, "Longer runs").
     trials.push(
         Trial::test("litmus::long::never_10k_runs_per_scenario", litmus::never_10k_runs_per_scenario)
