@@ -67,7 +67,7 @@ pub fn tlb() {
     let n = crate::smp::num_cpus();
     crate::smp::run_on_all(bench_join_mm, mm.pgd, 20_000);
     let shootdown = median_ps_n(TLB_ITERS, || {
-        tlb::flush_tlb_mm_range(&mm, va, va + 4096, false);
+        tlb::flush_tlb_multi(&mm, va, va + 4096, false);
     });
     crate::smp::run_on_all(|_| tlb::switch_to_kernel_mm(), 0, 20_000);
     let samples = ROUNDS as u64 * TLB_ITERS;

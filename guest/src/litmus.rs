@@ -29,7 +29,7 @@ use abi::litmus::{
 };
 
 use crate::mm::hooks;
-use crate::mm::mm_types::{TEST_MM, VM_READ, VM_WRITE};
+use crate::mm::mm_types::TEST_MM;
 use crate::mm::page_alloc;
 use crate::mm::pgtable;
 use crate::mm::policy;
@@ -106,14 +106,6 @@ impl Rng {
         } else {
             self.next() % n
         }
-    }
-}
-
-fn perm_flags(p: Perm) -> u8 {
-    match p {
-        Perm::None => 0,
-        Perm::Ro => VM_READ,
-        Perm::Rw => VM_READ | VM_WRITE,
     }
 }
 
@@ -638,7 +630,11 @@ impl ThreadCtx {
                 TEST_MM.munmap(va, PAGE_SIZE);
             }
             Op::Mprotect => {
-                TEST_MM.mprotect(va, PAGE_SIZE, perm_flags(Perm::from_u8(ins.arg).unwrap_or(Perm::Rw)));
+                TEST_MM.mprotect(
+                    va,
+                    PAGE_SIZE,
+                    crate::mm::litmus_ops::perm_flags(Perm::from_u8(ins.arg).unwrap_or(Perm::Rw)),
+                );
             }
             Op::Madvise => match Advice::from_u8(ins.arg) {
                 // Unavailable before v4.5: the checker refuses such a run.

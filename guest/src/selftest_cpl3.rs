@@ -219,8 +219,8 @@ pub fn remote_stale_until_shootdown(boot: &BootInfo) -> TestResult {
         }
         at_cpl3(|| {
             let va = SPACE_VA.load(Ordering::Acquire);
-            let shot = tlb::flush_tlb_mm_range(&st::space_mm(), va, va + pgtable::PAGE, false);
-            check!(shot == Some(1), "flush_tlb_mm_range from CPL3 shot down {:?} CPUs, expected 1", shot);
+            let shot = tlb::flush_tlb_multi(&st::space_mm(), va, va + pgtable::PAGE, false);
+            check!(shot == Some(1), "flush_tlb_multi from CPL3 shot down {:?} CPUs, expected 1", shot);
             Ok(())
         })?;
         run_on_and_wait(1, remote_read);

@@ -187,8 +187,8 @@ pub fn lazy_remote_stale_until_shootdown(boot: &BootInfo) -> TestResult {
             let v = REMOTE_READ.load(Ordering::Acquire);
             check!(v == VAL_A, "try {}: vCPU 1 read {:#x} before any shootdown, not the stale page", i, v);
         }
-        let shot = tlb::flush_tlb_mm_range(&s.mm, s.va, s.va + pgtable::PAGE, false);
-        check!(shot == Some(1), "flush_tlb_mm_range shot down {:?} CPUs, expected 1", shot);
+        let shot = tlb::flush_tlb_multi(&s.mm, s.va, s.va + pgtable::PAGE, false);
+        check!(shot == Some(1), "flush_tlb_multi shot down {:?} CPUs, expected 1", shot);
         run_on_and_wait(1, remote_read, 0);
         let v = REMOTE_READ.load(Ordering::Acquire);
         check!(v == VAL_B, "vCPU 1 read {:#x} after the shootdown, not the new page", v);
@@ -225,7 +225,7 @@ pub fn shootdown_all_vcpus(boot: &BootInfo) -> TestResult {
         check!(late == 0 && ALL_READ_BAD.load(Ordering::Relaxed) == 0, "not every vCPU read the first page");
         s.remap_to_b();
         let acks0 = tlb::SHOOTDOWN_ACKS.load(Ordering::Relaxed);
-        let shot = tlb::flush_tlb_mm_range(&s.mm, s.va, s.va + pgtable::PAGE, false);
+        let shot = tlb::flush_tlb_multi(&s.mm, s.va, s.va + pgtable::PAGE, false);
         let acks = tlb::SHOOTDOWN_ACKS.load(Ordering::Relaxed) - acks0;
         let others = boot.num_vcpus - 1;
         check!(shot == Some(others), "shot down {:?} CPUs, expected {}", shot, others);

@@ -25,7 +25,7 @@ pub const TLB_FLUSH_ALL: u64 = u64::MAX;
 /// walk cache survives).
 pub fn flush_primary(mm: &MmStruct, start: u64, end: u64, freed_tables: bool) {
     hook(Hook::BeforeFlush);
-    let acked = tlb::flush_tlb_mm_range(&mm.pt(), start, end, freed_tables);
+    let acked = tlb::flush_tlb_multi(&mm.pt(), start, end, freed_tables);
     // Pages are freed after this returns: a CPU that never flushed would
     // turn into a silent use-after-free, so this is a kernel bug, loudly.
     crate::guest_assert!(acked.is_some(), "a CPU did not acknowledge the TLB shootdown of {:#x}..{:#x}", start, end);

@@ -1,6 +1,6 @@
 //! TLB flushing as Linux x86 does it: the local primitives
 //! (`flush_tlb_one_user`, `flush_tlb_local`) tell the VMM's modelled TLB
-//! and then execute the real instruction; `flush_tlb_mm_range` flushes
+//! and then execute the real instruction; `flush_tlb_multi` flushes
 //! locally and shoots down every other CPU running the mm with an IPI whose
 //! handler flushes and acknowledges, waiting for all of them.
 //!
@@ -171,12 +171,15 @@ fn flush_tlb_func(sender: u64) {
 /// Acknowledged shootdown IPIs, for the self-tests.
 pub static SHOOTDOWN_ACKS: AtomicU64 = AtomicU64::new(0);
 
-/// `flush_tlb_mm_range`: flush locally, IPI every other CPU running `mm`,
-/// wait until all have flushed. Returns how many CPUs were shot down, or
+/// x86 `flush_tlb_multi` (`native_flush_tlb_multi`, which also runs
+/// `flush_tlb_func` on the calling CPU when the mask holds it): flush
+/// locally, IPI every other CPU running `mm`, wait until all have flushed.
+/// The mm-level `flush_tlb_mm_range` (range ceiling, secondary TLBs) is
+/// `mm::flush`'s. Returns how many CPUs were shot down, or
 /// `None` if one did not answer in time. Traced as `FlushBegin` … `FlushEnd`
 /// (`b` = CPUs shot down, `u64::MAX` if one did not answer), with an
 /// `IpiSend` per target.
-pub fn flush_tlb_mm_range(mm: &Mm, start: u64, end: u64, freed_tables: bool) -> Option<u64> {
+pub fn flush_tlb_multi(mm: &Mm, start: u64, end: u64, freed_tables: bool) -> Option<u64> {
     let me = percpu::cpu();
     trace::emit(Kind::FlushBegin, start, end, 0);
     flush_tlb_range_local(start, end, freed_tables);
