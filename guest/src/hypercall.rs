@@ -59,9 +59,44 @@ pub fn call_into<H: Hypercall>(req: H::Request, data: &[u8], out: &mut [u8]) -> 
     // mailbox of one in flight: keep interrupts off while we own it.
     let was_enabled = arch::interrupts_enabled();
     arch::interrupts_disable();
-    let mb = percpu::mailbox();
+    // SAFETY: the mailbox page is this vCPU's alone and interrupts are off.
+    let (reply, st, len) = unsafe { exchange::<H>(percpu::mailbox(), HC_PORT, req, data, out) };
+    if was_enabled {
+        arch::interrupts_enable();
+    }
+    accept::<H>(reply, st, len)
+}
+
+/// The reply of `H`, if the VMM served it and it decodes; else a fatal
+/// bad reply.
+#[inline(always)]
+fn accept<H: Hypercall>(reply: Result<H::Reply, DecodeError>, st: u64, len: usize) -> (H::Reply, usize) {
+    match reply {
+        Ok(r) if st == status::OK => (r, len),
+        Ok(_) => bad_reply(H::OP, st, None),
+        Err(e) => bad_reply(H::OP, st, Some(e)),
+    }
+}
+
+/// One round trip through mailbox `mb` and `port`: the request's words
+/// and the payload in, the `out` to the VMM, then the decoded reply, the
+/// status and the payload length (the payload copied into `out` as far as
+/// it fits).
+///
+/// # Safety
+/// `mb` is a mailbox no one else uses until this returns (the caller's own,
+/// with whatever keeps interrupt handlers off it), and `port` is the
+/// hypercall port that serves it.
+#[inline(always)]
+unsafe fn exchange<H: Hypercall>(
+    mb: *mut Mailbox,
+    port: u16,
+    req: H::Request,
+    data: &[u8],
+    out: &mut [u8],
+) -> (Result<H::Reply, DecodeError>, u64, usize) {
     {
-        // SAFETY: the mailbox page is this vCPU's alone and interrupts are off.
+        // SAFETY: the caller's contract.
         let mb: &mut Mailbox = unsafe { &mut *mb };
         mb.op = H::OP as u64;
         // Only the request's words: the VMM decodes no others.
@@ -74,11 +109,9 @@ pub fn call_into<H: Hypercall>(req: H::Request, data: &[u8], out: &mut [u8]) -> 
     }
     // SAFETY: the VMM handles this port synchronously; the asm is a compiler
     // barrier (no `nomem`), so the mailbox writes above happen before it.
-    unsafe { asm!("out dx, al", in("dx") HC_PORT, in("al") 0u8, options(nostack, preserves_flags)) }
+    unsafe { asm!("out dx, al", in("dx") port, in("al") 0u8, options(nostack, preserves_flags)) }
     // SAFETY: as above; the VMM has written its reply.
     let mb: &Mailbox = unsafe { &*mb };
-    let st = mb.status;
-    let reply = H::Reply::decode(&mb.ret);
     let len = if out.is_empty() {
         0
     } else {
@@ -87,14 +120,7 @@ pub fn call_into<H: Hypercall>(req: H::Request, data: &[u8], out: &mut [u8]) -> 
         out[..copy].copy_from_slice(&mb.data[..copy]);
         len
     };
-    if was_enabled {
-        arch::interrupts_enable();
-    }
-    match reply {
-        Ok(r) if st == status::OK => (r, len),
-        Ok(_) => bad_reply(H::OP, st, None),
-        Err(e) => bad_reply(H::OP, st, Some(e)),
-    }
+    (H::Reply::decode(&mb.ret), mb.status, len)
 }
 
 /// [`call_into`] at CPL3: the vCPU's user mailbox and `HC_USER_PORT`.
@@ -104,37 +130,10 @@ pub fn call_into<H: Hypercall>(req: H::Request, data: &[u8], out: &mut [u8]) -> 
 /// fault upcall — which makes hypercalls of its own — can run in between.
 #[inline(never)]
 fn call_user<H: Hypercall>(req: H::Request, data: &[u8], out: &mut [u8]) -> (H::Reply, usize) {
-    let mb = percpu::user_mailbox();
-    {
-        // SAFETY: the user mailbox is this vCPU's CPL3 code's alone.
-        let mb: &mut Mailbox = unsafe { &mut *mb };
-        mb.op = H::OP as u64;
-        req.encode(&mut mb.args);
-        let n = data.len().min(DATA_LEN);
-        mb.len = n as u64;
-        if n > 0 {
-            mb.data[..n].copy_from_slice(&data[..n]);
-        }
-    }
-    // SAFETY: as in `call_into`; the TSS I/O bitmap opens this port to CPL3.
-    unsafe { asm!("out dx, al", in("dx") HC_USER_PORT, in("al") 0u8, options(nostack, preserves_flags)) }
-    // SAFETY: as above; the VMM has written its reply.
-    let mb: &Mailbox = unsafe { &*mb };
-    let st = mb.status;
-    let reply = H::Reply::decode(&mb.ret);
-    let len = if out.is_empty() {
-        0
-    } else {
-        let len = (mb.len as usize).min(DATA_LEN);
-        let copy = len.min(out.len());
-        out[..copy].copy_from_slice(&mb.data[..copy]);
-        len
-    };
-    match reply {
-        Ok(r) if st == status::OK => (r, len),
-        Ok(_) => bad_reply(H::OP, st, None),
-        Err(e) => bad_reply(H::OP, st, Some(e)),
-    }
+    // SAFETY: the user mailbox is this vCPU's CPL3 code's alone; the TSS
+    // I/O bitmap opens `HC_USER_PORT` to CPL3.
+    let (reply, st, len) = unsafe { exchange::<H>(percpu::user_mailbox(), HC_USER_PORT, req, data, out) };
+    accept::<H>(reply, st, len)
 }
 
 /// Makes hypercall `H` with a data payload.
