@@ -80,13 +80,7 @@ pub fn run(base: &VmConfig, args: &ExploreArgs) -> Result<i32> {
     if !args.allow_hypothetical {
         rows.refuse_hypothetical(&tests, None)?;
     }
-    let mut logs = match &args.log_dir {
-        Some(d) => Some(
-            litmus::logdir::LogDir::create(d)
-                .map_err(|source| Error::Output(OutputError::Write { option: "--log-dir", path: d.clone(), source }))?,
-        ),
-        None => None,
-    };
+    let mut logs = output::create_log_dir(args.log_dir.as_deref())?;
     if let Err(e) = interrupt::install() {
         log::warn!("cannot install SIGINT/SIGTERM handlers ({e}); an interrupt loses this run's results");
     }

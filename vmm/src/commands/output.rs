@@ -84,6 +84,19 @@ pub fn write_json(option: &'static str, path: &Path, value: &serde_json::Value) 
     write_atomic(option, path, text.as_bytes())
 }
 
+/// `--log-dir DIR`: the directory of herdtools7 logs, created (with its
+/// parents) before anything runs; `None` without the option.
+pub fn create_log_dir(dir: Option<&Path>) -> Result<Option<litmus::logdir::LogDir>, OutputError> {
+    dir.map(|d| {
+        litmus::logdir::LogDir::create(d).map_err(|source| OutputError::Write {
+            option: "--log-dir",
+            path: d.to_path_buf(),
+            source,
+        })
+    })
+    .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
