@@ -340,6 +340,71 @@ isr_pf:
 1:  push 14
     jmp isr_common
 
+    /* CALL_FUNCTION IPI. Taken at CPL3: EOI, then bounced to
+       user_ipi_upcall at CPL3 (RFLAGS and RIP pushed on the user stack),
+       where the handler runs natively: on hosts that emulate kernel code
+       the generic entry and the handler cost hundreds of emulated
+       instructions, this stub a score. Taken at CPL0: the generic entry.
+       Frame: RIP, CS, RFLAGS, RSP, SS. */
+    .global isr_call_function
+isr_call_function:
+    test byte ptr [rsp + 8], 3
+    jz 1f
+    push rax
+    push rcx
+    push rdx
+    mov ecx, 0x80b
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    mov rdx, [rsp + 48]
+    mov rax, [rsp + 24]
+    mov [rdx - 8], rax
+    mov rax, [rsp + 40]
+    mov [rdx - 16], rax
+    sub rdx, 16
+    mov [rsp + 48], rdx
+    lea rax, [rip + user_ipi_upcall]
+    mov [rsp + 24], rax
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+1:  push 0
+    push {call_function_vector}
+    jmp isr_common
+
+    /* CPL3, user stack: [rsp] = RFLAGS, RIP of the interrupted code. */
+    .global user_ipi_upcall
+user_ipi_upcall:
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    push rbp
+    mov rbp, rsp
+    and rsp, -16
+    cld
+    call {user_ipi}
+    mov rsp, rbp
+    pop rbp
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    popfq
+    ret
+
     /* CPL3, user stack: [rsp] = CR2, error code, RFLAGS, RIP. */
     .global user_fault_upcall
 user_fault_upcall:
@@ -396,6 +461,8 @@ user_fault_upcall:
     user_base = const layout::USER_BASE,
     user_end = const layout::USER_END,
     user_fault = sym user_fault,
+    user_ipi = sym user_ipi,
+    call_function_vector = const crate::apic::CALL_FUNCTION_VECTOR,
     boot_pml4 = const layout::BOOT_PML4,
 );
 
@@ -441,6 +508,35 @@ pub fn drain_zaps() {
     // touches only this CPU's zap list and the shadow alias.
     unsafe { zap_drain() }
 }
+
+/// CALL_FUNCTION IPIs whose handler ran at CPL3 (for the self-tests).
+pub static IPI_UPCALLS: AtomicU64 = AtomicU64::new(0);
+
+/// The CALL_FUNCTION handler at CPL3 (the upcall `isr_call_function`
+/// bounced the IPI to; the EOI is done). It may have interrupted CPL3
+/// code in the middle of a hypercall through the user mailbox, whose
+/// words its own hypercalls (FLUSH, WAKE: no data payload either way)
+/// would overwrite: they are kept and put back. A nested upcall (another
+/// IPI while this one runs: interrupts stay on at CPL3) is safe: each
+/// request is claimed before it runs (`smp::handle_call_function_ipi`).
+extern "C" fn user_ipi() {
+    IPI_UPCALLS.fetch_add(1, Ordering::Relaxed);
+    let pc = percpu::this();
+    pc.in_irq.fetch_add(1, Ordering::Relaxed);
+    let mb = percpu::user_mailbox();
+    // SAFETY: this vCPU's user mailbox, used only by this vCPU's CPL3
+    // code, which is interrupted (or is this upcall) until we return.
+    let saved = unsafe { core::ptr::read_volatile(mb.cast::<MailboxWords>()) };
+    crate::smp::handle_call_function_ipi();
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(mb.cast::<MailboxWords>(), saved) };
+    pc.in_irq.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The mailbox's words before its data area (op, args, ret, status, len).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct MailboxWords([u64; (hc::OFF_DATA / 8) as usize]);
 
 /// What `user_fault_upcall` saved, lowest address first.
 #[repr(C)]

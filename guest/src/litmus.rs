@@ -300,11 +300,13 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
         if cpu == me {
             mine = Some(t);
         } else {
-            while !smp::run_on(cpu, thread_main, t as u64) {
+            while !smp::post(cpu, thread_main, t as u64) {
                 arch::pause();
             }
         }
     }
+    // The other threads start together, with one exit.
+    smp::kick(cpus.iter().take(h.n_vcpu_threads as usize).copied().filter(|&c| c != me));
     if let Some(t) = mine {
         thread_main(t as u64);
     }

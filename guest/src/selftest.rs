@@ -39,6 +39,7 @@ const TESTS: &[Test] = &[
     Test { name: "cpl3.enter-return", run: cpl3::enter_return },
     Test { name: "tlb.cpl3.stale-until-flush", run: cpl3::stale_until_flush },
     Test { name: "tlb.cpl3.remote-stale-until-shootdown", run: cpl3::remote_stale_until_shootdown },
+    Test { name: "tlb.cpl3.shootdown-handled-at-cpl3", run: cpl3::shootdown_handled_at_cpl3 },
     Test { name: "tlb.cpl3.evict.coherent", run: cpl3::evict_coherent },
     Test { name: "iommu.dma.read-write", run: iommu::dma_read_write },
     Test { name: "iommu.invalidate.page", run: iommu::invalidate_page },

@@ -16,7 +16,7 @@ use crate::mm::tlb;
 use crate::report::{TestError, TestResult};
 use crate::selftest_tlb::{self as st, Space, VAL_A, VAL_B};
 use crate::trap::{probe_read_u64, probe_write_u64};
-use crate::{check, cpl3, hypercall, percpu, smp};
+use crate::{check, cpl3, hypercall, percpu, smp, wait};
 
 static SKIP_REASON: AtomicU64 = AtomicU64::new(0);
 
@@ -226,6 +226,80 @@ pub fn remote_stale_until_shootdown(boot: &BootInfo) -> TestResult {
         run_on_and_wait(1, remote_read);
         let v = REMOTE_READ.load(Ordering::Acquire);
         check!(v == VAL_B, "vCPU 1 read {:#x} at CPL3 after the shootdown, not the new page", v);
+        Ok(())
+    })();
+    smp::run_on(
+        1,
+        |p| {
+            st::set_evict_ppm(p);
+        },
+        prev,
+    );
+    smp::wait_done(1, 20_000);
+    st::set_evict_ppm(prev);
+    s.destroy();
+    r
+}
+
+static PARKED_READY: AtomicU64 = AtomicU64::new(0);
+static PARKED_GO: AtomicU64 = AtomicU64::new(0);
+
+/// vCPU 1 at CPL3: read (caching the entry), say so, park until told to
+/// go on, read again.
+extern "C" fn parked_reader(_: u64) -> u64 {
+    let first = read(SPACE_VA.load(Ordering::Acquire)).unwrap_or(u64::MAX);
+    PARKED_READY.store(first, Ordering::SeqCst);
+    wait::wake(&PARKED_READY);
+    wait::wait_until(&PARKED_GO, |g| g != 0);
+    read(SPACE_VA.load(Ordering::Acquire)).unwrap_or(u64::MAX)
+}
+
+fn switch_and_park(_: u64) {
+    tlb::switch_mm(&st::space_mm());
+    REMOTE_READ.store(cpl3::run_at_cpl3(parked_reader, 0), Ordering::Release);
+    tlb::switch_to_kernel_mm();
+}
+
+/// A shootdown IPI that reaches a vCPU parked at CPL3 (as litmus threads
+/// wait) runs its handler at CPL3 (`cpl3::user_ipi`, the upcall) and
+/// flushes: vCPU 1 reads the new page after it, and the upcall ran.
+pub fn shootdown_handled_at_cpl3(boot: &BootInfo) -> TestResult {
+    require_model()?;
+    if boot.num_vcpus < 2 {
+        return Err(TestError::Skip("needs at least 2 vCPUs"));
+    }
+    let prev = st::set_evict_ppm(0);
+    smp::run_on(
+        1,
+        |p| {
+            st::set_evict_ppm(p);
+        },
+        0,
+    );
+    smp::wait_done(1, 20_000);
+    let s = Space::new(pte::RW | pte::US);
+    publish(&s);
+    PARKED_READY.store(0, Ordering::SeqCst);
+    PARKED_GO.store(0, Ordering::SeqCst);
+    let upcalls = cpl3::IPI_UPCALLS.load(Ordering::Relaxed);
+    let r = (|| {
+        check!(smp::run_on(1, switch_and_park, 0), "vCPU 1 is busy");
+        at_cpl3(|| {
+            let first = wait::wait_until(&PARKED_READY, |v| v != 0);
+            check!(first == VAL_A, "vCPU 1's first CPL3 read gave {:#x}", first);
+            remap_to_b();
+            let va = SPACE_VA.load(Ordering::Acquire);
+            let shot = tlb::flush_tlb_multi(&st::space_mm(), va, va + pgtable::PAGE, false);
+            PARKED_GO.store(1, Ordering::SeqCst);
+            wait::wake(&PARKED_GO);
+            check!(shot == Some(1), "flush_tlb_multi from CPL3 shot down {:?} CPUs, expected 1", shot);
+            Ok(())
+        })?;
+        check!(smp::wait_done(1, 20_000), "vCPU 1 did not finish");
+        let v = REMOTE_READ.load(Ordering::Acquire);
+        check!(v == VAL_B, "vCPU 1 read {:#x} at CPL3 after the shootdown, not the new page", v);
+        let n = cpl3::IPI_UPCALLS.load(Ordering::Relaxed) - upcalls;
+        check!(n >= 1, "the shootdown IPI to vCPU 1, parked at CPL3, was not handled at CPL3");
         Ok(())
     })();
     smp::run_on(

@@ -4,7 +4,7 @@
 use abi::layout::MAX_VCPUS;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use crate::wait::{wait_until, wake, wake_then_wait_until};
+use crate::wait::{self, wait_until, wake, wake_then_wait_until};
 use crate::{apic, arch, cpl3, percpu, time};
 
 const N: usize = MAX_VCPUS as usize;
@@ -54,6 +54,16 @@ static CPL3_WORKER: [AtomicBool; N] = [const { AtomicBool::new(false) }; N];
 /// its idle loop, a `WAKE` of the slot for a CPL3 worker (parked on it).
 /// Returns false if the CPU is busy.
 pub fn run_on(cpu: u64, f: WorkFn, arg: u64) -> bool {
+    if !post(cpu, f, arg) {
+        return false;
+    }
+    kick(core::iter::once(cpu));
+    true
+}
+
+/// Posts `f(arg)` to `cpu` without waking it ([`kick`] does, for several
+/// CPUs at once). Returns false if the CPU is busy.
+pub fn post(cpu: u64, f: WorkFn, arg: u64) -> bool {
     let w = &WORK[cpu as usize];
     if w.state.load(Ordering::Acquire) != IDLE {
         return false;
@@ -61,12 +71,18 @@ pub fn run_on(cpu: u64, f: WorkFn, arg: u64) -> bool {
     w.func.store(f as usize, Ordering::Relaxed);
     w.arg.store(arg, Ordering::Relaxed);
     w.state.store(POSTED, Ordering::SeqCst);
-    if CPL3_WORKER[cpu as usize].load(Ordering::Relaxed) {
-        wake(&w.state);
-    } else {
+    true
+}
+
+/// Wakes `cpus` for the work [`post`]ed to them: one `WAKE` for the CPL3
+/// workers among them (parked on their slots), a RESCHEDULE IPI to each
+/// CPU in its idle loop.
+pub fn kick(cpus: impl Iterator<Item = u64> + Clone) {
+    let cpl3 = |c: &u64| CPL3_WORKER[*c as usize].load(Ordering::Relaxed);
+    for cpu in cpus.clone().filter(|c| !cpl3(c)) {
         apic::send_ipi(cpu, apic::RESCHEDULE_VECTOR);
     }
-    true
+    wait::wake_many(cpus.filter(cpl3).map(|c| &WORK[c as usize].state));
 }
 
 /// Waits until the work posted to `cpu` finished; false on timeout. A
@@ -165,7 +181,8 @@ pub fn idle_loop() -> ! {
 struct Csd {
     func: AtomicUsize,
     arg: AtomicU64,
-    /// 1 while the request is pending (a word: CPL3 senders park on it).
+    /// [`POSTED_CSD`] or [`CLAIMED_CSD`] while the request is pending, 0
+    /// once it ran (a word: CPL3 senders park on it).
     pending: AtomicU64,
 }
 
@@ -187,7 +204,7 @@ pub fn call_function_single(target: u64, f: WorkFn, arg: u64, timeout_ms: u64) -
     }
     csd.func.store(f as usize, Ordering::Relaxed);
     csd.arg.store(arg, Ordering::Relaxed);
-    csd.pending.store(1, Ordering::Release);
+    csd.pending.store(POSTED_CSD, Ordering::Release);
     apic::send_ipi(target, apic::CALL_FUNCTION_VECTOR);
     csd_wait(csd, timeout_ms)
 }
@@ -222,7 +239,7 @@ pub fn call_function_many(targets: impl Iterator<Item = u64>, f: WorkFn, arg: u6
         }
         csd.func.store(f as usize, Ordering::Relaxed);
         csd.arg.store(arg, Ordering::Relaxed);
-        csd.pending.store(1, Ordering::Release);
+        csd.pending.store(POSTED_CSD, Ordering::Release);
         if !batch {
             apic::send_ipi(target, apic::CALL_FUNCTION_VECTOR);
         }
@@ -249,11 +266,22 @@ pub fn call_function_many(targets: impl Iterator<Item = u64>, f: WorkFn, arg: u6
     Some(n)
 }
 
+/// A CSD's `pending`: its request is posted, or taken by a handler.
+const POSTED_CSD: u64 = 1;
+const CLAIMED_CSD: u64 = 2;
+
 /// `CALL_FUNCTION_VECTOR` handler: run every pending request addressed to us.
 pub fn handle_call_function_ipi() {
     let me = percpu::cpu() as usize;
     for csd in CSD[me].iter().take(num_cpus() as usize) {
-        if csd.pending.load(Ordering::Acquire) != 0 {
+        // Claimed before it runs at CPL3 (`cpl3::user_ipi`), where a second
+        // IPI may interrupt this handler and must not run the request
+        // again; at CPL0 interrupts are off in here (and a locked
+        // instruction is an expensive one to emulate).
+        if csd.pending.load(Ordering::Acquire) == POSTED_CSD
+            && (percpu::cpl() == 0
+                || csd.pending.compare_exchange(POSTED_CSD, CLAIMED_CSD, Ordering::Acquire, Ordering::Relaxed).is_ok())
+        {
             let func = csd.func.load(Ordering::Relaxed);
             // SAFETY: stored from a `WorkFn` by `call_function_single`.
             let f: WorkFn = unsafe { core::mem::transmute::<usize, WorkFn>(func) };

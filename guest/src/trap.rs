@@ -28,6 +28,8 @@ isr_stubs:
     jmp isr_pf
     .elseif vec == {zap_vector}
     jmp isr_zap
+    .elseif vec == {call_function_vector}
+    jmp isr_call_function
     .elseif (vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
     push vec
     .else
@@ -142,6 +144,7 @@ probe_cmpxchg_u64_insn:
 "#,
     dispatch = sym trap_dispatch,
     zap_vector = const abi::zap::VECTOR,
+    call_function_vector = const apic::CALL_FUNCTION_VECTOR,
 );
 
 extern "C" {

@@ -23,7 +23,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::hypercall::calls::{Wait, WaitRequest, Wake, WakeRequest};
+use abi::hypercall::calls::{Wait, WaitRequest, Wake, WakeRequest, WAKE_WORDS};
 
 use crate::{arch, hypercall, time};
 
@@ -31,9 +31,16 @@ use crate::{arch, hypercall, time};
 /// signallers skip `WAKE` when the word's bucket is 0.
 static WAITERS: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
 
+/// A word's bucket: a Fibonacci hash of its address, not the address
+/// modulo the table (words a multiple of 512 bytes apart — one CSD per
+/// target CPU, `smp::CSD`'s rows — would share a bucket and make each
+/// other's signallers `WAKE` for nobody).
 fn bucket(word: &AtomicU64) -> &'static AtomicU64 {
-    &WAITERS[(word as *const AtomicU64 as usize >> 3) % WAITERS.len()]
+    const BITS: u32 = WAITERS.len().trailing_zeros();
+    let h = ((word as *const AtomicU64 as u64) >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BITS);
+    &WAITERS[h as usize]
 }
+const _: () = assert!(WAITERS.len().is_power_of_two());
 
 /// Spin budget before parking, in TSC cycles (set at boot).
 static SPIN_CYCLES: AtomicU64 = AtomicU64::new(0);
@@ -103,7 +110,7 @@ fn wait_until_waking(mut signalled: Option<&AtomicU64>, word: &AtomicU64, cond: 
             let gpa = word as *const AtomicU64 as u64;
             hypercall::wait::<Wait>(WaitRequest { gpa, expected: v, wake_first });
         } else if wake_first != 0 {
-            hypercall::call::<Wake>(WakeRequest { gpa: wake_first });
+            hypercall::call::<Wake>(WakeRequest::one(wake_first));
         }
         waiters.fetch_sub(1, Ordering::SeqCst);
     }
@@ -115,6 +122,25 @@ fn wait_until_waking(mut signalled: Option<&AtomicU64>, word: &AtomicU64, cond: 
 /// the Dekker above.
 pub fn wake(word: &AtomicU64) {
     if bucket(word).load(Ordering::SeqCst) != 0 {
-        hypercall::call::<Wake>(WakeRequest { gpa: word as *const AtomicU64 as u64 });
+        hypercall::call::<Wake>(WakeRequest::one(word as *const AtomicU64 as u64));
+    }
+}
+
+/// [`wake`] of several words, with one `WAKE` per [`WAKE_WORDS`] of them
+/// that may have waiters.
+pub fn wake_many<'a>(words: impl Iterator<Item = &'a AtomicU64>) {
+    let mut req = WakeRequest { gpas: [0; WAKE_WORDS] };
+    let mut n = 0;
+    for word in words.filter(|w| bucket(w).load(Ordering::SeqCst) != 0) {
+        req.gpas[n] = word as *const AtomicU64 as u64;
+        n += 1;
+        if n == WAKE_WORDS {
+            hypercall::call::<Wake>(req);
+            req = WakeRequest { gpas: [0; WAKE_WORDS] };
+            n = 0;
+        }
+    }
+    if n > 0 {
+        hypercall::call::<Wake>(req);
     }
 }

@@ -223,6 +223,7 @@ fn main() {
             let two_cpus = &[
                 "tlb.lazy.remote-stale-until-shootdown",
                 "tlb.cpl3.remote-stale-until-shootdown",
+                "tlb.cpl3.shootdown-handled-at-cpl3",
                 "mm.madvise.free",
                 "mm.cow",
                 "mm.ksm",
@@ -252,6 +253,7 @@ fn main() {
                     "tlb.stray-store.reported",
                     "tlb.cpl3.stale-until-flush",
                     "tlb.cpl3.remote-stale-until-shootdown",
+                    "tlb.cpl3.shootdown-handled-at-cpl3",
                     "tlb.cpl3.evict.coherent",
                 ],
             )

@@ -353,17 +353,31 @@ crate::hypercall!(
     Wait = Wait(WaitRequest) -> WaitReply
 );
 
+/// Words one `WAKE` names (several: starting the threads of an iteration
+/// wakes each one's worker with one exit, not one each).
+pub const WAKE_WORDS: usize = 4;
+
 crate::wire_struct! {
-    /// `WAKE`: wake every vCPU parked in `WAIT` on GPA `gpa`. Device
-    /// `SIGNAL`/`KADD` ops wake the word they store to as well.
-    pub struct WakeRequest { pub gpa: u64 }
+    /// `WAKE`: wake every vCPU parked in `WAIT` on any of the GPAs `gpas`
+    /// (0 = no word). Device `SIGNAL`/`KADD` ops wake the word they store
+    /// to as well.
+    pub struct WakeRequest { pub gpas: [u64; WAKE_WORDS] }
+}
+
+impl WakeRequest {
+    /// A `WAKE` of one word.
+    pub const fn one(gpa: u64) -> Self {
+        let mut gpas = [0; WAKE_WORDS];
+        gpas[0] = gpa;
+        WakeRequest { gpas }
+    }
 }
 crate::wire_struct! {
     /// `WAKE`'s reply: vCPUs woken.
     pub struct WakeReply { pub woken: u64 }
 }
 crate::hypercall!(
-    /// Wake the vCPUs parked on a word.
+    /// Wake the vCPUs parked on some words.
     Wake = Wake(WakeRequest) -> WakeReply
 );
 

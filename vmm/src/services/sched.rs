@@ -124,7 +124,8 @@ impl HypercallHandler for Sched {
             }
             Op::Wake => {
                 let r = call.request::<calls::Wake>()?;
-                Ok(Reply::of::<calls::Wake>(WakeReply { woken: self.wake_word(r.gpa) }))
+                let woken = r.gpas.iter().filter(|&&gpa| gpa != 0).map(|&gpa| self.wake_word(gpa)).sum();
+                Ok(Reply::of::<calls::Wake>(WakeReply { woken }))
             }
             Op::Ipi => {
                 let r = call.request::<calls::Ipi>()?;

@@ -425,14 +425,14 @@ fn wait_parks_only_while_the_word_holds_its_value_and_wake_ends_that_park() {
     let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 5, wake_first: 0 }, &[]).unwrap();
     assert!(r.parked.get() && vm.parking.is_parked(1));
     // Another word wakes nobody; this one wakes vCPU 1, once.
-    assert_eq!(vm.call::<Wake>(0, WakeRequest { gpa: w + 8 }, &[]).unwrap().0.woken, 0);
-    assert_eq!(vm.call::<Wake>(0, WakeRequest { gpa: w }, &[]).unwrap().0.woken, 1);
-    assert_eq!(vm.call::<Wake>(0, WakeRequest { gpa: w }, &[]).unwrap().0.woken, 0);
+    assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w + 8), &[]).unwrap().0.woken, 0);
+    assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 1);
+    assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 0);
     // A wait that wakes another word's waiters first (signal, then wait).
     vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 5, wake_first: 0 }, &[]).unwrap();
     let (r, _) = vm.call::<Wait>(0, WaitRequest { gpa: w + 8, expected: 0, wake_first: w }, &[]).unwrap();
     assert!(r.parked.get() && vm.parking.is_parked(0));
-    assert_eq!(vm.call::<Wake>(0, WakeRequest { gpa: w }, &[]).unwrap().0.woken, 0, "vCPU 1 was woken by the wait");
+    assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 0, "vCPU 1 was woken by the wait");
     // Misaligned or outside RAM: a bad hypercall.
     assert!(vm.call::<Wait>(0, WaitRequest { gpa: w + 4, expected: 0, wake_first: 0 }, &[]).is_err());
     assert!(vm.call::<Wait>(0, WaitRequest { gpa: 1 << 50, expected: 0, wake_first: 0 }, &[]).is_err());
@@ -453,7 +453,7 @@ fn a_device_store_wakes_the_vcpus_waiting_on_its_word() {
     }
     vm.iommu.run_program_now(prog).unwrap();
     assert_eq!(word(&vm, w), 1);
-    assert!(vm.call::<Wake>(0, WakeRequest { gpa: w }, &[]).unwrap().0.woken == 0, "the device's store woke it");
+    assert!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken == 0, "the device's store woke it");
 }
 
 #[test]
