@@ -302,6 +302,7 @@ impl Service for LitmusBoot {
         timer.reset(TICK, Some(TICK)).map_err(|e| SetupError::service("litmus", e))?;
         vm.add_watch(Arc::new(StallWatch { timer: Mutex::new(timer), session: self.session.clone() }));
         if self.session.measure.load(Ordering::Relaxed) {
+            vm.stats.enable_timing();
             *lock(&self.stats) = Some(vm.stats.clone());
         }
         vm.add_hypercalls(self)

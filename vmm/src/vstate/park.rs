@@ -105,6 +105,11 @@ impl Parking {
         self.slots.get(cpu as usize).is_some_and(|s| s.ticket.load(Ordering::Acquire) % 2 == 1)
     }
 
+    /// Whether vCPU `cpu`'s current park has had its wake-up.
+    pub(super) fn is_woken(&self, cpu: u64) -> bool {
+        self.slots.get(cpu as usize).is_some_and(|s| s.woken.load(Ordering::Acquire))
+    }
+
     /// KVM_RUN returned for parked vCPU `cpu`: `kicked` if it returned
     /// because of a signal, `halted` if KVM still has the vCPU asleep.
     pub(super) fn after_run(&self, cpu: u64, kicked: bool, halted: bool) -> Resume {

@@ -11,7 +11,7 @@
 //! difference of two is what happened in between.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use abi::hypercall::Op;
@@ -120,11 +120,33 @@ impl VcpuCounters {
 pub struct VmStats {
     vcpus: Vec<VcpuCounters>,
     kvm: OnceLock<Result<Vec<KvmStatsFd>, String>>,
+    /// Whether the vCPU threads time what serving each exit costs (two
+    /// `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` system calls an exit: only
+    /// for runs that report it, `vmm bench`).
+    timing: AtomicBool,
 }
 
 impl VmStats {
     pub fn new(vcpus: u64) -> Self {
-        Self { vcpus: (0..vcpus).map(|_| VcpuCounters::new()).collect(), kvm: OnceLock::new() }
+        Self {
+            vcpus: (0..vcpus).map(|_| VcpuCounters::new()).collect(),
+            kvm: OnceLock::new(),
+            timing: AtomicBool::new(false),
+        }
+    }
+
+    /// Time the VMM's service of every exit from now on (`vmm_ns`).
+    pub fn enable_timing(&self) {
+        self.timing.store(true, Ordering::Relaxed);
+    }
+
+    /// The calling thread's CPU time, ns, if exits are timed; else 0.
+    pub fn exit_clock(&self) -> u64 {
+        if self.timing.load(Ordering::Relaxed) {
+            thread_cpu_ns()
+        } else {
+            0
+        }
     }
 
     /// vCPU `cpu`'s counters (a spare set for an index out of range: unit

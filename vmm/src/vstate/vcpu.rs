@@ -17,7 +17,7 @@ use super::bus::Flow;
 use super::exit::{route, Buses, Exit, ExitHook, NoRegs, VcpuCtx, VcpuRegs};
 use super::fault::{EndReason, GuestFault, VcpuDump};
 use super::park::{Parking, Resume};
-use super::stats::{thread_cpu_ns, UserExit, VmStats};
+use super::stats::{UserExit, VmStats};
 use super::vm::{kvm, Result, VmCore};
 use crate::boot::GDT_ENTRIES;
 
@@ -219,8 +219,8 @@ impl Vcpu {
             n
         };
         let ran = self.fd.run();
-        let served_from = thread_cpu_ns();
         let stats = self.stats.clone();
+        let served_from = stats.exit_clock();
         let counters = stats.vcpu(index);
         counters.user_exit(match &ran {
             Ok(VcpuExit::IoOut(port, _)) | Ok(VcpuExit::IoIn(port, _)) => match *port {
@@ -269,13 +269,17 @@ impl Vcpu {
         let mut waiting = matches!(pending, Ok(Written::Io(abi::hypercall::YIELD_PORT, _)));
         if self.parking.is_parked(index) {
             waiting |= interrupted;
-            let halted =
-                interrupted && self.fd.get_mp_state().is_ok_and(|m| m.mp_state == kvm_bindings::KVM_MP_STATE_HALTED);
+            // Kicked for its wake-up: made runnable whatever KVM's state (no
+            // KVM_GET_MP_STATE, an ioctl that costs microseconds on
+            // `kvm_pvm`); a stray kick asks KVM whether it still sleeps.
+            let halted = interrupted
+                && (self.parking.is_woken(index)
+                    || self.fd.get_mp_state().is_ok_and(|m| m.mp_state == kvm_bindings::KVM_MP_STATE_HALTED));
             match self.parking.after_run(index, interrupted, halted) {
                 // A kick that was not its wake-up (or a stop request, which
                 // the top of the loop sees): back to sleep.
                 Resume::Sleep => {
-                    counters.vmm_time(thread_cpu_ns().saturating_sub(served_from));
+                    counters.vmm_time(stats.exit_clock().saturating_sub(served_from));
                     return State::Running;
                 }
                 Resume::Run if halted => {
@@ -324,7 +328,7 @@ impl Vcpu {
                 h.after_exit(&mut ctx, waiting);
             }
         }
-        counters.vmm_time(thread_cpu_ns().saturating_sub(served_from));
+        counters.vmm_time(stats.exit_clock().saturating_sub(served_from));
         next
     }
 
