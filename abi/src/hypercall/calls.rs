@@ -97,8 +97,9 @@ crate::hypercall!(
 );
 
 crate::wire_struct! {
-    /// `BENCH_RESULT`: a figure measured in the guest.
-    pub struct BenchFigure { pub metric: Metric, pub median_ps: u64, pub samples: u64 }
+    /// `BENCH_RESULT`: a figure measured in the guest, by code running at
+    /// CPL0 or (`at_cpl3`) at CPL3 as litmus threads run.
+    pub struct BenchFigure { pub metric: Metric, pub median_ps: u64, pub samples: u64, pub at_cpl3: Flag }
 }
 crate::hypercall!(
     /// A benchmark figure measured in the guest.

@@ -96,8 +96,8 @@ pub fn run(base: &VmConfig, boot_runs: usize, only: &[Group], json: Option<&Path
     }
     let cfg = VmConfig { vcpus: 1, mode: GuestMode::BenchExits, ..base.clone() };
     let (_, figs) = if want(Group::Exits) || want(Group::Tlb) { run_ok(&cfg)? } else { Default::default() };
-    let get = |m: Metric| figs.iter().find(|f| f.metric == m).copied();
-    let (hc, nop) = match (get(Metric::HypercallEcho), get(Metric::PortIoExit)) {
+    let get = |m: Metric, cpl3: bool| figs.iter().find(|f| f.metric == m && f.at_cpl3.get() == cpl3).copied();
+    let (hc, nop) = match (get(Metric::HypercallEcho, false), get(Metric::PortIoExit, false)) {
         (Some(hc), Some(nop)) => (hc, nop),
         _ if !want(Group::Exits) && !want(Group::Tlb) => {
             super::litmus_bench::run(base, want(Group::Litmus), want(Group::Forbidden), force_progress, &mut report)?;
@@ -105,58 +105,88 @@ pub fn run(base: &VmConfig, boot_runs: usize, only: &[Group], json: Option<&Path
         }
         _ => return Err(Error::GuestReport("the guest reported no exit-cost figures".into())),
     };
-    for f in [hc, nop].into_iter().filter(|_| want(Group::Exits)) {
-        println!(
-            "{:<44} median {:>8.2} us   ({} samples)",
-            f.metric.description(),
-            f.median_ps as f64 / 1e6,
-            f.samples
-        );
-    }
+    let us = |ps: u64| ps as f64 / 1e6;
+    // Litmus threads run at CPL3 on the modelled TLBs: those figures are
+    // theirs; the CPL0 ones are `vmm explore`'s and `--tlb native`'s path
+    // (and every figure's before the threads moved to CPL3).
+    let levels = |cpl3: &Option<BenchFigure>| if cpl3.is_some() { vec![false, true] } else { vec![false] };
+    let label = |cpl3: bool| if cpl3 { "CPL3" } else { "CPL0" };
+    let (hc3, nop3) = (get(Metric::HypercallEcho, true), get(Metric::PortIoExit, true));
     if want(Group::Exits) {
-        println!(
-            "hypercall / bare exit ratio                  {:.2}",
-            hc.median_ps as f64 / nop.median_ps.max(1) as f64
-        );
-        report.insert("hypercall_us".into(), json!(hc.median_ps as f64 / 1e6));
-        report.insert("port_exit_us".into(), json!(nop.median_ps as f64 / 1e6));
+        for cpl3 in levels(&hc3) {
+            let (Some(hc), Some(nop)) = (get(Metric::HypercallEcho, cpl3), get(Metric::PortIoExit, cpl3)) else {
+                continue;
+            };
+            for f in [hc, nop] {
+                println!(
+                    "{:<44} median {:>8.2} us   (from {}, {} samples)",
+                    f.metric.description(),
+                    us(f.median_ps),
+                    label(cpl3),
+                    f.samples
+                );
+            }
+            println!(
+                "hypercall / bare exit ratio                  {:.2}   (from {})",
+                hc.median_ps as f64 / nop.median_ps.max(1) as f64,
+                label(cpl3)
+            );
+        }
+        report.insert("hypercall_us".into(), json!(us(hc.median_ps)));
+        report.insert("port_exit_us".into(), json!(us(nop.median_ps)));
+        if let (Some(hc), Some(nop)) = (hc3, nop3) {
+            report.insert("hypercall_cpl3_us".into(), json!(us(hc.median_ps)));
+            report.insert("port_exit_cpl3_us".into(), json!(us(nop.median_ps)));
+        }
     }
     let mut shootdown = Map::new();
-    let us = |ps: u64| ps as f64 / 1e6;
-    let exits = |ps: u64| ps as f64 / nop.median_ps.max(1) as f64;
+    let mut shootdown_cpl3 = Map::new();
     for vcpus in [1u64, 2, 4].into_iter().filter(|_| want(Group::Tlb)) {
         let cfg = VmConfig { vcpus, mode: GuestMode::BenchTlb, ..base.clone() };
         let (_, figs) = run_ok(&cfg)?;
-        let get = |m: Metric| figs.iter().find(|f| f.metric == m).map(|f| f.median_ps).unwrap_or(0);
-        if vcpus == 1 {
-            let (ptop, flush) = (get(Metric::PtOp), get(Metric::FlushPage));
-            let fill = get(Metric::FlushAndFill).saturating_sub(flush);
-            println!(
-                "{:<44} median {:>8.2} us   ({:.2} x bare exit)",
-                Metric::PtOp.description(),
-                us(ptop),
-                exits(ptop)
-            );
-            println!("{:<44} median {:>8.2} us", Metric::FlushPage.description(), us(flush));
-            println!(
-                "{:<44} median {:>8.2} us   ({:.2} x bare exit)",
-                "TLB fill (#PF + FILL walk + retry)",
-                us(fill),
-                exits(fill)
-            );
-            report.insert("pt_op_us".into(), json!(us(ptop)));
-            report.insert("flush_page_us".into(), json!(us(flush)));
-            report.insert("fill_us".into(), json!(us(fill)));
-        } else {
-            let sd = get(Metric::Shootdown);
-            println!(
-                "{:<44} median {:>8.2} us   ({vcpus} vCPUs, --tlb {})",
-                Metric::Shootdown.description(),
-                us(sd),
-                cfg.tlb
-            );
-            shootdown.insert(format!("{vcpus}_vcpus"), json!(us(sd)));
+        let get = |m: Metric, cpl3: bool| figs.iter().find(|f| f.metric == m && f.at_cpl3.get() == cpl3);
+        let any_cpl3 = figs.iter().any(|f| f.at_cpl3.get());
+        for cpl3 in [false, true].into_iter().filter(|&c| !c || any_cpl3) {
+            let nop = if cpl3 { nop3.unwrap_or(nop) } else { nop };
+            let exits = |ps: u64| ps as f64 / nop.median_ps.max(1) as f64;
+            let fig = |m: Metric| get(m, cpl3).map_or(0, |f| f.median_ps);
+            let key = |k: &str| if cpl3 { format!("{k}_cpl3_us") } else { format!("{k}_us") };
+            if vcpus == 1 {
+                let (ptop, flush) = (fig(Metric::PtOp), fig(Metric::FlushPage));
+                let fill = fig(Metric::FlushAndFill).saturating_sub(flush);
+                let l = label(cpl3);
+                println!(
+                    "{:<44} median {:>8.2} us   (from {l}, {:.2} x bare exit)",
+                    Metric::PtOp.description(),
+                    us(ptop),
+                    exits(ptop)
+                );
+                println!("{:<44} median {:>8.2} us   (from {l})", Metric::FlushPage.description(), us(flush));
+                println!(
+                    "{:<44} median {:>8.2} us   (from {l}, {:.2} x bare exit)",
+                    "TLB fill (#PF + FILL walk + retry)",
+                    us(fill),
+                    exits(fill)
+                );
+                report.insert(key("pt_op"), json!(us(ptop)));
+                report.insert(key("flush_page"), json!(us(flush)));
+                report.insert(key("fill"), json!(us(fill)));
+            } else {
+                let sd = fig(Metric::Shootdown);
+                println!(
+                    "{:<44} median {:>8.2} us   ({vcpus} vCPUs, --tlb {}, from {})",
+                    Metric::Shootdown.description(),
+                    us(sd),
+                    cfg.tlb,
+                    label(cpl3)
+                );
+                let into = if cpl3 { &mut shootdown_cpl3 } else { &mut shootdown };
+                into.insert(format!("{vcpus}_vcpus"), json!(us(sd)));
+            }
         }
+    }
+    if !shootdown_cpl3.is_empty() {
+        report.insert("shootdown_one_page_cpl3_us".into(), Value::Object(shootdown_cpl3));
     }
     if !shootdown.is_empty() {
         report.insert("shootdown_one_page_us".into(), Value::Object(shootdown));

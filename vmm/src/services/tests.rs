@@ -340,7 +340,7 @@ fn result_lines_bench_figures_and_probes_are_capped() {
     assert!(r.summary().contains("5 result lines beyond the cap of 10000 not shown"));
     drop(r);
     for _ in 0..crate::services::bench::MAX_FIGURES + 2 {
-        let f = BenchFigure { metric: Metric::PtOp, median_ps: 1, samples: 1 };
+        let f = BenchFigure { metric: Metric::PtOp, median_ps: 1, samples: 1, at_cpl3: Flag::NO };
         vm.call::<BenchResult>(0, f, &[]).unwrap();
     }
     assert_eq!(vm.bench.figures().1, 2);
