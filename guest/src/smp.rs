@@ -225,13 +225,51 @@ fn csd_wait(csd: &Csd, timeout_ms: u64) -> bool {
 /// Linux's `smp_call_function_many`. Returns the number of CPUs, or `None`
 /// if one did not answer within `timeout_ms`.
 pub fn call_function_many(targets: impl Iterator<Item = u64>, f: WorkFn, arg: u64, timeout_ms: u64) -> Option<u64> {
-    let me = percpu::cpu() as usize;
-    // Which CPUs got the IPI, as a bitmask: the wait below visits only
-    // those (every guest instruction counts on hosts that emulate them).
-    let mut sent = [0u64; N / 64];
-    let mut n = 0;
     // At CPL3 the IPIs go out in one `IPI` hypercall once all are posted.
     let batch = percpu::cpl() == 3;
+    let (sent, n) = post_requests(targets, f, arg, timeout_ms, !batch)?;
+    if batch && n > 0 {
+        apic::send_ipi_many(sent, apic::CALL_FUNCTION_VECTOR);
+    }
+    wait_requests(&sent, timeout_ms).then_some(n)
+}
+
+/// [`call_function_many`] from CPL3 with local work between the IPIs and
+/// the wait, as `smp_call_function_many_cond` runs the function on the
+/// calling CPU: `local(ipi_cpus)` does it, sending `CALL_FUNCTION_VECTOR`
+/// to the CPUs in mask `ipi_cpus` with the same exit (a FLUSH's
+/// follow-up); the mask is 0 when there are none, or when a target is past
+/// CPU 63 and the IPIs went out already.
+pub fn call_function_many_cpl3(
+    targets: impl Iterator<Item = u64>,
+    f: WorkFn,
+    arg: u64,
+    local: impl FnOnce(u64),
+) -> u64 {
+    let Some((sent, n)) = post_requests(targets, f, arg, 0, false) else { return 0 };
+    if sent[1..].iter().any(|&w| w != 0) {
+        apic::send_ipi_many(sent, apic::CALL_FUNCTION_VECTOR);
+        local(0);
+    } else {
+        local(sent[0]);
+    }
+    wait_requests(&sent, 0);
+    n
+}
+
+/// Posts `f(arg)` in this CPU's CSD of each target (IPIing each when
+/// `ipi_each`); the targets as a mask (the waits visit only those: every
+/// guest instruction counts on hosts that emulate them) and their number.
+fn post_requests(
+    targets: impl Iterator<Item = u64>,
+    f: WorkFn,
+    arg: u64,
+    timeout_ms: u64,
+    ipi_each: bool,
+) -> Option<([u64; N / 64], u64)> {
+    let me = percpu::cpu() as usize;
+    let mut sent = [0u64; N / 64];
+    let mut n = 0;
     for target in targets {
         let csd = &CSD[target as usize][me];
         if !csd_wait(csd, timeout_ms) {
@@ -240,30 +278,44 @@ pub fn call_function_many(targets: impl Iterator<Item = u64>, f: WorkFn, arg: u6
         csd.func.store(f as usize, Ordering::Relaxed);
         csd.arg.store(arg, Ordering::Relaxed);
         csd.pending.store(POSTED_CSD, Ordering::Release);
-        if !batch {
+        if ipi_each {
             apic::send_ipi(target, apic::CALL_FUNCTION_VECTOR);
         }
         sent[target as usize / 64] |= 1 << (target % 64);
         n += 1;
     }
-    if batch && n > 0 {
-        let mut t = [0u64; 4];
-        for (d, s) in t.iter_mut().zip(sent.iter()) {
-            *d = *s;
-        }
-        apic::send_ipi_many(t, apic::CALL_FUNCTION_VECTOR);
-    }
+    Some((sent, n))
+}
+
+/// Waits until every CSD of this CPU's at the CPUs in `sent` ran.
+fn wait_requests(sent: &[u64; N / 64], timeout_ms: u64) -> bool {
+    let me = percpu::cpu() as usize;
     for (word, bits) in sent.iter().enumerate().take((num_cpus() as usize).div_ceil(64)) {
         let mut bits = *bits;
         while bits != 0 {
             let target = word * 64 + bits.trailing_zeros() as usize;
             bits &= bits - 1;
             if !csd_wait(&CSD[target][me], timeout_ms) {
-                return None;
+                return false;
             }
         }
     }
-    Some(n)
+    true
+}
+
+/// The CSD word of the request this CPU's handler runs, until the request
+/// takes it ([`take_ack`]) to acknowledge it itself; CPL3 only.
+static CSD_ACK: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
+
+/// For the function a CALL_FUNCTION request runs at CPL3: the GPA of the
+/// request's CSD word, which the caller then sets to 0 and wakes with an
+/// exit it makes anyway (a FLUSH's `ack`: the flush and `csd_unlock` in
+/// one exit); 0 if there is none (CPL0, or not in a handler).
+pub fn take_ack() -> u64 {
+    if percpu::cpl() != 3 {
+        return 0;
+    }
+    CSD_ACK[percpu::cpu() as usize].swap(0, Ordering::Relaxed)
 }
 
 /// A CSD's `pending`: its request is posted, or taken by a handler.
@@ -285,9 +337,16 @@ pub fn handle_call_function_ipi() {
             let func = csd.func.load(Ordering::Relaxed);
             // SAFETY: stored from a `WorkFn` by `call_function_single`.
             let f: WorkFn = unsafe { core::mem::transmute::<usize, WorkFn>(func) };
+            let word = &csd.pending as *const AtomicU64 as u64;
+            let at_cpl3 = percpu::cpl() == 3;
+            // Saved and put back: a nested handler (CPL3) has its own.
+            let outer = if at_cpl3 { CSD_ACK[me].swap(word, Ordering::Relaxed) } else { 0 };
             f(csd.arg.load(Ordering::Relaxed));
-            csd.pending.store(0, Ordering::SeqCst);
-            wake(&csd.pending);
+            let acked = at_cpl3 && CSD_ACK[me].swap(outer, Ordering::Relaxed) == 0;
+            if !acked {
+                csd.pending.store(0, Ordering::SeqCst);
+                wake(&csd.pending);
+            }
         }
     }
 }

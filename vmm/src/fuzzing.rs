@@ -65,7 +65,7 @@ impl TestVm {
         let services: Vec<Arc<dyn Service>> = vec![
             Platform::new(false, Some(selftest.clone() as Arc<dyn CheckListener>)),
             mmu::Mmu::new(Some(iommu.clone() as Arc<dyn mmu::TableTracker>)),
-            tlb::Tlb::new(tlb, 1, None),
+            tlb::Tlb::new(tlb, 1, None, Some(sched.clone() as Arc<dyn crate::services::sched::Waker>)),
             sched,
             iommu.clone(),
             selftest.clone(),

@@ -19,12 +19,12 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use abi::hypercall::calls::{Flush, FlushRequest, SwitchMm, SwitchMmRequest, TlbConfig, TlbConfigRequest};
-use abi::hypercall::{Flag, FlushKind, TlbConfigAction};
+use abi::hypercall::{FlushKind, TlbConfigAction};
 use abi::layout::{MAX_VCPUS, PAGE_SIZE};
 
 use super::pgtable::Mm;
 use crate::trace::{self, Kind};
-use crate::{arch, cpl3, hypercall, percpu, smp};
+use crate::{apic, arch, cpl3, hypercall, percpu, smp};
 
 /// Whether this VM's vCPU TLBs are modelled by the VMM (`lazy`,
 /// `evict:P`) rather than the host's own (`native`).
@@ -104,7 +104,7 @@ fn flush(req: FlushRequest) {
 
 /// `flush_tlb_one_user`: one page, last-level (no table was freed).
 pub fn flush_tlb_one_user(va: u64) {
-    flush(FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE, last_level: Flag::YES });
+    flush(FlushRequest::local(FlushKind::Page, va, PAGE_SIZE, true));
     if percpu::cpl() == 3 {
         return;
     }
@@ -113,7 +113,20 @@ pub fn flush_tlb_one_user(va: u64) {
 }
 
 pub fn flush_tlb_local() {
-    flush(FlushRequest { kind: FlushKind::All, va: 0, len: 0, last_level: Flag::NO });
+    flush_tlb_local_then(0, 0);
+}
+
+/// [`flush_tlb_local`] with a FLUSH's follow-ups (`ack`, `ipi_cpus`: see
+/// `FlushRequest`; CPL3 callers only, where the zap interrupt clears
+/// the host's copy).
+fn flush_tlb_local_then(ack: u64, ipi_cpus: u64) {
+    let req = FlushRequest {
+        ack,
+        ipi_cpus,
+        ipi_vector: apic::CALL_FUNCTION_VECTOR,
+        ..FlushRequest::local(FlushKind::All, 0, 0, false)
+    };
+    flush(req);
     if percpu::cpl() == 3 {
         return;
     }
@@ -128,10 +141,17 @@ pub const TLB_SINGLE_PAGE_FLUSH_CEILING: u64 = 33;
 /// Flushes `start..end` on this CPU only; `freed_tables`: page tables of
 /// the range were freed, so walk caches must go too (not last-level).
 pub fn flush_tlb_range_local(start: u64, end: u64, freed_tables: bool) {
+    flush_tlb_range_local_then(start, end, freed_tables, 0, 0);
+}
+
+/// [`flush_tlb_range_local`] with a FLUSH's follow-ups (see
+/// [`flush_tlb_local_then`]).
+fn flush_tlb_range_local_then(start: u64, end: u64, freed_tables: bool, ack: u64, ipi_cpus: u64) {
     if end.wrapping_sub(start) > TLB_SINGLE_PAGE_FLUSH_CEILING * PAGE_SIZE {
-        return flush_tlb_local();
+        return flush_tlb_local_then(ack, ipi_cpus);
     }
-    flush(FlushRequest { kind: FlushKind::Range, va: start, len: end - start, last_level: Flag::new(!freed_tables) });
+    let range = FlushRequest::local(FlushKind::Range, start, end - start, !freed_tables);
+    flush(FlushRequest { ack, ipi_cpus, ipi_vector: apic::CALL_FUNCTION_VECTOR, ..range });
     if percpu::cpl() == 3 {
         return;
     }
@@ -163,9 +183,10 @@ fn flush_tlb_func(sender: u64) {
         freed_tables: info[2].load(Ordering::Acquire) != 0,
     };
     trace::emit(Kind::IpiRecv, f.start, sender, f.end);
-    flush_tlb_range_local(f.start, f.end, f.freed_tables);
-    trace::emit(Kind::IpiAck, f.start, sender, f.end);
     SHOOTDOWN_ACKS.fetch_add(1, Ordering::Relaxed);
+    // At CPL3 the acknowledgement (`csd_unlock`) rides on the FLUSH.
+    flush_tlb_range_local_then(f.start, f.end, f.freed_tables, smp::take_ack(), 0);
+    trace::emit(Kind::IpiAck, f.start, sender, f.end);
 }
 
 /// Acknowledged shootdown IPIs, for the self-tests.
@@ -182,7 +203,6 @@ pub static SHOOTDOWN_ACKS: AtomicU64 = AtomicU64::new(0);
 pub fn flush_tlb_multi(mm: &Mm, start: u64, end: u64, freed_tables: bool) -> Option<u64> {
     let me = percpu::cpu();
     trace::emit(Kind::FlushBegin, start, end, 0);
-    flush_tlb_range_local(start, end, freed_tables);
     let info = &FLUSH_INFO[me as usize];
     info[0].store(start, Ordering::Relaxed);
     info[2].store(freed_tables as u64, Ordering::Relaxed);
@@ -190,7 +210,17 @@ pub fn flush_tlb_multi(mm: &Mm, start: u64, end: u64, freed_tables: bool) -> Opt
     let targets = (0..smp::num_cpus())
         .filter(|&c| c != me && CURRENT_MM[c as usize].load(Ordering::Acquire) == mm.pgd)
         .inspect(|&c| trace::emit(Kind::IpiSend, start, c, end));
-    let r = smp::call_function_many(targets, flush_tlb_func, me, 20_000);
+    let r = if percpu::cpl() == 3 {
+        // `smp_call_function_many_cond`'s order (v4.x+ `flush_tlb_multi`
+        // path): the requests queued, the IPIs sent, the local flush, the
+        // wait — the IPIs and the local flush in one FLUSH.
+        Some(smp::call_function_many_cpl3(targets, flush_tlb_func, me, |ipi_cpus| {
+            flush_tlb_range_local_then(start, end, freed_tables, 0, ipi_cpus)
+        }))
+    } else {
+        flush_tlb_range_local(start, end, freed_tables);
+        smp::call_function_many(targets, flush_tlb_func, me, 20_000)
+    };
     trace::emit(Kind::FlushEnd, start, end, r.unwrap_or(u64::MAX));
     r
 }

@@ -51,7 +51,7 @@ pub fn standard(tlb: TlbModel, seed: u64, opts: StandardOptions) -> Vec<Arc<dyn 
     let mut v: Vec<Arc<dyn Service>> = vec![
         platform::Platform::new(opts.console, opts.checks),
         mmu::Mmu::new(Some(iommu.clone() as Arc<dyn mmu::TableTracker>)),
-        tlb::Tlb::new(tlb, seed, sink),
+        tlb::Tlb::new(tlb, seed, sink, Some(sched.clone() as Arc<dyn sched::Waker>)),
         sched,
         iommu,
     ];

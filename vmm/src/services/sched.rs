@@ -24,6 +24,30 @@ const fn msi_address(cpu: u64) -> u64 {
     0xfee0_0000 | (cpu << 12)
 }
 
+/// Sends fixed interrupt `vector` to every vCPU whose bit is set in
+/// `targets` (bit i of word w = vCPU 64w + i) of a VM with `vcpus`; how
+/// many. Checked first: a bad vector or vCPU sends nothing.
+pub fn send_ipis(msi: &MsiSender, vcpus: u64, targets: &[u64], vector: u64) -> Result<u64, String> {
+    if !(32..=255).contains(&vector) {
+        return Err(format!("IPI vector {vector} (32..=255)"));
+    }
+    let cpus = || {
+        targets
+            .iter()
+            .enumerate()
+            .flat_map(|(word, &bits)| (0..64).filter(move |i| bits >> i & 1 == 1).map(move |i| word as u64 * 64 + i))
+    };
+    if let Some(cpu) = cpus().find(|&c| c >= vcpus) {
+        return Err(format!("IPI to vCPU {cpu} of a VM with {vcpus}"));
+    }
+    let mut sent = 0;
+    for cpu in cpus() {
+        msi(msi_address(cpu), vector as u32);
+        sent += 1;
+    }
+    Ok(sent)
+}
+
 struct Wiring {
     parking: Arc<Parking>,
     msi: MsiSender,
@@ -129,25 +153,8 @@ impl HypercallHandler for Sched {
             }
             Op::Ipi => {
                 let r = call.request::<calls::Ipi>()?;
-                if r.vector < 32 || r.vector > 255 {
-                    return Err(GuestFault::rejected(call.op, format_args!("IPI vector {} (32..=255)", r.vector)));
-                }
-                let mut sent = 0;
-                for (word, bits) in r.targets.iter().enumerate() {
-                    let mut bits = *bits;
-                    while bits != 0 {
-                        let cpu = word as u64 * 64 + bits.trailing_zeros() as u64;
-                        bits &= bits - 1;
-                        if cpu >= w.vcpus {
-                            return Err(GuestFault::rejected(
-                                call.op,
-                                format_args!("IPI to vCPU {cpu} of a VM with {}", w.vcpus),
-                            ));
-                        }
-                        (w.msi)(msi_address(cpu), r.vector as u32);
-                        sent += 1;
-                    }
-                }
+                let sent =
+                    send_ipis(&w.msi, w.vcpus, &r.targets, r.vector).map_err(|e| GuestFault::rejected(call.op, e))?;
                 Ok(Reply::of::<calls::Ipi>(IpiReply { sent }))
             }
             other => Err(crate::vstate::HypercallError::NotServed(other).into()),

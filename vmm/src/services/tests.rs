@@ -168,8 +168,7 @@ fn fill_walks_the_guest_tables_and_stays_until_flushed() {
         .call::<TlbConfig>(0, TlbConfigRequest { action: TlbConfigAction::Query, evict_ppm: 0, walk_cache: 0 }, &[])
         .unwrap();
     assert_eq!((c.model, c.fills), (TlbModelKind::Lazy, 1));
-    vm.call::<Flush>(0, FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE, last_level: Flag::YES }, &[])
-        .unwrap();
+    vm.call::<Flush>(0, FlushRequest::local(FlushKind::Page, va, PAGE_SIZE, true), &[]).unwrap();
     let (f, _) = vm.call::<Fill>(0, FillRequest { va, error_code: 0 }, &[]).unwrap();
     assert_eq!(f.result, FillResult::Fault);
 }
@@ -467,6 +466,30 @@ fn ipi_sends_one_msi_per_target_and_refuses_bad_vectors_and_vcpus() {
     assert!(vm.call::<Ipi>(0, IpiRequest { targets: [0b100, 0, 0, 0], vector: 0xfc }, &[]).is_err());
 }
 
+#[test]
+fn flush_follow_ups_ack_a_word_waking_its_waiter_and_send_ipis() {
+    let vm = lazy();
+    let w = layout::LITMUS_VARS + 24;
+    vm.mem.write_obj(1u64, GuestAddress(w)).unwrap();
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 1, wake_first: 0 }, &[]).unwrap();
+    assert!(r.parked.get());
+    // vCPU 0's flush acknowledges vCPU 1's request and IPIs vCPUs 0 and 1.
+    let req =
+        FlushRequest { ack: w, ipi_cpus: 0b11, ipi_vector: 0xfc, ..FlushRequest::local(FlushKind::All, 0, 0, false) };
+    vm.call::<Flush>(0, req, &[]).unwrap();
+    assert_eq!(word(&vm, w), 0, "the ack word was not cleared");
+    assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 0, "the ack did not wake its waiter");
+    assert_eq!(vm.msis.lock().unwrap().clone(), vec![(0xfee0_0000, 0xfc), (0xfee0_1000, 0xfc)]);
+    // Checked like IPI's: a bad vector or vCPU, a misaligned ack word.
+    let bad_vector = FlushRequest { ipi_cpus: 1, ipi_vector: 3, ..FlushRequest::local(FlushKind::All, 0, 0, false) };
+    assert!(vm.call::<Flush>(0, bad_vector, &[]).is_err());
+    let bad_cpu =
+        FlushRequest { ipi_cpus: 1 << 40, ipi_vector: 0xfc, ..FlushRequest::local(FlushKind::All, 0, 0, false) };
+    assert!(vm.call::<Flush>(0, bad_cpu, &[]).is_err());
+    let bad_ack = FlushRequest { ack: w + 4, ..FlushRequest::local(FlushKind::All, 0, 0, false) };
+    assert!(vm.call::<Flush>(0, bad_ack, &[]).is_err());
+}
+
 /// The shadow leaf slot of `va` in `cpu`'s modelled TLB (walking its
 /// shadow root), and whether it is empty.
 fn zap_state(vm: &TestVm, cpu: u64, va: u64) -> (u64, bool) {
@@ -497,8 +520,7 @@ fn a_flush_lists_the_cleared_slot_and_only_a_cpl3_caller_gets_the_zap_interrupt(
     let (slot, _) = zap_state(&vm, 0, va);
     let msis = vm.msis.lock().unwrap().len();
     // From CPL0 (kernel mailbox): the caller drains the list itself.
-    vm.call::<Flush>(0, FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE, last_level: Flag::YES }, &[])
-        .unwrap();
+    vm.call::<Flush>(0, FlushRequest::local(FlushKind::Page, va, PAGE_SIZE, true), &[]).unwrap();
     vm.after_exit(0);
     assert_eq!(word(&vm, slot), 0);
     assert_eq!(word(&vm, layout::zap_list(0) + zap::COUNT), 1);
@@ -508,8 +530,7 @@ fn a_flush_lists_the_cleared_slot_and_only_a_cpl3_caller_gets_the_zap_interrupt(
     vm.mem.write_obj(0u64, GuestAddress(layout::zap_list(0) + zap::COUNT)).unwrap();
     vm.call::<Fill>(0, FillRequest { va, error_code: 0 }, &[]).unwrap();
     vm.after_exit(0);
-    vm.call_user::<Flush>(0, FlushRequest { kind: FlushKind::Page, va, len: PAGE_SIZE, last_level: Flag::YES })
-        .unwrap();
+    vm.call_user::<Flush>(0, FlushRequest::local(FlushKind::Page, va, PAGE_SIZE, true)).unwrap();
     vm.after_exit(0);
     assert_eq!(word(&vm, layout::zap_list(0) + zap::COUNT), 1);
     assert_eq!(vm.msis.lock().unwrap().last(), Some(&(0xfee0_0000, zap::VECTOR as u32)));

@@ -12,6 +12,7 @@ use abi::hypercall::{FlushKind, Op, TlbConfigAction, TlbModelKind, ZAP_PORT};
 use abi::{layout, zap};
 use iommu::mem as gmem;
 
+use super::sched::{send_ipis, Waker};
 use crate::devices::TraceSink;
 use crate::shadow::{ShadowMmu, ShadowPool};
 use crate::vstate::{
@@ -27,6 +28,9 @@ pub struct Tlb {
     /// One modelled TLB per vCPU, made at set-up.
     vcpus: OnceLock<Vec<Vcpu>>,
     msi: OnceLock<MsiSender>,
+    vcpu_count: OnceLock<u64>,
+    /// Wakes the waiters of a FLUSH's `ack` word.
+    waker: Option<Arc<dyn Waker>>,
 }
 
 struct Vcpu {
@@ -38,8 +42,43 @@ struct Vcpu {
 }
 
 impl Tlb {
-    pub fn new(model: TlbModel, seed: u64, trace: Option<Arc<dyn TraceSink>>) -> Arc<Self> {
-        Arc::new(Tlb { model, seed, trace, pool: ShadowPool::new(), vcpus: OnceLock::new(), msi: OnceLock::new() })
+    pub fn new(
+        model: TlbModel,
+        seed: u64,
+        trace: Option<Arc<dyn TraceSink>>,
+        waker: Option<Arc<dyn Waker>>,
+    ) -> Arc<Self> {
+        Arc::new(Tlb {
+            model,
+            seed,
+            trace,
+            pool: ShadowPool::new(),
+            vcpus: OnceLock::new(),
+            msi: OnceLock::new(),
+            vcpu_count: OnceLock::new(),
+            waker,
+        })
+    }
+
+    /// A FLUSH's follow-ups (see `FlushRequest`): the ack word set to 0
+    /// and woken, then the IPIs.
+    fn flush_follow_ups(&self, ctx: &VcpuCtx<'_>, r: &calls::FlushRequest) -> Result<(), String> {
+        if r.ack != 0 {
+            if !r.ack.is_multiple_of(8) {
+                return Err(format!("FLUSH ack word {:#x}: not 8-byte aligned", r.ack));
+            }
+            gmem::store_u64(ctx.mem, r.ack, 0).map_err(|e| format!("FLUSH ack word {:#x}: {e}", r.ack))?;
+            if let Some(w) = &self.waker {
+                w.wake(r.ack);
+            }
+        }
+        if r.ipi_cpus != 0 {
+            let (Some(msi), Some(&vcpus)) = (self.msi.get(), self.vcpu_count.get()) else {
+                return Err("FLUSH with IPIs before set-up".into());
+            };
+            send_ipis(msi, vcpus, &[r.ipi_cpus], r.ipi_vector)?;
+        }
+        Ok(())
     }
 
     fn vcpu(&self, cpu: u64) -> &Vcpu {
@@ -87,6 +126,7 @@ impl Service for Tlb {
             .collect();
         self.vcpus.set(vcpus).map_err(|_| SetupError::service("tlb", "set up twice"))?;
         let _ = self.msi.set(vm.msi.clone());
+        let _ = self.vcpu_count.set(vm.vcpus);
         // Under every model: the guest may raise its eviction probability (TLB_CONFIG).
         vm.add_exit_hook(self.clone());
         vm.add_pio(ZAP_PORT, 1, Arc::new(ZapPort(self.clone())))?;
@@ -154,6 +194,8 @@ impl HypercallHandler for Tlb {
                     FlushKind::Range => mmu.flush_range(ctx.mem, &self.pool, r.va, r.len, last_level),
                     FlushKind::All => mmu.flush_all(ctx.mem, &self.pool),
                 }
+                drop(mmu);
+                self.flush_follow_ups(ctx, &r).map_err(|e| GuestFault::rejected(call.op, e))?;
                 Ok(Reply::empty())
             }
             Op::SwitchMm => {
