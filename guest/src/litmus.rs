@@ -27,6 +27,7 @@ use abi::litmus::{
     self as lt, state, Advice, Blob, Hook, LocKind, ObsKind, Op, Perm, ThreadDesc, ThreadKind, WaitCmp, LOC_PINNED,
     LOC_SHARED, MAX_REGS, MAX_THREADS, NO_LOC, NO_REG, VALUE_FAULT, VALUE_TIMEOUT,
 };
+use abi::rng::SplitMix64;
 
 use crate::mm::hooks;
 use crate::mm::mm_types::TEST_MM;
@@ -87,26 +88,6 @@ fn position(t: usize) -> &'static AtomicU64 {
 
 fn blob() -> Blob<'static> {
     BLOB.lock().expect("litmus blob published before threads run")
-}
-
-/// splitmix64: the per-iteration placement generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
 }
 
 /// `GuestMode::Litmus`: run iterations `first` … `iterations - 1`;
@@ -186,10 +167,10 @@ fn schedules(first: u64) {
 /// Picks every location's virtual address: pinned ones as given, the rest
 /// in distinct random page slots of one random 2 MiB window (one PTE table,
 /// so the locations share page-table locks as neighbouring data would).
-fn place(b: &Blob<'_>, rng: &mut Rng) {
+fn place(b: &Blob<'_>, rng: &mut SplitMix64) {
     let n = b.header().n_locs;
     let window = loop {
-        let w = layout::USER_BASE + (rng.below(1 << 17) << 21);
+        let w = layout::USER_BASE + (rng.below_mod(1 << 17) << 21);
         let clash = (0..n).filter_map(|i| b.location(i)).any(|l| l.flags & LOC_PINNED != 0 && l.va >> 21 == w >> 21);
         if !clash {
             break w;
@@ -203,7 +184,7 @@ fn place(b: &Blob<'_>, rng: &mut Rng) {
         } else if l.flags & LOC_PINNED != 0 {
             l.va
         } else {
-            let mut slot = rng.below(512) as usize;
+            let mut slot = rng.below_mod(512) as usize;
             while used[slot] {
                 slot = (slot + 1) % 512;
             }
@@ -219,14 +200,15 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
     let t0 = arch::rdtsc();
     state_word(state::PHASE).store(state::PHASE_SETUP, Ordering::Release);
     trace::emit(Kind::IterBegin, 0, h.test_hash, it);
-    let mut rng = Rng(h.seed ^ it.wrapping_mul(0xd6e8_feb8_6659_fd93));
+    // The per-iteration placement generator (modulo draws: `below_mod`).
+    let mut rng = SplitMix64::new(h.seed ^ it.wrapping_mul(0xd6e8_feb8_6659_fd93));
     // Swap slots count as data: a swapped-out page is still a page.
     let data_in_use = || page_alloc::data_pages_in_use() + crate::mm::swap::slots_in_use();
     let (data0, tables0) = (data_in_use(), page_alloc::table_pages_in_use());
 
     // Physical placement: hold back a random number of free pages.
     let mut held = [0u64; MAX_HELD];
-    let want = rng.below(MAX_HELD as u64 + 1) as usize;
+    let want = rng.below_mod(MAX_HELD as u64 + 1) as usize;
     let nheld = page_alloc::hold_pages(&mut held[..want]);
     // Building the fresh mm: no thread, TLB or device walks it yet, so its
     // page-table updates go to the VMM in one batch (lazy MMU mode).
@@ -278,7 +260,7 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
             *o = i as u64;
         }
         for i in (1..ncpu).rev() {
-            let j = rng.below(i as u64 + 1) as usize;
+            let j = rng.below_mod(i as u64 + 1) as usize;
             order.swap(i, j);
         }
         cpus[..h.n_vcpu_threads as usize].copy_from_slice(&order[..h.n_vcpu_threads as usize]);
