@@ -7,10 +7,11 @@
 //! every problem of every file; nothing runs unless all files are clean.
 
 use crate::ast::{CondKind, Condition, Expectation, Expr, Location, Observable, Operand, Stmt, Test, Thread, Verdict};
-use crate::code::{looks_like_register, parse_code, register_index, RecordBudget, TextMap};
+use crate::code::{looks_like_register, parse_code, register_index, RecordBudget};
 use crate::cond::{parse_condition, RawExpr};
 use crate::diag::{decode_source, Diagnostic, Severity, SourceFile, MAX_DIAGNOSTICS};
 use crate::policy::{Key, Policy, KEYS};
+use crate::text_map::TextMap;
 use abi::limits::{
     page_tables_needed, LinkedLocations, MAX_COW_OPS, MAX_DEVICE_OPS, MAX_DEVICE_THREADS, MAX_EXPECTATIONS,
     MAX_LOCATIONS, MAX_NAME_LEN, MAX_OBSERVED, MAX_PAGE_LOCATIONS, MAX_PAGE_MAPPINGS, MAX_PAGE_TABLES,
