@@ -47,7 +47,7 @@ pub fn exits() {
 pub fn tlb() {
     use crate::mm::{page_alloc, pgtable, tlb};
     use abi::layout::USER_BASE;
-    let mm = pgtable::Mm::new();
+    let mm = pgtable::PageTables::new();
     let page = page_alloc::alloc_page().unwrap_or(0);
     let va = USER_BASE + 0x4000_0000;
     let ptep = mm.map(va, page, pgtable::pte::RW | pgtable::pte::US);
@@ -82,5 +82,5 @@ pub fn tlb() {
 }
 
 fn bench_join_mm(pgd: u64) {
-    crate::mm::tlb::switch_mm(&crate::mm::pgtable::Mm { pgd });
+    crate::mm::tlb::switch_mm(&crate::mm::pgtable::PageTables { pgd });
 }
