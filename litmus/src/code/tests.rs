@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn parse(src: &str, kind: ThreadKind) -> (Vec<Stmt>, Vec<Diagnostic>) {
