@@ -11,7 +11,7 @@ use crate::code::{looks_like_register, parse_code, RecordBudget};
 use crate::diag::{decode_source, Diagnostic, Severity, SourceFile, MAX_DIAGNOSTICS};
 use crate::text_map::TextMap;
 use abi::limits::{MAX_DEVICE_THREADS, MAX_LOCATIONS};
-use abi::litmus::{LocKind, Perm, ThreadKind, MAX_THREADS};
+use abi::litmus::{LocKind, ThreadKind, MAX_THREADS};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -319,15 +319,7 @@ fn check_inner(c: &mut Checker<'_>) -> Option<Test> {
             }
             // Keep the name (as a plain page) so its uses do not cascade
             // into "undeclared location" errors; the file is invalid anyway.
-            None => locations.push(Location {
-                name: k.get_ref().clone(),
-                kind: LocKind::Page,
-                perm: Perm::Rw,
-                init: 0,
-                shared: false,
-                va: None,
-                implicit: false,
-            }),
+            None => locations.push(Location::page(k.get_ref().clone())),
         }
         loc_spans.push(span(k));
     }

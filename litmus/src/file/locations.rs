@@ -180,15 +180,7 @@ pub(super) fn check_location(c: &mut Checker<'_>, k: &Spanned<String>, v: &Spann
             Some(n as u64)
         }
     };
-    let mut loc = Location {
-        name: name.clone(),
-        kind: LocKind::Page,
-        perm: Perm::Rw,
-        init: 0,
-        shared: false,
-        va: None,
-        implicit: false,
-    };
+    let mut loc = Location::page(name.clone());
     match (&r.page, &r.var) {
         (Some(_), Some(var)) => {
             c.error(span(var), "a location is either a `page` or a `var`, not both");

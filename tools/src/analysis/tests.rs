@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::format::{Boot, BootMeta, RunMeta, ThreadMeta};
 use abi::trace::{source, Record};
