@@ -17,7 +17,8 @@
 use crate::plan::{preemptions, Plan, Rule, StepRecord, ThreadId};
 use crate::result::{ExploreResult, PctBound, Strategy, Witness};
 use crate::shard::Shard;
-use crate::{splitmix64, ExploreError};
+use crate::ExploreError;
+use abi::rng::{SplitMix64, GAMMA};
 
 pub(crate) struct Pct<O: Ord> {
     depth: u32,
@@ -82,21 +83,21 @@ impl<O: Ord + Clone> Pct<O> {
 
     /// The plan of PCT run `r`: priorities and change points from the seed.
     fn plan_of(&self, r: u64, k: u64) -> Plan {
-        let mut s = self.seed ^ splitmix64(r.wrapping_add(0x5043_5452_554e));
-        let mut next = || {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            splitmix64(s)
-        };
+        // One stream per run: seeded from the search's seed and the run's
+        // number (the stream starts one step past its seed, as the recorded
+        // plans were drawn).
+        let s = self.seed ^ SplitMix64::new(r.wrapping_add(0x5043_5452_554e)).next_u64();
+        let mut rng = SplitMix64::new(s.wrapping_add(GAMMA));
         let n = self.threads;
         let mut prio: Vec<u32> = (0..n as u32).map(|i| self.depth + i).collect();
         for i in (1..n).rev() {
-            let j = (next() % (i as u64 + 1)) as usize;
+            let j = rng.below_mod(i as u64 + 1) as usize;
             prio.swap(i, j);
         }
         let want = (self.depth - 1) as u64;
         let mut points: Vec<u64> = Vec::new();
         while (points.len() as u64) < want.min(k) {
-            let p = 1 + next() % k;
+            let p = 1 + rng.below_mod(k);
             if !points.contains(&p) {
                 points.push(p);
             }

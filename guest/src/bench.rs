@@ -85,7 +85,7 @@ static FIGURES: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 /// Page-table op, local flush, flush + refill, shootdown (with every other
 /// CPU in the mm), at the privilege level this runs at.
 fn tlb_figures() {
-    let mm = pgtable::Mm { pgd: BENCH_PGD.load(Ordering::Relaxed) };
+    let mm = pgtable::PageTables { pgd: BENCH_PGD.load(Ordering::Relaxed) };
     let (va, ptep) = (BENCH_VA.load(Ordering::Relaxed), BENCH_PTEP.load(Ordering::Relaxed));
     let entry = pgtable::read_entry(ptep);
     let read = || {
@@ -131,7 +131,7 @@ fn report_tlb_figures(at_cpl3: bool) {
 /// IPI's handler runs at CPL3 too (`cpl3::user_ipi`).
 pub fn tlb() {
     use abi::layout::USER_BASE;
-    let mm = pgtable::Mm::new();
+    let mm = pgtable::PageTables::new();
     let page = page_alloc::alloc_page().unwrap_or(0);
     let va = USER_BASE + 0x4000_0000;
     let ptep = mm.map(va, page, pgtable::pte::RW | pgtable::pte::US);
@@ -152,5 +152,5 @@ pub fn tlb() {
 }
 
 fn bench_join_mm(pgd: u64) {
-    crate::mm::tlb::switch_mm(&crate::mm::pgtable::Mm { pgd });
+    crate::mm::tlb::switch_mm(&crate::mm::pgtable::PageTables { pgd });
 }

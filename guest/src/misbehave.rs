@@ -36,7 +36,7 @@ fn stray_mmio(_: u64) {
 }
 
 fn stray_pte_store(_: u64) {
-    let mm = crate::mm::pgtable::Mm::new();
+    let mm = crate::mm::pgtable::PageTables::new();
     // SAFETY: deliberately stores to the read-only page-table region.
     unsafe { core::ptr::write_volatile((mm.pgd + 8) as *mut u64, 0x777) }
 }

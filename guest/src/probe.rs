@@ -9,7 +9,7 @@ use abi::hypercall::calls::{ProbeReport, ProbeResult};
 use abi::hypercall::Probe;
 use abi::layout::USER_BASE;
 
-use crate::mm::pgtable::{self, pte, Mm};
+use crate::mm::pgtable::{self, pte, PageTables};
 use crate::mm::{page_alloc, tlb};
 use crate::{hypercall, smp};
 
@@ -32,7 +32,7 @@ static VA: AtomicU64 = AtomicU64::new(0);
 static SEEN: AtomicU64 = AtomicU64::new(0);
 
 fn remote_join(_: u64) {
-    tlb::switch_mm(&Mm { pgd: PGD.load(Ordering::Acquire) });
+    tlb::switch_mm(&PageTables { pgd: PGD.load(Ordering::Acquire) });
 }
 fn remote_read(_: u64) {
     SEEN.store(read(VA.load(Ordering::Acquire)), Ordering::Release);
@@ -44,7 +44,7 @@ fn remote_flush(_: u64) {
 /// `GuestMode::Probe`: each probe `tries` times (`probe.tries=` on the
 /// command line under `vmm run`).
 pub fn run(tries: u64) {
-    let mm = Mm::new();
+    let mm = PageTables::new();
     let (a, b) = (page_alloc::alloc_page().unwrap_or(0), page_alloc::alloc_page().unwrap_or(0));
     // SAFETY: fresh identity-mapped data pages.
     unsafe {

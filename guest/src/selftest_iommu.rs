@@ -10,7 +10,7 @@ use abi::BootInfo;
 
 use crate::iommu;
 use crate::mm::page_alloc;
-use crate::mm::pgtable::{self, pte, Mm};
+use crate::mm::pgtable::{self, pte, PageTables};
 use crate::report::TestResult;
 use crate::{check, time};
 
@@ -20,7 +20,7 @@ const VAL_B: u64 = 0xb22b_0002;
 
 /// A bound mm with `va` -> page A, page B spare.
 struct Dev {
-    mm: Mm,
+    mm: PageTables,
     va: u64,
     a: u64,
     b: u64,
@@ -30,7 +30,7 @@ struct Dev {
 impl Dev {
     fn new(va_off: u64) -> Dev {
         iommu::init();
-        let mm = Mm::new();
+        let mm = PageTables::new();
         let (a, b) = (page_alloc::alloc_page().unwrap_or(0), page_alloc::alloc_page().unwrap_or(0));
         // SAFETY: fresh identity-mapped data pages.
         unsafe {

@@ -10,7 +10,7 @@ use abi::layout;
 use abi::BootInfo;
 
 use crate::mm::page_alloc;
-use crate::mm::pgtable::{self, pte, Mm};
+use crate::mm::pgtable::{self, pte, PageTables};
 use crate::mm::tlb;
 use crate::report::{TestError, TestResult};
 use crate::trap::{probe_read_u64, probe_write_u64};
@@ -73,7 +73,7 @@ pub const VAL_B: u64 = 0xbbbb_0002;
 
 /// A test mm with one user page mapped at `va` -> page A; page B spare.
 pub struct Space {
-    pub mm: Mm,
+    pub mm: PageTables,
     pub va: u64,
     pub page_a: u64,
     pub page_b: u64,
@@ -85,7 +85,7 @@ static SPACE_VA: AtomicU64 = AtomicU64::new(0);
 
 impl Space {
     pub fn new(flags: u64) -> Space {
-        let mm = Mm::new();
+        let mm = PageTables::new();
         let (a, b) = (page_alloc::alloc_page().unwrap_or(0), page_alloc::alloc_page().unwrap_or(0));
         // SAFETY: fresh, identity-mapped data pages.
         unsafe {
@@ -113,8 +113,8 @@ impl Space {
     }
 }
 
-pub fn space_mm() -> Mm {
-    Mm { pgd: SPACE_PGD.load(Ordering::Acquire) }
+pub fn space_mm() -> PageTables {
+    PageTables { pgd: SPACE_PGD.load(Ordering::Acquire) }
 }
 
 static REMOTE_READ: AtomicU64 = AtomicU64::new(0);

@@ -84,6 +84,14 @@ pub struct Location {
     pub implicit: bool,
 }
 
+impl Location {
+    /// A declared read-write private page, initially 0, placed by the seed:
+    /// the checker's starting point for every location.
+    pub fn page(name: String) -> Location {
+        Location { name, kind: LocKind::Page, perm: Perm::Rw, init: 0, shared: false, va: None, implicit: false }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Thread {
     pub name: String,

@@ -10,14 +10,15 @@
 //! `(` and `!` nest at most [`MAX_CONDITION_DEPTH`] deep, which bounds the
 //! parser's recursion and every later walk of the tree.
 
-use crate::code::{parse_number, TextMap};
 use crate::diag::{Diagnostic, SourceFile};
+use crate::lex::{ident, number, In};
+use crate::text_map::TextMap;
 use abi::limits::MAX_CONDITION_DEPTH;
 use abi::litmus::{special_value_from_name, RESERVED_MIN};
-use winnow::combinator::{alt, dispatch, peek, repeat};
+use winnow::combinator::{alt, dispatch, peek};
 use winnow::prelude::*;
 use winnow::stream::{LocatingSlice, Location};
-use winnow::token::{any, one_of, take_while};
+use winnow::token::{any, take_while};
 
 /// A condition before its names are resolved. Spans are file byte offsets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,23 +55,6 @@ enum Tok {
     Eof,
 }
 
-type In<'a> = LocatingSlice<&'a str>;
-
-fn ident<'a>(i: &mut In<'a>) -> ModalResult<&'a str> {
-    (
-        one_of(|c: char| c.is_ascii_alphabetic() || c == '_'),
-        repeat::<_, _, (), _, _>(
-            0..,
-            alt((
-                take_while(1.., |c: char| c.is_ascii_alphanumeric() || c == '_').void(),
-                ('-', peek(one_of(|c: char| c.is_ascii_alphanumeric()))).void(),
-            )),
-        ),
-    )
-        .take()
-        .parse_next(i)
-}
-
 /// One token, chosen by its first character (no failed alternatives to
 /// build errors for: a condition may have a hundred thousand tokens).
 fn token(i: &mut In<'_>) -> ModalResult<Tok> {
@@ -86,11 +70,7 @@ fn token(i: &mut In<'_>) -> ModalResult<Tok> {
         ':' => ':'.value(Tok::Colon),
         '(' => '('.value(Tok::LParen),
         ')' => ')'.value(Tok::RParen),
-        '0'..='9' => alt((
-            (alt(("0x", "0X")), take_while(1.., |c: char| c.is_ascii_hexdigit() || c == '_')).take(),
-            take_while(1.., |c: char| c.is_ascii_digit() || c == '_'),
-        ))
-        .map(|s| Tok::Num(parse_number(s))),
+        '0'..='9' => number.map(Tok::Num),
         _ => ident.map(|s: &str| Tok::Ident(s.to_string())),
     }
     .parse_next(i)

@@ -21,6 +21,7 @@ use crate::format::{herd_block, to_json, verdict_table};
 use crate::policy::Policy;
 use crate::results::RunResult;
 use abi::litmus::{Blob, Hook, ThreadKind};
+use abi::rng::SplitMix64;
 use std::fmt::Write as _;
 
 /// What [`run_frontend`] saw (for the seeded test's statistics).
@@ -96,25 +97,21 @@ fn exercise_compiled(test: &Test, policy: &Policy) {
 
 // ---------------------------------------------------------------- seeded mutation
 
-/// splitmix64: small, seedable, the same everywhere.
+/// The fuzzer's generator: `abi::rng`'s SplitMix64 with the modulo
+/// reduction (`below_mod`) the recorded inputs were drawn with, in `usize`.
 #[derive(Clone, Debug)]
-pub struct Rng(pub u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    pub fn new(seed: u64) -> Rng {
+        Rng(SplitMix64::new(seed))
     }
-    /// Uniform in `0..n` (0 if `n == 0`).
+    pub fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    /// In `0..n` (0 if `n == 0`).
     pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next_u64() % n as u64) as usize
-        }
+        self.0.below_mod(n as u64) as usize
     }
     /// True with probability 1/`n`.
     pub fn one_in(&mut self, n: usize) -> bool {

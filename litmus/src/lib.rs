@@ -58,6 +58,7 @@ pub mod format;
 pub mod fuzzing;
 pub mod herdlog;
 pub mod kernels;
+mod lex;
 pub mod linux_sites;
 pub mod logdir;
 pub mod merge;
@@ -66,6 +67,7 @@ pub mod results;
 pub mod results_file;
 pub mod shard;
 pub mod tap;
+pub mod text_map;
 pub mod witness;
 
 pub use ast::{herd_value, CondKind, Condition, Expectation, Expr, Location, Observable, Stmt, Test, Thread, Verdict};

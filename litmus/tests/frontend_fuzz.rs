@@ -31,7 +31,7 @@ fn mutations(seed: u64, cases: usize) -> (usize, usize) {
     let seeds = seeds();
     let refs: Vec<&[u8]> = seeds.iter().map(|s| s.as_slice()).collect();
     let dict = dictionary();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let (mut ok, mut refused) = (0, 0);
     for i in 0..cases {
         let base = &seeds[i % seeds.len()];
@@ -45,7 +45,7 @@ fn mutations(seed: u64, cases: usize) -> (usize, usize) {
 }
 
 fn generated(seed: u64, cases: usize) -> (usize, usize) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let (mut ok, mut refused) = (0, 0);
     for _ in 0..cases {
         let text = generate(&mut rng);

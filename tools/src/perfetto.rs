@@ -14,7 +14,7 @@
 //! litmus thread it ran in that iteration (`args.thread`: the placement
 //! changes per iteration). Boots of a run are laid end to end. Times are µs.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
@@ -99,12 +99,7 @@ fn run_events(ri: usize, run: &Run, windows: &[&Window], out: &mut Vec<Value>, f
     }
     let its = model::iterations(run);
     let it_start: BTreeMap<u64, u64> = its.iter().map(|i| (i.number, boot_off[i.boot] + i.start_boot_ns)).collect();
-    let stale_vcpu: HashSet<u64> = windows
-        .iter()
-        .flat_map(|w| &w.stale_accesses)
-        .filter(|s| s.source == crate::format::ThreadKind::Vcpu)
-        .map(|s| s.seq)
-        .collect();
+    let stale_vcpu = timeline::stale_vcpu_accesses(windows);
     for it in &its {
         let base = boot_off[it.boot];
         let (slices, marks) = timeline::build(&it.events, &|e| base + e.boot_ns, &stale_vcpu);

@@ -5,7 +5,7 @@
 //! access marked. Meant for papers and mailing-list posts: no scripts, no
 //! external fonts, every element has a `<title>` tooltip.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::fmt::Write;
 
 use crate::analysis::{self, Options, Window};
@@ -106,12 +106,7 @@ fn text_w(s: &str, px: f64) -> f64 {
 }
 
 fn draw(run: &Run, it: &Iteration, windows: &[&Window]) -> String {
-    let stale_vcpu: HashSet<u64> = windows
-        .iter()
-        .flat_map(|w| &w.stale_accesses)
-        .filter(|s| s.source == crate::format::ThreadKind::Vcpu)
-        .map(|s| s.seq)
-        .collect();
+    let stale_vcpu = timeline::stale_vcpu_accesses(windows);
     let (slices, marks) = timeline::build(&it.events, &|e| e.ns, &stale_vcpu);
     let mut tracks: BTreeSet<Track> = (0..run.meta.vcpus).map(Track::Vcpu).collect();
     tracks.extend((0..run.meta.devices().len() as u64).map(Track::Device));

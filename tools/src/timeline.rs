@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use abi::litmus::{Hook, Op};
 use abi::trace::{dev_access, dev_op, Kind};
 
+use crate::analysis::Window;
 use crate::model::{Event, Track};
 
 #[derive(Clone, Debug)]
@@ -37,6 +38,16 @@ pub struct Mark {
 
 fn hex(v: u64) -> String {
     format!("{v:#x}")
+}
+/// The trace sequence numbers of the stale vCPU accesses of `windows`:
+/// the set [`build`] marks.
+pub fn stale_vcpu_accesses(windows: &[&Window]) -> HashSet<u64> {
+    windows
+        .iter()
+        .flat_map(|w| &w.stale_accesses)
+        .filter(|s| s.source == crate::format::ThreadKind::Vcpu)
+        .map(|s| s.seq)
+        .collect()
 }
 
 /// Builds slices and marks from events in sequence order. `ns(e)` gives

@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use abi::layout::PAGE_SIZE;
 
 use super::locking::{MmapLock, VmaLocks};
-use super::pgtable::Mm;
+use super::pgtable::PageTables;
 use crate::guest_assert;
 use crate::sync::SpinLock;
 
@@ -151,7 +151,7 @@ pub struct Segv;
 impl MmStruct {
     /// Creates the address space (`mm_alloc`): PGD, no VMAs.
     pub fn init(&self) {
-        let mm = Mm::new();
+        let mm = PageTables::new();
         self.vmas.lock().n = 0;
         self.mmap_lock.reset();
         self.vma_locks.reset();
@@ -168,8 +168,9 @@ impl MmStruct {
         self.pgd.store(mm.pgd, Ordering::Release);
     }
 
-    pub fn pt(&self) -> Mm {
-        Mm { pgd: self.pgd.load(Ordering::Acquire) }
+    /// The mm's page tables (`mm->pgd`).
+    pub fn pt(&self) -> PageTables {
+        PageTables { pgd: self.pgd.load(Ordering::Acquire) }
     }
 
     pub fn is_live(&self) -> bool {

@@ -281,19 +281,26 @@ fn index(va: u64, level: u64) -> u64 {
 /// (`__pte_alloc`/`pmd_install`, `free_pgtables`).
 static PAGE_TABLE_LOCK: crate::sync::SpinLock<()> = crate::sync::SpinLock::new(());
 
-/// A test address space: a PGD whose slot 0 is the kernel's identity map.
-pub struct Mm {
+/// The page tables of an address space: the tree under one PGD (what
+/// Linux's `mm->pgd` points to), whose slot 0 is the kernel's identity map,
+/// with the walkers Linux runs on it (`pte_alloc`, `pmd_clear`,
+/// `free_pgd_range`). It is not an mm: the test mm
+/// ([`MmStruct`](super::mm_types::MmStruct), Linux's `struct mm_struct`)
+/// owns one ([`MmStruct::pt`](super::mm_types::MmStruct::pt)); the
+/// self-tests, `bench`, `probe` and `misbehave` build bare ones — no VMAs,
+/// locks or flush bookkeeping — to drive the TLB and IOMMU models directly.
+pub struct PageTables {
     pub pgd: u64,
 }
 
-impl Mm {
-    pub fn new() -> Mm {
+impl PageTables {
+    pub fn new() -> PageTables {
         let pgd = table_alloc(4);
         // The kernel half as the boot tables have it: user-accessible
         // (code runs at CPL3 on it; the boot tables keep the kernel stacks
         // and the shadow region supervisor-only below this entry).
         set_pte(pgd, layout::BOOT_PDPT | pte::P | pte::RW | pte::US);
-        Mm { pgd }
+        PageTables { pgd }
     }
 
     /// GPA of the PTE for `va`, allocating missing tables (`pte_alloc`).
@@ -380,7 +387,7 @@ impl Mm {
     }
 }
 
-impl Default for Mm {
+impl Default for PageTables {
     fn default() -> Self {
         Self::new()
     }

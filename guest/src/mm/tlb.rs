@@ -22,7 +22,7 @@ use abi::hypercall::calls::{Flush, FlushRequest, SwitchMm, SwitchMmRequest, TlbC
 use abi::hypercall::{FlushKind, TlbConfigAction};
 use abi::layout::{MAX_VCPUS, PAGE_SIZE};
 
-use super::pgtable::Mm;
+use super::pgtable::PageTables;
 use crate::trace::{self, Kind};
 use crate::{apic, arch, cpl3, hypercall, percpu, smp};
 
@@ -50,7 +50,7 @@ pub fn set_walk_cache(model: u64) {
 
 /// `switch_mm`: run `mm` on this CPU. The VMM says what to load in CR3
 /// (and empties the modelled TLB's user half, as a CR3 write without PCID).
-pub fn switch_mm(mm: &Mm) {
+pub fn switch_mm(mm: &PageTables) {
     if percpu::cpl() == 3 {
         cpl3::switch_mm_gate(mm.pgd);
     } else {
@@ -200,7 +200,7 @@ pub static SHOOTDOWN_ACKS: AtomicU64 = AtomicU64::new(0);
 /// `None` if one did not answer in time. Traced as `FlushBegin` … `FlushEnd`
 /// (`b` = CPUs shot down, `u64::MAX` if one did not answer), with an
 /// `IpiSend` per target.
-pub fn flush_tlb_multi(mm: &Mm, start: u64, end: u64, freed_tables: bool) -> Option<u64> {
+pub fn flush_tlb_multi(mm: &PageTables, start: u64, end: u64, freed_tables: bool) -> Option<u64> {
     let me = percpu::cpu();
     trace::emit(Kind::FlushBegin, start, end, 0);
     let info = &FLUSH_INFO[me as usize];

@@ -256,6 +256,7 @@ mod tests {
     use super::*;
     use crate::fuzzing::test_memory;
     use abi::explore::{guard, Guard, Next};
+    use abi::rng::SplitMix64;
     use explore::{Config, Reduction, Strategy};
 
     /// A word per thread whose value says whether the thread may run.
@@ -265,15 +266,6 @@ mod tests {
 
     fn guard_of(t: u64) -> Guard {
         Guard { kind: guard::EQ, addr: flag(t), value: 1, object: object::VAR + t as u16 }
-    }
-
-    /// splitmix64, for the simulated program's choices.
-    fn next(s: &mut u64) -> u64 {
-        *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 
     /// Runs `plan` through the guest's side of the protocol (the code the
@@ -310,15 +302,15 @@ mod tests {
             // prefix sees the same world): the step touches a word, then
             // threads block and unblock.
             s = s.wrapping_mul(0x100_0000_01b3).wrapping_add(cur + 1);
-            let mut s = s;
-            ex::note(&m, cur, object::VAR + 8, next(&mut s).is_multiple_of(2));
+            let mut rng = SplitMix64::new(s);
+            ex::note(&m, cur, object::VAR + 8, rng.next_u64().is_multiple_of(2));
             left[cur as usize] -= 1;
             // Random blocking, but someone unfinished stays enabled.
             let live: Vec<u64> = (0..n as u64).filter(|&t| left[t as usize] > 0).collect();
             for &t in &live {
-                m.store(flag(t), u64::from(!next(&mut s).is_multiple_of(3)));
+                m.store(flag(t), u64::from(!rng.next_u64().is_multiple_of(3)));
             }
-            if let Some(&t) = live.get((next(&mut s) % live.len().max(1) as u64) as usize) {
+            if let Some(&t) = live.get((rng.next_u64() % live.len().max(1) as u64) as usize) {
                 m.store(flag(t), 1);
             }
             let step = m.load(ex::AREA + ex::ctl::STEPS);
