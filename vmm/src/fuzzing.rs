@@ -60,12 +60,16 @@ impl TestVm {
             Some(sched.clone() as Arc<dyn crate::services::sched::Waker>),
         );
         // A session of 4 iterations with a blob the tests never run.
+        let tlb = tlb::Tlb::new(tlb, 1, None, Some(sched.clone() as Arc<dyn crate::services::sched::Waker>));
         let session = LitmusSession::new(vec![0; 64], 1, 0, 4, std::time::Duration::from_secs(3));
         let boot: Arc<LitmusBoot> = session.boot(None);
         let services: Vec<Arc<dyn Service>> = vec![
             Platform::new(false, Some(selftest.clone() as Arc<dyn CheckListener>)),
-            mmu::Mmu::new(Some(iommu.clone() as Arc<dyn mmu::TableTracker>)),
-            tlb::Tlb::new(tlb, 1, None, Some(sched.clone() as Arc<dyn crate::services::sched::Waker>)),
+            mmu::Mmu::new(
+                Some(iommu.clone() as Arc<dyn mmu::TableTracker>),
+                Some(tlb.clone() as Arc<dyn mmu::LocalFlush>),
+            ),
+            tlb,
             sched,
             iommu.clone(),
             selftest.clone(),

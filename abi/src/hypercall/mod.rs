@@ -209,14 +209,20 @@ crate::wire_enum! {
 }
 
 /// One operation of a `PT_BATCH` (lazy MMU mode, `calls::PtBatch`): a
-/// page-table op, a page-table page event or a page op, four words each
-/// in the call's data (`tag`, then the operands). Tags: class in bits
-/// 8..16 (0 `PT_OP`, 1 `PT_TABLE`, 2 `PAGE_OP`), the sub-kind in bits 0..8.
+/// page-table op, a page-table page event, a page op or a local TLB flush,
+/// four words each in the call's data (`tag`, then the operands). Tags:
+/// class in bits 8..16 (0 `PT_OP`, 1 `PT_TABLE`, 2 `PAGE_OP`, 3 `FLUSH`),
+/// the sub-kind in bits 0..8 (a flush's `last_level` in bit 16).
+///
+/// A flush in the batch is Xen PV's: `xen_flush_tlb`/`xen_flush_tlb_one_user`
+/// (arch/x86/xen/mmu_pv.c) queue `MMUEXT_TLB_FLUSH_LOCAL`/`MMUEXT_INVLPG_LOCAL`
+/// in the multicall batch and issue it with the lazy MMU mode's updates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchEntry {
     PtOp { kind: PtOpKind, entry: u64, a: u64, b: u64 },
     PtTable { event: TableEvent, table: u64, level: u64 },
     PageOp { kind: PageOpKind, dst: u64, src: u64 },
+    Flush { kind: FlushKind, va: u64, len: u64, last_level: bool },
 }
 
 impl BatchEntry {
@@ -230,20 +236,31 @@ impl BatchEntry {
             BatchEntry::PtOp { kind, entry, a, b } => [kind as u64, entry, a, b],
             BatchEntry::PtTable { event, table, level } => [1 << 8 | event as u64, table, level, 0],
             BatchEntry::PageOp { kind, dst, src } => [2 << 8 | kind as u64, dst, src, 0],
+            BatchEntry::Flush { kind, va, len, last_level } => {
+                [(last_level as u64) << 16 | 3 << 8 | kind as u64, va, len, 0]
+            }
         }
     }
 
     pub fn decode(w: [u64; 4]) -> Result<Self, DecodeError> {
         let bad = |value| DecodeError { what: "BatchEntry", field: "tag", value };
-        let sub = w[0] & 0xff;
-        match w[0] >> 8 {
-            0 => {
+        let (sub, class, flags) = (w[0] & 0xff, (w[0] >> 8) & 0xff, w[0] >> 16);
+        match (class, flags) {
+            (0, 0) => {
                 Ok(BatchEntry::PtOp { kind: PtOpKind::from_u64(sub).ok_or(bad(w[0]))?, entry: w[1], a: w[2], b: w[3] })
             }
-            1 => {
+            (1, 0) => {
                 Ok(BatchEntry::PtTable { event: TableEvent::from_u64(sub).ok_or(bad(w[0]))?, table: w[1], level: w[2] })
             }
-            2 => Ok(BatchEntry::PageOp { kind: PageOpKind::from_u64(sub).ok_or(bad(w[0]))?, dst: w[1], src: w[2] }),
+            (2, 0) => {
+                Ok(BatchEntry::PageOp { kind: PageOpKind::from_u64(sub).ok_or(bad(w[0]))?, dst: w[1], src: w[2] })
+            }
+            (3, 0 | 1) => Ok(BatchEntry::Flush {
+                kind: FlushKind::from_u64(sub).ok_or(bad(w[0]))?,
+                va: w[1],
+                len: w[2],
+                last_level: flags == 1,
+            }),
             _ => Err(bad(w[0])),
         }
     }
@@ -400,11 +417,13 @@ mod tests {
             BatchEntry::PtOp { kind: PtOpKind::Cmpxchg, entry: 0x300_0008, a: 1, b: 2 },
             BatchEntry::PtTable { event: TableEvent::Freed, table: 0x300_1000, level: 3 },
             BatchEntry::PageOp { kind: PageOpKind::Copy, dst: 0x400_0000, src: 0x400_1000 },
+            BatchEntry::Flush { kind: FlushKind::Range, va: 0x4000_0000, len: 0x2000, last_level: true },
+            BatchEntry::Flush { kind: FlushKind::All, va: 0, len: 0, last_level: false },
         ];
         for e in all {
             assert_eq!(BatchEntry::decode(e.encode()), Ok(e));
         }
-        for tag in [3 << 8, 7, 1 << 8 | 9, 2 << 8 | 3] {
+        for tag in [4 << 8, 7, 1 << 8 | 9, 2 << 8 | 3, 3 << 8 | 9, 2 << 16 | 3 << 8, 1 << 16] {
             assert!(BatchEntry::decode([tag, 0, 0, 0]).is_err(), "tag {tag:#x}");
         }
     }

@@ -7,7 +7,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use abi::hypercall::calls::{self, PtBatchRequest, PtOpRequest, PtTableRequest};
-use abi::hypercall::{ptop, BatchEntry, PageOpKind, PtOpKind, TableEvent};
+use abi::hypercall::{ptop, BatchEntry, FlushKind, PageOpKind, PtOpKind, TableEvent};
 use abi::layout::{self, PAGE_SIZE};
 
 use super::page_alloc;
@@ -89,13 +89,17 @@ const TABLE_FLAGS: u64 = pte::P | pte::RW | pte::US;
 /// old value matters goes out at once with the queue before it.
 pub fn pt_op(kind: PtOpKind, entry_gpa: u64, a: u64, b: u64) -> u64 {
     if let Some(q) = lazy() {
-        let op = BatchEntry::PtOp { kind, entry: entry_gpa, a, b };
-        if kind == ptop::SET {
-            let old = q.read(entry_gpa);
-            q.push(op);
-            return old;
-        }
-        return q.send_with(op);
+        // Lazy MMU mode is used only where nothing else walks or changes
+        // the mm's tables (a fresh mm before its threads start, the
+        // teardown after they and the devices finished), so the entry's
+        // old value is what the queue leaves in it, and even a
+        // read-modify-write need not be sent at once — x86's
+        // `ptep_get_and_clear_full` (fullmm): "Full address destruction in
+        // progress; paravirt does not care about updates and native needs
+        // no locking".
+        let old = q.read(entry_gpa);
+        q.push(BatchEntry::PtOp { kind, entry: entry_gpa, a, b });
+        return old;
     }
     hypercall::call::<calls::PtOp>(PtOpRequest { kind, entry: entry_gpa, a, b }).old
 }
@@ -169,23 +173,45 @@ impl LazyQueue {
         self.send()
     }
 
-    /// The entry at `gpa` as the queued updates leave it: the last queued
-    /// `SET` of it, 0 in a table page allocated in the queue (the VMM
-    /// zeroes it then), or what memory holds.
+    /// The entry at `gpa` as the queued updates leave it: what memory
+    /// holds (0 in a table page allocated in the queue: the VMM zeroes it
+    /// then), with each queued op on it applied in order.
     fn read(&self, gpa: u64) -> u64 {
-        for e in self.entries[..self.n].iter().rev() {
-            match BatchEntry::decode(*e) {
-                Ok(BatchEntry::PtOp { kind: PtOpKind::Set, entry, a, .. }) if entry == gpa => return a,
-                Ok(BatchEntry::PtTable { event: TableEvent::Allocated, table, .. })
-                    if table == gpa & !(PAGE_SIZE - 1) =>
-                {
-                    return 0
+        let table = gpa & !(PAGE_SIZE - 1);
+        let born = self.entries[..self.n].iter().rposition(|e| {
+            matches!(BatchEntry::decode(*e), Ok(BatchEntry::PtTable { event: TableEvent::Allocated, table: t, .. }) if t == table)
+        });
+        let (mut v, from) = match born {
+            Some(i) => (0, i + 1),
+            // SAFETY: the page-table region is identity-mapped and readable.
+            None => (unsafe { core::ptr::read_volatile(gpa as *const u64) }, 0),
+        };
+        for e in &self.entries[from..self.n] {
+            if let Ok(BatchEntry::PtOp { kind, entry, a, b }) = BatchEntry::decode(*e) {
+                if entry == gpa {
+                    v = match kind {
+                        PtOpKind::Set | PtOpKind::Xchg => a,
+                        PtOpKind::Cmpxchg => {
+                            if v == a {
+                                b
+                            } else {
+                                v
+                            }
+                        }
+                        PtOpKind::Clear => 0,
+                        PtOpKind::ClearBits => v & !a,
+                        PtOpKind::SetBits => v | a,
+                    };
                 }
-                _ => {}
             }
         }
-        // SAFETY: the page-table region is identity-mapped and readable.
-        unsafe { core::ptr::read_volatile(gpa as *const u64) }
+        v
+    }
+
+    /// Queues a local TLB flush (`FLUSH` without follow-ups) with the
+    /// updates, as Xen PV's `xen_flush_tlb` does in lazy MMU mode.
+    fn push_flush(&mut self, kind: FlushKind, va: u64, len: u64, last_level: bool) {
+        self.push(BatchEntry::Flush { kind, va, len, last_level });
     }
 }
 
@@ -214,6 +240,14 @@ pub fn lazy_mmu_flush() {
     if let Some(q) = lazy() {
         q.send();
     }
+}
+
+/// In lazy MMU mode: queues a local TLB flush with the updates and
+/// returns true (the caller makes no `FLUSH` of its own); false outside it.
+pub fn lazy_flush(kind: FlushKind, va: u64, len: u64, last_level: bool) -> bool {
+    let Some(q) = lazy() else { return false };
+    q.push_flush(kind, va, len, last_level);
+    true
 }
 
 /// Whether this CPU is in lazy MMU mode.

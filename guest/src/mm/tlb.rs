@@ -22,7 +22,7 @@ use abi::hypercall::calls::{Flush, FlushRequest, SwitchMm, SwitchMmRequest, TlbC
 use abi::hypercall::{FlushKind, TlbConfigAction};
 use abi::layout::{MAX_VCPUS, PAGE_SIZE};
 
-use super::pgtable::PageTables;
+use super::pgtable::{self, PageTables};
 use crate::trace::{self, Kind};
 use crate::{apic, arch, cpl3, hypercall, percpu, smp};
 
@@ -90,6 +90,10 @@ pub fn switch_to_kernel_mm() {
 /// zap interrupt does it before the next instruction (and reloads CR3).
 fn flush(req: FlushRequest) {
     if percpu::cpl() == 3 {
+        let plain = req.ack == 0 && req.ipi_cpus == 0;
+        if plain && pgtable::lazy_flush(req.kind, req.va, req.len, req.last_level.get()) {
+            return;
+        }
         hypercall::call::<Flush>(req);
         return;
     }

@@ -32,14 +32,28 @@ struct StrayState {
     last: Option<StrayStoreReply>,
 }
 
+/// Flushes a vCPU's modelled TLB (a `PT_BATCH`'s flush entry: the TLB
+/// service's FLUSH without its follow-ups).
+pub trait LocalFlush: Send + Sync {
+    fn flush_local(
+        &self,
+        ctx: &VcpuCtx<'_>,
+        kind: abi::hypercall::FlushKind,
+        va: u64,
+        len: u64,
+        last_level: bool,
+    ) -> Result<(), String>;
+}
+
 pub struct Mmu {
     tables: Option<Arc<dyn TableTracker>>,
+    tlb: Option<Arc<dyn LocalFlush>>,
     stray: Mutex<Vec<StrayState>>,
 }
 
 impl Mmu {
-    pub fn new(tables: Option<Arc<dyn TableTracker>>) -> Arc<Self> {
-        Arc::new(Mmu { tables, stray: Mutex::new(Vec::new()) })
+    pub fn new(tables: Option<Arc<dyn TableTracker>>, tlb: Option<Arc<dyn LocalFlush>>) -> Arc<Self> {
+        Arc::new(Mmu { tables, tlb, stray: Mutex::new(Vec::new()) })
     }
 
     fn stray(&self, cpu: u64, f: impl FnOnce(&mut StrayState)) {
@@ -188,6 +202,11 @@ impl HypercallHandler for Mmu {
                         }
                         BatchEntry::PageOp { kind, dst, src } => {
                             page_op(ctx.mem, kind, dst, src).map_err(|e| at(e.to_string()))? as u64
+                        }
+                        BatchEntry::Flush { kind, va, len, last_level } => {
+                            let tlb = self.tlb.as_ref().ok_or_else(|| at("no TLB to flush".into()))?;
+                            tlb.flush_local(ctx, kind, va, len, last_level).map_err(&at)?;
+                            0
                         }
                     };
                 }

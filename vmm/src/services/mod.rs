@@ -40,18 +40,20 @@ pub struct StandardOptions {
 }
 
 /// Platform, MMU, TLB, scheduling and IOMMU, wired to each other (PT_TABLE
-/// tells the IOMMU which tables are live; the device's kernel-word stores
-/// wake parked vCPUs; the TLB and the IOMMU record into the trace).
+/// tells the IOMMU which tables are live; a PT_BATCH's flushes reach the
+/// TLB; the device's kernel-word stores and a FLUSH's ack wake parked
+/// vCPUs; the TLB and the IOMMU record into the trace).
 pub fn standard(tlb: TlbModel, seed: u64, opts: StandardOptions) -> Vec<Arc<dyn Service>> {
     let sink: Option<Arc<dyn TraceSink>> = opts.trace.clone().map(|t| t as Arc<dyn TraceSink>);
     let device_sink =
         opts.trace.clone().map(|t| Arc::new(trace::DeviceSink { tracer: t }) as Arc<dyn ::iommu::EventSink>);
     let sched = sched::Sched::new();
     let iommu = iommu::IommuService::new(opts.iommu, device_sink, Some(sched.clone() as Arc<dyn sched::Waker>));
+    let tlb = tlb::Tlb::new(tlb, seed, sink, Some(sched.clone() as Arc<dyn sched::Waker>));
     let mut v: Vec<Arc<dyn Service>> = vec![
         platform::Platform::new(opts.console, opts.checks),
-        mmu::Mmu::new(Some(iommu.clone() as Arc<dyn mmu::TableTracker>)),
-        tlb::Tlb::new(tlb, seed, sink, Some(sched.clone() as Arc<dyn sched::Waker>)),
+        mmu::Mmu::new(Some(iommu.clone() as Arc<dyn mmu::TableTracker>), Some(tlb.clone() as Arc<dyn mmu::LocalFlush>)),
+        tlb,
         sched,
         iommu,
     ];

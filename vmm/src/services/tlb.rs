@@ -12,6 +12,7 @@ use abi::hypercall::{FlushKind, Op, TlbConfigAction, TlbModelKind, ZAP_PORT};
 use abi::{layout, zap};
 use iommu::mem as gmem;
 
+use super::mmu::LocalFlush;
 use super::sched::{send_ipis, Waker};
 use crate::devices::TraceSink;
 use crate::shadow::{ShadowMmu, ShadowPool};
@@ -134,6 +135,25 @@ impl Service for Tlb {
     }
 }
 
+impl LocalFlush for Tlb {
+    fn flush_local(
+        &self,
+        ctx: &VcpuCtx<'_>,
+        kind: FlushKind,
+        va: u64,
+        len: u64,
+        last_level: bool,
+    ) -> Result<(), String> {
+        let mut mmu = self.mmu(ctx.cpu);
+        match kind {
+            FlushKind::Page => mmu.flush_page(ctx.mem, va, last_level),
+            FlushKind::Range => mmu.flush_range(ctx.mem, &self.pool, va, len, last_level),
+            FlushKind::All => mmu.flush_all(ctx.mem, &self.pool),
+        }
+        Ok(())
+    }
+}
+
 impl ExitHook for Tlb {
     /// `evict:P`: at an exit that is not waiting, drop each stale entry
     /// with probability P (a finite TLB's entries go when the vCPU does
@@ -188,14 +208,10 @@ impl HypercallHandler for Tlb {
             }
             Op::Flush => {
                 let r = call.request::<calls::Flush>()?;
-                let last_level = r.last_level.get();
-                match r.kind {
-                    FlushKind::Page => mmu.flush_page(ctx.mem, r.va, last_level),
-                    FlushKind::Range => mmu.flush_range(ctx.mem, &self.pool, r.va, r.len, last_level),
-                    FlushKind::All => mmu.flush_all(ctx.mem, &self.pool),
-                }
                 drop(mmu);
-                self.flush_follow_ups(ctx, &r).map_err(|e| GuestFault::rejected(call.op, e))?;
+                self.flush_local(ctx, r.kind, r.va, r.len, r.last_level.get())
+                    .and_then(|()| self.flush_follow_ups(ctx, &r))
+                    .map_err(|e| GuestFault::rejected(call.op, e))?;
                 Ok(Reply::empty())
             }
             Op::SwitchMm => {
