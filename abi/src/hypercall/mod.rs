@@ -317,8 +317,10 @@ crate::wire_enum! {
 }
 
 crate::wire_enum! {
-    /// `PAGE_OP` kinds.
-    pub enum PageOpKind { Zero = 0, Copy = 1, Compare = 2 }
+    /// `PAGE_OP` kinds: `clear_page`, `copy_user_highpage`,
+    /// `pages_identical`, and `Init` — zero `dst` and make its first word
+    /// `src` (the harness's initial content of a litmus location's page).
+    pub enum PageOpKind { Zero = 0, Copy = 1, Compare = 2, Init = 3 }
 }
 
 crate::wire_enum! {

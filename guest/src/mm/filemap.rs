@@ -40,8 +40,8 @@ static FILES: [AddressSpace; MAX_FILES] =
 pub fn create_file(mm: &MmStruct, init: u64) -> Option<usize> {
     let id = mm.nfiles.load(Ordering::Acquire) as usize;
     guest_assert!(id < MAX_FILES, "more than {} shared files", MAX_FILES);
-    let backing = page_alloc::alloc_page()?;
-    page::set_first_word(backing, init);
+    let backing = page_alloc::alloc_page_nozero()?;
+    page::init_page(backing, init);
     FILES[id].backing.store(backing, Ordering::Release);
     FILES[id].page.store(0, Ordering::Release);
     FILES[id].truncated.store(false, Ordering::Release);

@@ -527,8 +527,8 @@ impl MmStruct {
         let p = match file {
             Some(f) => filemap::filemap_fault(f).ok_or(Segv)?,
             None => {
-                let p = page_alloc::alloc_page().ok_or(Segv)?;
-                page::set_first_word(p, init);
+                let p = page_alloc::alloc_page_nozero().ok_or(Segv)?;
+                page::init_page(p, init);
                 page(p).set(PG_ANON | PG_SWAPBACKED);
                 p
             }

@@ -214,13 +214,16 @@ pub fn pages_identical(a: u64, b: u64) -> bool {
     page_op(abi::hypercall::PageOpKind::Compare, a, b)
 }
 
-/// The first word of a data page (what a litmus observation reads).
-pub fn first_word(pa: u64) -> u64 {
-    // SAFETY: a data page, identity-mapped.
-    unsafe { core::ptr::read_volatile(pa as *const u64) }
+/// A litmus location's page as the test starts it: zeroes, first word
+/// `first` (harness set-up, not a kernel path).
+pub fn init_page(pa: u64, first: u64) {
+    page_op(abi::hypercall::PageOpKind::Init, pa, first);
 }
 
-pub fn set_first_word(pa: u64, v: u64) {
-    // SAFETY: as above; the caller owns the page's content.
-    unsafe { core::ptr::write_volatile(pa as *mut u64, v) }
+/// The first word of a data page (what a litmus observation reads).
+pub fn first_word(pa: u64) -> u64 {
+    // Page ops queued in lazy MMU mode go first.
+    super::pgtable::lazy_mmu_flush();
+    // SAFETY: a data page, identity-mapped.
+    unsafe { core::ptr::read_volatile(pa as *const u64) }
 }

@@ -255,10 +255,18 @@ pub fn in_lazy_mmu() -> bool {
     lazy().is_some()
 }
 
-/// A page op (`PAGE_OP`) in program order with the queued updates: sent
-/// with them in lazy MMU mode; `None` outside it.
+/// A page op (`PAGE_OP`) in program order with the queued updates, in
+/// lazy MMU mode: queued (a compare, whose answer is needed, sends the
+/// queue at once); `None` outside it. Code that reads a page's content
+/// itself sends the queue first (`page::first_word`).
 pub fn lazy_page_op(kind: PageOpKind, dst: u64, src: u64) -> Option<u64> {
-    lazy().map(|q| q.send_with(BatchEntry::PageOp { kind, dst, src }))
+    let q = lazy()?;
+    let op = BatchEntry::PageOp { kind, dst, src };
+    if kind == PageOpKind::Compare {
+        return Some(q.send_with(op));
+    }
+    q.push(op);
+    Some(1)
 }
 
 pub fn set_pte(entry_gpa: u64, val: u64) {

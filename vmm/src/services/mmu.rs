@@ -140,6 +140,11 @@ pub fn page_op(mem: &GuestMemoryMmap, kind: PageOpKind, dst: u64, src: u64) -> R
             mem.read_slice(&mut other, check(src)?).map_err(me(src))?;
             Ok(buf == other)
         }
+        PageOpKind::Init => {
+            buf[..8].copy_from_slice(&src.to_le_bytes());
+            mem.write_slice(&buf, check(dst)?).map_err(me(dst))?;
+            Ok(true)
+        }
     }
 }
 

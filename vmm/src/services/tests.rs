@@ -543,14 +543,19 @@ fn pt_batch_does_each_entry_in_order_and_returns_the_last_result() {
         BatchEntry::PtTable { event: TableEvent::Allocated, table: PT_BASE + PAGE_SIZE, level: 1 },
         BatchEntry::PtOp { kind: PtOpKind::Set, entry: PT_BASE + PAGE_SIZE + 8, a: 0x1234_5003, b: 0 },
         BatchEntry::PageOp { kind: PageOpKind::Zero, dst: layout::FREE_START, src: 0 },
+        BatchEntry::PageOp { kind: PageOpKind::Init, dst: layout::FREE_START + PAGE_SIZE, src: 0x77 },
         BatchEntry::PtOp { kind: PtOpKind::Xchg, entry: PT_BASE + PAGE_SIZE + 8, a: 7, b: 0 },
     ];
+    vm.mem.write_obj(5u64, GuestAddress(layout::FREE_START + PAGE_SIZE + 8)).unwrap();
     let data: Vec<u8> = entries.iter().flat_map(|e| e.encode()).flat_map(u64::to_le_bytes).collect();
-    let (r, _) = vm.call::<PtBatch>(0, PtBatchRequest { count: 4 }, &data).unwrap();
+    let (r, _) = vm.call::<PtBatch>(0, PtBatchRequest { count: 5 }, &data).unwrap();
     assert_eq!(r.last, 0x1234_5003, "the xchg saw the set before it");
     assert_eq!(word(&vm, PT_BASE + PAGE_SIZE + 8), 7);
+    // Init: the first word given, the rest zero.
+    assert_eq!(word(&vm, layout::FREE_START + PAGE_SIZE), 0x77);
+    assert_eq!(word(&vm, layout::FREE_START + PAGE_SIZE + 8), 0);
     // More entries than data, an unknown tag, an entry outside the region.
-    assert!(vm.call::<PtBatch>(0, PtBatchRequest { count: 5 }, &data).is_err());
+    assert!(vm.call::<PtBatch>(0, PtBatchRequest { count: 6 }, &data).is_err());
     let bad: Vec<u8> = [9u64 << 8, 0, 0, 0].iter().flat_map(|w| w.to_le_bytes()).collect();
     assert!(vm.call::<PtBatch>(0, PtBatchRequest { count: 1 }, &bad).is_err());
     let outside = BatchEntry::PtOp { kind: PtOpKind::Set, entry: layout::FREE_START, a: 1, b: 0 };
