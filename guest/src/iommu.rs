@@ -136,6 +136,12 @@ pub fn qi_submit_sync(descs: &[InvDesc], irq: bool) -> Result<(), QueueError> {
 
 fn wait_status(d: &Driver, seq: u32) -> Result<(), QueueError> {
     let ok = time::spin_until(5_000, || status_word(d) == seq || mmio_read(reg::STATUS) & hw::status::IQE != 0);
+    // Done: no register read. `qi_submit_sync` (drivers/iommu/intel/dmar.c)
+    // polls `desc_status[wait_index]` and reads the fault status register
+    // (`qi_check_fault`) only inside that loop, while the wait is not done.
+    if status_word(d) == seq {
+        return Ok(());
+    }
     let st = mmio_read(reg::STATUS);
     if st & hw::status::IQE != 0 {
         let e = mmio_read(reg::IQERCD);
