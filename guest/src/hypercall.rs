@@ -9,6 +9,7 @@
 
 use abi::hypercall::{status, DecodeError, Hypercall, Mailbox, Op, Wire, DATA_LEN, HC_PORT, HC_USER_PORT};
 use core::arch::asm;
+use core::sync::atomic::Ordering;
 
 use crate::{arch, percpu};
 
@@ -48,10 +49,6 @@ fn bad_reply(op: Op, status: u64, e: Option<DecodeError>) -> ! {
 /// into `out`; returns the typed reply and the reply's data length.
 #[inline(always)]
 pub fn call_into<H: Hypercall>(req: H::Request, data: &[u8], out: &mut [u8]) -> (H::Reply, usize) {
-    // Queued page-table updates (lazy MMU mode) go before anything else.
-    if H::OP != abi::hypercall::Op::PtBatch {
-        crate::mm::pgtable::lazy_mmu_flush();
-    }
     if percpu::cpl() == 3 {
         return call_user::<H>(req, data, out);
     }
@@ -98,7 +95,6 @@ unsafe fn exchange<H: Hypercall>(
     {
         // SAFETY: the caller's contract.
         let mb: &mut Mailbox = unsafe { &mut *mb };
-        mb.op = H::OP as u64;
         // Only the request's words: the VMM decodes no others.
         req.encode(&mut mb.args);
         let n = data.len().min(DATA_LEN);
@@ -106,6 +102,12 @@ unsafe fn exchange<H: Hypercall>(
         if n > 0 {
             mb.data[..n].copy_from_slice(&data[..n]);
         }
+        // This CPU's queued page-table updates (lazy MMU mode) go with the
+        // call, done before it — not from an interrupt handler, which may
+        // have interrupted the code filling the queue.
+        let carry = H::OP != Op::PtBatch && percpu::this().in_irq.load(Ordering::Relaxed) == 0;
+        let carried = if carry { crate::mm::pgtable::carry_into(&mut mb.data, n) } else { 0 };
+        mb.op = abi::hypercall::op_word(H::OP, carried);
     }
     // SAFETY: the VMM handles this port synchronously; the asm is a compiler
     // barrier (no `nomem`), so the mailbox writes above happen before it.
@@ -125,9 +127,11 @@ unsafe fn exchange<H: Hypercall>(
 
 /// [`call_into`] at CPL3: the vCPU's user mailbox and `HC_USER_PORT`.
 /// CPL3 cannot mask interrupts, and needs not: handlers run at CPL0 and
-/// use the kernel mailbox. Nothing between filling the mailbox and the
-/// exit touches user-half memory (callers pass kernel buffers), so no
-/// fault upcall — which makes hypercalls of its own — can run in between.
+/// use the kernel mailbox, or (a shootdown IPI, `cpl3::user_ipi`) run at
+/// CPL3 and put the mailbox's words back before returning. Nothing
+/// between filling the mailbox and the exit touches user-half memory
+/// (callers pass kernel buffers), so no fault upcall — which makes
+/// hypercalls of its own — can run in between.
 #[inline(never)]
 fn call_user<H: Hypercall>(req: H::Request, data: &[u8], out: &mut [u8]) -> (H::Reply, usize) {
     // SAFETY: the user mailbox is this vCPU's CPL3 code's alone; the TSS

@@ -49,6 +49,30 @@ const _: () = assert!(ZAP_PORT >= EXPLORE_PARK_PORT + 4 && EXPLORE_PARK_PORT > H
 /// 16550 UART (COM1).
 pub const SERIAL_PORT: u16 = 0x03f8;
 
+/// The mailbox's `op` word: the [`Op`] in bits 0..32, and in bits 32..48
+/// how many [`BatchEntry`]s the call carries in the last
+/// `n * BatchEntry::LEN` bytes of the data area (after the call's own
+/// `len` bytes) — the guest's lazy MMU queue, sent with its next call
+/// instead of with an exit of its own. The VMM does them first, as a
+/// `PT_BATCH`, then the op.
+pub const OP_MASK: u64 = 0xffff_ffff;
+const CARRIED_SHIFT: u32 = 32;
+
+/// The `op` word of a call of `op` carrying `carried` batch entries.
+pub const fn op_word(op: Op, carried: usize) -> u64 {
+    op as u64 | (carried as u64) << CARRIED_SHIFT
+}
+
+/// The batch entries an `op` word says the call carries.
+pub const fn carried_entries(op_word: u64) -> usize {
+    ((op_word >> CARRIED_SHIFT) & 0xffff) as usize
+}
+
+/// Where in the data area `n` carried entries start.
+pub const fn carried_offset(n: usize) -> usize {
+    DATA_LEN.saturating_sub(n * BatchEntry::LEN)
+}
+
 /// Size of the free-form data area of a mailbox.
 pub const DATA_LEN: usize = 4096 - 15 * 8;
 
@@ -425,7 +449,7 @@ mod tests {
         for e in all {
             assert_eq!(BatchEntry::decode(e.encode()), Ok(e));
         }
-        for tag in [4 << 8, 7, 1 << 8 | 9, 2 << 8 | 3, 3 << 8 | 9, 2 << 16 | 3 << 8, 1 << 16] {
+        for tag in [4 << 8, 7, 1 << 8 | 9, 2 << 8 | 9, 3 << 8 | 9, 2 << 16 | 3 << 8, 1 << 16] {
             assert!(BatchEntry::decode([tag, 0, 0, 0]).is_err(), "tag {tag:#x}");
         }
     }

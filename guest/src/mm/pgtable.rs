@@ -4,10 +4,10 @@
 //! `include/linux/pgtable.h`), so every change is seen by the VMM.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use abi::hypercall::calls::{self, PtBatchRequest, PtOpRequest, PtTableRequest};
-use abi::hypercall::{ptop, BatchEntry, FlushKind, PageOpKind, PtOpKind, TableEvent};
+use abi::hypercall::{ptop, BatchEntry, FlushKind, PageOpKind, PtOpKind, TableEvent, DATA_LEN};
 use abi::layout::{self, PAGE_SIZE};
 
 use super::page_alloc;
@@ -122,22 +122,39 @@ struct LazyQueue {
     entries: [[u64; 4]; BatchEntry::MAX],
 }
 
-/// The CPU in lazy MMU mode, or `NO_CPU`.
+/// The CPU whose queue this is (in lazy MMU mode, or left it with
+/// updates not sent yet), or `NO_CPU`.
 static LAZY_CPU: AtomicU64 = AtomicU64::new(NO_CPU);
 const NO_CPU: u64 = u64::MAX;
+/// The owner left lazy MMU mode; its queue goes with its next hypercall.
+static LAZY_LEFT: AtomicBool = AtomicBool::new(false);
 
 struct LazyCell(UnsafeCell<LazyQueue>);
-// SAFETY: only the CPU named in `LAZY_CPU` touches the queue, and it does
-// not touch it from interrupt handlers (they make no page-table ops).
+// SAFETY: only the CPU named in `LAZY_CPU` touches the queue, and not from
+// interrupt handlers (they make no page-table ops, and their hypercalls do
+// not carry or send it: `carry_into`).
 unsafe impl Sync for LazyCell {}
 static LAZY: LazyCell = LazyCell(UnsafeCell::new(LazyQueue { n: 0, entries: [[0; 4]; BatchEntry::MAX] }));
 
-/// This CPU's queue, if it is in lazy MMU mode.
-fn lazy() -> Option<&'static mut LazyQueue> {
+/// This CPU's queue: in lazy MMU mode, or left with updates not sent yet.
+fn queue() -> Option<&'static mut LazyQueue> {
     let owner = LAZY_CPU.load(Ordering::Relaxed);
     // SAFETY: the queue is the owner's alone (see `LazyCell`), and no
     // caller holds two of these references at once.
     (owner != NO_CPU && owner == percpu::cpu()).then(|| unsafe { &mut *LAZY.0.get() })
+}
+
+/// This CPU's queue, if it is in lazy MMU mode.
+fn lazy() -> Option<&'static mut LazyQueue> {
+    queue().filter(|_| !LAZY_LEFT.load(Ordering::Relaxed))
+}
+
+/// The queue is empty and its owner out of lazy MMU mode: nobody owns it.
+fn release_if_left() {
+    if LAZY_LEFT.load(Ordering::Relaxed) {
+        LAZY_LEFT.store(false, Ordering::Relaxed);
+        LAZY_CPU.store(NO_CPU, Ordering::Release);
+    }
 }
 
 impl LazyQueue {
@@ -218,28 +235,74 @@ impl LazyQueue {
 /// Enters lazy MMU mode on this CPU (`arch_enter_lazy_mmu_mode`): see above.
 pub fn lazy_mmu_enter() {
     let me = percpu::cpu();
+    if queue().is_some() {
+        // Left with updates not sent: they stay first in the queue.
+        LAZY_LEFT.store(false, Ordering::Relaxed);
+        return;
+    }
     let was = LAZY_CPU.swap(me, Ordering::AcqRel);
     guest_assert!(was == NO_CPU, "lazy MMU mode entered on CPU {} while CPU {} is in it", me, was);
 }
 
-/// Sends what is queued and leaves lazy MMU mode (`arch_leave_lazy_mmu_mode`).
+/// Leaves lazy MMU mode (`arch_leave_lazy_mmu_mode`). At CPL3 what is
+/// queued goes with this CPU's next hypercall (`carry_into`), one exit
+/// fewer; the code that runs before it reads entries through the queue
+/// (`read_entry`), and what must not run before the updates are done
+/// sends them first (`lazy_mmu_flush`: a switch to an mm, a device
+/// register, a page read). At CPL0 (`vmm explore`, `--tlb native`, where
+/// other CPUs are started by IPIs, not hypercalls) it is sent now.
 pub fn lazy_mmu_leave() {
-    if let Some(q) = lazy() {
-        q.send();
+    let Some(q) = lazy() else { return };
+    if q.n > 0 && percpu::cpl() == 3 {
+        LAZY_LEFT.store(true, Ordering::Relaxed);
+        return;
     }
+    q.send();
     LAZY_CPU.store(NO_CPU, Ordering::Release);
 }
 
-/// Sends what is queued (before a hypercall or a device access that must
-/// come after the queued updates); nothing outside lazy MMU mode.
+/// Sends what is queued (before something that must come after the
+/// queued updates and makes no hypercall of its own first); nothing if
+/// this CPU has no queue.
 #[inline]
 pub fn lazy_mmu_flush() {
     if LAZY_CPU.load(Ordering::Relaxed) == NO_CPU {
         return;
     }
-    if let Some(q) = lazy() {
+    if let Some(q) = queue() {
         q.send();
+        release_if_left();
     }
+}
+
+/// For a hypercall this CPU makes outside an interrupt handler: moves the
+/// queued updates into the end of `data` (a mailbox's data area whose
+/// first `own` bytes are the call's) and returns how many there are, for
+/// the call's op word (`abi::hypercall::op_word`). If they do not fit
+/// beside the call's own data they are sent first, and none is carried.
+pub fn carry_into(data: &mut [u8; DATA_LEN], own: usize) -> usize {
+    if LAZY_CPU.load(Ordering::Relaxed) == NO_CPU {
+        return 0;
+    }
+    let Some(q) = queue() else { return 0 };
+    let n = q.n;
+    if n == 0 {
+        return 0;
+    }
+    let at = abi::hypercall::carried_offset(n);
+    if own > at {
+        q.send();
+        release_if_left();
+        return 0;
+    }
+    for (i, e) in q.entries[..n].iter().enumerate() {
+        for (k, w) in e.iter().enumerate() {
+            data[at + i * BatchEntry::LEN + 8 * k..][..8].copy_from_slice(&w.to_le_bytes());
+        }
+    }
+    q.n = 0;
+    release_if_left();
+    n
 }
 
 /// In lazy MMU mode: queues a local TLB flush with the updates and
@@ -283,7 +346,7 @@ pub fn ptep_clear_bits(entry_gpa: u64, bits: u64) -> u64 {
 }
 
 pub fn read_entry(entry_gpa: u64) -> u64 {
-    if let Some(q) = lazy() {
+    if let Some(q) = queue() {
         return q.read(entry_gpa);
     }
     // SAFETY: the page-table region is identity-mapped and readable.

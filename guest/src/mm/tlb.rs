@@ -52,6 +52,9 @@ pub fn set_walk_cache(model: u64) {
 /// (and empties the modelled TLB's user half, as a CR3 write without PCID).
 pub fn switch_mm(mm: &PageTables) {
     if percpu::cpl() == 3 {
+        // The gate's SWITCH_MM carries no queued page-table updates: they
+        // go first, so the mm is complete before it is walked.
+        pgtable::lazy_mmu_flush();
         cpl3::switch_mm_gate(mm.pgd);
     } else {
         let was_enabled = arch::interrupts_enabled();

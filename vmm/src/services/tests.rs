@@ -537,6 +537,31 @@ fn a_flush_lists_the_cleared_slot_and_only_a_cpl3_caller_gets_the_zap_interrupt(
 }
 
 #[test]
+fn a_call_carrying_the_lazy_queue_does_it_first() {
+    let vm = lazy();
+    let (table, entry) = (PT_BASE + 2 * PAGE_SIZE, PT_BASE + 2 * PAGE_SIZE + 16);
+    let carried = [
+        BatchEntry::PtTable { event: TableEvent::Allocated, table, level: 1 },
+        BatchEntry::PtOp { kind: PtOpKind::Set, entry, a: 0x5003, b: 0 },
+    ];
+    let mut data = vec![0u8; abi::hypercall::DATA_LEN];
+    let at = abi::hypercall::carried_offset(carried.len());
+    for (i, e) in carried.iter().enumerate() {
+        for (k, w) in e.encode().iter().enumerate() {
+            data[at + i * BatchEntry::LEN + 8 * k..][..8].copy_from_slice(&w.to_le_bytes());
+        }
+    }
+    let mut args = [0u64; 8];
+    abi::hypercall::Wire::encode(&PtOpRequest { kind: PtOpKind::Xchg, entry, a: 7, b: 0 }, &mut args);
+    let op = abi::hypercall::op_word(Op::PtOp, carried.len());
+    let (ret, _) = vm.hypercall_raw_len(0, op, args, &data, 0).unwrap();
+    assert_eq!(ret[0], 0x5003, "the xchg did not see the carried set");
+    assert_eq!(word(&vm, entry), 7);
+    // Carried entries that overlap the call's own data: a bad hypercall.
+    assert!(vm.hypercall_raw_len(0, op, args, &data, (at + 1) as u64).is_err());
+}
+
+#[test]
 fn pt_batch_does_each_entry_in_order_and_returns_the_last_result() {
     let vm = lazy();
     let entries = [

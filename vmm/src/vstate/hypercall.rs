@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use abi::hypercall::{self as hc, Hypercall, Op, Wire, DATA_LEN};
+use abi::hypercall::{self as hc, BatchEntry, Hypercall, Op, Wire, DATA_LEN};
 use abi::layout;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -139,8 +139,13 @@ impl HypercallTable {
     /// vCPU does next.
     pub fn dispatch(&self, ctx: &mut VcpuCtx<'_>, caller: Caller) -> Result<Flow, GuestFault> {
         let mailbox = caller.mailbox(ctx.cpu);
-        let (raw_op, args, data) = read_request(ctx, mailbox)?;
-        let op = Op::from_u64(raw_op).ok_or(HypercallError::UnknownOp(raw_op))?;
+        let (word, args, data) = read_request(ctx, mailbox)?;
+        let raw_op = word & hc::OP_MASK;
+        let op = Op::from_u64(raw_op).ok_or(HypercallError::UnknownOp(word))?;
+        let carried = hc::carried_entries(word);
+        if carried > 0 {
+            self.run_carried(ctx, mailbox, caller, carried, data.len())?;
+        }
         if let Some(s) = &self.stats {
             s.vcpu(ctx.cpu).hypercall(op);
         }
@@ -148,6 +153,39 @@ impl HypercallTable {
         let reply = handler.handle(ctx, &Call { op, args, data: &data, caller })?;
         write_reply(ctx, mailbox, &reply)?;
         Ok(if reply.park { Flow::Park } else { Flow::Resume })
+    }
+}
+
+impl HypercallTable {
+    /// The lazy MMU queue a call carries (`abi::hypercall::op_word`): done
+    /// as the `PT_BATCH` it would have been, before the call's own op.
+    fn run_carried(
+        &self,
+        ctx: &mut VcpuCtx<'_>,
+        mailbox: u64,
+        caller: Caller,
+        n: usize,
+        own_len: usize,
+    ) -> Result<(), GuestFault> {
+        let at = hc::carried_offset(n);
+        if n > BatchEntry::MAX || own_len > at {
+            return Err(HypercallError::DataTooLong {
+                op: Op::PtBatch as u64,
+                len: (own_len + n * BatchEntry::LEN) as u64,
+            }
+            .into());
+        }
+        let mut entries = vec![0u8; n * BatchEntry::LEN];
+        ctx.mem.read_slice(&mut entries, GuestAddress(mailbox + hc::OFF_DATA + at as u64)).map_err(mailbox_err)?;
+        let handler = self
+            .handlers
+            .get(Op::PtBatch as usize)
+            .and_then(|h| h.as_ref())
+            .ok_or(HypercallError::NotServed(Op::PtBatch))?;
+        let mut args = [0u64; 8];
+        args[0] = n as u64;
+        handler.handle(ctx, &Call { op: Op::PtBatch, args, data: &entries, caller })?;
+        Ok(())
     }
 }
 
