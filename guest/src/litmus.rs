@@ -280,18 +280,11 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
         hypercall::call::<DmaSubmit>(DmaSubmitRequest { program: DEV_AREA + d * DEV_STRIDE, slot: d });
     }
     let me = crate::percpu::cpu();
-    let mut mine = None;
-    for (t, &cpu) in cpus.iter().enumerate().take(h.n_vcpu_threads as usize) {
-        if cpu == me {
-            mine = Some(t);
-        } else {
-            while !smp::post(cpu, thread_main, t as u64) {
-                arch::pause();
-            }
-        }
-    }
-    // The other threads start together, with one exit.
-    smp::kick(cpus.iter().take(h.n_vcpu_threads as usize).copied().filter(|&c| c != me));
+    let threads = cpus.iter().take(h.n_vcpu_threads as usize).copied().enumerate();
+    let mine = threads.clone().find(|&(_, cpu)| cpu == me).map(|(t, _)| t);
+    // The other threads start together, with one exit (which carries the
+    // set-up's page-table updates, done before any thread can start).
+    smp::run_on_many(threads.filter(|&(_, cpu)| cpu != me).map(|(t, cpu)| (cpu, t as u64)), thread_main);
     if let Some(t) = mine {
         thread_main(t as u64);
     }

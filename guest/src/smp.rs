@@ -54,16 +54,6 @@ static CPL3_WORKER: [AtomicBool; N] = [const { AtomicBool::new(false) }; N];
 /// its idle loop, a `WAKE` of the slot for a CPL3 worker (parked on it).
 /// Returns false if the CPU is busy.
 pub fn run_on(cpu: u64, f: WorkFn, arg: u64) -> bool {
-    if !post(cpu, f, arg) {
-        return false;
-    }
-    kick(core::iter::once(cpu));
-    true
-}
-
-/// Posts `f(arg)` to `cpu` without waking it ([`kick`] does, for several
-/// CPUs at once). Returns false if the CPU is busy.
-pub fn post(cpu: u64, f: WorkFn, arg: u64) -> bool {
     let w = &WORK[cpu as usize];
     if w.state.load(Ordering::Acquire) != IDLE {
         return false;
@@ -71,18 +61,39 @@ pub fn post(cpu: u64, f: WorkFn, arg: u64) -> bool {
     w.func.store(f as usize, Ordering::Relaxed);
     w.arg.store(arg, Ordering::Relaxed);
     w.state.store(POSTED, Ordering::SeqCst);
+    if CPL3_WORKER[cpu as usize].load(Ordering::Relaxed) {
+        wake(&w.state);
+    } else {
+        apic::send_ipi(cpu, apic::RESCHEDULE_VECTOR);
+    }
     true
 }
 
-/// Wakes `cpus` for the work [`post`]ed to them: one `WAKE` for the CPL3
-/// workers among them (parked on their slots), a RESCHEDULE IPI to each
-/// CPU in its idle loop.
-pub fn kick(cpus: impl Iterator<Item = u64> + Clone) {
-    let cpl3 = |c: &u64| CPL3_WORKER[*c as usize].load(Ordering::Relaxed);
-    for cpu in cpus.clone().filter(|c| !cpl3(c)) {
-        apic::send_ipi(cpu, apic::RESCHEDULE_VECTOR);
+/// Runs `f(arg)` on each `(cpu, arg)` of `items` (waiting for a busy CPU
+/// to be idle first): the CPL3 workers among them are started with one
+/// `WAKE` that also publishes their items (the VMM stores `POSTED` into
+/// their slots after the page-table updates the call carries — a worker
+/// that happens to be awake must not start on a half-built mm); a CPU in
+/// its idle loop gets its item and the RESCHEDULE IPI.
+pub fn run_on_many(items: impl Iterator<Item = (u64, u64)>, f: WorkFn) {
+    let mut slots = [0u64; N];
+    let mut n = 0;
+    for (cpu, arg) in items {
+        let w = &WORK[cpu as usize];
+        while w.state.load(Ordering::Acquire) != IDLE {
+            arch::pause();
+        }
+        w.func.store(f as usize, Ordering::Relaxed);
+        w.arg.store(arg, Ordering::Relaxed);
+        if CPL3_WORKER[cpu as usize].load(Ordering::Relaxed) {
+            slots[n] = cpu;
+            n += 1;
+        } else {
+            w.state.store(POSTED, Ordering::SeqCst);
+            apic::send_ipi(cpu, apic::RESCHEDULE_VECTOR);
+        }
     }
-    wait::wake_many(cpus.filter(cpl3).map(|c| &WORK[c as usize].state));
+    wait::store_and_wake(slots[..n].iter().map(|&c| &WORK[c as usize].state), POSTED);
 }
 
 /// Waits until the work posted to `cpu` finished; false on timeout. A

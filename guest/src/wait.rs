@@ -126,17 +126,20 @@ pub fn wake(word: &AtomicU64) {
     }
 }
 
-/// [`wake`] of several words, with one `WAKE` per [`WAKE_WORDS`] of them
-/// that may have waiters.
-pub fn wake_many<'a>(words: impl Iterator<Item = &'a AtomicU64>) {
-    let mut req = WakeRequest { gpas: [0; WAKE_WORDS] };
+/// Stores `value` into each of `words` and wakes their waiters, the
+/// stores done by the VMM with one `WAKE` per [`WAKE_WORDS`] words: after
+/// the page-table updates this CPU's call carries (`pgtable::carry_into`),
+/// so no waiter sees `value` before them.
+pub fn store_and_wake<'a>(words: impl Iterator<Item = &'a AtomicU64>, value: u64) {
+    let empty = WakeRequest { gpas: [0; WAKE_WORDS], store: abi::hypercall::Flag::YES, value };
+    let mut req = empty;
     let mut n = 0;
-    for word in words.filter(|w| bucket(w).load(Ordering::SeqCst) != 0) {
+    for word in words {
         req.gpas[n] = word as *const AtomicU64 as u64;
         n += 1;
         if n == WAKE_WORDS {
             hypercall::call::<Wake>(req);
-            req = WakeRequest { gpas: [0; WAKE_WORDS] };
+            req = empty;
             n = 0;
         }
     }

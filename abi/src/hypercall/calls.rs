@@ -382,9 +382,12 @@ pub const WAKE_WORDS: usize = 4;
 
 crate::wire_struct! {
     /// `WAKE`: wake every vCPU parked in `WAIT` on any of the GPAs `gpas`
-    /// (0 = no word). Device `SIGNAL`/`KADD` ops wake the word they store
-    /// to as well.
-    pub struct WakeRequest { pub gpas: [u64; WAKE_WORDS] }
+    /// (0 = no word). With `store`, the VMM first stores `value` into each
+    /// word (after the queued page-table updates the call carries, see
+    /// `op_word`), so a waiter cannot see the value before those updates
+    /// are done — like `FUTEX_WAKE_OP`'s store to a second word. Device
+    /// `SIGNAL`/`KADD` ops wake the word they store to as well.
+    pub struct WakeRequest { pub gpas: [u64; WAKE_WORDS], pub store: Flag, pub value: u64 }
 }
 
 impl WakeRequest {
@@ -392,7 +395,7 @@ impl WakeRequest {
     pub const fn one(gpa: u64) -> Self {
         let mut gpas = [0; WAKE_WORDS];
         gpas[0] = gpa;
-        WakeRequest { gpas }
+        WakeRequest { gpas, store: Flag::NO, value: 0 }
     }
 }
 crate::wire_struct! {

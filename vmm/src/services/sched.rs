@@ -148,7 +148,21 @@ impl HypercallHandler for Sched {
             }
             Op::Wake => {
                 let r = call.request::<calls::Wake>()?;
-                let woken = r.gpas.iter().filter(|&&gpa| gpa != 0).map(|&gpa| self.wake_word(gpa)).sum();
+                let words = || r.gpas.iter().copied().filter(|&gpa| gpa != 0);
+                if r.store.get() {
+                    for gpa in words() {
+                        if !gpa.is_multiple_of(8) {
+                            return Err(GuestFault::rejected(
+                                call.op,
+                                format_args!("WAKE storing to GPA {gpa:#x}: not 8-byte aligned"),
+                            ));
+                        }
+                        gmem::store_u64(ctx.mem, gpa, r.value).map_err(|e| {
+                            GuestFault::rejected(call.op, format_args!("WAKE storing to GPA {gpa:#x}: {e}"))
+                        })?;
+                    }
+                }
+                let woken = words().map(|gpa| self.wake_word(gpa)).sum();
                 Ok(Reply::of::<calls::Wake>(WakeReply { woken }))
             }
             Op::Ipi => {

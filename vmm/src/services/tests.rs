@@ -438,6 +438,20 @@ fn wait_parks_only_while_the_word_holds_its_value_and_wake_ends_that_park() {
 }
 
 #[test]
+fn a_storing_wake_stores_before_it_wakes() {
+    let vm = lazy();
+    let (a, b) = (layout::LITMUS_VARS + 32, layout::LITMUS_VARS + 40);
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: a, expected: 0, wake_first: 0 }, &[]).unwrap();
+    assert!(r.parked.get());
+    let mut gpas = [0; WAKE_WORDS];
+    gpas[..2].copy_from_slice(&[a, b]);
+    let (r, _) = vm.call::<Wake>(0, WakeRequest { gpas, store: Flag::YES, value: 7 }, &[]).unwrap();
+    assert_eq!((r.woken, word(&vm, a), word(&vm, b)), (1, 7, 7));
+    gpas[0] = a + 4;
+    assert!(vm.call::<Wake>(0, WakeRequest { gpas, store: Flag::YES, value: 7 }, &[]).is_err());
+}
+
+#[test]
 fn a_device_store_wakes_the_vcpus_waiting_on_its_word() {
     let vm = lazy();
     let w = layout::LITMUS_VARS + 16;
