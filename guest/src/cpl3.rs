@@ -30,7 +30,7 @@
 //! is a `ud2` at a known address, told apart from the gates by its RIP.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use abi::hypercall::calls::{Exception, ExceptionReport};
 use abi::hypercall::{self as hc, FillResult, Op};
@@ -509,6 +509,10 @@ pub fn drain_zaps() {
     unsafe { zap_drain() }
 }
 
+/// Per CPU: its CPL3 code is in a `WAIT` hypercall (parked, or about to
+/// be, or just back).
+pub static IN_WAIT: [AtomicBool; MAX_VCPUS as usize] = [const { AtomicBool::new(false) }; MAX_VCPUS as usize];
+
 /// CALL_FUNCTION IPIs whose handler ran at CPL3 (for the self-tests).
 pub static IPI_UPCALLS: AtomicU64 = AtomicU64::new(0);
 
@@ -523,11 +527,14 @@ extern "C" fn user_ipi() {
     IPI_UPCALLS.fetch_add(1, Ordering::Relaxed);
     let pc = percpu::this();
     pc.in_irq.fetch_add(1, Ordering::Relaxed);
+    // The IPI ended a park in WAIT (taken, so a nested handler does not
+    // also resume it): the handler's last call may park the vCPU again.
+    let parked = IN_WAIT[percpu::cpu() as usize].swap(false, Ordering::Relaxed);
     let mb = percpu::user_mailbox();
     // SAFETY: this vCPU's user mailbox, used only by this vCPU's CPL3
     // code, which is interrupted (or is this upcall) until we return.
     let saved = unsafe { core::ptr::read_volatile(mb.cast::<MailboxWords>()) };
-    crate::smp::handle_call_function_ipi();
+    crate::smp::handle_call_function_ipi(parked);
     // SAFETY: as above.
     unsafe { core::ptr::write_volatile(mb.cast::<MailboxWords>(), saved) };
     pc.in_irq.fetch_sub(1, Ordering::Relaxed);

@@ -161,8 +161,13 @@ pub fn call<H: Hypercall>(req: H::Request) -> H::Reply {
 /// CPL3, an ordinary call.
 pub fn wait<H: Hypercall>(req: H::Request) {
     if percpu::cpl() == 3 {
-        // Interrupts are on at CPL3.
+        // Interrupts are on at CPL3. A shootdown IPI that ends the park
+        // finds the flag and lets the VMM park this vCPU again after its
+        // handler (`cpl3::user_ipi`).
+        let in_wait = &crate::cpl3::IN_WAIT[percpu::cpu() as usize];
+        in_wait.store(true, Ordering::Relaxed);
         call_user::<H>(req, &[], &mut []);
+        in_wait.store(false, Ordering::Relaxed);
         return;
     }
     let was_enabled = arch::interrupts_enabled();

@@ -317,26 +317,36 @@ fn wait_requests(sent: &[u64; N / 64], timeout_ms: u64) -> bool {
 /// The CSD word of the request this CPU's handler runs, until the request
 /// takes it ([`take_ack`]) to acknowledge it itself; CPL3 only.
 static CSD_ACK: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
+/// The request this CPU's handler runs is its last, and the IPI ended a
+/// park in `WAIT`: its acknowledging call may park the vCPU again.
+static CSD_REPARK: [AtomicBool; N] = [const { AtomicBool::new(false) }; N];
 
 /// For the function a CALL_FUNCTION request runs at CPL3: the GPA of the
 /// request's CSD word, which the caller then sets to 0 and wakes with an
 /// exit it makes anyway (a FLUSH's `ack`: the flush and `csd_unlock` in
-/// one exit); 0 if there is none (CPL0, or not in a handler).
-pub fn take_ack() -> u64 {
+/// one exit), 0 if there is none (CPL0, or not in a handler); and whether
+/// that call may park the vCPU again (`FlushRequest::repark`).
+pub fn take_ack() -> (u64, bool) {
     if percpu::cpl() != 3 {
-        return 0;
+        return (0, false);
     }
-    CSD_ACK[percpu::cpu() as usize].swap(0, Ordering::Relaxed)
+    let me = percpu::cpu() as usize;
+    let word = CSD_ACK[me].swap(0, Ordering::Relaxed);
+    (word, word != 0 && CSD_REPARK[me].swap(false, Ordering::Relaxed))
 }
 
 /// A CSD's `pending`: its request is posted, or taken by a handler.
 const POSTED_CSD: u64 = 1;
 const CLAIMED_CSD: u64 = 2;
 
-/// `CALL_FUNCTION_VECTOR` handler: run every pending request addressed to us.
-pub fn handle_call_function_ipi() {
+/// `CALL_FUNCTION_VECTOR` handler: run every pending request addressed to
+/// us. `parked`: the IPI ended this CPU's park in `WAIT` (CPL3), so the
+/// last request's acknowledgement may park it again (`take_ack`) — only
+/// the last: a request behind it must not wait for the park to end.
+pub fn handle_call_function_ipi(parked: bool) {
     let me = percpu::cpu() as usize;
-    for csd in CSD[me].iter().take(num_cpus() as usize) {
+    let n = num_cpus() as usize;
+    for (i, csd) in CSD[me].iter().enumerate().take(n) {
         // Claimed before it runs at CPL3 (`cpl3::user_ipi`), where a second
         // IPI may interrupt this handler and must not run the request
         // again; at CPL0 interrupts are off in here (and a locked
@@ -352,7 +362,14 @@ pub fn handle_call_function_ipi() {
             let at_cpl3 = percpu::cpl() == 3;
             // Saved and put back: a nested handler (CPL3) has its own.
             let outer = if at_cpl3 { CSD_ACK[me].swap(word, Ordering::Relaxed) } else { 0 };
+            if parked {
+                let last = CSD[me][i + 1..n].iter().all(|c| c.pending.load(Ordering::Acquire) != POSTED_CSD);
+                CSD_REPARK[me].store(last, Ordering::Relaxed);
+            }
             f(csd.arg.load(Ordering::Relaxed));
+            if parked {
+                CSD_REPARK[me].store(false, Ordering::Relaxed);
+            }
             let acked = at_cpl3 && CSD_ACK[me].swap(outer, Ordering::Relaxed) == 0;
             if !acked {
                 csd.pending.store(0, Ordering::SeqCst);

@@ -297,7 +297,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         apic::SPURIOUS_VECTOR => {} // no EOI for spurious interrupts
         apic::RESCHEDULE_VECTOR => apic::eoi(),
         apic::CALL_FUNCTION_VECTOR => {
-            smp::handle_call_function_ipi();
+            smp::handle_call_function_ipi(false);
             apic::eoi();
         }
         iommu::FAULT_VECTOR => {

@@ -207,7 +207,10 @@ crate::wire_struct! {
     /// `ack`, if not 0, is the GPA of a word set to 0 and woken (`WAKE`) —
     /// a shootdown IPI handler's `csd_unlock`; `ipi_cpus`, a mask of vCPUs
     /// 0..63, get interrupt `ipi_vector` (32..=255) — `flush_tlb_multi`'s
-    /// IPIs, their CSDs posted before.
+    /// IPIs, their CSDs posted before. `repark`: the IPI interrupted this
+    /// vCPU's park in `WAIT` and this is its handler's last call: the vCPU
+    /// parks again as it was unless it was woken meanwhile (no exit to
+    /// park again after the handler returns).
     pub struct FlushRequest {
         pub kind: FlushKind,
         pub va: u64,
@@ -216,13 +219,23 @@ crate::wire_struct! {
         pub ack: u64,
         pub ipi_vector: u64,
         pub ipi_cpus: u64,
+        pub repark: Flag,
     }
 }
 
 impl FlushRequest {
     /// A flush with no follow-up.
     pub const fn local(kind: FlushKind, va: u64, len: u64, last_level: bool) -> Self {
-        FlushRequest { kind, va, len, last_level: Flag::new(last_level), ack: 0, ipi_vector: 0, ipi_cpus: 0 }
+        FlushRequest {
+            kind,
+            va,
+            len,
+            last_level: Flag::new(last_level),
+            ack: 0,
+            ipi_vector: 0,
+            ipi_cpus: 0,
+            repark: Flag::NO,
+        }
     }
 }
 crate::hypercall!(

@@ -19,7 +19,7 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use abi::hypercall::calls::{Flush, FlushRequest, SwitchMm, SwitchMmRequest, TlbConfig, TlbConfigRequest};
-use abi::hypercall::{FlushKind, TlbConfigAction};
+use abi::hypercall::{Flag, FlushKind, TlbConfigAction};
 use abi::layout::{MAX_VCPUS, PAGE_SIZE};
 
 use super::pgtable::{self, PageTables};
@@ -93,7 +93,7 @@ pub fn switch_to_kernel_mm() {
 /// zap interrupt does it before the next instruction (and reloads CR3).
 fn flush(req: FlushRequest) {
     if percpu::cpl() == 3 {
-        let plain = req.ack == 0 && req.ipi_cpus == 0;
+        let plain = req.ack == 0 && req.ipi_cpus == 0 && !req.repark.get();
         if plain && pgtable::lazy_flush(req.kind, req.va, req.len, req.last_level.get()) {
             return;
         }
@@ -120,20 +120,37 @@ pub fn flush_tlb_one_user(va: u64) {
 }
 
 pub fn flush_tlb_local() {
-    flush_tlb_local_then(0, 0);
+    flush_tlb_local_then(FollowUps::NONE);
+}
+
+/// A FLUSH's follow-ups (see `FlushRequest`): CPL3 callers only, where
+/// the zap interrupt clears the host's copy of the dropped entries.
+#[derive(Clone, Copy)]
+struct FollowUps {
+    ack: u64,
+    ipi_cpus: u64,
+    repark: bool,
+}
+
+impl FollowUps {
+    const NONE: FollowUps = FollowUps { ack: 0, ipi_cpus: 0, repark: false };
+
+    fn onto(self, req: FlushRequest) -> FlushRequest {
+        FlushRequest {
+            ack: self.ack,
+            ipi_cpus: self.ipi_cpus,
+            ipi_vector: apic::CALL_FUNCTION_VECTOR,
+            repark: Flag::new(self.repark),
+            ..req
+        }
+    }
 }
 
 /// [`flush_tlb_local`] with a FLUSH's follow-ups (`ack`, `ipi_cpus`: see
 /// `FlushRequest`; CPL3 callers only, where the zap interrupt clears
 /// the host's copy).
-fn flush_tlb_local_then(ack: u64, ipi_cpus: u64) {
-    let req = FlushRequest {
-        ack,
-        ipi_cpus,
-        ipi_vector: apic::CALL_FUNCTION_VECTOR,
-        ..FlushRequest::local(FlushKind::All, 0, 0, false)
-    };
-    flush(req);
+fn flush_tlb_local_then(then: FollowUps) {
+    flush(then.onto(FlushRequest::local(FlushKind::All, 0, 0, false)));
     if percpu::cpl() == 3 {
         return;
     }
@@ -148,17 +165,16 @@ pub const TLB_SINGLE_PAGE_FLUSH_CEILING: u64 = 33;
 /// Flushes `start..end` on this CPU only; `freed_tables`: page tables of
 /// the range were freed, so walk caches must go too (not last-level).
 pub fn flush_tlb_range_local(start: u64, end: u64, freed_tables: bool) {
-    flush_tlb_range_local_then(start, end, freed_tables, 0, 0);
+    flush_tlb_range_local_then(start, end, freed_tables, FollowUps::NONE);
 }
 
 /// [`flush_tlb_range_local`] with a FLUSH's follow-ups (see
 /// [`flush_tlb_local_then`]).
-fn flush_tlb_range_local_then(start: u64, end: u64, freed_tables: bool, ack: u64, ipi_cpus: u64) {
+fn flush_tlb_range_local_then(start: u64, end: u64, freed_tables: bool, then: FollowUps) {
     if end.wrapping_sub(start) > TLB_SINGLE_PAGE_FLUSH_CEILING * PAGE_SIZE {
-        return flush_tlb_local_then(ack, ipi_cpus);
+        return flush_tlb_local_then(then);
     }
-    let range = FlushRequest::local(FlushKind::Range, start, end - start, !freed_tables);
-    flush(FlushRequest { ack, ipi_cpus, ipi_vector: apic::CALL_FUNCTION_VECTOR, ..range });
+    flush(then.onto(FlushRequest::local(FlushKind::Range, start, end - start, !freed_tables)));
     if percpu::cpl() == 3 {
         return;
     }
@@ -191,8 +207,10 @@ fn flush_tlb_func(sender: u64) {
     };
     trace::emit(Kind::IpiRecv, f.start, sender, f.end);
     SHOOTDOWN_ACKS.fetch_add(1, Ordering::Relaxed);
-    // At CPL3 the acknowledgement (`csd_unlock`) rides on the FLUSH.
-    flush_tlb_range_local_then(f.start, f.end, f.freed_tables, smp::take_ack(), 0);
+    // At CPL3 the acknowledgement (`csd_unlock`) rides on the FLUSH, and
+    // so may the park this IPI interrupted.
+    let (ack, repark) = smp::take_ack();
+    flush_tlb_range_local_then(f.start, f.end, f.freed_tables, FollowUps { ack, ipi_cpus: 0, repark });
     trace::emit(Kind::IpiAck, f.start, sender, f.end);
 }
 
@@ -222,7 +240,7 @@ pub fn flush_tlb_multi(mm: &PageTables, start: u64, end: u64, freed_tables: bool
         // path): the requests queued, the IPIs sent, the local flush, the
         // wait — the IPIs and the local flush in one FLUSH.
         Some(smp::call_function_many_cpl3(targets, flush_tlb_func, me, |ipi_cpus| {
-            flush_tlb_range_local_then(start, end, freed_tables, 0, ipi_cpus)
+            flush_tlb_range_local_then(start, end, freed_tables, FollowUps { ipi_cpus, ..FollowUps::NONE })
         }))
     } else {
         flush_tlb_range_local(start, end, freed_tables);

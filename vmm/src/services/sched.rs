@@ -17,6 +17,14 @@ use crate::vstate::{
 /// not a guest instruction: a device's `SIGNAL`/`KADD`).
 pub trait Waker: Send + Sync {
     fn wake(&self, gpa: u64) -> u64;
+
+    /// vCPU `cpu`'s park in `WAIT` was ended by an interrupt whose handler
+    /// is done (its last hypercall asks, `FlushRequest::repark`): parks it
+    /// again, as it was, if nothing woke it since and its word still holds
+    /// the value it waited on. True if the caller is to park the vCPU.
+    fn repark(&self, _mem: &vm_memory::GuestMemoryMmap, _cpu: u64) -> bool {
+        false
+    }
 }
 
 /// x2APIC MSI address of vCPU `cpu` (physical destination, fixed delivery).
@@ -60,7 +68,9 @@ pub struct Sched {
     /// vCPU (a vCPU waits on one word at a time): bounded whatever the
     /// guest does. The lock orders a WAIT's look at its word against a
     /// WAKE's look at the waiters.
-    waiters: Mutex<Vec<Option<(u64, u64)>>>,
+    /// (word, ticket, the value it waited on): the vCPU's last `WAIT`
+    /// parked and no `WAKE` came for it yet.
+    waiters: Mutex<Vec<Option<(u64, u64, u64)>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -77,7 +87,7 @@ impl Sched {
         let mut waiters = lock(&self.waiters);
         let mut woken = 0;
         for (cpu, slot) in waiters.iter_mut().enumerate() {
-            if let Some((g, ticket)) = *slot {
+            if let Some((g, ticket, _)) = *slot {
                 if g == gpa {
                     *slot = None;
                     woken += w.parking.wake(cpu as u64, ticket) as u64;
@@ -91,6 +101,19 @@ impl Sched {
 impl Waker for Sched {
     fn wake(&self, gpa: u64) -> u64 {
         self.wake_word(gpa)
+    }
+
+    fn repark(&self, mem: &vm_memory::GuestMemoryMmap, cpu: u64) -> bool {
+        let Some(w) = self.wiring.get() else { return false };
+        let mut waiters = lock(&self.waiters);
+        let Some(slot) = waiters.get_mut(cpu as usize) else { return false };
+        let Some((gpa, _, expected)) = *slot else { return false };
+        if gmem::load_u64(mem, gpa).ok() != Some(expected) {
+            return false;
+        }
+        let Some(ticket) = w.parking.park(cpu) else { return false };
+        *slot = Some((gpa, ticket, expected));
+        true
     }
 }
 
@@ -135,14 +158,19 @@ impl HypercallHandler for Sched {
                 let mut waiters = lock(&self.waiters);
                 let now = gmem::load_u64(ctx.mem, r.gpa)
                     .map_err(|e| GuestFault::rejected(call.op, format_args!("WAIT on GPA {:#x}: {e}", r.gpa)))?;
+                let slot = waiters.get_mut(ctx.cpu as usize);
                 if now != r.expected {
+                    // An older park's entry goes: only a park's own may be resumed.
+                    if let Some(slot) = slot {
+                        *slot = None;
+                    }
                     return Ok(Reply::of::<calls::Wait>(WaitReply { parked: Flag::NO }));
                 }
                 let Some(ticket) = w.parking.park(ctx.cpu) else {
                     return Err(GuestFault::service(call.op, format!("no vCPU {}", ctx.cpu)));
                 };
-                if let Some(slot) = waiters.get_mut(ctx.cpu as usize) {
-                    *slot = Some((r.gpa, ticket));
+                if let Some(slot) = slot {
+                    *slot = Some((r.gpa, ticket, r.expected));
                 }
                 Ok(Reply::of::<calls::Wait>(WaitReply { parked: Flag::YES }).then_park())
             }

@@ -452,6 +452,40 @@ fn a_storing_wake_stores_before_it_wakes() {
 }
 
 #[test]
+fn an_interrupted_park_resumes_only_if_nothing_woke_it_and_its_word_holds() {
+    let vm = lazy();
+    let w = layout::LITMUS_VARS + 48;
+    let repark = FlushRequest { repark: Flag::YES, ..FlushRequest::local(FlushKind::All, 0, 0, false) };
+    // vCPU 1 parks; an IPI ends the park; its handler's FLUSH parks it again
+    // on the same word, and a WAKE of the word then wakes it.
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0 }, &[]).unwrap();
+    assert!(r.parked.get());
+    let (ret, _) = vm.hypercall_raw(1, Op::Flush as u64, args_of(&repark), &[]).unwrap();
+    assert_eq!(ret, [0; 4]);
+    assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 1, "not parked again");
+    // Woken meanwhile: nothing to resume (the WAKE took the waiter).
+    assert!(vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0 }, &[]).unwrap().0.parked.get());
+    vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap();
+    vm.hypercall_raw(1, Op::Flush as u64, args_of(&repark), &[]).unwrap();
+    assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 0, "parked after its wake");
+    // The word moved on: no park again.
+    vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0 }, &[]).unwrap();
+    vm.mem.write_obj(1u64, GuestAddress(w)).unwrap();
+    vm.hypercall_raw(1, Op::Flush as u64, args_of(&repark), &[]).unwrap();
+    assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 1, "the first park's waiter");
+    // A WAIT that did not park leaves nothing to resume either.
+    vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0 }, &[]).unwrap();
+    vm.hypercall_raw(1, Op::Flush as u64, args_of(&repark), &[]).unwrap();
+    assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 0);
+}
+
+fn args_of<W: abi::hypercall::Wire>(req: &W) -> [u64; 8] {
+    let mut args = [0u64; 8];
+    req.encode(&mut args);
+    args
+}
+
+#[test]
 fn a_device_store_wakes_the_vcpus_waiting_on_its_word() {
     let vm = lazy();
     let w = layout::LITMUS_VARS + 16;

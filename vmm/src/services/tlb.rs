@@ -212,7 +212,8 @@ impl HypercallHandler for Tlb {
                 self.flush_local(ctx, r.kind, r.va, r.len, r.last_level.get())
                     .and_then(|()| self.flush_follow_ups(ctx, &r))
                     .map_err(|e| GuestFault::rejected(call.op, e))?;
-                Ok(Reply::empty())
+                let park_again = r.repark.get() && self.waker.as_ref().is_some_and(|w| w.repark(ctx.mem, ctx.cpu));
+                Ok(if park_again { Reply::empty().then_park() } else { Reply::empty() })
             }
             Op::SwitchMm => {
                 let r = call.request::<calls::SwitchMm>()?;
