@@ -300,6 +300,8 @@ fn run_iteration(b: &Blob<'static>, it: u64) {
             smp::wait_done(cpu, 10_000);
         }
     }
+    // Our thread's last signal, if its wake was left to a park (none came).
+    crate::wait::flush_deferred();
     for d in 0..h.n_device_threads as u64 {
         let status = (DEV_AREA + d * DEV_STRIDE + 16) as *const AtomicU64;
         // SAFETY: the program header we wrote; the engine stores the status

@@ -24,8 +24,9 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use abi::hypercall::calls::{Wait, WaitRequest, Wake, WakeRequest, WAKE_WORDS};
+use abi::layout::MAX_VCPUS;
 
-use crate::{arch, hypercall, time};
+use crate::{arch, hypercall, percpu, time};
 
 /// vCPUs inside a park right now, by a hash of the word they wait on:
 /// signallers skip `WAKE` when the word's bucket is 0.
@@ -66,12 +67,39 @@ pub fn wake_then_wait_until(signalled: &AtomicU64, word: &AtomicU64, cond: impl 
     wait_until_waking(Some(signalled), word, cond)
 }
 
+/// Per CPU: a word a thread signalled as its last step, whose waiters its
+/// next `WAIT` (its worker's park) wakes — or a `WAKE` if it does not park
+/// ([`defer_wake`]).
+static DEFERRED: [AtomicU64; MAX_VCPUS as usize] = [const { AtomicU64::new(0) }; MAX_VCPUS as usize];
+
+/// [`wake`], left to this CPU's next park (`WAIT`'s `wake_also`: one exit
+/// for both) or the next wait that does not park. For a litmus thread's
+/// last `signal`: nothing of the thread comes after it.
+pub fn defer_wake(word: &AtomicU64) {
+    if bucket(word).load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    let prev = DEFERRED[percpu::cpu() as usize].swap(word as *const AtomicU64 as u64, Ordering::Relaxed);
+    if prev != 0 {
+        hypercall::call::<Wake>(WakeRequest::one(prev));
+    }
+}
+
+/// The wake [`defer_wake`] left, now.
+pub fn flush_deferred() {
+    let w = DEFERRED[percpu::cpu() as usize].swap(0, Ordering::Relaxed);
+    if w != 0 {
+        hypercall::call::<Wake>(WakeRequest::one(w));
+    }
+}
+
 fn wait_until_waking(mut signalled: Option<&AtomicU64>, word: &AtomicU64, cond: impl Fn(u64) -> bool) -> u64 {
     // The wake may not wait for a park that never comes.
     let wake_now = |s: &mut Option<&AtomicU64>| {
         if let Some(w) = s.take() {
             wake(w);
         }
+        flush_deferred();
     };
     let v = word.load(Ordering::Acquire);
     if cond(v) {
@@ -105,12 +133,15 @@ fn wait_until_waking(mut signalled: Option<&AtomicU64>, word: &AtomicU64, cond: 
             .take()
             .filter(|w| bucket(w).load(Ordering::SeqCst) != 0)
             .map_or(0, |w| w as *const AtomicU64 as u64);
+        let wake_also = DEFERRED[percpu::cpu() as usize].swap(0, Ordering::Relaxed);
         if word.load(Ordering::SeqCst) == v {
             PARKS.fetch_add(1, Ordering::Relaxed);
             let gpa = word as *const AtomicU64 as u64;
-            hypercall::wait::<Wait>(WaitRequest { gpa, expected: v, wake_first });
-        } else if wake_first != 0 {
-            hypercall::call::<Wake>(WakeRequest::one(wake_first));
+            hypercall::wait::<Wait>(WaitRequest { gpa, expected: v, wake_first, wake_also });
+        } else if wake_first != 0 || wake_also != 0 {
+            let mut req = WakeRequest::one(wake_first);
+            req.gpas[1] = wake_also;
+            hypercall::call::<Wake>(req);
         }
         waiters.fetch_sub(1, Ordering::SeqCst);
     }

@@ -376,9 +376,10 @@ crate::wire_struct! {
     /// re-check their condition after every return (spurious wake-ups are
     /// allowed, as with `futex(FUTEX_WAIT)`). How long to wait is the
     /// caller's business (the litmus watchdog ends a stuck iteration).
-    /// A non-zero `wake_first` is a word whose waiters are woken before
-    /// (a `WAKE` of it; one exit for a signal followed by a wait).
-    pub struct WaitRequest { pub gpa: u64, pub expected: u64, pub wake_first: u64 }
+    /// A non-zero `wake_first` (and `wake_also`) is a word whose waiters
+    /// are woken before (a `WAKE` of it; one exit for a signal followed by
+    /// a wait, or for a thread's last signal and its worker's park).
+    pub struct WaitRequest { pub gpa: u64, pub expected: u64, pub wake_first: u64, pub wake_also: u64 }
 }
 crate::wire_struct! {
     /// `WAIT`'s reply: false if the word no longer held `expected`.

@@ -7,7 +7,7 @@ use crate::mm::mm_types::TEST_MM;
 use crate::mm::tlb;
 use crate::trace::{self, Kind};
 use crate::trap::{probe_cmpxchg_u64, probe_read_u64, probe_write_u64, probe_xadd_u64, probe_xchg_u64, Probe};
-use crate::wait::{wait_until, wake, wake_then_wait_until};
+use crate::wait::{self, wait_until, wake, wake_then_wait_until};
 use crate::{arch, explore};
 use abi::layout::PAGE_SIZE;
 use abi::litmus::{
@@ -86,6 +86,14 @@ impl ThreadCtx {
             if let Some(next) = next.filter(|n| pairs_with_wait(&ins, n)) {
                 self.signal_then_wait(&ins, &next, pc + len, None);
                 pc += len + b.item_len(td, pc + len).unwrap_or(1);
+                continue;
+            }
+            // The thread's last step a plain `signal`: its wake goes with
+            // the park that follows the thread (`wait::defer_wake`).
+            let last = start == 0 && pc + len == end && end == td.n_instrs;
+            if last && ins.op() == Op::Signal && ins.nhooks == 0 && crate::percpu::cpl() == 3 {
+                wait::defer_wake(self.signal_store(&ins));
+                pc += len;
                 continue;
             }
             if ins.op() == Op::Loop {

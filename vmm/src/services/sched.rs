@@ -146,8 +146,8 @@ impl HypercallHandler for Sched {
         match call.op {
             Op::Wait => {
                 let r = call.request::<calls::Wait>()?;
-                if r.wake_first != 0 {
-                    self.wake_word(r.wake_first);
+                for first in [r.wake_first, r.wake_also].into_iter().filter(|&g| g != 0) {
+                    self.wake_word(first);
                 }
                 if !r.gpa.is_multiple_of(8) {
                     return Err(GuestFault::rejected(

@@ -419,29 +419,29 @@ fn wait_parks_only_while_the_word_holds_its_value_and_wake_ends_that_park() {
     let w = layout::LITMUS_VARS + 8;
     vm.mem.write_obj(5u64, GuestAddress(w)).unwrap();
     // The word moved on: no park.
-    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 4, wake_first: 0 }, &[]).unwrap();
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 4, wake_first: 0, wake_also: 0 }, &[]).unwrap();
     assert!(!r.parked.get() && !vm.parking.is_parked(1));
-    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 5, wake_first: 0 }, &[]).unwrap();
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 5, wake_first: 0, wake_also: 0 }, &[]).unwrap();
     assert!(r.parked.get() && vm.parking.is_parked(1));
     // Another word wakes nobody; this one wakes vCPU 1, once.
     assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w + 8), &[]).unwrap().0.woken, 0);
     assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 1);
     assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 0);
     // A wait that wakes another word's waiters first (signal, then wait).
-    vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 5, wake_first: 0 }, &[]).unwrap();
-    let (r, _) = vm.call::<Wait>(0, WaitRequest { gpa: w + 8, expected: 0, wake_first: w }, &[]).unwrap();
+    vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 5, wake_first: 0, wake_also: 0 }, &[]).unwrap();
+    let (r, _) = vm.call::<Wait>(0, WaitRequest { gpa: w + 8, expected: 0, wake_first: w, wake_also: 0 }, &[]).unwrap();
     assert!(r.parked.get() && vm.parking.is_parked(0));
     assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 0, "vCPU 1 was woken by the wait");
     // Misaligned or outside RAM: a bad hypercall.
-    assert!(vm.call::<Wait>(0, WaitRequest { gpa: w + 4, expected: 0, wake_first: 0 }, &[]).is_err());
-    assert!(vm.call::<Wait>(0, WaitRequest { gpa: 1 << 50, expected: 0, wake_first: 0 }, &[]).is_err());
+    assert!(vm.call::<Wait>(0, WaitRequest { gpa: w + 4, expected: 0, wake_first: 0, wake_also: 0 }, &[]).is_err());
+    assert!(vm.call::<Wait>(0, WaitRequest { gpa: 1 << 50, expected: 0, wake_first: 0, wake_also: 0 }, &[]).is_err());
 }
 
 #[test]
 fn a_storing_wake_stores_before_it_wakes() {
     let vm = lazy();
     let (a, b) = (layout::LITMUS_VARS + 32, layout::LITMUS_VARS + 40);
-    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: a, expected: 0, wake_first: 0 }, &[]).unwrap();
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: a, expected: 0, wake_first: 0, wake_also: 0 }, &[]).unwrap();
     assert!(r.parked.get());
     let mut gpas = [0; WAKE_WORDS];
     gpas[..2].copy_from_slice(&[a, b]);
@@ -458,23 +458,28 @@ fn an_interrupted_park_resumes_only_if_nothing_woke_it_and_its_word_holds() {
     let repark = FlushRequest { repark: Flag::YES, ..FlushRequest::local(FlushKind::All, 0, 0, false) };
     // vCPU 1 parks; an IPI ends the park; its handler's FLUSH parks it again
     // on the same word, and a WAKE of the word then wakes it.
-    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0 }, &[]).unwrap();
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0, wake_also: 0 }, &[]).unwrap();
     assert!(r.parked.get());
     let (ret, _) = vm.hypercall_raw(1, Op::Flush as u64, args_of(&repark), &[]).unwrap();
     assert_eq!(ret, [0; 4]);
     assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 1, "not parked again");
     // Woken meanwhile: nothing to resume (the WAKE took the waiter).
-    assert!(vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0 }, &[]).unwrap().0.parked.get());
+    assert!(vm
+        .call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0, wake_also: 0 }, &[])
+        .unwrap()
+        .0
+        .parked
+        .get());
     vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap();
     vm.hypercall_raw(1, Op::Flush as u64, args_of(&repark), &[]).unwrap();
     assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 0, "parked after its wake");
     // The word moved on: no park again.
-    vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0 }, &[]).unwrap();
+    vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0, wake_also: 0 }, &[]).unwrap();
     vm.mem.write_obj(1u64, GuestAddress(w)).unwrap();
     vm.hypercall_raw(1, Op::Flush as u64, args_of(&repark), &[]).unwrap();
     assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 1, "the first park's waiter");
     // A WAIT that did not park leaves nothing to resume either.
-    vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0 }, &[]).unwrap();
+    vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0, wake_also: 0 }, &[]).unwrap();
     vm.hypercall_raw(1, Op::Flush as u64, args_of(&repark), &[]).unwrap();
     assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 0);
 }
@@ -489,7 +494,7 @@ fn args_of<W: abi::hypercall::Wire>(req: &W) -> [u64; 8] {
 fn a_device_store_wakes_the_vcpus_waiting_on_its_word() {
     let vm = lazy();
     let w = layout::LITMUS_VARS + 16;
-    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0 }, &[]).unwrap();
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0, wake_also: 0 }, &[]).unwrap();
     assert!(r.parked.get());
     // A one-op device program: SIGNAL w = 1 (header: pasid, nops, status;
     // op: op, va, value, result).
@@ -519,7 +524,7 @@ fn flush_follow_ups_ack_a_word_waking_its_waiter_and_send_ipis() {
     let vm = lazy();
     let w = layout::LITMUS_VARS + 24;
     vm.mem.write_obj(1u64, GuestAddress(w)).unwrap();
-    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 1, wake_first: 0 }, &[]).unwrap();
+    let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 1, wake_first: 0, wake_also: 0 }, &[]).unwrap();
     assert!(r.parked.get());
     // vCPU 0's flush acknowledges vCPU 1's request and IPIs vCPUs 0 and 1.
     let req =
