@@ -105,7 +105,9 @@ unsafe fn exchange<H: Hypercall>(
         // This CPU's queued page-table updates (lazy MMU mode) go with the
         // call, done before it — not from an interrupt handler, which may
         // have interrupted the code filling the queue.
-        let carry = H::OP != Op::PtBatch && percpu::this().in_irq.load(Ordering::Relaxed) == 0;
+        let carry = H::OP != Op::PtBatch
+            && crate::mm::pgtable::has_queue()
+            && percpu::this().in_irq.load(Ordering::Relaxed) == 0;
         let carried = if carry { crate::mm::pgtable::carry_into(&mut mb.data, n) } else { 0 };
         mb.op = abi::hypercall::op_word(H::OP, carried);
     }

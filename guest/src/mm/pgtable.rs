@@ -275,6 +275,13 @@ pub fn lazy_mmu_flush() {
     }
 }
 
+/// Whether some CPU has a lazy MMU queue (one load: on hosts that emulate
+/// kernel code every hypercall asks).
+#[inline(always)]
+pub fn has_queue() -> bool {
+    LAZY_CPU.load(Ordering::Relaxed) != NO_CPU
+}
+
 /// For a hypercall this CPU makes outside an interrupt handler: moves the
 /// queued updates into the end of `data` (a mailbox's data area whose
 /// first `own` bytes are the call's) and returns how many there are, for
