@@ -201,17 +201,33 @@ crate::wire_struct! {
     /// bytes for a range). `last_level`: no page table was freed (Linux's
     /// `last_level` / `!tlb->freed_tables`), so an arm64 walk cache may keep
     /// its entries. The guest then executes the real `invlpg`/CR3 reload.
-    ///
-    /// Two follow-ups save a CPL3 caller an exit each (on `kvm_pvm` an
-    /// exit from CPL3 costs ~37 µs), done by the VMM after the flush:
-    /// `ack`, if not 0, is the GPA of a word set to 0 and woken (`WAKE`) —
-    /// a shootdown IPI handler's `csd_unlock`; `ipi_cpus`, a mask of vCPUs
-    /// 0..63, get interrupt `ipi_vector` (32..=255) — `flush_tlb_multi`'s
-    /// IPIs, their CSDs posted before. `repark`: the IPI interrupted this
-    /// vCPU's park in `WAIT` and this is its handler's last call: the vCPU
-    /// parks again as it was unless it was woken meanwhile (no exit to
-    /// park again after the handler returns).
-    pub struct FlushRequest {
+    pub struct FlushRequest { pub kind: FlushKind, pub va: u64, pub len: u64, pub last_level: Flag }
+}
+
+impl FlushRequest {
+    /// A flush of `kind`.
+    pub const fn local(kind: FlushKind, va: u64, len: u64, last_level: bool) -> Self {
+        FlushRequest { kind, va, len, last_level: Flag::new(last_level) }
+    }
+}
+crate::hypercall!(
+    /// A local TLB flush.
+    Flush = Flush(FlushRequest) -> Empty
+);
+
+crate::wire_struct! {
+    /// `FLUSH_THEN`: `FLUSH`, then follow-ups that save a CPL3 caller an
+    /// exit each (on `kvm_pvm` an exit from CPL3 costs ~36 µs), done by the
+    /// VMM in this order: `ack`, if not 0, is the GPA of a word set to 0 and
+    /// woken (`WAKE`) — a shootdown IPI handler's `csd_unlock`; `ipi_cpus`,
+    /// a mask of vCPUs 0..63, get interrupt `ipi_vector` (32..=255) —
+    /// `flush_tlb_multi`'s IPIs, their CSDs posted before; `repark`: the
+    /// IPI interrupted this vCPU's park in `WAIT` and this is its handler's
+    /// last call: the vCPU parks again as it was unless it was woken
+    /// meanwhile (no exit to park again after the handler returns). A
+    /// separate op so that `FLUSH`, which code at CPL0 makes where every
+    /// instruction is emulated, stays four words.
+    pub struct FlushThenRequest {
         pub kind: FlushKind,
         pub va: u64,
         pub len: u64,
@@ -223,24 +239,21 @@ crate::wire_struct! {
     }
 }
 
-impl FlushRequest {
-    /// A flush with no follow-up.
-    pub const fn local(kind: FlushKind, va: u64, len: u64, last_level: bool) -> Self {
-        FlushRequest {
-            kind,
-            va,
-            len,
-            last_level: Flag::new(last_level),
-            ack: 0,
-            ipi_vector: 0,
-            ipi_cpus: 0,
-            repark: Flag::NO,
-        }
+impl FlushThenRequest {
+    /// `flush` with no follow-up yet.
+    pub const fn of(flush: FlushRequest) -> Self {
+        let FlushRequest { kind, va, len, last_level } = flush;
+        FlushThenRequest { kind, va, len, last_level, ack: 0, ipi_vector: 0, ipi_cpus: 0, repark: Flag::NO }
+    }
+
+    /// The flush itself.
+    pub const fn flush(&self) -> FlushRequest {
+        FlushRequest { kind: self.kind, va: self.va, len: self.len, last_level: self.last_level }
     }
 }
 crate::hypercall!(
-    /// A local TLB flush.
-    Flush = Flush(FlushRequest) -> Empty
+    /// A local TLB flush and its follow-ups.
+    FlushThen = FlushThen(FlushThenRequest) -> Empty
 );
 
 crate::wire_struct! {

@@ -140,6 +140,7 @@ crate::wire_enum! {
         Wake = 41,
         Ipi = 42,
         PtBatch = 43,
+        FlushThen = 44,
     }
 }
 
@@ -158,6 +159,7 @@ impl Op {
             Op::PtOp => "PT_OP",
             Op::Fill => "FILL",
             Op::Flush => "FLUSH",
+            Op::FlushThen => "FLUSH_THEN",
             Op::SwitchMm => "SWITCH_MM",
             Op::TlbConfig => "TLB_CONFIG",
             Op::PtTable => "PT_TABLE",

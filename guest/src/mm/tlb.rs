@@ -18,7 +18,9 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::hypercall::calls::{Flush, FlushRequest, SwitchMm, SwitchMmRequest, TlbConfig, TlbConfigRequest};
+use abi::hypercall::calls::{
+    Flush, FlushRequest, FlushThen, FlushThenRequest, SwitchMm, SwitchMmRequest, TlbConfig, TlbConfigRequest,
+};
 use abi::hypercall::{Flag, FlushKind, TlbConfigAction};
 use abi::layout::{MAX_VCPUS, PAGE_SIZE};
 
@@ -91,10 +93,17 @@ pub fn switch_to_kernel_mm() {
 /// The FLUSH hypercall. At CPL0 the slots the VMM cleared are cleared here
 /// (zap list) before the caller executes the real instruction; at CPL3 the
 /// zap interrupt does it before the next instruction (and reloads CR3).
+/// With follow-ups (CPL3 only), `FLUSH_THEN`.
+fn flush_then(req: FlushRequest, then: FollowUps) {
+    if then.is_none() {
+        return flush(req);
+    }
+    hypercall::call::<FlushThen>(then.onto(req));
+}
+
 fn flush(req: FlushRequest) {
     if percpu::cpl() == 3 {
-        let plain = req.ack == 0 && req.ipi_cpus == 0 && !req.repark.get();
-        if plain && pgtable::lazy_flush(req.kind, req.va, req.len, req.last_level.get()) {
+        if pgtable::lazy_flush(req.kind, req.va, req.len, req.last_level.get()) {
             return;
         }
         hypercall::call::<Flush>(req);
@@ -135,13 +144,17 @@ struct FollowUps {
 impl FollowUps {
     const NONE: FollowUps = FollowUps { ack: 0, ipi_cpus: 0, repark: false };
 
-    fn onto(self, req: FlushRequest) -> FlushRequest {
-        FlushRequest {
+    fn is_none(&self) -> bool {
+        self.ack == 0 && self.ipi_cpus == 0 && !self.repark
+    }
+
+    fn onto(self, req: FlushRequest) -> FlushThenRequest {
+        FlushThenRequest {
             ack: self.ack,
             ipi_cpus: self.ipi_cpus,
             ipi_vector: apic::CALL_FUNCTION_VECTOR,
             repark: Flag::new(self.repark),
-            ..req
+            ..FlushThenRequest::of(req)
         }
     }
 }
@@ -150,7 +163,7 @@ impl FollowUps {
 /// `FlushRequest`; CPL3 callers only, where the zap interrupt clears
 /// the host's copy).
 fn flush_tlb_local_then(then: FollowUps) {
-    flush(then.onto(FlushRequest::local(FlushKind::All, 0, 0, false)));
+    flush_then(FlushRequest::local(FlushKind::All, 0, 0, false), then);
     if percpu::cpl() == 3 {
         return;
     }
@@ -174,7 +187,7 @@ fn flush_tlb_range_local_then(start: u64, end: u64, freed_tables: bool, then: Fo
     if end.wrapping_sub(start) > TLB_SINGLE_PAGE_FLUSH_CEILING * PAGE_SIZE {
         return flush_tlb_local_then(then);
     }
-    flush(then.onto(FlushRequest::local(FlushKind::Range, start, end - start, !freed_tables)));
+    flush_then(FlushRequest::local(FlushKind::Range, start, end - start, !freed_tables), then);
     if percpu::cpl() == 3 {
         return;
     }

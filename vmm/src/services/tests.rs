@@ -455,12 +455,15 @@ fn a_storing_wake_stores_before_it_wakes() {
 fn an_interrupted_park_resumes_only_if_nothing_woke_it_and_its_word_holds() {
     let vm = lazy();
     let w = layout::LITMUS_VARS + 48;
-    let repark = FlushRequest { repark: Flag::YES, ..FlushRequest::local(FlushKind::All, 0, 0, false) };
+    let repark = FlushThenRequest {
+        repark: Flag::YES,
+        ..FlushThenRequest::of(FlushRequest::local(FlushKind::All, 0, 0, false))
+    };
     // vCPU 1 parks; an IPI ends the park; its handler's FLUSH parks it again
     // on the same word, and a WAKE of the word then wakes it.
     let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0, wake_also: 0 }, &[]).unwrap();
     assert!(r.parked.get());
-    let (ret, _) = vm.hypercall_raw(1, Op::Flush as u64, args_of(&repark), &[]).unwrap();
+    let (ret, _) = vm.hypercall_raw(1, Op::FlushThen as u64, args_of(&repark), &[]).unwrap();
     assert_eq!(ret, [0; 4]);
     assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 1, "not parked again");
     // Woken meanwhile: nothing to resume (the WAKE took the waiter).
@@ -471,16 +474,16 @@ fn an_interrupted_park_resumes_only_if_nothing_woke_it_and_its_word_holds() {
         .parked
         .get());
     vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap();
-    vm.hypercall_raw(1, Op::Flush as u64, args_of(&repark), &[]).unwrap();
+    vm.hypercall_raw(1, Op::FlushThen as u64, args_of(&repark), &[]).unwrap();
     assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 0, "parked after its wake");
     // The word moved on: no park again.
     vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0, wake_also: 0 }, &[]).unwrap();
     vm.mem.write_obj(1u64, GuestAddress(w)).unwrap();
-    vm.hypercall_raw(1, Op::Flush as u64, args_of(&repark), &[]).unwrap();
+    vm.hypercall_raw(1, Op::FlushThen as u64, args_of(&repark), &[]).unwrap();
     assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 1, "the first park's waiter");
     // A WAIT that did not park leaves nothing to resume either.
     vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 0, wake_first: 0, wake_also: 0 }, &[]).unwrap();
-    vm.hypercall_raw(1, Op::Flush as u64, args_of(&repark), &[]).unwrap();
+    vm.hypercall_raw(1, Op::FlushThen as u64, args_of(&repark), &[]).unwrap();
     assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 0);
 }
 
@@ -527,20 +530,19 @@ fn flush_follow_ups_ack_a_word_waking_its_waiter_and_send_ipis() {
     let (r, _) = vm.call::<Wait>(1, WaitRequest { gpa: w, expected: 1, wake_first: 0, wake_also: 0 }, &[]).unwrap();
     assert!(r.parked.get());
     // vCPU 0's flush acknowledges vCPU 1's request and IPIs vCPUs 0 and 1.
-    let req =
-        FlushRequest { ack: w, ipi_cpus: 0b11, ipi_vector: 0xfc, ..FlushRequest::local(FlushKind::All, 0, 0, false) };
-    vm.call::<Flush>(0, req, &[]).unwrap();
+    let all = FlushThenRequest::of(FlushRequest::local(FlushKind::All, 0, 0, false));
+    let req = FlushThenRequest { ack: w, ipi_cpus: 0b11, ipi_vector: 0xfc, ..all };
+    vm.call::<FlushThen>(0, req, &[]).unwrap();
     assert_eq!(word(&vm, w), 0, "the ack word was not cleared");
     assert_eq!(vm.call::<Wake>(0, WakeRequest::one(w), &[]).unwrap().0.woken, 0, "the ack did not wake its waiter");
     assert_eq!(vm.msis.lock().unwrap().clone(), vec![(0xfee0_0000, 0xfc), (0xfee0_1000, 0xfc)]);
     // Checked like IPI's: a bad vector or vCPU, a misaligned ack word.
-    let bad_vector = FlushRequest { ipi_cpus: 1, ipi_vector: 3, ..FlushRequest::local(FlushKind::All, 0, 0, false) };
-    assert!(vm.call::<Flush>(0, bad_vector, &[]).is_err());
-    let bad_cpu =
-        FlushRequest { ipi_cpus: 1 << 40, ipi_vector: 0xfc, ..FlushRequest::local(FlushKind::All, 0, 0, false) };
-    assert!(vm.call::<Flush>(0, bad_cpu, &[]).is_err());
-    let bad_ack = FlushRequest { ack: w + 4, ..FlushRequest::local(FlushKind::All, 0, 0, false) };
-    assert!(vm.call::<Flush>(0, bad_ack, &[]).is_err());
+    let bad_vector = FlushThenRequest { ipi_cpus: 1, ipi_vector: 3, ..all };
+    assert!(vm.call::<FlushThen>(0, bad_vector, &[]).is_err());
+    let bad_cpu = FlushThenRequest { ipi_cpus: 1 << 40, ipi_vector: 0xfc, ..all };
+    assert!(vm.call::<FlushThen>(0, bad_cpu, &[]).is_err());
+    let bad_ack = FlushThenRequest { ack: w + 4, ..all };
+    assert!(vm.call::<FlushThen>(0, bad_ack, &[]).is_err());
 }
 
 /// The shadow leaf slot of `va` in `cpu`'s modelled TLB (walking its

@@ -63,7 +63,7 @@ impl Tlb {
 
     /// A FLUSH's follow-ups (see `FlushRequest`): the ack word set to 0
     /// and woken, then the IPIs.
-    fn flush_follow_ups(&self, ctx: &VcpuCtx<'_>, r: &calls::FlushRequest) -> Result<(), String> {
+    fn flush_follow_ups(&self, ctx: &VcpuCtx<'_>, r: &calls::FlushThenRequest) -> Result<(), String> {
         if r.ack != 0 {
             if !r.ack.is_multiple_of(8) {
                 return Err(format!("FLUSH ack word {:#x}: not 8-byte aligned", r.ack));
@@ -190,11 +190,11 @@ impl HypercallHandler for Tlb {
     }
 
     fn ops(&self) -> &'static [Op] {
-        &[Op::Fill, Op::Flush, Op::SwitchMm, Op::TlbConfig]
+        &[Op::Fill, Op::Flush, Op::FlushThen, Op::SwitchMm, Op::TlbConfig]
     }
 
     fn handle(&self, ctx: &mut VcpuCtx<'_>, call: &Call<'_>) -> Result<Reply, GuestFault> {
-        if matches!(call.op, Op::Flush | Op::SwitchMm) && call.caller == Caller::Kernel {
+        if matches!(call.op, Op::Flush | Op::FlushThen | Op::SwitchMm) && call.caller == Caller::Kernel {
             self.vcpu(ctx.cpu).drains_inline.store(true, Ordering::Relaxed);
         }
         let mut mmu = self.mmu(ctx.cpu);
@@ -208,6 +208,13 @@ impl HypercallHandler for Tlb {
             }
             Op::Flush => {
                 let r = call.request::<calls::Flush>()?;
+                drop(mmu);
+                self.flush_local(ctx, r.kind, r.va, r.len, r.last_level.get())
+                    .map_err(|e| GuestFault::rejected(call.op, e))?;
+                Ok(Reply::empty())
+            }
+            Op::FlushThen => {
+                let r = call.request::<calls::FlushThen>()?;
                 drop(mmu);
                 self.flush_local(ctx, r.kind, r.va, r.len, r.last_level.get())
                     .and_then(|()| self.flush_follow_ups(ctx, &r))
