@@ -340,6 +340,36 @@ isr_pf:
 1:  push 14
     jmp isr_common
 
+    /* An upcall's frame at CPL3: the caller-saved registers of the
+       interrupted code (the Rust handler may clobber them), rbp holding
+       the frame so the stack can be aligned for the call. */
+    .macro upcall_save
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    push rbp
+    mov rbp, rsp
+    .endm
+    .macro upcall_restore
+    mov rsp, rbp
+    pop rbp
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    .endm
+
     /* CALL_FUNCTION IPI. Taken at CPL3: EOI, then bounced to
        user_ipi_upcall at CPL3 (RFLAGS and RIP pushed on the user stack),
        where the handler runs natively: on hosts that emulate kernel code
@@ -377,63 +407,23 @@ isr_call_function:
     /* CPL3, user stack: [rsp] = RFLAGS, RIP of the interrupted code. */
     .global user_ipi_upcall
 user_ipi_upcall:
-    push rax
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push r8
-    push r9
-    push r10
-    push r11
-    push rbp
-    mov rbp, rsp
+    upcall_save
     and rsp, -16
     cld
     call {user_ipi}
-    mov rsp, rbp
-    pop rbp
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rax
+    upcall_restore
     popfq
     ret
 
     /* CPL3, user stack: [rsp] = CR2, error code, RFLAGS, RIP. */
     .global user_fault_upcall
 user_fault_upcall:
-    push rax
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push r8
-    push r9
-    push r10
-    push r11
-    push rbp
-    mov rbp, rsp
+    upcall_save
     mov rdi, rsp
     and rsp, -16
     cld
     call {user_fault}
-    mov rsp, rbp
-    pop rbp
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rax
+    upcall_restore
     add rsp, 16
     popfq
     ret
