@@ -188,23 +188,8 @@ fn run_on_and_wait(cpu: u64, f: smp::WorkFn) -> bool {
 /// vCPU 1 reads at CPL3 and keeps its stale entry until CPU 0, at CPL3,
 /// shoots it down (IPI hypercall, flush in vCPU 1's handler at CPL0).
 pub fn remote_stale_until_shootdown(boot: &BootInfo) -> TestResult {
-    require_model()?;
-    if boot.num_vcpus < 2 {
-        return Err(TestError::Skip("needs at least 2 vCPUs"));
-    }
-    let prev = st::set_evict_ppm(0);
-    smp::run_on(
-        1,
-        |p| {
-            st::set_evict_ppm(p);
-        },
-        0,
-    );
-    smp::wait_done(1, 20_000);
-    let s = Space::new(pte::RW | pte::US);
-    publish(&s);
-    tlb::switch_mm(&s.mm);
-    let r = (|| {
+    with_vcpu1_space(boot, |s| {
+        tlb::switch_mm(&s.mm);
         check!(run_on_and_wait(1, remote_switch_and_read), "vCPU 1 did not run");
         check!(REMOTE_READ.load(Ordering::Acquire) == VAL_A, "vCPU 1's first CPL3 read was wrong");
         at_cpl3(|| {
@@ -227,7 +212,29 @@ pub fn remote_stale_until_shootdown(boot: &BootInfo) -> TestResult {
         let v = REMOTE_READ.load(Ordering::Acquire);
         check!(v == VAL_B, "vCPU 1 read {:#x} at CPL3 after the shootdown, not the new page", v);
         Ok(())
-    })();
+    })
+}
+
+/// Runs `body` with a published test space and vCPUs 0 and 1 under
+/// `lazy` (no eviction: a stale entry lives until flushed); their
+/// eviction probability and the space are put back afterwards.
+fn with_vcpu1_space(boot: &BootInfo, body: impl FnOnce(&Space) -> TestResult) -> TestResult {
+    require_model()?;
+    if boot.num_vcpus < 2 {
+        return Err(TestError::Skip("needs at least 2 vCPUs"));
+    }
+    let prev = st::set_evict_ppm(0);
+    smp::run_on(
+        1,
+        |p| {
+            st::set_evict_ppm(p);
+        },
+        0,
+    );
+    smp::wait_done(1, 20_000);
+    let s = Space::new(pte::RW | pte::US);
+    publish(&s);
+    let r = body(&s);
     smp::run_on(
         1,
         |p| {
@@ -264,25 +271,10 @@ fn switch_and_park(_: u64) {
 /// wait) runs its handler at CPL3 (`cpl3::user_ipi`, the upcall) and
 /// flushes: vCPU 1 reads the new page after it, and the upcall ran.
 pub fn shootdown_handled_at_cpl3(boot: &BootInfo) -> TestResult {
-    require_model()?;
-    if boot.num_vcpus < 2 {
-        return Err(TestError::Skip("needs at least 2 vCPUs"));
-    }
-    let prev = st::set_evict_ppm(0);
-    smp::run_on(
-        1,
-        |p| {
-            st::set_evict_ppm(p);
-        },
-        0,
-    );
-    smp::wait_done(1, 20_000);
-    let s = Space::new(pte::RW | pte::US);
-    publish(&s);
-    PARKED_READY.store(0, Ordering::SeqCst);
-    PARKED_GO.store(0, Ordering::SeqCst);
-    let upcalls = cpl3::IPI_UPCALLS.load(Ordering::Relaxed);
-    let r = (|| {
+    with_vcpu1_space(boot, |_| {
+        PARKED_READY.store(0, Ordering::SeqCst);
+        PARKED_GO.store(0, Ordering::SeqCst);
+        let upcalls = cpl3::IPI_UPCALLS.load(Ordering::Relaxed);
         check!(smp::run_on(1, switch_and_park, 0), "vCPU 1 is busy");
         at_cpl3(|| {
             let first = wait::wait_until(&PARKED_READY, |v| v != 0);
@@ -301,18 +293,7 @@ pub fn shootdown_handled_at_cpl3(boot: &BootInfo) -> TestResult {
         let n = cpl3::IPI_UPCALLS.load(Ordering::Relaxed) - upcalls;
         check!(n >= 1, "the shootdown IPI to vCPU 1, parked at CPL3, was not handled at CPL3");
         Ok(())
-    })();
-    smp::run_on(
-        1,
-        |p| {
-            st::set_evict_ppm(p);
-        },
-        prev,
-    );
-    smp::wait_done(1, 20_000);
-    st::set_evict_ppm(prev);
-    s.destroy();
-    r
+    })
 }
 
 /// Under `evict:1.0` the stale entry goes at the next exit — for CPL3 too
