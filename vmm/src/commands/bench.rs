@@ -97,8 +97,8 @@ pub fn run(base: &VmConfig, boot_runs: usize, only: &[Group], json: Option<&Path
     let cfg = VmConfig { vcpus: 1, mode: GuestMode::BenchExits, ..base.clone() };
     let (_, figs) = if want(Group::Exits) || want(Group::Tlb) { run_ok(&cfg)? } else { Default::default() };
     let get = |m: Metric, cpl3: bool| figs.iter().find(|f| f.metric == m && f.at_cpl3.get() == cpl3).copied();
-    let (hc, nop) = match (get(Metric::HypercallEcho, false), get(Metric::PortIoExit, false)) {
-        (Some(hc), Some(nop)) => (hc, nop),
+    let nop = match (get(Metric::HypercallEcho, false), get(Metric::PortIoExit, false)) {
+        (Some(_), Some(nop)) => nop,
         _ if !want(Group::Exits) && !want(Group::Tlb) => {
             super::litmus_bench::run(base, want(Group::Litmus), want(Group::Forbidden), force_progress, &mut report)?;
             return finish(report, cores, load_start, json);
@@ -109,35 +109,29 @@ pub fn run(base: &VmConfig, boot_runs: usize, only: &[Group], json: Option<&Path
     // Litmus threads run at CPL3 on the modelled TLBs: those figures are
     // theirs; the CPL0 ones are `vmm explore`'s and `--tlb native`'s path
     // (and every figure's before the threads moved to CPL3).
-    let levels = |cpl3: &Option<BenchFigure>| if cpl3.is_some() { vec![false, true] } else { vec![false] };
     let label = |cpl3: bool| if cpl3 { "CPL3" } else { "CPL0" };
-    let (hc3, nop3) = (get(Metric::HypercallEcho, true), get(Metric::PortIoExit, true));
-    if want(Group::Exits) {
-        for cpl3 in levels(&hc3) {
-            let (Some(hc), Some(nop)) = (get(Metric::HypercallEcho, cpl3), get(Metric::PortIoExit, cpl3)) else {
-                continue;
-            };
-            for f in [hc, nop] {
-                println!(
-                    "{:<44} median {:>8.2} us   (from {}, {} samples)",
-                    f.metric.description(),
-                    us(f.median_ps),
-                    label(cpl3),
-                    f.samples
-                );
-            }
+    let key = |k: &str, cpl3: bool| if cpl3 { format!("{k}_cpl3_us") } else { format!("{k}_us") };
+    let nop3 = get(Metric::PortIoExit, true);
+    for cpl3 in [false, true].into_iter().filter(|_| want(Group::Exits)) {
+        let (Some(hc), Some(nop)) = (get(Metric::HypercallEcho, cpl3), get(Metric::PortIoExit, cpl3)) else {
+            continue;
+        };
+        for f in [hc, nop] {
             println!(
-                "hypercall / bare exit ratio                  {:.2}   (from {})",
-                hc.median_ps as f64 / nop.median_ps.max(1) as f64,
-                label(cpl3)
+                "{:<44} median {:>8.2} us   (from {}, {} samples)",
+                f.metric.description(),
+                us(f.median_ps),
+                label(cpl3),
+                f.samples
             );
         }
-        report.insert("hypercall_us".into(), json!(us(hc.median_ps)));
-        report.insert("port_exit_us".into(), json!(us(nop.median_ps)));
-        if let (Some(hc), Some(nop)) = (hc3, nop3) {
-            report.insert("hypercall_cpl3_us".into(), json!(us(hc.median_ps)));
-            report.insert("port_exit_cpl3_us".into(), json!(us(nop.median_ps)));
-        }
+        println!(
+            "hypercall / bare exit ratio                  {:.2}   (from {})",
+            hc.median_ps as f64 / nop.median_ps.max(1) as f64,
+            label(cpl3)
+        );
+        report.insert(key("hypercall", cpl3), json!(us(hc.median_ps)));
+        report.insert(key("port_exit", cpl3), json!(us(nop.median_ps)));
     }
     let mut shootdown = Map::new();
     let mut shootdown_cpl3 = Map::new();
@@ -150,7 +144,6 @@ pub fn run(base: &VmConfig, boot_runs: usize, only: &[Group], json: Option<&Path
             let nop = if cpl3 { nop3.unwrap_or(nop) } else { nop };
             let exits = |ps: u64| ps as f64 / nop.median_ps.max(1) as f64;
             let fig = |m: Metric| get(m, cpl3).map_or(0, |f| f.median_ps);
-            let key = |k: &str| if cpl3 { format!("{k}_cpl3_us") } else { format!("{k}_us") };
             if vcpus == 1 {
                 let (ptop, flush) = (fig(Metric::PtOp), fig(Metric::FlushPage));
                 let fill = fig(Metric::FlushAndFill).saturating_sub(flush);
@@ -168,9 +161,9 @@ pub fn run(base: &VmConfig, boot_runs: usize, only: &[Group], json: Option<&Path
                     us(fill),
                     exits(fill)
                 );
-                report.insert(key("pt_op"), json!(us(ptop)));
-                report.insert(key("flush_page"), json!(us(flush)));
-                report.insert(key("fill"), json!(us(fill)));
+                report.insert(key("pt_op", cpl3), json!(us(ptop)));
+                report.insert(key("flush_page", cpl3), json!(us(flush)));
+                report.insert(key("fill", cpl3), json!(us(fill)));
             } else {
                 let sd = fig(Metric::Shootdown);
                 println!(
