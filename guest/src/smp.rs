@@ -43,6 +43,14 @@ struct Work {
     state: AtomicU64,
 }
 
+impl Work {
+    /// The item the slot's CPU runs once the slot is `POSTED`.
+    fn set_item(&self, f: WorkFn, arg: u64) {
+        self.func.store(f as usize, Ordering::Relaxed);
+        self.arg.store(arg, Ordering::Relaxed);
+    }
+}
+
 #[allow(clippy::declare_interior_mutable_const)]
 const WORK_INIT: Work = Work { func: AtomicUsize::new(0), arg: AtomicU64::new(0), state: AtomicU64::new(IDLE) };
 static WORK: [Work; N] = [WORK_INIT; N];
@@ -58,8 +66,7 @@ pub fn run_on(cpu: u64, f: WorkFn, arg: u64) -> bool {
     if w.state.load(Ordering::Acquire) != IDLE {
         return false;
     }
-    w.func.store(f as usize, Ordering::Relaxed);
-    w.arg.store(arg, Ordering::Relaxed);
+    w.set_item(f, arg);
     w.state.store(POSTED, Ordering::SeqCst);
     if CPL3_WORKER[cpu as usize].load(Ordering::Relaxed) {
         wake(&w.state);
@@ -83,8 +90,7 @@ pub fn run_on_many(items: impl Iterator<Item = (u64, u64)>, f: WorkFn) {
         while w.state.load(Ordering::Acquire) != IDLE {
             arch::pause();
         }
-        w.func.store(f as usize, Ordering::Relaxed);
-        w.arg.store(arg, Ordering::Relaxed);
+        w.set_item(f, arg);
         if CPL3_WORKER[cpu as usize].load(Ordering::Relaxed) {
             slots[n] = cpu;
             n += 1;
@@ -325,7 +331,7 @@ static CSD_REPARK: [AtomicBool; N] = [const { AtomicBool::new(false) }; N];
 /// request's CSD word, which the caller then sets to 0 and wakes with an
 /// exit it makes anyway (a FLUSH's `ack`: the flush and `csd_unlock` in
 /// one exit), 0 if there is none (CPL0, or not in a handler); and whether
-/// that call may park the vCPU again (`FlushRequest::repark`).
+/// that call may park the vCPU again (`FlushThenRequest::repark`).
 pub fn take_ack() -> (u64, bool) {
     if percpu::cpl() != 3 {
         return (0, false);

@@ -79,18 +79,29 @@ pub fn defer_wake(word: &AtomicU64) {
     if bucket(word).load(Ordering::SeqCst) == 0 {
         return;
     }
-    let prev = DEFERRED[percpu::cpu() as usize].swap(word as *const AtomicU64 as u64, Ordering::Relaxed);
-    if prev != 0 {
-        hypercall::call::<Wake>(WakeRequest::one(prev));
-    }
+    flush_deferred();
+    DEFERRED[percpu::cpu() as usize].store(word as *const AtomicU64 as u64, Ordering::Relaxed);
 }
 
 /// The wake [`defer_wake`] left, now.
 pub fn flush_deferred() {
-    let w = DEFERRED[percpu::cpu() as usize].swap(0, Ordering::Relaxed);
+    let w = take_deferred();
     if w != 0 {
         hypercall::call::<Wake>(WakeRequest::one(w));
     }
+}
+
+/// This CPU's deferred word (0 if none), taken. Only this CPU's thread code
+/// touches its slot (not its interrupt handlers): a load and a store, no
+/// locked instruction (each costs microseconds where kernel code is
+/// emulated, and every wait asks).
+fn take_deferred() -> u64 {
+    let d = &DEFERRED[percpu::cpu() as usize];
+    let w = d.load(Ordering::Relaxed);
+    if w != 0 {
+        d.store(0, Ordering::Relaxed);
+    }
+    w
 }
 
 fn wait_until_waking(mut signalled: Option<&AtomicU64>, word: &AtomicU64, cond: impl Fn(u64) -> bool) -> u64 {
@@ -133,7 +144,7 @@ fn wait_until_waking(mut signalled: Option<&AtomicU64>, word: &AtomicU64, cond: 
             .take()
             .filter(|w| bucket(w).load(Ordering::SeqCst) != 0)
             .map_or(0, |w| w as *const AtomicU64 as u64);
-        let wake_also = DEFERRED[percpu::cpu() as usize].swap(0, Ordering::Relaxed);
+        let wake_also = take_deferred();
         if word.load(Ordering::SeqCst) == v {
             PARKS.fetch_add(1, Ordering::Relaxed);
             let gpa = word as *const AtomicU64 as u64;

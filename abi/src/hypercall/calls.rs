@@ -245,11 +245,6 @@ impl FlushThenRequest {
         let FlushRequest { kind, va, len, last_level } = flush;
         FlushThenRequest { kind, va, len, last_level, ack: 0, ipi_vector: 0, ipi_cpus: 0, repark: Flag::NO }
     }
-
-    /// The flush itself.
-    pub const fn flush(&self) -> FlushRequest {
-        FlushRequest { kind: self.kind, va: self.va, len: self.len, last_level: self.last_level }
-    }
 }
 crate::hypercall!(
     /// A local TLB flush and its follow-ups.

@@ -90,10 +90,7 @@ pub fn switch_to_kernel_mm() {
     unsafe { asm!("mov cr3, {}", in(reg) abi::layout::BOOT_PML4, options(nostack, preserves_flags)) }
 }
 
-/// The FLUSH hypercall. At CPL0 the slots the VMM cleared are cleared here
-/// (zap list) before the caller executes the real instruction; at CPL3 the
-/// zap interrupt does it before the next instruction (and reloads CR3).
-/// With follow-ups (CPL3 only), `FLUSH_THEN`.
+/// [`flush`], or with follow-ups (CPL3 only) `FLUSH_THEN`.
 fn flush_then(req: FlushRequest, then: FollowUps) {
     if then.is_none() {
         return flush(req);
@@ -101,6 +98,10 @@ fn flush_then(req: FlushRequest, then: FollowUps) {
     hypercall::call::<FlushThen>(then.onto(req));
 }
 
+/// The FLUSH hypercall (queued instead in lazy MMU mode at CPL3). At CPL0
+/// the slots the VMM cleared are cleared here (zap list) before the caller
+/// executes the real instruction; at CPL3 the zap interrupt does it before
+/// the next instruction (and reloads CR3).
 fn flush(req: FlushRequest) {
     if percpu::cpl() == 3 {
         if pgtable::lazy_flush(req.kind, req.va, req.len, req.last_level.get()) {
@@ -132,7 +133,7 @@ pub fn flush_tlb_local() {
     flush_tlb_local_then(FollowUps::NONE);
 }
 
-/// A FLUSH's follow-ups (see `FlushRequest`): CPL3 callers only, where
+/// A flush's follow-ups (see `FlushThenRequest`): CPL3 callers only, where
 /// the zap interrupt clears the host's copy of the dropped entries.
 #[derive(Clone, Copy)]
 struct FollowUps {
@@ -159,9 +160,7 @@ impl FollowUps {
     }
 }
 
-/// [`flush_tlb_local`] with a FLUSH's follow-ups (`ack`, `ipi_cpus`: see
-/// `FlushRequest`; CPL3 callers only, where the zap interrupt clears
-/// the host's copy).
+/// [`flush_tlb_local`] with a flush's [`FollowUps`].
 fn flush_tlb_local_then(then: FollowUps) {
     flush_then(FlushRequest::local(FlushKind::All, 0, 0, false), then);
     if percpu::cpl() == 3 {
@@ -181,8 +180,7 @@ pub fn flush_tlb_range_local(start: u64, end: u64, freed_tables: bool) {
     flush_tlb_range_local_then(start, end, freed_tables, FollowUps::NONE);
 }
 
-/// [`flush_tlb_range_local`] with a FLUSH's follow-ups (see
-/// [`flush_tlb_local_then`]).
+/// [`flush_tlb_range_local`] with a flush's [`FollowUps`].
 fn flush_tlb_range_local_then(start: u64, end: u64, freed_tables: bool, then: FollowUps) {
     if end.wrapping_sub(start) > TLB_SINGLE_PAGE_FLUSH_CEILING * PAGE_SIZE {
         return flush_tlb_local_then(then);

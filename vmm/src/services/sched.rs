@@ -19,7 +19,7 @@ pub trait Waker: Send + Sync {
     fn wake(&self, gpa: u64) -> u64;
 
     /// vCPU `cpu`'s park in `WAIT` was ended by an interrupt whose handler
-    /// is done (its last hypercall asks, `FlushRequest::repark`): parks it
+    /// is done (its last hypercall asks, `FlushThenRequest::repark`): parks it
     /// again, as it was, if nothing woke it since and its word still holds
     /// the value it waited on. True if the caller is to park the vCPU.
     fn repark(&self, _mem: &vm_memory::GuestMemoryMmap, _cpu: u64) -> bool {

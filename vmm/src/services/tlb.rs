@@ -61,7 +61,7 @@ impl Tlb {
         })
     }
 
-    /// A FLUSH's follow-ups (see `FlushRequest`): the ack word set to 0
+    /// A FLUSH_THEN's follow-ups (see `FlushThenRequest`): the ack word set to 0
     /// and woken, then the IPIs.
     fn flush_follow_ups(&self, ctx: &VcpuCtx<'_>, r: &calls::FlushThenRequest) -> Result<(), String> {
         if r.ack != 0 {
